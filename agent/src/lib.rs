@@ -1,0 +1,17 @@
+//! # troupe-agent
+//!
+//! Owns everything that runs on a managed host: bootstrap (key pair, CSR with
+//! the PSK, pinned CA), certificate renewal, facts, converging a catalog with
+//! idempotent providers, reports, the local catalog cache and rollback.
+//!
+//! It must never: contain the catalog compiler (it depends on the catalog
+//! model only); trust a CA it has not pinned by fingerprint; leave a
+//! half-written file (every write is temp + fsync + rename); run a shell
+//! string where an argv was given; panic on a catalog or message it receives.
+
+#![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod facts;
+pub mod logging;
+pub mod run;

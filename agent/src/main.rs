@@ -1,0 +1,46 @@
+//! `troupe-agent`: bootstrap, facts, converge, rollback on a managed host.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// The Troupe agent: joins the master with a one-time pre-shared key, then
+/// pulls its catalog over mutual TLS and converges this host idempotently.
+#[derive(Parser)]
+#[command(name = "troupe-agent", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`.
+    #[arg(long, global = true, env = "TROUPE_LOG", default_value = "info")]
+    log: String,
+    /// Emit logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Join a master: key pair, CSR with the pre-shared key, pinned CA.
+    Bootstrap(troupe_agent::bootstrap::Args),
+    /// Converge this host once, or as a daemon on a timer.
+    Run(troupe_agent::run::Args),
+    /// Print this host's facts as JSON.
+    Facts(troupe_agent::facts::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    troupe_agent::logging::init(&cli.log, cli.log_json);
+    let result = match cli.cmd {
+        Cmd::Bootstrap(args) => troupe_agent::bootstrap::run(args),
+        Cmd::Run(args) => troupe_agent::run::run(args),
+        Cmd::Facts(args) => troupe_agent::facts::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("troupe-agent: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

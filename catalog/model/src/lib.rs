@@ -1,0 +1,721 @@
+//! # troupe-catalog
+//!
+//! Owns the catalog model: the versioned, serialisable document a master
+//! compiles for one host and an agent converges, and the run report an agent
+//! sends back. It defines the resource types, their attributes, the
+//! dependency and refresh edges, the content table (file bodies referenced by
+//! SHA-256), canonical encoding, hashing and validation on decode.
+//!
+//! It must never: depend on the compiler, the network or the file system
+//! (agents link it, so it stays small); accept a catalog that fails
+//! [`Catalog::validate`] (unknown format, duplicate ids, dangling or
+//! backwards edges, contents whose hash does not match); panic on any input.
+
+#![forbid(unsafe_code)]
+
+pub mod report;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+/// The catalog format this crate writes and reads. Bumped on any change that
+/// an older agent could misread.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Largest encoded catalog an agent accepts (64 MiB).
+pub const MAX_CATALOG_BYTES: usize = 64 * 1024 * 1024;
+
+/// Errors from decoding or validating a catalog.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogError {
+    #[error("catalog is {0} bytes, more than the {MAX_CATALOG_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("catalog is not valid JSON for format {FORMAT_VERSION}: {0}")]
+    Decode(String),
+    #[error("catalog format {found} is not supported (this build reads format {FORMAT_VERSION})")]
+    Format { found: u32 },
+    #[error("resource {0} is declared twice")]
+    Duplicate(ResourceId),
+    #[error("resource {from} refers to {to}, which is not in the catalog")]
+    Dangling { from: ResourceId, to: ResourceId },
+    #[error("resource {from} must come after {to}, but the catalog lists it first")]
+    Order { from: ResourceId, to: ResourceId },
+    #[error("resource {id} refers to content {hash}, which is not in the content table")]
+    MissingContent { id: ResourceId, hash: String },
+    #[error("content table entry {0} does not hash to its key")]
+    ContentHash(String),
+    #[error("resource {id} is invalid: {why}")]
+    Invalid { id: ResourceId, why: String },
+}
+
+/// A resource's identity: its type and title, written `type[title]`, e.g.
+/// `file[/etc/ssh/sshd_config]` or `package[nginx]`. Unique in a catalog.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ResourceId(pub String);
+
+impl ResourceId {
+    pub fn new(kind: &str, title: &str) -> Self {
+        ResourceId(format!("{kind}[{title}]"))
+    }
+    /// The type part (`file` of `file[/etc/motd]`).
+    pub fn kind(&self) -> &str {
+        self.0.split_once('[').map(|(k, _)| k).unwrap_or(&self.0)
+    }
+    /// The title part (`/etc/motd` of `file[/etc/motd]`).
+    pub fn title(&self) -> &str {
+        self.0
+            .split_once('[')
+            .map(|(_, t)| t.strip_suffix(']').unwrap_or(t))
+            .unwrap_or("")
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A host's catalog: every resource the agent must converge, in an order in
+/// which each resource comes after everything it depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// Always [`FORMAT_VERSION`] for catalogs this build writes.
+    pub format: u32,
+    /// The node's certificate name.
+    pub node: String,
+    /// The environment it was compiled in (`production`, `development`, ...).
+    pub environment: String,
+    /// Identifies the module tree it was compiled from (a content hash or a
+    /// commit id).
+    pub code_version: String,
+    /// Resources in a valid topological order.
+    pub resources: Vec<Resource>,
+    /// File bodies by lowercase hex SHA-256 of their bytes.
+    #[serde(default)]
+    pub contents: BTreeMap<String, Blob>,
+}
+
+/// One managed thing on the host. (Unknown fields are refused by [`Kind`],
+/// which receives every field this struct does not consume.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// `type[title]`; must match [`Kind::id`] of `kind`.
+    pub id: ResourceId,
+    /// The type and its attributes.
+    #[serde(flatten)]
+    pub kind: Kind,
+    /// Resources that must be converged before this one (explicit
+    /// require/before plus automatic edges). A failed requirement skips this
+    /// resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceId>,
+    /// Resources to refresh (restart a service, run a refresh-only exec) when
+    /// this one changes (notify, and subscribe seen from the other side).
+    /// Each target also appears after this resource in the order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<ResourceId>,
+    /// True when an attribute came from a secret: its values are redacted in
+    /// every log, diff and report.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sensitive: bool,
+    /// Where it was declared (`profiles/base.toml:12:3`), for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Tags (role, profile names) for filtering and reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Present or absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ensure {
+    #[default]
+    Present,
+    Absent,
+}
+
+/// What a package should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageEnsure {
+    Present,
+    Absent,
+    Latest,
+    /// Exactly this version (as the package manager spells it).
+    Version(String),
+}
+
+/// What a service should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    Running,
+    Stopped,
+}
+
+/// A reference to a body in [`Catalog::contents`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentRef {
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A file body. Text is kept as text so catalogs stay readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "encoding", content = "data", rename_all = "lowercase")]
+pub enum Blob {
+    Utf8(String),
+    Base64(String),
+}
+
+impl Blob {
+    pub fn from_bytes(bytes: &[u8]) -> Blob {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Blob::Utf8(s.to_owned()),
+            Err(_) => Blob::Base64(base64_encode(bytes)),
+        }
+    }
+    /// The bytes, or `None` when the base64 is malformed.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Blob::Utf8(s) => Some(s.as_bytes().to_vec()),
+            Blob::Base64(s) => base64_decode(s),
+        }
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Resource types and their attributes. `None` means "not managed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Kind {
+    File {
+        path: String,
+        #[serde(default)]
+        ensure: Ensure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<ContentRef>,
+        /// Octal permission bits, e.g. 0o644.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// Command (argv, `%` replaced by the temp file's path) that must exit
+        /// 0 before the new content replaces the old, e.g. `sshd -t -f %`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        validate: Option<Vec<String>>,
+    },
+    Directory {
+        path: String,
+        #[serde(default)]
+        ensure: Ensure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// Remove entries not managed by this catalog.
+        #[serde(default, skip_serializing_if = "is_false")]
+        purge: bool,
+    },
+    Symlink {
+        path: String,
+        #[serde(default)]
+        ensure: Ensure,
+        target: String,
+    },
+    Package {
+        name: String,
+        ensure: PackageEnsure,
+    },
+    Service {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ensure: Option<ServiceState>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enable: Option<bool>,
+    },
+    User {
+        name: String,
+        #[serde(default)]
+        ensure: Ensure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        /// Primary group (name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// Supplementary groups.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        home: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shell: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        system: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        manage_home: bool,
+    },
+    Group {
+        name: String,
+        #[serde(default)]
+        ensure: Ensure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<u32>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        system: bool,
+    },
+    Exec {
+        /// Unique name (the title).
+        name: String,
+        /// argv; never passed through a shell.
+        command: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        environment: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Seconds before the command is killed (default 300).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<u64>,
+        /// Skip when this path exists.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        creates: Option<String>,
+        /// Run only if this argv exits 0.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        onlyif: Option<Vec<String>>,
+        /// Run only if this argv exits non-zero.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unless: Option<Vec<String>>,
+        /// Run only when refreshed by a notify/subscribe edge.
+        #[serde(default, skip_serializing_if = "is_false")]
+        refreshonly: bool,
+        /// Exit codes that count as success (default `[0]`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        returns: Vec<i32>,
+    },
+    Cron {
+        name: String,
+        #[serde(default)]
+        ensure: Ensure,
+        command: String,
+        user: String,
+        #[serde(default = "star")]
+        minute: String,
+        #[serde(default = "star")]
+        hour: String,
+        #[serde(default = "star")]
+        monthday: String,
+        #[serde(default = "star")]
+        month: String,
+        #[serde(default = "star")]
+        weekday: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        environment: BTreeMap<String, String>,
+    },
+}
+
+fn star() -> String {
+    "*".to_owned()
+}
+
+impl Kind {
+    /// The type name (`file`, `package`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Directory { .. } => "directory",
+            Kind::Symlink { .. } => "symlink",
+            Kind::Package { .. } => "package",
+            Kind::Service { .. } => "service",
+            Kind::User { .. } => "user",
+            Kind::Group { .. } => "group",
+            Kind::Exec { .. } => "exec",
+            Kind::Cron { .. } => "cron",
+        }
+    }
+    /// The title: the path for file-like types, the name otherwise.
+    pub fn title(&self) -> &str {
+        match self {
+            Kind::File { path, .. } | Kind::Directory { path, .. } | Kind::Symlink { path, .. } => {
+                path
+            }
+            Kind::Package { name, .. }
+            | Kind::Service { name, .. }
+            | Kind::User { name, .. }
+            | Kind::Group { name, .. }
+            | Kind::Exec { name, .. }
+            | Kind::Cron { name, .. } => name,
+        }
+    }
+    /// The id this resource must have.
+    pub fn id(&self) -> ResourceId {
+        ResourceId::new(self.type_name(), self.title())
+    }
+}
+
+impl Catalog {
+    /// An empty catalog for `node`.
+    pub fn new(node: &str, environment: &str, code_version: &str) -> Catalog {
+        Catalog {
+            format: FORMAT_VERSION,
+            node: node.to_owned(),
+            environment: environment.to_owned(),
+            code_version: code_version.to_owned(),
+            resources: Vec::new(),
+            contents: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `bytes` to the content table and returns the reference to put in
+    /// a file resource.
+    pub fn add_content(&mut self, bytes: &[u8]) -> ContentRef {
+        let sha256 = sha256_hex(bytes);
+        self.contents
+            .entry(sha256.clone())
+            .or_insert_with(|| Blob::from_bytes(bytes));
+        ContentRef {
+            sha256,
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// The canonical encoding: compact JSON with fields in declaration order
+    /// and maps sorted, so equal catalogs encode to identical bytes.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // Serialising these plain data types cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Human-readable JSON.
+    pub fn to_pretty_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical encoding, `sha256:`-prefixed.
+    pub fn hash(&self) -> String {
+        format!("sha256:{}", sha256_hex(&self.to_canonical_json()))
+    }
+
+    /// Decodes and validates a catalog received from the network or a cache.
+    pub fn from_json(bytes: &[u8]) -> Result<Catalog, CatalogError> {
+        if bytes.len() > MAX_CATALOG_BYTES {
+            return Err(CatalogError::TooLarge(bytes.len()));
+        }
+        // Check the format before the full decode so a newer catalog gets the
+        // clear "format" error rather than an unknown-field one.
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head =
+            serde_json::from_slice(bytes).map_err(|e| CatalogError::Decode(e.to_string()))?;
+        if head.format != FORMAT_VERSION {
+            return Err(CatalogError::Format { found: head.format });
+        }
+        let cat: Catalog =
+            serde_json::from_slice(bytes).map_err(|e| CatalogError::Decode(e.to_string()))?;
+        cat.validate()?;
+        Ok(cat)
+    }
+
+    /// Checks every invariant an agent relies on: the format, unique ids
+    /// matching their kind, edges that point at resources listed earlier
+    /// (requires) or later (notify), and a content table whose keys are the
+    /// hashes of their bodies, with every referenced body present.
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        if self.format != FORMAT_VERSION {
+            return Err(CatalogError::Format { found: self.format });
+        }
+        let mut pos: HashMap<&ResourceId, usize> = HashMap::with_capacity(self.resources.len());
+        for (i, r) in self.resources.iter().enumerate() {
+            let expect = r.kind.id();
+            if r.id != expect {
+                return Err(CatalogError::Invalid {
+                    id: r.id.clone(),
+                    why: format!("its id does not match its type and title ({expect})"),
+                });
+            }
+            if pos.insert(&r.id, i).is_some() {
+                return Err(CatalogError::Duplicate(r.id.clone()));
+            }
+        }
+        for (i, r) in self.resources.iter().enumerate() {
+            for dep in &r.requires {
+                match pos.get(dep) {
+                    None => {
+                        return Err(CatalogError::Dangling {
+                            from: r.id.clone(),
+                            to: dep.clone(),
+                        });
+                    }
+                    Some(&j) if j >= i => {
+                        return Err(CatalogError::Order {
+                            from: r.id.clone(),
+                            to: dep.clone(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            for target in &r.notify {
+                match pos.get(target) {
+                    None => {
+                        return Err(CatalogError::Dangling {
+                            from: r.id.clone(),
+                            to: target.clone(),
+                        });
+                    }
+                    Some(&j) if j <= i => {
+                        return Err(CatalogError::Order {
+                            from: target.clone(),
+                            to: r.id.clone(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if let Kind::File {
+                content: Some(c), ..
+            } = &r.kind
+            {
+                if !self.contents.contains_key(&c.sha256) {
+                    return Err(CatalogError::MissingContent {
+                        id: r.id.clone(),
+                        hash: c.sha256.clone(),
+                    });
+                }
+            }
+            if let Kind::Exec { command, .. } = &r.kind {
+                if command.is_empty() {
+                    return Err(CatalogError::Invalid {
+                        id: r.id.clone(),
+                        why: "its command is empty".into(),
+                    });
+                }
+            }
+        }
+        for (hash, blob) in &self.contents {
+            match blob.bytes() {
+                Some(b) if &sha256_hex(&b) == hash => {}
+                _ => return Err(CatalogError::ContentHash(hash.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of resources whose values must be redacted.
+    pub fn sensitive_ids(&self) -> BTreeSet<&ResourceId> {
+        self.resources
+            .iter()
+            .filter(|r| r.sensitive)
+            .map(|r| &r.id)
+            .collect()
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file(path: &str, content: Option<ContentRef>) -> Resource {
+        let kind = Kind::File {
+            path: path.into(),
+            ensure: Ensure::Present,
+            content,
+            mode: Some(0o644),
+            owner: None,
+            group: None,
+            validate: None,
+        };
+        Resource {
+            id: kind.id(),
+            kind,
+            requires: vec![],
+            notify: vec![],
+            sensitive: false,
+            source: None,
+            tags: vec![],
+        }
+    }
+
+    fn dir(path: &str) -> Resource {
+        let kind = Kind::Directory {
+            path: path.into(),
+            ensure: Ensure::Present,
+            mode: None,
+            owner: None,
+            group: None,
+            purge: false,
+        };
+        Resource {
+            id: kind.id(),
+            kind,
+            requires: vec![],
+            notify: vec![],
+            sensitive: false,
+            source: None,
+            tags: vec![],
+        }
+    }
+
+    fn sample() -> Catalog {
+        let mut c = Catalog::new("web1.example", "production", "abc");
+        let body = c.add_content(b"hello\n");
+        c.resources.push(dir("/etc/app"));
+        let mut f = file("/etc/app/app.conf", Some(body));
+        f.requires.push(ResourceId::new("directory", "/etc/app"));
+        c.resources.push(f);
+        c
+    }
+
+    #[test]
+    fn roundtrip_is_byte_identical_and_hash_stable() {
+        let c = sample();
+        let bytes = c.to_canonical_json();
+        let back = Catalog::from_json(&bytes).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.to_canonical_json(), bytes);
+        assert_eq!(back.hash(), c.hash());
+        assert!(c.hash().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn resource_id_parts() {
+        let id = ResourceId::new("file", "/etc/a[1]");
+        assert_eq!(id.kind(), "file");
+        assert_eq!(id.title(), "/etc/a[1]");
+        assert_eq!(id.to_string(), "file[/etc/a[1]]");
+    }
+
+    #[test]
+    fn rejects_other_format() {
+        let mut c = sample();
+        c.format = 99;
+        let bytes = serde_json::to_vec(&c).unwrap();
+        assert_eq!(
+            Catalog::from_json(&bytes),
+            Err(CatalogError::Format { found: 99 })
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_dangling_and_backwards_edges() {
+        let mut c = sample();
+        c.resources.push(dir("/etc/app"));
+        assert!(matches!(c.validate(), Err(CatalogError::Duplicate(_))));
+
+        let mut c = sample();
+        c.resources[1].requires.push(ResourceId::new("package", "x"));
+        assert!(matches!(c.validate(), Err(CatalogError::Dangling { .. })));
+
+        let mut c = sample();
+        c.resources.swap(0, 1);
+        assert!(matches!(c.validate(), Err(CatalogError::Order { .. })));
+
+        let mut c = sample();
+        c.resources[1]
+            .notify
+            .push(ResourceId::new("directory", "/etc/app"));
+        assert!(matches!(c.validate(), Err(CatalogError::Order { .. })));
+    }
+
+    #[test]
+    fn rejects_missing_or_tampered_content() {
+        let mut c = sample();
+        c.contents.clear();
+        assert!(matches!(
+            c.validate(),
+            Err(CatalogError::MissingContent { .. })
+        ));
+        let mut c = sample();
+        for v in c.contents.values_mut() {
+            *v = Blob::Utf8("evil\n".into());
+        }
+        assert!(matches!(c.validate(), Err(CatalogError::ContentHash(_))));
+    }
+
+    #[test]
+    fn rejects_mismatched_id_and_unknown_fields() {
+        let mut c = sample();
+        c.resources[0].id = ResourceId::new("directory", "/elsewhere");
+        assert!(matches!(c.validate(), Err(CatalogError::Invalid { .. })));
+        let text = String::from_utf8(sample().to_canonical_json()).unwrap();
+        let evil = text.replacen("\"format\":1", "\"format\":1,\"extra\":true", 1);
+        assert!(matches!(
+            Catalog::from_json(evil.as_bytes()),
+            Err(CatalogError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_resource_attribute() {
+        let text = String::from_utf8(sample().to_canonical_json()).unwrap();
+        let evil = text.replacen("\"type\":\"file\"", "\"type\":\"file\",\"setuid\":true", 1);
+        assert_ne!(evil, text);
+        assert!(matches!(
+            Catalog::from_json(evil.as_bytes()),
+            Err(CatalogError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn binary_blob_roundtrip() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let mut c = Catalog::new("n", "e", "v");
+        let r = c.add_content(&bytes);
+        assert!(matches!(c.contents[&r.sha256], Blob::Base64(_)));
+        assert_eq!(c.contents[&r.sha256].bytes().unwrap(), bytes);
+        c.validate().unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn base64_roundtrips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            prop_assert_eq!(base64_decode(&base64_encode(&bytes)).unwrap(), bytes);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Catalog::from_json(&bytes);
+        }
+
+        #[test]
+        fn base64_decode_never_panics(s in "[A-Za-z0-9+/=]{0,40}") {
+            let _ = base64_decode(&s);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! # troupe-master
+//!
+//! Owns the master daemon (the gRPC service over mutual TLS, the certificate
+//! authority's online operations, catalog serving) and the `troupe` command
+//! line used by operators on the master and by sysadmins on the bastion.
+//!
+//! It must never: take a caller's identity from a request body instead of
+//! its verified client certificate; serve one node another node's catalog,
+//! files or reports; log a private key, PSK or decrypted secret.
+
+#![forbid(unsafe_code)]
+
+pub mod ca_cli;
+pub mod daemon;
+pub mod logging;

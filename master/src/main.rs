@@ -1,0 +1,59 @@
+//! `troupe`: the master daemon and the operator / bastion command line.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Troupe: configuration management and signed orchestration.
+///
+/// Run `troupe master` on the master host. Every other subcommand is a
+/// client: certificate-authority administration talks to the running master
+/// through the root-only socket in its data directory; catalog, lookup and
+/// secret commands work directly on a module tree.
+#[derive(Parser)]
+#[command(name = "troupe", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`.
+    #[arg(long, global = true, env = "TROUPE_LOG", default_value = "info")]
+    log: String,
+    /// Emit logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the master daemon: certificate authority and gRPC service.
+    Master(troupe_master::daemon::Args),
+    /// Certificate authority: fingerprints, PSKs, signing and revocation.
+    #[command(subcommand)]
+    Ca(troupe_master::ca_cli::CaCmd),
+    /// Compile or diff a host's catalog from a module tree.
+    #[command(subcommand)]
+    Catalog(troupe_compiler::cli::CatalogCmd),
+    /// Look a key up in the data hierarchy for a node.
+    Lookup(troupe_compiler::cli::LookupArgs),
+    /// Encrypt secrets and manage per-environment secret keys.
+    #[command(subcommand)]
+    Secret(troupe_compiler::cli::SecretCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    troupe_master::logging::init(&cli.log, cli.log_json);
+    let result = match cli.cmd {
+        Cmd::Master(args) => troupe_master::daemon::run(args),
+        Cmd::Ca(cmd) => troupe_master::ca_cli::run(cmd),
+        Cmd::Catalog(cmd) => troupe_compiler::cli::catalog(cmd),
+        Cmd::Lookup(args) => troupe_compiler::cli::lookup(args),
+        Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("troupe: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
