@@ -13,3 +13,4 @@
 pub mod ca_cli;
 pub mod daemon;
 pub mod logging;
+pub mod store;

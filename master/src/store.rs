@@ -1,0 +1,466 @@
+//! The master's fleet store: per-node check-in record, last facts, and run
+//! reports with a retention limit, in one redb file (`nodes.redb` in the data
+//! directory). Everything written here was received from an agent, so it is
+//! stored under the name taken from the agent's verified certificate (the
+//! caller passes it; nothing here reads a name out of a request body).
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use troupe_catalog::report::Report;
+
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
+/// (node, sequence number) -> report JSON.
+const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
+
+/// Reports kept per node unless configured otherwise.
+pub const DEFAULT_REPORTS_PER_NODE: usize = 50;
+
+/// What the master knows about one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeRecord {
+    pub name: String,
+    /// Unix seconds of the last catalog request.
+    pub last_checkin: u64,
+    pub environment: String,
+    pub role: String,
+    /// Hash of the catalog last served.
+    pub catalog_hash: String,
+    pub last_report: Option<ReportSummary>,
+    /// Next report sequence number.
+    pub report_seq: u64,
+}
+
+/// The parts of a report `troupe nodes` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportSummary {
+    pub run_id: String,
+    pub started: String,
+    /// Unix seconds when the master received it.
+    pub received: u64,
+    pub changed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub noop: bool,
+    pub from_cache: bool,
+    pub duration_ms: u64,
+    pub exit_code: i32,
+}
+
+impl ReportSummary {
+    fn of(r: &Report, received: u64) -> ReportSummary {
+        let (_, changed, failed, skipped) = r.counts();
+        ReportSummary {
+            run_id: r.run_id.clone(),
+            started: r.started.clone(),
+            received,
+            changed,
+            failed,
+            skipped,
+            noop: r.noop,
+            from_cache: r.from_cache,
+            duration_ms: r.duration_ms,
+            exit_code: r.exit_code(),
+        }
+    }
+
+    /// `ok`, `changed`, `failed` (failures win).
+    pub fn status(&self) -> &'static str {
+        if self.failed + self.skipped > 0 {
+            "failed"
+        } else if self.changed > 0 {
+            "changed"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// A `--where` condition: a dotted fact path and the value it must equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactFilter {
+    pub path: String,
+    pub value: String,
+}
+
+impl std::str::FromStr for FactFilter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((p, v)) if !p.is_empty() => Ok(FactFilter {
+                path: p.trim().to_owned(),
+                value: v.trim().to_owned(),
+            }),
+            _ => Err(format!(
+                "expected FACT=VALUE (e.g. os.family=Debian), got {s:?}"
+            )),
+        }
+    }
+}
+
+impl FactFilter {
+    /// True when the fact at `path` (dotted, into nested objects) equals the
+    /// value: strings compare as-is, other JSON values by their JSON text.
+    pub fn matches(&self, facts: &serde_json::Value) -> bool {
+        let mut cur = facts;
+        for part in self.path.split('.') {
+            match cur.get(part) {
+                Some(v) => cur = v,
+                None => return false,
+            }
+        }
+        match cur {
+            serde_json::Value::String(s) => *s == self.value,
+            other => other.to_string() == self.value,
+        }
+    }
+}
+
+/// The fleet store.
+pub struct NodeStore {
+    db: Database,
+    reports_per_node: usize,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).with_context(|| format!("corrupt {what} record in the store"))
+}
+
+impl NodeStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, reports_per_node: usize) -> Result<NodeStore> {
+        let db = Database::create(path)
+            .with_context(|| format!("cannot open the node store {}", path.display()))?;
+        // Create the tables so readers never see "table does not exist".
+        let tx = db.begin_write()?;
+        tx.open_table(NODES)?;
+        tx.open_table(FACTS)?;
+        tx.open_table(REPORTS)?;
+        tx.commit()?;
+        Ok(NodeStore {
+            db,
+            reports_per_node: reports_per_node.max(1),
+        })
+    }
+
+    /// Records a catalog request: facts, classification and the catalog
+    /// served. `node` is the verified certificate name.
+    pub fn record_checkin(
+        &self,
+        node: &str,
+        facts: &serde_json::Value,
+        environment: &str,
+        role: &str,
+        catalog_hash: &str,
+        now: u64,
+    ) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut nodes = tx.open_table(NODES)?;
+            let mut rec: NodeRecord = match nodes.get(node)? {
+                Some(v) => decode(v.value(), "node")?,
+                None => NodeRecord {
+                    name: node.to_owned(),
+                    ..Default::default()
+                },
+            };
+            rec.last_checkin = now;
+            rec.environment = environment.to_owned();
+            rec.role = role.to_owned();
+            rec.catalog_hash = catalog_hash.to_owned();
+            nodes.insert(node, serde_json::to_vec(&rec)?.as_slice())?;
+            let mut f = tx.open_table(FACTS)?;
+            f.insert(node, serde_json::to_vec(facts)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a report under `node` (the verified certificate name; a report
+    /// whose own `node` field differs is refused) and prunes the oldest
+    /// beyond the retention limit. A report whose run id is already stored
+    /// for that node is accepted once only (agents resend queued reports).
+    /// Returns false for such a duplicate.
+    pub fn add_report(&self, node: &str, report: &Report, now: u64) -> Result<bool> {
+        if report.node != node {
+            anyhow::bail!(
+                "report names node {:?} but was sent by {node:?}",
+                report.node
+            );
+        }
+        let tx = self.db.begin_write()?;
+        let fresh;
+        {
+            let mut nodes = tx.open_table(NODES)?;
+            let mut rec: NodeRecord = match nodes.get(node)? {
+                Some(v) => decode(v.value(), "node")?,
+                None => NodeRecord {
+                    name: node.to_owned(),
+                    ..Default::default()
+                },
+            };
+            let mut reports = tx.open_table(REPORTS)?;
+            let mut seen = false;
+            let mut keys = Vec::new();
+            for item in reports.range((node, 0u64)..=(node, u64::MAX))? {
+                let (k, v) = item?;
+                let r: Report = decode(v.value(), "report")?;
+                seen |= r.run_id == report.run_id;
+                keys.push(k.value().1);
+            }
+            fresh = !seen;
+            if fresh {
+                let seq = rec.report_seq;
+                rec.report_seq += 1;
+                reports.insert((node, seq), serde_json::to_vec(report)?.as_slice())?;
+                keys.push(seq);
+                let newer = rec
+                    .last_report
+                    .as_ref()
+                    .is_none_or(|l| l.started <= report.started);
+                if newer {
+                    rec.last_report = Some(ReportSummary::of(report, now));
+                }
+                let excess = keys.len().saturating_sub(self.reports_per_node);
+                for seq in keys.iter().take(excess) {
+                    reports.remove((node, *seq))?;
+                }
+                nodes.insert(node, serde_json::to_vec(&rec)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Every node, sorted by name.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(NODES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.push(decode(v.value(), "node")?);
+        }
+        Ok(out)
+    }
+
+    /// Nodes whose facts match every filter and whose role is `role` (when
+    /// given).
+    pub fn query(&self, filters: &[FactFilter], role: Option<&str>) -> Result<Vec<NodeRecord>> {
+        let mut out = Vec::new();
+        for n in self.nodes()? {
+            if role.is_some_and(|r| r != n.role) {
+                continue;
+            }
+            if !filters.is_empty() {
+                let facts = self.facts(&n.name)?.unwrap_or(serde_json::Value::Null);
+                if !filters.iter().all(|f| f.matches(&facts)) {
+                    continue;
+                }
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// The node's last facts.
+    pub fn facts(&self, node: &str) -> Result<Option<serde_json::Value>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(FACTS)?;
+        match t.get(node)? {
+            Some(v) => Ok(Some(decode(v.value(), "facts")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The node's reports, oldest first.
+    pub fn reports(&self, node: &str) -> Result<Vec<Report>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REPORTS)?;
+        let mut out = Vec::new();
+        for item in t.range((node, 0u64)..=(node, u64::MAX))? {
+            let (_, v) = item?;
+            out.push(decode(v.value(), "report")?);
+        }
+        Ok(out)
+    }
+
+    /// One report by run id, or the latest when `run_id` is `None`.
+    pub fn report(&self, node: &str, run_id: Option<&str>) -> Result<Option<Report>> {
+        let all = self.reports(node)?;
+        Ok(match run_id {
+            Some(id) => all.into_iter().find(|r| r.run_id == id),
+            None => all.into_iter().last(),
+        })
+    }
+
+    /// Removes everything known about a node (after `troupe ca clean`).
+    pub fn forget(&self, node: &str) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(NODES)?.remove(node)?;
+            tx.open_table(FACTS)?.remove(node)?;
+            let mut reports = tx.open_table(REPORTS)?;
+            reports.retain_in((node, 0u64)..=(node, u64::MAX), |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// True when a node missed `intervals` check-in intervals.
+pub fn is_stale(rec: &NodeRecord, now: u64, interval_secs: u64, intervals: u64) -> bool {
+    now.saturating_sub(rec.last_checkin) > interval_secs.saturating_mul(intervals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_catalog::ResourceId;
+    use troupe_catalog::report::{ResourceReport, Status};
+
+    fn report(node: &str, run: &str, started: &str, status: Status) -> Report {
+        Report {
+            run_id: run.into(),
+            node: node.into(),
+            started: started.into(),
+            duration_ms: 12,
+            noop: false,
+            catalog_hash: "sha256:x".into(),
+            environment: "production".into(),
+            code_version: "v1".into(),
+            from_cache: false,
+            resources: vec![ResourceReport {
+                id: ResourceId::new("file", "/etc/motd"),
+                status,
+                events: vec![],
+                diff: None,
+                refreshed: false,
+                duration_ms: 1,
+            }],
+        }
+    }
+
+    fn store(dir: &tempfile::TempDir, keep: usize) -> NodeStore {
+        NodeStore::open(&dir.path().join("nodes.redb"), keep).unwrap()
+    }
+
+    #[test]
+    fn checkin_then_query_by_fact_and_role() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d, 5);
+        let deb = serde_json::json!({"os": {"family": "Debian", "release": {"major": "12"}}});
+        let rh = serde_json::json!({"os": {"family": "RedHat"}});
+        s.record_checkin("web1", &deb, "production", "web", "h1", 100)
+            .unwrap();
+        s.record_checkin("db1", &rh, "production", "db", "h2", 100)
+            .unwrap();
+        s.record_checkin("web2", &rh, "production", "web", "h3", 100)
+            .unwrap();
+        let f: FactFilter = "os.family=Debian".parse().unwrap();
+        let names = |v: Vec<NodeRecord>| v.into_iter().map(|n| n.name).collect::<Vec<_>>();
+        assert_eq!(names(s.query(&[f.clone()], None).unwrap()), ["web1"]);
+        assert_eq!(names(s.query(&[], Some("web")).unwrap()), ["web1", "web2"]);
+        let major: FactFilter = "os.release.major=12".parse().unwrap();
+        assert_eq!(names(s.query(&[major], Some("web")).unwrap()), ["web1"]);
+        assert!(s.query(&[f], Some("db")).unwrap().is_empty());
+        assert!("novalue".parse::<FactFilter>().is_err());
+    }
+
+    #[test]
+    fn reports_are_retained_deduplicated_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = store(&d, 3);
+            for i in 0..5 {
+                let r = report(
+                    "web1",
+                    &format!("run{i}"),
+                    &format!("2026-01-0{}", i + 1),
+                    Status::Changed,
+                );
+                assert!(s.add_report("web1", &r, 10 + i).unwrap());
+            }
+            // A resent report is stored once.
+            let again = report("web1", "run4", "2026-01-05", Status::Changed);
+            assert!(!s.add_report("web1", &again, 99).unwrap());
+        }
+        let s = store(&d, 3);
+        let runs: Vec<String> = s
+            .reports("web1")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        assert_eq!(runs, ["run2", "run3", "run4"]);
+        assert_eq!(s.report("web1", None).unwrap().unwrap().run_id, "run4");
+        assert_eq!(
+            s.report("web1", Some("run3")).unwrap().unwrap().run_id,
+            "run3"
+        );
+        assert!(s.report("web1", Some("run0")).unwrap().is_none());
+        let rec = &s.nodes().unwrap()[0];
+        let last = rec.last_report.as_ref().unwrap();
+        assert_eq!((last.run_id.as_str(), last.status()), ("run4", "changed"));
+    }
+
+    #[test]
+    fn a_queued_older_report_does_not_hide_the_latest() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d, 10);
+        s.add_report(
+            "web1",
+            &report("web1", "new", "2026-01-02", Status::Unchanged),
+            5,
+        )
+        .unwrap();
+        s.add_report(
+            "web1",
+            &report("web1", "old", "2026-01-01", Status::Failed),
+            6,
+        )
+        .unwrap();
+        let rec = &s.nodes().unwrap()[0];
+        assert_eq!(rec.last_report.as_ref().unwrap().run_id, "new");
+    }
+
+    #[test]
+    fn report_for_another_node_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d, 10);
+        let r = report("db1", "run1", "2026-01-01", Status::Changed);
+        let err = s.add_report("web1", &r, 1).unwrap_err().to_string();
+        assert!(err.contains("sent by \"web1\""), "{err}");
+        assert!(s.reports("db1").unwrap().is_empty());
+        assert!(s.nodes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn forget_removes_only_that_node() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d, 10);
+        for n in ["web1", "web10"] {
+            s.record_checkin(n, &serde_json::json!({}), "e", "r", "h", 1)
+                .unwrap();
+            s.add_report(n, &report(n, "r1", "t", Status::Unchanged), 1)
+                .unwrap();
+        }
+        s.forget("web1").unwrap();
+        assert!(s.facts("web1").unwrap().is_none());
+        assert!(s.reports("web1").unwrap().is_empty());
+        assert_eq!(s.reports("web10").unwrap().len(), 1);
+        assert_eq!(s.nodes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn staleness() {
+        let rec = NodeRecord {
+            last_checkin: 1000,
+            ..Default::default()
+        };
+        assert!(!is_stale(&rec, 1000 + 3 * 1800, 1800, 3));
+        assert!(is_stale(&rec, 1001 + 3 * 1800, 1800, 3));
+    }
+}
