@@ -12,6 +12,10 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod engine;
 pub mod facts;
 pub mod logging;
+pub mod providers;
 pub mod run;
+pub mod source;
+pub mod state;

@@ -26,6 +26,12 @@ enum Cmd {
     Run(troupe_agent::run::Args),
     /// Print this host's facts as JSON.
     Facts(troupe_agent::facts::Args),
+    /// Restore every file a run changed (`--list` shows stored runs).
+    Rollback(troupe_agent::run::RollbackArgs),
+    /// Stop runs from happening (until `enable`), with a reason.
+    Disable(troupe_agent::run::DisableArgs),
+    /// Allow runs again after `disable`.
+    Enable(troupe_agent::run::EnableArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +41,9 @@ fn main() -> ExitCode {
         Cmd::Bootstrap(args) => troupe_agent::bootstrap::run(args),
         Cmd::Run(args) => troupe_agent::run::run(args),
         Cmd::Facts(args) => troupe_agent::facts::run(args),
+        Cmd::Rollback(args) => troupe_agent::run::rollback(args),
+        Cmd::Disable(args) => troupe_agent::run::disable(args),
+        Cmd::Enable(args) => troupe_agent::run::enable(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,13 +1,430 @@
-//! `troupe-agent run`. (Skeleton: filled in by the agent work.)
+//! `troupe-agent run`, `disable`, `enable`, `rollback`.
+//!
+//! One run: take the lock, gather facts, get the catalog (source, else the
+//! cached last good one), converge, optionally roll back on failure, store
+//! the report (redb, bounded), write `last_run_summary.json`, deliver or
+//! queue the report. Exit codes follow `puppet agent --detailed-exitcodes`:
+//! 0 nothing changed, 2 changes, 4 failures, 6 both; 1 when no run happened.
 
-/// Options of `troupe-agent run`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Converge once and exit.
-    #[arg(long)]
-    pub once: bool,
+use crate::engine;
+use crate::facts;
+use crate::providers::{self, Ctx};
+use crate::source::{CatalogContents, CatalogSource, Fetched, FileSource, ReportSink};
+use crate::state::{self, State};
+use anyhow::Context;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use troupe_catalog::Catalog;
+use troupe_catalog::report::{Report, Status};
+
+/// How the run is shown on stdout.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Changed, failed and skipped resources (with diffs) and a summary line.
+    Changes,
+    /// Only the summary line.
+    Summary,
+    /// The whole report as JSON.
+    Json,
+    /// Nothing.
+    Quiet,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("converge is not built yet")
+/// Options of `troupe-agent run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Converge once and exit (otherwise run as a daemon every --interval).
+    #[arg(long)]
+    pub once: bool,
+    /// Change nothing; show what would change (with unified diffs).
+    #[arg(long)]
+    pub noop: bool,
+    /// Converge the catalog inside this directory instead of `/` (files,
+    /// directories, links, users and groups via ROOT/etc/passwd, packages via
+    /// dpkg/rpm --root; services cannot be managed there and fail).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// State directory: catalog cache, reports, rollback bucket, lock.
+    #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+    /// Catalog JSON file to converge. Without it (and until a master is
+    /// configured) the cached last good catalog is used.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Directory of external facts.
+    #[arg(long, default_value = facts::DEFAULT_FACTS_DIR)]
+    pub facts_dir: PathBuf,
+    /// Daemon: seconds between runs.
+    #[arg(long, default_value_t = 1800)]
+    pub interval: u64,
+    /// Daemon: random extra delay (0..=SPLAY seconds) before each run.
+    #[arg(long, default_value_t = 0)]
+    pub splay: u64,
+    /// Restore every file this run changed when any resource fails.
+    #[arg(long)]
+    pub rollback_on_failure: bool,
+    /// Reports (and rollback journals) kept in the state database.
+    #[arg(long, default_value_t = 100)]
+    pub keep_reports: usize,
+    /// Local package files (NAME_VERSION_ARCH.deb / NAME-VERSION.ARCH.rpm) to
+    /// install from; the only way to install a .deb under --root.
+    #[arg(long)]
+    pub package_dir: Option<PathBuf>,
+    /// What to print on stdout.
+    #[arg(long, value_enum, default_value = "changes")]
+    pub output: Output,
+}
+
+/// A source used when none is configured: always fails, so the run falls
+/// back to the cached catalog.
+struct NoSource;
+
+impl CatalogSource for NoSource {
+    fn describe(&self) -> String {
+        "none".into()
+    }
+    fn fetch(&mut self, _: &serde_json::Value, _: Option<&str>) -> anyhow::Result<Fetched> {
+        anyhow::bail!("no catalog source configured (give --catalog FILE)")
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let mut source: Box<dyn CatalogSource> = match &args.catalog {
+        Some(p) => Box::new(FileSource(p.clone())),
+        None => Box::new(NoSource),
+    };
+    if args.once {
+        let r = run_once(&args, source.as_mut(), None)?;
+        return Ok(r.exit_code() as u8);
+    }
+    daemon(&args, source.as_mut())
+}
+
+fn daemon(args: &Args, source: &mut dyn CatalogSource) -> anyhow::Result<u8> {
+    tracing::info!(
+        interval = args.interval,
+        splay = args.splay,
+        "agent daemon started ({})",
+        source.describe()
+    );
+    loop {
+        if args.splay > 0 {
+            std::thread::sleep(Duration::from_secs(fastrand::u64(0..=args.splay)));
+        }
+        match run_once(args, source, None) {
+            Ok(r) => {
+                let (u, c, f, s) = r.counts();
+                tracing::info!(
+                    run = %r.run_id,
+                    changed = c, failed = f, skipped = s, unchanged = u,
+                    from_cache = r.from_cache,
+                    "run finished"
+                );
+            }
+            Err(e) => tracing::warn!("run did not happen: {e:#}"),
+        }
+        std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+    }
+}
+
+/// Gets the catalog: from the source, else from the cache.
+fn obtain_catalog(
+    st: &State,
+    source: &mut dyn CatalogSource,
+    facts: &serde_json::Value,
+) -> anyhow::Result<(Catalog, bool)> {
+    let cached = st.cached_catalog()?;
+    let from_cache = |why: anyhow::Error| -> anyhow::Result<(Catalog, bool)> {
+        let (bytes, _) = cached.as_ref().ok_or_else(|| {
+            why.context("no catalog: the source failed and there is no cached catalog")
+        })?;
+        let cat = Catalog::from_json(bytes).context("the cached catalog is invalid")?;
+        Ok((cat, true))
+    };
+    match source.fetch(facts, cached.as_ref().map(|(_, h)| h.as_str())) {
+        Ok(Fetched::Catalog(cat)) => {
+            let cat = *cat;
+            let hash = cat.hash();
+            if cached.as_ref().map(|(_, h)| h) != Some(&hash) {
+                st.cache_catalog(&cat.to_canonical_json(), &hash)?;
+            }
+            Ok((cat, false))
+        }
+        Ok(Fetched::Unchanged) => {
+            let (bytes, _) = cached
+                .as_ref()
+                .context("the source said the catalog is unchanged, but none is cached")?;
+            Ok((
+                Catalog::from_json(bytes).context("the cached catalog is invalid")?,
+                false,
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "catalog source {} failed: {e:#}; using the cached catalog",
+                source.describe()
+            );
+            from_cache(e)
+        }
+    }
+}
+
+/// One complete run. Errors mean no run happened (disabled, locked, no
+/// catalog, bad root); resource failures are in the report.
+pub fn run_once(
+    args: &Args,
+    source: &mut dyn CatalogSource,
+    sink: Option<&mut dyn ReportSink>,
+) -> anyhow::Result<Report> {
+    let t0 = Instant::now();
+    let started = state::now_rfc3339();
+    let st = State::open(&args.state)?;
+    if let Some(d) = state::disabled(&args.state) {
+        anyhow::bail!(
+            "runs are disabled since {}: {} (troupe-agent enable --state {})",
+            d.since,
+            d.reason,
+            args.state.display()
+        );
+    }
+    let _lock = state::RunLock::acquire(&args.state)?;
+    let root = args.root.clone();
+    anyhow::ensure!(
+        root.is_absolute() && root.is_dir(),
+        "--root {} is not an existing absolute directory",
+        root.display()
+    );
+    let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
+    let (catalog, from_cache) = obtain_catalog(&st, source, &facts)?;
+    let os_family = facts["os"]["family"].as_str().unwrap_or("").to_owned();
+    let contents = CatalogContents(&catalog);
+    let bucket = st.bucket();
+    let mut ctx = Ctx::new(
+        &root,
+        args.noop,
+        &os_family,
+        &contents,
+        (!args.noop).then_some(&bucket),
+    );
+    ctx.package_dir = args.package_dir.clone();
+    let mut resources = engine::converge(&catalog, &mut ctx);
+    let failed = resources
+        .iter()
+        .any(|r| matches!(r.status, Status::Failed | Status::Skipped));
+    if failed && args.rollback_on_failure && !args.noop && !ctx.changes.is_empty() {
+        let restored = rollback_changes(&ctx.changes, &bucket);
+        for r in resources.iter_mut().filter(|r| r.status == Status::Changed) {
+            r.events
+                .push("rolled back: this run failed, its file changes were undone".into());
+        }
+        for line in restored {
+            tracing::warn!("rollback: {line}");
+        }
+    }
+    let report = Report {
+        run_id: state::new_run_id(),
+        node: catalog.node.clone(),
+        started,
+        duration_ms: t0.elapsed().as_millis() as u64,
+        noop: args.noop,
+        catalog_hash: catalog.hash(),
+        environment: catalog.environment.clone(),
+        code_version: catalog.code_version.clone(),
+        from_cache,
+        resources,
+    };
+    let queue = sink.is_some();
+    st.save_run(&report, &ctx.changes, queue, args.keep_reports)?;
+    if let Some(sink) = sink {
+        deliver(&st, sink);
+    }
+    write_summary(&args.state, &report, &source.describe())?;
+    print_report(&report, args.output);
+    Ok(report)
+}
+
+/// Sends queued reports, oldest first, stopping at the first failure.
+fn deliver(st: &State, sink: &mut dyn ReportSink) {
+    let Ok(ids) = st.unsent() else { return };
+    for id in ids {
+        let Ok(Some(r)) = st.report(&id) else {
+            let _ = st.mark_sent(&id);
+            continue;
+        };
+        match sink.send(&r) {
+            Ok(()) => {
+                let _ = st.mark_sent(&id);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "report {id} not delivered to {}: {e:#}; kept queued",
+                    sink.describe()
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn write_summary(state_dir: &Path, r: &Report, source: &str) -> anyhow::Result<()> {
+    let (u, c, f, s) = r.counts();
+    let v = json!({
+        "version": 1,
+        "run_id": r.run_id,
+        "node": r.node,
+        "started": r.started,
+        "duration_ms": r.duration_ms,
+        "noop": r.noop,
+        "catalog_hash": r.catalog_hash,
+        "catalog_source": source,
+        "from_cache": r.from_cache,
+        "exit_code": r.exit_code(),
+        "resources": { "total": r.resources.len(), "unchanged": u, "changed": c, "failed": f, "skipped": s },
+    });
+    let mut b = serde_json::to_vec_pretty(&v)?;
+    b.push(b'\n');
+    state::write_atomic(&state_dir.join("last_run_summary.json"), &b, 0o644)
+}
+
+fn print_report(r: &Report, output: Output) {
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Quiet => return,
+        Output::Json => {
+            let _ = serde_json::to_writer_pretty(&mut out, r);
+            let _ = writeln!(out);
+            return;
+        }
+        Output::Changes => {
+            let verb = if r.noop { "would change" } else { "changed" };
+            for res in &r.resources {
+                let tag = match res.status {
+                    Status::Unchanged => continue,
+                    Status::Changed => verb,
+                    Status::Failed => "FAILED",
+                    Status::Skipped => "skipped",
+                };
+                for e in &res.events {
+                    let _ = writeln!(out, "{tag} {}: {e}", res.id);
+                }
+                if let Some(d) = &res.diff {
+                    let _ = write!(out, "{d}");
+                }
+            }
+        }
+        Output::Summary => {}
+    }
+    let (u, c, f, s) = r.counts();
+    let _ = writeln!(
+        out,
+        "run {}{}: {} resources, {c} {}, {f} failed, {s} skipped, {u} unchanged in {} ms (catalog {}{}) exit {}",
+        r.run_id,
+        if r.noop { " (noop)" } else { "" },
+        r.resources.len(),
+        if r.noop { "would change" } else { "changed" },
+        r.duration_ms,
+        &r.catalog_hash,
+        if r.from_cache { ", from cache" } else { "" },
+        r.exit_code()
+    );
+}
+
+/// Undoes a journal, newest change first. Returns one line per object.
+pub fn rollback_changes(changes: &[state::FileChange], bucket: &state::Bucket) -> Vec<String> {
+    let mut lines = Vec::new();
+    for c in changes.iter().rev() {
+        match providers::file::restore(c, bucket) {
+            Ok(l) => lines.push(l),
+            Err(e) => lines.push(format!("FAILED {}: {e:#}", c.path.display())),
+        }
+    }
+    lines
+}
+
+/// Options of `troupe-agent rollback`.
+#[derive(clap::Args, Debug)]
+pub struct RollbackArgs {
+    /// Run id (from the run's output or `--list`).
+    #[arg(required_unless_present = "list")]
+    pub run: Option<String>,
+    /// List stored runs and how many files each changed.
+    #[arg(long)]
+    pub list: bool,
+    #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+}
+
+/// `troupe-agent rollback RUN`: restores every file that run changed.
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<u8> {
+    let st = State::open(&args.state)?;
+    if args.list {
+        for id in st.run_ids()? {
+            let n = st.changes(&id)?.map(|c| c.len()).unwrap_or(0);
+            let noop = st.report(&id)?.map(|r| r.noop).unwrap_or(false);
+            println!(
+                "{id}\t{n} file changes{}",
+                if noop { " (noop)" } else { "" }
+            );
+        }
+        return Ok(0);
+    }
+    let run = args.run.context("give a run id")?;
+    let _lock = state::RunLock::acquire(&args.state)?;
+    let changes = st
+        .changes(&run)?
+        .with_context(|| format!("no stored run {run:?} (see `troupe-agent rollback --list`)"))?;
+    if changes.is_empty() {
+        println!("run {run} changed no files; nothing to roll back");
+        return Ok(0);
+    }
+    let lines = rollback_changes(&changes, &st.bucket());
+    let mut failed = false;
+    for l in &lines {
+        failed |= l.starts_with("FAILED");
+        println!("{l}");
+    }
+    Ok(if failed { 4 } else { 0 })
+}
+
+/// Options of `troupe-agent disable`.
+#[derive(clap::Args, Debug)]
+pub struct DisableArgs {
+    /// Why (shown by every refused run).
+    #[arg(default_value = "disabled by an operator")]
+    pub reason: String,
+    #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+}
+
+/// Options of `troupe-agent enable`.
+#[derive(clap::Args, Debug)]
+pub struct EnableArgs {
+    #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+}
+
+pub fn disable(args: DisableArgs) -> anyhow::Result<u8> {
+    state::create_private_dir(&args.state)?;
+    let d = state::Disabled {
+        reason: args.reason,
+        since: state::now_rfc3339(),
+    };
+    state::write_atomic(
+        &args.state.join("disabled"),
+        &serde_json::to_vec(&d)?,
+        0o644,
+    )?;
+    println!("runs disabled: {}", d.reason);
+    Ok(0)
+}
+
+pub fn enable(args: EnableArgs) -> anyhow::Result<u8> {
+    match std::fs::remove_file(args.state.join("disabled")) {
+        Ok(()) => println!("runs enabled"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("runs were not disabled"),
+        Err(e) => return Err(e).context("cannot remove the disabled marker"),
+    }
+    Ok(0)
 }

@@ -1,0 +1,122 @@
+//! exec provider: runs an argv (never through a shell) when its guards
+//! (`creates`, `onlyif`, `unless`, `refreshonly`) say so.
+//!
+//! Under `--root` the command still runs on this host (there is no chroot):
+//! `creates` is resolved inside the root, the working directory defaults to
+//! the root, and `TROUPE_ROOT` is set to it.
+
+use super::{Ctx, Outcome, cmd};
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use troupe_catalog::Kind;
+
+struct Runner {
+    cwd: Option<std::path::PathBuf>,
+    env: BTreeMap<String, String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    timeout: Duration,
+}
+
+impl Runner {
+    fn run(&self, argv: &[String]) -> anyhow::Result<cmd::Output> {
+        cmd::run(&cmd::Spec {
+            argv,
+            cwd: self.cwd.as_deref(),
+            env: Some(&self.env),
+            uid: self.uid,
+            gid: self.gid,
+            timeout: Some(self.timeout),
+        })
+    }
+}
+
+pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyhow::Result<Outcome> {
+    let Kind::Exec {
+        name: _,
+        command,
+        cwd,
+        environment,
+        user,
+        timeout,
+        creates,
+        onlyif,
+        unless,
+        refreshonly,
+        returns,
+    } = kind
+    else {
+        anyhow::bail!("not an exec resource");
+    };
+    let mut out = Outcome::default();
+    if *refreshonly && !refresh {
+        return Ok(out);
+    }
+    if let Some(c) = creates {
+        if ctx.host_path(c)?.symlink_metadata().is_ok() {
+            return Ok(out);
+        }
+    }
+    let (uid, gid) = match user {
+        None => (None, None),
+        Some(u) => {
+            let pw = nix::unistd::User::from_name(u)
+                .ok()
+                .flatten()
+                .with_context(|| format!("user {u:?} (to run the command as) does not exist"))?;
+            (Some(pw.uid.as_raw()), Some(pw.gid.as_raw()))
+        }
+    };
+    let mut env = environment.clone();
+    if ctx.in_root() {
+        env.insert(
+            "TROUPE_ROOT".into(),
+            ctx.root.to_string_lossy().into_owned(),
+        );
+    }
+    let runner = Runner {
+        cwd: match cwd {
+            Some(c) => Some(c.into()),
+            None if ctx.in_root() => Some(ctx.root.clone()),
+            None => None,
+        },
+        env,
+        uid,
+        gid,
+        timeout: Duration::from_secs(timeout.unwrap_or(300)),
+    };
+    if let Some(check) = onlyif {
+        let o = runner.run(check).context("onlyif check could not run")?;
+        if !o.ok() {
+            return Ok(out);
+        }
+    }
+    if let Some(check) = unless {
+        let o = runner.run(check).context("unless check could not run")?;
+        if o.ok() {
+            return Ok(out);
+        }
+    }
+    let shown = if sensitive {
+        "(command redacted)".to_owned()
+    } else {
+        command.join(" ")
+    };
+    out.refreshed = refresh;
+    if ctx.noop {
+        out.change(format!("would run: {shown}"));
+        return Ok(out);
+    }
+    let o = runner.run(command)?;
+    let ok_codes: &[i32] = if returns.is_empty() { &[0] } else { returns };
+    let ok = o.code.is_some_and(|c| ok_codes.contains(&c));
+    let output = if sensitive {
+        "(output redacted)".to_owned()
+    } else {
+        o.tail()
+    };
+    anyhow::ensure!(ok, "`{shown}` failed with {}: {output}", o.describe());
+    out.change(format!("ran: {shown} ({})", o.describe()));
+    Ok(out)
+}

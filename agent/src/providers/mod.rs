@@ -1,0 +1,308 @@
+//! Providers: each one looks at the host, compares with the resource, and
+//! changes only what differs (so a converged host gets zero changes). In
+//! noop mode they only describe what they would do.
+//!
+//! File writes are staged: the new content goes to a temp file next to its
+//! target (mode and owner already set); the engine commits staged files in
+//! batches (one `syncfs` per file system, then the renames, then another
+//! `syncfs`), so every file is replaced atomically and durably without one
+//! fsync per file. A crash leaves either the old or the new file, never a
+//! partial one; left-over temp files (`.NAME.troupe-new`) are replaced or
+//! removed by the next run.
+
+pub mod account;
+pub mod cmd;
+pub mod cron;
+pub mod exec;
+pub mod file;
+pub mod package;
+pub mod service;
+
+use crate::source::ContentSource;
+use crate::state::{Bucket, FileChange};
+use anyhow::Context;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use troupe_catalog::{Kind, Resource};
+
+pub use account::Accounts;
+
+/// What one provider call did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changed: bool,
+    pub events: Vec<String>,
+    pub diff: Option<String>,
+    /// A notify/subscribe refresh was carried out (or would be, in noop).
+    pub refreshed: bool,
+}
+
+impl Outcome {
+    pub fn change(&mut self, event: impl Into<String>) {
+        self.changed = true;
+        self.events.push(event.into());
+    }
+}
+
+/// A staged file: temp written, waiting for its rename.
+#[derive(Debug)]
+pub struct Staged {
+    pub tmp: PathBuf,
+    pub dest: PathBuf,
+    /// Index of the resource (in catalog order) that staged it.
+    pub resource: usize,
+}
+
+/// Everything a provider needs during one run.
+pub struct Ctx<'a> {
+    /// `/`, or the `--root` directory everything is converged into.
+    pub root: PathBuf,
+    pub noop: bool,
+    /// `os.family` fact (`Debian`, `RedHat`, ...), chooses package tools.
+    pub os_family: String,
+    pub contents: &'a dyn ContentSource,
+    /// Where old contents go before a change (None in noop).
+    pub bucket: Option<&'a Bucket>,
+    /// Rollback journal of this run.
+    pub changes: Vec<FileChange>,
+    /// Host paths of every file/directory/symlink in the catalog (purge).
+    pub managed: HashSet<PathBuf>,
+    /// Files staged and not yet renamed into place.
+    pub staged: Vec<Staged>,
+    /// A directory on each file system written to (for `syncfs`).
+    sync_devs: HashMap<u64, PathBuf>,
+    accounts: Option<Accounts>,
+    /// Index of the resource being converged.
+    pub current: usize,
+    /// Local package files to install from (`--package-dir`).
+    pub package_dir: Option<PathBuf>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        root: &Path,
+        noop: bool,
+        os_family: &str,
+        contents: &'a dyn ContentSource,
+        bucket: Option<&'a Bucket>,
+    ) -> Ctx<'a> {
+        Ctx {
+            root: root.to_owned(),
+            noop,
+            os_family: os_family.to_owned(),
+            contents,
+            bucket,
+            changes: Vec::new(),
+            managed: HashSet::new(),
+            staged: Vec::new(),
+            sync_devs: HashMap::new(),
+            accounts: None,
+            current: 0,
+            package_dir: None,
+        }
+    }
+
+    /// True when converging into a directory other than `/`.
+    pub fn in_root(&self) -> bool {
+        self.root != Path::new("/")
+    }
+
+    /// The host path of an absolute catalog path: `root` joined with it.
+    /// Refuses relative paths and `..` components.
+    pub fn host_path(&self, path: &str) -> anyhow::Result<PathBuf> {
+        let p = Path::new(path);
+        anyhow::ensure!(p.is_absolute(), "path {path:?} is not absolute");
+        let mut out = self.root.clone();
+        for c in p.components() {
+            match c {
+                Component::RootDir => {}
+                Component::Normal(n) => out.push(n),
+                Component::CurDir => {}
+                Component::ParentDir | Component::Prefix(_) => {
+                    anyhow::bail!("path {path:?} contains '..'")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Users and groups of the target (read once per run, reloaded after a
+    /// user/group change).
+    pub fn accounts(&mut self) -> anyhow::Result<&Accounts> {
+        if self.accounts.is_none() {
+            self.accounts = Some(Accounts::load(&self.root)?);
+        }
+        self.accounts.as_ref().context("accounts")
+    }
+
+    pub fn invalidate_accounts(&mut self) {
+        self.accounts = None;
+    }
+
+    /// Resolves an owner name (or numeric id) to a uid.
+    pub fn uid(&mut self, owner: &Option<String>) -> anyhow::Result<Option<u32>> {
+        match owner {
+            None => Ok(None),
+            Some(o) => {
+                if let Ok(n) = o.parse() {
+                    return Ok(Some(n));
+                }
+                self.accounts()?
+                    .uid(o)
+                    .map(Some)
+                    .with_context(|| format!("owner {o:?} is not a user in {}", self.passwd_desc()))
+            }
+        }
+    }
+
+    pub fn gid(&mut self, group: &Option<String>) -> anyhow::Result<Option<u32>> {
+        match group {
+            None => Ok(None),
+            Some(g) => {
+                if let Ok(n) = g.parse() {
+                    return Ok(Some(n));
+                }
+                self.accounts()?
+                    .gid(g)
+                    .map(Some)
+                    .with_context(|| format!("group {g:?} is not a group in {}", self.group_desc()))
+            }
+        }
+    }
+
+    fn passwd_desc(&self) -> String {
+        self.root.join("etc/passwd").display().to_string()
+    }
+    fn group_desc(&self) -> String {
+        self.root.join("etc/group").display().to_string()
+    }
+
+    /// Remembers that the file system holding `dir` has unsynced writes.
+    pub fn note_write(&mut self, dir: &Path) {
+        if let Ok(m) = std::fs::metadata(dir) {
+            self.sync_devs
+                .entry(m.dev())
+                .or_insert_with(|| dir.to_owned());
+        }
+    }
+
+    /// Saves what `path` is now (content into the bucket) before a change.
+    pub fn journal(&mut self, path: &Path) -> anyhow::Result<()> {
+        use crate::state::Before;
+        use std::os::unix::fs::PermissionsExt;
+        if self.noop {
+            return Ok(());
+        }
+        if self.changes.iter().any(|c| c.path == path) {
+            return Ok(()); // the first state of this run is what rollback restores
+        }
+        let before = match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Absent,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+            Ok(m) if m.file_type().is_symlink() => Before::Symlink {
+                target: std::fs::read_link(path)?.to_string_lossy().into_owned(),
+            },
+            Ok(m) if m.is_dir() => Before::Directory {
+                mode: m.permissions().mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            },
+            Ok(m) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let bucket = self.bucket.context("no file bucket")?;
+                let sha256 = bucket.put(&bytes)?;
+                let bdir = bucket.dir.clone();
+                self.note_write(&bdir);
+                Before::File {
+                    sha256,
+                    mode: m.permissions().mode() & 0o7777,
+                    uid: m.uid(),
+                    gid: m.gid(),
+                }
+            }
+        };
+        self.changes.push(FileChange {
+            path: path.to_owned(),
+            before,
+        });
+        Ok(())
+    }
+
+    /// Commits staged files: sync, rename each into place, sync again.
+    /// Returns the failures as (resource index, message).
+    pub fn commit(&mut self) -> Vec<(usize, String)> {
+        let mut failed = Vec::new();
+        if self.staged.is_empty() && self.sync_devs.is_empty() {
+            return failed;
+        }
+        self.sync_all();
+        for s in std::mem::take(&mut self.staged) {
+            if let Err(e) = std::fs::rename(&s.tmp, &s.dest) {
+                let _ = std::fs::remove_file(&s.tmp);
+                failed.push((
+                    s.resource,
+                    format!("could not move the new content into place: {e}"),
+                ));
+            }
+        }
+        self.sync_all();
+        self.sync_devs.clear();
+        failed
+    }
+
+    fn sync_all(&self) {
+        for dir in self.sync_devs.values() {
+            if let Ok(f) = std::fs::File::open(dir) {
+                if let Err(e) = nix::unistd::syncfs(&f) {
+                    tracing::warn!("syncfs {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// Converges one resource. `refresh` is true when a resource that notifies
+/// it changed in this run.
+pub fn apply(ctx: &mut Ctx, res: &Resource, refresh: bool) -> anyhow::Result<Outcome> {
+    let sensitive = res.sensitive;
+    match &res.kind {
+        Kind::File { .. } => file::file(ctx, &res.kind, sensitive),
+        Kind::Directory { .. } => file::directory(ctx, &res.kind),
+        Kind::Symlink {
+            path,
+            ensure,
+            target,
+        } => file::symlink(ctx, path, *ensure, target),
+        Kind::Package { .. } => package::package(ctx, &res.kind),
+        Kind::Service { .. } => service::service(ctx, &res.kind, refresh),
+        Kind::User { .. } => account::user(ctx, &res.kind),
+        Kind::Group { .. } => account::group(ctx, &res.kind),
+        Kind::Exec { .. } => exec::exec(ctx, &res.kind, refresh, sensitive),
+        Kind::Cron { .. } => cron::cron(ctx, &res.kind, sensitive),
+    }
+}
+
+/// True for resources whose changes are staged and may be batched; any other
+/// resource first needs every staged file committed (it may read them).
+pub fn is_batchable(res: &Resource) -> bool {
+    use troupe_catalog::Ensure;
+    match &res.kind {
+        Kind::File {
+            ensure: Ensure::Present,
+            ..
+        } => true,
+        Kind::Directory {
+            ensure: Ensure::Present,
+            purge: false,
+            ..
+        } => true,
+        _ => false,
+    }
+}
+
+/// `0644`-style octal.
+pub fn octal(mode: u32) -> String {
+    format!("{mode:04o}")
+}

@@ -1,0 +1,318 @@
+//! package provider: dpkg/apt on the Debian family, rpm/dnf (or yum) on the
+//! RedHat family, chosen by the `os.family` fact (or, without facts, by
+//! which tool exists).
+//!
+//! Under `--root DIR` the real tools work inside the root: `dpkg --root`,
+//! `rpm --root`, `dnf --installroot`. apt has no root option, so on a Debian
+//! root a package is installed only from a local package directory
+//! (`--package-dir`, files `NAME_VERSION_ARCH.deb`); otherwise the resource
+//! fails and says why.
+
+use super::{Ctx, Outcome, cmd};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use troupe_catalog::{Kind, PackageEnsure};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Manager {
+    Dpkg,
+    Rpm,
+}
+
+fn manager(ctx: &Ctx) -> anyhow::Result<Manager> {
+    match ctx.os_family.as_str() {
+        "Debian" => return Ok(Manager::Dpkg),
+        "RedHat" => return Ok(Manager::Rpm),
+        _ => {}
+    }
+    if Path::new("/usr/bin/dpkg").exists() {
+        Ok(Manager::Dpkg)
+    } else if Path::new("/usr/bin/rpm").exists() {
+        Ok(Manager::Rpm)
+    } else {
+        anyhow::bail!(
+            "no package provider for OS family {:?} (supported: Debian, RedHat)",
+            ctx.os_family
+        )
+    }
+}
+
+fn root_arg(ctx: &Ctx, flag: &str) -> Vec<String> {
+    if ctx.in_root() {
+        vec![format!("{flag}={}", ctx.root.display())]
+    } else {
+        vec![]
+    }
+}
+
+/// Installed version, if installed.
+fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>> {
+    match m {
+        Manager::Dpkg => {
+            let mut a = vec!["dpkg-query".to_owned()];
+            if ctx.in_root() {
+                a.push(format!(
+                    "--admindir={}",
+                    ctx.root.join("var/lib/dpkg").display()
+                ));
+            }
+            a.extend(cmd::argv(&[
+                "-W",
+                "-f",
+                "${db:Status-Abbrev}|${Version}",
+                "--",
+                name,
+            ]));
+            let o = cmd::run(&cmd::Spec {
+                argv: &a,
+                ..Default::default()
+            })?;
+            if !o.ok() {
+                return Ok(None); // unknown package
+            }
+            let line = o.output.lines().next().unwrap_or("");
+            let (status, version) = line.split_once('|').unwrap_or(("", ""));
+            // "ii " = installed; "rc " = removed, config files left; "un " = unknown
+            let installed = status.as_bytes().get(1) == Some(&b'i');
+            Ok(installed.then(|| version.trim().to_owned()))
+        }
+        Manager::Rpm => {
+            let mut a = vec!["rpm".to_owned()];
+            a.extend(root_arg(ctx, "--root"));
+            a.extend(cmd::argv(&[
+                "-q",
+                "--qf",
+                "%{VERSION}-%{RELEASE}",
+                "--",
+                name,
+            ]));
+            let o = cmd::run(&cmd::Spec {
+                argv: &a,
+                ..Default::default()
+            })?;
+            Ok(o.ok().then(|| o.output.trim().to_owned()))
+        }
+    }
+}
+
+/// The version the repositories would install (apt candidate / dnf).
+fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>> {
+    match m {
+        Manager::Dpkg => {
+            if let Some(f) = local_file(ctx, m, name, None)? {
+                return Ok(Some(f.1));
+            }
+            anyhow::ensure!(
+                !ctx.in_root(),
+                "cannot look up the latest version of {name} under --root: apt has no root option (give a --package-dir)"
+            );
+            let o = cmd::check(&cmd::argv(&["apt-cache", "policy", "--", name]))?;
+            Ok(o.output
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Candidate:"))
+                .map(|v| v.trim().to_owned())
+                .filter(|v| v != "(none)"))
+        }
+        Manager::Rpm => {
+            let mut a = vec![dnf().to_owned()];
+            a.extend(root_arg(ctx, "--installroot"));
+            a.extend(cmd::argv(&[
+                "-q",
+                "repoquery",
+                "--latest-limit=1",
+                "--qf",
+                "%{version}-%{release}",
+                "--",
+                name,
+            ]));
+            let o = cmd::check(&a)?;
+            Ok(o.output.lines().last().map(|s| s.trim().to_owned()))
+        }
+    }
+}
+
+fn dnf() -> &'static str {
+    if Path::new("/usr/bin/dnf").exists() {
+        "dnf"
+    } else {
+        "yum"
+    }
+}
+
+/// A package file for `name` (and `version`) in the package directory:
+/// `NAME_VERSION_ARCH.deb` or `NAME-VERSION.ARCH.rpm`. Returns (path, version).
+fn local_file(
+    ctx: &Ctx,
+    m: Manager,
+    name: &str,
+    version: Option<&str>,
+) -> anyhow::Result<Option<(PathBuf, String)>> {
+    let Some(dir) = &ctx.package_dir else {
+        return Ok(None);
+    };
+    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e?;
+        let fname = e.file_name().to_string_lossy().into_owned();
+        let v = match m {
+            Manager::Dpkg => fname
+                .strip_suffix(".deb")
+                .and_then(|s| s.strip_prefix(name))
+                .and_then(|s| s.strip_prefix('_'))
+                .and_then(|s| s.rsplit_once('_'))
+                .map(|(v, _arch)| v.to_owned()),
+            Manager::Rpm => fname
+                .strip_suffix(".rpm")
+                .and_then(|s| s.strip_prefix(name))
+                .and_then(|s| s.strip_prefix('-'))
+                .and_then(|s| s.rsplit_once('.'))
+                .map(|(v, _arch)| v.to_owned()),
+        };
+        if let Some(v) = v {
+            if version.is_none_or(|want| want == v) {
+                found.push((e.path(), v));
+            }
+        }
+    }
+    found.sort();
+    Ok(found.pop())
+}
+
+pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
+    let Kind::Package { name, ensure } = kind else {
+        anyhow::bail!("not a package resource");
+    };
+    anyhow::ensure!(
+        !name.is_empty() && !name.starts_with('-') && !name.contains(char::is_whitespace),
+        "invalid package name {name:?}"
+    );
+    let m = manager(ctx)?;
+    let cur = installed(ctx, m, name)?;
+    let mut out = Outcome::default();
+    let want_version: Option<String> = match (ensure, &cur) {
+        (PackageEnsure::Absent, None) => return Ok(out),
+        (PackageEnsure::Absent, Some(v)) => {
+            out.change(format!("removed (was {v})"));
+            if !ctx.noop {
+                remove(ctx, m, name)?;
+            }
+            return Ok(out);
+        }
+        (PackageEnsure::Present, Some(_)) => return Ok(out),
+        (PackageEnsure::Present, None) => None,
+        (PackageEnsure::Version(v), Some(c)) if v == c => return Ok(out),
+        (PackageEnsure::Version(v), _) => Some(v.clone()),
+        (PackageEnsure::Latest, _) => {
+            let cand = candidate(ctx, m, name)?
+                .with_context(|| format!("no installable version of {name} is known"))?;
+            if cur.as_deref() == Some(cand.as_str()) {
+                return Ok(out);
+            }
+            Some(cand)
+        }
+    };
+    let what = match (&cur, &want_version) {
+        (None, Some(v)) => format!("installed {v}"),
+        (None, None) => "installed".to_owned(),
+        (Some(c), Some(v)) => format!("version changed {c} -> {v}"),
+        (Some(_), None) => "installed".to_owned(),
+    };
+    out.change(what);
+    if !ctx.noop {
+        install(ctx, m, name, want_version.as_deref())?;
+        let now = installed(ctx, m, name)?;
+        anyhow::ensure!(
+            now.is_some(),
+            "{name} is still not installed after the install"
+        );
+    }
+    Ok(out)
+}
+
+fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::Result<()> {
+    if let Some((file, _)) = local_file(ctx, m, name, version)? {
+        let f = file.to_string_lossy().into_owned();
+        let a = match m {
+            Manager::Dpkg => {
+                let mut a = vec!["dpkg".to_owned()];
+                a.extend(root_arg(ctx, "--root"));
+                a.extend(["--force-confold".into(), "--install".into(), f]);
+                a
+            }
+            Manager::Rpm => {
+                let mut a = vec!["rpm".to_owned()];
+                a.extend(root_arg(ctx, "--root"));
+                a.extend(["-U".into(), f]);
+                a
+            }
+        };
+        cmd::check(&a)?;
+        return Ok(());
+    }
+    let spec = match version {
+        Some(v) if m == Manager::Dpkg => format!("{name}={v}"),
+        Some(v) => format!("{name}-{v}"),
+        None => name.to_owned(),
+    };
+    match m {
+        Manager::Dpkg => {
+            anyhow::ensure!(
+                !ctx.in_root(),
+                "cannot install {name} from the repositories under --root {}: apt has no root option; \
+                 put NAME_VERSION_ARCH.deb in a --package-dir to install it with dpkg --root",
+                ctx.root.display()
+            );
+            let mut env = std::collections::BTreeMap::new();
+            env.insert("DEBIAN_FRONTEND".to_owned(), "noninteractive".to_owned());
+            let a = cmd::argv(&[
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--allow-downgrades",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                "--",
+                &spec,
+            ]);
+            let o = cmd::run(&cmd::Spec {
+                argv: &a,
+                env: Some(&env),
+                timeout: Some(std::time::Duration::from_secs(1800)),
+                ..Default::default()
+            })?;
+            anyhow::ensure!(
+                o.ok(),
+                "apt-get install {spec} failed ({}): {}",
+                o.describe(),
+                o.tail()
+            );
+        }
+        Manager::Rpm => {
+            let mut a = vec![dnf().to_owned(), "-y".into()];
+            a.extend(root_arg(ctx, "--installroot"));
+            a.extend(["install".into(), spec]);
+            cmd::check(&a)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<()> {
+    let a = match m {
+        Manager::Dpkg => {
+            let mut a = vec!["dpkg".to_owned()];
+            a.extend(root_arg(ctx, "--root"));
+            a.extend(["--remove".into(), name.to_owned()]);
+            a
+        }
+        Manager::Rpm => {
+            let mut a = vec!["rpm".to_owned()];
+            a.extend(root_arg(ctx, "--root"));
+            a.extend(["-e".into(), name.to_owned()]);
+            a
+        }
+    };
+    cmd::check(&a)?;
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! service provider: systemd (`systemctl`) when it is the running init,
+//! else the `service` command / init scripts with `update-rc.d` (Debian) or
+//! `chkconfig` (RedHat) for boot-time enabling. A refresh restarts a running
+//! service once (not when this run just started it). Services cannot be
+//! managed under `--root` (no init system runs there): such a resource fails
+//! with that reason.
+
+use super::{Ctx, Outcome, cmd};
+use std::path::Path;
+use troupe_catalog::{Kind, ServiceState};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Init {
+    Systemd,
+    SysV,
+}
+
+fn init() -> Init {
+    if Path::new("/run/systemd/system").is_dir() {
+        Init::Systemd
+    } else {
+        Init::SysV
+    }
+}
+
+fn running(i: Init, name: &str) -> anyhow::Result<bool> {
+    match i {
+        Init::Systemd => cmd::succeeds(&cmd::argv(&[
+            "systemctl",
+            "is-active",
+            "--quiet",
+            "--",
+            name,
+        ])),
+        Init::SysV => cmd::succeeds(&sysv(name, "status")),
+    }
+}
+
+fn sysv(name: &str, action: &str) -> Vec<String> {
+    let script = format!("/etc/init.d/{name}");
+    if Path::new("/usr/sbin/service").exists() || Path::new("/sbin/service").exists() {
+        cmd::argv(&["service", name, action])
+    } else {
+        vec![script, action.to_owned()]
+    }
+}
+
+fn enabled(i: Init, name: &str) -> anyhow::Result<bool> {
+    match i {
+        Init::Systemd => cmd::succeeds(&cmd::argv(&[
+            "systemctl",
+            "is-enabled",
+            "--quiet",
+            "--",
+            name,
+        ])),
+        Init::SysV => {
+            if Path::new("/usr/sbin/update-rc.d").exists() {
+                // Debian: a start link in any multi-user runlevel.
+                for rl in 2..=5 {
+                    if let Ok(rd) = std::fs::read_dir(format!("/etc/rc{rl}.d")) {
+                        for e in rd.flatten() {
+                            let f = e.file_name().to_string_lossy().into_owned();
+                            if f.starts_with('S') && f.get(3..) == Some(name) {
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
+                Ok(false)
+            } else {
+                cmd::succeeds(&cmd::argv(&["chkconfig", name]))
+            }
+        }
+    }
+}
+
+fn action(i: Init, name: &str, what: &str) -> anyhow::Result<()> {
+    let a = match i {
+        Init::Systemd => cmd::argv(&["systemctl", what, "--", name]),
+        Init::SysV => sysv(name, what),
+    };
+    cmd::check(&a)?;
+    Ok(())
+}
+
+fn set_enabled(i: Init, name: &str, on: bool) -> anyhow::Result<()> {
+    match i {
+        Init::Systemd => {
+            cmd::check(&cmd::argv(&[
+                "systemctl",
+                if on { "enable" } else { "disable" },
+                "--",
+                name,
+            ]))?;
+        }
+        Init::SysV => {
+            if Path::new("/usr/sbin/update-rc.d").exists() {
+                if on {
+                    cmd::check(&cmd::argv(&["update-rc.d", name, "defaults"]))?;
+                }
+                cmd::check(&cmd::argv(&[
+                    "update-rc.d",
+                    name,
+                    if on { "enable" } else { "disable" },
+                ]))?;
+            } else {
+                cmd::check(&cmd::argv(&[
+                    "chkconfig",
+                    name,
+                    if on { "on" } else { "off" },
+                ]))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outcome> {
+    let Kind::Service {
+        name,
+        ensure,
+        enable,
+    } = kind
+    else {
+        anyhow::bail!("not a service resource");
+    };
+    anyhow::ensure!(
+        !name.is_empty() && !name.starts_with('-') && !name.contains('/'),
+        "invalid service name {name:?}"
+    );
+    anyhow::ensure!(
+        !ctx.in_root(),
+        "services cannot be managed under --root {} (no init system runs there); service {name} was not touched",
+        ctx.root.display()
+    );
+    let i = init();
+    let mut out = Outcome::default();
+    let mut started = false;
+    let is_running = running(i, name)?;
+    match ensure {
+        Some(ServiceState::Running) if !is_running => {
+            out.change("started");
+            started = true;
+            if !ctx.noop {
+                action(i, name, "start")?;
+            }
+        }
+        Some(ServiceState::Stopped) if is_running => {
+            out.change("stopped");
+            if !ctx.noop {
+                action(i, name, "stop")?;
+            }
+        }
+        _ => {}
+    }
+    if let Some(on) = enable {
+        if enabled(i, name)? != *on {
+            out.change(if *on {
+                "enabled at boot"
+            } else {
+                "disabled at boot"
+            });
+            if !ctx.noop {
+                set_enabled(i, name, *on)?;
+            }
+        }
+    }
+    let will_run = match ensure {
+        Some(ServiceState::Running) => true,
+        Some(ServiceState::Stopped) => false,
+        None => is_running,
+    };
+    if refresh && will_run && !started {
+        out.refreshed = true;
+        out.change("restarted (refresh)");
+        if !ctx.noop {
+            action(i, name, "restart")?;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,86 @@
+//! Where catalogs and file contents come from, and where reports go.
+//! Pluggable so that the master client (mTLS) can be added beside the local
+//! file source without touching the converge engine.
+
+use anyhow::Context;
+use std::borrow::Cow;
+use std::path::PathBuf;
+use troupe_catalog::Catalog;
+use troupe_catalog::report::Report;
+
+/// What a catalog source returned.
+pub enum Fetched {
+    /// A new catalog (already validated) and its canonical bytes.
+    Catalog(Box<Catalog>),
+    /// The source says the agent's cached catalog (by hash) is current.
+    Unchanged,
+}
+
+/// A source of catalogs (a file now; the master over mTLS later).
+pub trait CatalogSource {
+    /// For logs and the run summary (`file:/path`, `master:https://...`).
+    fn describe(&self) -> String;
+    /// Fetches this node's catalog. `cached_hash` lets a source answer
+    /// [`Fetched::Unchanged`] instead of resending the same catalog.
+    fn fetch(
+        &mut self,
+        facts: &serde_json::Value,
+        cached_hash: Option<&str>,
+    ) -> anyhow::Result<Fetched>;
+}
+
+/// A catalog JSON file as written by `Catalog::to_canonical_json`.
+pub struct FileSource(pub PathBuf);
+
+impl CatalogSource for FileSource {
+    fn describe(&self) -> String {
+        format!("file:{}", self.0.display())
+    }
+    fn fetch(
+        &mut self,
+        _facts: &serde_json::Value,
+        _cached: Option<&str>,
+    ) -> anyhow::Result<Fetched> {
+        let bytes =
+            std::fs::read(&self.0).with_context(|| format!("cannot read {}", self.0.display()))?;
+        let cat = Catalog::from_json(&bytes)
+            .with_context(|| format!("catalog {} is invalid", self.0.display()))?;
+        Ok(Fetched::Catalog(Box::new(cat)))
+    }
+}
+
+/// File bodies by SHA-256 (the catalog's content table now; fetched from
+/// the master by hash later).
+pub trait ContentSource {
+    fn get(&self, sha256: &str) -> anyhow::Result<Cow<'_, [u8]>>;
+}
+
+/// Bodies from the catalog's own content table (hashes were checked when
+/// the catalog was decoded).
+pub struct CatalogContents<'a>(pub &'a Catalog);
+
+impl ContentSource for CatalogContents<'_> {
+    fn get(&self, sha256: &str) -> anyhow::Result<Cow<'_, [u8]>> {
+        let blob = self
+            .0
+            .contents
+            .get(sha256)
+            .with_context(|| format!("content {sha256} is not in the catalog"))?;
+        match blob {
+            troupe_catalog::Blob::Utf8(s) => Ok(Cow::Borrowed(s.as_bytes())),
+            troupe_catalog::Blob::Base64(_) => {
+                Ok(Cow::Owned(blob.bytes().with_context(|| {
+                    format!("content {sha256} is not valid base64")
+                })?))
+            }
+        }
+    }
+}
+
+/// Where reports are delivered (the master later). Reports that could not
+/// be delivered stay queued in the state database and are retried on the
+/// next run.
+pub trait ReportSink {
+    fn describe(&self) -> String;
+    fn send(&mut self, report: &Report) -> anyhow::Result<()>;
+}

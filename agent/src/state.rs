@@ -1,0 +1,431 @@
+//! The agent's state directory (`--state DIR`):
+//!
+//! ```text
+//! DIR/agent.redb            catalog cache, reports, rollback journal, unsent-report queue
+//! DIR/agent.lock            flock held during a run (released by the kernel on a crash)
+//! DIR/disabled              present = runs are disabled; JSON {reason, since}
+//! DIR/last_run_summary.json small summary of the last run, for monitoring
+//! DIR/bucket/ab/<sha256>    file bucket: old contents of changed files (rollback)
+//! ```
+
+use anyhow::Context;
+use nix::fcntl::{Flock, FlockArg};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use troupe_catalog::report::Report;
+
+const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
+const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
+const CHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("changes");
+const UNSENT: TableDefinition<&str, ()> = TableDefinition::new("unsent");
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/troupe-agent";
+
+/// What a file looked like before a run changed it (rollback journal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "was", rename_all = "lowercase")]
+pub enum Before {
+    /// Nothing was there: rollback removes what the run created.
+    Absent,
+    /// A regular file; its bytes are in the bucket under `sha256`.
+    File {
+        sha256: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        target: String,
+    },
+    Directory {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// One file-system object a run changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    /// Host path (already joined with `--root`).
+    pub path: PathBuf,
+    pub before: Before,
+}
+
+/// The state directory, opened.
+pub struct State {
+    pub dir: PathBuf,
+    db: Database,
+}
+
+fn db_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("state database: {e}")
+}
+
+impl State {
+    /// Opens (creating 0700) the state directory and its database.
+    pub fn open(dir: &Path) -> anyhow::Result<State> {
+        create_private_dir(dir)?;
+        let path = dir.join("agent.redb");
+        let db = Database::create(&path)
+            .map_err(db_err)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let tx = db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(CATALOG).map_err(db_err)?;
+            tx.open_table(REPORTS).map_err(db_err)?;
+            tx.open_table(CHANGES).map_err(db_err)?;
+            tx.open_table(UNSENT).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(State {
+            dir: dir.to_owned(),
+            db,
+        })
+    }
+
+    pub fn bucket(&self) -> Bucket {
+        Bucket {
+            dir: self.dir.join("bucket"),
+        }
+    }
+
+    /// The cached catalog bytes and hash, if any.
+    pub fn cached_catalog(&self) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(CATALOG).map_err(db_err)?;
+        let body = t.get("last").map_err(db_err)?.map(|v| v.value().to_vec());
+        let hash = t
+            .get("last_hash")
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        Ok(body.zip(hash))
+    }
+
+    /// Stores `body` (canonical JSON) as the last good catalog unless it is
+    /// already the cached one.
+    pub fn cache_catalog(&self, body: &[u8], hash: &str) -> anyhow::Result<()> {
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(CATALOG).map_err(db_err)?;
+            if let Some(h) = t.get("last_hash").map_err(db_err)? {
+                if h.value() == hash.as_bytes() {
+                    return Ok(());
+                }
+            }
+        }
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(CATALOG).map_err(db_err)?;
+            t.insert("last", body).map_err(db_err)?;
+            t.insert("last_hash", hash.as_bytes()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Stores a report and its rollback journal; queues it for sending when
+    /// `queue` is set; drops the oldest beyond `keep` (and bucket blobs no
+    /// retained run refers to).
+    pub fn save_run(
+        &self,
+        report: &Report,
+        changes: &[FileChange],
+        queue: bool,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(report)?;
+        let ch = serde_json::to_vec(changes)?;
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut pruned = false;
+        {
+            let mut reports = tx.open_table(REPORTS).map_err(db_err)?;
+            let mut chg = tx.open_table(CHANGES).map_err(db_err)?;
+            let mut unsent = tx.open_table(UNSENT).map_err(db_err)?;
+            reports
+                .insert(report.run_id.as_str(), body.as_slice())
+                .map_err(db_err)?;
+            if !changes.is_empty() {
+                chg.insert(report.run_id.as_str(), ch.as_slice())
+                    .map_err(db_err)?;
+            }
+            if queue {
+                unsent.insert(report.run_id.as_str(), ()).map_err(db_err)?;
+            }
+            let keep = keep.max(1) as u64;
+            while reports.len().map_err(db_err)? > keep {
+                let oldest = match reports.first().map_err(db_err)? {
+                    Some((k, _)) => k.value().to_owned(),
+                    None => break,
+                };
+                reports.remove(oldest.as_str()).map_err(db_err)?;
+                if chg.remove(oldest.as_str()).map_err(db_err)?.is_some() {
+                    pruned = true;
+                }
+                unsent.remove(oldest.as_str()).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        if pruned {
+            self.gc_bucket()?;
+        }
+        Ok(())
+    }
+
+    pub fn report(&self, run_id: &str) -> anyhow::Result<Option<Report>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(REPORTS).map_err(db_err)?;
+        match t.get(run_id).map_err(db_err)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(v.value()).context("stored report is corrupt")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Run ids of stored reports, oldest first.
+    pub fn run_ids(&self) -> anyhow::Result<Vec<String>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(REPORTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(db_err)? {
+            let (k, _) = e.map_err(db_err)?;
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// The rollback journal of a run (`None`: unknown run).
+    pub fn changes(&self, run_id: &str) -> anyhow::Result<Option<Vec<FileChange>>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let reports = tx.open_table(REPORTS).map_err(db_err)?;
+        if reports.get(run_id).map_err(db_err)?.is_none() {
+            return Ok(None);
+        }
+        let t = tx.open_table(CHANGES).map_err(db_err)?;
+        match t.get(run_id).map_err(db_err)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(v.value()).context("stored rollback journal is corrupt")?,
+            )),
+            None => Ok(Some(Vec::new())),
+        }
+    }
+
+    /// Run ids of reports not yet delivered to the master, oldest first.
+    pub fn unsent(&self) -> anyhow::Result<Vec<String>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(UNSENT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(db_err)? {
+            let (k, _) = e.map_err(db_err)?;
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn mark_sent(&self, run_id: &str) -> anyhow::Result<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(UNSENT).map_err(db_err)?;
+            t.remove(run_id).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    fn gc_bucket(&self) -> anyhow::Result<()> {
+        let mut keep = std::collections::HashSet::new();
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(CHANGES).map_err(db_err)?;
+            for e in t.iter().map_err(db_err)? {
+                let (_, v) = e.map_err(db_err)?;
+                let list: Vec<FileChange> = serde_json::from_slice(v.value()).unwrap_or_default();
+                for c in list {
+                    if let Before::File { sha256, .. } = c.before {
+                        keep.insert(sha256);
+                    }
+                }
+            }
+        }
+        let root = self.dir.join("bucket");
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            return Ok(());
+        };
+        for sub in rd.flatten() {
+            if let Ok(files) = std::fs::read_dir(sub.path()) {
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if !keep.contains(&name) {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Local content-addressed store of old file contents.
+pub struct Bucket {
+    pub dir: PathBuf,
+}
+
+impl Bucket {
+    fn path(&self, sha256: &str) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(
+            sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+            "invalid content hash {sha256:?}"
+        );
+        Ok(self.dir.join(&sha256[..2]).join(sha256))
+    }
+
+    /// Stores `bytes` (no-op when present). Durability comes from the run's
+    /// final sync of every file system it touched.
+    pub fn put(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        let sha = troupe_catalog::sha256_hex(bytes);
+        let p = self.path(&sha)?;
+        if p.exists() {
+            return Ok(sha);
+        }
+        let dir = p.parent().context("bucket path")?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create bucket dir {}", dir.display()))?;
+        let tmp = dir.join(format!(".{sha}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write bucket file {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        drop(f);
+        std::fs::rename(&tmp, &p)?;
+        Ok(sha)
+    }
+
+    /// The bytes stored under `sha256`, checked against it.
+    pub fn get(&self, sha256: &str) -> anyhow::Result<Vec<u8>> {
+        let p = self.path(sha256)?;
+        let b = std::fs::read(&p)
+            .with_context(|| format!("bucket has no content {sha256} ({})", p.display()))?;
+        anyhow::ensure!(
+            troupe_catalog::sha256_hex(&b) == sha256,
+            "bucket file {} is corrupt",
+            p.display()
+        );
+        Ok(b)
+    }
+}
+
+/// Creates `dir` (and parents) and makes it mode 0700.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set mode 0700 on {}", dir.display()))?;
+    Ok(())
+}
+
+/// The run lock: an exclusive `flock` on `DIR/agent.lock`. The kernel drops
+/// it when the process dies, so a crash never leaves a stale lock.
+pub struct RunLock {
+    _lock: Flock<File>,
+}
+
+impl RunLock {
+    /// Takes the lock or says which process holds it.
+    pub fn acquire(state_dir: &Path) -> anyhow::Result<RunLock> {
+        let path = state_dir.join("agent.lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let _ = lock.set_len(0);
+                let _ = writeln!(&mut *lock, "{}", std::process::id());
+                Ok(RunLock { _lock: lock })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "another run is in progress (pid {}); lock {}",
+                    holder.trim(),
+                    path.display()
+                )
+            }
+            Err((_, e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Why runs are disabled, if they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disabled {
+    pub reason: String,
+    pub since: String,
+}
+
+pub fn disabled(state_dir: &Path) -> Option<Disabled> {
+    let b = std::fs::read(state_dir.join("disabled")).ok()?;
+    Some(serde_json::from_slice(&b).unwrap_or(Disabled {
+        reason: String::from_utf8_lossy(&b).trim().to_owned(),
+        since: String::new(),
+    }))
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp + fsync + rename +
+/// fsync of the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    let name = path.file_name().context("path has no file name")?;
+    let tmp = dir.join(format!(".{}.troupe-new", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename onto {}", path.display()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// RFC 3339 UTC time of now.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A new run id: sortable by time, unique enough (`20261122T085200Z-1a2b3c4d`).
+pub fn new_run_id() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        fastrand::u32(..)
+    )
+}
