@@ -1,13 +1,28 @@
 //! # troupe-pki
 //!
 //! Owns Troupe's trust layer: the certificate authority (key, self-signed
-//! certificate, random serials, signing, revocation, CRL), host-name
-//! validation, CSR parsing (pre-shared key in `pp_preshared_key` or
-//! `challengePassword`), one-time PSKs (stored only as hashes, compared in
-//! constant time), and the rustls configurations for mutual TLS.
+//! certificate, random serials, signing, revocation, CRL, audit log, state in
+//! redb), host-name validation, CSR parsing (pre-shared key in
+//! `pp_preshared_key` or `challengePassword`), one-time PSKs (stored only as
+//! hashes, compared in constant time), and the rustls configurations for
+//! mutual TLS.
 //!
 //! It must never: log or return a private key or a PSK; copy an extension
 //! from a CSR into a certificate; trust an identity that does not come from a
 //! verified certificate; panic on bytes from the network or from disk.
 
 #![forbid(unsafe_code)]
+
+pub mod authority;
+pub mod csr;
+pub mod name;
+pub mod psk;
+pub mod tls;
+pub mod util;
+
+pub use authority::{
+    Authority, CaError, CaPolicy, IssuedCert, ListEntry, ListFilter, PollOutcome, SubmitOutcome,
+};
+pub use csr::{CheckedCsr, CsrError, build_csr, check_csr};
+pub use name::{NameError, validate_host_name};
+pub use psk::PskError;

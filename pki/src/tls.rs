@@ -1,0 +1,171 @@
+//! rustls configurations for Troupe's mutual TLS (ring provider only).
+//!
+//! - [`server_config`]: the master. Client certificates are verified against
+//!   the CA with the current CRL; unauthenticated clients are admitted to the
+//!   handshake only so they can reach the bootstrap calls; every other call
+//!   must check the verified peer certificate itself.
+//! - [`client_config`]: an agent with a certificate (or none), verifying the
+//!   master against the CA and the CRL.
+//! - [`pinned_client_config`]: the first contact of a bootstrapping agent:
+//!   the server must present, in its chain, a CA certificate whose SHA-256
+//!   fingerprint equals the pinned one, and its leaf must verify under it.
+//!   No blind trust on first use.
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// ALPN for gRPC: without it tonic clients fail with `H2NotNegotiated`.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The one crypto provider of the whole tree.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide provider. Call first thing in `main`;
+/// calling it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut r = RootCertStore::empty();
+    r.add(CertificateDer::from(ca_der.to_vec()))?;
+    Ok(Arc::new(r))
+}
+
+fn verr(e: impl std::fmt::Display) -> rustls::Error {
+    rustls::Error::General(e.to_string())
+}
+
+/// The master's server config: chain = (leaf, CA), client certificates
+/// optional but, when present, verified with `crls`.
+pub fn server_config(
+    ca_der: &[u8],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<ServerConfig, rustls::Error> {
+    let p = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, p.clone())
+        .with_crls(crls)
+        .allow_unauthenticated()
+        .build()
+        .map_err(verr)?;
+    let mut cfg = ServerConfig::builder_with_provider(p)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(cfg)
+}
+
+/// A client config trusting only `ca_der` (with `crls` applied to the
+/// server's certificate), presenting `identity` if given.
+pub fn client_config(
+    ca_der: &[u8],
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<ClientConfig, rustls::Error> {
+    let p = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca_der)?, p.clone())
+        .with_crls(crls)
+        .build()
+        .map_err(verr)?;
+    let b = ClientConfig::builder_with_provider(p)
+        .with_safe_default_protocol_versions()?
+        .with_webpki_verifier(verifier);
+    let mut cfg = match identity {
+        Some((chain, key)) => b.with_client_auth_cert(chain, key)?,
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(cfg)
+}
+
+/// Verifies the server against a CA known only by its SHA-256 fingerprint.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server did not present a CA certificate with the pinned fingerprint"
+                        .into(),
+                )
+            })?;
+        let inner = WebPkiServerVerifier::builder_with_provider(roots(ca)?, self.provider.clone())
+            .build()
+            .map_err(verr)?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client config for the first contact: trusts the server only if it
+/// presents the CA with fingerprint `pin` and a leaf signed by it.
+pub fn pinned_client_config(pin: [u8; 32]) -> Result<ClientConfig, rustls::Error> {
+    let p = provider();
+    let mut cfg = ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier { pin, provider: p }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(cfg)
+}
