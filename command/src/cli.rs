@@ -1,0 +1,344 @@
+//! Command-line front for `troupe key ...` and `troupe audit verify`, to be
+//! wired into the `troupe` binary:
+//!
+//! ```ignore
+//! #[derive(clap::Subcommand)]
+//! enum Cmd {
+//!     Key(troupe_command::cli::KeyArgs),
+//!     Audit(troupe_command::cli::AuditArgs),
+//! }
+//! // Cmd::Key(a) => troupe_command::cli::run_key(&a, &mut std::io::stdout())?,
+//! // Cmd::Audit(a) => troupe_command::cli::run_audit(&a, &mut std::io::stdout())?,
+//! ```
+//!
+//! [`SignerArgs`] selects a signer (key file or ssh-agent) for commands that
+//! sign (`troupe run`, `troupe deploy`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::audit;
+use crate::keys::{FileSigner, KeyId, Signer, SshAgentSigner, public_path, ssh_agent_keys};
+
+/// `troupe key`: manage command-signing keys.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+/// Key subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Create a new ed25519 signing key in a passphrase-protected file.
+    ///
+    /// The file is PKCS#8 encrypted with scrypt + AES-256-CBC, mode 0600;
+    /// the key id goes to FILE.pub. Add the key id to the hosts' trusted
+    /// signers. An existing file is never overwritten.
+    New {
+        /// Where to write the key.
+        #[arg(long, short, value_name = "FILE")]
+        out: PathBuf,
+        /// Read the passphrase from the first line of this file instead of
+        /// prompting on the terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Show a key file's key id and OpenSSH fingerprint.
+    ///
+    /// Reads FILE.pub; if it is missing, decrypts FILE (asks the passphrase).
+    Show {
+        /// The key file.
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// List the ed25519 keys of the running ssh-agent (SSH_AUTH_SOCK) with
+    /// their key ids, to sign with `--ssh-agent`.
+    Agent,
+}
+
+/// `troupe audit`: audit-log tools.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// Audit subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify a hash-chained audit log and its head file (FILE.head).
+    ///
+    /// Detects edited, reordered, inserted or deleted records, and records
+    /// cut from the end. Exits non-zero on any problem.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+    },
+}
+
+/// How a signing command chooses its key.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignerArgs {
+    /// Sign with this passphrase-protected key file.
+    #[arg(long, value_name = "FILE", conflicts_with = "ssh_agent")]
+    pub key: Option<PathBuf>,
+    /// Sign through the running ssh-agent (SSH_AUTH_SOCK); the private key
+    /// never touches Troupe's files.
+    #[arg(long)]
+    pub ssh_agent: bool,
+    /// With --ssh-agent: which key (needed if the agent holds several
+    /// ed25519 keys).
+    #[arg(long, value_name = "KEY_ID", requires = "ssh_agent")]
+    pub key_id: Option<KeyId>,
+    /// Read the key file's passphrase from this file instead of prompting.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl SignerArgs {
+    /// Opens the chosen signer.
+    pub fn open(&self) -> anyhow::Result<Box<dyn Signer>> {
+        if self.ssh_agent {
+            return Ok(Box::new(SshAgentSigner::from_env(self.key_id.as_ref())?));
+        }
+        let Some(path) = &self.key else {
+            bail!("choose a signing key: --key FILE or --ssh-agent");
+        };
+        let pass = passphrase(self.passphrase_file.as_deref(), "Passphrase: ", false)?;
+        Ok(Box::new(FileSigner::load(path, &pass)?))
+    }
+}
+
+fn passphrase(file: Option<&Path>, prompt: &str, confirm: bool) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read passphrase file {}", f.display()))?;
+        return Ok(text.lines().next().unwrap_or("").to_string());
+    }
+    let p = rpassword::prompt_password(prompt)
+        .context("cannot read the passphrase from the terminal")?;
+    if confirm {
+        let again = rpassword::prompt_password("Again: ")
+            .context("cannot read the passphrase from the terminal")?;
+        if again != p {
+            bail!("the passphrases do not match");
+        }
+    }
+    Ok(p)
+}
+
+fn show_id(id: &KeyId, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(out, "key id:      {id}")?;
+    writeln!(out, "fingerprint: {}", id.openssh_fingerprint())?;
+    writeln!(out, "openssh:     {}", id.openssh_public("troupe"))?;
+    Ok(())
+}
+
+/// Runs `troupe key ...`.
+pub fn run_key(args: &KeyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    match &args.command {
+        KeyCommand::New {
+            out: path,
+            passphrase_file,
+        } => {
+            if path.exists() {
+                bail!(
+                    "{} already exists: refusing to overwrite a key",
+                    path.display()
+                );
+            }
+            let pass = passphrase(passphrase_file.as_deref(), "New passphrase: ", true)?;
+            let signer = FileSigner::generate()?;
+            signer.write_encrypted(path, &pass)?;
+            writeln!(
+                out,
+                "wrote {} (mode 0600) and {}",
+                path.display(),
+                public_path(path).display()
+            )?;
+            show_id(signer.key_id(), out)
+        }
+        KeyCommand::Show {
+            file,
+            passphrase_file,
+        } => {
+            let pub_path = public_path(file);
+            let id = match std::fs::read_to_string(&pub_path) {
+                Ok(text) => KeyId::parse(text.trim()).with_context(|| {
+                    format!("{} does not hold a valid key id", pub_path.display())
+                })?,
+                Err(_) => {
+                    let pass = passphrase(passphrase_file.as_deref(), "Passphrase: ", false)?;
+                    FileSigner::load(file, &pass)?.key_id().clone()
+                }
+            };
+            show_id(&id, out)
+        }
+        KeyCommand::Agent => {
+            let sock = std::env::var_os("SSH_AUTH_SOCK")
+                .context("SSH_AUTH_SOCK is not set: no ssh-agent is running")?;
+            let keys = ssh_agent_keys(Path::new(&sock))?;
+            if keys.is_empty() {
+                bail!("the ssh-agent holds no ed25519 key (add one with `ssh-add`)");
+            }
+            for (id, comment) in keys {
+                writeln!(out, "{id}  {}  {comment}", id.openssh_fingerprint())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `troupe audit ...`. An error means verification failed.
+pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    match &args.command {
+        AuditCommand::Verify { file } => {
+            let r = audit::verify(file)
+                .with_context(|| format!("{}: verification FAILED", file.display()))?;
+            writeln!(
+                out,
+                "{}: OK, {} records, head {} {}",
+                file.display(),
+                r.records,
+                r.head.seq,
+                r.head.hash_hex()
+            )?;
+            if r.head_lagging {
+                writeln!(
+                    out,
+                    "note: the head file is one record behind (crash during an append; repaired on next open)"
+                )?;
+            }
+            if r.torn_tail > 0 {
+                writeln!(
+                    out,
+                    "note: {} bytes of an incomplete last record (crash during an append)",
+                    r.torn_tail
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Top {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Cmd {
+        Key(KeyArgs),
+        Audit(AuditArgs),
+        Run {
+            #[command(flatten)]
+            signer: SignerArgs,
+        },
+    }
+
+    #[test]
+    fn clap_definitions_are_valid() {
+        use clap::CommandFactory;
+        Top::command().debug_assert();
+    }
+
+    #[test]
+    fn key_new_show_and_sign_with_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ops.key");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "long enough passphrase\n").unwrap();
+        let Cmd::Key(new) = Top::parse_from([
+            "t",
+            "key",
+            "new",
+            "--out",
+            key.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+        .cmd
+        else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        run_key(&new, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("key id:      ed25519:"), "{text}");
+        // Again: refused, file unchanged.
+        let before = std::fs::read(&key).unwrap();
+        assert!(run_key(&new, &mut Vec::new()).is_err());
+        assert_eq!(std::fs::read(&key).unwrap(), before);
+
+        let Cmd::Key(show) = Top::parse_from(["t", "key", "show", key.to_str().unwrap()]).cmd
+        else {
+            panic!()
+        };
+        let mut out2 = Vec::new();
+        run_key(&show, &mut out2).unwrap();
+        let text2 = String::from_utf8(out2).unwrap();
+        assert_eq!(text2.lines().next(), text.lines().nth(1));
+
+        let Cmd::Run { signer } = Top::parse_from([
+            "t",
+            "run",
+            "--key",
+            key.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+        .cmd
+        else {
+            panic!()
+        };
+        let mut s = signer.open().unwrap();
+        let sig = s.sign(b"hello").unwrap();
+        s.key_id()
+            .verifying_key()
+            .verify_strict(b"hello", &sig)
+            .unwrap();
+    }
+
+    #[test]
+    fn signer_args_conflicts() {
+        assert!(Top::try_parse_from(["t", "run", "--key", "k", "--ssh-agent"]).is_err());
+        assert!(Top::try_parse_from(["t", "run", "--key-id", "ed25519:x"]).is_err());
+        let Cmd::Run { signer } = Top::parse_from(["t", "run"]).cmd else {
+            panic!()
+        };
+        assert!(signer.open().is_err());
+    }
+
+    #[test]
+    fn audit_verify_reports_ok_and_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = audit::AuditLog::open(&path).unwrap();
+        log.append(&serde_json::json!({"action": "ping"})).unwrap();
+        log.append(&serde_json::json!({"action": "facts"})).unwrap();
+        drop(log);
+        let Cmd::Audit(a) = Top::parse_from(["t", "audit", "verify", path.to_str().unwrap()]).cmd
+        else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        run_audit(&a, &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("OK, 2 records"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("facts", "fact5");
+        std::fs::write(&path, text).unwrap();
+        let e = run_audit(&a, &mut Vec::new()).unwrap_err();
+        assert!(format!("{e:#}").contains("line 2"), "{e:#}");
+    }
+}
