@@ -1,37 +1,487 @@
-//! The compiler's command-line front, wired into `troupe`. (Skeleton.)
+//! The compiler's command-line front, wired into `troupe`:
+//! `troupe catalog compile|diff|classify`, `troupe lookup`,
+//! `troupe secret keygen|encrypt|pubkey`.
+
+use crate::data::Outcome;
+use crate::{CompileOptions, Merge, ModuleTree, SecretKeys};
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use troupe_catalog::{Blob, Catalog, Kind};
+
+/// Where a module tree and the master's data live.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TreeArgs {
+    /// The module tree: a directory with `site.toml` and `environments/NAME/`.
+    #[arg(long, env = "TROUPE_MODULES", default_value = "modules")]
+    pub modules: PathBuf,
+    /// The master's data directory; secret keys are read from `DATA/secrets/ENV.key`.
+    #[arg(long, env = "TROUPE_DATA", default_value = "/var/lib/troupe")]
+    pub data: PathBuf,
+}
+
+/// A node to compile for.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The node's certname, e.g. `web4.example.com`.
+    pub host: String,
+    /// The node's facts: a JSON file (see the facts schema).
+    #[arg(long)]
+    pub facts: PathBuf,
+    /// A trusted certificate extension as NAME=VALUE (repeatable), as the
+    /// master would read it from the node's certificate.
+    #[arg(long = "extension", value_name = "NAME=VALUE")]
+    pub extensions: Vec<String>,
+}
 
 /// `troupe catalog ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum CatalogCmd {
-    /// Compile a host's catalog and print it.
+    /// Compile a host's catalog and print it (one line per resource, or the
+    /// catalog document with --json). Secrets are redacted unless
+    /// --show-secrets.
     Compile {
-        host: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Compile in this environment instead of the classified one.
+        #[arg(long)]
+        env: Option<String>,
+        /// Print the catalog document (JSON).
+        #[arg(long)]
+        json: bool,
+        /// Print decrypted secrets (the exact catalog an agent receives).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Show what changes for a host between two module trees or two
+    /// environments. Exit status 0: no change, 2: changes.
+    Diff {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The module tree before (default: --modules).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The module tree after (default: --modules).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Environment before (default: the classified one).
+        #[arg(long)]
+        from_env: Option<String>,
+        /// Environment after (default: the classified one).
+        #[arg(long)]
+        to_env: Option<String>,
+        #[command(flatten)]
+        tree: TreeArgs,
+    },
+    /// Show how a host is classified: role, environment, number and zone.
+    Classify {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        tree: TreeArgs,
+    },
+    /// Load and check a module tree; print its code version.
+    Check {
+        #[command(flatten)]
+        tree: TreeArgs,
     },
 }
 
-/// `troupe lookup ...`
+/// `troupe lookup KEY --node HOST --facts FILE [--explain]`
 #[derive(clap::Args, Debug)]
 pub struct LookupArgs {
-    /// The key to look up.
+    /// The dotted key to look up, e.g. `nginx.port`.
     pub key: String,
+    /// The node's certname.
+    #[arg(long)]
+    pub node: String,
+    /// The node's facts (JSON file).
+    #[arg(long)]
+    pub facts: PathBuf,
+    /// Use this environment instead of the classified one.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// `first` (most specific level wins) or `deep` (merge tables across levels).
+    #[arg(long, default_value = "first", value_parser = ["first", "deep"])]
+    pub merge: String,
+    /// Show every level looked at and what it held.
+    #[arg(long)]
+    pub explain: bool,
+    #[command(flatten)]
+    pub tree: TreeArgs,
 }
 
 /// `troupe secret ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum SecretCmd {
-    /// Encrypt a value for an environment.
+    /// Create an environment's key pair: the private key goes to
+    /// DATA/secrets/ENV.key (mode 0600, never overwritten); the public key is
+    /// printed and, with --write-pub, written to
+    /// MODULES/environments/ENV/secrets.pub.
+    Keygen {
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        tree: TreeArgs,
+        /// Also write the public key into the module tree.
+        #[arg(long)]
+        write_pub: bool,
+    },
+    /// Encrypt a value for an environment and print the TOML to paste into a
+    /// data file. The value is read from standard input (or a prompt without
+    /// echo on a terminal), never from the command line.
     Encrypt {
         #[arg(long)]
         env: String,
+        /// The recipient (age1...) to encrypt to; default: the environment's
+        /// `secrets.pub` in the module tree.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Keep a trailing newline in the value read from stdin (it is
+        /// stripped by default).
+        #[arg(long)]
+        keep_newline: bool,
+        #[command(flatten)]
+        tree: TreeArgs,
+    },
+    /// Print an environment's public key from the module tree.
+    Pubkey {
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        tree: TreeArgs,
     },
 }
 
-pub fn catalog(_cmd: CatalogCmd) -> anyhow::Result<u8> {
-    anyhow::bail!("the catalog compiler is not built yet")
+fn load_tree(path: &Path) -> anyhow::Result<ModuleTree> {
+    ModuleTree::load(path).map_err(|e| anyhow::anyhow!("{}", e.render()))
 }
-pub fn lookup(_args: LookupArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("lookup is not built yet")
+
+fn read_facts(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read facts {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    if !v.is_object() {
+        bail!("{} must hold one JSON object of facts", path.display());
+    }
+    Ok(v)
 }
-pub fn secret(_cmd: SecretCmd) -> anyhow::Result<u8> {
-    anyhow::bail!("secrets are not built yet")
+
+fn extensions(list: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    list.iter()
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--extension `{e}`: expected NAME=VALUE"))
+        })
+        .collect()
+}
+
+fn compile_node(
+    tree: &ModuleTree,
+    node: &NodeArgs,
+    facts: &serde_json::Value,
+    env: Option<String>,
+    data: &Path,
+) -> anyhow::Result<Catalog> {
+    let opts = CompileOptions {
+        environment: env,
+        extensions: extensions(&node.extensions)?,
+        secrets: SecretKeys::load_dir(data).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    tree.compile(&node.host, facts, &opts)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))
+}
+
+/// Replaces the values of sensitive resources for display.
+pub fn redact(cat: &Catalog) -> Catalog {
+    let mut c = cat.clone();
+    for r in c.resources.iter_mut().filter(|r| r.sensitive) {
+        if let Kind::File {
+            content: Some(cr), ..
+        } = &r.kind
+        {
+            c.contents
+                .insert(cr.sha256.clone(), Blob::Utf8("<sensitive>".into()));
+        }
+        if let Kind::Exec { command, .. } = &mut r.kind {
+            for a in command.iter_mut().skip(1) {
+                *a = "<sensitive>".into();
+            }
+        }
+        if let Kind::Cron { command, .. } = &mut r.kind {
+            *command = "<sensitive>".into();
+        }
+    }
+    c
+}
+
+pub fn catalog(cmd: CatalogCmd) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    catalog_to(cmd, &mut out)
+}
+
+/// [`catalog`], writing to `out` (for tests).
+pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
+    match cmd {
+        CatalogCmd::Compile {
+            node,
+            tree,
+            env,
+            json,
+            show_secrets,
+        } => {
+            let t = load_tree(&tree.modules)?;
+            let facts = read_facts(&node.facts)?;
+            let cat = compile_node(&t, &node, &facts, env, &tree.data)?;
+            let shown = if show_secrets {
+                cat.clone()
+            } else {
+                redact(&cat)
+            };
+            if json {
+                writeln!(out, "{}", shown.to_pretty_json())?;
+            } else {
+                let mut text = crate::diff::human(&shown);
+                // The header carries the real hash, not the redacted one's.
+                if let Some(first) = text.lines().next() {
+                    let fixed = first.replace(&shown.hash(), &cat.hash());
+                    text = text.replacen(first, &fixed, 1);
+                }
+                write!(out, "{text}")?;
+            }
+            Ok(0)
+        }
+        CatalogCmd::Diff {
+            node,
+            from,
+            to,
+            from_env,
+            to_env,
+            tree,
+        } => {
+            let facts = read_facts(&node.facts)?;
+            let a_path = from.unwrap_or_else(|| tree.modules.clone());
+            let b_path = to.unwrap_or_else(|| tree.modules.clone());
+            let a_tree = load_tree(&a_path)?;
+            let b_tree = if b_path == a_path {
+                None
+            } else {
+                Some(load_tree(&b_path)?)
+            };
+            let a = compile_node(&a_tree, &node, &facts, from_env, &tree.data)
+                .context("compiling the old catalog")?;
+            let b = compile_node(
+                b_tree.as_ref().unwrap_or(&a_tree),
+                &node,
+                &facts,
+                to_env,
+                &tree.data,
+            )
+            .context("compiling the new catalog")?;
+            let (text, stats) = crate::diff::diff(&a, &b);
+            if stats.is_empty() {
+                writeln!(out, "no changes for {}", node.host)?;
+                return Ok(0);
+            }
+            write!(out, "{text}")?;
+            writeln!(
+                out,
+                "{} added, {} removed, {} changed",
+                stats.added, stats.removed, stats.changed
+            )?;
+            Ok(2)
+        }
+        CatalogCmd::Classify { node, tree } => {
+            let t = load_tree(&tree.modules)?;
+            let facts = read_facts(&node.facts)?;
+            let c = t
+                .classify(&node.host, &extensions(&node.extensions)?, &facts)
+                .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&c)?)?;
+            Ok(0)
+        }
+        CatalogCmd::Check { tree } => {
+            let t = load_tree(&tree.modules)?;
+            writeln!(
+                out,
+                "ok: {} environments ({}), code version {}",
+                t.environments().count(),
+                t.environments().collect::<Vec<_>>().join(", "),
+                t.code_version()
+            )?;
+            Ok(0)
+        }
+    }
+}
+
+pub fn lookup(args: LookupArgs) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    lookup_to(args, &mut out)
+}
+
+/// [`lookup`], writing to `out`. Secrets are never decrypted here.
+pub fn lookup_to(args: LookupArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let t = load_tree(&args.tree.modules)?;
+    let facts = read_facts(&args.facts)?;
+    let mut class = t
+        .classify(&args.node, &BTreeMap::new(), &facts)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    if let Some(e) = args.env {
+        if t.environment(&e).is_none() {
+            bail!("environment `{e}` does not exist");
+        }
+        class.environment = e;
+    }
+    let view = t
+        .data_view(&class, &facts, SecretKeys::new())
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    let merge = if args.merge == "deep" {
+        Merge::Deep
+    } else {
+        Merge::First
+    };
+    if args.explain {
+        writeln!(
+            out,
+            "looking up `{}` for {} (environment {}, role {}, merge {})",
+            args.key, class.certname, class.environment, class.role, args.merge
+        )?;
+        for (i, tr) in view.explain(&args.key).iter().enumerate() {
+            let path = match &tr.path {
+                Ok(p) => p.clone(),
+                Err(why) => why.clone(),
+            };
+            let what = match &tr.outcome {
+                Outcome::Skipped => "skipped".to_owned(),
+                Outcome::NoFile => "no such file".to_owned(),
+                Outcome::NotFound => "key not found".to_owned(),
+                Outcome::Found { at, value } => format!("found at {at}: {value}"),
+            };
+            writeln!(out, "  {}. {:<10} {path}: {what}", i + 1, tr.level)?;
+        }
+    }
+    match view.lookup_redacted(&args.key, merge) {
+        Some(v) => {
+            if args.explain {
+                writeln!(out, "result: {v}")?;
+            } else {
+                writeln!(out, "{v}")?;
+            }
+            Ok(0)
+        }
+        None => {
+            writeln!(out, "`{}` is not found at any level", args.key)?;
+            Ok(1)
+        }
+    }
+}
+
+pub fn secret(cmd: SecretCmd) -> anyhow::Result<u8> {
+    let stdin = std::io::stdin();
+    let value = if matches!(cmd, SecretCmd::Encrypt { .. }) && stdin.is_terminal() {
+        let v = rpassword::prompt_password("value to encrypt (not echoed): ")
+            .context("cannot read the value from the terminal")?;
+        Some(zeroize::Zeroizing::new(v.into_bytes()))
+    } else {
+        None
+    };
+    let mut out = std::io::stdout().lock();
+    match value {
+        Some(v) => secret_to(cmd, &mut &v[..], &mut out),
+        None => secret_to(cmd, &mut stdin.lock(), &mut out),
+    }
+}
+
+/// [`secret`], reading the value from `input` and writing to `out`.
+pub fn secret_to(cmd: SecretCmd, input: &mut dyn Read, out: &mut dyn Write) -> anyhow::Result<u8> {
+    match cmd {
+        SecretCmd::Keygen {
+            env,
+            tree,
+            write_pub,
+        } => {
+            let public =
+                crate::secrets::keygen(&tree.data, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if write_pub {
+                let dir = tree.modules.join("environments").join(&env);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let p = dir.join("secrets.pub");
+                std::fs::write(&p, format!("{public}\n"))
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            writeln!(out, "{public}")?;
+            eprintln!(
+                "private key for `{env}` written to {} (mode 0600)",
+                crate::secrets::key_path(&tree.data, &env).display()
+            );
+            Ok(0)
+        }
+        SecretCmd::Encrypt {
+            env,
+            recipient,
+            keep_newline,
+            tree,
+        } => {
+            if !crate::secrets::valid_env_name(&env) {
+                bail!("`{env}` is not a valid environment name");
+            }
+            let text = match recipient {
+                Some(r) => r,
+                None => {
+                    let p = tree
+                        .modules
+                        .join("environments")
+                        .join(&env)
+                        .join("secrets.pub");
+                    std::fs::read_to_string(&p).with_context(|| {
+                        format!(
+                            "cannot read {} (run `troupe secret keygen --env {env} --write-pub` or pass --recipient)",
+                            p.display()
+                        )
+                    })?
+                }
+            };
+            let recipient =
+                crate::secrets::parse_recipient(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut value = zeroize::Zeroizing::new(Vec::new());
+            input
+                .take(crate::secrets::MAX_SECRET_BYTES as u64 + 1)
+                .read_to_end(&mut value)
+                .context("cannot read the value")?;
+            if !keep_newline {
+                while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    value.pop();
+                }
+            }
+            if value.is_empty() {
+                bail!("the value to encrypt is empty");
+            }
+            if std::str::from_utf8(&value).is_err() {
+                bail!("the value must be UTF-8 text");
+            }
+            let toml = crate::secrets::encrypt_to_toml(&recipient, &env, &value)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            writeln!(out, "{toml}")?;
+            Ok(0)
+        }
+        SecretCmd::Pubkey { env, tree } => {
+            let t = load_tree(&tree.modules)?;
+            let e = t
+                .environment(&env)
+                .with_context(|| format!("environment `{env}` does not exist"))?;
+            match e.recipient() {
+                Some(r) => {
+                    writeln!(out, "{r}")?;
+                    Ok(0)
+                }
+                None => bail!("environment `{env}` has no secrets.pub"),
+            }
+        }
+    }
 }

@@ -1,0 +1,1378 @@
+//! Classification and compilation: facts + module tree → catalog. Pure: no
+//! file system, no clock, no randomness; the same inputs give the same bytes.
+
+use crate::data::DataView;
+use crate::error::{Error, ErrorKind, Result, Span};
+use crate::secrets::SecretKeys;
+use crate::syntax::{N, V};
+use crate::tree::{
+    EnvTree, Include, Matcher, ModuleTree, Profile, ResourceDecl, check_named_file, is_templated,
+    whole_expression,
+};
+use minijinja::Value;
+use serde_json::Value as J;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use troupe_catalog::{Catalog, Ensure, Kind, PackageEnsure, Resource, ResourceId, ServiceState};
+
+/// How to compile: environment override, the node's trusted certificate
+/// extensions, and the secret keys this master holds.
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    /// Compile in this environment instead of the classified one.
+    pub environment: Option<String>,
+    /// Extensions of the node's verified certificate (name → value).
+    pub extensions: BTreeMap<String, String>,
+    /// Private keys by environment; a secret is decrypted only when a
+    /// catalog uses it.
+    pub secrets: SecretKeys,
+}
+
+/// What the site says about a node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Classification {
+    pub certname: String,
+    /// The first label of the certname.
+    pub hostname: String,
+    pub role: String,
+    pub environment: String,
+    /// The number at the end of the host name (`web4` → 4).
+    pub number: Option<u64>,
+    /// `number % zones`.
+    pub zone: Option<u64>,
+    pub zones: u64,
+    /// Where the role came from (`site.toml:12:1` or `certificate extension pp_role`).
+    pub role_from: String,
+}
+
+impl Classification {
+    /// The `node` variable templates and conditions see.
+    pub(crate) fn node_value(&self) -> J {
+        // `number` and `zone` are left out (undefined) for a host name
+        // without a number, so `node.zone is defined` reads naturally.
+        let mut v = serde_json::json!({
+            "certname": self.certname,
+            "hostname": self.hostname,
+            "role": self.role,
+            "environment": self.environment,
+            "zones": self.zones,
+        });
+        if let (Some(n), Some(z)) = (self.number, self.zone) {
+            v["number"] = J::from(n);
+            v["zone"] = J::from(z);
+        }
+        v
+    }
+}
+
+/// Checks a certname: lowercase DNS-like, at most 253 bytes.
+pub fn valid_certname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && !s.starts_with(['.', '-'])
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+        })
+}
+
+/// The number at the end of a host name: `web4` → 4, `db-12` → 12.
+pub fn trailing_number(hostname: &str) -> Option<u64> {
+    let digits = hostname.len()
+        - hostname
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_digit)
+            .count();
+    hostname[digits..].parse().ok()
+}
+
+pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn to_mj(j: &J) -> Value {
+    Value::from(minijinja::value::Serde(j))
+}
+
+fn trusted_facts(facts: &J, certname: &str, ext: &BTreeMap<String, String>) -> Result<J> {
+    let J::Object(map) = facts else {
+        return Err(Error::new(
+            ErrorKind::Facts,
+            "facts must be a JSON object (see the facts schema)",
+        ));
+    };
+    let mut map = map.clone();
+    // Trusted facts come from the verified certificate, never the request.
+    map.insert(
+        "trusted".into(),
+        serde_json::json!({ "certname": certname, "extensions": ext }),
+    );
+    Ok(J::Object(map))
+}
+
+impl ModuleTree {
+    /// Classifies a node: its role and environment, from its certificate
+    /// extensions and the site's rules (first match wins), plus the derived
+    /// number and zone.
+    pub fn classify(
+        &self,
+        certname: &str,
+        extensions: &BTreeMap<String, String>,
+        facts: &J,
+    ) -> Result<Classification> {
+        if !valid_certname(certname) {
+            return Err(Error::new(
+                ErrorKind::Classification,
+                format!(
+                    "`{certname}` is not a valid certname (lowercase letters, digits, `.`, `-`, `_`)"
+                ),
+            ));
+        }
+        let site = &self.site;
+        let facts = trusted_facts(facts, certname, extensions)?;
+        let hostname = certname.split('.').next().unwrap_or(certname).to_owned();
+        let number = trailing_number(&hostname);
+        let mut role: Option<(String, String)> = None;
+        let mut env: Option<String> = None;
+        let mut zones: Option<u64> = None;
+        if let Some(ext) = &site.role_extension
+            && let Some(v) = extensions.get(ext)
+        {
+            role = Some((v.clone(), format!("certificate extension {ext}")));
+        }
+        if let Some(ext) = &site.environment_extension
+            && let Some(v) = extensions.get(ext)
+        {
+            env = Some(v.clone());
+        }
+        let jinja = minijinja::Environment::new();
+        for rule in &site.rules {
+            let matched = match &rule.matcher {
+                Matcher::Glob(p) => p.matches(certname),
+                Matcher::Regex(r) => r.is_match(certname),
+            };
+            if !matched {
+                continue;
+            }
+            if let Some(w) = &rule.when {
+                let zone = number.map(|n| n % rule.zones.unwrap_or(site.zones));
+                let ctx = minijinja::context! {
+                    facts => to_mj(&facts),
+                    trusted => to_mj(&facts["trusted"]),
+                    node => to_mj(&{
+                        let mut v = serde_json::json!({ "certname": certname, "hostname": hostname });
+                        if let (Some(n), Some(z)) = (number, zone) {
+                            v["number"] = J::from(n);
+                            v["zone"] = J::from(z);
+                        }
+                        v
+                    }),
+                };
+                let src = w.as_str().unwrap_or("false");
+                let expr = whole_expression(src).unwrap_or(src);
+                let ok = jinja
+                    .compile_expression(expr)
+                    .and_then(|e| e.eval(ctx))
+                    .map_err(|e| {
+                        w.err(
+                            ErrorKind::Classification,
+                            format!("rule condition failed: {}", jinja_message(&e)),
+                        )
+                    })?;
+                if !ok.is_true() {
+                    continue;
+                }
+            }
+            if role.is_none()
+                && let Some(r) = &rule.role
+            {
+                role = Some((
+                    r.clone(),
+                    format!("{} (`{}`)", rule.span.location(), rule.pattern),
+                ));
+            }
+            if env.is_none()
+                && let Some(e) = &rule.environment
+            {
+                env = Some(e.clone());
+            }
+            if zones.is_none() {
+                zones = rule.zones;
+            }
+        }
+        let Some((role, role_from)) = role else {
+            return Err(Error::new(
+                ErrorKind::Classification,
+                format!("no rule in site.toml gives `{certname}` a role"),
+            )
+            .with_help("add a [[node]] rule that matches it (e.g. match = \"*\" as a catch-all) or give its certificate a role extension"));
+        };
+        let environment = env.unwrap_or_else(|| site.default_environment.clone());
+        let Some(tree) = self.envs.get(&environment) else {
+            return Err(Error::new(
+                ErrorKind::Classification,
+                format!(
+                    "`{certname}` is classified into environment `{environment}`, which does not exist"
+                ),
+            )
+            .with_help(format!(
+                "environments: {}",
+                self.envs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if !tree.roles.contains_key(&role) {
+            return Err(Error::new(
+                ErrorKind::Classification,
+                format!(
+                    "`{certname}` gets role `{role}` (from {role_from}), which environment `{environment}` does not define"
+                ),
+            )
+            .with_help(format!(
+                "roles in `{environment}`: {}",
+                tree.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let zones = zones.unwrap_or(site.zones);
+        Ok(Classification {
+            certname: certname.to_owned(),
+            hostname,
+            role,
+            environment,
+            number,
+            zone: number.map(|n| n % zones),
+            zones,
+            role_from,
+        })
+    }
+
+    /// Classifies and compiles a node's catalog.
+    pub fn compile(&self, certname: &str, facts: &J, opts: &CompileOptions) -> Result<Catalog> {
+        let mut class = self.classify(certname, &opts.extensions, facts)?;
+        if let Some(e) = &opts.environment {
+            let Some(tree) = self.envs.get(e) else {
+                return Err(Error::new(
+                    ErrorKind::Classification,
+                    format!("environment `{e}` does not exist"),
+                ));
+            };
+            if !tree.roles.contains_key(&class.role) {
+                return Err(Error::new(
+                    ErrorKind::Classification,
+                    format!("environment `{e}` does not define role `{}`", class.role),
+                ));
+            }
+            class.environment = e.clone();
+        }
+        self.compile_classified(&class, facts, opts)
+    }
+
+    /// Compiles for an already classified node.
+    pub fn compile_classified(
+        &self,
+        class: &Classification,
+        facts: &J,
+        opts: &CompileOptions,
+    ) -> Result<Catalog> {
+        let env = self.envs.get(&class.environment).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Classification,
+                format!("environment `{}` does not exist", class.environment),
+            )
+        })?;
+        let facts = trusted_facts(facts, &class.certname, &opts.extensions)?;
+        let code_version = self
+            .env_code_version(&class.environment)
+            .unwrap_or_default();
+        Compiler::new(env.clone(), class, &facts, opts.secrets.clone())?.run(code_version)
+    }
+
+    /// The data view of a node (for `troupe lookup`).
+    pub fn data_view(
+        &self,
+        class: &Classification,
+        facts: &J,
+        secrets: SecretKeys,
+    ) -> Result<Arc<DataView>> {
+        let env = self.envs.get(&class.environment).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Classification,
+                format!("environment `{}` does not exist", class.environment),
+            )
+        })?;
+        let facts = trusted_facts(facts, &class.certname, &BTreeMap::new())?;
+        let base = base_context(&facts, class, None);
+        DataView::new(env.clone(), &base, secrets)
+    }
+}
+
+fn base_context(facts: &J, class: &Classification, data: Option<&Arc<DataView>>) -> Value {
+    let lookup = data.map(|d| Value::from_object(crate::data::LookupFn(d.clone())));
+    minijinja::context! {
+        facts => to_mj(facts),
+        trusted => to_mj(&facts["trusted"]),
+        node => to_mj(&class.node_value()),
+        lookup => lookup,
+    }
+}
+
+struct Inst {
+    id: ResourceId,
+    kind: Kind,
+    span: Span,
+    profile: String,
+    sensitive: bool,
+    refs: [Vec<(String, Span)>; 4], // require, before, notify, subscribe
+    tags: Vec<String>,
+}
+
+struct Compiler<'a> {
+    env: Arc<EnvTree>,
+    class: &'a Classification,
+    base: Value,
+    data: Arc<DataView>,
+    included: HashMap<String, (Option<J>, Span)>,
+    insts: Vec<Inst>,
+    by_id: HashMap<ResourceId, usize>,
+    catalog: Catalog,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(
+        env: Arc<EnvTree>,
+        class: &'a Classification,
+        facts: &J,
+        keys: SecretKeys,
+    ) -> Result<Self> {
+        let pre = base_context(facts, class, None);
+        let data = DataView::new(env.clone(), &pre, keys)?;
+        let base = base_context(facts, class, Some(&data));
+        Ok(Compiler {
+            env,
+            class,
+            base,
+            data,
+            included: HashMap::new(),
+            insts: Vec::new(),
+            by_id: HashMap::new(),
+            catalog: Catalog::new(&class.certname, &class.environment, ""),
+        })
+    }
+
+    fn run(mut self, code_version: String) -> Result<Catalog> {
+        let env = self.env.clone();
+        let role = env.roles.get(&self.class.role).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Classification,
+                format!("role `{}` does not exist", self.class.role),
+            )
+        })?;
+        for (p, span) in &role.includes {
+            self.include(p, None, span)?;
+        }
+        self.finish(code_version)
+    }
+
+    /// Turns a minijinja error into ours, preferring a structured error the
+    /// data lookup left behind (missing key, secret).
+    fn jerr(&self, e: minijinja::Error, span: &Span, what: &str) -> Error {
+        if let Some(inner) = self.data.take_error() {
+            return inner.or_span(span);
+        }
+        Error::at(
+            ErrorKind::Template,
+            span,
+            format!("{what}: {}", jinja_message(&e)),
+        )
+    }
+
+    fn eval_expr(&self, src: &str, ctx: &Value, span: &Span, what: &str) -> Result<Value> {
+        let expr = whole_expression(src).unwrap_or(src);
+        let v = self
+            .env
+            .jinja
+            .compile_expression(expr)
+            .and_then(|e| e.eval(ctx.clone()))
+            .map_err(|e| self.jerr(e, span, what))?;
+        if v.is_undefined() {
+            return Err(Error::at(
+                ErrorKind::Template,
+                span,
+                format!("{what}: `{expr}` is undefined"),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Evaluates a value from the tree: strings with `{{ }}` are rendered
+    /// (a lone `{{ expr }}` keeps its type), tables and arrays recursively.
+    fn eval(&self, n: &N, ctx: &Value, what: &str) -> Result<J> {
+        Ok(match &n.v {
+            V::Str(s) if is_templated(s) => {
+                if whole_expression(s).is_some() {
+                    let v = self.eval_expr(s, ctx, &n.span, what)?;
+                    serde_json::to_value(&v).map_err(|e| {
+                        n.err(
+                            ErrorKind::Template,
+                            format!("{what}: value cannot be used: {e}"),
+                        )
+                    })?
+                } else {
+                    J::String(
+                        self.env
+                            .jinja
+                            .render_str(s, ctx.clone())
+                            .map_err(|e| self.jerr(e, &n.span, what))?,
+                    )
+                }
+            }
+            V::Array(a) => J::Array(
+                a.iter()
+                    .map(|i| self.eval(i, ctx, what))
+                    .collect::<Result<_>>()?,
+            ),
+            V::Table(t) => J::Object(
+                t.iter()
+                    .map(|(k, v)| Ok((k.name.clone(), self.eval(v, ctx, what)?)))
+                    .collect::<Result<_>>()?,
+            ),
+            _ => n.to_json(),
+        })
+    }
+
+    fn include(&mut self, name: &str, params: Option<(J, Span)>, span: &Span) -> Result<()> {
+        let env = self.env.clone();
+        let Some(prof) = env.profiles.get(name) else {
+            return Err(Error::at(
+                ErrorKind::Schema,
+                span,
+                format!("profile `{name}` does not exist"),
+            ));
+        };
+        if let Some((first, first_span)) = self.included.get(name) {
+            if let Some((p, _)) = &params
+                && first.as_ref() != Some(p)
+            {
+                return Err(Error::at(
+                    ErrorKind::Duplicate,
+                    span,
+                    format!(
+                        "profile `{name}` is included here with parameters {p} but was already included at {first_span} with {}",
+                        first
+                            .as_ref()
+                            .map(J::to_string)
+                            .unwrap_or_else(|| "none".into())
+                    ),
+                ));
+            }
+            return Ok(()); // including twice is a no-op
+        }
+        self.included.insert(
+            name.to_owned(),
+            (params.as_ref().map(|(p, _)| p.clone()), span.clone()),
+        );
+        let ctx = self.profile_context(name, prof, params.map(|(p, _)| p), span)?;
+        for inc in &prof.includes {
+            self.include_decl(inc, &ctx)?;
+        }
+        for decl in &prof.resources {
+            self.declare(name, decl, &ctx)?;
+        }
+        Ok(())
+    }
+
+    fn include_decl(&mut self, inc: &Include, ctx: &Value) -> Result<()> {
+        if let Some(w) = &inc.when {
+            let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, "when")?;
+            if !v.is_true() {
+                return Ok(());
+            }
+        }
+        let params = if inc.params.is_empty() {
+            None
+        } else {
+            let mut m = serde_json::Map::new();
+            for (k, v) in &inc.params {
+                m.insert(
+                    k.name.clone(),
+                    self.eval(v, ctx, &format!("parameter `{}`", k.name))?,
+                );
+            }
+            Some((J::Object(m), inc.span.clone()))
+        };
+        self.include(&inc.profile, params, &inc.span)
+    }
+
+    /// Resolves parameters: explicit include params, then data key
+    /// `PROFILE.PARAM`, then the default.
+    fn profile_context(
+        &self,
+        name: &str,
+        prof: &Profile,
+        explicit: Option<J>,
+        span: &Span,
+    ) -> Result<Value> {
+        let explicit = match explicit {
+            Some(J::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        for k in explicit.keys() {
+            if !prof.params.iter().any(|p| &p.name == k) {
+                return Err(Error::at(
+                    ErrorKind::Schema,
+                    span,
+                    format!("profile `{name}` has no parameter `{k}`"),
+                )
+                .with_help(format!(
+                    "its parameters: {}",
+                    prof.params
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let mut params = serde_json::Map::new();
+        for p in &prof.params {
+            let value = if let Some(v) = explicit.get(&p.name) {
+                v.clone()
+            } else if let Some(v) = self.data.lookup(&format!("{name}.{}", p.name), p.merge)? {
+                v
+            } else if let Some(d) = &p.default {
+                let ctx = minijinja::context! { params => to_mj(&J::Object(params.clone())), ..self.base.clone() };
+                self.eval(d, &ctx, &format!("default of parameter `{}`", p.name))?
+            } else {
+                return Err(Error::at(
+                    ErrorKind::MissingData,
+                    span,
+                    format!(
+                        "profile `{name}` needs parameter `{}`: it is not given where the profile is included, no data level has key `{name}.{}`, and it has no default",
+                        p.name, p.name
+                    ),
+                )
+                .with_help(format!("data levels looked at: {}", self.data.describe_levels())));
+            };
+            params.insert(p.name.clone(), value);
+        }
+        Ok(minijinja::context! { params => to_mj(&J::Object(params)), ..self.base.clone() })
+    }
+
+    fn declare(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
+        match &decl.for_each {
+            None => self.declare_one(profile, decl, ctx),
+            Some(fe) => {
+                let items = match fe.as_str() {
+                    Some(src) => self.eval_expr(src, ctx, &fe.span, "for_each")?,
+                    None => to_mj(&self.eval(fe, ctx, "for_each")?),
+                };
+                let mut list: Vec<Value> = Vec::new();
+                match items.kind() {
+                    minijinja::value::ValueKind::Map => {
+                        let iter = items
+                            .try_iter()
+                            .map_err(|e| self.jerr(e, &fe.span, "for_each"))?;
+                        for k in iter {
+                            let v = items.get_item(&k).unwrap_or_default();
+                            list.push(minijinja::context! { key => k, value => v });
+                        }
+                        for (i, item) in list.into_iter().enumerate() {
+                            let c = minijinja::context! { item => item.clone(), key => item.get_attr("key").unwrap_or_default(), value => item.get_attr("value").unwrap_or_default(), index => i, ..ctx.clone() };
+                            self.declare_one(profile, decl, &c)?;
+                        }
+                        return Ok(());
+                    }
+                    minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable => {
+                        let iter = items
+                            .try_iter()
+                            .map_err(|e| self.jerr(e, &fe.span, "for_each"))?;
+                        list.extend(iter);
+                    }
+                    minijinja::value::ValueKind::None => {}
+                    _ => {
+                        return Err(fe.err(
+                            ErrorKind::Schema,
+                            format!(
+                                "for_each: expected a list or a table, found {}",
+                                items.kind()
+                            ),
+                        ));
+                    }
+                }
+                for (i, item) in list.into_iter().enumerate() {
+                    let c = minijinja::context! { item => item, index => i, ..ctx.clone() };
+                    self.declare_one(profile, decl, &c)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn declare_one(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
+        if let Some(w) = &decl.when {
+            let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, "when")?;
+            if !v.is_true() {
+                return Ok(());
+            }
+        }
+        let title = match self.eval(&decl.title, ctx, "title")? {
+            J::String(s) => s,
+            other => other.to_string(),
+        };
+        if title.is_empty() {
+            return Err(Error::at(
+                ErrorKind::Schema,
+                &decl.span,
+                "the title is empty",
+            ));
+        }
+        let mut attrs: BTreeMap<&str, (J, &Span)> = BTreeMap::new();
+        for (k, v) in &decl.attrs {
+            let j = self.eval(v, ctx, &format!("attribute `{}`", k.name))?;
+            attrs.insert(k.name.as_str(), (j, &v.span));
+        }
+        let kind = self.build_kind(decl, &title, &mut attrs, ctx)?;
+        let id = kind.id();
+        if let Some(&prev) = self.by_id.get(&id) {
+            return Err(Error::at(
+                ErrorKind::Duplicate,
+                &decl.span,
+                format!(
+                    "{id} is declared twice: first at {} (profile `{}`), again at {} (profile `{profile}`)",
+                    self.insts[prev].span.location(),
+                    self.insts[prev].profile,
+                    decl.span.location()
+                ),
+            ));
+        }
+        let mut refs: [Vec<(String, Span)>; 4] = Default::default();
+        for (slot, list) in [&decl.require, &decl.before, &decl.notify, &decl.subscribe]
+            .into_iter()
+            .enumerate()
+        {
+            for n in list {
+                match self.eval(n, ctx, "relationship")? {
+                    J::String(s) => refs[slot].push((s, n.span.clone())),
+                    J::Array(a) => {
+                        for s in a {
+                            match s {
+                                J::String(s) => refs[slot].push((s, n.span.clone())),
+                                other => {
+                                    return Err(n.err(ErrorKind::Schema, format!("expected a reference like \"package[nginx]\", found {other}")));
+                                }
+                            }
+                        }
+                    }
+                    other => {
+                        return Err(n.err(
+                            ErrorKind::Schema,
+                            format!("expected a reference like \"package[nginx]\", found {other}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut tags = vec![self.class.role.clone(), profile.to_owned()];
+        for t in &decl.tags {
+            if let J::String(s) = self.eval(t, ctx, "tags")?
+                && !tags.contains(&s)
+            {
+                tags.push(s);
+            }
+        }
+        tags.dedup();
+        self.by_id.insert(id.clone(), self.insts.len());
+        self.insts.push(Inst {
+            id,
+            kind,
+            span: decl.span.clone(),
+            profile: profile.to_owned(),
+            sensitive: decl.sensitive,
+            refs,
+            tags,
+        });
+        Ok(())
+    }
+
+    fn build_kind(
+        &mut self,
+        decl: &ResourceDecl,
+        title: &str,
+        a: &mut BTreeMap<&str, (J, &Span)>,
+        ctx: &Value,
+    ) -> Result<Kind> {
+        let what = format!("{}[{title}]", decl.rtype);
+        let span = &decl.span;
+        let g = Getter { what: &what, span };
+        Ok(match decl.rtype {
+            "file" => {
+                let path = g.abs_path(title)?;
+                let content = if let Some((J::String(s), _)) = a.get("content") {
+                    Some(s.clone().into_bytes())
+                } else if let Some((v, sp)) = a.get("content") {
+                    return Err(Error::at(
+                        ErrorKind::Schema,
+                        sp,
+                        format!("{what}: content: expected a string, found {v}"),
+                    ));
+                } else if let Some((v, sp)) = a.get("template") {
+                    let sp: &Span = sp;
+                    let name = g.string("template", v, sp)?;
+                    check_named_file(&name, "template", &self.env.templates, &self.env.files)
+                        .map_err(|e| e.or_span(sp))?;
+                    let vars = match a.get("vars") {
+                        Some((J::Object(m), _)) => to_mj(&J::Object(m.clone())),
+                        Some((v, sp)) => {
+                            return Err(Error::at(
+                                ErrorKind::Schema,
+                                sp,
+                                format!("{what}: vars: expected a table, found {v}"),
+                            ));
+                        }
+                        None => Value::from(()),
+                    };
+                    let tctx = if vars.is_none() {
+                        ctx.clone()
+                    } else {
+                        minijinja::value::merge_maps([
+                            minijinja::context! { vars => vars.clone() },
+                            vars,
+                            ctx.clone(),
+                        ])
+                    };
+                    let t = self
+                        .env
+                        .jinja
+                        .get_template(&name)
+                        .map_err(|e| self.jerr(e, sp, &format!("template `{name}`")))?;
+                    let out = t
+                        .render(tctx)
+                        .map_err(|e| self.jerr(e, sp, &format!("template `{name}`")))?;
+                    Some(out.into_bytes())
+                } else if let Some((v, sp)) = a.get("source") {
+                    let sp: &Span = sp;
+                    let name = g.string("source", v, sp)?;
+                    check_named_file(&name, "source", &self.env.templates, &self.env.files)
+                        .map_err(|e| e.or_span(sp))?;
+                    self.env.files.get(&name).map(|b| b.to_vec())
+                } else {
+                    if a.contains_key("vars") {
+                        return Err(Error::at(
+                            ErrorKind::Schema,
+                            span,
+                            format!("{what}: `vars` is only for `template`"),
+                        ));
+                    }
+                    None
+                };
+                let content = content.map(|b| self.catalog.add_content(&b));
+                Kind::File {
+                    path,
+                    ensure: g.ensure(a.get("ensure"), &["present", "absent", "file"])?,
+                    content,
+                    mode: g.mode(a.get("mode"))?,
+                    owner: g.opt_string("owner", a.get("owner"))?,
+                    group: g.opt_string("group", a.get("group"))?,
+                    validate: g.opt_argv("validate", a.get("validate"))?,
+                }
+            }
+            "directory" => Kind::Directory {
+                path: g.abs_path(title)?,
+                ensure: g.ensure(a.get("ensure"), &["present", "absent", "directory"])?,
+                mode: g.mode(a.get("mode"))?,
+                owner: g.opt_string("owner", a.get("owner"))?,
+                group: g.opt_string("group", a.get("group"))?,
+                purge: g.opt_bool("purge", a.get("purge"))?.unwrap_or(false),
+            },
+            "symlink" => Kind::Symlink {
+                path: g.abs_path(title)?,
+                ensure: g.ensure(a.get("ensure"), &["present", "absent", "link"])?,
+                target: g
+                    .opt_string("target", a.get("target"))?
+                    .ok_or_else(|| g.missing("target"))?,
+            },
+            "package" => Kind::Package {
+                name: title.to_owned(),
+                ensure: match g.opt_string("ensure", a.get("ensure"))?.as_deref() {
+                    None | Some("present") | Some("installed") => PackageEnsure::Present,
+                    Some("absent") | Some("purged") => PackageEnsure::Absent,
+                    Some("latest") => PackageEnsure::Latest,
+                    Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => {
+                        PackageEnsure::Version(v.to_owned())
+                    }
+                    Some(v) => {
+                        return Err(g.bad(
+                            "ensure",
+                            &format!("`{v}`"),
+                            "present, absent, latest or a version",
+                        ));
+                    }
+                },
+            },
+            "service" => Kind::Service {
+                name: title.to_owned(),
+                ensure: match g.opt_string("ensure", a.get("ensure"))?.as_deref() {
+                    None => None,
+                    Some("running") => Some(ServiceState::Running),
+                    Some("stopped") => Some(ServiceState::Stopped),
+                    Some(v) => {
+                        return Err(g.bad("ensure", &format!("`{v}`"), "running or stopped"));
+                    }
+                },
+                enable: g.opt_bool("enable", a.get("enable"))?,
+            },
+            "user" => Kind::User {
+                name: title.to_owned(),
+                ensure: g.ensure(a.get("ensure"), &["present", "absent"])?,
+                uid: g.opt_u32("uid", a.get("uid"))?,
+                group: g.opt_string("group", a.get("group"))?,
+                groups: g.opt_list("groups", a.get("groups"))?.unwrap_or_default(),
+                home: g.opt_string("home", a.get("home"))?,
+                shell: g.opt_string("shell", a.get("shell"))?,
+                comment: g.opt_string("comment", a.get("comment"))?,
+                system: g.opt_bool("system", a.get("system"))?.unwrap_or(false),
+                manage_home: g
+                    .opt_bool("manage_home", a.get("manage_home"))?
+                    .unwrap_or(false),
+            },
+            "group" => Kind::Group {
+                name: title.to_owned(),
+                ensure: g.ensure(a.get("ensure"), &["present", "absent"])?,
+                gid: g.opt_u32("gid", a.get("gid"))?,
+                system: g.opt_bool("system", a.get("system"))?.unwrap_or(false),
+            },
+            "exec" => {
+                let command = g
+                    .opt_argv("command", a.get("command"))?
+                    .ok_or_else(|| g.missing("command"))?;
+                if command.is_empty() || command[0].is_empty() {
+                    return Err(g.bad("command", "an empty list", "a non-empty argv list"));
+                }
+                Kind::Exec {
+                    name: title.to_owned(),
+                    command,
+                    cwd: g.opt_string("cwd", a.get("cwd"))?,
+                    environment: g.opt_map("environment", a.get("environment"))?,
+                    user: g.opt_string("user", a.get("user"))?,
+                    timeout: g.opt_u32("timeout", a.get("timeout"))?.map(u64::from),
+                    creates: g.opt_string("creates", a.get("creates"))?,
+                    onlyif: g.opt_argv("onlyif", a.get("onlyif"))?,
+                    unless: g.opt_argv("unless", a.get("unless"))?,
+                    refreshonly: g
+                        .opt_bool("refreshonly", a.get("refreshonly"))?
+                        .unwrap_or(false),
+                    returns: g.opt_ints("returns", a.get("returns"))?.unwrap_or_default(),
+                }
+            }
+            "cron" => Kind::Cron {
+                name: title.to_owned(),
+                ensure: g.ensure(a.get("ensure"), &["present", "absent"])?,
+                command: g
+                    .opt_string("command", a.get("command"))?
+                    .ok_or_else(|| g.missing("command"))?,
+                user: g
+                    .opt_string("user", a.get("user"))?
+                    .unwrap_or_else(|| "root".into()),
+                minute: g.cron_field("minute", a.get("minute"))?,
+                hour: g.cron_field("hour", a.get("hour"))?,
+                monthday: g.cron_field("monthday", a.get("monthday"))?,
+                month: g.cron_field("month", a.get("month"))?,
+                weekday: g.cron_field("weekday", a.get("weekday"))?,
+                environment: g.opt_map("environment", a.get("environment"))?,
+            },
+            other => {
+                return Err(Error::at(
+                    ErrorKind::Schema,
+                    span,
+                    format!("unknown resource type `{other}`"),
+                ));
+            }
+        })
+    }
+
+    fn resolve(&self, r: &str, span: &Span, from: usize) -> Result<usize> {
+        let parsed = r
+            .split_once('[')
+            .and_then(|(k, rest)| rest.strip_suffix(']').map(|t| (k, t)));
+        let Some((k, t)) = parsed else {
+            return Err(Error::at(
+                ErrorKind::Schema,
+                span,
+                format!(
+                    "`{r}` is not a resource reference; expected `type[title]`, e.g. `package[nginx]`"
+                ),
+            ));
+        };
+        if !crate::tree::TYPES.iter().any(|(n, _)| *n == k) {
+            return Err(Error::at(
+                ErrorKind::Schema,
+                span,
+                format!("`{r}`: unknown resource type `{k}`"),
+            ));
+        }
+        let id = ResourceId::new(k, t);
+        self.by_id.get(&id).copied().ok_or_else(|| {
+            Error::at(
+                ErrorKind::Reference,
+                span,
+                format!(
+                    "{} refers to {id}, which is not declared for this node",
+                    self.insts[from].id
+                ),
+            )
+        })
+    }
+
+    fn finish(self, code_version: String) -> Result<Catalog> {
+        let n = self.insts.len();
+        let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        let mut notify: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        for i in 0..n {
+            for (slot, list) in self.insts[i].refs.iter().enumerate() {
+                for (r, span) in list {
+                    let j = self.resolve(r, span, i)?;
+                    if j == i {
+                        return Err(Error::at(
+                            ErrorKind::Cycle,
+                            span,
+                            format!("{} refers to itself", self.insts[i].id),
+                        ));
+                    }
+                    match slot {
+                        0 => {
+                            deps[i].insert(j);
+                        }
+                        1 => {
+                            deps[j].insert(i);
+                        }
+                        2 => {
+                            notify[i].insert(j);
+                            deps[j].insert(i);
+                        }
+                        _ => {
+                            notify[j].insert(i);
+                            deps[i].insert(j);
+                        }
+                    }
+                }
+            }
+        }
+        self.autorequire(&mut deps);
+        let order = self.toposort(&deps)?;
+        let mut pos = vec![0usize; n];
+        for (p, &i) in order.iter().enumerate() {
+            pos[i] = p;
+        }
+        let secrets = self.data.plaintexts();
+        let mut insts: Vec<Option<Inst>> = self.insts.into_iter().map(Some).collect();
+        let mut resources = Vec::with_capacity(n);
+        for &i in &order {
+            let Some(inst) = insts[i].take() else {
+                continue;
+            };
+            let mut req: Vec<usize> = deps[i].iter().copied().collect();
+            req.sort_by_key(|&j| pos[j]);
+            let mut nt: Vec<usize> = notify[i].iter().copied().collect();
+            nt.sort_by_key(|&j| pos[j]);
+            resources.push((inst, req, nt));
+        }
+        // Ids by index, for edges.
+        let mut ids: Vec<ResourceId> = vec![ResourceId(String::new()); n];
+        for (id, &i) in &self.by_id {
+            ids[i] = id.clone();
+        }
+        let mut catalog = self.catalog;
+        catalog.code_version = code_version;
+        for (inst, req, nt) in resources {
+            let mut sensitive = inst.sensitive;
+            if !sensitive && !secrets.is_empty() {
+                let text = serde_json::to_string(&inst.kind).unwrap_or_default();
+                let body = match &inst.kind {
+                    Kind::File {
+                        content: Some(c), ..
+                    } => catalog
+                        .contents
+                        .get(&c.sha256)
+                        .and_then(|b| b.bytes())
+                        .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    _ => None,
+                };
+                sensitive = secrets.iter().any(|s| {
+                    text.contains(s.as_str())
+                        || body.as_deref().is_some_and(|b| b.contains(s.as_str()))
+                });
+            }
+            catalog.resources.push(Resource {
+                id: inst.id,
+                kind: inst.kind,
+                requires: req.into_iter().map(|j| ids[j].clone()).collect(),
+                notify: nt.into_iter().map(|j| ids[j].clone()).collect(),
+                sensitive,
+                source: Some(inst.span.location()),
+                tags: inst.tags,
+            });
+        }
+        catalog.validate().map_err(|e| {
+            Error::new(
+                ErrorKind::Schema,
+                format!("internal error: the compiled catalog is invalid: {e}"),
+            )
+        })?;
+        Ok(catalog)
+    }
+
+    /// Automatic edges: a file after its parent directory and its owner and
+    /// group; an exec or cron after its user; a user after its groups; a
+    /// service after the package of the same name and the packages of its
+    /// profile.
+    fn autorequire(&self, deps: &mut [BTreeSet<usize>]) {
+        let id = |k: &str, t: &str| self.by_id.get(&ResourceId::new(k, t)).copied();
+        for (i, inst) in self.insts.iter().enumerate() {
+            let add = |j: Option<usize>, deps: &mut [BTreeSet<usize>]| {
+                if let Some(j) = j
+                    && j != i
+                    && !deps[j].contains(&i)
+                {
+                    deps[i].insert(j);
+                }
+            };
+            match &inst.kind {
+                Kind::File {
+                    path, owner, group, ..
+                }
+                | Kind::Directory {
+                    path, owner, group, ..
+                } => {
+                    add(self.parent_dir(path), deps);
+                    if let Some(o) = owner {
+                        add(id("user", o), deps);
+                    }
+                    if let Some(g) = group {
+                        add(id("group", g), deps);
+                    }
+                }
+                Kind::Symlink { path, .. } => add(self.parent_dir(path), deps),
+                Kind::Exec { user, cwd, .. } => {
+                    if let Some(u) = user {
+                        add(id("user", u), deps);
+                    }
+                    if let Some(c) = cwd {
+                        add(id("directory", c), deps);
+                    }
+                }
+                Kind::Cron { user, .. } => add(id("user", user), deps),
+                Kind::User { group, groups, .. } => {
+                    for g in group.iter().chain(groups) {
+                        add(id("group", g), deps);
+                    }
+                }
+                Kind::Service { name, .. } => {
+                    add(id("package", name), deps);
+                    for (j, other) in self.insts.iter().enumerate() {
+                        if other.profile == inst.profile
+                            && matches!(other.kind, Kind::Package { .. })
+                        {
+                            add(Some(j), deps);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn parent_dir(&self, path: &str) -> Option<usize> {
+        let mut p = std::path::Path::new(path).parent();
+        while let Some(dir) = p {
+            let s = dir.to_str()?;
+            if let Some(&j) = self.by_id.get(&ResourceId::new("directory", s)) {
+                return Some(j);
+            }
+            p = dir.parent();
+        }
+        None
+    }
+
+    /// Kahn's algorithm; ties broken by declaration order.
+    fn toposort(&self, deps: &[BTreeSet<usize>]) -> Result<Vec<usize>> {
+        let n = deps.len();
+        let mut indeg = vec![0usize; n];
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, d) in deps.iter().enumerate() {
+            indeg[i] = d.len();
+            for &j in d {
+                dependents[j].push(i);
+            }
+        }
+        let mut ready: BinaryHeap<Reverse<usize>> =
+            (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(Reverse(i)) = ready.pop() {
+            order.push(i);
+            for &k in &dependents[i] {
+                indeg[k] -= 1;
+                if indeg[k] == 0 {
+                    ready.push(Reverse(k));
+                }
+            }
+        }
+        if order.len() == n {
+            return Ok(order);
+        }
+        // Walk dependencies among the leftovers until one repeats.
+        let Some(start) = (0..n).find(|&i| indeg[i] > 0) else {
+            return Ok(order);
+        };
+        let mut path = vec![start];
+        let mut seen = HashMap::new();
+        seen.insert(start, 0usize);
+        let mut cur = start;
+        loop {
+            let Some(&next) = deps[cur].iter().find(|&&j| indeg[j] > 0) else {
+                break;
+            };
+            if let Some(&at) = seen.get(&next) {
+                let cycle: Vec<usize> = path[at..].to_vec();
+                let mut text = String::new();
+                for &c in &cycle {
+                    text.push_str(&format!(
+                        "  {} ({})\n  requires ",
+                        self.insts[c].id,
+                        self.insts[c].span.location()
+                    ));
+                }
+                text.push_str(&format!("{}", self.insts[cycle[0]].id));
+                let chain: Vec<String> = cycle
+                    .iter()
+                    .chain(std::iter::once(&cycle[0]))
+                    .map(|&c| self.insts[c].id.to_string())
+                    .collect();
+                return Err(Error::at(
+                    ErrorKind::Cycle,
+                    &self.insts[cycle[0]].span,
+                    format!("dependency cycle: {}\n{text}", chain.join(" -> ")),
+                ));
+            }
+            seen.insert(next, path.len());
+            path.push(next);
+            cur = next;
+        }
+        Err(Error::new(ErrorKind::Cycle, "dependency cycle"))
+    }
+}
+
+/// Typed access to evaluated attributes, with errors naming the resource.
+struct Getter<'a> {
+    what: &'a str,
+    span: &'a Span,
+}
+
+impl Getter<'_> {
+    fn bad(&self, attr: &str, found: &str, expected: &str) -> Error {
+        Error::at(
+            ErrorKind::Schema,
+            self.span,
+            format!("{}: {attr}: expected {expected}, found {found}", self.what),
+        )
+    }
+    fn bad_at(&self, sp: &Span, attr: &str, found: &J, expected: &str) -> Error {
+        Error::at(
+            ErrorKind::Schema,
+            sp,
+            format!("{}: {attr}: expected {expected}, found {found}", self.what),
+        )
+    }
+    fn missing(&self, attr: &str) -> Error {
+        Error::at(
+            ErrorKind::Schema,
+            self.span,
+            format!("{}: the `{attr}` attribute is required", self.what),
+        )
+    }
+    fn abs_path(&self, title: &str) -> Result<String> {
+        if !title.starts_with('/') || title.split('/').any(|c| c == "..") || title.contains('\0') {
+            return Err(Error::at(
+                ErrorKind::Schema,
+                self.span,
+                format!(
+                    "{}: the path must be absolute and may not contain `..`",
+                    self.what
+                ),
+            ));
+        }
+        Ok(title.to_owned())
+    }
+    fn string(&self, attr: &str, v: &J, sp: &Span) -> Result<String> {
+        match v {
+            J::String(s) => Ok(s.clone()),
+            other => Err(self.bad_at(sp, attr, other, "a string")),
+        }
+    }
+    fn opt_string(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<Option<String>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(None),
+            Some((J::String(s), _)) => Ok(Some(s.clone())),
+            Some((J::Number(n), _)) => Ok(Some(n.to_string())),
+            Some((other, sp)) => Err(self.bad_at(sp, attr, other, "a string")),
+        }
+    }
+    fn opt_bool(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<Option<bool>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(None),
+            Some((J::Bool(b), _)) => Ok(Some(*b)),
+            Some((J::String(s), _)) if s == "true" => Ok(Some(true)),
+            Some((J::String(s), _)) if s == "false" => Ok(Some(false)),
+            Some((other, sp)) => Err(self.bad_at(sp, attr, other, "true or false")),
+        }
+    }
+    fn opt_u32(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<Option<u32>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(None),
+            Some((J::Number(n), sp)) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    self.bad_at(
+                        sp,
+                        attr,
+                        &J::Number(n.clone()),
+                        "a whole number from 0 to 4294967295",
+                    )
+                }),
+            Some((J::String(s), sp)) => s
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| self.bad_at(sp, attr, &J::String(s.clone()), "a whole number")),
+            Some((other, sp)) => Err(self.bad_at(sp, attr, other, "a whole number")),
+        }
+    }
+    fn opt_ints(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<Option<Vec<i32>>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(None),
+            Some((J::Array(a), sp)) => a
+                .iter()
+                .map(|x| {
+                    x.as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| self.bad_at(sp, attr, x, "a list of exit codes"))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some((J::Number(n), sp)) => n
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .map(|n| Some(vec![n]))
+                .ok_or_else(|| self.bad_at(sp, attr, &J::Number(n.clone()), "an exit code")),
+            Some((other, sp)) => Err(self.bad_at(sp, attr, other, "a list of exit codes")),
+        }
+    }
+    fn opt_list(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<Option<Vec<String>>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(None),
+            Some((J::Array(a), sp)) => a
+                .iter()
+                .map(|x| match x {
+                    J::String(s) => Ok(s.clone()),
+                    other => Err(self.bad_at(sp, attr, other, "a list of strings")),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some((other, sp)) => Err(self.bad_at(sp, attr, other, "a list of strings")),
+        }
+    }
+    /// An argv list; a plain string is refused so nothing is ever split or
+    /// passed through a shell by accident.
+    fn opt_argv(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<Option<Vec<String>>> {
+        match v {
+            Some((J::String(s), sp)) => Err(Error::at(
+                ErrorKind::Schema,
+                sp,
+                format!(
+                    "{}: {attr}: expected an argv list like [\"/usr/sbin/sshd\", \"-t\"], found the string {s:?} (commands never go through a shell)",
+                    self.what
+                ),
+            )),
+            other => self.opt_list(attr, other),
+        }
+    }
+    fn opt_map(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<BTreeMap<String, String>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(BTreeMap::new()),
+            Some((J::Object(m), sp)) => m
+                .iter()
+                .map(|(k, x)| match x {
+                    J::String(s) => Ok((k.clone(), s.clone())),
+                    J::Number(n) => Ok((k.clone(), n.to_string())),
+                    J::Bool(b) => Ok((k.clone(), b.to_string())),
+                    other => Err(self.bad_at(sp, attr, other, "a table of strings")),
+                })
+                .collect(),
+            Some((other, sp)) => Err(self.bad_at(sp, attr, other, "a table of strings")),
+        }
+    }
+    fn ensure(&self, v: Option<&(J, &Span)>, allowed: &[&str]) -> Result<Ensure> {
+        match v {
+            None | Some((J::Null, _)) => Ok(Ensure::Present),
+            Some((J::String(s), sp)) => match s.as_str() {
+                "absent" if allowed.contains(&"absent") => Ok(Ensure::Absent),
+                x if allowed.contains(&x) => Ok(Ensure::Present),
+                _ => Err(self.bad_at(sp, "ensure", &J::String(s.clone()), &allowed.join(" or "))),
+            },
+            Some((other, sp)) => Err(self.bad_at(sp, "ensure", other, &allowed.join(" or "))),
+        }
+    }
+    fn mode(&self, v: Option<&(J, &Span)>) -> Result<Option<u32>> {
+        match v {
+            None | Some((J::Null, _)) => Ok(None),
+            Some((J::String(s), sp)) => {
+                let ok =
+                    (3..=4).contains(&s.len()) && s.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                if !ok {
+                    return Err(self.bad_at(
+                        sp,
+                        "mode",
+                        &J::String(s.clone()),
+                        "octal digits like \"0644\"",
+                    ));
+                }
+                Ok(u32::from_str_radix(s, 8).ok())
+            }
+            Some((other, sp)) => Err(self.bad_at(
+                sp,
+                "mode",
+                other,
+                "a string of octal digits like \"0644\" (a bare number is ambiguous)",
+            )),
+        }
+    }
+    fn cron_field(&self, attr: &str, v: Option<&(J, &Span)>) -> Result<String> {
+        let s = match v {
+            None | Some((J::Null, _)) => return Ok("*".into()),
+            Some((J::Number(n), _)) => n.to_string(),
+            Some((J::String(s), _)) => s.clone(),
+            Some((other, sp)) => {
+                return Err(self.bad_at(sp, attr, other, "a cron field like \"*/5\""));
+            }
+        };
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"*/,-".contains(&b))
+        {
+            return Err(self.bad(
+                attr,
+                &format!("{s:?}"),
+                "a cron field like \"*/5\", \"1-5\" or \"mon\"",
+            ));
+        }
+        Ok(s)
+    }
+}
