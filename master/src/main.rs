@@ -40,6 +40,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    troupe_pki::tls::install_crypto_provider();
     let cli = Cli::parse();
     troupe_master::logging::init(&cli.log, cli.log_json);
     let result = match cli.cmd {

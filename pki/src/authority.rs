@@ -29,6 +29,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use thiserror::Error;
@@ -361,6 +362,7 @@ impl Authority {
         }
         let audit = std::fs::OpenOptions::new()
             .create(true)
+            .mode(0o600)
             .append(true)
             .open(dir.join("audit.log"))
             .map_err(io)?;

@@ -1,0 +1,277 @@
+//! The admin endpoint: how `troupe ca ...` reaches the running master.
+//!
+//! A unix socket at `DATA/admin.sock`, mode 0600 in a 0700 data directory,
+//! so only the owner of the data directory (root on a real master) can
+//! connect; the server also checks the peer's uid (`SO_PEERCRED`) against
+//! the data directory's owner (or root).
+//!
+//! Protocol: the client sends one JSON object on one line and shuts down
+//! its write side; the server answers with one JSON object on one line and
+//! closes. Requests (`op` tags the variant):
+//!
+//! ```text
+//! {"op":"fingerprint"}
+//! {"op":"psk-new","host":"web1","ttl_secs":7200}
+//! {"op":"list","filter":"default"|"pending"|"all"}
+//! {"op":"sign","host":"web1"}    {"op":"reject","host":"web1"}
+//! {"op":"revoke","host":"web1"}  {"op":"clean","host":"web1"}
+//! ```
+//!
+//! Answers: `{"ok":true,"result":{...}}` or `{"ok":false,"error":"..."}`.
+//! When no master is running (no socket, or nobody listening), the CLI
+//! opens the CA directly and applies the same [`handle`] function.
+
+use crate::state::MasterState;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use troupe_pki::{Authority, ListFilter};
+
+/// Largest request line accepted on the socket.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// The socket's path in a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// A request to the CA.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum AdminRequest {
+    Fingerprint,
+    PskNew { host: String, ttl_secs: u64 },
+    List { filter: ListFilter },
+    Sign { host: String },
+    Reject { host: String },
+    Revoke { host: String },
+    Clean { host: String },
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdminResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AdminResponse {
+    fn ok(v: serde_json::Value) -> Self {
+        AdminResponse {
+            ok: true,
+            result: Some(v),
+            error: None,
+        }
+    }
+    fn err(e: impl std::fmt::Display) -> Self {
+        AdminResponse {
+            ok: false,
+            result: None,
+            error: Some(e.to_string()),
+        }
+    }
+    /// True when the request changed the CRL (the TLS config must reload).
+    fn crl_changed(req: &AdminRequest, resp: &AdminResponse) -> bool {
+        resp.ok
+            && matches!(
+                req,
+                AdminRequest::Revoke { .. } | AdminRequest::Clean { .. }
+            )
+    }
+}
+
+/// Applies a request to the CA (blocking). Shared by the socket server and
+/// the CLI's offline mode.
+pub fn handle(ca: &Authority, req: &AdminRequest) -> AdminResponse {
+    use serde_json::json;
+    let r = match req {
+        AdminRequest::Fingerprint => Ok(json!({"fingerprint": ca.fingerprint()})),
+        AdminRequest::PskNew { host, ttl_secs } => ca.new_psk(host, *ttl_secs).map(|psk| {
+            json!({"host": host, "psk": psk,
+                   "expires": troupe_pki::util::fmt_time(troupe_pki::util::now() + ttl_secs)})
+        }),
+        AdminRequest::List { filter } => ca.list(*filter).map(|e| json!({"entries": e})),
+        AdminRequest::Sign { host } => ca.sign(host).map(|c| {
+            json!({"host": host, "serial": c.serial,
+                   "expires": troupe_pki::util::fmt_time(c.not_after)})
+        }),
+        AdminRequest::Reject { host } => ca.reject(host).map(|_| json!({"host": host})),
+        AdminRequest::Revoke { host } => {
+            ca.revoke(host).map(|s| json!({"host": host, "serials": s}))
+        }
+        AdminRequest::Clean { host } => ca.clean(host).map(|s| json!({"host": host, "serials": s})),
+    };
+    match r {
+        Ok(v) => AdminResponse::ok(v),
+        Err(e) => AdminResponse::err(e),
+    }
+}
+
+/// Binds the admin socket and serves it until the task is aborted.
+pub async fn serve(state: Arc<MasterState>) -> Result<tokio::task::JoinHandle<()>> {
+    let path = socket_path(&state.data_dir);
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            anyhow::bail!(
+                "another master is already serving {} (admin socket answers)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::fs::metadata(&state.data_dir)?.uid();
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_one(state, stream, owner).await {
+                    tracing::warn!("admin request failed: {e:#}");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve_one(
+    state: Arc<MasterState>,
+    mut stream: tokio::net::UnixStream,
+    owner: u32,
+) -> Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    if uid != owner && uid != 0 {
+        let resp = AdminResponse::err(format!(
+            "uid {uid} may not administer this CA (only the data directory's owner or root)"
+        ));
+        stream
+            .write_all(serde_json::to_string(&resp)?.as_bytes())
+            .await?;
+        return Ok(());
+    }
+    let mut line = String::new();
+    let read = {
+        let mut r = tokio::io::BufReader::new((&mut stream).take(MAX_REQUEST_BYTES));
+        tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line)).await
+    };
+    let resp = match read {
+        Err(_) => AdminResponse::err("timed out reading the request"),
+        Ok(Err(e)) => AdminResponse::err(format!("reading the request: {e}")),
+        Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(line.trim()) {
+            Err(e) => AdminResponse::err(format!("malformed admin request: {e}")),
+            Ok(req) => {
+                let st = state.clone();
+                let r2 = req.clone();
+                let resp = tokio::task::spawn_blocking(move || handle(&st.ca, &r2))
+                    .await
+                    .unwrap_or_else(|_| AdminResponse::err("admin task failed"));
+                if AdminResponse::crl_changed(&req, &resp) {
+                    state.reload_crl();
+                }
+                resp
+            }
+        },
+    };
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    stream.write_all(&out).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Sends `req` to the master serving `data_dir`. Returns `Ok(None)` when
+/// no master is listening there (so the caller may work offline).
+pub fn call(data_dir: &Path, req: &AdminRequest) -> Result<Option<AdminResponse>> {
+    let path = socket_path(data_dir);
+    let mut s = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("connecting to {}", path.display()));
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut buf = String::new();
+    s.take(16 * 1024 * 1024).read_to_string(&mut buf)?;
+    let resp = serde_json::from_str(buf.trim())
+        .with_context(|| format!("malformed answer from the master: {buf:?}"))?;
+    Ok(Some(resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_is_stable_json() {
+        let r = AdminRequest::PskNew {
+            host: "web1".into(),
+            ttl_secs: 60,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"psk-new","host":"web1","ttl_secs":60}"#
+        );
+        let l: AdminRequest = serde_json::from_str(r#"{"op":"list","filter":"pending"}"#).unwrap();
+        assert_eq!(
+            l,
+            AdminRequest::List {
+                filter: ListFilter::Pending
+            }
+        );
+        assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"rm -rf"}"#).is_err());
+    }
+
+    #[test]
+    fn offline_handle_uses_the_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = Authority::open(&d.path().join("ca"), Default::default()).unwrap();
+        let r = handle(&ca, &AdminRequest::Fingerprint);
+        assert_eq!(r.result.unwrap()["fingerprint"], ca.fingerprint());
+        let r = handle(
+            &ca,
+            &AdminRequest::Sign {
+                host: "nope".into(),
+            },
+        );
+        assert!(!r.ok);
+        assert!(r.error.unwrap().contains("no pending certificate request"));
+        let r = handle(
+            &ca,
+            &AdminRequest::PskNew {
+                host: "Bad".into(),
+                ttl_secs: 60,
+            },
+        );
+        assert!(r.error.unwrap().contains("upper-case"));
+    }
+}

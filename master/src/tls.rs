@@ -1,0 +1,154 @@
+//! The master's TLS listener and caller identity.
+//!
+//! tonic's own TLS config has no CRL hook, so the master terminates TLS
+//! itself: a rustls `ServerConfig` from `troupe_pki::tls::server_config`
+//! (client certificates verified against the CA and its CRL, optional so
+//! bootstrap works), handshakes done by `tokio_rustls`, and the resulting
+//! streams fed to `tonic`'s `serve_with_incoming`. The config is swapped
+//! atomically when the CRL changes.
+
+use crate::state::MasterState;
+use anyhow::{Context, Result};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::{Request, Status};
+use troupe_pki::{Authority, util};
+
+/// How long a client may take to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The master's server certificate and the live rustls config.
+pub struct ServerTls {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Issues a fresh server certificate for `names` from the CA, writes it
+    /// to `DATA/server/{cert,key}.pem` (key 0600) and builds the config.
+    pub fn new(ca: &Authority, names: &[String], data_dir: &Path) -> Result<ServerTls> {
+        let (chain, key) = ca
+            .issue_server_cert(names)
+            .context("issuing the master's TLS certificate")?;
+        let dir = data_dir.join("server");
+        util::ensure_private_dir(&dir, 0o700)?;
+        let key_pem = util::pem_encode("PRIVATE KEY", key.secret_der());
+        util::write_atomic(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+        let chain_pem: String = chain
+            .iter()
+            .map(|c| util::pem_encode("CERTIFICATE", c))
+            .collect();
+        util::write_atomic(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)?;
+        let cfg =
+            troupe_pki::tls::server_config(ca.ca_der(), chain.clone(), key.clone_key(), ca.crls())
+                .context("building the TLS server configuration")?;
+        Ok(ServerTls {
+            chain,
+            key,
+            config: RwLock::new(Arc::new(cfg)),
+        })
+    }
+
+    /// Rebuilds the config with the CA's current CRL.
+    pub fn reload(&self, ca: &Authority) -> Result<()> {
+        let cfg = troupe_pki::tls::server_config(
+            ca.ca_der(),
+            self.chain.clone(),
+            self.key.clone_key(),
+            ca.crls(),
+        )?;
+        let mut cur = self
+            .config
+            .write()
+            .map_err(|_| anyhow::anyhow!("TLS config lock poisoned"))?;
+        *cur = Arc::new(cfg);
+        Ok(())
+    }
+
+    /// The config new handshakes use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Accepts TCP connections on `listener`, performs the TLS handshake with
+/// the current config (bounded by [`HANDSHAKE_TIMEOUT`]) and yields the
+/// established streams, ready for `serve_with_incoming`. Refused
+/// handshakes (unknown CA, revoked certificate, ...) are logged and dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(tls.current());
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = conn_tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(peer = %addr, "TLS handshake refused: {e}"),
+                    Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The caller of an authenticated call, from its verified certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Host name (certificate CN).
+    pub name: String,
+    /// Certificate serial, lower-case hex.
+    pub serial: String,
+}
+
+/// The identity of the caller, taken ONLY from the client certificate that
+/// the TLS layer verified against the CA and CRL, and re-checked against
+/// the CA's records (so a revocation also ends calls on connections opened
+/// before it). Every call other than the bootstrap ones must start here.
+#[allow(clippy::result_large_err)]
+pub fn peer_identity<T>(state: &MasterState, req: &Request<T>) -> Result<Peer, Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("this call requires a client certificate"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("this call requires a client certificate"))?;
+    let facts = util::cert_facts(leaf)
+        .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
+    state
+        .ca
+        .check_peer(&facts.cn, &facts.serial)
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    Ok(Peer {
+        name: facts.cn,
+        serial: facts.serial,
+    })
+}
