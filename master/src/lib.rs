@@ -10,7 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod ca_cli;
+pub mod ca_service;
 pub mod daemon;
 pub mod logging;
+pub mod state;
 pub mod store;
+pub mod tls;
