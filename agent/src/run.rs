@@ -180,7 +180,7 @@ pub fn run_once(
 ) -> anyhow::Result<Report> {
     let t0 = Instant::now();
     let started = state::now_rfc3339();
-    let st = State::open(&args.state)?;
+    state::create_private_dir(&args.state)?;
     if let Some(d) = state::disabled(&args.state) {
         anyhow::bail!(
             "runs are disabled since {}: {} (troupe-agent enable --state {})",
@@ -190,6 +190,7 @@ pub fn run_once(
         );
     }
     let _lock = state::RunLock::acquire(&args.state)?;
+    let st = State::open(&args.state)?;
     let root = args.root.clone();
     anyhow::ensure!(
         root.is_absolute() && root.is_dir(),
@@ -358,6 +359,7 @@ pub struct RollbackArgs {
 
 /// `troupe-agent rollback RUN`: restores every file that run changed.
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<u8> {
+    let _lock = state::RunLock::acquire(&args.state)?;
     let st = State::open(&args.state)?;
     if args.list {
         for id in st.run_ids()? {
@@ -371,7 +373,6 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let run = args.run.context("give a run id")?;
-    let _lock = state::RunLock::acquire(&args.state)?;
     let changes = st
         .changes(&run)?
         .with_context(|| format!("no stored run {run:?} (see `troupe-agent rollback --list`)"))?;

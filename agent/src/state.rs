@@ -89,6 +89,7 @@ impl State {
         })
     }
 
+    /// The file bucket (its directory is created 0700 on first use).
     pub fn bucket(&self) -> Bucket {
         Bucket {
             dir: self.dir.join("bucket"),
@@ -294,6 +295,9 @@ impl Bucket {
             return Ok(sha);
         }
         let dir = p.parent().context("bucket path")?;
+        if !self.dir.exists() {
+            create_private_dir(&self.dir)?;
+        }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create bucket dir {}", dir.display()))?;
         let tmp = dir.join(format!(".{sha}.tmp"));
@@ -415,17 +419,19 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// A new run id: sortable by time, unique enough (`20261122T085200Z-1a2b3c4d`).
+/// A new run id: sortable by time, unique enough
+/// (`20261122T085200.123456Z-1a2b3c4d`).
 pub fn new_run_id() -> String {
     let t = time::OffsetDateTime::now_utc();
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:06}Z-{:08x}",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
+        t.microsecond(),
         fastrand::u32(..)
     )
 }

@@ -24,8 +24,12 @@ fn temp_path(dest: &Path) -> anyhow::Result<PathBuf> {
     Ok(dest.with_file_name(format!(".{}.troupe-new", name.to_string_lossy())))
 }
 
-fn parent_ok(p: &Path) -> anyhow::Result<()> {
+fn parent_ok(ctx: &Ctx, p: &Path) -> anyhow::Result<()> {
     let parent = p.parent().context("path has no parent")?;
+    // In noop a parent the catalog would create counts as there.
+    if ctx.noop && ctx.managed.contains(parent) {
+        return Ok(());
+    }
     match fs::metadata(parent) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => anyhow::bail!("parent {} is not a directory", parent.display()),
@@ -162,7 +166,7 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         converge_meta(ctx, &p, m, *mode, uid, gid, &mut out)?;
         return Ok(out);
     }
-    parent_ok(&p)?;
+    parent_ok(ctx, &p)?;
     let new: &[u8] = want.as_deref().unwrap_or(b"");
     let new_sha = troupe_catalog::sha256_hex(new);
     // Describe the change.
@@ -335,7 +339,7 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
             p.display()
         ),
         None => {
-            parent_ok(&p)?;
+            parent_ok(ctx, &p)?;
             let m = mode.unwrap_or(0o755);
             out.change(format!("created with mode {}", octal(m)));
             if !ctx.noop {
@@ -410,7 +414,7 @@ pub fn symlink(ctx: &mut Ctx, path: &str, ensure: Ensure, target: &str) -> anyho
         ),
         Some(_) => out.change(format!("replaced a file with a link to {target}")),
         None => {
-            parent_ok(&p)?;
+            parent_ok(ctx, &p)?;
             out.change(format!("created -> {target}"));
         }
     }

@@ -1,0 +1,611 @@
+//! Real-system converge tests: the real binary, a temp root, a real state dir.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use troupe_catalog::report::Status;
+use troupe_catalog::{Catalog, Ensure, Kind};
+
+/// /etc/app (0750) with two files, a link, and a file owned by a named user
+/// from ROOT/etc/passwd.
+fn base_catalog() -> Catalog {
+    let mut c = new_catalog();
+    c.resources.push(dir("/etc", 0o755));
+    c.resources.push(dir("/etc/app", 0o750));
+    let mut f1 = file(
+        &mut c,
+        "/etc/app/app.conf",
+        b"port = 8080\nworkers = 4\n",
+        0o640,
+    );
+    f1.requires.push(id("directory", "/etc/app"));
+    if let Kind::File { owner, group, .. } = &mut f1.kind {
+        *owner = Some("app".into());
+        *group = Some("app".into());
+    }
+    c.resources.push(f1);
+    let mut f2 = file(&mut c, "/etc/motd", b"managed by troupe\n", 0o644);
+    f2.requires.push(id("directory", "/etc"));
+    c.resources.push(f2);
+    let mut l = link("/etc/app/current.conf", "/etc/app/app.conf");
+    l.requires.push(id("file", "/etc/app/app.conf"));
+    c.resources.push(l);
+    c
+}
+
+fn seed_accounts(env: &Env) {
+    std::fs::create_dir_all(env.p("/etc")).unwrap();
+    std::fs::write(
+        env.p("/etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\napp:x:4321:4322:App:/srv/app:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(env.p("/etc/group"), "root:x:0:\napp:x:4322:\n").unwrap();
+}
+
+#[test]
+fn converges_root_then_second_run_has_zero_changes_and_drift_is_repaired() {
+    let env = Env::new();
+    seed_accounts(&env);
+    let c = base_catalog();
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r:?}");
+    assert_eq!(r.exit_code(), 2);
+    assert!(!r.from_cache);
+    assert_eq!(r.catalog_hash, c.hash());
+    // Every file, mode, owner and link.
+    assert_eq!(
+        std::fs::read(env.p("/etc/app/app.conf")).unwrap(),
+        b"port = 8080\nworkers = 4\n"
+    );
+    assert_eq!(mode_of(&env.p("/etc/app/app.conf")), 0o640);
+    let m = std::fs::metadata(env.p("/etc/app/app.conf")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (4321, 4322));
+    assert_eq!(mode_of(&env.p("/etc/app")), 0o750);
+    assert_eq!(
+        std::fs::read(env.p("/etc/motd")).unwrap(),
+        b"managed by troupe\n"
+    );
+    assert_eq!(mode_of(&env.p("/etc/motd")), 0o644);
+    assert_eq!(
+        std::fs::read_link(env.p("/etc/app/current.conf")).unwrap(),
+        std::path::Path::new("/etc/app/app.conf")
+    );
+    // Second run: nothing to do.
+    let (code, r2, _) = env.run(&c, &[]);
+    assert_eq!(code, 0);
+    assert!(all_unchanged(&r2), "{r2:?}");
+    assert_ne!(r.run_id, r2.run_id);
+
+    // Hand-made drift: content, mode, owner, a deleted file, a moved link.
+    std::fs::write(env.p("/etc/app/app.conf"), "port = 1\n").unwrap();
+    std::os::unix::fs::chown(env.p("/etc/app/app.conf"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(
+        env.p("/etc/app"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::remove_file(env.p("/etc/motd")).unwrap();
+    std::fs::remove_file(env.p("/etc/app/current.conf")).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", env.p("/etc/app/current.conf")).unwrap();
+    let (code, r3, _) = env.run(&c, &[]);
+    assert_eq!(code, 2);
+    for rid in [
+        "file[/etc/app/app.conf]",
+        "directory[/etc/app]",
+        "file[/etc/motd]",
+        "symlink[/etc/app/current.conf]",
+    ] {
+        assert_eq!(status_of(&r3, rid).status, Status::Changed, "{rid}");
+    }
+    assert!(
+        status_of(&r3, "file[/etc/app/app.conf]")
+            .diff
+            .as_ref()
+            .unwrap()
+            .contains("-port = 1")
+    );
+    let m = std::fs::metadata(env.p("/etc/app/app.conf")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4321, 4322, 0o640));
+    assert_eq!(mode_of(&env.p("/etc/app")), 0o750);
+    assert!(env.p("/etc/motd").exists());
+    assert_eq!(
+        std::fs::read_link(env.p("/etc/app/current.conf")).unwrap(),
+        std::path::Path::new("/etc/app/app.conf")
+    );
+    let (code, r4, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r4:?}");
+    // No temp files left behind.
+    let leftovers: Vec<_> = walk(&env.root())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("troupe-new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Monitoring summary.
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.state().join("last_run_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["run_id"], r4.run_id.as_str());
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["resources"]["total"], 5);
+}
+
+pub fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&path));
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn noop_changes_nothing_and_shows_diffs() {
+    let env = Env::new();
+    seed_accounts(&env);
+    let c = base_catalog();
+    let (code, r, out) = env.run(&c, &["--noop"]);
+    assert_eq!(code, 2);
+    assert!(r.noop);
+    assert!(!env.p("/etc/app").exists(), "noop created something");
+    assert!(
+        std::fs::read_dir(env.state().join("bucket")).is_err()
+            || walk(&env.state().join("bucket")).is_empty()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+managed by troupe"));
+    // Converge, drift, noop again: the drift stays.
+    env.run(&c, &[]);
+    std::fs::write(env.p("/etc/motd"), "hand edit\n").unwrap();
+    let (code, r, _) = env.run(&c, &["--noop"]);
+    assert_eq!(code, 2);
+    let d = status_of(&r, "file[/etc/motd]").diff.clone().unwrap();
+    assert!(
+        d.contains("-hand edit") && d.contains("+managed by troupe"),
+        "{d}"
+    );
+    assert_eq!(std::fs::read(env.p("/etc/motd")).unwrap(), b"hand edit\n");
+    // Human output of a noop run.
+    let cat = env.write_catalog(&c);
+    let o = env.cmd(
+        &["run", "--once", "--noop"],
+        &["--catalog", cat.to_str().unwrap()],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("would change file[/etc/motd]"), "{text}");
+    assert!(text.contains("+managed by troupe"), "{text}");
+}
+
+#[test]
+fn sensitive_values_are_redacted() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    c.resources.push(dir("/etc", 0o755));
+    let mut f = file(&mut c, "/etc/secret.conf", b"password = hunter2\n", 0o600);
+    f.sensitive = true;
+    c.resources.push(f);
+    let mut e = exec("show", &["/bin/echo", "hunter2"]);
+    e.sensitive = true;
+    c.resources.push(e);
+    std::fs::create_dir_all(env.p("/etc")).unwrap();
+    std::fs::write(env.p("/etc/secret.conf"), "password = old-secret\n").unwrap();
+    let cat = env.write_catalog(&c);
+    for mode in [&["--noop"][..], &[][..]] {
+        let o = env.cmd(
+            &["run", "--once", "--output", "json"],
+            &["--catalog", cat.to_str().unwrap()],
+            mode,
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !all.contains("hunter2") && !all.contains("old-secret"),
+            "{all}"
+        );
+        assert!(all.contains("redacted"), "{all}");
+    }
+    assert_eq!(
+        std::fs::read(env.p("/etc/secret.conf")).unwrap(),
+        b"password = hunter2\n"
+    );
+}
+
+#[test]
+fn failed_resource_skips_dependents_transitively() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    // Parent missing: fails.
+    let bad = file(&mut c, "/missing/dir/x.conf", b"x\n", 0o644);
+    c.resources.push(bad);
+    let mut dep = file(&mut c, "/dep.conf", b"dep\n", 0o644);
+    dep.requires.push(id("file", "/missing/dir/x.conf"));
+    c.resources.push(dep);
+    let mut dep2 = exec("after", &["/bin/true"]);
+    dep2.requires.push(id("file", "/dep.conf"));
+    c.resources.push(dep2);
+    let ok = file(&mut c, "/independent.conf", b"fine\n", 0o644);
+    c.resources.push(ok);
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 6, "{r:?}");
+    let f = status_of(&r, "file[/missing/dir/x.conf]");
+    assert_eq!(f.status, Status::Failed);
+    assert!(f.events[0].contains("does not exist"), "{:?}", f.events);
+    let d = status_of(&r, "file[/dep.conf]");
+    assert_eq!(d.status, Status::Skipped);
+    assert!(
+        d.events[0].contains("file[/missing/dir/x.conf] failed"),
+        "{:?}",
+        d.events
+    );
+    let d2 = status_of(&r, "exec[after]");
+    assert_eq!(d2.status, Status::Skipped);
+    assert!(d2.events[0].contains("file[/dep.conf] was skipped"));
+    assert!(!env.p("/dep.conf").exists());
+    assert_eq!(
+        status_of(&r, "file[/independent.conf]").status,
+        Status::Changed
+    );
+    assert!(env.p("/independent.conf").exists());
+}
+
+#[test]
+fn notify_refreshes_exactly_once_per_run() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    let mut a = file(&mut c, "/a.conf", b"a\n", 0o644);
+    let mut b = file(&mut c, "/b.conf", b"b\n", 0o644);
+    let mut counter = exec(
+        "reload",
+        &["/bin/sh", "-c", "echo refreshed >> \"$TROUPE_ROOT/count\""],
+    );
+    if let Kind::Exec { refreshonly, .. } = &mut counter.kind {
+        *refreshonly = true;
+    }
+    a.notify.push(id("exec", "reload"));
+    b.notify.push(id("exec", "reload"));
+    c.resources.push(a);
+    c.resources.push(b);
+    c.resources.push(counter);
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2);
+    let e = status_of(&r, "exec[reload]");
+    assert!(e.refreshed);
+    assert_eq!(e.status, Status::Changed);
+    assert_eq!(
+        std::fs::read_to_string(env.p("/count")).unwrap(),
+        "refreshed\n"
+    );
+    // Nothing changed: no refresh.
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(env.p("/count")).unwrap(),
+        "refreshed\n"
+    );
+    // One of the two changes: one refresh.
+    std::fs::write(env.p("/a.conf"), "drift\n").unwrap();
+    env.run(&c, &[]);
+    assert_eq!(
+        std::fs::read_to_string(env.p("/count")).unwrap(),
+        "refreshed\nrefreshed\n"
+    );
+}
+
+#[test]
+fn exec_guards_timeout_and_returns() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    let mut creates = exec("mk", &["/bin/sh", "-c", "touch \"$TROUPE_ROOT/made\""]);
+    if let Kind::Exec { creates: cr, .. } = &mut creates.kind {
+        *cr = Some("/made".into());
+    }
+    c.resources.push(creates);
+    let mut unless = exec("never", &["/bin/sh", "-c", "touch \"$TROUPE_ROOT/never\""]);
+    if let Kind::Exec { unless: u, .. } = &mut unless.kind {
+        *u = Some(vec!["/bin/true".into()]);
+    }
+    c.resources.push(unless);
+    let mut onlyif = exec("cond", &["/bin/sh", "-c", "touch \"$TROUPE_ROOT/cond\""]);
+    if let Kind::Exec { onlyif: o, .. } = &mut onlyif.kind {
+        *o = Some(vec!["/bin/false".into()]);
+    }
+    c.resources.push(onlyif);
+    let mut slow = exec("slow", &["/bin/sleep", "10"]);
+    if let Kind::Exec { timeout, .. } = &mut slow.kind {
+        *timeout = Some(1);
+    }
+    c.resources.push(slow);
+    let mut rc = exec("rc3", &["/bin/sh", "-c", "exit 3"]);
+    if let Kind::Exec { returns, .. } = &mut rc.kind {
+        *returns = vec![0, 3];
+    }
+    c.resources.push(rc);
+    let t = std::time::Instant::now();
+    let (code, r, _) = env.run(&c, &[]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(8));
+    assert_eq!(code, 6);
+    assert!(env.p("/made").exists());
+    assert!(!env.p("/never").exists());
+    assert!(!env.p("/cond").exists());
+    let s = status_of(&r, "exec[slow]");
+    assert_eq!(s.status, Status::Failed);
+    assert!(s.events[0].contains("timed out"), "{:?}", s.events);
+    assert_eq!(status_of(&r, "exec[rc3]").status, Status::Changed);
+    // creates now exists: mk is unchanged.
+    let (_, r, _) = env.run(&c, &[]);
+    assert_eq!(status_of(&r, "exec[mk]").status, Status::Unchanged);
+}
+
+#[test]
+fn rollback_restores_previous_contents() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("/etc")).unwrap();
+    std::fs::write(env.p("/etc/pre.conf"), "original\n").unwrap();
+    let mut c1 = new_catalog();
+    {
+        let f = file(&mut c1, "/etc/pre.conf", b"version 1\n", 0o644);
+        c1.resources.push(f);
+    }
+    {
+        let f = file(&mut c1, "/etc/new.conf", b"new 1\n", 0o644);
+        c1.resources.push(f);
+    }
+    let (_, r1, _) = env.run(&c1, &[]);
+    let mut c2 = new_catalog();
+    {
+        let f = file(&mut c2, "/etc/pre.conf", b"version 2\n", 0o600);
+        c2.resources.push(f);
+    }
+    {
+        let f = file(&mut c2, "/etc/new.conf", b"new 2\n", 0o644);
+        c2.resources.push(f);
+    }
+    let (code, r2, _) = env.run(&c2, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        std::fs::read(env.p("/etc/pre.conf")).unwrap(),
+        b"version 2\n"
+    );
+    // Roll back run 2: the run-1 contents and mode come back.
+    let o = env.sub(&["rollback", &r2.run_id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(env.p("/etc/pre.conf")).unwrap(),
+        b"version 1\n"
+    );
+    assert_eq!(mode_of(&env.p("/etc/pre.conf")), 0o644);
+    assert_eq!(std::fs::read(env.p("/etc/new.conf")).unwrap(), b"new 1\n");
+    // Roll back run 1: the original file and no new.conf.
+    let o = env.sub(&["rollback", &r1.run_id]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read(env.p("/etc/pre.conf")).unwrap(),
+        b"original\n"
+    );
+    assert!(!env.p("/etc/new.conf").exists());
+    // Listing and unknown ids.
+    let o = env.sub(&["rollback", "--list"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&r1.run_id));
+    let o = env.sub(&["rollback", "no-such-run"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no stored run"));
+}
+
+#[test]
+fn rollback_on_failure_undoes_the_run() {
+    let env = Env::new();
+    std::fs::write(env.p("/app.conf"), "good\n").unwrap();
+    let mut c = new_catalog();
+    let f = file(&mut c, "/app.conf", b"bad\n", 0o644);
+    c.resources.push(f);
+    let mut e = exec("check", &["/bin/false"]);
+    e.requires.push(id("file", "/app.conf"));
+    c.resources.push(e);
+    let (code, r, _) = env.run(&c, &["--rollback-on-failure"]);
+    assert_eq!(code, 6);
+    assert!(
+        status_of(&r, "file[/app.conf]")
+            .events
+            .iter()
+            .any(|e| e.contains("rolled back"))
+    );
+    assert_eq!(std::fs::read(env.p("/app.conf")).unwrap(), b"good\n");
+    // Without the option the change stays.
+    env.run(&c, &[]);
+    assert_eq!(std::fs::read(env.p("/app.conf")).unwrap(), b"bad\n");
+}
+
+#[test]
+fn cached_catalog_is_used_when_the_source_fails() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    {
+        let f = file(&mut c, "/x.conf", b"x\n", 0o644);
+        c.resources.push(f);
+    }
+    let (_, r1, _) = env.run(&c, &[]);
+    assert!(!r1.from_cache);
+    std::fs::remove_file(env.p("/x.conf")).unwrap();
+    let (code, r, _) = env.run_with(&["--catalog", "/nonexistent/catalog.json"], &[]);
+    assert_eq!(code, 2);
+    assert!(r.from_cache);
+    assert_eq!(r.catalog_hash, c.hash());
+    assert!(env.p("/x.conf").exists());
+    // A corrupt catalog file also falls back to the cache.
+    let bad = env.dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"format\":1, nope").unwrap();
+    let (code, r, _) = env.run_with(&["--catalog", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(r.from_cache);
+    // No cache and no source: a clear error, exit 1.
+    let env2 = Env::new();
+    let o = env2.cmd(
+        &["run", "--once"],
+        &["--catalog", "/nonexistent/c.json"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no cached catalog"));
+}
+
+#[test]
+fn disable_enable_and_lock() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    c.resources.push(exec("wait", &["/bin/sleep", "2"]));
+    let o = env.sub(&["disable", "maintenance window"]);
+    assert!(o.status.success());
+    let cat = env.write_catalog(&c);
+    let o = env.cmd(
+        &["run", "--once"],
+        &["--catalog", cat.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("maintenance window"));
+    assert!(env.sub(&["enable"]).status.success());
+    // One run at a time.
+    let mut first = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--once",
+            "--output",
+            "quiet",
+            "--catalog",
+            cat.to_str().unwrap(),
+        ])
+        .args([
+            "--root",
+            env.root().to_str().unwrap(),
+            "--state",
+            env.state().to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let o = env.cmd(
+        &["run", "--once"],
+        &["--catalog", cat.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another run is in progress"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(first.wait().unwrap().code(), Some(2));
+}
+
+#[test]
+fn purge_removes_unmanaged_entries() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("/conf.d/olddir")).unwrap();
+    std::fs::write(env.p("/conf.d/stray.conf"), "x").unwrap();
+    std::fs::write(env.p("/conf.d/olddir/y"), "y").unwrap();
+    let mut c = new_catalog();
+    let mut d = dir("/conf.d", 0o755);
+    if let Kind::Directory { purge, .. } = &mut d.kind {
+        *purge = true;
+    }
+    c.resources.push(d);
+    let mut keep = file(&mut c, "/conf.d/keep.conf", b"k\n", 0o644);
+    keep.requires.push(id("directory", "/conf.d"));
+    c.resources.push(keep);
+    let (code, _, _) = env.run(&c, &["--noop"]);
+    assert_eq!(code, 2);
+    assert!(env.p("/conf.d/stray.conf").exists());
+    let (code, _, _) = env.run(&c, &[]);
+    assert_eq!(code, 2);
+    assert!(!env.p("/conf.d/stray.conf").exists());
+    assert!(!env.p("/conf.d/olddir").exists());
+    assert!(env.p("/conf.d/keep.conf").exists());
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
+}
+
+#[test]
+fn absent_resources_and_cron() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("/etc")).unwrap();
+    std::fs::write(env.p("/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(env.p("/etc/group"), "root:x:0:\ncrontab:x:107:\n").unwrap();
+    std::fs::write(env.p("/etc/old.conf"), "old").unwrap();
+    let mut c = new_catalog();
+    c.resources.push(res(Kind::File {
+        path: "/etc/old.conf".into(),
+        ensure: Ensure::Absent,
+        content: None,
+        mode: None,
+        owner: None,
+        group: None,
+        validate: None,
+    }));
+    c.resources.push(res(Kind::Cron {
+        name: "backup".into(),
+        ensure: Ensure::Present,
+        command: "/usr/local/bin/backup --quick".into(),
+        user: "root".into(),
+        minute: "15".into(),
+        hour: "3".into(),
+        monthday: "*".into(),
+        month: "*".into(),
+        weekday: "*".into(),
+        environment: [("MAILTO".to_owned(), "ops@example.com".to_owned())].into(),
+    }));
+    let (code, _, _) = env.run(&c, &[]);
+    assert_eq!(code, 2);
+    assert!(!env.p("/etc/old.conf").exists());
+    let tab = std::fs::read_to_string(env.p("/var/spool/cron/crontabs/root")).unwrap();
+    assert!(
+        tab.contains(
+            "# troupe: backup\nMAILTO=ops@example.com\n15 3 * * * /usr/local/bin/backup --quick\n"
+        ),
+        "{tab}"
+    );
+    let m = std::fs::metadata(env.p("/var/spool/cron/crontabs/root")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o600, 107));
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
+}
+
+#[test]
+fn services_and_repository_packages_fail_clearly_under_root() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    c.resources.push(res(Kind::Service {
+        name: "nginx".into(),
+        ensure: Some(troupe_catalog::ServiceState::Running),
+        enable: Some(true),
+    }));
+    c.resources.push(res(Kind::Package {
+        name: "nginx".into(),
+        ensure: troupe_catalog::PackageEnsure::Present,
+    }));
+    std::fs::create_dir_all(env.p("/var/lib/dpkg/info")).unwrap();
+    std::fs::write(env.p("/var/lib/dpkg/status"), "").unwrap();
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 4);
+    let s = status_of(&r, "service[nginx]");
+    assert_eq!(s.status, Status::Failed);
+    assert!(
+        s.events[0].contains("cannot be managed under --root"),
+        "{:?}",
+        s.events
+    );
+    let p = status_of(&r, "package[nginx]");
+    assert_eq!(p.status, Status::Failed);
+    assert!(
+        p.events[0].contains("apt has no root option"),
+        "{:?}",
+        p.events
+    );
+}

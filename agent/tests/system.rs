@@ -1,0 +1,281 @@
+//! Real tools in a root: a .deb built here with dpkg-deb and installed with
+//! dpkg --root; users and groups with shadow-utils --prefix; kill -9 in the
+//! middle of a run.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use troupe_catalog::report::Status;
+use troupe_catalog::{Ensure, Kind, PackageEnsure};
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Builds troupe-hello_1.0_all.deb (one file) into `out`.
+fn build_deb(work: &std::path::Path, out: &std::path::Path, version: &str) {
+    let pkg = work.join(format!("pkg-{version}"));
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/share/troupe-hello")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        format!(
+            "Package: troupe-hello\nVersion: {version}\nArchitecture: all\nMaintainer: Troupe tests <t@example.invalid>\nDescription: test package\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("usr/share/troupe-hello/hello.txt"),
+        format!("hello {version}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    let o = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&pkg)
+        .arg(out.join(format!("troupe-hello_{version}_all.deb")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn installs_and_removes_a_real_deb_in_a_dpkg_root() {
+    if !have("dpkg-deb") {
+        eprintln!("dpkg-deb not installed; test needs Debian tools");
+        return;
+    }
+    let env = Env::new();
+    let pkgs = env.dir.path().join("pkgs");
+    build_deb(env.dir.path(), &pkgs, "1.0");
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+        "var/log",
+    ] {
+        std::fs::create_dir_all(env.root().join(d)).unwrap();
+    }
+    std::fs::write(env.root().join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(env.root().join("var/lib/dpkg/available"), "").unwrap();
+    let pd = pkgs.to_str().unwrap();
+    let mut c = new_catalog();
+    c.resources.push(res(Kind::Package {
+        name: "troupe-hello".into(),
+        ensure: PackageEnsure::Present,
+    }));
+    let (code, r, _) = env.run(&c, &["--package-dir", pd, "--noop"]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(!env.p("/usr/share/troupe-hello/hello.txt").exists());
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 2, "{r:?}");
+    assert_eq!(
+        std::fs::read(env.p("/usr/share/troupe-hello/hello.txt")).unwrap(),
+        b"hello 1.0\n"
+    );
+    let status = std::fs::read_to_string(env.root().join("var/lib/dpkg/status")).unwrap();
+    assert!(status.contains("Package: troupe-hello") && status.contains("install ok installed"));
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 0, "{r:?}");
+    // A pinned version that is not installed yet: upgrade from the package dir.
+    build_deb(env.dir.path(), &pkgs, "1.1");
+    c.resources[0] = res(Kind::Package {
+        name: "troupe-hello".into(),
+        ensure: PackageEnsure::Version("1.1".into()),
+    });
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(status_of(&r, "package[troupe-hello]").events[0].contains("1.0 -> 1.1"));
+    assert_eq!(
+        std::fs::read(env.p("/usr/share/troupe-hello/hello.txt")).unwrap(),
+        b"hello 1.1\n"
+    );
+    // Remove.
+    c.resources[0] = res(Kind::Package {
+        name: "troupe-hello".into(),
+        ensure: PackageEnsure::Absent,
+    });
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(!env.p("/usr/share/troupe-hello/hello.txt").exists());
+    let (code, _, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn users_and_groups_in_a_root_via_shadow_utils_prefix() {
+    if !have("useradd") {
+        eprintln!("useradd not installed");
+        return;
+    }
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("/etc")).unwrap();
+    std::fs::create_dir_all(env.p("/home")).unwrap();
+    std::fs::write(env.p("/etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    std::fs::write(env.p("/etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(env.p("/etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(env.p("/etc/gshadow"), "root:*::\n").unwrap();
+    let mut c = new_catalog();
+    c.resources.push(res(Kind::Group {
+        name: "web".into(),
+        ensure: Ensure::Present,
+        gid: Some(2500),
+        system: false,
+    }));
+    c.resources.push(res(Kind::Group {
+        name: "deploy".into(),
+        ensure: Ensure::Present,
+        gid: Some(2501),
+        system: false,
+    }));
+    let mut u = res(Kind::User {
+        name: "alice".into(),
+        ensure: Ensure::Present,
+        uid: Some(2600),
+        group: Some("web".into()),
+        groups: vec!["deploy".into()],
+        home: Some("/home/alice".into()),
+        shell: Some("/bin/sh".into()),
+        comment: Some("Alice".into()),
+        system: false,
+        manage_home: false,
+    });
+    u.requires = vec![id("group", "web"), id("group", "deploy")];
+    c.resources.push(u);
+    c.resources.push(dir("/srv", 0o755));
+    let mut f = file(&mut c, "/srv/owned", b"mine\n", 0o600);
+    if let Kind::File { owner, group, .. } = &mut f.kind {
+        *owner = Some("alice".into());
+        *group = Some("web".into());
+    }
+    f.requires = vec![id("user", "alice"), id("directory", "/srv")];
+    c.resources.push(f);
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r:?}");
+    let passwd = std::fs::read_to_string(env.p("/etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("alice:x:2600:2500:Alice:/home/alice:/bin/sh"),
+        "{passwd}"
+    );
+    let group = std::fs::read_to_string(env.p("/etc/group")).unwrap();
+    assert!(
+        group.contains("web:x:2500:") && group.contains("deploy:x:2501:alice"),
+        "{group}"
+    );
+    let m = std::fs::metadata(env.p("/srv/owned")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (2600, 2500));
+    // The host's own accounts were not touched.
+    let host = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(!host.contains("alice:x:2600"));
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
+    // Drift: shell changed by hand is repaired with usermod --prefix.
+    let p = std::fs::read_to_string(env.p("/etc/passwd")).unwrap();
+    std::fs::write(
+        env.p("/etc/passwd"),
+        p.replace(":/home/alice:/bin/sh", ":/home/alice:/bin/bash"),
+    )
+    .unwrap();
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2);
+    assert!(status_of(&r, "user[alice]").events[0].contains("shell changed"));
+    assert!(
+        std::fs::read_to_string(env.p("/etc/passwd"))
+            .unwrap()
+            .contains(":/home/alice:/bin/sh")
+    );
+}
+
+/// Large enough that a debug-build run takes a while.
+fn big_catalog(env: &Env) -> (troupe_catalog::Catalog, Vec<(std::path::PathBuf, Vec<u8>)>) {
+    let mut c = new_catalog();
+    c.resources.push(dir("/data", 0o755));
+    let mut expect = vec![];
+    for i in 0..1000 {
+        let body: Vec<u8> = format!("file {i}\n").repeat(800).into_bytes();
+        let path = format!("/data/f{i:05}.txt");
+        let mut f = file(&mut c, &path, &body, 0o644);
+        f.requires.push(id("directory", "/data"));
+        c.resources.push(f);
+        expect.push((env.p(&path), body));
+        if i % 200 == 199 {
+            // Commit points with a pause, so kills land in every phase.
+            let marker = format!("/data/pause{i}");
+            let script = format!("sleep 0.05; : > \"$TROUPE_ROOT{marker}\"");
+            let mut e = exec(&format!("pause{i}"), &["/bin/sh", "-c", &script]);
+            if let Kind::Exec { creates, .. } = &mut e.kind {
+                *creates = Some(marker);
+            }
+            c.resources.push(e);
+        }
+    }
+    (c, expect)
+}
+
+#[test]
+fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
+    let env = Env::new();
+    let (c, expect) = big_catalog(&env);
+    let cat = env.write_catalog(&c);
+    let mut killed_mid_run = 0;
+    for delay_ms in [30u64, 80, 150, 250, 400] {
+        let mut child = Command::new(BIN)
+            .args([
+                "run",
+                "--once",
+                "--output",
+                "quiet",
+                "--catalog",
+                cat.to_str().unwrap(),
+            ])
+            .args([
+                "--root",
+                env.root().to_str().unwrap(),
+                "--state",
+                env.state().to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let st = child.wait().unwrap();
+        if st.code().is_none() {
+            killed_mid_run += 1;
+        }
+        // Every managed file is absent or complete, never partial.
+        for (p, body) in &expect {
+            if let Ok(b) = std::fs::read(p) {
+                assert_eq!(
+                    &b,
+                    body,
+                    "partial file {} after kill at {delay_ms} ms",
+                    p.display()
+                );
+            }
+        }
+        // Reset so the next kill lands on a fresh run.
+        if delay_ms != 400 {
+            let _ = std::fs::remove_dir_all(env.p("/data"));
+        }
+    }
+    assert!(killed_mid_run > 0, "no run was killed while running");
+    let (code, r, _) = env.run(&c, &[]);
+    assert!(code == 2 || code == 0, "{code}");
+    assert!(r.resources.iter().all(|x| x.status != Status::Failed));
+    for (p, body) in &expect {
+        assert_eq!(&std::fs::read(p).unwrap(), body);
+    }
+    let temps: Vec<_> = std::fs::read_dir(env.p("/data"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("troupe-new"))
+        .collect();
+    assert!(temps.is_empty(), "temp files left: {}", temps.len());
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{:?}", r.counts());
+}
