@@ -14,8 +14,10 @@
 pub mod bootstrap;
 pub mod engine;
 pub mod facts;
+pub mod identity;
 pub mod logging;
 pub mod providers;
+pub mod renew;
 pub mod run;
 pub mod source;
 pub mod state;

@@ -22,6 +22,8 @@ struct Cli {
 enum Cmd {
     /// Join a master: key pair, CSR with the pre-shared key, pinned CA.
     Bootstrap(troupe_agent::bootstrap::Args),
+    /// Renew this host's certificate over mutual TLS (and refresh the CRL).
+    Renew(troupe_agent::renew::Args),
     /// Converge this host once, or as a daemon on a timer.
     Run(troupe_agent::run::Args),
     /// Print this host's facts as JSON.
@@ -35,10 +37,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    troupe_pki::tls::install_crypto_provider();
     let cli = Cli::parse();
     troupe_agent::logging::init(&cli.log, cli.log_json);
     let result = match cli.cmd {
         Cmd::Bootstrap(args) => troupe_agent::bootstrap::run(args),
+        Cmd::Renew(args) => troupe_agent::renew::run(args),
         Cmd::Run(args) => troupe_agent::run::run(args),
         Cmd::Facts(args) => troupe_agent::facts::run(args),
         Cmd::Rollback(args) => troupe_agent::run::rollback(args),

@@ -140,6 +140,19 @@ pub fn verify_issued_by(cert: &[u8], ca: &[u8]) -> Result<(), String> {
         .map_err(|_| "the certificate is not signed by the CA".to_string())
 }
 
+/// Checks that DER CRL `crl` parses and was signed by the CA certificate
+/// `ca`.
+pub fn verify_crl(crl: &[u8], ca: &[u8]) -> Result<(), String> {
+    let (rest, crl) =
+        x509_parser::parse_x509_crl(crl).map_err(|e| format!("invalid CRL: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the CRL".into());
+    }
+    let (_, ca) = X509Certificate::from_der(ca).map_err(|e| format!("CA certificate: {e}"))?;
+    crl.verify_signature(ca.public_key())
+        .map_err(|_| "the CRL is not signed by the CA".to_string())
+}
+
 /// Formats unix seconds as RFC 3339 UTC.
 pub fn fmt_time(secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))

@@ -1,0 +1,365 @@
+//! The agent's identity (key, certificate, pinned CA, CRL) and its mutual
+//! TLS channel to the master.
+//!
+//! Files live in the state directory (layout documented in
+//! [`crate::bootstrap`]). [`Identity::load`] checks that they belong
+//! together (the key matches the certificate, the certificate was issued by
+//! the stored CA) and completes a renewal that was interrupted between its
+//! two renames. [`Identity::connect`] opens a tonic [`Channel`] over mutual
+//! TLS: the master is verified against the stored CA and CRL, the agent
+//! presents its certificate. Later work (catalog fetch, reports) reuses it.
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustls::ClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use troupe_pki::util;
+
+/// Private key, PKCS#8 PEM, mode 0600.
+pub const KEY_FILE: &str = "key.pem";
+/// The agent's certificate, PEM.
+pub const CERT_FILE: &str = "cert.pem";
+/// The pinned CA certificate, PEM.
+pub const CA_FILE: &str = "ca.pem";
+/// The CA's latest CRL, PEM.
+pub const CRL_FILE: &str = "crl.pem";
+/// Renewal in progress: the new key and certificate before their renames.
+pub const KEY_NEXT: &str = "key.pem.next";
+pub const CERT_NEXT: &str = "cert.pem.next";
+
+/// Default master port.
+pub const DEFAULT_PORT: u16 = 8140;
+
+/// A master address parsed from `--server`.
+#[derive(Debug, Clone)]
+pub struct ServerAddr {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// The name the master's certificate must carry.
+    pub server_name: ServerName<'static>,
+}
+
+/// Parses `https://HOST[:PORT]` or `HOST[:PORT]` (port 8140 by default).
+pub fn parse_server(url: &str) -> Result<ServerAddr> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if url.contains("://") {
+        bail!("--server {url:?}: only https:// URLs are supported");
+    } else {
+        url
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        bail!("--server {url:?}: expected https://HOST[:PORT]");
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once(']')
+            .ok_or_else(|| anyhow!("--server {url:?}: unterminated IPv6 address"))?;
+        (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p),
+            None => (rest.to_string(), ""),
+        }
+    };
+    let port: u16 = if port.is_empty() {
+        DEFAULT_PORT
+    } else {
+        port.parse()
+            .map_err(|_| anyhow!("--server {url:?}: invalid port {port:?}"))?
+    };
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| anyhow!("--server {url:?}: invalid host name {host:?}"))?;
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(ServerAddr {
+        authority,
+        server_name,
+    })
+}
+
+/// Opens a gRPC channel to `server` over TLS with the given rustls config.
+/// (tonic's own TLS settings cannot carry a CRL or a pinned-CA verifier, so
+/// the TLS handshake happens in this connector.)
+pub async fn connect_with(config: ClientConfig, server: &str) -> Result<Channel> {
+    let addr = parse_server(server)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target = addr.authority.clone();
+    let name = addr.server_name.clone();
+    let service = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
+        let connector = connector.clone();
+        let target = target.clone();
+        let name = name.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    // The scheme is http:// because TLS is done by the connector above.
+    let endpoint = Endpoint::from_shared(format!("http://{}", addr.authority))
+        .context("building the endpoint")?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120));
+    endpoint
+        .connect_with_connector(service)
+        .await
+        .map_err(|e| anyhow!("cannot reach the master at {server}: {}", error_chain(&e)))
+}
+
+/// Flattens an error and its sources into one line (tonic's transport
+/// errors hide the TLS reason in their sources).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Explains a failed gRPC call, including transport-level causes.
+pub fn status_message(s: &tonic::Status) -> String {
+    let mut msg = format!("{}", s.message());
+    if let Some(src) = std::error::Error::source(s) {
+        msg.push_str(&format!(" ({})", error_chain(src)));
+    }
+    if msg.trim().is_empty() {
+        msg = format!("{:?}", s.code());
+    }
+    let lower = msg.to_lowercase();
+    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+        && ["broken pipe", "connection reset", "alert", "unexpected eof"]
+            .iter()
+            .any(|w| lower.contains(w))
+    {
+        msg.push_str(
+            "; the master closed the TLS connection: this host's certificate may be \
+             revoked, expired or not issued by the master's CA",
+        );
+    }
+    msg
+}
+
+fn read_pem_cert(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let der = CertificateDer::from_pem_slice(&bytes)
+        .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+    Ok(der.as_ref().to_vec())
+}
+
+/// Completes (or discards) a renewal interrupted between writing the new
+/// files and renaming them into place. Safe to call at any time.
+pub fn recover_renewal(state_dir: &Path) -> Result<()> {
+    let key_next = state_dir.join(KEY_NEXT);
+    let cert_next = state_dir.join(CERT_NEXT);
+    match (key_next.exists(), cert_next.exists()) {
+        // Both written: roll forward.
+        (true, true) => {
+            std::fs::rename(&key_next, state_dir.join(KEY_FILE))?;
+            std::fs::rename(&cert_next, state_dir.join(CERT_FILE))?;
+        }
+        // Key already renamed: finish with the certificate.
+        (false, true) => std::fs::rename(&cert_next, state_dir.join(CERT_FILE))?,
+        // The certificate never arrived: the old pair is intact.
+        (true, false) => std::fs::remove_file(&key_next)?,
+        (false, false) => {}
+    }
+    Ok(())
+}
+
+/// The agent's credentials, checked for consistency.
+pub struct Identity {
+    pub state_dir: PathBuf,
+    /// Host name (certificate CN).
+    pub name: String,
+    /// Certificate serial, lower-case hex.
+    pub serial: String,
+    pub not_before: u64,
+    pub not_after: u64,
+    pub ca_der: Vec<u8>,
+    pub cert_der: Vec<u8>,
+    key_der: PrivateKeyDer<'static>,
+    crl_der: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// True when the state directory holds a certificate.
+    pub fn exists(state_dir: &Path) -> bool {
+        state_dir.join(CERT_FILE).exists() || state_dir.join(CERT_NEXT).exists()
+    }
+
+    /// Loads and cross-checks key, certificate, CA and (optional) CRL.
+    pub fn load(state_dir: &Path) -> Result<Identity> {
+        recover_renewal(state_dir).context("completing an interrupted renewal")?;
+        let key_path = state_dir.join(KEY_FILE);
+        let key_pem = std::fs::read_to_string(&key_path).with_context(|| {
+            format!(
+                "reading {} (has `troupe-agent bootstrap` run?)",
+                key_path.display()
+            )
+        })?;
+        let key = rcgen::KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("{} is not a usable private key", key_path.display()))?;
+        let cert_der = read_pem_cert(&state_dir.join(CERT_FILE))
+            .context("no certificate yet (has `troupe-agent bootstrap` finished?)")?;
+        let ca_der = read_pem_cert(&state_dir.join(CA_FILE))?;
+        let facts = util::cert_facts(&cert_der).map_err(|e| anyhow!("{CERT_FILE}: {e}"))?;
+        let key_spki = sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key));
+        if key_spki.as_slice() != facts.spki_sha256 {
+            bail!(
+                "{KEY_FILE} does not match {CERT_FILE} in {}",
+                state_dir.display()
+            );
+        }
+        util::verify_issued_by(&cert_der, &ca_der).map_err(|e| anyhow!("{CERT_FILE}: {e}"))?;
+        let crl_path = state_dir.join(CRL_FILE);
+        let crl_der = if crl_path.exists() {
+            let bytes = std::fs::read(&crl_path)?;
+            let der = CertificateRevocationListDer::from_pem_slice(&bytes)
+                .with_context(|| format!("{} is not a PEM CRL", crl_path.display()))?;
+            util::verify_crl(der.as_ref(), &ca_der).map_err(|e| anyhow!("{CRL_FILE}: {e}"))?;
+            Some(der.as_ref().to_vec())
+        } else {
+            None
+        };
+        let key_der =
+            PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow!("{KEY_FILE}: {e}"))?;
+        Ok(Identity {
+            state_dir: state_dir.to_path_buf(),
+            name: facts.cn,
+            serial: facts.serial,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+            ca_der,
+            cert_der,
+            key_der,
+            crl_der,
+        })
+    }
+
+    /// The rustls config: trust only the pinned CA (with the CRL), present
+    /// our certificate.
+    pub fn client_config(&self) -> Result<ClientConfig> {
+        let crls = self
+            .crl_der
+            .iter()
+            .map(|c| CertificateRevocationListDer::from(c.clone()))
+            .collect();
+        troupe_pki::tls::client_config(
+            &self.ca_der,
+            crls,
+            Some((
+                vec![CertificateDer::from(self.cert_der.clone())],
+                self.key_der.clone_key(),
+            )),
+        )
+        .context("building the TLS client configuration")
+    }
+
+    /// A mutual-TLS channel to the master.
+    pub async fn connect(&self, server: &str) -> Result<Channel> {
+        connect_with(self.client_config()?, server).await
+    }
+
+    /// True when less than a third of the certificate's lifetime is left.
+    pub fn renewal_due(&self, now: u64) -> bool {
+        let life = self.not_after.saturating_sub(self.not_before);
+        now.saturating_add(life / 3) >= self.not_after
+    }
+}
+
+use sha2::Digest as _;
+
+/// Fetches the CA's CRL over `channel`, checks it is signed by `ca_der`
+/// and stores it as `crl.pem`.
+pub async fn refresh_crl(channel: Channel, ca_der: &[u8], state_dir: &Path) -> Result<()> {
+    let mut client = troupe_proto::v1::ca_client::CaClient::new(channel);
+    let resp = client
+        .get_crl(troupe_proto::v1::Empty {})
+        .await
+        .map_err(|s| anyhow!("fetching the CRL: {}", status_message(&s)))?
+        .into_inner();
+    let der = CertificateRevocationListDer::from_pem_slice(resp.pem.as_bytes())
+        .context("the master sent an unreadable CRL")?;
+    util::verify_crl(der.as_ref(), ca_der).map_err(|e| anyhow!("the master's CRL: {e}"))?;
+    util::write_atomic(&state_dir.join(CRL_FILE), resp.pem.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls() {
+        let a = parse_server("https://127.0.0.1:9000").unwrap();
+        assert_eq!(a.authority, "127.0.0.1:9000");
+        let a = parse_server("master.example.com").unwrap();
+        assert_eq!(a.authority, "master.example.com:8140");
+        let a = parse_server("https://[::1]:81/").unwrap();
+        assert_eq!(a.authority, "[::1]:81");
+        assert!(parse_server("http://x").is_err());
+        assert!(parse_server("https://x:notaport").is_err());
+        assert!(parse_server("https://x/path").is_err());
+        assert!(parse_server("").is_err());
+    }
+
+    #[test]
+    fn interrupted_renewal_is_completed_or_discarded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join(KEY_FILE), "old-key").unwrap();
+        std::fs::write(p.join(CERT_FILE), "old-cert").unwrap();
+        std::fs::write(p.join(KEY_NEXT), "new-key").unwrap();
+        recover_renewal(p).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p.join(KEY_FILE)).unwrap(),
+            "old-key"
+        );
+        assert!(!p.join(KEY_NEXT).exists());
+
+        std::fs::write(p.join(KEY_NEXT), "new-key").unwrap();
+        std::fs::write(p.join(CERT_NEXT), "new-cert").unwrap();
+        recover_renewal(p).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p.join(KEY_FILE)).unwrap(),
+            "new-key"
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join(CERT_FILE)).unwrap(),
+            "new-cert"
+        );
+
+        std::fs::write(p.join(CERT_NEXT), "newer-cert").unwrap();
+        recover_renewal(p).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p.join(CERT_FILE)).unwrap(),
+            "newer-cert"
+        );
+        assert!(!p.join(CERT_NEXT).exists());
+    }
+}
