@@ -237,6 +237,7 @@ mod tests {
     }
 
     #[derive(Debug, clap::Subcommand)]
+    #[allow(clippy::large_enum_variant)]
     enum Cmd {
         Key(KeyArgs),
         Audit(AuditArgs),

@@ -179,15 +179,15 @@ impl TargetFilter {
                 return Err(field("target.facts", format!("invalid value for fact {k}")));
             }
         }
-        if let Some(r) = &self.role {
-            if !is_role_name(r) {
-                return Err(field("target.role", format!("invalid role {:?}", clip(r))));
-            }
+        if let Some(r) = &self.role
+            && !is_role_name(r)
+        {
+            return Err(field("target.role", format!("invalid role {:?}", clip(r))));
         }
-        if let Some(n) = &self.name {
-            if let Err(e) = check_host_glob(n) {
-                return Err(field("target.name", e));
-            }
+        if let Some(n) = &self.name
+            && let Err(e) = check_host_glob(n)
+        {
+            return Err(field("target.name", e));
         }
         if self.limit == Some(0) {
             return Err(field("target.limit", "limit must be at least 1"));
@@ -202,15 +202,15 @@ impl TargetFilter {
         role: Option<&str>,
         facts: &BTreeMap<String, String>,
     ) -> bool {
-        if let Some(r) = &self.role {
-            if role != Some(r.as_str()) {
-                return false;
-            }
+        if let Some(r) = &self.role
+            && role != Some(r.as_str())
+        {
+            return false;
         }
-        if let Some(g) = &self.name {
-            if !host_glob_matches(g, name) {
-                return false;
-            }
+        if let Some(g) = &self.name
+            && !host_glob_matches(g, name)
+        {
+            return false;
         }
         self.facts.iter().all(|(k, v)| facts.get(k) == Some(v))
     }
@@ -420,13 +420,13 @@ impl Command {
                     format!("invalid argument name {:?}", clip(k)),
                 ));
             }
-            if let ArgValue::Str(s) = v {
-                if s.len() > MAX_STR {
-                    return Err(field(
-                        "args",
-                        format!("argument {k} longer than {MAX_STR} bytes"),
-                    ));
-                }
+            if let ArgValue::Str(s) = v
+                && s.len() > MAX_STR
+            {
+                return Err(field(
+                    "args",
+                    format!("argument {k} longer than {MAX_STR} bytes"),
+                ));
             }
         }
         Ok(())
@@ -586,13 +586,13 @@ impl<'a> Reader<'a> {
 }
 
 fn ascending(last: &mut Option<String>, k: &str, name: &'static str) -> Result<(), EnvelopeError> {
-    if let Some(prev) = last {
-        if k <= prev.as_str() {
-            return Err(field(
-                name,
-                "keys not strictly ascending (duplicate or unsorted)",
-            ));
-        }
+    if let Some(prev) = last
+        && k <= prev.as_str()
+    {
+        return Err(field(
+            name,
+            "keys not strictly ascending (duplicate or unsorted)",
+        ));
     }
     *last = Some(k.to_string());
     Ok(())

@@ -368,10 +368,10 @@ fn agent_ed25519(
             continue;
         };
         let pk = pk.into_owned();
-        if let ssh_key::public::KeyData::Ed25519(ed) = pk.key_data() {
-            if let Ok(vk) = VerifyingKey::from_bytes(&ed.0) {
-                out.push((KeyId::from_public(&vk), pk));
-            }
+        if let ssh_key::public::KeyData::Ed25519(ed) = pk.key_data()
+            && let Ok(vk) = VerifyingKey::from_bytes(&ed.0)
+        {
+            out.push((KeyId::from_public(&vk), pk));
         }
     }
     Ok(out)

@@ -440,7 +440,7 @@ pub enum Next {
     Stopped { failures: Vec<Failure> },
 }
 
-/// The rolling-release state machine: ask [`Rollout::next`], run the batch,
+/// The rolling-release state machine: ask [`Rollout::next_batch`], run the batch,
 /// report with [`Rollout::record`], repeat.
 #[derive(Debug, Clone)]
 pub struct Rollout {
@@ -455,7 +455,7 @@ pub struct Rollout {
 impl Rollout {
     /// The next batch, or the end. Hosts that already failed are skipped in
     /// later batches and packages.
-    pub fn next(&mut self) -> Next {
+    pub fn next_batch(&mut self) -> Next {
         if let Some(f) = &self.stopped {
             return Next::Stopped {
                 failures: f.clone(),
@@ -486,12 +486,12 @@ impl Rollout {
         }
     }
 
-    /// Records the outcome of the batch returned by the last [`Rollout::next`]
+    /// Records the outcome of the batch returned by the last [`Rollout::next_batch`]
     /// and advances. Hosts of that batch missing from `outcomes` count as
     /// failed (no answer).
     pub fn record(&mut self, outcomes: &BTreeMap<String, HostOutcome>) -> Next {
-        let Next::Batch { phase, hosts } = self.next() else {
-            return self.next();
+        let Next::Batch { phase, hosts } = self.next_batch() else {
+            return self.next_batch();
         };
         let package = self.plan.phases[phase].package.clone();
         for hs in &hosts {
@@ -521,7 +521,7 @@ impl Rollout {
         if self.failed.len() > self.plan.options.failure_threshold {
             self.stopped = Some(self.failed.values().cloned().collect());
         }
-        self.next()
+        self.next_batch()
     }
 
     /// Failures so far.
@@ -737,7 +737,7 @@ mod tests {
         .unwrap();
         let mut ro = p.rollout();
         let mut seen = Vec::new();
-        let mut next = ro.next();
+        let mut next = ro.next_batch();
         while let Next::Batch { phase, hosts } = next {
             seen.push((
                 phase,
@@ -758,7 +758,7 @@ mod tests {
         let r = Release::from_toml(MANIFEST).unwrap();
         let p = plan(&r, &hosts(4), PlanOptions::default()).unwrap();
         let mut ro = p.rollout();
-        let Next::Batch { hosts: b1, .. } = ro.next() else {
+        let Next::Batch { hosts: b1, .. } = ro.next_batch() else {
             panic!()
         };
         assert_eq!(b1[0].host, "web-1");
@@ -782,7 +782,7 @@ mod tests {
         assert_eq!(failures[0].package, "openssl");
         assert!(matches!(failures[0].step, Some(Step::VerifyVersion { .. })));
         // It stays stopped; web-3 never runs.
-        assert!(matches!(ro.next(), Next::Stopped { .. }));
+        assert!(matches!(ro.next_batch(), Next::Stopped { .. }));
         assert_eq!(ro.completed(), 1);
     }
 
@@ -799,7 +799,7 @@ mod tests {
         )
         .unwrap();
         let mut ro = p.rollout();
-        let Next::Batch { hosts: b, .. } = ro.next() else {
+        let Next::Batch { hosts: b, .. } = ro.next_batch() else {
             panic!()
         };
         // web-3 does not answer: 1 failure, tolerated.

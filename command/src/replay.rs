@@ -77,6 +77,7 @@ impl ReplayCache {
         now: i64,
     ) -> Result<Recorded, ReplayStoreError> {
         let tx = self.db.begin_write().map_err(err("write"))?;
+        let mut nothing_pruned = true;
         let outcome = {
             let mut ids = tx.open_table(IDS).map_err(err("write"))?;
             let mut by_exp = tx.open_table(BY_EXPIRY).map_err(err("write"))?;
@@ -90,6 +91,7 @@ impl ReplayCache {
                     expired.push(k.value().1);
                 }
             }
+            nothing_pruned = expired.is_empty();
             for old in &expired {
                 ids.remove(old).map_err(err("prune"))?;
             }
@@ -103,7 +105,12 @@ impl ReplayCache {
                 Recorded::New
             }
         };
-        tx.commit().map_err(err("commit"))?;
+        if outcome == Recorded::Replayed && nothing_pruned {
+            // Nothing changed: skip the durable commit.
+            tx.abort().map_err(err("abort"))?;
+        } else {
+            tx.commit().map_err(err("commit"))?;
+        }
         Ok(outcome)
     }
 
