@@ -77,7 +77,7 @@ impl ReplayCache {
         now: i64,
     ) -> Result<Recorded, ReplayStoreError> {
         let tx = self.db.begin_write().map_err(err("write"))?;
-        let mut nothing_pruned = true;
+        let nothing_pruned: bool;
         let outcome = {
             let mut ids = tx.open_table(IDS).map_err(err("write"))?;
             let mut by_exp = tx.open_table(BY_EXPIRY).map_err(err("write"))?;
