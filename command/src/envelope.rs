@@ -195,6 +195,39 @@ impl TargetFilter {
         Ok(())
     }
 
+    /// Builds a filter from command-line options: `--where FACT=VALUE`
+    /// (repeatable), `--role`, `--name GLOB`, `--limit N`; validated.
+    pub fn from_cli(
+        wheres: &[String],
+        role: Option<String>,
+        name: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<Self, EnvelopeError> {
+        let mut facts = BTreeMap::new();
+        for w in wheres {
+            let (k, v) = w.split_once('=').ok_or_else(|| {
+                field(
+                    "target.facts",
+                    format!("--where {:?}: expected FACT=VALUE", clip(w)),
+                )
+            })?;
+            if facts.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(field(
+                    "target.facts",
+                    format!("fact {} given twice", clip(k)),
+                ));
+            }
+        }
+        let t = Self {
+            facts,
+            role,
+            name,
+            limit,
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
     /// Whether a host matches the facts, role and name criteria (not limit).
     pub fn matches(
         &self,
@@ -843,6 +876,22 @@ mod tests {
             c.sign(&mut other),
             Err(SignError::SignerMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn target_from_cli() {
+        let t = TargetFilter::from_cli(
+            &["os.family=debian".into(), "dc=par1".into()],
+            Some("web".into()),
+            Some("web-*".into()),
+            Some(10),
+        )
+        .unwrap();
+        assert_eq!(t.facts["dc"], "par1");
+        assert!(TargetFilter::from_cli(&["nodelimiter".into()], None, None, None).is_err());
+        assert!(TargetFilter::from_cli(&["a=1".into(), "a=2".into()], None, None, None).is_err());
+        assert!(TargetFilter::from_cli(&[], None, Some("a b".into()), None).is_err());
+        assert!(TargetFilter::from_cli(&[], None, None, Some(0)).is_err());
     }
 
     #[test]

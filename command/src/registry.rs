@@ -425,6 +425,45 @@ impl ActionSpec {
         Ok(())
     }
 
+    /// Parses command-line arguments `NAME=VALUE` by this action's schema
+    /// (bool: `true`/`false`; int: decimal; everything else: text), then
+    /// checks them like [`ActionSpec::check_args`].
+    pub fn parse_cli_args(&self, raw: &[String]) -> Result<BTreeMap<String, ArgValue>, ArgError> {
+        let mut out = BTreeMap::new();
+        for item in raw {
+            let (name, text) = item.split_once('=').ok_or_else(|| ArgError::Invalid {
+                name: clip(item),
+                reason: "expected NAME=VALUE".into(),
+            })?;
+            let spec = self
+                .args
+                .iter()
+                .find(|a| a.name == name)
+                .ok_or_else(|| ArgError::Unknown(clip(name)))?;
+            let bad = |reason: String| ArgError::Invalid {
+                name: name.to_string(),
+                reason,
+            };
+            let value = match spec.ty {
+                ArgType::Bool => match text {
+                    "true" => ArgValue::Bool(true),
+                    "false" => ArgValue::Bool(false),
+                    _ => return Err(bad(format!("{:?} is not true or false", clip(text)))),
+                },
+                ArgType::Int { .. } => ArgValue::Int(
+                    text.parse()
+                        .map_err(|_| bad(format!("{:?} is not an integer", clip(text))))?,
+                ),
+                _ => ArgValue::Str(text.to_string()),
+            };
+            if out.insert(name.to_string(), value).is_some() {
+                return Err(bad("given twice".into()));
+            }
+        }
+        self.check_args(&out)?;
+        Ok(out)
+    }
+
     /// The arguments with values of `secret` arguments replaced by
     /// `"<redacted>"` (for audit logs). Unknown arguments are redacted too.
     pub fn redact(&self, args: &BTreeMap<String, ArgValue>) -> BTreeMap<String, ArgValue> {
@@ -794,6 +833,36 @@ mod tests {
         assert_eq!(
             drain.check_args(&args(&[])),
             Err(ArgError::Missing("backend".into()))
+        );
+    }
+
+    #[test]
+    fn cli_args_are_typed_by_the_schema() {
+        let r = Registry::builtin();
+        let run = r.get("agent.run").unwrap();
+        let a = run
+            .parse_cli_args(&["noop=true".into(), "environment=dr".into()])
+            .unwrap();
+        assert_eq!(a["noop"], ArgValue::Bool(true));
+        assert_eq!(a["environment"], s("dr"));
+        assert!(run.parse_cli_args(&["noop=yes".into()]).is_err());
+        assert!(run.parse_cli_args(&["noop".into()]).is_err());
+        assert!(
+            run.parse_cli_args(&["noop=true".into(), "noop=false".into()])
+                .is_err()
+        );
+        assert!(matches!(
+            run.parse_cli_args(&["force=true".into()]),
+            Err(ArgError::Unknown(_))
+        ));
+        let inst = r.get("package.install").unwrap();
+        assert!(matches!(
+            inst.parse_cli_args(&["name=nginx; rm -rf /".into()]),
+            Err(ArgError::Invalid { .. })
+        ));
+        assert_eq!(
+            inst.parse_cli_args(&["name=nginx".into()]).unwrap()["name"],
+            s("nginx")
         );
     }
 

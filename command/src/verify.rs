@@ -162,6 +162,11 @@ impl TrustedSigners {
         self.by_key.get(key).map(String::as_str)
     }
 
+    /// The configured key and name matching a claimed key id.
+    fn lookup(&self, key: &KeyId) -> Option<(&KeyId, &str)> {
+        self.by_key.get_key_value(key).map(|(k, n)| (k, n.as_str()))
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
@@ -178,6 +183,63 @@ pub struct HostContext {
     pub role: Option<String>,
     /// Flattened facts (`os.family` → `debian`).
     pub facts: BTreeMap<String, String>,
+}
+
+impl HostContext {
+    /// Flattens nested facts (JSON) into `a.b.c` → text: strings as they
+    /// are, numbers and booleans in their JSON form, array items as `a.0`,
+    /// `a.1`; nulls and entries with invalid names or values are left out.
+    pub fn flatten_facts(facts: &serde_json::Value) -> BTreeMap<String, String> {
+        fn walk(
+            prefix: &str,
+            v: &serde_json::Value,
+            out: &mut BTreeMap<String, String>,
+            depth: usize,
+        ) {
+            if depth > 16 || out.len() >= 10_000 {
+                return;
+            }
+            let mut put = |text: String| {
+                if crate::envelope::is_fact_name(prefix) && crate::envelope::is_fact_value(&text) {
+                    out.insert(prefix.to_string(), text);
+                }
+            };
+            match v {
+                serde_json::Value::Null => {}
+                serde_json::Value::Bool(b) => put(b.to_string()),
+                serde_json::Value::Number(n) => put(n.to_string()),
+                serde_json::Value::String(s) => put(s.clone()),
+                serde_json::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(&join(prefix, &i.to_string()), item, out, depth + 1);
+                    }
+                }
+                serde_json::Value::Object(map) => {
+                    for (k, item) in map {
+                        walk(&join(prefix, k), item, out, depth + 1);
+                    }
+                }
+            }
+        }
+        fn join(prefix: &str, k: &str) -> String {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk("", facts, &mut out, 0);
+        out
+    }
+}
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A command that passed every check.
@@ -229,6 +291,22 @@ impl Verifier {
         self
     }
 
+    /// Replaces the configuration (new catalog: trusted signers, actions,
+    /// policy, host facts) while keeping the replay cache, which a process
+    /// can open only once.
+    pub fn reconfigure(
+        &mut self,
+        trusted: TrustedSigners,
+        registry: Registry,
+        policy: Policy,
+        host: HostContext,
+    ) {
+        self.trusted = trusted;
+        self.registry = registry;
+        self.policy = policy;
+        self.host = host;
+    }
+
     /// The registry in use (for redaction in audit records).
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -247,11 +325,12 @@ impl Verifier {
         if ttl > MAX_TTL_SECS {
             return Err(Refusal::TtlTooLong(ttl));
         }
-        let name = self
+        // The key comes from the configuration, never from the command.
+        let (trusted_key, name) = self
             .trusted
-            .name_of(&cmd.signer)
+            .lookup(&cmd.signer)
             .ok_or_else(|| Refusal::UnknownSigner(cmd.signer.to_string()))?;
-        let key = cmd.signer.verifying_key();
+        let key = trusted_key.verifying_key();
         key.verify_strict(sc.body(), &sc.signature())
             .map_err(|_| Refusal::BadSignature)?;
         if cmd.issued_at > now.saturating_add(self.skew) {

@@ -449,3 +449,48 @@ fn refusals_and_acceptances_are_audited_with_redaction() {
     assert!(text.contains("\"outcome\":\"malformed\""));
     assert_eq!(audit::verify(&log_path).unwrap().records, 3);
 }
+
+#[test]
+fn reconfigure_keeps_the_replay_cache_and_applies_new_trust() {
+    let mut f = fixture();
+    let sc = signed(&mut f.alice, "ping", BTreeMap::new());
+    f.verifier.verify_wire(&sc.to_wire(), NOW).unwrap();
+    // New catalog: alice is no longer trusted, mallory is.
+    let mut trusted = TrustedSigners::default();
+    trusted.add("mallory", f.mallory.key_id().clone()).unwrap();
+    let policy = Policy::from_toml(
+        "[[rule]]\neffect = \"allow\"\nsigners = [\"*\"]\nactions = [\"ping\"]\n",
+    )
+    .unwrap();
+    f.verifier
+        .reconfigure(trusted, Registry::builtin(), policy, host());
+    let again = signed(&mut f.alice, "ping", BTreeMap::new());
+    assert!(matches!(
+        f.verifier.verify_wire(&again.to_wire(), NOW),
+        Err(Refusal::UnknownSigner(_))
+    ));
+    let m = signed(&mut f.mallory, "ping", BTreeMap::new());
+    f.verifier.verify_wire(&m.to_wire(), NOW).unwrap();
+    assert!(matches!(
+        f.verifier.verify_wire(&m.to_wire(), NOW),
+        Err(Refusal::Replayed(_))
+    ));
+}
+
+#[test]
+fn nested_facts_flatten_for_targets_and_policy() {
+    let v = serde_json::json!({
+        "os": {"family": "debian", "release": {"major": 12}},
+        "virtual": false,
+        "ips": ["10.0.0.1", "10.0.0.2"],
+        "bad key": "x",
+        "nothing": null
+    });
+    let flat = HostContext::flatten_facts(&v);
+    assert_eq!(flat["os.family"], "debian");
+    assert_eq!(flat["os.release.major"], "12");
+    assert_eq!(flat["virtual"], "false");
+    assert_eq!(flat["ips.1"], "10.0.0.2");
+    assert!(!flat.contains_key("bad key"));
+    assert!(!flat.contains_key("nothing"));
+}
