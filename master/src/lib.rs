@@ -15,6 +15,7 @@ pub mod ca_cli;
 pub mod ca_service;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod tls;
