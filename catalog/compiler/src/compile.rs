@@ -382,7 +382,7 @@ impl<'a> Compiler<'a> {
 
     /// Turns a minijinja error into ours, preferring a structured error the
     /// data lookup left behind (missing key, secret).
-    fn jerr(&self, e: minijinja::Error, span: &Span, what: &str) -> Error {
+    fn jerr(&self, e: minijinja::Error, span: &Span, what: &dyn std::fmt::Display) -> Error {
         if let Some(inner) = self.data.take_error() {
             return inner.or_span(span);
         }
@@ -393,7 +393,13 @@ impl<'a> Compiler<'a> {
         )
     }
 
-    fn eval_expr(&self, src: &str, ctx: &Value, span: &Span, what: &str) -> Result<Value> {
+    fn eval_expr(
+        &self,
+        src: &str,
+        ctx: &Value,
+        span: &Span,
+        what: &dyn std::fmt::Display,
+    ) -> Result<Value> {
         let expr = whole_expression(src).unwrap_or(src);
         let v = self
             .env
@@ -413,7 +419,7 @@ impl<'a> Compiler<'a> {
 
     /// Evaluates a value from the tree: strings with `{{ }}` are rendered
     /// (a lone `{{ expr }}` keeps its type), tables and arrays recursively.
-    fn eval(&self, n: &N, ctx: &Value, what: &str) -> Result<J> {
+    fn eval(&self, n: &N, ctx: &Value, what: &dyn std::fmt::Display) -> Result<J> {
         Ok(match &n.v {
             V::Str(s) if is_templated(s) => {
                 if whole_expression(s).is_some() {
@@ -479,6 +485,7 @@ impl<'a> Compiler<'a> {
             (params.as_ref().map(|(p, _)| p.clone()), span.clone()),
         );
         let ctx = self.profile_context(name, prof, params.map(|(p, _)| p), span)?;
+        self.insts.reserve(prof.resources.len());
         for inc in &prof.includes {
             self.include_decl(inc, &ctx)?;
         }
@@ -490,7 +497,7 @@ impl<'a> Compiler<'a> {
 
     fn include_decl(&mut self, inc: &Include, ctx: &Value) -> Result<()> {
         if let Some(w) = &inc.when {
-            let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, "when")?;
+            let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, &"when")?;
             if !v.is_true() {
                 return Ok(());
             }
@@ -570,15 +577,15 @@ impl<'a> Compiler<'a> {
             None => self.declare_one(profile, decl, ctx),
             Some(fe) => {
                 let items = match fe.as_str() {
-                    Some(src) => self.eval_expr(src, ctx, &fe.span, "for_each")?,
-                    None => to_mj(&self.eval(fe, ctx, "for_each")?),
+                    Some(src) => self.eval_expr(src, ctx, &fe.span, &"for_each")?,
+                    None => to_mj(&self.eval(fe, ctx, &"for_each")?),
                 };
                 let mut list: Vec<Value> = Vec::new();
                 match items.kind() {
                     minijinja::value::ValueKind::Map => {
                         let iter = items
                             .try_iter()
-                            .map_err(|e| self.jerr(e, &fe.span, "for_each"))?;
+                            .map_err(|e| self.jerr(e, &fe.span, &"for_each"))?;
                         for k in iter {
                             let v = items.get_item(&k).unwrap_or_default();
                             list.push(minijinja::context! { key => k, value => v });
@@ -592,7 +599,7 @@ impl<'a> Compiler<'a> {
                     minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable => {
                         let iter = items
                             .try_iter()
-                            .map_err(|e| self.jerr(e, &fe.span, "for_each"))?;
+                            .map_err(|e| self.jerr(e, &fe.span, &"for_each"))?;
                         list.extend(iter);
                     }
                     minijinja::value::ValueKind::None => {}
@@ -617,12 +624,12 @@ impl<'a> Compiler<'a> {
 
     fn declare_one(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
         if let Some(w) = &decl.when {
-            let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, "when")?;
+            let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, &"when")?;
             if !v.is_true() {
                 return Ok(());
             }
         }
-        let title = match self.eval(&decl.title, ctx, "title")? {
+        let title = match self.eval(&decl.title, ctx, &"title")? {
             J::String(s) => s,
             other => other.to_string(),
         };
@@ -635,7 +642,7 @@ impl<'a> Compiler<'a> {
         }
         let mut attrs: BTreeMap<&str, (J, &Span)> = BTreeMap::new();
         for (k, v) in &decl.attrs {
-            let j = self.eval(v, ctx, &format!("attribute `{}`", k.name))?;
+            let j = self.eval(v, ctx, &format_args!("attribute `{}`", k.name))?;
             attrs.insert(k.name.as_str(), (j, &v.span));
         }
         let kind = self.build_kind(decl, &title, &mut attrs, ctx)?;
@@ -658,7 +665,7 @@ impl<'a> Compiler<'a> {
             .enumerate()
         {
             for n in list {
-                match self.eval(n, ctx, "relationship")? {
+                match self.eval(n, ctx, &"relationship")? {
                     J::String(s) => refs[slot].push((s, n.span.clone())),
                     J::Array(a) => {
                         for s in a {
@@ -681,7 +688,7 @@ impl<'a> Compiler<'a> {
         }
         let mut tags = vec![self.class.role.clone(), profile.to_owned()];
         for t in &decl.tags {
-            if let J::String(s) = self.eval(t, ctx, "tags")?
+            if let J::String(s) = self.eval(t, ctx, &"tags")?
                 && !tags.contains(&s)
             {
                 tags.push(s);
@@ -708,14 +715,14 @@ impl<'a> Compiler<'a> {
         a: &mut BTreeMap<&str, (J, &Span)>,
         ctx: &Value,
     ) -> Result<Kind> {
-        let what = format!("{}[{title}]", decl.rtype);
+        let what = What(decl.rtype, title);
         let span = &decl.span;
-        let g = Getter { what: &what, span };
+        let g = Getter { what, span };
         Ok(match decl.rtype {
             "file" => {
                 let path = g.abs_path(title)?;
-                let content = if let Some((J::String(s), _)) = a.get("content") {
-                    Some(s.clone().into_bytes())
+                let content = if let Some((J::String(s), _)) = a.get_mut("content") {
+                    Some(std::mem::take(s).into_bytes())
                 } else if let Some((v, sp)) = a.get("content") {
                     return Err(Error::at(
                         ErrorKind::Schema,
@@ -772,7 +779,7 @@ impl<'a> Compiler<'a> {
                     }
                     None
                 };
-                let content = content.map(|b| self.catalog.add_content(&b));
+                let content = content.map(|b| add_content_owned(&mut self.catalog, b));
                 Kind::File {
                     path,
                     ensure: g.ensure(a.get("ensure"), &["present", "absent", "file"])?,
@@ -971,8 +978,12 @@ impl<'a> Compiler<'a> {
             pos[i] = p;
         }
         let secrets = self.data.plaintexts();
+        // Ids by index, for edges.
+        let ids: Vec<ResourceId> = self.insts.iter().map(|i| i.id.clone()).collect();
         let mut insts: Vec<Option<Inst>> = self.insts.into_iter().map(Some).collect();
-        let mut resources = Vec::with_capacity(n);
+        let mut catalog = self.catalog;
+        catalog.code_version = code_version;
+        catalog.resources.reserve(n);
         for &i in &order {
             let Some(inst) = insts[i].take() else {
                 continue;
@@ -981,16 +992,6 @@ impl<'a> Compiler<'a> {
             req.sort_by_key(|&j| pos[j]);
             let mut nt: Vec<usize> = notify[i].iter().copied().collect();
             nt.sort_by_key(|&j| pos[j]);
-            resources.push((inst, req, nt));
-        }
-        // Ids by index, for edges.
-        let mut ids: Vec<ResourceId> = vec![ResourceId(String::new()); n];
-        for (id, &i) in &self.by_id {
-            ids[i] = id.clone();
-        }
-        let mut catalog = self.catalog;
-        catalog.code_version = code_version;
-        for (inst, req, nt) in resources {
             let mut sensitive = inst.sensitive;
             if !sensitive && !secrets.is_empty() {
                 let text = serde_json::to_string(&inst.kind).unwrap_or_default();
@@ -1019,6 +1020,9 @@ impl<'a> Compiler<'a> {
                 tags: inst.tags,
             });
         }
+        // The agent validates every catalog it receives; here it is a
+        // self-check in debug builds (so in every test).
+        #[cfg(debug_assertions)]
         catalog.validate().map_err(|e| {
             Error::new(
                 ErrorKind::Schema,
@@ -1169,8 +1173,32 @@ impl<'a> Compiler<'a> {
 }
 
 /// Typed access to evaluated attributes, with errors naming the resource.
+/// Like [`Catalog::add_content`], without copying the body again.
+fn add_content_owned(cat: &mut Catalog, bytes: Vec<u8>) -> troupe_catalog::ContentRef {
+    let sha256 = troupe_catalog::sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    if !cat.contents.contains_key(&sha256) {
+        let blob = match String::from_utf8(bytes) {
+            Ok(s) => troupe_catalog::Blob::Utf8(s),
+            Err(e) => troupe_catalog::Blob::from_bytes(e.as_bytes()),
+        };
+        cat.contents.insert(sha256.clone(), blob);
+    }
+    troupe_catalog::ContentRef { sha256, size }
+}
+
+/// `type[title]`, formatted only when an error needs it.
+#[derive(Clone, Copy)]
+struct What<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
+    }
+}
+
 struct Getter<'a> {
-    what: &'a str,
+    what: What<'a>,
     span: &'a Span,
 }
 
