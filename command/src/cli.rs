@@ -1,7 +1,7 @@
 //! Command-line front for `troupe key ...` and `troupe audit verify`, to be
 //! wired into the `troupe` binary:
 //!
-//! ```ignore
+//! ```text
 //! #[derive(clap::Subcommand)]
 //! enum Cmd {
 //!     Key(troupe_command::cli::KeyArgs),
@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use zeroize::Zeroizing;
 
 use crate::audit;
 use crate::keys::{FileSigner, KeyId, Signer, SshAgentSigner, public_path, ssh_agent_keys};
@@ -113,18 +114,29 @@ impl SignerArgs {
     }
 }
 
-fn passphrase(file: Option<&Path>, prompt: &str, confirm: bool) -> anyhow::Result<String> {
+fn passphrase(
+    file: Option<&Path>,
+    prompt: &str,
+    confirm: bool,
+) -> anyhow::Result<Zeroizing<String>> {
     if let Some(f) = file {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read passphrase file {}", f.display()))?;
-        return Ok(text.lines().next().unwrap_or("").to_string());
+        let text = Zeroizing::new(text);
+        return Ok(Zeroizing::new(
+            text.lines().next().unwrap_or("").to_string(),
+        ));
     }
-    let p = rpassword::prompt_password(prompt)
-        .context("cannot read the passphrase from the terminal")?;
+    let p = Zeroizing::new(
+        rpassword::prompt_password(prompt)
+            .context("cannot read the passphrase from the terminal")?,
+    );
     if confirm {
-        let again = rpassword::prompt_password("Again: ")
-            .context("cannot read the passphrase from the terminal")?;
-        if again != p {
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Again: ")
+                .context("cannot read the passphrase from the terminal")?,
+        );
+        if *again != *p {
             bail!("the passphrases do not match");
         }
     }
