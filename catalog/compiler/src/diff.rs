@@ -161,7 +161,9 @@ pub fn human(cat: &Catalog) -> String {
     );
     for r in &cat.resources {
         let mut line = format!("{}", r.id);
-        for (k, v) in attrs(cat, r) {
+        let mut fields: Vec<(String, J)> = attrs(cat, r).into_iter().collect();
+        fields.sort_by_key(|(k, _)| (k != "ensure", k.clone()));
+        for (k, v) in fields {
             if matches!(k.as_str(), "path" | "name" | "requires" | "notify")
                 || v == J::Array(vec![])
             {
