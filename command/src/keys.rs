@@ -251,8 +251,12 @@ impl FileSigner {
         if passphrase.chars().count() < MIN_PASSPHRASE_LEN {
             return Err(KeyError::WeakPassphrase);
         }
-        let pem = self
-            .key
+        // PKCS#8 v1 (no embedded public key): what OpenSSL 3.0 reads too.
+        let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        let pem = bytes
             .to_pkcs8_encrypted_pem(passphrase.as_bytes(), pkcs8::LineEnding::LF)
             .map_err(|e| KeyError::Encrypt(e.to_string()))?;
         let wr = |p: &Path, e| KeyError::Write {
