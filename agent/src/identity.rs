@@ -141,10 +141,19 @@ pub fn status_message(s: &tonic::Status) -> String {
         msg = format!("{:?}", s.code());
     }
     let lower = msg.to_lowercase();
-    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-        && ["broken pipe", "connection reset", "alert", "unexpected eof"]
-            .iter()
-            .any(|w| lower.contains(w))
+    if matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && [
+        "broken pipe",
+        "connection reset",
+        "connection closed",
+        "operation was canceled",
+        "alert",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
     {
         msg.push_str(
             "; the master closed the TLS connection: this host's certificate may be \

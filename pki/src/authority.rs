@@ -809,7 +809,8 @@ impl Authority {
 
     /// Operator: forgets `host` so it can join again: revokes its valid
     /// certificates (they stay on the CRL until they expire), drops its
-    /// pending or rejected request and its PSK.
+    /// pending or rejected request and its unused PSK (a used one stays, so
+    /// replaying it is refused as "already used").
     pub fn clean(&self, host: &str) -> Result<Vec<String>, CaError> {
         validate_host_name(host)?;
         let _g = self.write_lock.lock().map_err(st)?;
@@ -829,12 +830,15 @@ impl Authority {
                 .remove(host)
                 .map_err(st)?
                 .is_some();
-            known |= w
-                .open_table(PSKS)
-                .map_err(st)?
-                .remove(host)
-                .map_err(st)?
-                .is_some();
+            // A used PSK is kept (so a replay says "already used"); an
+            // unused one is withdrawn.
+            let mut psks = w.open_table(PSKS).map_err(st)?;
+            if let Some(p) = get_json::<PskRecord>(&psks, host)? {
+                known = true;
+                if p.used_at.is_none() {
+                    psks.remove(host).map_err(st)?;
+                }
+            }
             Ok((revoked, known))
         })();
         match res {

@@ -143,8 +143,7 @@ pub fn verify_issued_by(cert: &[u8], ca: &[u8]) -> Result<(), String> {
 /// Checks that DER CRL `crl` parses and was signed by the CA certificate
 /// `ca`.
 pub fn verify_crl(crl: &[u8], ca: &[u8]) -> Result<(), String> {
-    let (rest, crl) =
-        x509_parser::parse_x509_crl(crl).map_err(|e| format!("invalid CRL: {e}"))?;
+    let (rest, crl) = x509_parser::parse_x509_crl(crl).map_err(|e| format!("invalid CRL: {e}"))?;
     if !rest.is_empty() {
         return Err("trailing bytes after the CRL".into());
     }

@@ -61,12 +61,12 @@ fn autosign_with_psk_then_every_reuse_is_refused() {
         a.submit_csr("web1", &der2, "test"),
         Err(CaError::AlreadyCertified { .. })
     ));
-    // After clean, the used key is still refused.
+    // After clean, the used key is still refused, as used.
     a.clean("web1").unwrap();
     let (_, der3) = csr("web1", Some(&secret));
     assert!(matches!(
         a.submit_csr("web1", &der3, "test"),
-        Err(CaError::Psk(PskError::NoneIssued(_)))
+        Err(CaError::Psk(PskError::AlreadyUsed(_)))
     ));
 }
 
