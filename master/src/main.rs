@@ -37,6 +37,10 @@ enum Cmd {
     /// Encrypt secrets and manage per-environment secret keys.
     #[command(subcommand)]
     Secret(troupe_compiler::cli::SecretCmd),
+    /// Command-signing keys (passphrase-protected files or ssh-agent).
+    Key(troupe_command::cli::KeyArgs),
+    /// Audit-log tools: verify a hash-chained log.
+    Audit(troupe_command::cli::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,10 @@ fn main() -> ExitCode {
         Cmd::Catalog(cmd) => troupe_compiler::cli::catalog(cmd),
         Cmd::Lookup(args) => troupe_compiler::cli::lookup(args),
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
+        Cmd::Key(args) => troupe_command::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
+        Cmd::Audit(args) => {
+            troupe_command::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
