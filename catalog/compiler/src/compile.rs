@@ -640,10 +640,10 @@ impl<'a> Compiler<'a> {
                 "the title is empty",
             ));
         }
-        let mut attrs: BTreeMap<&str, (J, &Span)> = BTreeMap::new();
+        let mut attrs = Attrs(Vec::with_capacity(decl.attrs.len()));
         for (k, v) in &decl.attrs {
             let j = self.eval(v, ctx, &format_args!("attribute `{}`", k.name))?;
-            attrs.insert(k.name.as_str(), (j, &v.span));
+            attrs.0.push((k.name.as_str(), (j, &v.span)));
         }
         let kind = self.build_kind(decl, &title, &mut attrs, ctx)?;
         let id = kind.id();
@@ -712,7 +712,7 @@ impl<'a> Compiler<'a> {
         &mut self,
         decl: &ResourceDecl,
         title: &str,
-        a: &mut BTreeMap<&str, (J, &Span)>,
+        a: &mut Attrs<'_>,
         ctx: &Value,
     ) -> Result<Kind> {
         let what = What(decl.rtype, title);
@@ -1038,6 +1038,12 @@ impl<'a> Compiler<'a> {
     /// profile.
     fn autorequire(&self, deps: &mut [BTreeSet<usize>]) {
         let id = |k: &str, t: &str| self.by_id.get(&ResourceId::new(k, t)).copied();
+        let mut packages: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (j, inst) in self.insts.iter().enumerate() {
+            if matches!(inst.kind, Kind::Package { .. }) {
+                packages.entry(inst.profile.as_str()).or_default().push(j);
+            }
+        }
         for (i, inst) in self.insts.iter().enumerate() {
             let add = |j: Option<usize>, deps: &mut [BTreeSet<usize>]| {
                 if let Some(j) = j
@@ -1079,12 +1085,8 @@ impl<'a> Compiler<'a> {
                 }
                 Kind::Service { name, .. } => {
                     add(id("package", name), deps);
-                    for (j, other) in self.insts.iter().enumerate() {
-                        if other.profile == inst.profile
-                            && matches!(other.kind, Kind::Package { .. })
-                        {
-                            add(Some(j), deps);
-                        }
+                    for &j in packages.get(inst.profile.as_str()).into_iter().flatten() {
+                        add(Some(j), deps);
                     }
                 }
                 _ => {}
@@ -1173,6 +1175,21 @@ impl<'a> Compiler<'a> {
 }
 
 /// Typed access to evaluated attributes, with errors naming the resource.
+/// A resource's evaluated attributes (few: a linear scan beats a map).
+struct Attrs<'a>(Vec<(&'a str, (J, &'a Span))>);
+
+impl<'a> Attrs<'a> {
+    fn get(&self, k: &str) -> Option<&(J, &'a Span)> {
+        self.0.iter().find(|(n, _)| *n == k).map(|(_, v)| v)
+    }
+    fn get_mut(&mut self, k: &str) -> Option<&mut (J, &'a Span)> {
+        self.0.iter_mut().find(|(n, _)| *n == k).map(|(_, v)| v)
+    }
+    fn contains_key(&self, k: &str) -> bool {
+        self.get(k).is_some()
+    }
+}
+
 /// Like [`Catalog::add_content`], without copying the body again.
 fn add_content_owned(cat: &mut Catalog, bytes: Vec<u8>) -> troupe_catalog::ContentRef {
     let sha256 = troupe_catalog::sha256_hex(&bytes);
