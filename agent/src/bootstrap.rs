@@ -78,7 +78,14 @@ pub fn run(args: Args) -> Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(bootstrap(&args))?;
+    let done = rt.block_on(bootstrap(&args))?;
+    eprintln!(
+        "bootstrapped {}: certificate serial {}, valid until {} (state in {})",
+        done.name,
+        done.serial,
+        util::fmt_time(done.not_after),
+        args.state.display()
+    );
     Ok(0)
 }
 
@@ -210,13 +217,6 @@ pub async fn bootstrap(args: &Args) -> Result<Bootstrapped> {
         0o644,
     )?;
     let facts = util::cert_facts(&cert_der).map_err(|e| anyhow!(e))?;
-    eprintln!(
-        "bootstrapped {}: certificate serial {}, valid until {} (state in {})",
-        facts.cn,
-        facts.serial,
-        util::fmt_time(facts.not_after),
-        args.state.display()
-    );
     Ok(Bootstrapped {
         name: facts.cn,
         serial: facts.serial,
