@@ -135,38 +135,40 @@ fn obtain_catalog(
     source: &mut dyn CatalogSource,
     facts: &serde_json::Value,
 ) -> anyhow::Result<(Catalog, bool)> {
-    let cached = st.cached_catalog()?;
-    let from_cache = |why: anyhow::Error| -> anyhow::Result<(Catalog, bool)> {
-        let (bytes, _) = cached.as_ref().ok_or_else(|| {
-            why.context("no catalog: the source failed and there is no cached catalog")
-        })?;
-        let cat = Catalog::from_json(bytes).context("the cached catalog is invalid")?;
-        Ok((cat, true))
+    let cached_hash = st.cached_hash()?;
+    let load_cached = || -> anyhow::Result<Option<Catalog>> {
+        match st.cached_catalog()? {
+            Some((bytes, _)) => Ok(Some(
+                Catalog::from_json(&bytes).context("the cached catalog is invalid")?,
+            )),
+            None => Ok(None),
+        }
     };
-    match source.fetch(facts, cached.as_ref().map(|(_, h)| h.as_str())) {
+    match source.fetch(facts, cached_hash.as_deref()) {
         Ok(Fetched::Catalog(cat)) => {
             let cat = *cat;
             let hash = cat.hash();
-            if cached.as_ref().map(|(_, h)| h) != Some(&hash) {
+            if cached_hash.as_ref() != Some(&hash) {
                 st.cache_catalog(&cat.to_canonical_json(), &hash)?;
             }
             Ok((cat, false))
         }
-        Ok(Fetched::Unchanged) => {
-            let (bytes, _) = cached
-                .as_ref()
-                .context("the source said the catalog is unchanged, but none is cached")?;
-            Ok((
-                Catalog::from_json(bytes).context("the cached catalog is invalid")?,
-                false,
-            ))
-        }
+        Ok(Fetched::Unchanged) => Ok((
+            load_cached()?
+                .context("the source said the catalog is unchanged, but none is cached")?,
+            false,
+        )),
         Err(e) => {
             tracing::warn!(
                 "catalog source {} failed: {e:#}; using the cached catalog",
                 source.describe()
             );
-            from_cache(e)
+            match load_cached()? {
+                Some(c) => Ok((c, true)),
+                None => {
+                    Err(e.context("no catalog: the source failed and there is no cached catalog"))
+                }
+            }
         }
     }
 }
@@ -191,6 +193,7 @@ pub fn run_once(
     }
     let _lock = state::RunLock::acquire(&args.state)?;
     let st = State::open(&args.state)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "state opened");
     let root = args.root.clone();
     anyhow::ensure!(
         root.is_absolute() && root.is_dir(),
@@ -198,7 +201,9 @@ pub fn run_once(
         root.display()
     );
     let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "facts gathered");
     let (catalog, from_cache) = obtain_catalog(&st, source, &facts)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "catalog ready");
     let os_family = facts["os"]["family"].as_str().unwrap_or("").to_owned();
     let contents = CatalogContents(&catalog);
     let bucket = st.bucket();
@@ -211,6 +216,7 @@ pub fn run_once(
     );
     ctx.package_dir = args.package_dir.clone();
     let mut resources = engine::converge(&catalog, &mut ctx);
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "converged");
     let failed = resources
         .iter()
         .any(|r| matches!(r.status, Status::Failed | Status::Skipped));
@@ -238,11 +244,13 @@ pub fn run_once(
     };
     let queue = sink.is_some();
     st.save_run(&report, &ctx.changes, queue, args.keep_reports)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "report stored");
     if let Some(sink) = sink {
         deliver(&st, sink);
     }
     write_summary(&args.state, &report, &source.describe())?;
     print_report(&report, args.output);
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "done");
     Ok(report)
 }
 
@@ -286,7 +294,7 @@ fn write_summary(state_dir: &Path, r: &Report, source: &str) -> anyhow::Result<(
     });
     let mut b = serde_json::to_vec_pretty(&v)?;
     b.push(b'\n');
-    state::write_atomic(&state_dir.join("last_run_summary.json"), &b, 0o644)
+    state::write_replace(&state_dir.join("last_run_summary.json"), &b, 0o644)
 }
 
 fn print_report(r: &Report, output: Output) {

@@ -72,9 +72,16 @@ impl State {
     pub fn open(dir: &Path) -> anyhow::Result<State> {
         create_private_dir(dir)?;
         let path = dir.join("agent.redb");
+        let fresh = !path.exists();
         let db = Database::create(&path)
             .map_err(db_err)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        if !fresh && Self::has_tables(&db) {
+            return Ok(State {
+                dir: dir.to_owned(),
+                db,
+            });
+        }
         let tx = db.begin_write().map_err(db_err)?;
         {
             tx.open_table(CATALOG).map_err(db_err)?;
@@ -89,11 +96,30 @@ impl State {
         })
     }
 
+    fn has_tables(db: &Database) -> bool {
+        let Ok(tx) = db.begin_read() else {
+            return false;
+        };
+        tx.open_table(CATALOG).is_ok()
+            && tx.open_table(REPORTS).is_ok()
+            && tx.open_table(CHANGES).is_ok()
+            && tx.open_table(UNSENT).is_ok()
+    }
+
     /// The file bucket (its directory is created 0700 on first use).
     pub fn bucket(&self) -> Bucket {
         Bucket {
             dir: self.dir.join("bucket"),
         }
+    }
+
+    /// The hash of the cached catalog, if any.
+    pub fn cached_hash(&self) -> anyhow::Result<Option<String>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(CATALOG).map_err(db_err)?;
+        Ok(t.get("last_hash")
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
 
     /// The cached catalog bytes and hash, if any.
@@ -388,6 +414,27 @@ pub fn disabled(state_dir: &Path) -> Option<Disabled> {
         reason: String::from_utf8_lossy(&b).trim().to_owned(),
         since: String::new(),
     }))
+}
+
+/// Writes `bytes` to `path` atomically (temp + rename), without forcing it
+/// to disk: for files that must never be partial but may be lost on a power
+/// cut (the monitoring summary).
+pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    let name = path.file_name().context("path has no file name")?;
+    let tmp = dir.join(format!(".{}.troupe-new", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename onto {}", path.display()))?;
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp + fsync + rename +

@@ -157,7 +157,7 @@ fn noop_changes_nothing_and_shows_diffs() {
         std::fs::read_dir(env.state().join("bucket")).is_err()
             || walk(&env.state().join("bucket")).is_empty()
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("+managed by troupe"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created with content sha256:"));
     // Converge, drift, noop again: the drift stays.
     env.run(&c, &[]);
     std::fs::write(env.p("/etc/motd"), "hand edit\n").unwrap();

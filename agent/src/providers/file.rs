@@ -40,6 +40,27 @@ fn parent_ok(ctx: &Ctx, p: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Creates a fresh temp file (0600, never following a link), replacing a
+/// leftover from an interrupted run.
+fn create_temp(tmp: &Path) -> anyhow::Result<fs::File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(tmp)
+    };
+    match open() {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            fs::remove_file(tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+            open().with_context(|| format!("cannot create {}", tmp.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", tmp.display())),
+    }
+}
+
 /// Same bytes? Compares size first, then the content, without hashing.
 fn same_content(p: &Path, meta: &Metadata, want: &[u8]) -> anyhow::Result<bool> {
     if meta.len() != want.len() as u64 {
@@ -192,10 +213,13 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         }
         (Some(_), None) => out.change("replaced a non-file with a file"),
     }
-    if !sensitive {
-        out.diff = unified_diff(path, old.as_deref().unwrap_or(b""), new);
-    } else {
-        out.diff = Some("(diff redacted: sensitive)".into());
+    // A diff for changed content (a new file's content is in the catalog).
+    if let Some(o) = &old {
+        out.diff = if sensitive {
+            Some("(diff redacted: sensitive)\n".into())
+        } else {
+            unified_diff(path, o, new)
+        };
     }
     // Keep the old mode/owner where the catalog does not manage them.
     let (cur_mode, cur_uid, cur_gid) = match &meta {
@@ -215,16 +239,9 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     if ctx.noop {
         return Ok(out);
     }
-    ctx.journal(&p)?;
+    ctx.journal_known(&p, Some(meta.is_none()))?;
     let tmp = temp_path(&p)?;
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut f = create_temp(&tmp)?;
     let res = (|| -> anyhow::Result<()> {
         f.write_all(new)?;
         let (u, g) = (uid.or(cur_uid), gid.or(cur_gid));
@@ -343,7 +360,7 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
             let m = mode.unwrap_or(0o755);
             out.change(format!("created with mode {}", octal(m)));
             if !ctx.noop {
-                ctx.journal(&p)?;
+                ctx.journal_known(&p, Some(true))?;
                 fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))?;
                 if uid.is_some() || gid.is_some() {
                     std::os::unix::fs::lchown(&p, uid, gid)

@@ -66,6 +66,8 @@ pub struct Ctx<'a> {
     pub bucket: Option<&'a Bucket>,
     /// Rollback journal of this run.
     pub changes: Vec<FileChange>,
+    journaled: HashSet<PathBuf>,
+    last_noted: Option<PathBuf>,
     /// Host paths of every file/directory/symlink in the catalog (purge).
     pub managed: HashSet<PathBuf>,
     /// Files staged and not yet renamed into place.
@@ -94,6 +96,8 @@ impl<'a> Ctx<'a> {
             contents,
             bucket,
             changes: Vec::new(),
+            journaled: HashSet::new(),
+            last_noted: None,
             managed: HashSet::new(),
             staged: Vec::new(),
             sync_devs: HashMap::new(),
@@ -180,6 +184,10 @@ impl<'a> Ctx<'a> {
 
     /// Remembers that the file system holding `dir` has unsynced writes.
     pub fn note_write(&mut self, dir: &Path) {
+        if self.last_noted.as_deref() == Some(dir) {
+            return;
+        }
+        self.last_noted = Some(dir.to_owned());
         if let Ok(m) = std::fs::metadata(dir) {
             self.sync_devs
                 .entry(m.dev())
@@ -189,13 +197,26 @@ impl<'a> Ctx<'a> {
 
     /// Saves what `path` is now (content into the bucket) before a change.
     pub fn journal(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.journal_known(path, None)
+    }
+
+    /// [`Ctx::journal`] for a path already known to be absent
+    /// (`absent == true`) saves a second stat.
+    pub fn journal_known(&mut self, path: &Path, absent: Option<bool>) -> anyhow::Result<()> {
         use crate::state::Before;
         use std::os::unix::fs::PermissionsExt;
         if self.noop {
             return Ok(());
         }
-        if self.changes.iter().any(|c| c.path == path) {
+        if !self.journaled.insert(path.to_owned()) {
             return Ok(()); // the first state of this run is what rollback restores
+        }
+        if absent == Some(true) {
+            self.changes.push(FileChange {
+                path: path.to_owned(),
+                before: Before::Absent,
+            });
+            return Ok(());
         }
         let before = match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Absent,
@@ -237,7 +258,9 @@ impl<'a> Ctx<'a> {
         if self.staged.is_empty() && self.sync_devs.is_empty() {
             return failed;
         }
+        let t = std::time::Instant::now();
         self.sync_all();
+        let t_sync1 = t.elapsed();
         for s in std::mem::take(&mut self.staged) {
             if let Err(e) = std::fs::rename(&s.tmp, &s.dest) {
                 let _ = std::fs::remove_file(&s.tmp);
@@ -247,8 +270,15 @@ impl<'a> Ctx<'a> {
                 ));
             }
         }
+        let t_renamed = t.elapsed();
         self.sync_all();
         self.sync_devs.clear();
+        tracing::debug!(
+            sync1_ms = t_sync1.as_secs_f64() * 1e3,
+            renamed_ms = t_renamed.as_secs_f64() * 1e3,
+            total_ms = t.elapsed().as_secs_f64() * 1e3,
+            "staged files committed"
+        );
         failed
     }
 
