@@ -1140,10 +1140,7 @@ impl<'a> Compiler<'a> {
         let mut seen = HashMap::new();
         seen.insert(start, 0usize);
         let mut cur = start;
-        loop {
-            let Some(&next) = deps[cur].iter().find(|&&j| indeg[j] > 0) else {
-                break;
-            };
+        while let Some(&next) = deps[cur].iter().find(|&&j| indeg[j] > 0) {
             if let Some(&at) = seen.get(&next) {
                 let cycle: Vec<usize> = path[at..].to_vec();
                 let mut text = String::new();
