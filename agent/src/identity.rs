@@ -133,7 +133,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Explains a failed gRPC call, including transport-level causes.
 pub fn status_message(s: &tonic::Status) -> String {
-    let mut msg = format!("{}", s.message());
+    let mut msg = s.message().to_string();
     if let Some(src) = std::error::Error::source(s) {
         msg.push_str(&format!(" ({})", error_chain(src)));
     }

@@ -88,7 +88,14 @@ fn send(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
     let resp: AdminResponse = match admin::call(data, &req)? {
         Some(r) => r,
         None => {
-            // No master running: work on the CA directly.
+            // No master running: work on the CA directly (never create one).
+            if !data.join("ca").join("ca_key.pem").exists() {
+                bail!(
+                    "no master is running on {} and it holds no CA yet; start `troupe master --data {}` first",
+                    data.display(),
+                    data.display()
+                );
+            }
             let ca = Authority::open(&data.join("ca"), CaPolicy::default()).with_context(|| {
                 format!(
                     "no master is running on {}, and opening its CA failed",

@@ -22,6 +22,8 @@ use troupe_pki::{Authority, util};
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait in the backlog.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
 
 /// The master's server certificate and the live rustls config.
 pub struct ServerTls {
@@ -90,8 +92,12 @@ pub fn incoming(
     tls: Arc<ServerTls>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                break;
+            };
             let (tcp, addr) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -104,6 +110,7 @@ pub fn incoming(
             let acceptor = TlsAcceptor::from(tls.current());
             let conn_tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = conn_tx.send(Ok(stream)).await;
