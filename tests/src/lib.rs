@@ -240,7 +240,19 @@ impl Master {
     /// Stops the master (SIGKILL) and starts it again on the same port
     /// and data directory.
     pub fn restart(&mut self, opts: &MasterOptions) {
+        self.stop();
+        self.resume(opts);
+    }
+
+    /// Stops the master (SIGKILL). `troupe ca` commands then work on the
+    /// CA directly; [`Master::resume`] starts it again.
+    pub fn stop(&mut self) {
         self.proc = None;
+    }
+
+    /// Starts a stopped master again on the same port and data directory.
+    pub fn resume(&mut self, opts: &MasterOptions) {
+        assert!(self.proc.is_none(), "the master is running");
         let listen = self.addr.to_string();
         self.spawn(opts, &listen);
     }

@@ -196,3 +196,28 @@ fn renewal_is_due_with_short_lived_certificates() {
     out.assert_success();
     assert!(out.stderr.contains("renewed"), "{out:?}");
 }
+
+#[test]
+fn ca_survives_restart_and_cli_works_offline() {
+    let mut m = Master::start();
+    let fp = m.fingerprint();
+    let psk = m.psk("web7");
+    m.bootstrap("web7", Some(&psk)).assert_success();
+    m.stop();
+    // With no master running, `troupe ca` works on the CA directly.
+    let offline_psk = m.psk("web8");
+    assert!(m.ca_ok(&["list"]).contains("web7"));
+    m.resume(&Default::default());
+    // Same CA, same records; the agent still authenticates.
+    assert_eq!(m.fingerprint(), fp);
+    m.agent_cmd("web7", "renew", &[]).assert_success();
+    m.bootstrap("web8", Some(&offline_psk)).assert_success();
+    // A second master on the same data directory is refused clearly.
+    let out = troupe_tests::run(
+        std::process::Command::new(troupe_tests::troupe_bin())
+            .args(["master", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&m.data),
+    );
+    assert!(!out.success());
+    assert!(out.stderr.contains("another master"), "{out:?}");
+}
