@@ -45,24 +45,28 @@ pub enum CaCmd {
     },
     /// Sign the pending request of HOST.
     Sign {
+        /// Host name.
         host: String,
         #[command(flatten)]
         data: DataArg,
     },
     /// Reject the pending request of HOST (the agent learns it).
     Reject {
+        /// Host name.
         host: String,
         #[command(flatten)]
         data: DataArg,
     },
     /// Revoke HOST's certificate: refused at its next handshake.
     Revoke {
+        /// Host name.
         host: String,
         #[command(flatten)]
         data: DataArg,
     },
     /// Forget HOST (revoking its certificate) so it can join again.
     Clean {
+        /// Host name.
         host: String,
         #[command(flatten)]
         data: DataArg,
@@ -75,6 +79,7 @@ pub enum PskCmd {
     /// Issue a one-time key for HOST and print it (only line on stdout).
     /// The master keeps only its hash; a new key replaces an unused one.
     New {
+        /// Host name the key is bound to (lower case, a-z 0-9 - .).
         host: String,
         /// How long the key stays valid, e.g. `2h`, `30m`.
         #[arg(long, default_value = "2h")]
