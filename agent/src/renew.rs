@@ -11,6 +11,11 @@
 //! the answer, writes `key.pem.next` and `cert.pem.next`, then renames them
 //! into place (key first). [`crate::identity::recover_renewal`] finishes
 //! the job if the process dies between the renames.
+//!
+//! A certificate that has already expired (or was revoked) cannot renew
+//! itself: the master refuses the handshake. Such a host joins again with
+//! `troupe ca clean HOST` on the master and a new bootstrap with a fresh
+//! PSK.
 
 use crate::identity::{self, CERT_FILE, CERT_NEXT, Identity, KEY_FILE, KEY_NEXT, status_message};
 use anyhow::{Context, Result, anyhow, bail};

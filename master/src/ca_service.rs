@@ -42,6 +42,7 @@ pub fn status_of(e: CaError) -> Status {
         CaError::RevokedHost(_) | CaError::PendingConflict(_) => {
             Status::failed_precondition(e.to_string())
         }
+        CaError::TooManyPending(_) => Status::resource_exhausted(e.to_string()),
         CaError::NoPending(_) | CaError::NoValidCert(_) | CaError::UnknownHost(_) => {
             Status::not_found(e.to_string())
         }

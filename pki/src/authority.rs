@@ -25,7 +25,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevokedCertParams, SanType, SerialNumber,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -40,6 +40,9 @@ const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Default for [`CaPolicy::max_pending`].
+pub const MAX_PENDING_REQUESTS: u64 = 10_000;
+
 /// Tunables of the CA.
 #[derive(Debug, Clone)]
 pub struct CaPolicy {
@@ -49,6 +52,9 @@ pub struct CaPolicy {
     pub ca_ttl_secs: u64,
     /// Validity of each CRL (`nextUpdate - thisUpdate`), seconds.
     pub crl_ttl_secs: u64,
+    /// Most pending (or rejected, not yet cleaned) requests kept: a flood
+    /// of unauthenticated CSRs cannot grow the CA's state without bound.
+    pub max_pending: u64,
 }
 
 impl Default for CaPolicy {
@@ -57,6 +63,7 @@ impl Default for CaPolicy {
             cert_ttl_secs: 365 * 86_400,
             ca_ttl_secs: 10 * 365 * 86_400,
             crl_ttl_secs: 7 * 86_400,
+            max_pending: MAX_PENDING_REQUESTS,
         }
     }
 }
@@ -87,6 +94,10 @@ pub enum CaError {
         "a different certificate request for {0:?} is already pending; an operator must sign, reject or clean it first"
     )]
     PendingConflict(String),
+    #[error(
+        "the CA already holds {0} pending or rejected requests; an operator must sign, reject or clean some first"
+    )]
+    TooManyPending(u64),
     #[error("no pending certificate request for {0:?}")]
     NoPending(String),
     #[error("host {0:?} has no valid certificate")]
@@ -634,6 +645,9 @@ impl Authority {
                     } else {
                         Err(CaError::PendingConflict(host.into()))
                     };
+                }
+                if reqs.len().map_err(st)? >= self.policy.max_pending {
+                    return Err(CaError::TooManyPending(self.policy.max_pending));
                 }
                 let rec = RequestRecord {
                     host: host.into(),

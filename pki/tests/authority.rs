@@ -240,3 +240,32 @@ fn audit_log_records_decisions_without_secrets() {
     assert_eq!(events, ["psk-new", "refuse", "autosign", "revoke"]);
     assert!(!log.contains(&s));
 }
+
+#[test]
+fn pending_requests_are_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let policy = CaPolicy {
+        max_pending: 2,
+        ..CaPolicy::default()
+    };
+    let a = Authority::open(&d.path().join("ca"), policy).unwrap();
+    for h in ["a1", "a2"] {
+        let (_, der) = csr(h, None);
+        assert!(matches!(
+            a.submit_csr(h, &der, "t").unwrap(),
+            SubmitOutcome::Pending
+        ));
+    }
+    let (_, der) = csr("a3", None);
+    assert!(matches!(
+        a.submit_csr("a3", &der, "t"),
+        Err(CaError::TooManyPending(2))
+    ));
+    // A host with a valid PSK still gets in.
+    let s = a.new_psk("a4", 60).unwrap();
+    let (_, der) = csr("a4", Some(&s));
+    assert!(matches!(
+        a.submit_csr("a4", &der, "t").unwrap(),
+        SubmitOutcome::Signed(_)
+    ));
+}
