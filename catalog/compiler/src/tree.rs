@@ -325,7 +325,18 @@ impl Reader {
             .replace('\\', "/")
     }
     fn bytes(&mut self, path: &Path) -> Result<Vec<u8>> {
-        let b = read_bytes(path)?;
+        let canon = path.canonicalize().map_err(|e| io_err(path, e))?;
+        if !canon.starts_with(&self.root) {
+            return Err(Error::new(
+                ErrorKind::PathTraversal,
+                format!(
+                    "{} leads outside the module tree (to {}); the compiler reads only files inside it",
+                    path.display(),
+                    canon.display()
+                ),
+            ));
+        }
+        let b = read_bytes(&canon)?;
         let rel = self.rel(path);
         self.hasher.update((rel.len() as u64).to_le_bytes());
         self.hasher.update(rel.as_bytes());

@@ -282,6 +282,19 @@ fn path_traversal_is_refused() {
         e.to_string().contains("leads outside the module tree"),
         "{e}"
     );
+    // A symlinked hierarchy file leading out of the tree.
+    let d = scratch_tree();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("h.toml"),
+        "[[level]]\nname = \"x\"\npath = \"x.toml\"\n",
+    )
+    .unwrap();
+    let h = d.path().join(format!("{P}/hierarchy.toml"));
+    std::fs::remove_file(&h).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("h.toml"), &h).unwrap();
+    let e = load(d.path()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PathTraversal, "{e}");
     // A data level built from a forged fact.
     let tree = common::shipped();
     let mut f = facts("debian12");
