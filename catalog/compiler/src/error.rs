@@ -163,7 +163,7 @@ impl Error {
         let mut out = String::new();
         let handler =
             miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
-        if handler.render_report(&mut out, self).is_err() {
+        if handler.render_report(&mut out, &self.diagnostic()).is_err() {
             return self.to_string();
         }
         out
@@ -191,24 +191,57 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {}
 
-impl miette::Diagnostic for Error {
+/// The miette view of an [`Error`]: the message as the title, the source
+/// line quoted under the file name, the help below.
+pub struct Diagnostic {
+    message: String,
+    help: Option<String>,
+    source: Option<miette::NamedSource<Arc<str>>>,
+    span: Option<(usize, usize)>,
+    label: String,
+}
+
+impl fmt::Debug for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+impl miette::Diagnostic for Diagnostic {
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.0
-            .help
+        self.help
             .as_ref()
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.0
-            .span
-            .as_ref()
-            .map(|s| &s.file.as_ref().text as &dyn miette::SourceCode)
+        self.source.as_ref().map(|s| s as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
-        let s = self.0.span.as_ref()?;
-        let len = s.end.saturating_sub(s.start).clamp(1, 200);
-        let label = miette::LabeledSpan::new(Some(s.location()), s.start, len);
+        let (start, len) = self.span?;
+        let label = miette::LabeledSpan::new(Some(self.label.clone()), start, len);
         Some(Box::new(std::iter::once(label)))
+    }
+}
+
+impl Error {
+    /// The error as a miette diagnostic.
+    pub fn diagnostic(&self) -> Diagnostic {
+        let s = self.0.span.as_ref();
+        Diagnostic {
+            message: self.0.message.clone(),
+            help: self.0.help.clone(),
+            source: s.map(|s| miette::NamedSource::new(&s.file.path, s.file.text.clone())),
+            span: s.map(|s| (s.start, s.end.saturating_sub(s.start).clamp(1, 200))),
+            label: "here".into(),
+        }
     }
 }
 
