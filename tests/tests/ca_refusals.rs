@@ -245,3 +245,45 @@ fn operator_commands_refuse_unknown_and_bad_names() {
     m.ca(&["psk", "new", "*"])
         .assert_failure_containing("wildcard");
 }
+
+#[test]
+fn admin_socket_is_for_the_data_directory_owner_only() {
+    let m = Master::start();
+    let sock = m.data.join("admin.sock");
+    assert!(troupe_tests::has_mode(&sock, 0o600));
+    assert!(troupe_tests::has_mode(&m.data, 0o700));
+    // As another user (when the tests run as root, as in CI).
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !is_root
+        || std::process::Command::new("runuser")
+            .arg("--help")
+            .output()
+            .is_err()
+    {
+        eprintln!("not root or no runuser: skipping the other-user check");
+        return;
+    }
+    // Let `nobody` traverse the temp root, as a careless operator might.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(m.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = troupe_tests::run(
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(troupe_tests::troupe_bin())
+            .args(["ca", "psk", "new", "web1", "--data"])
+            .arg(&m.data),
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("admin.sock")
+            || out.stderr.contains("ca_key.pem")
+            || out.stderr.contains("failed to execute"),
+        "{out:?}"
+    );
+    assert!(out.stdout.trim().is_empty(), "a key was printed: {out:?}");
+    assert!(!m.ca_ok(&["list", "--all"]).contains("web1"));
+}
