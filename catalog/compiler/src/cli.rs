@@ -10,6 +10,63 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use troupe_catalog::{Blob, Catalog, Kind};
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_every_value_of_sensitive_resources() {
+        let mut c = Catalog::new("n", "e", "v");
+        let body = c.add_content(b"password=hunter2\n");
+        let kind = Kind::File {
+            path: "/etc/x".into(),
+            ensure: Default::default(),
+            content: Some(body),
+            mode: None,
+            owner: None,
+            group: None,
+            validate: None,
+        };
+        c.resources.push(troupe_catalog::Resource {
+            id: kind.id(),
+            kind,
+            requires: vec![],
+            notify: vec![],
+            sensitive: true,
+            source: None,
+            tags: vec![],
+        });
+        let mut env = BTreeMap::new();
+        env.insert("PGPASSWORD".to_owned(), "hunter2".to_owned());
+        let kind = Kind::Exec {
+            name: "x".into(),
+            command: vec!["/bin/x".into(), "hunter2".into()],
+            cwd: None,
+            environment: env,
+            user: None,
+            timeout: None,
+            creates: None,
+            onlyif: None,
+            unless: None,
+            refreshonly: false,
+            returns: vec![],
+        };
+        c.resources.push(troupe_catalog::Resource {
+            id: kind.id(),
+            kind,
+            requires: vec![],
+            notify: vec![],
+            sensitive: true,
+            source: None,
+            tags: vec![],
+        });
+        let shown = redact(&c).to_pretty_json();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("/bin/x"));
+        assert!(c.to_pretty_json().contains("hunter2"));
+    }
+}
+
 /// Where a module tree and the master's data live.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TreeArgs {
@@ -197,24 +254,69 @@ fn compile_node(
         .map_err(|e| anyhow::anyhow!("{}", e.render()))
 }
 
-/// Replaces the values of sensitive resources for display.
+/// Replaces the values of sensitive resources for display: file bodies,
+/// command arguments, environments, and every free-text attribute.
 pub fn redact(cat: &Catalog) -> Catalog {
+    const R: &str = "<sensitive>";
+    fn hide_map(m: &mut BTreeMap<String, String>) {
+        for v in m.values_mut() {
+            *v = R.into();
+        }
+    }
+    fn hide_argv(a: &mut [String]) {
+        for x in a.iter_mut().skip(1) {
+            *x = R.into();
+        }
+    }
     let mut c = cat.clone();
     for r in c.resources.iter_mut().filter(|r| r.sensitive) {
-        if let Kind::File {
-            content: Some(cr), ..
-        } = &r.kind
-        {
-            c.contents
-                .insert(cr.sha256.clone(), Blob::Utf8("<sensitive>".into()));
-        }
-        if let Kind::Exec { command, .. } = &mut r.kind {
-            for a in command.iter_mut().skip(1) {
-                *a = "<sensitive>".into();
+        match &mut r.kind {
+            Kind::File {
+                content, validate, ..
+            } => {
+                if let Some(cr) = content {
+                    c.contents.insert(cr.sha256.clone(), Blob::Utf8(R.into()));
+                }
+                if let Some(v) = validate {
+                    hide_argv(v);
+                }
             }
-        }
-        if let Kind::Cron { command, .. } = &mut r.kind {
-            *command = "<sensitive>".into();
+            Kind::Symlink { target, .. } => *target = R.into(),
+            Kind::Exec {
+                command,
+                environment,
+                onlyif,
+                unless,
+                creates,
+                ..
+            } => {
+                hide_argv(command);
+                hide_map(environment);
+                for a in [onlyif, unless].into_iter().flatten() {
+                    hide_argv(a);
+                }
+                if let Some(x) = creates {
+                    *x = R.into();
+                }
+            }
+            Kind::Cron {
+                command,
+                environment,
+                ..
+            } => {
+                *command = R.into();
+                hide_map(environment);
+            }
+            Kind::User { comment, home, .. } => {
+                for x in [comment, home].into_iter().flatten() {
+                    *x = R.into();
+                }
+            }
+            Kind::Package {
+                ensure: troupe_catalog::PackageEnsure::Version(v),
+                ..
+            } => *v = R.into(),
+            _ => {}
         }
     }
     c

@@ -54,6 +54,60 @@ mod tests {
     }
 
     #[test]
+    fn deep_merge_tables_and_arrays() {
+        use serde_json::json;
+        let base = json!({"a": 1, "t": {"x": 1, "y": 2}, "l": ["c", "d"]});
+        let over = json!({"a": 2, "t": {"y": 3, "z": 4}, "l": ["b", "c"]});
+        assert_eq!(
+            data::deep_merge(base, over),
+            json!({"a": 2, "t": {"x": 1, "y": 3, "z": 4}, "l": ["b", "c", "d"]})
+        );
+    }
+
+    #[test]
+    fn relative_names_and_expressions() {
+        assert!(tree::check_relative_name("nginx/site.conf.j2").is_ok());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
+            assert!(tree::check_relative_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            tree::whole_expression("{{ params.list }}"),
+            Some("params.list")
+        );
+        assert_eq!(tree::whole_expression(" {{x}} "), Some("x"));
+        assert_eq!(tree::whole_expression("a {{ x }}"), None);
+        assert_eq!(tree::whole_expression("{{ a }}{{ b }}"), None);
+    }
+
+    #[test]
+    fn secret_keys_debug_shows_no_key() {
+        let mut k = SecretKeys::new();
+        let id = age::x25519::Identity::generate();
+        use age::secrecy::ExposeSecret;
+        let text = id.to_string().expose_secret().to_owned();
+        k.insert_str("production", &text).unwrap();
+        let dbg = format!("{k:?}");
+        assert!(dbg.contains("production"));
+        assert!(!dbg.contains("AGE-SECRET-KEY"), "{dbg}");
+        // Round trip through the data-file form.
+        let toml = secrets::encrypt_to_toml(&id.to_public(), "production", b"s3cret").unwrap();
+        let b64 = toml.split('"').nth(3).unwrap();
+        assert_eq!(secrets::decrypt(&k, "production", b64).unwrap(), "s3cret");
+        assert_eq!(
+            secrets::decrypt(&k, "development", b64).unwrap_err().kind(),
+            ErrorKind::Secret
+        );
+    }
+
+    #[test]
     fn certnames() {
         assert!(valid_certname("web4.example.com"));
         assert!(!valid_certname("Web4"));
