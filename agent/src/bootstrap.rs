@@ -234,9 +234,12 @@ async fn wait_for_operator(
     let spki: Vec<u8> =
         sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(key)).to_vec();
     eprintln!(
-        "certificate request for {} is pending: {}. Waiting (Ctrl-C to stop; \
-         running bootstrap again resumes with the same key).",
-        args.name, first.message
+        "certificate request for {} is pending: {}.\n\
+         The operator should check that `troupe ca list --pending` shows this key: {}\n\
+         Waiting (Ctrl-C to stop; running bootstrap again resumes with the same key).",
+        args.name,
+        first.message,
+        hex::encode(&spki)
     );
     let started = Instant::now();
     let max: Duration = args.poll_max.into();

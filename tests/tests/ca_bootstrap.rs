@@ -79,6 +79,13 @@ fn pending_then_signed_by_operator() {
     wait_until(Duration::from_secs(20), "the pending request", || {
         m.ca_ok(&["list", "--pending"]).contains("web2")
     });
+    let key_pem = std::fs::read_to_string(m.agent_state("web2").join("key.pem")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    use sha2::Digest;
+    let fp = hex::encode(sha2::Sha256::digest(
+        rcgen::PublicKeyData::subject_public_key_info(&key),
+    ));
+    assert!(m.ca_ok(&["list", "--pending"]).contains(&fp));
     // Not signed yet: no certificate on the agent side.
     assert!(!m.agent_state("web2").join("cert.pem").exists());
     let signed = m.ca_ok(&["sign", "web2"]);
@@ -108,6 +115,8 @@ fn pending_then_signed_by_operator() {
         .unwrap();
     assert!(status.success(), "{err}");
     assert!(err.contains("pending"), "{err}");
+    // The agent showed the key fingerprint the operator saw.
+    assert!(err.contains(&fp), "{err}");
     assert!(err.contains("bootstrapped web2"), "{err}");
     let id = troupe_agent::identity::Identity::load(&m.agent_state("web2")).unwrap();
     assert_eq!(id.name, "web2");
