@@ -82,7 +82,8 @@ mod tests {
             tree::whole_expression("{{ params.list }}"),
             Some("params.list")
         );
-        assert_eq!(tree::whole_expression(" {{x}} "), Some("x"));
+        assert_eq!(tree::whole_expression("{{x}}"), Some("x"));
+        assert_eq!(tree::whole_expression("{{ x }}\n"), None);
         assert_eq!(tree::whole_expression("a {{ x }}"), None);
         assert_eq!(tree::whole_expression("{{ a }}{{ b }}"), None);
     }

@@ -624,6 +624,25 @@ fn new_jinja() -> minijinja::Environment<'static> {
     }
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_fuel(Some(TEMPLATE_FUEL));
+    // `'web4.example.com' | host_number` -> 4; `| zone(3)` -> 1: lets a
+    // template place other hosts in zones the way the site places nodes.
+    env.add_filter("host_number", |name: &str| {
+        let host = name.split('.').next().unwrap_or(name);
+        crate::compile::trailing_number(host)
+    });
+    env.add_filter(
+        "zone",
+        |name: &str, zones: u64| -> Result<Option<u64>, minijinja::Error> {
+            if zones == 0 {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "zone: the number of zones must be positive",
+                ));
+            }
+            let host = name.split('.').next().unwrap_or(name);
+            Ok(crate::compile::trailing_number(host).map(|n| n % zones))
+        },
+    );
     env
 }
 
@@ -635,8 +654,8 @@ pub(crate) fn is_templated(s: &str) -> bool {
 /// If `s` is exactly one `{{ expr }}`, the expression (its value keeps its
 /// type: a list stays a list).
 pub(crate) fn whole_expression(s: &str) -> Option<&str> {
-    let t = s.trim();
-    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    // No trimming: `"{{ x }}\n"` is text (the newline matters).
+    let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
     if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
         return None;
     }
