@@ -239,7 +239,12 @@ impl Error {
             message: self.0.message.clone(),
             help: self.0.help.clone(),
             source: s.map(|s| miette::NamedSource::new(&s.file.path, s.file.text.clone())),
-            span: s.map(|s| (s.start, s.end.saturating_sub(s.start).clamp(1, 200))),
+            span: s.map(|s| {
+                let len = s.file.text.len();
+                let start = s.start.min(len);
+                let max = len - start;
+                (start, s.end.saturating_sub(start).clamp(1, 200).min(max))
+            }),
             label: "here".into(),
         }
     }

@@ -567,3 +567,23 @@ fn bad_module_never_panics_on_odd_values() {
         assert!(e.location().is_some(), "{body}: {e}");
     }
 }
+
+#[test]
+fn errors_at_the_end_of_a_file_render() {
+    let d = scratch_tree();
+    with_profile(
+        d.path(),
+        "eof",
+        "[file.\"/etc/x\"]\ncontent = \"unterminated",
+    );
+    let e = load(d.path()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Syntax);
+    assert!(
+        e.location()
+            .unwrap()
+            .starts_with(&format!("{P}/profiles/eof.toml:2:")),
+        "{e}"
+    );
+    let r = e.render();
+    assert!(r.contains("eof.toml"), "{r}");
+}
