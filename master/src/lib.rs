@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod ca_cli;
 pub mod ca_service;
+pub mod code;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
