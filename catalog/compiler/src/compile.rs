@@ -1191,13 +1191,12 @@ impl<'a> Attrs<'a> {
 fn add_content_owned(cat: &mut Catalog, bytes: Vec<u8>) -> troupe_catalog::ContentRef {
     let sha256 = troupe_catalog::sha256_hex(&bytes);
     let size = bytes.len() as u64;
-    if !cat.contents.contains_key(&sha256) {
-        let blob = match String::from_utf8(bytes) {
+    cat.contents
+        .entry(sha256.clone())
+        .or_insert_with(|| match String::from_utf8(bytes) {
             Ok(s) => troupe_catalog::Blob::Utf8(s),
             Err(e) => troupe_catalog::Blob::from_bytes(e.as_bytes()),
-        };
-        cat.contents.insert(sha256.clone(), blob);
-    }
+        });
     troupe_catalog::ContentRef { sha256, size }
 }
 
