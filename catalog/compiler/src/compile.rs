@@ -291,7 +291,12 @@ impl ModuleTree {
         let code_version = self
             .env_code_version(&class.environment)
             .unwrap_or_default();
-        Compiler::new(env.clone(), class, &facts, opts.secrets.clone())?.run(code_version)
+        let compiler = Compiler::new(env.clone(), class, &facts, opts.secrets.clone())?;
+        let data = compiler.data.clone();
+        // An error message may quote a value: never let it quote a secret.
+        compiler
+            .run(code_version)
+            .map_err(|e| e.scrub(&data.plaintexts()))
     }
 
     /// The data view of a node (for `troupe lookup`).

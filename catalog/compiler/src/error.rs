@@ -145,6 +145,20 @@ impl Error {
             self.with_span(span)
         }
     }
+    /// Replaces every occurrence of the given secrets in the message.
+    pub(crate) fn scrub(mut self, secrets: &[zeroize::Zeroizing<String>]) -> Error {
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            if self.0.message.contains(s.as_str()) {
+                self.0.message = self.0.message.replace(s.as_str(), "<sensitive>");
+            }
+            if let Some(h) = &mut self.0.help
+                && h.contains(s.as_str())
+            {
+                *h = h.replace(s.as_str(), "<sensitive>");
+            }
+        }
+        self
+    }
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
     }

@@ -587,3 +587,35 @@ fn errors_at_the_end_of_a_file_render() {
     let r = e.render();
     assert!(r.contains("eof.toml"), "{r}");
 }
+
+#[test]
+fn errors_never_quote_a_secret() {
+    let d = scratch_tree();
+    common::write(
+        d.path(),
+        &format!("{P}/profiles/leak.toml"),
+        "[params]\npw = { doc = \"x\" }\n[file.\"/etc/leak\"]\nmode = \"{{ params.pw }}\"\n",
+    );
+    let db = std::fs::read_to_string(d.path().join(format!("{P}/data/roles/db.toml"))).unwrap();
+    common::write(
+        d.path(),
+        &format!("{P}/data/roles/db.toml"),
+        &format!(
+            "{db}\n[leak]\npw = {}\n",
+            db.lines().last().unwrap().split_once("= ").unwrap().1
+        ),
+    );
+    common::write(
+        d.path(),
+        &format!("{P}/roles/db.toml"),
+        "include = [\"base\", \"postgresql\", \"leak\"]\n",
+    );
+    let tree = load(d.path()).unwrap();
+    let e = tree
+        .compile("db1.example.com", &facts("rocky9"), &opts())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Schema);
+    let s = format!("{e} {}", e.render());
+    assert!(!s.contains("example-db-password"), "{s}");
+    assert!(s.contains("<sensitive>"), "{s}");
+}
