@@ -15,7 +15,12 @@
 //! {"op":"list","filter":"default"|"pending"|"all"}
 //! {"op":"sign","host":"web1"}    {"op":"reject","host":"web1"}
 //! {"op":"revoke","host":"web1"}  {"op":"clean","host":"web1"}
+//! {"op":"nodes","where":["os.family=Debian"],"role":"web"}
+//! {"op":"report","host":"web1","run":null}   {"op":"facts","host":"web1"}
+//! {"op":"env-status"}            {"op":"env-promote","env":"production"}
 //! ```
+//!
+//! The fleet requests (nodes, report, facts, env-*) need the running master.
 //!
 //! Answers: `{"ok":true,"result":{...}}` or `{"ok":false,"error":"..."}`.
 //! When no master is running (no socket, or nobody listening), the CLI
@@ -45,12 +50,58 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum AdminRequest {
     Fingerprint,
-    PskNew { host: String, ttl_secs: u64 },
-    List { filter: ListFilter },
-    Sign { host: String },
-    Reject { host: String },
-    Revoke { host: String },
-    Clean { host: String },
+    PskNew {
+        host: String,
+        ttl_secs: u64,
+    },
+    List {
+        filter: ListFilter,
+    },
+    Sign {
+        host: String,
+    },
+    Reject {
+        host: String,
+    },
+    Revoke {
+        host: String,
+    },
+    Clean {
+        host: String,
+    },
+    Nodes {
+        #[serde(default)]
+        r#where: Vec<String>,
+        #[serde(default)]
+        role: Option<String>,
+    },
+    Report {
+        host: String,
+        #[serde(default)]
+        run: Option<String>,
+    },
+    Facts {
+        host: String,
+    },
+    EnvStatus,
+    EnvPromote {
+        env: String,
+    },
+}
+
+impl AdminRequest {
+    /// True for requests about the fleet and the code, which only a running
+    /// master can answer.
+    pub fn needs_master(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::Nodes { .. }
+                | AdminRequest::Report { .. }
+                | AdminRequest::Facts { .. }
+                | AdminRequest::EnvStatus
+                | AdminRequest::EnvPromote { .. }
+        )
+    }
 }
 
 /// The answer.
@@ -108,10 +159,71 @@ pub fn handle(ca: &Authority, req: &AdminRequest) -> AdminResponse {
             ca.revoke(host).map(|s| json!({"host": host, "serials": s}))
         }
         AdminRequest::Clean { host } => ca.clean(host).map(|s| json!({"host": host, "serials": s})),
+        _ => return AdminResponse::err("this request needs the running master"),
     };
     match r {
         Ok(v) => AdminResponse::ok(v),
         Err(e) => AdminResponse::err(e),
+    }
+}
+
+/// Applies a fleet or code request (blocking) to the running master.
+pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
+    use serde_json::json;
+    let r: Result<serde_json::Value> = (|| match req {
+        AdminRequest::Nodes { r#where, role } => {
+            // Pending check-ins first, so `troupe nodes` is current.
+            crate::catalog_service::flush_checkins(state);
+            let filters = r#where
+                .iter()
+                .map(|w| {
+                    w.parse::<crate::store::FactFilter>()
+                        .map_err(anyhow::Error::msg)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let nodes = state.store.query(&filters, role.as_deref())?;
+            let now = troupe_pki::util::now();
+            let rows: Vec<_> = nodes
+                .into_iter()
+                .map(|n| {
+                    let stale = crate::store::is_stale(&n, now, state.run_interval_secs, 3);
+                    json!({"node": n, "stale": stale,
+                           "status": n.last_report.as_ref().map(|r| r.status())})
+                })
+                .collect();
+            Ok(json!({"nodes": rows, "now": now, "interval": state.run_interval_secs}))
+        }
+        AdminRequest::Report { host, run } => match state.store.report(host, run.as_deref())? {
+            Some(r) => Ok(json!({"report": r})),
+            None => anyhow::bail!(
+                "no report{} for {host}",
+                run.as_deref().map(|r| format!(" {r}")).unwrap_or_default()
+            ),
+        },
+        AdminRequest::Facts { host } => {
+            crate::catalog_service::flush_checkins(state);
+            match state.store.facts(host)? {
+                Some(f) => Ok(json!({"facts": f})),
+                None => anyhow::bail!("no facts known for {host} (it has not checked in)"),
+            }
+        }
+        AdminRequest::EnvStatus => match &state.code {
+            Some(c) => Ok(json!({"code": c.status()})),
+            None => anyhow::bail!("this master serves no module tree (started without --modules)"),
+        },
+        AdminRequest::EnvPromote { env } => match &state.code {
+            Some(c) => {
+                let v = c.promote(env)?;
+                tracing::info!(env = %env, version = %v, "promoted staged code");
+                Ok(json!({"env": env, "version": v}))
+            }
+            None => anyhow::bail!("this master serves no module tree (started without --modules)"),
+        },
+        _ => anyhow::bail!("not a fleet request"),
+    })();
+    match r {
+        Ok(v) => AdminResponse::ok(v),
+        Err(e) => AdminResponse::err(format!("{e:#}")),
     }
 }
 
@@ -180,9 +292,15 @@ async fn serve_one(
             Ok(req) => {
                 let st = state.clone();
                 let r2 = req.clone();
-                let resp = tokio::task::spawn_blocking(move || handle(&st.ca, &r2))
-                    .await
-                    .unwrap_or_else(|_| AdminResponse::err("admin task failed"));
+                let resp = tokio::task::spawn_blocking(move || {
+                    if r2.needs_master() {
+                        handle_fleet(&st, &r2)
+                    } else {
+                        handle(&st.ca, &r2)
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| AdminResponse::err("admin task failed"));
                 if AdminResponse::crl_changed(&req, &resp) {
                     state.reload_crl();
                 }

@@ -44,6 +44,31 @@ pub struct Args {
     /// Lifetime of the host certificates this CA signs, e.g. `365d`, `90d`.
     #[arg(long, default_value = "365d")]
     pub cert_ttl: humantime::Duration,
+    /// Hold an environment (repeatable): its new code is staged and served
+    /// only after `troupe env promote ENV`, so development work never
+    /// reaches it directly.
+    #[arg(long = "hold", value_name = "ENV")]
+    pub hold: Vec<String>,
+    /// How often to look for changes in the module tree.
+    #[arg(long, default_value = "2s")]
+    pub code_poll: humantime::Duration,
+    /// Serve Prometheus metrics (plain HTTP, `GET /metrics`) on this
+    /// address, e.g. 127.0.0.1:9140. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Let agents ask for a catalog from another environment than the one
+    /// the site classifies them in (off: such requests are refused).
+    #[arg(long)]
+    pub allow_agent_environment: bool,
+    /// The agents' run interval; a node that missed 3 is shown as stale.
+    #[arg(long, default_value = "30m")]
+    pub run_interval: humantime::Duration,
+    /// Reports kept per node (older ones are pruned).
+    #[arg(long, default_value_t = crate::store::DEFAULT_REPORTS_PER_NODE)]
+    pub reports_keep: usize,
+    /// Catalog compiles that may run at once (default: one per core).
+    #[arg(long)]
+    pub compile_threads: Option<usize>,
 }
 
 /// Builds the gRPC router with every service of the master. Later services
@@ -53,6 +78,9 @@ pub fn router(state: Arc<MasterState>) -> Router {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(crate::ca_service::server(state.clone()))
+        .add_service(crate::catalog_service::catalog_server(state.clone()))
+        .add_service(crate::catalog_service::reports_server(state.clone()))
+        .add_service(crate::orchestra::server(state.clone()))
 }
 
 fn default_server_names(listen: &std::net::SocketAddr) -> Vec<String> {
@@ -107,13 +135,96 @@ async fn serve(args: Args) -> Result<()> {
         args.server_names.clone()
     };
     let tls = Arc::new(ServerTls::new(&ca, &names, &args.data)?);
+    let code = args.modules.clone().map(|dir| {
+        let m = crate::code::CodeManager::new(dir, args.hold.clone());
+        let st = m.status();
+        match (&st.live_version, &st.last_error) {
+            (Some(v), _) => tracing::info!(version = %v, "module tree loaded"),
+            (None, Some(e)) => {
+                tracing::error!("module tree does not load; no catalogs until it does: {e}")
+            }
+            _ => {}
+        }
+        Arc::new(m)
+    });
+    let store = crate::store::NodeStore::open(&args.data.join("nodes.redb"), args.reports_keep)?;
+    let secrets = troupe_compiler::SecretKeys::load_dir(&args.data)
+        .map_err(|e| anyhow::anyhow!("loading secret keys: {e}"))?;
+    let access_audit = troupe_command::audit::AuditLog::open(&args.data.join("access-audit.log"))
+        .map_err(|e| anyhow::anyhow!("opening the access audit log: {e}"))?;
+    let threads = args
+        .compile_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
     let state = Arc::new(MasterState {
         data_dir: args.data.clone(),
         modules: args.modules.clone(),
         ca: ca.clone(),
         tls: tls.clone(),
+        code,
+        store: Arc::new(store),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
+        catalogs: Default::default(),
+        compile_slots: tokio::sync::Semaphore::new(threads),
+        secrets,
+        allow_agent_environment: args.allow_agent_environment,
+        run_interval_secs: args.run_interval.as_secs().max(1),
+        access_audit: std::sync::Mutex::new(access_audit),
     });
     let admin = crate::admin::serve(state.clone()).await?;
+
+    // Pick up module changes without a restart.
+    let code_task = state.code.clone().map(|code| {
+        let metrics = state.metrics.clone();
+        let poll = args.code_poll.as_secs_f64().max(0.2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(poll));
+            loop {
+                tick.tick().await;
+                let c = code.clone();
+                match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
+                    Ok(crate::code::Reload::Swapped(v)) => {
+                        tracing::info!(version = %v, "new module code is live")
+                    }
+                    Ok(crate::code::Reload::Failed(e)) => {
+                        metrics.code_load_failures.inc();
+                        tracing::error!("the changed module tree does not load; the previous one keeps serving: {e}")
+                    }
+                    _ => {}
+                }
+            }
+        })
+    });
+    // Write check-ins in batches (one transaction a second).
+    let flush_state = state.clone();
+    let flush_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let st = flush_state.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || crate::catalog_service::flush_checkins(&st))
+                    .await;
+        }
+    });
+    let metrics_task = match &args.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            let st = state.clone();
+            let refresh: Arc<dyn Fn(&crate::metrics::Metrics) + Send + Sync> =
+                Arc::new(move |m| st.refresh_gauges(m));
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                state.metrics.clone(),
+                refresh,
+                std::future::pending(),
+            )))
+        }
+    };
 
     // Keep the CRL fresh: regenerate it daily (it is valid for a week).
     let crl_state = state.clone();
@@ -156,6 +267,14 @@ async fn serve(args: Args) -> Result<()> {
         .await;
     admin.abort();
     crl_task.abort();
+    flush_task.abort();
+    if let Some(t) = code_task {
+        t.abort();
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    crate::catalog_service::flush_checkins(&state);
     let _ = std::fs::remove_file(crate::admin::socket_path(&args.data));
     let _ = std::fs::remove_file(args.data.join("listen.addr"));
     result.context("serving gRPC")?;

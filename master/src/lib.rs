@@ -13,10 +13,13 @@
 pub mod admin;
 pub mod ca_cli;
 pub mod ca_service;
+pub mod catalog_service;
 pub mod code;
 pub mod daemon;
+pub mod fleet_cli;
 pub mod logging;
 pub mod metrics;
+pub mod orchestra;
 pub mod state;
 pub mod store;
 pub mod tls;

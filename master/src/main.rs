@@ -29,6 +29,15 @@ enum Cmd {
     /// Certificate authority: fingerprints, PSKs, signing and revocation.
     #[command(subcommand)]
     Ca(troupe_master::ca_cli::CaCmd),
+    /// Every node: last check-in, last run, changes, failures, staleness.
+    Nodes(troupe_master::fleet_cli::NodesArgs),
+    /// A node's run report (the latest, or RUN).
+    Report(troupe_master::fleet_cli::ReportArgs),
+    /// The facts a node sent with its last check-in.
+    Facts(troupe_master::fleet_cli::FactsArgs),
+    /// Environments: what code each serves; promote staged code.
+    #[command(subcommand)]
+    Env(troupe_master::fleet_cli::EnvCmd),
     /// Compile or diff a host's catalog from a module tree.
     #[command(subcommand)]
     Catalog(troupe_compiler::cli::CatalogCmd),
@@ -50,6 +59,10 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Master(args) => troupe_master::daemon::run(args),
         Cmd::Ca(cmd) => troupe_master::ca_cli::run(cmd),
+        Cmd::Nodes(args) => troupe_master::fleet_cli::nodes(args),
+        Cmd::Report(args) => troupe_master::fleet_cli::report(args),
+        Cmd::Facts(args) => troupe_master::fleet_cli::facts(args),
+        Cmd::Env(cmd) => troupe_master::fleet_cli::env(cmd),
         Cmd::Catalog(cmd) => troupe_compiler::cli::catalog(cmd),
         Cmd::Lookup(args) => troupe_compiler::cli::lookup(args),
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),

@@ -156,23 +156,37 @@ impl NodeStore {
         catalog_hash: &str,
         now: u64,
     ) -> Result<()> {
+        self.record_checkins(&[crate::catalog_service::Checkin {
+            node: node.to_owned(),
+            facts: facts.clone(),
+            environment: environment.to_owned(),
+            role: role.to_owned(),
+            catalog_hash: catalog_hash.to_owned(),
+            at: now,
+        }])
+    }
+
+    /// Records many check-ins in one transaction.
+    pub fn record_checkins(&self, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut nodes = tx.open_table(NODES)?;
-            let mut rec: NodeRecord = match nodes.get(node)? {
-                Some(v) => decode(v.value(), "node")?,
-                None => NodeRecord {
-                    name: node.to_owned(),
-                    ..Default::default()
-                },
-            };
-            rec.last_checkin = now;
-            rec.environment = environment.to_owned();
-            rec.role = role.to_owned();
-            rec.catalog_hash = catalog_hash.to_owned();
-            nodes.insert(node, serde_json::to_vec(&rec)?.as_slice())?;
             let mut f = tx.open_table(FACTS)?;
-            f.insert(node, serde_json::to_vec(facts)?.as_slice())?;
+            for c in batch {
+                let mut rec: NodeRecord = match nodes.get(c.node.as_str())? {
+                    Some(v) => decode(v.value(), "node")?,
+                    None => NodeRecord {
+                        name: c.node.clone(),
+                        ..Default::default()
+                    },
+                };
+                rec.last_checkin = c.at;
+                rec.environment = c.environment.clone();
+                rec.role = c.role.clone();
+                rec.catalog_hash = c.catalog_hash.clone();
+                nodes.insert(c.node.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+                f.insert(c.node.as_str(), serde_json::to_vec(&c.facts)?.as_slice())?;
+            }
         }
         tx.commit()?;
         Ok(())

@@ -1,0 +1,381 @@
+//! The `troupe.v1.Catalog` and `troupe.v1.Reports` services: the pull loop.
+//!
+//! Every call is mutual TLS; the node is the one named by the caller's
+//! verified certificate ([`crate::tls::peer_identity`]), never anything in a
+//! request. A node gets its own catalog only, and only the file bodies that
+//! its own current catalog references; anything else is refused and audited.
+//!
+//! Compiled catalogs are cached by (node, stable facts, code version): when
+//! the agent already holds the current catalog the reply is "unchanged"
+//! without resending it. Volatile facts ([`VOLATILE_FACTS`]) are stored for
+//! the inventory but are not given to the compiler, so they neither defeat
+//! the cache nor make catalogs flap. Compiles run on blocking threads,
+//! bounded by a semaphore; check-ins are written to the store in batches.
+
+use crate::state::MasterState;
+use crate::tls::peer_identity;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+use troupe_catalog::Catalog;
+use troupe_catalog::report::Report;
+use troupe_proto::v1::catalog_server::{Catalog as CatalogRpc, CatalogServer};
+use troupe_proto::v1::reports_server::{Reports, ReportsServer};
+use troupe_proto::v1::{
+    CatalogReply, CatalogRequest, ContentReply, ContentRequest, ReportReply, ReportRequest,
+};
+
+/// Largest facts document accepted (1 MiB).
+pub const MAX_FACTS_BYTES: usize = 1024 * 1024;
+/// Largest report accepted (16 MiB).
+pub const MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
+/// Facts that change on every run: kept in the inventory, hidden from the
+/// compiler.
+pub const VOLATILE_FACTS: &[&str] = &["uptime_seconds"];
+/// Compiled catalogs kept in memory before the cache is emptied.
+pub const CACHE_ENTRIES: usize = 20_000;
+/// How long one compile may take before the request fails.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A compiled catalog, ready to serve.
+pub struct Compiled {
+    pub hash: String,
+    pub json: Vec<u8>,
+    pub catalog: Catalog,
+    pub role: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    node: String,
+    facts: [u8; 32],
+    environment: String,
+    generation: u64,
+}
+
+/// A check-in waiting to be written.
+pub struct Checkin {
+    pub node: String,
+    pub facts: serde_json::Value,
+    pub environment: String,
+    pub role: String,
+    pub catalog_hash: String,
+    pub at: u64,
+}
+
+/// In-memory serving state: compiled catalogs, what each node was last
+/// served, check-ins not yet written.
+#[derive(Default)]
+pub struct CatalogCache {
+    compiled: Mutex<HashMap<CacheKey, Arc<Compiled>>>,
+    served: Mutex<HashMap<String, Arc<Compiled>>>,
+    checkins: Mutex<HashMap<String, Checkin>>,
+}
+
+impl CatalogCache {
+    /// Takes the check-ins recorded since the last call.
+    pub fn drain_checkins(&self) -> Vec<Checkin> {
+        let mut g = lock(&self.checkins);
+        g.drain().map(|(_, c)| c).collect()
+    }
+    fn served(&self, node: &str) -> Option<Arc<Compiled>> {
+        lock(&self.served).get(node).cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes pending check-ins to the store (one transaction).
+pub fn flush_checkins(state: &MasterState) {
+    let batch = state.catalogs.drain_checkins();
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.record_checkins(&batch) {
+        tracing::error!("could not record {} check-ins: {e:#}", batch.len());
+    }
+}
+
+/// Splits the facts sent by an agent into what the compiler sees (stable,
+/// with any `trusted` key removed: the compiler adds the real one) and the
+/// hash of that.
+pub fn stable_facts(facts: &serde_json::Value) -> Result<(serde_json::Value, [u8; 32]), String> {
+    let serde_json::Value::Object(map) = facts else {
+        return Err("facts must be a JSON object".into());
+    };
+    let mut map = map.clone();
+    map.remove("trusted");
+    for k in VOLATILE_FACTS {
+        map.remove(*k);
+    }
+    let v = serde_json::Value::Object(map);
+    // serde_json's map is sorted (no preserve_order), so this is canonical.
+    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    Ok((v, Sha256::digest(&bytes).into()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The service implementation (both services share it).
+#[derive(Clone)]
+pub struct CatalogService {
+    state: Arc<MasterState>,
+}
+
+pub fn catalog_server(state: Arc<MasterState>) -> CatalogServer<CatalogService> {
+    CatalogServer::new(CatalogService { state })
+        .max_decoding_message_size(MAX_FACTS_BYTES + 4096)
+        .max_encoding_message_size(troupe_catalog::MAX_CATALOG_BYTES)
+}
+
+pub fn reports_server(state: Arc<MasterState>) -> ReportsServer<CatalogService> {
+    ReportsServer::new(CatalogService { state }).max_decoding_message_size(MAX_REPORT_BYTES + 4096)
+}
+
+impl CatalogService {
+    fn refuse(&self, node: &str, what: &str, why: &str) {
+        self.state.audit_refusal(node, what, why);
+    }
+
+    async fn compile(
+        &self,
+        node: &str,
+        facts: &serde_json::Value,
+        environment: Option<String>,
+    ) -> Result<Arc<Compiled>, Status> {
+        let st = &self.state;
+        let Some(code) = &st.code else {
+            return Err(Status::failed_precondition(
+                "this master serves no catalogs (started without --modules)",
+            ));
+        };
+        let tree = code
+            .current()
+            .map_err(|e| Status::unavailable(format!("no module tree is loaded: {e}")))?;
+        let (stable, facts_hash) = stable_facts(facts).map_err(Status::invalid_argument)?;
+        let key = CacheKey {
+            node: node.to_owned(),
+            facts: facts_hash,
+            environment: environment.clone().unwrap_or_default(),
+            generation: code.status().generation,
+        };
+        if let Some(c) = lock(&st.catalogs.compiled).get(&key).cloned() {
+            st.metrics.catalog_cache_hits.inc();
+            return Ok(c);
+        }
+        let _slot = st
+            .compile_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the master is shutting down"))?;
+        let opts = troupe_compiler::CompileOptions {
+            environment,
+            extensions: Default::default(),
+            secrets: st.secrets.clone(),
+        };
+        let node_owned = node.to_owned();
+        let started = Instant::now();
+        let job = tokio::task::spawn_blocking(move || {
+            let class = tree.classify(&node_owned, &opts.extensions, &stable)?;
+            let cat = tree.compile(&node_owned, &stable, &opts)?;
+            Ok::<_, troupe_compiler::Error>((class.role, cat))
+        });
+        let (role, catalog) = match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "compiling the catalog took too long",
+                ));
+            }
+            Ok(Err(_)) => return Err(Status::internal("the compile task failed")),
+            Ok(Ok(Err(e))) => {
+                // The node's catalog does not compile: the agent keeps its
+                // cached catalog; the operator sees the full error here.
+                tracing::warn!(node, "catalog does not compile: {e}");
+                return Err(Status::failed_precondition(format!(
+                    "the catalog for {node} does not compile: {e}"
+                )));
+            }
+            Ok(Ok(Ok(x))) => x,
+        };
+        st.metrics
+            .compile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let compiled = Arc::new(Compiled {
+            hash: catalog.hash(),
+            json: catalog.to_canonical_json(),
+            catalog,
+            role,
+        });
+        let mut cache = lock(&st.catalogs.compiled);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogRpc for CatalogService {
+    async fn get_catalog(
+        &self,
+        req: Request<CatalogRequest>,
+    ) -> Result<Response<CatalogReply>, Status> {
+        let st = &self.state;
+        let result = async {
+            let peer = peer_identity(st, &req)?;
+            let body = req.into_inner();
+            let facts: serde_json::Value = serde_json::from_slice(&body.facts_json)
+                .map_err(|e| Status::invalid_argument(format!("facts are not valid JSON: {e}")))?;
+            if !facts.is_object() {
+                return Err(Status::invalid_argument("facts must be a JSON object"));
+            }
+            let environment = if body.environment.is_empty() {
+                None
+            } else if !st.allow_agent_environment {
+                self.refuse(
+                    &peer.name,
+                    "catalog",
+                    &format!("asked for environment {:?}", body.environment),
+                );
+                return Err(Status::permission_denied(
+                    "this master does not let agents choose their environment \
+                     (start it with --allow-agent-environment)",
+                ));
+            } else {
+                Some(body.environment)
+            };
+            let compiled = self.compile(&peer.name, &facts, environment).await?;
+            lock(&st.catalogs.served).insert(peer.name.clone(), compiled.clone());
+            lock(&st.catalogs.checkins).insert(
+                peer.name.clone(),
+                Checkin {
+                    node: peer.name.clone(),
+                    facts,
+                    environment: compiled.catalog.environment.clone(),
+                    role: compiled.role.clone(),
+                    catalog_hash: compiled.hash.clone(),
+                    at: unix_now(),
+                },
+            );
+            if body.have_hash == compiled.hash {
+                st.metrics.catalogs_unchanged.inc();
+                return Ok(CatalogReply {
+                    unchanged: true,
+                    catalog_json: Vec::new(),
+                    catalog_hash: compiled.hash.clone(),
+                });
+            }
+            Ok(CatalogReply {
+                unchanged: false,
+                catalog_json: compiled.json.clone(),
+                catalog_hash: compiled.hash.clone(),
+            })
+        }
+        .await;
+        st.count("GetCatalog", &result);
+        result.map(Response::new)
+    }
+
+    async fn get_content(
+        &self,
+        req: Request<ContentRequest>,
+    ) -> Result<Response<ContentReply>, Status> {
+        let st = &self.state;
+        let result = async {
+            let peer = peer_identity(st, &req)?;
+            let hash = req.into_inner().sha256;
+            let Some(served) = st.catalogs.served(&peer.name) else {
+                return Err(Status::failed_precondition(
+                    "fetch your catalog before its file contents",
+                ));
+            };
+            match served.catalog.contents.get(&hash).and_then(|b| b.bytes()) {
+                Some(data) => Ok(ContentReply { data }),
+                None => {
+                    self.refuse(
+                        &peer.name,
+                        "content",
+                        &format!("asked for content {hash:.80} not in its own catalog"),
+                    );
+                    Err(Status::permission_denied(
+                        "that content is not referenced by your catalog",
+                    ))
+                }
+            }
+        }
+        .await;
+        st.count("GetContent", &result);
+        result.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Reports for CatalogService {
+    async fn submit_report(
+        &self,
+        req: Request<ReportRequest>,
+    ) -> Result<Response<ReportReply>, Status> {
+        let st = self.state.clone();
+        let result = async {
+            let peer = peer_identity(&st, &req)?;
+            let body = req.into_inner().report_json;
+            let report: Report = serde_json::from_slice(&body)
+                .map_err(|e| Status::invalid_argument(format!("report is not valid: {e}")))?;
+            if report.node != peer.name {
+                self.refuse(
+                    &peer.name,
+                    "report",
+                    &format!("sent a report for {:?}", report.node),
+                );
+                return Err(Status::permission_denied(format!(
+                    "a report for {:?} cannot come from {}",
+                    report.node, peer.name
+                )));
+            }
+            let node = peer.name.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                st.store.add_report(&node, &report, unix_now())
+            })
+            .await
+            .map_err(|_| Status::internal("the report task failed"))?
+            .map_err(|e| {
+                tracing::error!("could not store a report: {e:#}");
+                Status::internal("could not store the report (see the master's log)")
+            })?;
+            Ok(ReportReply { stored })
+        }
+        .await;
+        self.state.count("SubmitReport", &result);
+        result.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_facts_drop_volatile_and_trusted_keys() {
+        let a = serde_json::json!({"os": {"family": "Debian"}, "uptime_seconds": 5,
+                                   "trusted": {"certname": "forged"}});
+        let b = serde_json::json!({"uptime_seconds": 99, "os": {"family": "Debian"}});
+        let (sa, ha) = stable_facts(&a).unwrap();
+        let (_, hb) = stable_facts(&b).unwrap();
+        assert_eq!(ha, hb);
+        assert!(sa.get("trusted").is_none());
+        assert!(sa.get("uptime_seconds").is_none());
+        let c = serde_json::json!({"os": {"family": "RedHat"}});
+        assert_ne!(stable_facts(&c).unwrap().1, ha);
+        assert!(stable_facts(&serde_json::json!([1])).is_err());
+    }
+}
