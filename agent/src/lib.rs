@@ -16,6 +16,8 @@ pub mod engine;
 pub mod facts;
 pub mod identity;
 pub mod logging;
+pub mod orchestra;
+pub mod master_client;
 pub mod providers;
 pub mod renew;
 pub mod run;

@@ -1,0 +1,272 @@
+//! The agent's side of the pull loop: fetch this node's catalog from the
+//! master over mutual TLS, fetch file bodies by hash, deliver run reports.
+//!
+//! The converge path is synchronous; this module owns a small current-thread
+//! runtime and blocks on each call. Connection failures are retried with
+//! exponential backoff and jitter (so a fleet whose master comes back does
+//! not reconnect in lock step); when every try fails the caller falls back
+//! to the cached catalog and queues its report.
+
+use crate::identity::Identity;
+use crate::source::{CatalogSource, Fetched, ReportSink};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+use troupe_catalog::Catalog;
+use troupe_catalog::report::Report;
+use troupe_proto::v1::catalog_client::CatalogClient;
+use troupe_proto::v1::reports_client::ReportsClient;
+use troupe_proto::v1::{CatalogRequest, ContentRequest, ReportRequest};
+
+/// How hard to try before giving up on the master for this run.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// Per-call deadline.
+    pub timeout: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 3,
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Retry {
+    /// The delay before try `n` (1-based, n ≥ 2): exponential, capped, with
+    /// ±50 % jitter.
+    pub fn delay(&self, n: u32) -> Duration {
+        let base = self
+            .first_delay
+            .saturating_mul(1u32 << (n.saturating_sub(2)).min(16))
+            .min(self.max_delay);
+        base.mul_f64(0.5 + fastrand::f64())
+    }
+}
+
+/// A connection to the master, shared by the catalog source and the
+/// report sink of one run.
+pub struct MasterClient {
+    rt: tokio::runtime::Runtime,
+    server: String,
+    state_dir: PathBuf,
+    channel: Option<Channel>,
+    retry: Retry,
+}
+
+impl MasterClient {
+    pub fn new(server: &str, state_dir: PathBuf, retry: Retry) -> Result<MasterClient> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the network runtime")?;
+        Ok(MasterClient {
+            rt,
+            server: server.to_owned(),
+            state_dir,
+            channel: None,
+            retry,
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn channel(&mut self) -> Result<Channel> {
+        if let Some(c) = &self.channel {
+            return Ok(c.clone());
+        }
+        let id = Identity::load(&self.state_dir).with_context(|| {
+            format!(
+                "no usable identity in {} (run `troupe-agent bootstrap` first)",
+                self.state_dir.display()
+            )
+        })?;
+        let ch = self.rt.block_on(id.connect(&self.server))?;
+        self.channel = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Runs `call` with retries. Errors the master answered with (refusals,
+    /// a catalog that does not compile) are not retried: only transport
+    /// failures are.
+    fn with_retry<T, F, Fut>(&mut self, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = None;
+        for n in 1..=self.retry.attempts.max(1) {
+            if n > 1 {
+                std::thread::sleep(self.retry.delay(n));
+            }
+            let ch = match self.channel() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("connecting to {} failed (try {n}): {e:#}", self.server);
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let timeout = self.retry.timeout;
+            match self
+                .rt
+                .block_on(async { tokio::time::timeout(timeout, call(ch)).await })
+            {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(status)) if is_transport(&status) => {
+                    tracing::debug!("{what} failed (try {n}): {status}");
+                    self.channel = None;
+                    last = Some(anyhow::anyhow!(crate::identity::status_message(&status)));
+                }
+                Ok(Err(status)) => {
+                    return Err(anyhow::anyhow!(
+                        "the master refused {what}: {}",
+                        crate::identity::status_message(&status)
+                    ));
+                }
+                Err(_) => {
+                    self.channel = None;
+                    last = Some(anyhow::anyhow!("{what} timed out after {timeout:?}"));
+                }
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
+            .context(format!(
+                "cannot reach the master at {} for {what} ({} tries)",
+                self.server, self.retry.attempts
+            )))
+    }
+
+    /// Fetches a file body referenced by this node's current catalog.
+    pub fn content(&mut self, sha256: &str) -> Result<Vec<u8>> {
+        let hash = sha256.to_owned();
+        let data = self.with_retry("a file body", |ch| {
+            let hash = hash.clone();
+            async move {
+                CatalogClient::new(ch)
+                    .max_decoding_message_size(troupe_catalog::MAX_CATALOG_BYTES)
+                    .get_content(ContentRequest { sha256: hash })
+                    .await
+                    .map(|r| r.into_inner().data)
+            }
+        })?;
+        if troupe_catalog::sha256_hex(&data) != sha256 {
+            anyhow::bail!("the master sent a body that does not hash to {sha256}");
+        }
+        Ok(data)
+    }
+}
+
+/// Transport-level failures (worth retrying), as opposed to answers.
+fn is_transport(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+    ) && !s.message().contains("does not compile")
+}
+
+impl CatalogSource for MasterClient {
+    fn describe(&self) -> String {
+        format!("master:{}", self.server)
+    }
+
+    fn fetch(&mut self, facts: &serde_json::Value, cached_hash: Option<&str>) -> Result<Fetched> {
+        let facts_json = serde_json::to_vec(facts)?;
+        let have = cached_hash.unwrap_or_default().to_owned();
+        let reply = self.with_retry("the catalog", |ch| {
+            let req = CatalogRequest {
+                facts_json: facts_json.clone(),
+                have_hash: have.clone(),
+                environment: String::new(),
+            };
+            async move {
+                CatalogClient::new(ch)
+                    .max_decoding_message_size(troupe_catalog::MAX_CATALOG_BYTES)
+                    .get_catalog(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })?;
+        if reply.unchanged {
+            if cached_hash != Some(reply.catalog_hash.as_str()) {
+                anyhow::bail!(
+                    "the master answered \"unchanged\" for a catalog this agent does not hold"
+                );
+            }
+            return Ok(Fetched::Unchanged);
+        }
+        let cat = Catalog::from_json(&reply.catalog_json)
+            .context("the master sent an invalid catalog")?;
+        if cat.hash() != reply.catalog_hash {
+            anyhow::bail!("the catalog the master sent does not match its announced hash");
+        }
+        Ok(Fetched::Catalog(Box::new(cat)))
+    }
+}
+
+impl ReportSink for MasterClient {
+    fn describe(&self) -> String {
+        format!("master:{}", self.server)
+    }
+
+    fn send(&mut self, report: &Report) -> Result<()> {
+        let body = serde_json::to_vec(report)?;
+        self.with_retry("the report", |ch| {
+            let req = ReportRequest {
+                report_json: body.clone(),
+            };
+            async move {
+                ReportsClient::new(ch)
+                    .submit_report(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let r = Retry {
+            attempts: 10,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let d2 = r.delay(2);
+            assert!(d2 >= Duration::from_millis(50) && d2 <= Duration::from_millis(150));
+            let d4 = r.delay(4);
+            assert!(d4 >= Duration::from_millis(200) && d4 <= Duration::from_millis(600));
+            assert!(r.delay(30) <= Duration::from_millis(1500));
+        }
+    }
+
+    #[test]
+    fn only_transport_failures_are_retried() {
+        assert!(is_transport(&tonic::Status::unavailable(
+            "connection refused"
+        )));
+        assert!(!is_transport(&tonic::Status::permission_denied("no")));
+        assert!(!is_transport(&tonic::Status::failed_precondition(
+            "the catalog for x does not compile"
+        )));
+    }
+}
