@@ -34,6 +34,9 @@ enum Cmd {
     Disable(troupe_agent::run::DisableArgs),
     /// Allow runs again after `disable`.
     Enable(troupe_agent::run::EnableArgs),
+    /// Keep a command stream open to the master and run the signed
+    /// commands this host's orchestration configuration allows.
+    Listen(troupe_agent::orchestra::ListenArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Rollback(args) => troupe_agent::run::rollback(args),
         Cmd::Disable(args) => troupe_agent::run::disable(args),
         Cmd::Enable(args) => troupe_agent::run::enable(args),
+        Cmd::Listen(args) => troupe_agent::orchestra::listen(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,355 @@
+//! Executing verified built-in actions. Every external program is run with
+//! an argv (never a shell), with a timeout, and its arguments have already
+//! passed the action's typed schema in the verifier.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use troupe_command::{ArgValue, Verified};
+
+/// The maintenance marker in the state directory (JSON: message, since,
+/// by), readable by monitoring.
+pub const MAINTENANCE_FILE: &str = "maintenance";
+/// The agent-disabled marker (same file `troupe-agent disable` writes).
+pub const DISABLED_FILE: &str = "disabled";
+
+/// What an action needs to know about this agent.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    pub state_dir: PathBuf,
+    /// This host's certificate name (default HAProxy server name).
+    pub node: String,
+    pub facts_dir: PathBuf,
+    pub haproxy_socket: Option<PathBuf>,
+}
+
+/// The result of one action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub message: String,
+    pub data: Value,
+}
+
+impl Outcome {
+    fn ok(message: impl Into<String>, data: Value) -> Self {
+        Self {
+            ok: true,
+            message: message.into(),
+            data,
+        }
+    }
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            message: message.into(),
+            data: Value::Null,
+        }
+    }
+}
+
+fn str_arg<'a>(args: &'a BTreeMap<String, ArgValue>, name: &str) -> Option<&'a str> {
+    match args.get(name) {
+        Some(ArgValue::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Runs the verified command's action.
+pub async fn execute(ctx: &ExecContext, v: &Verified) -> Outcome {
+    let args = &v.command.args;
+    let action = v.command.action.as_str();
+    match action {
+        "ping" => Outcome::ok(
+            "pong",
+            json!({ "time": troupe_command::verify::unix_now() }),
+        ),
+        "facts" => {
+            let dir = ctx.facts_dir.clone();
+            match tokio::task::spawn_blocking(move || {
+                crate::facts::gather(&dir, Duration::from_secs(10))
+            })
+            .await
+            {
+                Ok(f) => Outcome::ok("facts gathered", f),
+                Err(e) => Outcome::failed(format!("gathering facts: {e}")),
+            }
+        }
+        "agent.disable" => {
+            let msg = str_arg(args, "message").unwrap_or("disabled by an operator");
+            let d = crate::state::Disabled {
+                reason: msg.to_string(),
+                since: crate::state::now_rfc3339(),
+            };
+            write_marker(&ctx.state_dir.join(DISABLED_FILE), &json!(d))
+                .map(|()| Outcome::ok(format!("runs disabled: {msg}"), Value::Null))
+                .unwrap_or_else(Outcome::failed)
+        }
+        "agent.enable" => remove_marker(&ctx.state_dir.join(DISABLED_FILE), "runs enabled"),
+        "maintenance.on" => {
+            let msg = str_arg(args, "message").unwrap_or("");
+            let m = json!({
+                "message": msg,
+                "since": crate::state::now_rfc3339(),
+                "by": v.signer_name,
+            });
+            write_marker(&ctx.state_dir.join(MAINTENANCE_FILE), &m)
+                .map(|()| Outcome::ok(format!("maintenance on: {msg}"), m.clone()))
+                .unwrap_or_else(Outcome::failed)
+        }
+        "maintenance.off" => {
+            remove_marker(&ctx.state_dir.join(MAINTENANCE_FILE), "maintenance off")
+        }
+        "agent.run" => Outcome::failed(
+            "agent.run is not supported by `troupe-agent listen` yet: the converge daemon \
+             will run it when the listener runs inside it; nothing was done",
+        ),
+        "package.status" | "package.install" | "package.update" => {
+            let Some(name) = str_arg(args, "name") else {
+                return Outcome::failed("missing argument name");
+            };
+            package(action, name, str_arg(args, "version")).await
+        }
+        "service.status" | "service.start" | "service.stop" | "service.restart" => {
+            let Some(name) = str_arg(args, "name") else {
+                return Outcome::failed("missing argument name");
+            };
+            service(action.trim_start_matches("service."), name).await
+        }
+        "lb.drain" | "lb.restore" => {
+            let Some(backend) = str_arg(args, "backend") else {
+                return Outcome::failed("missing argument backend");
+            };
+            let server = str_arg(args, "server").unwrap_or(&ctx.node);
+            let Some(sock) = &ctx.haproxy_socket else {
+                return Outcome::failed(
+                    "no haproxy_socket in this agent's orchestration configuration",
+                );
+            };
+            let state = if action == "lb.drain" {
+                "drain"
+            } else {
+                "ready"
+            };
+            haproxy(sock, backend, server, state).await
+        }
+        other => Outcome::failed(format!(
+            "action {other} is declared but this agent has no executor for it; nothing was done"
+        )),
+    }
+}
+
+fn write_marker(path: &Path, v: &Value) -> Result<(), String> {
+    let bytes = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+    crate::state::write_atomic(path, &bytes, 0o644).map_err(|e| format!("{e:#}"))
+}
+
+fn remove_marker(path: &Path, done: &str) -> Outcome {
+    match std::fs::remove_file(path) {
+        Ok(()) => Outcome::ok(done, Value::Null),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Outcome::ok(format!("{done} (already)"), Value::Null)
+        }
+        Err(e) => Outcome::failed(format!("removing {}: {e}", path.display())),
+    }
+}
+
+/// Runs a program (argv only) with a timeout; returns (success, stdout,
+/// stderr).
+async fn run_argv(
+    argv: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(bool, i32, String, String), String> {
+    let (prog, rest) = argv.split_first().ok_or("empty argv")?;
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(rest)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| format!("{prog} did not finish within {} s", timeout.as_secs()))?
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let clip = |b: &[u8]| -> String {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim();
+        s.chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    };
+    Ok((
+        out.status.success(),
+        out.status.code().unwrap_or(-1),
+        clip(&out.stdout),
+        clip(&out.stderr),
+    ))
+}
+
+fn which(prog: &str) -> bool {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .any(|d| Path::new(d).join(prog).exists())
+}
+
+async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
+    let debian = which("dpkg-query");
+    let rpm = which("rpm");
+    let status = || async {
+        if debian {
+            run_argv(
+                &["dpkg-query", "-W", "-f", "${Status}\t${Version}", name],
+                &[],
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|(ok, _, out, _)| {
+                let (st, ver) = out.split_once('\t').unwrap_or((&out, ""));
+                if ok && st.ends_with(" installed") {
+                    Some(ver.to_string())
+                } else {
+                    None
+                }
+            })
+        } else {
+            run_argv(
+                &["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", name],
+                &[],
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|(ok, _, out, _)| ok.then_some(out))
+        }
+    };
+    if !debian && !rpm {
+        return Outcome::failed("no supported package manager (dpkg or rpm) on this host");
+    }
+    if action != "package.status" {
+        let spec = match (version, debian) {
+            (Some(v), true) => format!("{name}={v}"),
+            (Some(v), false) => format!("{name}-{v}"),
+            (None, _) => name.to_string(),
+        };
+        let mut argv: Vec<&str> = if debian {
+            vec![
+                "apt-get",
+                "-y",
+                "-q",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                "install",
+            ]
+        } else {
+            vec![
+                "dnf",
+                "-y",
+                "-q",
+                if action == "package.update" {
+                    "upgrade"
+                } else {
+                    "install"
+                },
+            ]
+        };
+        if debian && action == "package.update" {
+            argv.push("--only-upgrade");
+        }
+        argv.push(&spec);
+        match run_argv(
+            &argv,
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+            Duration::from_secs(900),
+        )
+        .await
+        {
+            Ok((true, _, _, _)) => {}
+            Ok((false, code, _, err)) => {
+                return Outcome::failed(format!("{} exited with {code}: {err}", argv[0]));
+            }
+            Err(e) => return Outcome::failed(e),
+        }
+    }
+    match status().await {
+        Ok(Some(v)) => {
+            if let Some(want) = version
+                && action != "package.status"
+                && !v.starts_with(want)
+            {
+                return Outcome {
+                    ok: false,
+                    message: format!("{name} is at {v}, not {want}"),
+                    data: json!({ "name": name, "version": v }),
+                };
+            }
+            Outcome::ok(format!("{name} {v}"), json!({ "name": name, "version": v }))
+        }
+        Ok(None) if action == "package.status" => Outcome::ok(
+            format!("{name} is not installed"),
+            json!({ "name": name, "version": null }),
+        ),
+        Ok(None) => Outcome::failed(format!("{name} is not installed after {action}")),
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+async fn service(verb: &str, name: &str) -> Outcome {
+    let systemd = Path::new("/run/systemd/system").exists() && which("systemctl");
+    let argv: Vec<&str> = match (systemd, verb) {
+        (true, "status") => vec!["systemctl", "is-active", "--", name],
+        (true, v) => vec!["systemctl", v, "--", name],
+        (false, v) => vec!["service", name, v],
+    };
+    match run_argv(&argv, &[], Duration::from_secs(120)).await {
+        Ok((ok, code, out, err)) if verb == "status" => {
+            let state = if systemd {
+                out.clone()
+            } else if ok {
+                "active".into()
+            } else {
+                "inactive".into()
+            };
+            let _ = (code, err);
+            Outcome::ok(
+                format!("{name} is {state}"),
+                json!({ "name": name, "state": state }),
+            )
+        }
+        Ok((true, _, _, _)) => Outcome::ok(format!("{name}: {verb} done"), json!({ "name": name })),
+        Ok((false, code, _, err)) => Outcome::failed(format!(
+            "{} {verb} {name} exited with {code}: {err}",
+            argv[0]
+        )),
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+/// `set server BACKEND/SERVER state drain|ready` on the HAProxy runtime
+/// API (unix socket). HAProxy answers an empty line on success.
+async fn haproxy(sock: &Path, backend: &str, server: &str, state: &str) -> Outcome {
+    let line = format!("set server {backend}/{server} state {state}\n");
+    let talk = async {
+        let mut s = tokio::net::UnixStream::connect(sock).await?;
+        s.write_all(line.as_bytes()).await?;
+        s.shutdown().await?;
+        let mut reply = Vec::new();
+        (&mut s).take(64 * 1024).read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply).trim().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), talk).await {
+        Ok(Ok(reply)) if reply.is_empty() => Outcome::ok(
+            format!("{backend}/{server} is {state}"),
+            json!({ "backend": backend, "server": server, "state": state }),
+        ),
+        Ok(Ok(reply)) => Outcome::failed(format!("HAProxy refused: {reply}")),
+        Ok(Err(e)) => Outcome::failed(format!("HAProxy socket {}: {e}", sock.display())),
+        Err(_) => Outcome::failed(format!("HAProxy socket {} did not answer", sock.display())),
+    }
+}

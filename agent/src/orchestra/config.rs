@@ -1,0 +1,192 @@
+//! The agent's orchestration configuration (`STATE/orchestration.toml` or
+//! `--orchestration FILE`): who may command this host, what, and the local
+//! settings some actions need. Trust comes only from here, never from a
+//! command.
+//!
+//! ```toml
+//! role = "web"                              # optional: this host's role
+//! haproxy_socket = "/run/haproxy/admin.sock" # for lb.drain / lb.restore
+//! skew_secs = 30                            # clock-skew allowance
+//!
+//! [[signer]]                                # trusted signers
+//! name = "alice"
+//! key = "ed25519:..."
+//!
+//! [[rule]]                                  # policy (deny by default)
+//! effect = "allow"
+//! signers = ["alice"]
+//! actions = ["ping", "service.*"]
+//!
+//! [modules.mysql]                           # extra actions a module declares
+//! [[modules.mysql.action]]
+//! name = "mysql.backup"
+//! ```
+//!
+//! A missing file means: no signer, no rule, so every command is refused.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use troupe_command::{Policy, Registry, TrustedSigners};
+
+/// The default file name in the state directory.
+pub const DEFAULT_FILE: &str = "orchestration.toml";
+
+/// A loaded configuration.
+#[derive(Debug, Clone)]
+pub struct OrchestraConfig {
+    pub role: Option<String>,
+    pub haproxy_socket: Option<PathBuf>,
+    pub skew_secs: Option<i64>,
+    pub signers: TrustedSigners,
+    pub policy: Policy,
+    pub registry: Registry,
+}
+
+impl Default for OrchestraConfig {
+    fn default() -> Self {
+        Self {
+            role: None,
+            haproxy_socket: None,
+            skew_secs: None,
+            signers: TrustedSigners::default(),
+            policy: Policy::default(),
+            registry: Registry::builtin(),
+        }
+    }
+}
+
+const KNOWN: &[&str] = &[
+    "role",
+    "haproxy_socket",
+    "skew_secs",
+    "signer",
+    "rule",
+    "modules",
+];
+
+fn sub_toml(key: &str, v: Option<&toml::Value>) -> Result<String> {
+    let mut t = toml::Table::new();
+    if let Some(v) = v {
+        t.insert(key.to_string(), v.clone());
+    }
+    toml::to_string(&t).map_err(|e| anyhow!("{key}: {e}"))
+}
+
+impl OrchestraConfig {
+    /// Parses the TOML text. Unknown keys are refused, so a typo cannot
+    /// silently change what is allowed.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let t: toml::Table = toml::from_str(text).context("not valid TOML")?;
+        for k in t.keys() {
+            if !KNOWN.contains(&k.as_str()) {
+                bail!("unknown key {k:?} (known: {})", KNOWN.join(", "));
+            }
+        }
+        let role = match t.get("role") {
+            None => None,
+            Some(toml::Value::String(r)) if troupe_command::envelope::is_role_name(r) => {
+                Some(r.clone())
+            }
+            Some(_) => bail!("role must be a role name (lowercase letters, digits, _ and -)"),
+        };
+        let haproxy_socket = match t.get("haproxy_socket") {
+            None => None,
+            Some(toml::Value::String(p)) if p.starts_with('/') => Some(PathBuf::from(p)),
+            Some(_) => bail!("haproxy_socket must be an absolute path"),
+        };
+        let skew_secs = match t.get("skew_secs") {
+            None => None,
+            Some(toml::Value::Integer(i)) if (0..=300).contains(i) => Some(*i),
+            Some(_) => bail!("skew_secs must be an integer 0..=300"),
+        };
+        let signers = TrustedSigners::from_toml(&sub_toml("signer", t.get("signer"))?)
+            .map_err(|e| anyhow!("{e}"))?;
+        let policy =
+            Policy::from_toml(&sub_toml("rule", t.get("rule"))?).map_err(|e| anyhow!("{e}"))?;
+        let mut registry = Registry::builtin();
+        if let Some(m) = t.get("modules") {
+            let toml::Value::Table(mods) = m else {
+                bail!("modules must be a table of module names");
+            };
+            for (module, decl) in mods {
+                let toml::Value::Table(decl) = decl else {
+                    bail!("modules.{module} must be a table");
+                };
+                let text = toml::to_string(decl).map_err(|e| anyhow!("modules.{module}: {e}"))?;
+                registry
+                    .add_module_toml(module, &text)
+                    .map_err(|e| anyhow!("modules.{module}: {e}"))?;
+            }
+        }
+        Ok(Self {
+            role,
+            haproxy_socket,
+            skew_secs,
+            signers,
+            policy,
+            registry,
+        })
+    }
+
+    /// Loads `path`; a missing file gives the deny-everything default.
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text).with_context(|| format!("{}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "no orchestration configuration: every command will be refused");
+                Ok(Self::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_deny_all() {
+        let c = OrchestraConfig::from_toml("").unwrap();
+        assert!(c.signers.is_empty());
+        assert!(c.policy.rules.is_empty());
+        assert!(c.registry.get("ping").is_some());
+    }
+
+    #[test]
+    fn parses_signers_rules_modules() {
+        let key = troupe_command::FileSigner::generate()
+            .unwrap()
+            .key_id()
+            .clone();
+        let text = format!(
+            r#"
+role = "web"
+haproxy_socket = "/run/haproxy.sock"
+[[signer]]
+name = "alice"
+key = "{key}"
+[[rule]]
+effect = "allow"
+signers = ["alice"]
+actions = ["ping"]
+[modules.mysql]
+[[modules.mysql.action]]
+name = "mysql.backup"
+"#
+        );
+        let c = OrchestraConfig::from_toml(&text).unwrap();
+        assert_eq!(c.role.as_deref(), Some("web"));
+        assert_eq!(c.signers.name_of(&key), Some("alice"));
+        assert_eq!(c.policy.rules.len(), 1);
+        assert!(c.registry.get("mysql.backup").is_some());
+    }
+
+    #[test]
+    fn refuses_typos_and_bad_values() {
+        assert!(OrchestraConfig::from_toml("rules = []").is_err());
+        assert!(OrchestraConfig::from_toml("role = 'Web Server'").is_err());
+        assert!(OrchestraConfig::from_toml("haproxy_socket = 'relative'").is_err());
+        assert!(OrchestraConfig::from_toml("[[rule]]\neffect='allow'\nsignerz=['*']").is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! The agent's side of signed orchestration (issue 6).
+//!
+//! The agent keeps one mutual-TLS stream open to the master (it dials out:
+//! no listening port), reconnecting with exponential backoff and jitter.
+//! Each command that arrives is checked by a [`troupe_command::Verifier`]
+//! built from this host's own configuration ([`config`]: trusted signers,
+//! policy, module actions; deny everything when absent) and its replay
+//! cache (`STATE/orchestration-replay.redb`), and only then executed
+//! ([`actions`], argv only, never a shell). Every command, allowed or
+//! refused, is appended to the hash-chained `STATE/orchestration-audit.log`
+//! before anything runs (an allowed command is recorded again with its
+//! outcome); if that record cannot be written, nothing runs.
+//!
+//! `troupe-agent listen` runs the listener alone; the converge daemon can
+//! run it alongside its timer with [`spawn_listener`].
+
+pub mod actions;
+pub mod config;
+
+use crate::identity::Identity;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use troupe_command::audit::AuditLog;
+use troupe_command::verify::{CommandAudit, unix_now};
+use troupe_command::{HostContext, SignedCommand, Verifier};
+use troupe_proto::v1::orchestration_client::OrchestrationClient;
+use troupe_proto::v1::{AgentHello, AgentMessage, CommandResult, agent_message};
+
+pub use actions::{ExecContext, Outcome};
+pub use config::OrchestraConfig;
+
+/// The replay cache in the state directory.
+pub const REPLAY_FILE: &str = "orchestration-replay.redb";
+/// The local audit log in the state directory.
+pub const AUDIT_FILE: &str = "orchestration-audit.log";
+
+/// Options of `troupe-agent listen`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// The master, e.g. `https://puppet.example:8140`.
+    #[arg(long)]
+    pub server: String,
+    /// State directory (identity from `troupe-agent bootstrap`, replay
+    /// cache, audit log, markers).
+    #[arg(long, default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+    /// Orchestration configuration (trusted signers, policy, module
+    /// actions, HAProxy socket). Default: STATE/orchestration.toml. When the
+    /// file is missing every command is refused.
+    #[arg(long, value_name = "FILE")]
+    pub orchestration: Option<PathBuf>,
+    /// Directory of external facts (for targeting and the `facts` action).
+    #[arg(long, default_value = crate::facts::DEFAULT_FACTS_DIR)]
+    pub facts_dir: PathBuf,
+    /// Longest wait between reconnection attempts.
+    #[arg(long, default_value = "60s")]
+    pub backoff_max: humantime::Duration,
+}
+
+/// `troupe-agent listen`: runs until SIGINT/SIGTERM.
+pub fn listen(args: ListenArgs) -> Result<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let handler = Arc::new(Handler::open(&args)?);
+        let shutdown = async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = run_listener(handler, args) => r,
+            _ = shutdown => Ok(()),
+        }
+    })?;
+    Ok(0)
+}
+
+/// Runs the listener on its own thread and runtime (for the converge
+/// daemon). Errors opening the configuration are returned at once.
+pub fn spawn_listener(args: ListenArgs) -> Result<std::thread::JoinHandle<()>> {
+    let handler = Arc::new(Handler::open(&args)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(std::thread::Builder::new()
+        .name("troupe-orchestra".into())
+        .spawn(move || {
+            if let Err(e) = rt.block_on(run_listener(handler, args)) {
+                tracing::error!("command listener stopped: {e:#}");
+            }
+        })?)
+}
+
+/// Verifies, audits and executes commands for this host.
+pub struct Handler {
+    verifier: Verifier,
+    audit: Mutex<AuditLog>,
+    ctx: ExecContext,
+    hello: AgentHello,
+}
+
+impl Handler {
+    /// Loads identity name, configuration and facts, opens the replay
+    /// cache and the audit log.
+    pub fn open(args: &ListenArgs) -> Result<Handler> {
+        crate::state::create_private_dir(&args.state)?;
+        let id = Identity::load(&args.state)?;
+        let cfg_path = args
+            .orchestration
+            .clone()
+            .unwrap_or_else(|| args.state.join(config::DEFAULT_FILE));
+        let cfg = OrchestraConfig::load(&cfg_path)?;
+        let facts = crate::facts::gather(&args.facts_dir, Duration::from_secs(10));
+        Self::new(&args.state, &id.name, cfg, &facts, args.facts_dir.clone())
+    }
+
+    /// A handler from explicit parts.
+    pub fn new(
+        state_dir: &Path,
+        node: &str,
+        cfg: OrchestraConfig,
+        facts: &serde_json::Value,
+        facts_dir: PathBuf,
+    ) -> Result<Handler> {
+        let host = HostContext {
+            name: node.to_string(),
+            role: cfg.role.clone(),
+            facts: HostContext::flatten_facts(facts),
+        };
+        let hello = AgentHello {
+            role: cfg.role.clone().unwrap_or_default(),
+            facts_json: serde_json::to_vec(&host.facts)?,
+        };
+        let mut verifier = Verifier::new(
+            cfg.signers,
+            cfg.registry,
+            cfg.policy,
+            &state_dir.join(REPLAY_FILE),
+            host,
+        )
+        .map_err(|e| anyhow::anyhow!("opening the replay cache: {e}"))?;
+        if let Some(s) = cfg.skew_secs {
+            verifier = verifier.with_skew(s);
+        }
+        let audit = AuditLog::open(&state_dir.join(AUDIT_FILE))
+            .map_err(|e| anyhow::anyhow!("opening the audit log: {e}"))?;
+        Ok(Handler {
+            verifier,
+            audit: Mutex::new(audit),
+            ctx: ExecContext {
+                state_dir: state_dir.to_path_buf(),
+                node: node.to_string(),
+                facts_dir,
+                haproxy_socket: cfg.haproxy_socket,
+            },
+            hello,
+        })
+    }
+
+    fn audit(&self, rec: &CommandAudit) -> Result<(), String> {
+        let mut log = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        log.append(rec).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Verifies, audits and (if allowed) executes one command.
+    pub async fn handle(self: &Arc<Self>, wire: Vec<u8>) -> CommandResult {
+        let start = Instant::now();
+        let me = self.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let decoded = SignedCommand::from_wire(&wire).ok();
+            let verdict = me.verifier.verify_wire(&wire, unix_now());
+            let rec = match &verdict {
+                Ok(v) => CommandAudit::new(
+                    Some(&v.command),
+                    me.verifier.registry(),
+                    "allowed",
+                    &format!("signer {}, rule {}", v.signer_name, v.allowed_by),
+                ),
+                Err(r) => CommandAudit::refused(
+                    decoded.as_ref().map(|s| s.command()),
+                    me.verifier.registry(),
+                    r,
+                ),
+            };
+            let audited = me.audit(&rec);
+            (decoded.map(|s| s.command().id.0), verdict, audited)
+        })
+        .await;
+        let (id, verdict, audited) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                return result(None, "failed", format!("internal error: {e}"), start, None);
+            }
+        };
+        let v = match verdict {
+            Err(refusal) => {
+                tracing::warn!(code = refusal.code(), "command refused: {refusal}");
+                if let Err(e) = audited {
+                    tracing::error!("audit log: {e}");
+                }
+                return result(id, refusal.code(), refusal.to_string(), start, None);
+            }
+            Ok(v) => v,
+        };
+        if let Err(e) = audited {
+            tracing::error!("audit log: {e}; refusing to act");
+            return result(
+                id,
+                "audit_error",
+                format!("cannot write the audit log, nothing was done: {e}"),
+                start,
+                None,
+            );
+        }
+        tracing::info!(action = %v.command.action, signer = %v.signer_name, "executing a command");
+        let out = actions::execute(&self.ctx, &v).await;
+        let status = if out.ok { "ok" } else { "failed" };
+        let rec = CommandAudit::new(
+            Some(&v.command),
+            self.verifier.registry(),
+            status,
+            &out.message,
+        );
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.audit(&rec)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("audit log: {e}"),
+            Err(e) => tracing::error!("audit log task: {e}"),
+        }
+        result(id, status, out.message, start, Some(&out.data))
+    }
+}
+
+fn result(
+    id: Option<[u8; 16]>,
+    status: &str,
+    message: String,
+    start: Instant,
+    data: Option<&serde_json::Value>,
+) -> CommandResult {
+    CommandResult {
+        command_id: id.map(|i| i.to_vec()).unwrap_or_default(),
+        node: String::new(),
+        status: status.to_string(),
+        message,
+        data_json: match data {
+            Some(serde_json::Value::Null) | None => Vec::new(),
+            Some(d) => serde_json::to_vec(d).unwrap_or_default(),
+        },
+        duration_ms: start.elapsed().as_millis() as u64,
+    }
+}
+
+/// Keeps the command stream open forever: connect, hello, serve commands;
+/// on any failure wait (exponential backoff with jitter) and reconnect.
+pub async fn run_listener(handler: Arc<Handler>, args: ListenArgs) -> Result<()> {
+    let max = Duration::from(args.backoff_max).max(Duration::from_millis(200));
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = Instant::now();
+        match session(&handler, &args).await {
+            Ok(()) => tracing::warn!("the master closed the command stream"),
+            Err(e) => tracing::warn!("command stream: {e:#}"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(250);
+        }
+        let half = backoff / 2;
+        let jitter = Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64));
+        tokio::time::sleep(half + jitter).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
+    // Reload the identity each time: a renewal may have replaced it.
+    let id = Identity::load(&args.state)?;
+    let channel = id.connect(&args.server).await?;
+    let mut client = OrchestrationClient::new(channel)
+        .max_decoding_message_size(2 * 1024 * 1024)
+        .max_encoding_message_size(2 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(handler.hello.clone())),
+    })
+    .await
+    .ok();
+    let mut inbound = client
+        .attach(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", crate::identity::status_message(&s)))?
+        .into_inner();
+    tracing::info!(server = %args.server, "command stream open");
+    while let Some(d) = inbound.next().await {
+        let d = d.map_err(|s| anyhow::anyhow!("{}", crate::identity::status_message(&s)))?;
+        let h = handler.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = h.handle(d.envelope).await;
+            let _ = tx
+                .send(AgentMessage {
+                    msg: Some(agent_message::Msg::Result(r)),
+                })
+                .await;
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! The master's side of signed orchestration (issue 6): the `Orchestration`
+//! gRPC service.
+//!
+//! - **Agents** open one long-lived stream each ([`Attach`]): the agent
+//!   dials out over mutual TLS, its node name comes from its verified
+//!   certificate, its first message says its role and flattened facts (used
+//!   only to choose targets: each agent checks the target filter again).
+//!   The stream is removed from the registry when it ends; a newer stream
+//!   from the same node replaces an older one.
+//! - **Bastions** submit a signed envelope ([`Submit`]). Before relaying,
+//!   the master checks the envelope's structure and its ed25519 signature
+//!   against its own trusted-signer list, `DATA/signers.toml` (same format
+//!   as the agents' `[[signer]]` tables; re-read on every submission;
+//!   missing or empty = every command refused). This is defence in depth:
+//!   each agent verifies again (signature, time window, replay, whitelist,
+//!   arguments, policy) and is the real gate. The master then resolves the
+//!   target filter against the connected agents (name glob, role and facts
+//!   from their hello; `limit` keeps the first N names in sorted order),
+//!   relays the envelope to each, and streams back the targets, each
+//!   result as it arrives, and a summary naming who did not answer within
+//!   the timeout.
+//! - **Audit**: every submission, relayed or refused, goes to the
+//!   hash-chained `DATA/orchestration-audit.log` (one record per target
+//!   when relayed, then one per result), with the caller's certificate
+//!   name; arguments are redacted by the built-in action schemas (all
+//!   values of unknown actions are redacted).
+//!
+//! [`Attach`]: troupe_proto::v1::orchestration_server::Orchestration::attach
+//! [`Submit`]: troupe_proto::v1::orchestration_server::Orchestration::submit
+
+use crate::state::MasterState;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use troupe_command::audit::AuditLog;
+use troupe_command::verify::CommandAudit;
+use troupe_command::{Registry, SignedCommand, TrustedSigners};
+use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
+use troupe_proto::v1::{
+    AgentMessage, CommandDelivery, CommandResult, SubmitEvent, SubmitRequest, SubmitSummary,
+    SubmitTargets, agent_message, submit_event,
+};
+
+/// The master's trusted signers file, in the data directory.
+pub const SIGNERS_FILE: &str = "signers.toml";
+/// The orchestration audit log, in the data directory.
+pub const AUDIT_FILE: &str = "orchestration-audit.log";
+/// Default wait for answers, seconds.
+pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
+/// Longest wait for answers, seconds (the longest command lifetime).
+pub const MAX_TIMEOUT_SECS: u32 = 600;
+/// How long an agent has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Commands queued per agent before the agent counts as not answering.
+const AGENT_QUEUE: usize = 64;
+/// Largest facts document in a hello.
+const MAX_HELLO_FACTS: usize = 256 * 1024;
+/// Largest result payload relayed.
+const MAX_RESULT_DATA: usize = 1024 * 1024;
+/// Largest gRPC message of this service.
+const MAX_MESSAGE: usize = 2 * 1024 * 1024;
+
+/// One connected agent.
+struct AgentConn {
+    conn: u64,
+    tx: mpsc::Sender<Result<CommandDelivery, Status>>,
+    role: Option<String>,
+    facts: BTreeMap<String, String>,
+}
+
+/// A command waiting for answers.
+struct Pending {
+    /// Targets that have not answered yet.
+    waiting: BTreeSet<String>,
+    tx: mpsc::UnboundedSender<CommandResult>,
+}
+
+/// Connected agents, in-flight commands and the audit log.
+pub struct Orchestra {
+    data_dir: PathBuf,
+    agents: Mutex<HashMap<String, AgentConn>>,
+    pending: Mutex<HashMap<[u8; 16], Pending>>,
+    next_conn: AtomicU64,
+    audit: Arc<Mutex<Option<AuditLog>>>,
+    registry: Registry,
+}
+
+/// One record of the master's orchestration audit log.
+#[derive(Debug, serde::Serialize)]
+struct MasterAudit {
+    #[serde(flatten)]
+    command: CommandAudit,
+    /// Who submitted it (certificate name).
+    caller: String,
+    /// The node this record is about (fan-out and results), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Orchestra {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            agents: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            audit: Arc::new(Mutex::new(None)),
+            registry: Registry::builtin(),
+        }
+    }
+
+    /// Names of the connected agents, sorted.
+    pub fn connected(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.agents).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Appends records to the audit log (opened on first use), off the
+    /// async threads. A failure is logged: the command path does not stop
+    /// because the master's disk is full, the agents audit too.
+    async fn audit(&self, entries: Vec<MasterAudit>) {
+        if entries.is_empty() {
+            return;
+        }
+        let audit = self.audit.clone();
+        let path = self.data_dir.join(AUDIT_FILE);
+        let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut guard = lock(&audit);
+            if guard.is_none() {
+                *guard = Some(AuditLog::open(&path).map_err(|e| e.to_string())?);
+            }
+            match guard.as_mut() {
+                Some(log) => log
+                    .append_many(&entries)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("orchestration audit log: {e}"),
+            Err(e) => tracing::error!("orchestration audit log task: {e}"),
+        }
+    }
+
+    fn record(
+        &self,
+        sc: Option<&SignedCommand>,
+        caller: &str,
+        node: Option<&str>,
+        outcome: &str,
+        detail: &str,
+    ) -> MasterAudit {
+        MasterAudit {
+            command: CommandAudit::new(sc.map(|s| s.command()), &self.registry, outcome, detail),
+            caller: caller.to_string(),
+            node: node.map(str::to_string),
+        }
+    }
+
+    /// Structure and signature against `DATA/signers.toml`.
+    fn check_signature(
+        &self,
+        wire: &[u8],
+    ) -> Result<SignedCommand, (Option<SignedCommand>, &'static str, String)> {
+        let sc = SignedCommand::from_wire(wire)
+            .map_err(|e| (None, "malformed", format!("malformed command: {e}")))?;
+        let path = self.data_dir.join(SIGNERS_FILE);
+        let trusted = match std::fs::read_to_string(&path) {
+            Ok(text) => match TrustedSigners::from_toml(&text) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Err((Some(sc), "no_signers", format!("{}: {e}", path.display())));
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustedSigners::default(),
+            Err(e) => return Err((Some(sc), "no_signers", format!("{}: {e}", path.display()))),
+        };
+        if trusted.is_empty() {
+            return Err((
+                Some(sc),
+                "no_signers",
+                format!(
+                    "the master trusts no signer ({} is missing or empty)",
+                    path.display()
+                ),
+            ));
+        }
+        let cmd = sc.command();
+        if trusted.name_of(&cmd.signer).is_none() {
+            let msg = format!(
+                "unknown signer {}: not in the master's trusted-signer list",
+                cmd.signer
+            );
+            return Err((Some(sc), "unknown_signer", msg));
+        }
+        if cmd
+            .signer
+            .verifying_key()
+            .verify_strict(sc.body(), &sc.signature())
+            .is_err()
+        {
+            return Err((
+                Some(sc),
+                "bad_signature",
+                "signature does not verify".into(),
+            ));
+        }
+        Ok(sc)
+    }
+
+    /// Connected agents matching the command's target filter, sorted, at
+    /// most `limit`.
+    fn resolve(
+        &self,
+        sc: &SignedCommand,
+    ) -> Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)> {
+        let t = &sc.command().target;
+        let agents = lock(&self.agents);
+        let mut v: Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)> = agents
+            .iter()
+            .filter(|(name, a)| t.matches(name, a.role.as_deref(), &a.facts))
+            .map(|(n, a)| (n.clone(), a.tx.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(l) = t.limit {
+            v.truncate(l as usize);
+        }
+        v
+    }
+
+    fn set_gauge(&self, state: &MasterState) {
+        let n = lock(&self.agents).len();
+        state.metrics.connected_agents.set(n as i64);
+    }
+}
+
+/// The tonic service.
+pub struct OrchestraService {
+    state: Arc<MasterState>,
+    orch: Arc<Orchestra>,
+}
+
+/// The service for [`crate::daemon::router`].
+pub fn server(state: Arc<MasterState>) -> OrchestrationServer<OrchestraService> {
+    let orch = Arc::new(Orchestra::new(&state.data_dir));
+    OrchestrationServer::new(OrchestraService { state, orch })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn parse_hello_facts(bytes: &[u8]) -> BTreeMap<String, String> {
+    if bytes.is_empty() || bytes.len() > MAX_HELLO_FACTS {
+        return BTreeMap::new();
+    }
+    let map: BTreeMap<String, String> = serde_json::from_slice(bytes).unwrap_or_default();
+    map.into_iter()
+        .filter(|(k, v)| {
+            troupe_command::envelope::is_fact_name(k) && troupe_command::envelope::is_fact_value(v)
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Orchestration for OrchestraService {
+    type AttachStream = BoxStream<CommandDelivery>;
+    type SubmitStream = BoxStream<SubmitEvent>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = crate::tls::peer_identity(&self.state, &req)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 15 s"))?;
+        let hello = match first {
+            Some(Ok(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
+            }
+        };
+        let role =
+            Some(hello.role).filter(|r| !r.is_empty() && troupe_command::envelope::is_role_name(r));
+        let facts = parse_hello_facts(&hello.facts_json);
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        let conn = self.orch.next_conn.fetch_add(1, Ordering::Relaxed);
+        let replaced = lock(&self.orch.agents)
+            .insert(
+                peer.name.clone(),
+                AgentConn {
+                    conn,
+                    tx,
+                    role,
+                    facts,
+                },
+            )
+            .is_some();
+        self.orch.set_gauge(&self.state);
+        tracing::info!(node = %peer.name, replaced, "agent attached to the command stream");
+
+        let orch = self.orch.clone();
+        let state = self.state.clone();
+        let node = peer.name;
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                let Some(agent_message::Msg::Result(mut r)) = msg.msg else {
+                    continue;
+                };
+                let Ok(id) = <[u8; 16]>::try_from(r.command_id.as_slice()) else {
+                    continue;
+                };
+                r.node = node.clone();
+                if r.data_json.len() > MAX_RESULT_DATA {
+                    r.data_json.clear();
+                    r.message
+                        .push_str(" (output too large, dropped by the master)");
+                }
+                r.status.truncate(64);
+                r.message.truncate(4096);
+                let mut pending = lock(&orch.pending);
+                if let Some(p) = pending.get_mut(&id)
+                    && p.waiting.remove(&node)
+                {
+                    let _ = p.tx.send(r);
+                }
+            }
+            let mut agents = lock(&orch.agents);
+            if agents.get(&node).is_some_and(|a| a.conn == conn) {
+                agents.remove(&node);
+            }
+            drop(agents);
+            orch.set_gauge(&state);
+            tracing::info!(node = %node, "agent left the command stream");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<SubmitRequest>,
+    ) -> Result<Response<Self::SubmitStream>, Status> {
+        let peer = crate::tls::peer_identity(&self.state, &req)?;
+        let req = req.into_inner();
+        let orch = self.orch.clone();
+        let sc = match orch.check_signature(&req.envelope) {
+            Ok(sc) => sc,
+            Err((sc, code, msg)) => {
+                tracing::warn!(caller = %peer.name, code, "command refused: {msg}");
+                orch.audit(vec![orch.record(sc.as_ref(), &peer.name, None, code, &msg)])
+                    .await;
+                return Err(Status::permission_denied(format!("{code}: {msg}")));
+            }
+        };
+        let id = sc.command().id.0;
+        let targets = orch.resolve(&sc);
+        let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+        let timeout = Duration::from_secs(u64::from(match req.timeout_secs {
+            0 => DEFAULT_TIMEOUT_SECS,
+            t => t.min(MAX_TIMEOUT_SECS),
+        }));
+        let (ev_tx, ev_rx) = mpsc::channel::<Result<SubmitEvent, Status>>(1024);
+        let targets_ev = SubmitEvent {
+            event: Some(submit_event::Event::Targets(SubmitTargets {
+                nodes: names.clone(),
+            })),
+        };
+        if req.dry_run {
+            orch.audit(vec![orch.record(
+                Some(&sc),
+                &peer.name,
+                None,
+                "discovered",
+                &format!("{} matched", names.len()),
+            )])
+            .await;
+            let _ = ev_tx.send(Ok(targets_ev)).await;
+            let _ = ev_tx
+                .send(Ok(SubmitEvent {
+                    event: Some(submit_event::Event::Summary(SubmitSummary {
+                        matched: names,
+                        ..Default::default()
+                    })),
+                }))
+                .await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(ev_rx))));
+        }
+        let (res_tx, mut res_rx) = mpsc::unbounded_channel();
+        let in_flight = {
+            let mut pending = lock(&orch.pending);
+            let busy = pending.contains_key(&id);
+            if !busy {
+                pending.insert(
+                    id,
+                    Pending {
+                        waiting: names.iter().cloned().collect(),
+                        tx: res_tx,
+                    },
+                );
+            }
+            busy
+        };
+        if in_flight {
+            let msg = "a command with this id is already in flight";
+            orch.audit(vec![orch.record(
+                Some(&sc),
+                &peer.name,
+                None,
+                "in_flight",
+                msg,
+            )])
+            .await;
+            return Err(Status::already_exists(msg));
+        }
+        orch.audit(
+            names
+                .iter()
+                .map(|n| orch.record(Some(&sc), &peer.name, Some(n), "relayed", ""))
+                .collect(),
+        )
+        .await;
+        let _ = ev_tx.send(Ok(targets_ev)).await;
+        tracing::info!(caller = %peer.name, action = %sc.command().action, targets = names.len(), "relaying a command");
+        let wire = sc.to_wire();
+        let mut undelivered = BTreeSet::new();
+        for (name, tx) in &targets {
+            let d = CommandDelivery {
+                envelope: wire.clone(),
+            };
+            if tx.try_send(Ok(d)).is_err() {
+                undelivered.insert(name.clone());
+            }
+        }
+        if !undelivered.is_empty() {
+            let mut pending = lock(&orch.pending);
+            if let Some(p) = pending.get_mut(&id) {
+                for n in &undelivered {
+                    p.waiting.remove(n);
+                }
+            }
+        }
+        let caller = peer.name;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
+            let mut answered = BTreeSet::new();
+            let mut records = Vec::new();
+            let (mut ok, mut not_ok) = (0u32, 0u32);
+            let expect = names.len() - undelivered.len();
+            while answered.len() < expect {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let r = match tokio::time::timeout(left, res_rx.recv()).await {
+                    Ok(Some(r)) => r,
+                    _ => break,
+                };
+                answered.insert(r.node.clone());
+                if r.status == "ok" {
+                    ok += 1;
+                } else {
+                    not_ok += 1;
+                }
+                records.push(orch.record(Some(&sc), &caller, Some(&r.node), &r.status, &r.message));
+                let _ = ev_tx
+                    .send(Ok(SubmitEvent {
+                        event: Some(submit_event::Event::Result(r)),
+                    }))
+                    .await;
+            }
+            lock(&orch.pending).remove(&id);
+            let no_answer: Vec<String> = names
+                .iter()
+                .filter(|n| !answered.contains(*n))
+                .cloned()
+                .collect();
+            for n in &no_answer {
+                records.push(orch.record(Some(&sc), &caller, Some(n), "no_answer", ""));
+            }
+            orch.audit(records).await;
+            let _ = ev_tx
+                .send(Ok(SubmitEvent {
+                    event: Some(submit_event::Event::Summary(SubmitSummary {
+                        matched: names,
+                        no_answer,
+                        ok,
+                        not_ok,
+                    })),
+                }))
+                .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ev_rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_facts_are_bounded_and_validated() {
+        let f = parse_hello_facts(br#"{"os.family":"debian","bad name":"x","k":"v"}"#);
+        assert_eq!(f.get("os.family").map(String::as_str), Some("debian"));
+        assert!(!f.contains_key("bad name"));
+        assert!(parse_hello_facts(b"not json").is_empty());
+        assert!(parse_hello_facts(&vec![b' '; MAX_HELLO_FACTS + 1]).is_empty());
+    }
+}
