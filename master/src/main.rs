@@ -50,6 +50,8 @@ enum Cmd {
     Key(troupe_command::cli::KeyArgs),
     /// Audit-log tools: verify a hash-chained log.
     Audit(troupe_command::cli::AuditArgs),
+    /// Run a signed command on the matching hosts (from the bastion).
+    Run(troupe_master::run_cli::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Cmd::Lookup(args) => troupe_compiler::cli::lookup(args),
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
         Cmd::Key(args) => troupe_command::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
+        Cmd::Run(args) => troupe_master::run_cli::run(args),
         Cmd::Audit(args) => {
             troupe_command::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
         }

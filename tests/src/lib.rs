@@ -27,6 +27,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod orch;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,300 @@
+//! `troupe run`: the bastion's command line for signed orchestration.
+//!
+//! The bastion is a host with a certificate (`troupe-agent bootstrap` into
+//! `--identity DIR`); it signs each command with the sysadmin's key
+//! (passphrase-protected file or ssh-agent) and submits it to the master
+//! over mutual TLS, which relays it to the matching agents. Every agent
+//! verifies the signature and its own policy before acting.
+//!
+//! Without `--batch` one envelope goes to every matching host at once.
+//! With `--batch N` the matching hosts are discovered first (a signed
+//! `ping` envelope submitted as a dry run: nothing is relayed), then each
+//! host gets its own envelope naming only that host, N hosts at a time,
+//! `--batch-sleep` apart; the run stops after the batch in which failures
+//! exceed `--max-failures` (default 0: stop at the first failure).
+//!
+//! Exit status: 0 when every matched host answered `ok`; 2 when some host
+//! failed, refused, did not answer, or nothing matched; 1 on errors.
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use troupe_command::cli::SignerArgs;
+use troupe_command::envelope::DEFAULT_TTL_SECS;
+use troupe_command::verify::unix_now;
+use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
+use troupe_proto::v1::orchestration_client::OrchestrationClient;
+use troupe_proto::v1::{CommandResult, SubmitRequest, SubmitSummary, submit_event};
+
+/// Options of `troupe run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The action: ping, facts, agent.run, agent.disable, agent.enable,
+    /// package.status|install|update, service.status|start|stop|restart,
+    /// lb.drain, lb.restore, maintenance.on, maintenance.off.
+    pub action: String,
+    /// Arguments as NAME=VALUE, checked against the action's schema
+    /// (e.g. `name=nginx`, `version=1.24.0-1`, `message="kernel update"`).
+    #[arg(value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// The master, e.g. `https://puppet.example:8140`.
+    #[arg(long)]
+    pub server: String,
+    /// This bastion's identity: a state directory bootstrapped with
+    /// `troupe-agent bootstrap` (certificate, key, pinned CA).
+    #[arg(long, value_name = "DIR")]
+    pub identity: PathBuf,
+    #[command(flatten)]
+    pub signer: SignerArgs,
+    /// Only hosts whose fact equals the value (repeatable), e.g.
+    /// `--where os.family=Debian`.
+    #[arg(long = "where", value_name = "FACT=VALUE")]
+    pub wheres: Vec<String>,
+    /// Only hosts with this role.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Only hosts whose name matches this glob (`web-*`).
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+    /// At most this many hosts (the first in name order).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Run on N hosts at a time, each host with its own signed command.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<u32>,
+    /// Pause between batches, e.g. `30s`.
+    #[arg(long, default_value = "0s", requires = "batch")]
+    pub batch_sleep: humantime::Duration,
+    /// With --batch: stop once more than this many hosts have failed.
+    #[arg(long, default_value_t = 0, requires = "batch")]
+    pub max_failures: u32,
+    /// How long to wait for answers (per batch).
+    #[arg(long, default_value = "30s")]
+    pub timeout: humantime::Duration,
+    /// Lifetime of each signed command (at most 600 s).
+    #[arg(long, default_value_t = DEFAULT_TTL_SECS)]
+    pub ttl: i64,
+    /// Show who matches; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Totals of a run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub matched: Vec<String>,
+    pub ok: Vec<String>,
+    pub not_ok: Vec<String>,
+    pub no_answer: Vec<String>,
+}
+
+/// Submits one signed envelope and calls `on_result` for each host's
+/// result as it arrives; returns the matched targets and the summary.
+pub async fn submit(
+    channel: Channel,
+    wire: Vec<u8>,
+    timeout: Duration,
+    dry_run: bool,
+    mut on_result: impl FnMut(&CommandResult),
+) -> Result<(Vec<String>, SubmitSummary)> {
+    let mut client = OrchestrationClient::new(channel);
+    let req = SubmitRequest {
+        envelope: wire,
+        timeout_secs: timeout.as_secs().clamp(1, 600) as u32,
+        dry_run,
+    };
+    let mut stream = client
+        .submit(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("the master refused the command: {}", s.message()))?
+        .into_inner();
+    let mut targets = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.map_err(|s| anyhow::anyhow!("stream from the master: {}", s.message()))?;
+        match ev.event {
+            Some(submit_event::Event::Targets(t)) => targets = t.nodes,
+            Some(submit_event::Event::Result(r)) => on_result(&r),
+            Some(submit_event::Event::Summary(s)) => return Ok((targets, s)),
+            None => {}
+        }
+    }
+    bail!("the master closed the stream before the summary")
+}
+
+fn sign(
+    signer: &mut dyn Signer,
+    action: &str,
+    args: &BTreeMap<String, ArgValue>,
+    target: TargetFilter,
+    ttl: i64,
+) -> Result<Vec<u8>> {
+    let cmd = Command::new(
+        signer.key_id().clone(),
+        action,
+        args.clone(),
+        target,
+        unix_now(),
+        ttl,
+    )?;
+    Ok(cmd.sign(signer)?.to_wire())
+}
+
+fn print_result(out: &mut dyn Write, r: &CommandResult) {
+    let _ = writeln!(
+        out,
+        "{:<30} {:<14} {} ({} ms)",
+        r.node, r.status, r.message, r.duration_ms
+    );
+    let _ = out.flush();
+}
+
+/// Runs `troupe run`.
+pub fn run(args: RunArgs) -> Result<u8> {
+    let registry = Registry::builtin();
+    let Some(spec) = registry.get(&args.action) else {
+        let names: Vec<&str> = registry.actions().map(|a| a.name.as_str()).collect();
+        bail!(
+            "unknown action {:?}; built-in actions: {}",
+            args.action,
+            names.join(", ")
+        );
+    };
+    let cmd_args = spec
+        .parse_cli_args(&args.args)
+        .with_context(|| format!("arguments of {}", args.action))?;
+    let target = TargetFilter::from_cli(
+        &args.wheres,
+        args.role.clone(),
+        args.name.clone(),
+        args.limit,
+    )?;
+    if args.batch == Some(0) {
+        bail!("--batch must be at least 1");
+    }
+    let mut signer = args.signer.open()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let id = troupe_agent::identity::Identity::load(&args.identity)
+            .with_context(|| format!("bastion identity in {}", args.identity.display()))?;
+        let channel = id.connect(&args.server).await?;
+        let mut out = std::io::stdout();
+        let timeout = Duration::from(args.timeout);
+        let mut totals = Totals::default();
+        if args.dry_run || args.batch.is_some() {
+            // Discovery with a ping envelope: never relayed.
+            let wire = sign(&mut *signer, "ping", &BTreeMap::new(), target.clone(), 60)?;
+            let (matched, _) = submit(channel.clone(), wire, timeout, true, |_| {}).await?;
+            writeln!(
+                out,
+                "matched {} host(s): {}",
+                matched.len(),
+                matched.join(" ")
+            )?;
+            if args.dry_run {
+                return Ok(if matched.is_empty() { 2 } else { 0 });
+            }
+            totals.matched = matched.clone();
+            let n = args.batch.unwrap_or(1) as usize;
+            let batches: Vec<Vec<String>> = matched.chunks(n).map(<[String]>::to_vec).collect();
+            let count = batches.len();
+            for (i, hosts) in batches.into_iter().enumerate() {
+                writeln!(out, "batch {}/{}: {}", i + 1, count, hosts.join(" "))?;
+                let mut running = tokio::task::JoinSet::new();
+                for h in &hosts {
+                    let t = TargetFilter {
+                        name: Some(h.clone()),
+                        limit: None,
+                        ..target.clone()
+                    };
+                    let wire = sign(&mut *signer, &args.action, &cmd_args, t, args.ttl)?;
+                    let ch = channel.clone();
+                    let host = h.clone();
+                    running.spawn(async move {
+                        let mut got = Vec::new();
+                        let r = submit(ch, wire, timeout, false, |r| got.push(r.clone())).await;
+                        (host, r, got)
+                    });
+                }
+                while let Some(j) = running.join_next().await {
+                    let (host, r, got) = j?;
+                    for g in &got {
+                        print_result(&mut out, g);
+                        if g.status == "ok" {
+                            totals.ok.push(g.node.clone());
+                        } else {
+                            totals.not_ok.push(g.node.clone());
+                        }
+                    }
+                    match r {
+                        Ok((_, s)) => totals.no_answer.extend(s.no_answer),
+                        Err(e) => {
+                            writeln!(out, "{host:<30} error          {e:#}")?;
+                            totals.not_ok.push(host);
+                        }
+                    }
+                }
+                let failed = totals.not_ok.len() + totals.no_answer.len();
+                if failed > args.max_failures as usize {
+                    writeln!(
+                        out,
+                        "stopping: {failed} host(s) failed (allowed: {})",
+                        args.max_failures
+                    )?;
+                    break;
+                }
+                if i + 1 < count && !args.batch_sleep.is_zero() {
+                    tokio::time::sleep(args.batch_sleep.into()).await;
+                }
+            }
+        } else {
+            let wire = sign(&mut *signer, &args.action, &cmd_args, target, args.ttl)?;
+            let (matched, summary) = submit(channel, wire, timeout, false, |r| {
+                print_result(&mut std::io::stdout(), r);
+                if r.status == "ok" {
+                    totals.ok.push(r.node.clone());
+                } else {
+                    totals.not_ok.push(r.node.clone());
+                }
+            })
+            .await?;
+            totals.matched = matched;
+            totals.no_answer = summary.no_answer;
+        }
+        print_summary(&mut out, &totals)?;
+        let all_ok = !totals.matched.is_empty() && totals.ok.len() == totals.matched.len();
+        Ok(if all_ok { 0 } else { 2 })
+    })
+}
+
+fn print_summary(out: &mut dyn Write, t: &Totals) -> Result<()> {
+    let skipped = t
+        .matched
+        .len()
+        .saturating_sub(t.ok.len() + t.not_ok.len() + t.no_answer.len());
+    writeln!(
+        out,
+        "summary: {} matched, {} ok, {} failed or refused, {} no answer, {} not run",
+        t.matched.len(),
+        t.ok.len(),
+        t.not_ok.len(),
+        t.no_answer.len(),
+        skipped
+    )?;
+    if t.matched.is_empty() {
+        writeln!(out, "no connected host matched")?;
+    }
+    if !t.not_ok.is_empty() {
+        writeln!(out, "failed: {}", t.not_ok.join(" "))?;
+    }
+    if !t.no_answer.is_empty() {
+        writeln!(out, "no answer: {}", t.no_answer.join(" "))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! Harness for signed orchestration: a real master, real agents running
+//! `troupe-agent listen`, a bastion identity and signing keys, all in the
+//! master's temporary directory.
+//!
+//! ```no_run
+//! use troupe_tests::orch::{Fleet, AgentSpec};
+//! let f = Fleet::start(&[AgentSpec::new("web1").role("web")]);
+//! let out = f.troupe_run(&["ping", "--role", "web"]);
+//! ```
+
+use crate::{Master, Out, Proc, agent_bin, run, troupe_bin, wait_until};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use troupe_command::{ArgValue, FileSigner, KeyId, Signer, TargetFilter};
+use troupe_proto::v1::{CommandResult, SubmitSummary};
+
+/// Passphrase of every test key.
+pub const PASSPHRASE: &str = "correct horse battery";
+
+/// One agent of the fleet.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub name: String,
+    pub role: Option<String>,
+    /// External facts (they appear as `external.KEY`).
+    pub facts: BTreeMap<String, String>,
+}
+
+impl AgentSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            role: None,
+            facts: BTreeMap::new(),
+        }
+    }
+    pub fn role(mut self, r: &str) -> Self {
+        self.role = Some(r.into());
+        self
+    }
+    pub fn fact(mut self, k: &str, v: &str) -> Self {
+        self.facts.insert(k.into(), v.into());
+        self
+    }
+}
+
+/// A signing key on disk (passphrase-protected) and in memory.
+pub struct Key {
+    pub path: PathBuf,
+    pub passphrase_file: PathBuf,
+    pub signer: FileSigner,
+}
+
+impl Key {
+    pub fn id(&self) -> KeyId {
+        self.signer.key_id().clone()
+    }
+}
+
+/// A master, listening agents, a bastion identity, and two keys: `alice`
+/// (trusted by the master and every agent) and `mallory` (trusted by the
+/// master only: what a compromised master's signer list would look like).
+pub struct Fleet {
+    pub master: Master,
+    pub agents: Vec<AgentSpec>,
+    pub alice: Key,
+    pub mallory: Key,
+    /// The bastion's identity directory.
+    pub bastion: PathBuf,
+    procs: Vec<Proc>,
+    rt: tokio::runtime::Runtime,
+}
+
+/// The policy every fleet agent gets: alice may ping, gather facts, use
+/// maintenance and agent.disable/enable; maintenance.on is denied on role
+/// `db`.
+pub const POLICY: &str = r#"
+[[rule]]
+name = "ops"
+effect = "allow"
+signers = ["alice"]
+actions = ["ping", "facts", "maintenance.*", "agent.disable", "agent.enable"]
+
+[[rule]]
+name = "no-maintenance-on-db"
+effect = "deny"
+signers = ["*"]
+actions = ["maintenance.on"]
+roles = ["db"]
+"#;
+
+fn make_key(dir: &std::path::Path, name: &str) -> Key {
+    let signer = FileSigner::generate().expect("generate key");
+    let path = dir.join(format!("{name}.key"));
+    signer
+        .write_encrypted(&path, PASSPHRASE)
+        .expect("write key");
+    let passphrase_file = dir.join(format!("{name}.pass"));
+    std::fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).expect("pass file");
+    Key {
+        path,
+        passphrase_file,
+        signer,
+    }
+}
+
+impl Fleet {
+    /// Starts everything and waits until every agent is attached.
+    pub fn start(specs: &[AgentSpec]) -> Fleet {
+        troupe_pki::tls::install_crypto_provider();
+        let master = Master::start();
+        let keys = master.root.path().join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        let alice = make_key(&keys, "alice");
+        let mallory = make_key(&keys, "mallory");
+        std::fs::write(
+            master.data.join("signers.toml"),
+            format!(
+                "[[signer]]\nname = \"alice\"\nkey = \"{}\"\n\n[[signer]]\nname = \"mallory\"\nkey = \"{}\"\n",
+                alice.id(),
+                mallory.id()
+            ),
+        )
+        .expect("master signers");
+        let bastion = master.root.path().join("bastion");
+        let psk = master.psk("bastion");
+        run(&mut master.bootstrap_command_in("bastion", Some(&psk), &bastion)).assert_success();
+        let mut procs = Vec::new();
+        for a in specs {
+            let psk = master.psk(&a.name);
+            master.bootstrap(&a.name, Some(&psk)).assert_success();
+            let st = master.agent_state(&a.name);
+            let role = a
+                .role
+                .as_ref()
+                .map(|r| format!("role = \"{r}\"\n"))
+                .unwrap_or_default();
+            std::fs::write(
+                st.join("orchestration.toml"),
+                format!(
+                    "{role}\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n{POLICY}",
+                    alice.id()
+                ),
+            )
+            .expect("agent config");
+            let facts_dir = master.root.path().join("facts").join(&a.name);
+            std::fs::create_dir_all(&facts_dir).expect("facts dir");
+            std::fs::write(
+                facts_dir.join("site.json"),
+                serde_json::to_vec(&a.facts).expect("facts"),
+            )
+            .expect("facts file");
+            let log = std::fs::File::create(master.root.path().join(format!("{}.log", a.name)))
+                .expect("agent log");
+            let child = Command::new(agent_bin())
+                .arg("listen")
+                .arg("--server")
+                .arg(&master.url)
+                .arg("--state")
+                .arg(&st)
+                .arg("--facts-dir")
+                .arg(&facts_dir)
+                .args(["--backoff-max", "1s"])
+                .env("TROUPE_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawning troupe-agent listen");
+            procs.push(Proc(child));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let f = Fleet {
+            master,
+            agents: specs.to_vec(),
+            alice,
+            mallory,
+            bastion,
+            procs,
+            rt,
+        };
+        let n = specs.len();
+        wait_until(Duration::from_secs(30), "every agent attached", || {
+            let wire = f.sign(&f.alice, "ping", &[], TargetFilter::default(), 60);
+            f.try_submit(wire, true)
+                .map(|(t, _, _)| t.len() == n)
+                .unwrap_or(false)
+        });
+        f
+    }
+
+    /// An agent's state directory.
+    pub fn state(&self, name: &str) -> PathBuf {
+        self.master.agent_state(name)
+    }
+
+    /// An agent's log.
+    pub fn agent_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.master.root.path().join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// An agent's orchestration audit log (text).
+    pub fn agent_audit(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state(name).join("orchestration-audit.log"))
+            .unwrap_or_default()
+    }
+
+    /// The master's orchestration audit log (text).
+    pub fn master_audit(&self) -> String {
+        std::fs::read_to_string(self.master.data.join("orchestration-audit.log"))
+            .unwrap_or_default()
+    }
+
+    /// Signs a command with `key` (string arguments).
+    pub fn sign(
+        &self,
+        key: &Key,
+        action: &str,
+        args: &[(&str, ArgValue)],
+        target: TargetFilter,
+        ttl: i64,
+    ) -> Vec<u8> {
+        self.sign_at(
+            key,
+            action,
+            args,
+            target,
+            troupe_command::verify::unix_now(),
+            ttl,
+        )
+    }
+
+    /// Signs a command issued at `now`.
+    pub fn sign_at(
+        &self,
+        key: &Key,
+        action: &str,
+        args: &[(&str, ArgValue)],
+        target: TargetFilter,
+        now: i64,
+        ttl: i64,
+    ) -> Vec<u8> {
+        let args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let mut signer = FileSigner::load(&key.path, PASSPHRASE).expect("load key");
+        let cmd = troupe_command::Command::new(key.id(), action, args, target, now, ttl)
+            .expect("command");
+        cmd.sign(&mut signer as &mut dyn Signer)
+            .expect("sign")
+            .to_wire()
+    }
+
+    /// Submits an envelope as the bastion (in process).
+    pub fn try_submit(
+        &self,
+        wire: Vec<u8>,
+        dry_run: bool,
+    ) -> anyhow::Result<(Vec<String>, Vec<CommandResult>, SubmitSummary)> {
+        self.rt.block_on(async {
+            let id = troupe_agent::identity::Identity::load(&self.bastion)?;
+            let ch = id.connect(&self.master.url).await?;
+            let mut results = Vec::new();
+            let (t, s) =
+                troupe_master::run_cli::submit(ch, wire, Duration::from_secs(10), dry_run, |r| {
+                    results.push(r.clone())
+                })
+                .await?;
+            Ok((t, results, s))
+        })
+    }
+
+    /// Submits and expects the master to relay; returns results by node.
+    pub fn submit(
+        &self,
+        wire: Vec<u8>,
+    ) -> (Vec<String>, BTreeMap<String, CommandResult>, SubmitSummary) {
+        let (t, r, s) = self.try_submit(wire, false).expect("submit");
+        (t, r.into_iter().map(|r| (r.node.clone(), r)).collect(), s)
+    }
+
+    /// Runs `troupe run ARGS --server .. --identity .. --key alice`.
+    pub fn troupe_run(&self, args: &[&str]) -> Out {
+        run(Command::new(troupe_bin())
+            .arg("run")
+            .args(args)
+            .arg("--server")
+            .arg(&self.master.url)
+            .arg("--identity")
+            .arg(&self.bastion)
+            .arg("--key")
+            .arg(&self.alice.path)
+            .arg("--passphrase-file")
+            .arg(&self.alice.passphrase_file))
+    }
+
+    /// Runs `troupe audit verify FILE`.
+    pub fn audit_verify(&self, file: &std::path::Path) -> Out {
+        run(Command::new(troupe_bin())
+            .args(["audit", "verify"])
+            .arg(file))
+    }
+
+    /// Stops the agents' processes.
+    pub fn stop_agents(&mut self) {
+        self.procs.clear();
+    }
+}
