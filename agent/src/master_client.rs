@@ -148,6 +148,23 @@ impl MasterClient {
             )))
     }
 
+    /// Refreshes the CRL and renews the certificate when a third of its
+    /// life is left. Failures are logged, not fatal: the run goes on with
+    /// the current certificate (or falls back to the cache).
+    pub fn maintain_identity(&mut self) {
+        match self
+            .rt
+            .block_on(crate::renew::maintain(&self.state_dir, &self.server, false))
+        {
+            Ok(crate::renew::RenewOutcome::Renewed { serial, .. }) => {
+                tracing::info!(%serial, "certificate renewed");
+                self.channel = None;
+            }
+            Ok(crate::renew::RenewOutcome::NotDue { .. }) => {}
+            Err(e) => tracing::warn!("certificate maintenance failed: {e:#}"),
+        }
+    }
+
     /// Fetches a file body referenced by this node's current catalog.
     pub fn content(&mut self, sha256: &str) -> Result<Vec<u8>> {
         let hash = sha256.to_owned();
@@ -180,6 +197,10 @@ fn is_transport(s: &tonic::Status) -> bool {
 impl CatalogSource for MasterClient {
     fn describe(&self) -> String {
         format!("master:{}", self.server)
+    }
+
+    fn before_run(&mut self) {
+        self.maintain_identity();
     }
 
     fn fetch(&mut self, facts: &serde_json::Value, cached_hash: Option<&str>) -> Result<Fetched> {

@@ -51,8 +51,14 @@ pub struct Args {
     pub state: PathBuf,
     /// Catalog JSON file to converge. Without it (and until a master is
     /// configured) the cached last good catalog is used.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "server")]
     pub catalog: Option<PathBuf>,
+    /// The master, e.g. https://puppet.example.com:8140: fetch the catalog
+    /// from it over mutual TLS (identity from `troupe-agent bootstrap`) and
+    /// send it the report. When it cannot be reached the cached catalog is
+    /// converged and the report is queued until it can.
+    #[arg(long, env = "TROUPE_SERVER")]
+    pub server: Option<String>,
     /// Directory of external facts.
     #[arg(long, default_value = facts::DEFAULT_FACTS_DIR)]
     pub facts_dir: PathBuf,
@@ -91,6 +97,19 @@ impl CatalogSource for NoSource {
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    if let Some(server) = &args.server {
+        troupe_pki::tls::install_crypto_provider();
+        let retry = crate::master_client::Retry::default();
+        let mut source =
+            crate::master_client::MasterClient::new(server, args.state.clone(), retry.clone())?;
+        let mut sink = crate::master_client::MasterClient::new(server, args.state.clone(), retry)?;
+        if args.once {
+            source.before_run();
+            let r = run_once(&args, &mut source, Some(&mut sink))?;
+            return Ok(r.exit_code() as u8);
+        }
+        return daemon(&args, &mut source, Some(&mut sink));
+    }
     let mut source: Box<dyn CatalogSource> = match &args.catalog {
         Some(p) => Box::new(FileSource(p.clone())),
         None => Box::new(NoSource),
@@ -99,10 +118,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let r = run_once(&args, source.as_mut(), None)?;
         return Ok(r.exit_code() as u8);
     }
-    daemon(&args, source.as_mut())
+    daemon(&args, source.as_mut(), None)
 }
 
-fn daemon(args: &Args, source: &mut dyn CatalogSource) -> anyhow::Result<u8> {
+fn daemon(
+    args: &Args,
+    source: &mut dyn CatalogSource,
+    mut sink: Option<&mut dyn ReportSink>,
+) -> anyhow::Result<u8> {
     tracing::info!(
         interval = args.interval,
         splay = args.splay,
@@ -113,7 +136,9 @@ fn daemon(args: &Args, source: &mut dyn CatalogSource) -> anyhow::Result<u8> {
         if args.splay > 0 {
             std::thread::sleep(Duration::from_secs(fastrand::u64(0..=args.splay)));
         }
-        match run_once(args, source, None) {
+        source.before_run();
+        let this_run = sink.as_mut().map(|s| &mut **s as &mut dyn ReportSink);
+        match run_once(args, source, this_run) {
             Ok(r) => {
                 let (u, c, f, s) = r.counts();
                 tracing::info!(

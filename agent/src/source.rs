@@ -27,6 +27,9 @@ pub trait CatalogSource {
         facts: &serde_json::Value,
         cached_hash: Option<&str>,
     ) -> anyhow::Result<Fetched>;
+    /// Called before each run, outside the run lock: the master client
+    /// refreshes the CRL and renews the certificate when due.
+    fn before_run(&mut self) {}
 }
 
 /// A catalog JSON file as written by `Catalog::to_canonical_json`.

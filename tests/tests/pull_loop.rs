@@ -39,7 +39,11 @@ role = "base"
     )
     .unwrap();
     std::fs::write(env.join("roles/base.toml"), "include = [\"motd\"]\n").unwrap();
-    std::fs::write(env.join("roles/web.toml"), "include = [\"motd\", \"www\"]\n").unwrap();
+    std::fs::write(
+        env.join("roles/web.toml"),
+        "include = [\"motd\", \"www\"]\n",
+    )
+    .unwrap();
     std::fs::write(
         env.join("profiles/motd.toml"),
         r#"[params]
@@ -106,9 +110,13 @@ impl Fleet {
         }
     }
 
+    /// The host's sandbox root, with the top-level directories a real root
+    /// has (the agent never invents unmanaged parent directories).
     fn root(&self, host: &str) -> PathBuf {
         let r = self.m.root.path().join("roots").join(host);
-        std::fs::create_dir_all(&r).unwrap();
+        for d in ["etc", "srv"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
         r
     }
 
@@ -163,7 +171,12 @@ fn agents_converge_from_the_master_and_show_in_nodes() {
     let f = Fleet::start(&["web1", "web2", "db1"]);
     for h in ["web1", "web2", "db1"] {
         let (out, report) = f.converge(h);
-        assert_eq!(out.code, Some(2), "first run changes things: {}", out.stderr);
+        assert_eq!(
+            out.code,
+            Some(2),
+            "first run changes things: {}",
+            out.stderr
+        );
         assert_eq!(report["from_cache"], false);
         assert_eq!(counts(&report).1, 0, "no failures: {report}");
         let motd = std::fs::read_to_string(f.root(h).join("etc/motd")).unwrap();
@@ -229,7 +242,9 @@ fn module_changes_are_picked_up_and_a_broken_tree_keeps_the_last_good_one() {
     std::fs::write(&data, "[motd]\nbanner = \"Changed\"\n").unwrap();
     touch_later(&data);
     wait_until(Duration::from_secs(10), "the new code to go live", || {
-        f.troupe(&["env", "status", "--json"]).stdout.contains("\"generation\": 2")
+        f.troupe(&["env", "status", "--json"])
+            .stdout
+            .contains("\"generation\": 2")
     });
     let (out, report) = f.converge("web1");
     assert_eq!(out.code, Some(2), "{}", out.stderr);
@@ -328,7 +343,12 @@ fn master_restart_loses_nothing_and_offline_runs_are_reported_later() {
     f.m.restart(&f.opts);
     f.troupe(&["report", "web1", &first_run]).assert_success();
     let (out, _) = f.converge("web1");
-    assert_eq!(out.code, Some(0), "the agent's certificate still works: {}", out.stderr);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "the agent's certificate still works: {}",
+        out.stderr
+    );
 
     // Master down: the agent converges from its cached catalog (repairing
     // drift) and says so.
