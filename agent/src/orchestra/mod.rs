@@ -325,3 +325,148 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+
+    struct T {
+        _dir: tempfile::TempDir,
+        state: PathBuf,
+        handler: Arc<Handler>,
+        alice: FileSigner,
+    }
+
+    fn setup(extra: &str) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let alice = FileSigner::generate().unwrap();
+        let cfg = OrchestraConfig::from_toml(&format!(
+            "{extra}\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n[[rule]]\neffect = \"allow\"\nsigners = [\"alice\"]\nactions = [\"*\"]\n",
+            alice.key_id()
+        ))
+        .unwrap();
+        let handler = Handler::new(
+            &state,
+            "web1",
+            cfg,
+            &serde_json::json!({}),
+            dir.path().join("facts.d"),
+        )
+        .unwrap();
+        T {
+            _dir: dir,
+            state,
+            handler: Arc::new(handler),
+            alice,
+        }
+    }
+
+    fn wire(signer: &mut FileSigner, action: &str, args: &[(&str, &str)]) -> Vec<u8> {
+        let args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), ArgValue::Str(v.to_string())))
+            .collect();
+        troupe_command::Command::new(
+            signer.key_id().clone(),
+            action,
+            args,
+            TargetFilter::default(),
+            unix_now(),
+            60,
+        )
+        .unwrap()
+        .sign(signer as &mut dyn Signer)
+        .unwrap()
+        .to_wire()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn forged_signature_is_refused_audited_and_not_run() {
+        let mut t = setup("");
+        let mut w = wire(&mut t.alice, "maintenance.on", &[("message", "x")]);
+        let n = w.len();
+        w[n - 1] ^= 0x80;
+        let r = rt().block_on(t.handler.handle(w));
+        assert_eq!(r.status, "bad_signature");
+        assert_eq!(r.command_id.len(), 16);
+        assert!(!t.state.join(actions::MAINTENANCE_FILE).exists());
+        let audit = std::fs::read_to_string(t.state.join(AUDIT_FILE)).unwrap();
+        assert!(audit.contains("\"outcome\":\"bad_signature\""), "{audit}");
+        // Garbage is refused as malformed, and audited too.
+        let r = rt().block_on(t.handler.handle(b"garbage".to_vec()));
+        assert_eq!(r.status, "malformed");
+        let audit = std::fs::read_to_string(t.state.join(AUDIT_FILE)).unwrap();
+        assert!(audit.contains("\"outcome\":\"malformed\""), "{audit}");
+    }
+
+    #[test]
+    fn disable_enable_and_maintenance_markers() {
+        let mut t = setup("");
+        let rt = rt();
+        let r = rt.block_on(t.handler.handle(wire(
+            &mut t.alice,
+            "agent.disable",
+            &[("message", "release 7")],
+        )));
+        assert_eq!(r.status, "ok", "{r:?}");
+        let d = crate::state::disabled(&t.state).expect("disabled");
+        assert_eq!(d.reason, "release 7");
+        let r = rt.block_on(t.handler.handle(wire(&mut t.alice, "agent.enable", &[])));
+        assert_eq!(r.status, "ok");
+        assert!(crate::state::disabled(&t.state).is_none());
+        let r = rt.block_on(t.handler.handle(wire(&mut t.alice, "agent.run", &[])));
+        assert_eq!(r.status, "failed");
+        assert!(r.message.contains("not supported"), "{}", r.message);
+    }
+
+    /// A stand-in for HAProxy's runtime API on a unix socket: records the
+    /// line it gets, answers like HAProxy (empty line = success).
+    fn fake_haproxy(path: &Path, reply: &'static str) -> std::thread::JoinHandle<String> {
+        use std::io::{BufRead, Write};
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(reply.as_bytes()).unwrap();
+            line
+        })
+    }
+
+    #[test]
+    fn lb_drain_and_restore_speak_the_haproxy_runtime_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("haproxy.sock");
+        let mut t = setup(&format!("haproxy_socket = \"{}\"", sock.display()));
+        let rt = rt();
+        let srv = fake_haproxy(&sock, "\n");
+        let r = rt.block_on(t.handler.handle(wire(
+            &mut t.alice,
+            "lb.drain",
+            &[("backend", "www")],
+        )));
+        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(srv.join().unwrap(), "set server www/web1 state drain\n");
+        std::fs::remove_file(&sock).unwrap();
+        let srv = fake_haproxy(&sock, "No such server.\n");
+        let r = rt.block_on(t.handler.handle(wire(
+            &mut t.alice,
+            "lb.restore",
+            &[("backend", "www"), ("server", "other")],
+        )));
+        assert_eq!(srv.join().unwrap(), "set server www/other state ready\n");
+        assert_eq!(r.status, "failed");
+        assert!(r.message.contains("No such server"), "{}", r.message);
+    }
+}
