@@ -185,14 +185,23 @@ impl Fleet {
             procs,
             rt,
         };
-        let n = specs.len();
-        wait_until(Duration::from_secs(30), "every agent attached", || {
-            let wire = f.sign(&f.alice, "ping", &[], TargetFilter::default(), 60);
-            f.try_submit(wire, true)
+        f.wait_attached(specs.len());
+        f
+    }
+
+    /// Waits until exactly `n` agents are attached to the master.
+    pub fn wait_attached(&self, n: usize) {
+        wait_until(Duration::from_secs(30), "agents attached", || {
+            let wire = self.sign(&self.alice, "ping", &[], TargetFilter::default(), 60);
+            self.try_submit(wire, true)
                 .map(|(t, _, _)| t.len() == n)
                 .unwrap_or(false)
         });
-        f
+    }
+
+    /// Runs a future on the fleet's runtime.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
     }
 
     /// An agent's state directory.

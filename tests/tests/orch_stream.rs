@@ -1,0 +1,45 @@
+//! The agents' command stream: reconnection after a master restart, and
+//! hosts that are connected but do not answer.
+
+use troupe_proto::v1::orchestration_client::OrchestrationClient;
+use troupe_proto::v1::{AgentHello, AgentMessage, agent_message};
+use troupe_tests::MasterOptions;
+use troupe_tests::orch::{AgentSpec, Fleet};
+
+#[test]
+fn agents_reconnect_after_a_master_restart() {
+    let mut f = Fleet::start(&[AgentSpec::new("web1"), AgentSpec::new("web2")]);
+    f.master.restart(&MasterOptions::default());
+    f.wait_attached(2);
+    let out = f.troupe_run(&["ping"]);
+    out.assert_success();
+    assert!(out.stdout.contains("2 matched, 2 ok"), "{out:?}");
+}
+
+#[test]
+fn a_silent_host_is_reported_as_not_answering() {
+    let f = Fleet::start(&[AgentSpec::new("web1")]);
+    // "mute1" attaches with a real certificate but never answers.
+    let psk = f.master.psk("mute1");
+    f.master.bootstrap("mute1", Some(&psk)).assert_success();
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(4);
+    let _held = f.block_on(async {
+        let ch = f.master.agent_channel("mute1").await.unwrap();
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(AgentHello::default())),
+        })
+        .await
+        .unwrap();
+        OrchestrationClient::new(ch)
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    f.wait_attached(2);
+    let out = f.troupe_run(&["ping", "--timeout", "2s"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stdout.contains("2 matched, 1 ok"), "{out:?}");
+    assert!(out.stdout.contains("no answer: mute1"), "{out:?}");
+    assert!(f.master_audit().contains("\"outcome\":\"no_answer\""));
+}
