@@ -99,7 +99,7 @@ fn duplicate_declaration_names_both_places() {
     assert_eq!(e.kind(), ErrorKind::Duplicate);
     let s = e.to_string();
     assert!(s.contains("file[/etc/motd] is declared twice"), "{s}");
-    assert!(s.contains(&format!("{P}/profiles/base.toml:12:")), "{s}");
+    assert!(s.contains(&format!("{P}/profiles/banner.toml:19:")), "{s}");
     assert!(s.contains(&format!("{P}/profiles/dup.toml:3:")), "{s}");
 }
 
@@ -491,7 +491,7 @@ fn classification_derives_number_and_zone() {
             &facts("debian12"),
         )
         .unwrap();
-    assert_eq!((c.role.as_str(), c.number, c.zone), ("base", None, None));
+    assert_eq!((c.role.as_str(), c.number, c.zone), ("bastion", None, None));
     let c = tree
         .classify(
             "db12.dev.example.com",

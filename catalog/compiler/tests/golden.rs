@@ -1,12 +1,30 @@
-//! Golden catalogs: the shipped roles compiled for Debian 12, Ubuntu 22.04,
-//! Ubuntu 24.04 and Rocky 9. Regenerate after a reviewed change with
+//! Golden catalogs: every shipped role compiled for Debian 12, Ubuntu 22.04,
+//! Ubuntu 24.04, Rocky 9 and AlmaLinux 9. Regenerate after a reviewed change with
 //! `TROUPE_BLESS=1 cargo test -p troupe-compiler --test golden`.
 
 mod common;
 
 use troupe_catalog::{Catalog, Kind};
 
-const DISTROS: &[&str] = &["debian12", "ubuntu2204", "ubuntu2404", "rocky9"];
+const DISTROS: &[&str] = &["debian12", "ubuntu2204", "ubuntu2404", "rocky9", "alma9"];
+
+fn rhel(distro: &str) -> bool {
+    matches!(distro, "rocky9" | "alma9")
+}
+
+fn body(cat: &Catalog, id: &str) -> String {
+    let Kind::File {
+        content: Some(cr), ..
+    } = &res(cat, id).kind
+    else {
+        panic!("{id} has no content")
+    };
+    String::from_utf8(cat.contents[&cr.sha256].bytes().unwrap()).unwrap()
+}
+
+fn has(cat: &Catalog, id: &str) -> bool {
+    cat.resources.iter().any(|r| r.id.0 == id)
+}
 
 fn check(role: &str, host: &str, distro: &str) -> Catalog {
     let tree = common::shipped();
@@ -65,7 +83,7 @@ fn golden_base() {
         let cat = check("base", "mon2.example.com", d);
         // SSH hardening is there, validated, and restarts the right service.
         let sshd = res(&cat, "file[/etc/ssh/sshd_config]");
-        let svc = if *d == "rocky9" {
+        let svc = if rhel(d) {
             "service[sshd]"
         } else {
             "service[ssh]"
@@ -76,25 +94,89 @@ fn golden_base() {
         );
         assert!(pos(&cat, svc) > pos(&cat, "file[/etc/ssh/sshd_config]"));
         // Zone data: mon2 is in zone 2.
-        let chrony = if *d == "rocky9" {
+        let chrony = if rhel(d) {
             "file[/etc/chrony.conf]"
         } else {
             "file[/etc/chrony/chrony.conf]"
         };
-        let c = res(&cat, chrony);
-        let Kind::File {
-            content: Some(cr), ..
-        } = &c.kind
-        else {
-            panic!()
-        };
-        let body = cat.contents[&cr.sha256].bytes().unwrap();
-        assert!(
-            String::from_utf8(body)
-                .unwrap()
-                .contains("pool ntp2.example.com iburst")
-        );
+        assert!(body(&cat, chrony).contains("pool ntp2.example.com iburst"));
         assert!(cat.resources.iter().all(|r| !r.sensitive));
+
+        // Hardened sshd: no root, no passwords, only the managed keys.
+        let cfg = body(&cat, "file[/etc/ssh/sshd_config]");
+        for line in [
+            "PermitRootLogin no",
+            "PasswordAuthentication no",
+            "AuthenticationMethods publickey",
+            "AllowGroups admins",
+            "AllowTcpForwarding no",
+            "Banner /etc/issue.net",
+        ] {
+            assert!(cfg.lines().any(|l| l == line), "{d}: {line} missing");
+        }
+        assert!(
+            !cfg.contains("Include /etc/ssh/sshd_config.d"),
+            "{d}: drop-ins could re-enable passwords"
+        );
+        assert_eq!(
+            cfg.contains("Include /etc/crypto-policies/back-ends/opensshserver.config"),
+            rhel(d)
+        );
+        // sudo for admins, validated by visudo.
+        assert!(matches!(
+            &res(&cat, "file[/etc/sudoers.d/troupe-admins]").kind,
+            Kind::File { validate: Some(v), mode: Some(0o440), .. } if v[0] == "/usr/sbin/visudo"
+        ));
+        // Firewall: ufw or firewalld, ssh open, enabled only after the rule.
+        if rhel(d) {
+            assert!(!has(&cat, "package[ufw]"));
+            let z = body(&cat, "file[/etc/firewalld/zones/public.xml]");
+            assert!(z.contains(r#"<port protocol="tcp" port="22"/>"#));
+            assert_eq!(z.matches("<port ").count(), 1, "{d}: only ssh on base");
+            assert!(pos(&cat, "exec[firewalld-reload]") > pos(&cat, "service[firewalld]"));
+        } else {
+            assert!(!has(&cat, "package[firewalld]"));
+            assert!(pos(&cat, "exec[ufw-allow-ssh]") < pos(&cat, "exec[ufw-enable]"));
+            assert!(!has(&cat, "exec[ufw-allow-http]"));
+        }
+        // fail2ban bans through the right firewall.
+        let jail = body(&cat, "file[/etc/fail2ban/jail.d/troupe-sshd.local]");
+        let banaction = if rhel(d) {
+            "banaction = firewallcmd-rich-rules"
+        } else {
+            "banaction = ufw"
+        };
+        assert!(jail.contains(banaction) && jail.contains("[sshd]\nenabled = true"));
+        assert_eq!(has(&cat, "package[epel-release]"), rhel(d));
+        // Automatic security updates.
+        if rhel(d) {
+            assert!(
+                body(&cat, "file[/etc/dnf/automatic.conf]").contains("upgrade_type = security")
+            );
+            res(&cat, "service[dnf-automatic.timer]");
+        } else {
+            let u = body(
+                &cat,
+                "file[/etc/apt/apt.conf.d/52troupe-unattended-upgrades]",
+            );
+            assert!(u.contains("-security"), "{d}: {u}");
+            res(&cat, "file[/etc/apt/apt.conf.d/20auto-upgrades]");
+        }
+        // sysctl hardening, applied when it changes.
+        let sysctl = body(&cat, "file[/etc/sysctl.d/60-troupe-hardening.conf]");
+        assert!(sysctl.contains("net.ipv4.conf.all.accept_redirects = 0"));
+        assert!(sysctl.contains("net.ipv4.tcp_syncookies = 1"));
+        assert!(
+            pos(&cat, "exec[sysctl-apply]")
+                > pos(&cat, "file[/etc/sysctl.d/60-troupe-hardening.conf]")
+        );
+        // Banner, no ClamAV by default, the agent manages itself.
+        assert!(body(&cat, "file[/etc/issue.net]").contains("Authorised access only"));
+        assert!(!has(&cat, "package[clamav]"));
+        let orch = body(&cat, "file[/etc/troupe/orchestration.toml]");
+        assert!(orch.contains("role = \"base\"") && orch.contains("[[signer]]"));
+        assert!(!orch.contains("haproxy_socket"));
+        res(&cat, "service[troupe-agent]");
     }
 }
 
@@ -118,6 +200,110 @@ fn golden_web() {
             "role-level data merged deep: {pkgs:?}"
         );
         assert!(pkgs.contains(&"curl"));
+        // TLS: the host's certificate copied for nginx before nginx.conf is
+        // validated, the key 0600.
+        let key = "file[/etc/nginx/tls/key.pem]";
+        assert!(matches!(
+            &res(&cat, key).kind,
+            Kind::File {
+                mode: Some(0o600),
+                content: None,
+                ..
+            }
+        ));
+        assert!(pos(&cat, "exec[tls-nginx-key]") < pos(&cat, "file[/etc/nginx/nginx.conf]"));
+        assert!(pos(&cat, "exec[tls-nginx-cert]") < pos(&cat, "service[nginx]"));
+        let Kind::Exec {
+            command, unless, ..
+        } = &res(&cat, "exec[tls-nginx-key]").kind
+        else {
+            panic!()
+        };
+        assert_eq!(command[0], "/usr/bin/install");
+        assert_eq!(unless.as_ref().unwrap()[0], "/usr/bin/cmp");
+        let www = body(&cat, "file[/etc/nginx/conf.d/www.conf]");
+        assert!(
+            www.contains("listen 443 ssl;")
+                && www.contains("ssl_certificate_key /etc/nginx/tls/key.pem;")
+        );
+        // Local HAProxy to the databases: web4 is in zone 1, as is db1.
+        let h = body(&cat, "file[/etc/haproxy/haproxy.cfg]");
+        assert!(h.contains("bind 127.0.0.1:5432"));
+        assert!(h.contains("server db1.example.com db1.example.com:5432 check\n"));
+        assert!(h.contains("server db2.example.com db2.example.com:5432 check backup\n"));
+        assert!(h.contains("server db3.example.com db3.example.com:5432 check backup\n"));
+        // Ports 80 and 443 opened.
+        if rhel(d) {
+            assert!(body(&cat, "file[/etc/firewalld/zones/public.xml]").contains(r#"port="443""#));
+        } else {
+            res(&cat, "exec[ufw-allow-https]");
+        }
+    }
+}
+
+#[test]
+fn golden_lb() {
+    for d in DISTROS {
+        let cat = check("lb", "lb2.example.com", d);
+        let h = body(&cat, "file[/etc/haproxy/haproxy.cfg]");
+        assert!(h.contains("bind 0.0.0.0:443"));
+        // lb2 is in zone 2: web2 and web5 primary, the rest backup.
+        for n in 1..=6 {
+            let primary = n % 3 == 2;
+            let line = format!(
+                "server web{n}.example.com web{n}.example.com:443 check check-ssl verify required ca-file /etc/haproxy/tls/ca.pem{}\n",
+                if primary { "" } else { " backup" }
+            );
+            assert!(h.contains(&line), "{d}: {line}");
+        }
+        assert!(pos(&cat, "exec[tls-haproxy-ca]") < pos(&cat, "file[/etc/haproxy/haproxy.cfg]"));
+        res(&cat, "file[/etc/haproxy/tls/cert.pem.key]");
+        let sock = if rhel(d) {
+            "/var/lib/haproxy/admin.sock"
+        } else {
+            "/run/haproxy/admin.sock"
+        };
+        assert!(h.contains(&format!("stats socket {sock} ")));
+        let orch = body(&cat, "file[/etc/troupe/orchestration.toml]");
+        assert!(orch.contains(&format!("haproxy_socket = \"{sock}\"")));
+    }
+}
+
+#[test]
+fn golden_bastion() {
+    for d in DISTROS {
+        let cat = check("bastion", "bastion.example.com", d);
+        let cfg = body(&cat, "file[/etc/ssh/sshd_config]");
+        assert!(cfg.contains("AllowTcpForwarding yes\n"));
+        assert!(cfg.contains("PasswordAuthentication no\n"));
+        // ClamAV turned on through data.
+        res(&cat, "package[clamav]");
+        let fresh = if rhel(d) {
+            "package[clamav-update]"
+        } else {
+            "package[clamav-freshclam]"
+        };
+        res(&cat, fresh);
+        res(&cat, "cron[troupe-clamscan]");
+        // No number in the name: no zone line in the motd.
+        assert!(!body(&cat, "file[/etc/motd]").contains("zone:"));
+    }
+}
+
+#[test]
+fn golden_proxy() {
+    for d in DISTROS {
+        let cat = check("proxy", "proxy1.example.com", d);
+        let squid = res(&cat, "file[/etc/squid/squid.conf]");
+        assert!(
+            matches!(&squid.kind, Kind::File { validate: Some(v), .. } if v[..3] == ["/usr/sbin/squid", "-k", "parse"])
+        );
+        let conf = body(&cat, "file[/etc/squid/squid.conf]");
+        assert!(conf.contains("acl whitelist dstdomain .debian.org\n"));
+        assert!(conf.contains("http_access allow clients whitelist\nhttp_access allow localhost whitelist\nhttp_access deny all\n"));
+        if !rhel(d) {
+            res(&cat, "exec[ufw-allow-squid]");
+        }
     }
 }
 
@@ -135,13 +321,44 @@ fn golden_db_with_secret() {
         };
         let body = String::from_utf8(cat.contents[&cr.sha256].bytes().unwrap()).unwrap();
         assert!(body.contains("PASSWORD 'example-db-password-prod'"));
+        // The key for PostgreSQL: root:ssl-cert 0640 on Debian, postgres 0600 on RHEL.
+        let Kind::File {
+            owner, group, mode, ..
+        } = &res(&cat, "file[/etc/postgresql-tls/key.pem]").kind
+        else {
+            panic!()
+        };
+        if rhel(d) {
+            assert_eq!(
+                (owner.as_deref(), group.as_deref(), *mode),
+                (Some("postgres"), Some("postgres"), Some(0o600))
+            );
+        } else {
+            assert_eq!(
+                (owner.as_deref(), group.as_deref(), *mode),
+                (Some("root"), Some("ssl-cert"), Some(0o640))
+            );
+        }
+        assert!(pos(&cat, "exec[tls-postgresql-key]") < pos(&cat, "service[postgresql]"));
+        let conf_dir = match *d {
+            "debian12" => "/etc/postgresql/15/main",
+            "ubuntu2204" => "/etc/postgresql/14/main",
+            "ubuntu2404" => "/etc/postgresql/16/main",
+            _ => "/var/lib/pgsql/data",
+        };
+        let hba = self::body(&cat, &format!("file[{conf_dir}/pg_hba.conf]"));
+        assert!(
+            self::body(&cat, &format!("file[{conf_dir}/conf.d/50-troupe.conf]"))
+                .contains("ssl_key_file = '/etc/postgresql-tls/key.pem'")
+        );
+        assert!(hba.contains("hostssl app"));
         // Only resources that hold the secret are sensitive.
         assert_eq!(cat.sensitive_ids().len(), 1);
         let initdb = cat
             .resources
             .iter()
             .any(|r| r.id.0 == "exec[postgresql-initdb]");
-        assert_eq!(initdb, *d == "rocky9");
+        assert_eq!(initdb, rhel(d));
     }
 }
 
