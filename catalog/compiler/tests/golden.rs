@@ -232,6 +232,8 @@ fn golden_web() {
         assert!(h.contains("server db1.example.com db1.example.com:5432 check\n"));
         assert!(h.contains("server db2.example.com db2.example.com:5432 check backup\n"));
         assert!(h.contains("server db3.example.com db3.example.com:5432 check backup\n"));
+        // SELinux lets HAProxy reach PostgreSQL on RHEL.
+        assert_eq!(has(&cat, "exec[selinux-haproxy-connect-any]"), rhel(d));
         // Ports 80 and 443 opened.
         if rhel(d) {
             assert!(body(&cat, "file[/etc/firewalld/zones/public.xml]").contains(r#"port="443""#));
