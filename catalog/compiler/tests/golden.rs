@@ -354,6 +354,16 @@ fn golden_db_with_secret() {
                 .contains("ssl_key_file = '/etc/postgresql-tls/key.pem'")
         );
         assert!(hba.contains("hostssl app"));
+        // No internet access: packages through the egress proxy.
+        let proxy = if rhel(d) {
+            self::body(&cat, "file[/etc/dnf/dnf.conf]")
+        } else {
+            self::body(&cat, "file[/etc/apt/apt.conf.d/95troupe-proxy]")
+        };
+        assert!(
+            proxy.contains("http://proxy1.example.com:3128"),
+            "{d}: {proxy}"
+        );
         // Only resources that hold the secret are sensitive.
         assert_eq!(cat.sensitive_ids().len(), 1);
         let initdb = cat
