@@ -16,6 +16,7 @@ pub mod ca_service;
 pub mod catalog_service;
 pub mod code;
 pub mod daemon;
+pub mod deploy_cli;
 pub mod fleet_cli;
 pub mod logging;
 pub mod metrics;

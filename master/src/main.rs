@@ -52,6 +52,9 @@ enum Cmd {
     Audit(troupe_command::cli::AuditArgs),
     /// Run a signed command on the matching hosts (from the bastion).
     Run(troupe_master::run_cli::RunArgs),
+    /// Roll a release (RELEASE.toml) out host by host or batch by batch,
+    /// stopping at the first failure.
+    Deploy(troupe_master::deploy_cli::DeployArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
         Cmd::Key(args) => troupe_command::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
         Cmd::Run(args) => troupe_master::run_cli::run(args),
+        Cmd::Deploy(args) => troupe_master::deploy_cli::run(args),
         Cmd::Audit(args) => {
             troupe_command::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
         }

@@ -109,6 +109,15 @@ fn make_key(dir: &std::path::Path, name: &str) -> Key {
 impl Fleet {
     /// Starts everything and waits until every agent is attached.
     pub fn start(specs: &[AgentSpec]) -> Fleet {
+        Fleet::start_with(specs, |_, _| String::new())
+    }
+
+    /// Like [`Fleet::start`], appending `extra(spec, state_dir)` to each
+    /// agent's orchestration.toml (more rules, `[tools]`...).
+    pub fn start_with(
+        specs: &[AgentSpec],
+        extra: impl Fn(&AgentSpec, &std::path::Path) -> String,
+    ) -> Fleet {
         troupe_pki::tls::install_crypto_provider();
         let master = Master::start();
         let keys = master.root.path().join("keys");
@@ -140,8 +149,9 @@ impl Fleet {
             std::fs::write(
                 st.join("orchestration.toml"),
                 format!(
-                    "{role}\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n{POLICY}",
-                    alice.id()
+                    "{role}\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n{POLICY}\n{}",
+                    alice.id(),
+                    extra(a, &st)
                 ),
             )
             .expect("agent config");
@@ -298,8 +308,13 @@ impl Fleet {
 
     /// Runs `troupe run ARGS --server .. --identity .. --key alice`.
     pub fn troupe_run(&self, args: &[&str]) -> Out {
+        self.troupe("run", args)
+    }
+
+    /// Runs `troupe SUBCOMMAND ARGS --server .. --identity .. --key alice`.
+    pub fn troupe(&self, sub: &str, args: &[&str]) -> Out {
         run(Command::new(troupe_bin())
-            .arg("run")
+            .arg(sub)
             .args(args)
             .arg("--server")
             .arg(&self.master.url)

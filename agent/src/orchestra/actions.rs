@@ -23,6 +23,8 @@ pub struct ExecContext {
     pub node: String,
     pub facts_dir: PathBuf,
     pub haproxy_socket: Option<PathBuf>,
+    /// Program paths from the configuration (else the system's).
+    pub tools: super::config::Tools,
 }
 
 /// The result of one action.
@@ -110,13 +112,13 @@ pub async fn execute(ctx: &ExecContext, v: &Verified) -> Outcome {
             let Some(name) = str_arg(args, "name") else {
                 return Outcome::failed("missing argument name");
             };
-            package(action, name, str_arg(args, "version")).await
+            package(&ctx.tools, action, name, str_arg(args, "version")).await
         }
         "service.status" | "service.start" | "service.stop" | "service.restart" => {
             let Some(name) = str_arg(args, "name") else {
                 return Outcome::failed("missing argument name");
             };
-            service(action.trim_start_matches("service."), name).await
+            service(&ctx.tools, action.trim_start_matches("service."), name).await
         }
         "lb.drain" | "lb.restore" => {
             let Some(backend) = str_arg(args, "backend") else {
@@ -194,19 +196,34 @@ async fn run_argv(
     ))
 }
 
-fn which(prog: &str) -> bool {
+/// The configured path of a program, else the first of the system
+/// directories holding it.
+fn tool(configured: &Option<PathBuf>, prog: &str) -> Option<String> {
+    if let Some(p) = configured {
+        return Some(p.to_string_lossy().into_owned());
+    }
     ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
         .iter()
-        .any(|d| Path::new(d).join(prog).exists())
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
-async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
-    let debian = which("dpkg-query");
-    let rpm = which("rpm");
+async fn package(
+    tools: &super::config::Tools,
+    action: &str,
+    name: &str,
+    version: Option<&str>,
+) -> Outcome {
+    let dpkg_query = tool(&tools.dpkg_query, "dpkg-query");
+    let rpm = tool(&tools.rpm, "rpm");
+    let debian = dpkg_query.is_some();
+    let dq = dpkg_query.clone().unwrap_or_default();
+    let rq = rpm.clone().unwrap_or_default();
     let status = || async {
         if debian {
             run_argv(
-                &["dpkg-query", "-W", "-f", "${Status}\t${Version}", name],
+                &[&dq, "-W", "-f", "${Status}\t${Version}", name],
                 &[],
                 Duration::from_secs(30),
             )
@@ -221,7 +238,7 @@ async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
             })
         } else {
             run_argv(
-                &["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", name],
+                &[&rq, "-q", "--qf", "%{VERSION}-%{RELEASE}", name],
                 &[],
                 Duration::from_secs(30),
             )
@@ -229,7 +246,7 @@ async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
             .map(|(ok, _, out, _)| ok.then_some(out))
         }
     };
-    if !debian && !rpm {
+    if !debian && rpm.is_none() {
         return Outcome::failed("no supported package manager (dpkg or rpm) on this host");
     }
     if action != "package.status" {
@@ -238,9 +255,16 @@ async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
             (Some(v), false) => format!("{name}-{v}"),
             (None, _) => name.to_string(),
         };
+        let Some(installer) = (if debian {
+            tool(&tools.apt_get, "apt-get")
+        } else {
+            tool(&tools.dnf, "dnf")
+        }) else {
+            return Outcome::failed("no apt-get or dnf on this host");
+        };
         let mut argv: Vec<&str> = if debian {
             vec![
-                "apt-get",
+                &installer,
                 "-y",
                 "-q",
                 "-o",
@@ -249,7 +273,7 @@ async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
             ]
         } else {
             vec![
-                "dnf",
+                &installer,
                 "-y",
                 "-q",
                 if action == "package.update" {
@@ -300,12 +324,25 @@ async fn package(action: &str, name: &str, version: Option<&str>) -> Outcome {
     }
 }
 
-async fn service(verb: &str, name: &str) -> Outcome {
-    let systemd = Path::new("/run/systemd/system").exists() && which("systemctl");
+async fn service(tools: &super::config::Tools, verb: &str, name: &str) -> Outcome {
+    let systemctl = if tools.systemctl.is_some() || Path::new("/run/systemd/system").exists() {
+        tool(&tools.systemctl, "systemctl")
+    } else {
+        None
+    };
+    let systemd = systemctl.is_some();
+    let sc = systemctl.unwrap_or_default();
+    let Some(svc) = (if systemd {
+        Some(String::new())
+    } else {
+        tool(&tools.service, "service")
+    }) else {
+        return Outcome::failed("neither systemctl nor service on this host");
+    };
     let argv: Vec<&str> = match (systemd, verb) {
-        (true, "status") => vec!["systemctl", "is-active", "--", name],
-        (true, v) => vec!["systemctl", v, "--", name],
-        (false, v) => vec!["service", name, v],
+        (true, "status") => vec![&sc, "is-active", "--", name],
+        (true, v) => vec![&sc, v, "--", name],
+        (false, v) => vec![&svc, name, v],
     };
     match run_argv(&argv, &[], Duration::from_secs(120)).await {
         Ok((ok, code, out, err)) if verb == "status" => {

@@ -17,6 +17,10 @@
 //! signers = ["alice"]
 //! actions = ["ping", "service.*"]
 //!
+//! [tools]                                   # optional: absolute paths of the
+//! systemctl = "/usr/local/bin/systemctl"    # programs actions run (dpkg_query,
+//!                                           # apt_get, rpm, dnf, systemctl, service)
+//!
 //! [modules.mysql]                           # extra actions a module declares
 //! [[modules.mysql.action]]
 //! name = "mysql.backup"
@@ -40,6 +44,20 @@ pub struct OrchestraConfig {
     pub signers: TrustedSigners,
     pub policy: Policy,
     pub registry: Registry,
+    pub tools: Tools,
+}
+
+/// Paths of the programs the actions run (default: found in the usual
+/// system directories).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tools {
+    pub dpkg_query: Option<PathBuf>,
+    pub apt_get: Option<PathBuf>,
+    pub rpm: Option<PathBuf>,
+    pub dnf: Option<PathBuf>,
+    pub systemctl: Option<PathBuf>,
+    pub service: Option<PathBuf>,
 }
 
 impl Default for OrchestraConfig {
@@ -51,6 +69,7 @@ impl Default for OrchestraConfig {
             signers: TrustedSigners::default(),
             policy: Policy::default(),
             registry: Registry::builtin(),
+            tools: Tools::default(),
         }
     }
 }
@@ -62,6 +81,7 @@ const KNOWN: &[&str] = &[
     "signer",
     "rule",
     "modules",
+    "tools",
 ];
 
 fn sub_toml(key: &str, v: Option<&toml::Value>) -> Result<String> {
@@ -118,6 +138,25 @@ impl OrchestraConfig {
                     .map_err(|e| anyhow!("modules.{module}: {e}"))?;
             }
         }
+        let tools: Tools = match t.get("tools") {
+            None => Tools::default(),
+            Some(v) => v.clone().try_into().map_err(|e| anyhow!("tools: {e}"))?,
+        };
+        for p in [
+            &tools.dpkg_query,
+            &tools.apt_get,
+            &tools.rpm,
+            &tools.dnf,
+            &tools.systemctl,
+            &tools.service,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !p.is_absolute() {
+                bail!("tools: {} is not an absolute path", p.display());
+            }
+        }
         Ok(Self {
             role,
             haproxy_socket,
@@ -125,6 +164,7 @@ impl OrchestraConfig {
             signers,
             policy,
             registry,
+            tools,
         })
     }
 
@@ -187,6 +227,10 @@ name = "mysql.backup"
         assert!(OrchestraConfig::from_toml("rules = []").is_err());
         assert!(OrchestraConfig::from_toml("role = 'Web Server'").is_err());
         assert!(OrchestraConfig::from_toml("haproxy_socket = 'relative'").is_err());
+        assert!(OrchestraConfig::from_toml("[tools]\nsystemctl = 'systemctl'").is_err());
+        assert!(OrchestraConfig::from_toml("[tools]\nshell = '/bin/sh'").is_err());
+        let c = OrchestraConfig::from_toml("[tools]\nsystemctl = '/opt/x/systemctl'").unwrap();
+        assert_eq!(c.tools.systemctl, Some(PathBuf::from("/opt/x/systemctl")));
         assert!(OrchestraConfig::from_toml("[[rule]]\neffect='allow'\nsignerz=['*']").is_err());
     }
 }

@@ -171,6 +171,7 @@ impl Handler {
                 node: node.to_string(),
                 facts_dir,
                 haproxy_socket: cfg.haproxy_socket,
+                tools: cfg.tools,
             },
             hello,
         })
@@ -468,5 +469,89 @@ mod tests {
         assert_eq!(srv.join().unwrap(), "set server www/other state ready\n");
         assert_eq!(r.status, "failed");
         assert!(r.message.contains("No such server"), "{}", r.message);
+    }
+}
+
+#[cfg(test)]
+mod tools_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+
+    #[test]
+    fn configured_tools_are_used_instead_of_the_system_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let log = dir.path().join("calls.log");
+        for (name, body) in [
+            ("dpkg-query", "printf 'install ok installed\\t9.9'"),
+            ("apt-get", "exit 0"),
+            ("systemctl", "exit 0"),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\necho \"{name} $*\" >> {}\n{body}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut alice = FileSigner::generate().unwrap();
+        let d = dir.path().display();
+        let cfg = OrchestraConfig::from_toml(&format!(
+            "[[signer]]\nname = \"alice\"\nkey = \"{}\"\n[[rule]]\neffect = \"allow\"\nsigners = [\"alice\"]\nactions = [\"*\"]\n\n[tools]\ndpkg_query = \"{d}/dpkg-query\"\napt_get = \"{d}/apt-get\"\nsystemctl = \"{d}/systemctl\"\n",
+            alice.key_id()
+        ))
+        .unwrap();
+        assert!(cfg.tools.apt_get.is_some());
+        let h = Arc::new(
+            Handler::new(
+                &state,
+                "web1",
+                cfg,
+                &serde_json::json!({}),
+                dir.path().into(),
+            )
+            .unwrap(),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut send = |action: &str, args: &[(&str, &str)]| {
+            let args = args
+                .iter()
+                .map(|(k, v)| (k.to_string(), ArgValue::Str(v.to_string())))
+                .collect();
+            let w = troupe_command::Command::new(
+                alice.key_id().clone(),
+                action,
+                args,
+                TargetFilter::default(),
+                unix_now(),
+                60,
+            )
+            .unwrap()
+            .sign(&mut alice as &mut dyn Signer)
+            .unwrap()
+            .to_wire();
+            rt.block_on(h.handle(w))
+        };
+        let r = send("package.update", &[("name", "nginx"), ("version", "9.9")]);
+        assert_eq!(r.status, "ok", "{r:?}");
+        let r = send("service.restart", &[("name", "nginx")]);
+        assert_eq!(r.status, "ok", "{r:?}");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            calls.contains(
+                "apt-get -y -q -o Dpkg::Options::=--force-confold install --only-upgrade nginx=9.9"
+            ),
+            "{calls}"
+        );
+        assert!(calls.contains("systemctl restart -- nginx"), "{calls}");
     }
 }

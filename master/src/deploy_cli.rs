@@ -1,0 +1,271 @@
+//! `troupe deploy RELEASE.toml`: a rolling release from the bastion.
+//!
+//! The matching hosts are discovered first (a signed `ping` submitted as a
+//! dry run: nothing is relayed), then planned with
+//! [`troupe_command::release`]: for each package in order, batch by batch,
+//! each host goes through enter maintenance, drain (if `[lb]`), stop the
+//! services, update to the version, verify the version, start the
+//! services, restore, leave maintenance. Every step is its own signed
+//! command naming only that host, and each agent checks it like any other.
+//! A host that fails a step stops there, so it stays drained and in
+//! maintenance; the release stops once more hosts failed than
+//! `--max-failures` allows (0: the first failure), with a descriptive
+//! error. The same file can be run against a disaster-recovery environment
+//! first (`--where env=dr`) and production second.
+//!
+//! `[health]` checks are refused for now: no built-in action runs them on
+//! the host yet, and skipping them silently would be worse.
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use troupe_command::cli::SignerArgs;
+use troupe_command::release::{self, HostOutcome, Next, PlanOptions, Release, Step};
+use troupe_command::verify::unix_now;
+use troupe_command::{Command, Signer, TargetFilter};
+
+/// Options of `troupe deploy`.
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// The release manifest (title, ordered packages and versions).
+    pub release: PathBuf,
+    /// The master, e.g. `https://puppet.example:8140`.
+    #[arg(long)]
+    pub server: String,
+    /// This bastion's identity (a state directory bootstrapped with
+    /// `troupe-agent bootstrap`).
+    #[arg(long, value_name = "DIR")]
+    pub identity: PathBuf,
+    #[command(flatten)]
+    pub signer: SignerArgs,
+    /// Only hosts whose fact equals the value (repeatable).
+    #[arg(long = "where", value_name = "FACT=VALUE")]
+    pub wheres: Vec<String>,
+    /// Only hosts with this role.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Only hosts whose name matches this glob.
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+    /// At most this many hosts (the first in name order).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Hosts updated at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Pause between batches, e.g. `60s`.
+    #[arg(long, default_value = "0s")]
+    pub batch_sleep: humantime::Duration,
+    /// Failed hosts tolerated before the release stops (0: the first
+    /// failure stops it).
+    #[arg(long, default_value_t = 0)]
+    pub max_failures: usize,
+    /// How long to wait for each step's answer.
+    #[arg(long, default_value = "15m")]
+    pub step_timeout: humantime::Duration,
+    /// Show the plan; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+async fn run_step(
+    channel: tonic::transport::Channel,
+    wire: Vec<u8>,
+    timeout: Duration,
+    host: &str,
+) -> Result<troupe_proto::v1::CommandResult, String> {
+    let mut got = None;
+    let r = crate::run_cli::submit(channel, wire, timeout, false, |r| got = Some(r.clone())).await;
+    if let Err(e) = r {
+        return Err(format!("{e:#}"));
+    }
+    match got {
+        Some(r) if r.node == host => Ok(r),
+        Some(r) => Err(format!("unexpected answer from {}", r.node)),
+        None => Err("no answer".into()),
+    }
+}
+
+fn sign(
+    signer: &mut dyn Signer,
+    host: &str,
+    action: &str,
+    args: BTreeMap<String, troupe_command::ArgValue>,
+    ttl: i64,
+) -> Result<Vec<u8>> {
+    let target = TargetFilter {
+        name: Some(host.to_string()),
+        ..Default::default()
+    };
+    let cmd = Command::new(
+        signer.key_id().clone(),
+        action,
+        args,
+        target,
+        unix_now(),
+        ttl,
+    )?;
+    Ok(cmd.sign(signer)?.to_wire())
+}
+
+/// Runs `troupe deploy`. Exit status 0 when every host was updated, 2 when
+/// the release stopped on failures, 1 on errors.
+pub fn run(args: DeployArgs) -> Result<u8> {
+    let text = std::fs::read_to_string(&args.release)
+        .with_context(|| format!("reading {}", args.release.display()))?;
+    let rel = Release::from_toml(&text).with_context(|| format!("{}", args.release.display()))?;
+    if rel.health.is_some() {
+        bail!(
+            "{}: [health] checks are not supported by troupe deploy yet (no agent action runs them); remove the section to deploy without them",
+            args.release.display()
+        );
+    }
+    let target = TargetFilter::from_cli(
+        &args.wheres,
+        args.role.clone(),
+        args.name.clone(),
+        args.limit,
+    )?;
+    let mut signer = args.signer.open()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let id = troupe_agent::identity::Identity::load(&args.identity)
+            .with_context(|| format!("bastion identity in {}", args.identity.display()))?;
+        let channel = id.connect(&args.server).await?;
+        let mut out = std::io::stdout();
+        let probe = Command::new(signer.key_id().clone(), "ping", BTreeMap::new(), target, unix_now(), 60)?
+            .sign(&mut *signer)?
+            .to_wire();
+        let (hosts, _) = crate::run_cli::submit(channel.clone(), probe, Duration::from_secs(30), true, |_| {}).await?;
+        writeln!(out, "release: {}", rel.title)?;
+        writeln!(out, "matched {} host(s): {}", hosts.len(), hosts.join(" "))?;
+        let plan = release::plan(
+            &rel,
+            &hosts,
+            PlanOptions {
+                batch_size: args.batch.max(1),
+                failure_threshold: args.max_failures,
+            },
+        )?;
+        if args.dry_run {
+            for (i, p) in plan.phases.iter().enumerate() {
+                writeln!(out, "package {} {}: {} batch(es)", p.package, p.version, p.batches.len())?;
+                if let Some(first) = p.batches.first().and_then(|b| b.first())
+                    && let Some(hs) = plan.steps(i, first)
+                {
+                    for s in &hs.steps {
+                        writeln!(out, "  {}", describe(s))?;
+                    }
+                }
+            }
+            return Ok(0);
+        }
+        let timeout = Duration::from(args.step_timeout);
+        let ttl = troupe_command::envelope::MAX_TTL_SECS;
+        let mut rollout = plan.rollout();
+        let mut next = rollout.next_batch();
+        loop {
+            match next {
+                Next::Done => {
+                    writeln!(out, "release complete: {} host-package update(s)", rollout.completed())?;
+                    return Ok(0);
+                }
+                Next::Stopped { failures } => {
+                    writeln!(out, "release STOPPED after {} update(s):", rollout.completed())?;
+                    for f in &failures {
+                        let step = f.step.as_ref().map(describe).unwrap_or_else(|| "-".into());
+                        writeln!(
+                            out,
+                            "  {} ({}): failed at step {step}: {} — left as it is (drained and in maintenance)",
+                            f.host, f.package, f.error
+                        )?;
+                    }
+                    return Ok(2);
+                }
+                Next::Batch { phase, hosts } => {
+                    let pkg = &plan.phases[phase];
+                    writeln!(
+                        out,
+                        "{} {}: {}",
+                        pkg.package,
+                        pkg.version,
+                        hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>().join(" ")
+                    )?;
+                    // Hosts of a batch move in lockstep: each step is signed
+                    // just before it runs (short command lifetimes), sent to
+                    // every host still going, and a host that fails stops.
+                    let mut outcomes: BTreeMap<String, HostOutcome> = BTreeMap::new();
+                    let nsteps = hosts.iter().map(|h| h.steps.len()).max().unwrap_or(0);
+                    for i in 0..nsteps {
+                        let mut set = tokio::task::JoinSet::new();
+                        for hs in &hosts {
+                            if outcomes.contains_key(&hs.host) {
+                                continue;
+                            }
+                            let Some(step) = hs.steps.get(i).cloned() else { continue };
+                            let Some((action, a)) = step.action() else {
+                                outcomes.insert(hs.host.clone(), HostOutcome::Failed { step: i, error: "step has no action".into() });
+                                continue;
+                            };
+                            let wire = sign(&mut *signer, &hs.host, action, a, ttl)?;
+                            let ch = channel.clone();
+                            let host = hs.host.clone();
+                            set.spawn(async move {
+                                let r = run_step(ch, wire, timeout, &host).await;
+                                (host, step, r)
+                            });
+                        }
+                        while let Some(j) = set.join_next().await {
+                            let (host, step, r) = j?;
+                            let error = match r {
+                                Err(e) => Some(e),
+                                Ok(r) if r.status != "ok" => Some(format!("{}: {}", r.status, r.message)),
+                                Ok(r) => match &step {
+                                    Step::VerifyVersion { version, .. } => {
+                                        let v: serde_json::Value = serde_json::from_slice(&r.data_json).unwrap_or_default();
+                                        let have = v["version"].as_str().unwrap_or("");
+                                        (have != version).then(|| format!("version is {have:?}, expected {version:?}"))
+                                    }
+                                    _ => None,
+                                },
+                            };
+                            if let Some(error) = error {
+                                writeln!(out, "  {host}: FAILED at {}: {error}", describe(&step))?;
+                                outcomes.insert(host, HostOutcome::Failed { step: i, error });
+                            }
+                        }
+                    }
+                    for hs in &hosts {
+                        if !outcomes.contains_key(&hs.host) {
+                            writeln!(out, "  {}: ok", hs.host)?;
+                            outcomes.insert(hs.host.clone(), HostOutcome::Ok);
+                        }
+                    }
+                    next = rollout.record(&outcomes);
+                    if matches!(next, Next::Batch { .. }) && !args.batch_sleep.is_zero() {
+                        tokio::time::sleep(args.batch_sleep.into()).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn describe(s: &Step) -> String {
+    match s {
+        Step::EnterMaintenance { .. } => "enter maintenance".into(),
+        Step::Drain { backend } => format!("drain from {backend}"),
+        Step::StopService { service } => format!("stop {service}"),
+        Step::UpdatePackage { package, version } => format!("update {package} to {version}"),
+        Step::VerifyVersion { package, version } => format!("verify {package} is {version}"),
+        Step::StartService { service } => format!("start {service}"),
+        Step::CheckHealth { .. } => "check health".into(),
+        Step::Restore { backend } => format!("restore in {backend}"),
+        Step::LeaveMaintenance => "leave maintenance".into(),
+    }
+}
