@@ -176,7 +176,7 @@ impl Orchestra {
     fn check_signature(
         &self,
         wire: &[u8],
-    ) -> Result<SignedCommand, (Option<SignedCommand>, &'static str, String)> {
+    ) -> Result<SignedCommand, (Option<Box<SignedCommand>>, &'static str, String)> {
         let sc = SignedCommand::from_wire(wire)
             .map_err(|e| (None, "malformed", format!("malformed command: {e}")))?;
         let path = self.data_dir.join(SIGNERS_FILE);
@@ -184,15 +184,25 @@ impl Orchestra {
             Ok(text) => match TrustedSigners::from_toml(&text) {
                 Ok(t) => t,
                 Err(e) => {
-                    return Err((Some(sc), "no_signers", format!("{}: {e}", path.display())));
+                    return Err((
+                        Some(Box::new(sc)),
+                        "no_signers",
+                        format!("{}: {e}", path.display()),
+                    ));
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustedSigners::default(),
-            Err(e) => return Err((Some(sc), "no_signers", format!("{}: {e}", path.display()))),
+            Err(e) => {
+                return Err((
+                    Some(Box::new(sc)),
+                    "no_signers",
+                    format!("{}: {e}", path.display()),
+                ));
+            }
         };
         if trusted.is_empty() {
             return Err((
-                Some(sc),
+                Some(Box::new(sc)),
                 "no_signers",
                 format!(
                     "the master trusts no signer ({} is missing or empty)",
@@ -206,7 +216,7 @@ impl Orchestra {
                 "unknown signer {}: not in the master's trusted-signer list",
                 cmd.signer
             );
-            return Err((Some(sc), "unknown_signer", msg));
+            return Err((Some(Box::new(sc)), "unknown_signer", msg));
         }
         if cmd
             .signer
@@ -215,7 +225,7 @@ impl Orchestra {
             .is_err()
         {
             return Err((
-                Some(sc),
+                Some(Box::new(sc)),
                 "bad_signature",
                 "signature does not verify".into(),
             ));
@@ -370,8 +380,14 @@ impl Orchestration for OrchestraService {
             Ok(sc) => sc,
             Err((sc, code, msg)) => {
                 tracing::warn!(caller = %peer.name, code, "command refused: {msg}");
-                orch.audit(vec![orch.record(sc.as_ref(), &peer.name, None, code, &msg)])
-                    .await;
+                orch.audit(vec![orch.record(
+                    sc.as_deref(),
+                    &peer.name,
+                    None,
+                    code,
+                    &msg,
+                )])
+                .await;
                 return Err(Status::permission_denied(format!("{code}: {msg}")));
             }
         };
