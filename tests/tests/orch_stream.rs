@@ -43,3 +43,21 @@ fn a_silent_host_is_reported_as_not_answering() {
     assert!(out.stdout.contains("no answer: mute1"), "{out:?}");
     assert!(f.master_audit().contains("\"outcome\":\"no_answer\""));
 }
+
+/// Slow (over two minutes): the command stream outlives the channel's
+/// per-request timeout (120 s) and HTTP/2 keepalives.
+/// `cargo test -p troupe-tests --test orch_stream -- --ignored`
+#[test]
+#[ignore]
+fn the_stream_survives_long_idle_periods() {
+    let f = Fleet::start(&[AgentSpec::new("web1")]);
+    std::thread::sleep(std::time::Duration::from_secs(150));
+    let out = f.troupe_run(&["ping"]);
+    out.assert_success();
+    assert!(out.stdout.contains("1 matched, 1 ok"), "{out:?}");
+    assert!(
+        !f.agent_log("web1").contains("command stream:"),
+        "no reconnect: {}",
+        f.agent_log("web1")
+    );
+}
