@@ -609,3 +609,50 @@ fn services_and_repository_packages_fail_clearly_under_root() {
         p.events
     );
 }
+
+#[test]
+fn daemon_runs_on_its_interval() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    let f = file(&mut c, "/d.conf", b"d\n", 0o644);
+    c.resources.push(f);
+    let cat = env.write_catalog(&c);
+    let mut d = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--interval",
+            "1",
+            "--output",
+            "quiet",
+            "--catalog",
+            cat.to_str().unwrap(),
+        ])
+        .args([
+            "--root",
+            env.root().to_str().unwrap(),
+            "--state",
+            env.state().to_str().unwrap(),
+        ])
+        .args(["--facts-dir", "/nonexistent"])
+        .spawn()
+        .unwrap();
+    // Wait for at least two runs (first changes, second finds nothing).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut runs = 0;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let o = env.sub(&["rollback", "--list"]);
+        runs = String::from_utf8_lossy(&o.stdout).lines().count();
+        if runs >= 2 {
+            break;
+        }
+    }
+    let _ = d.kill();
+    let _ = d.wait();
+    assert!(runs >= 2, "daemon made {runs} runs");
+    assert!(env.p("/d.conf").exists());
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.state().join("last_run_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["exit_code"], 0, "{s}");
+}

@@ -118,7 +118,7 @@ PY
 }
 phase_summary() {
   { echo "versions: $("$BIN" --version); $(cf-agent --version 2>/dev/null | head -1); $(hyperfine --version)"
-    python3 "$PEERS/summarize.py" "$RES"; } | tee "$RES/summary.md"
+    python3 "$HERE/summarize.py" "$RES"; } | tee "$RES/summary.md"
 }
 
 phases=${*:-install build gen troupe cfengine floor summary}
