@@ -35,10 +35,9 @@ pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
         if let troupe_catalog::Kind::File { path, .. }
         | troupe_catalog::Kind::Directory { path, .. }
         | troupe_catalog::Kind::Symlink { path, .. } = &r.kind
+            && let Ok(p) = ctx.host_path(path)
         {
-            if let Ok(p) = ctx.host_path(path) {
-                ctx.managed.insert(p);
-            }
+            ctx.managed.insert(p);
         }
     }
     let mut reports: Vec<ResourceReport> = Vec::with_capacity(n);

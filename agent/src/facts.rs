@@ -115,13 +115,11 @@ fn fqdn(hostname: &str) -> String {
             if names
                 .iter()
                 .any(|n| *n == hostname || n.split('.').next() == Some(hostname))
-            {
-                if let Some(d) = names
+                && let Some(d) = names
                     .iter()
                     .find(|n| n.contains('.') && n.split('.').next() == Some(hostname))
-                {
-                    return (*d).to_owned();
-                }
+            {
+                return (*d).to_owned();
             }
         }
     }
@@ -229,17 +227,16 @@ fn networking() -> Value {
                 push(entry, "ipv4", ip);
             } else if let Some(v6) = addr.as_sockaddr_in6() {
                 push(entry, "ipv6", v6.ip().to_string());
-            } else if let Some(ll) = addr.as_link_addr() {
-                if let Some(mac) = ll.addr() {
-                    if mac != [0; 6] {
-                        let s = mac
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<Vec<_>>()
-                            .join(":");
-                        entry.insert("mac".into(), json!(s));
-                    }
-                }
+            } else if let Some(ll) = addr.as_link_addr()
+                && let Some(mac) = ll.addr()
+                && mac != [0; 6]
+            {
+                let s = mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                entry.insert("mac".into(), json!(s));
             }
         }
     }

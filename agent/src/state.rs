@@ -140,10 +140,10 @@ impl State {
         {
             let tx = self.db.begin_read().map_err(db_err)?;
             let t = tx.open_table(CATALOG).map_err(db_err)?;
-            if let Some(h) = t.get("last_hash").map_err(db_err)? {
-                if h.value() == hash.as_bytes() {
-                    return Ok(());
-                }
+            if let Some(h) = t.get("last_hash").map_err(db_err)?
+                && h.value() == hash.as_bytes()
+            {
+                return Ok(());
             }
         }
         let tx = self.db.begin_write().map_err(db_err)?;
@@ -334,7 +334,7 @@ impl Bucket {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("cannot write bucket file {}", tmp.display()))?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         drop(f);
         std::fs::rename(&tmp, &p)?;
         Ok(sha)

@@ -53,10 +53,10 @@ pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyho
     if *refreshonly && !refresh {
         return Ok(out);
     }
-    if let Some(c) = creates {
-        if ctx.host_path(c)?.symlink_metadata().is_ok() {
-            return Ok(out);
-        }
+    if let Some(c) = creates
+        && ctx.host_path(c)?.symlink_metadata().is_ok()
+    {
+        return Ok(out);
     }
     let (uid, gid) = match user {
         None => (None, None),

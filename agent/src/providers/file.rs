@@ -134,10 +134,10 @@ fn converge_meta(
                 .with_context(|| format!("cannot chmod {}", p.display()))?;
         }
     }
-    if !ctx.noop {
-        if let Some(d) = p.parent() {
-            ctx.note_write(d);
-        }
+    if !ctx.noop
+        && let Some(d) = p.parent()
+    {
+        ctx.note_write(d);
     }
     Ok(())
 }
@@ -231,10 +231,10 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         _ => (None, None, None),
     };
     let final_mode = mode.or(cur_mode).unwrap_or(0o644);
-    if let (Some(cm), Some(m)) = (cur_mode, mode) {
-        if cm != *m {
-            out.change(format!("mode changed {} -> {}", octal(cm), octal(*m)));
-        }
+    if let (Some(cm), Some(m)) = (cur_mode, mode)
+        && cm != *m
+    {
+        out.change(format!("mode changed {} -> {}", octal(cm), octal(*m)));
     }
     if ctx.noop {
         return Ok(out);

@@ -284,10 +284,10 @@ impl<'a> Ctx<'a> {
 
     fn sync_all(&self) {
         for dir in self.sync_devs.values() {
-            if let Ok(f) = std::fs::File::open(dir) {
-                if let Err(e) = nix::unistd::syncfs(&f) {
-                    tracing::warn!("syncfs {}: {e}", dir.display());
-                }
+            if let Ok(f) = std::fs::File::open(dir)
+                && let Err(e) = nix::unistd::syncfs(&f)
+            {
+                tracing::warn!("syncfs {}: {e}", dir.display());
             }
         }
     }
@@ -318,18 +318,17 @@ pub fn apply(ctx: &mut Ctx, res: &Resource, refresh: bool) -> anyhow::Result<Out
 /// resource first needs every staged file committed (it may read them).
 pub fn is_batchable(res: &Resource) -> bool {
     use troupe_catalog::Ensure;
-    match &res.kind {
+    matches!(
+        &res.kind,
         Kind::File {
             ensure: Ensure::Present,
             ..
-        } => true,
-        Kind::Directory {
+        } | Kind::Directory {
             ensure: Ensure::Present,
             purge: false,
             ..
-        } => true,
-        _ => false,
-    }
+        }
+    )
 }
 
 /// `0644`-style octal.

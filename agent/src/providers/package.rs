@@ -168,10 +168,10 @@ fn local_file(
                 .and_then(|s| s.rsplit_once('.'))
                 .map(|(v, _arch)| v.to_owned()),
         };
-        if let Some(v) = v {
-            if version.is_none_or(|want| want == v) {
-                found.push((e.path(), v));
-            }
+        if let Some(v) = v
+            && version.is_none_or(|want| want == v)
+        {
+            found.push((e.path(), v));
         }
     }
     found.sort();

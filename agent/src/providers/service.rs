@@ -154,16 +154,16 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
         }
         _ => {}
     }
-    if let Some(on) = enable {
-        if enabled(i, name)? != *on {
-            out.change(if *on {
-                "enabled at boot"
-            } else {
-                "disabled at boot"
-            });
-            if !ctx.noop {
-                set_enabled(i, name, *on)?;
-            }
+    if let Some(on) = enable
+        && enabled(i, name)? != *on
+    {
+        out.change(if *on {
+            "enabled at boot"
+        } else {
+            "disabled at boot"
+        });
+        if !ctx.noop {
+            set_enabled(i, name, *on)?;
         }
     }
     let will_run = match ensure {
