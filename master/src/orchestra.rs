@@ -20,9 +20,10 @@
 //!   result as it arrives, and a summary naming who did not answer within
 //!   the timeout.
 //! - **Audit**: every submission, relayed or refused, goes to the
-//!   hash-chained `DATA/orchestration-audit.log` (one record per target
-//!   when relayed, then one per result), with the caller's certificate
-//!   name; arguments are redacted by the built-in action schemas (all
+//!   hash-chained `DATA/orchestration-audit.log` (before relaying: the
+//!   command with its target nodes; after the summary: the nodes that
+//!   answered ok, one record per other answer with its message, and the
+//!   nodes that did not answer), with the caller's certificate name; arguments are redacted by the built-in action schemas (all
 //!   values of unknown actions are redacted).
 //!
 //! [`Attach`]: troupe_proto::v1::orchestration_server::Orchestration::attach
@@ -102,7 +103,15 @@ struct MasterAudit {
     /// The node this record is about (fan-out and results), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// The nodes this record is about (fan-out, results grouped by
+    /// outcome), at most [`NODES_PER_RECORD`] per record.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<String>,
 }
+
+/// Most node names in one audit record (keeps lines far below the audit
+/// log's line limit).
+const NODES_PER_RECORD: usize = 2000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -169,7 +178,26 @@ impl Orchestra {
             command: CommandAudit::new(sc.map(|s| s.command()), &self.registry, outcome, detail),
             caller: caller.to_string(),
             node: node.map(str::to_string),
+            nodes: Vec::new(),
         }
+    }
+
+    /// Records for many nodes with the same outcome, in chunks.
+    fn group(
+        &self,
+        sc: &SignedCommand,
+        caller: &str,
+        nodes: &[String],
+        outcome: &str,
+    ) -> Vec<MasterAudit> {
+        nodes
+            .chunks(NODES_PER_RECORD)
+            .map(|c| {
+                let mut r = self.record(Some(sc), caller, None, outcome, "");
+                r.nodes = c.to_vec();
+                r
+            })
+            .collect()
     }
 
     /// Structure and signature against `DATA/signers.toml`.
@@ -451,13 +479,8 @@ impl Orchestration for OrchestraService {
             .await;
             return Err(Status::already_exists(msg));
         }
-        orch.audit(
-            names
-                .iter()
-                .map(|n| orch.record(Some(&sc), &peer.name, Some(n), "relayed", ""))
-                .collect(),
-        )
-        .await;
+        orch.audit(orch.group(&sc, &peer.name, &names, "relayed"))
+            .await;
         let _ = ev_tx.send(Ok(targets_ev)).await;
         tracing::info!(caller = %peer.name, action = %sc.command().action, targets = names.len(), "relaying a command");
         let wire = sc.to_wire();
@@ -482,7 +505,8 @@ impl Orchestration for OrchestraService {
         tokio::spawn(async move {
             let deadline = Instant::now() + timeout;
             let mut answered = BTreeSet::new();
-            let mut records = Vec::new();
+            let mut oks: Vec<String> = Vec::new();
+            let mut others: Vec<(String, String, String)> = Vec::new();
             let (mut ok, mut not_ok) = (0u32, 0u32);
             let expect = names.len() - undelivered.len();
             while answered.len() < expect {
@@ -494,10 +518,11 @@ impl Orchestration for OrchestraService {
                 answered.insert(r.node.clone());
                 if r.status == "ok" {
                     ok += 1;
+                    oks.push(r.node.clone());
                 } else {
                     not_ok += 1;
+                    others.push((r.node.clone(), r.status.clone(), r.message.clone()));
                 }
-                records.push(orch.record(Some(&sc), &caller, Some(&r.node), &r.status, &r.message));
                 let _ = ev_tx
                     .send(Ok(SubmitEvent {
                         event: Some(submit_event::Event::Result(r)),
@@ -510,10 +535,7 @@ impl Orchestration for OrchestraService {
                 .filter(|n| !answered.contains(*n))
                 .cloned()
                 .collect();
-            for n in &no_answer {
-                records.push(orch.record(Some(&sc), &caller, Some(n), "no_answer", ""));
-            }
-            orch.audit(records).await;
+            let mut records = orch.group(&sc, &caller, &no_answer, "no_answer");
             let _ = ev_tx
                 .send(Ok(SubmitEvent {
                     event: Some(submit_event::Event::Summary(SubmitSummary {
@@ -524,6 +546,13 @@ impl Orchestration for OrchestraService {
                     })),
                 }))
                 .await;
+            // Results are audited once the caller has its summary: ok
+            // answers grouped, every other answer with its message.
+            records.extend(orch.group(&sc, &caller, &oks, "ok"));
+            for (node, status, message) in &others {
+                records.push(orch.record(Some(&sc), &caller, Some(node), status, message));
+            }
+            orch.audit(records).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ev_rx))))
     }

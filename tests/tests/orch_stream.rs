@@ -41,7 +41,10 @@ fn a_silent_host_is_reported_as_not_answering() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stdout.contains("2 matched, 1 ok"), "{out:?}");
     assert!(out.stdout.contains("no answer: mute1"), "{out:?}");
-    assert!(f.master_audit().contains("\"outcome\":\"no_answer\""));
+    // Results are audited right after the summary is sent.
+    troupe_tests::wait_until(std::time::Duration::from_secs(5), "no_answer audited", || {
+        f.master_audit().contains("\"outcome\":\"no_answer\"")
+    });
 }
 
 /// Slow (over two minutes): the command stream outlives the channel's
