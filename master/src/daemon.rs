@@ -69,6 +69,10 @@ pub struct Args {
     /// Catalog compiles that may run at once (default: one per core).
     #[arg(long)]
     pub compile_threads: Option<usize>,
+    /// On SIGTERM, how long in-flight requests may take to finish before
+    /// the master closes them (agents' command streams are closed then).
+    #[arg(long, default_value = "10s")]
+    pub shutdown_grace: humantime::Duration,
 }
 
 /// Builds the gRPC router with every service of the master. Later services
@@ -253,18 +257,38 @@ async fn serve(args: Args) -> Result<()> {
         names = ?names,
         "troupe master listening"
     );
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail at startup");
+    // Graceful shutdown: on SIGTERM/SIGINT stop accepting, let in-flight
+    // requests finish, but never wait longer than the grace period (agents'
+    // command streams are long-lived and would hold the master forever).
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = stopping.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("cannot install a SIGTERM handler: {e}");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: finishing in-flight requests");
+        signalled.notify_waiters();
+    });
+    let server_stop = stopping.clone();
+    let serving = router(state.clone())
+        .serve_with_incoming_shutdown(incoming, async move { server_stop.notified().await });
+    let grace = args.shutdown_grace.into();
+    let result = tokio::select! {
+        r = serving => r,
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("requests still open after {grace:?}; closing them");
+            Ok(())
+        }
     };
-    let result = router(state.clone())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
     admin.abort();
     crl_task.abort();
     flush_task.abort();
