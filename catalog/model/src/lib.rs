@@ -173,11 +173,28 @@ pub struct ContentRef {
 }
 
 /// A file body. Text is kept as text so catalogs stay readable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` output shows only the size and hash, never the bytes: a body
+/// may hold a decrypted secret, and `{:?}` output ends up in logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "encoding", content = "data", rename_all = "lowercase")]
 pub enum Blob {
     Utf8(String),
     Base64(String),
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bytes() {
+            Some(b) => write!(
+                f,
+                "Blob(<{} bytes, sha256:{:.12}>)",
+                b.len(),
+                sha256_hex(&b)
+            ),
+            None => f.write_str("Blob(<invalid base64>)"),
+        }
+    }
 }
 
 impl Blob {
@@ -639,7 +656,9 @@ mod tests {
         assert!(matches!(c.validate(), Err(CatalogError::Duplicate(_))));
 
         let mut c = sample();
-        c.resources[1].requires.push(ResourceId::new("package", "x"));
+        c.resources[1]
+            .requires
+            .push(ResourceId::new("package", "x"));
         assert!(matches!(c.validate(), Err(CatalogError::Dangling { .. })));
 
         let mut c = sample();
@@ -690,6 +709,15 @@ mod tests {
             Catalog::from_json(evil.as_bytes()),
             Err(CatalogError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_file_bodies() {
+        let mut c = sample();
+        c.add_content(b"password=hunter2\n");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("17 bytes"), "{dbg}");
     }
 
     #[test]
