@@ -147,7 +147,10 @@ fn print_result(out: &mut dyn Write, r: &CommandResult) {
     let _ = writeln!(
         out,
         "{:<30} {:<14} {} ({} ms)",
-        r.node, r.status, r.message, r.duration_ms
+        r.node,
+        r.status,
+        r.message.trim().replace('\n', " | "),
+        r.duration_ms
     );
     let _ = out.flush();
 }

@@ -141,11 +141,15 @@ impl Fleet {
             let psk = master.psk(&a.name);
             master.bootstrap(&a.name, Some(&psk)).assert_success();
             let st = master.agent_state(&a.name);
-            let role = a
+            let mut role = a
                 .role
                 .as_ref()
                 .map(|r| format!("role = \"{r}\"\n"))
                 .unwrap_or_default();
+            // agent.run converges into a sandbox, never this machine's `/`.
+            let sandbox = master.root.path().join("roots").join(&a.name);
+            std::fs::create_dir_all(&sandbox).expect("sandbox");
+            role.push_str(&format!("converge_root = \"{}\"\n", sandbox.display()));
             std::fs::write(
                 st.join("orchestration.toml"),
                 format!(

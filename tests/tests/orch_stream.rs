@@ -42,9 +42,11 @@ fn a_silent_host_is_reported_as_not_answering() {
     assert!(out.stdout.contains("2 matched, 1 ok"), "{out:?}");
     assert!(out.stdout.contains("no answer: mute1"), "{out:?}");
     // Results are audited right after the summary is sent.
-    troupe_tests::wait_until(std::time::Duration::from_secs(5), "no_answer audited", || {
-        f.master_audit().contains("\"outcome\":\"no_answer\"")
-    });
+    troupe_tests::wait_until(
+        std::time::Duration::from_secs(5),
+        "no_answer audited",
+        || f.master_audit().contains("\"outcome\":\"no_answer\""),
+    );
 }
 
 /// Slow (over two minutes): the command stream outlives the channel's
@@ -63,4 +65,19 @@ fn the_stream_survives_long_idle_periods() {
         "no reconnect: {}",
         f.agent_log("web1")
     );
+}
+
+#[test]
+fn agent_run_starts_a_converge_run_through_the_agent_binary() {
+    let f = Fleet::start_with(&[AgentSpec::new("web1")], |_, _| {
+        "[[rule]]\neffect = \"allow\"\nsigners = [\"alice\"]\nactions = [\"agent.run\"]\n".into()
+    });
+    // This master has no module tree: the run cannot get a catalog, has
+    // none cached, and says so; the answer carries the run's own words.
+    let out = f.troupe_run(&["agent.run", "noop=true"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stdout.contains("run exited with 1"), "{out:?}");
+    assert!(out.stdout.contains("no catalog"), "{out:?}");
+    let out = f.troupe_run(&["agent.run", "environment=staging"]);
+    assert!(out.stdout.contains("not supported"), "{out:?}");
 }

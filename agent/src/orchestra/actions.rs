@@ -25,6 +25,10 @@ pub struct ExecContext {
     pub haproxy_socket: Option<PathBuf>,
     /// Program paths from the configuration (else the system's).
     pub tools: super::config::Tools,
+    /// The master (for `agent.run`), when the listener knows it.
+    pub server: Option<String>,
+    /// `--root` for `agent.run` (from the configuration), else `/`.
+    pub converge_root: Option<PathBuf>,
 }
 
 /// The result of one action.
@@ -104,10 +108,7 @@ pub async fn execute(ctx: &ExecContext, v: &Verified) -> Outcome {
         "maintenance.off" => {
             remove_marker(&ctx.state_dir.join(MAINTENANCE_FILE), "maintenance off")
         }
-        "agent.run" => Outcome::failed(
-            "agent.run is not supported by `troupe-agent listen` yet: the converge daemon \
-             will run it when the listener runs inside it; nothing was done",
-        ),
+        "agent.run" => agent_run(ctx, args).await,
         "package.status" | "package.install" | "package.update" => {
             let Some(name) = str_arg(args, "name") else {
                 return Outcome::failed("missing argument name");
@@ -140,6 +141,70 @@ pub async fn execute(ctx: &ExecContext, v: &Verified) -> Outcome {
         other => Outcome::failed(format!(
             "action {other} is declared but this agent has no executor for it; nothing was done"
         )),
+    }
+}
+
+/// `agent.run`: one converge run now, as `troupe-agent run --once` (this
+/// same executable, argv only), against the master the listener uses.
+async fn agent_run(ctx: &ExecContext, args: &BTreeMap<String, ArgValue>) -> Outcome {
+    let Some(server) = &ctx.server else {
+        return Outcome::failed(
+            "agent.run: this listener does not know its master; nothing was done",
+        );
+    };
+    if str_arg(args, "environment").is_some() {
+        return Outcome::failed(
+            "agent.run: choosing an environment is not supported by troupe-agent run yet; nothing was done",
+        );
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(e) => return Outcome::failed(format!("agent.run: cannot find this executable: {e}")),
+    };
+    let state = ctx.state_dir.to_string_lossy().into_owned();
+    let facts = ctx.facts_dir.to_string_lossy().into_owned();
+    let root = ctx
+        .converge_root
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let mut argv: Vec<&str> = vec![
+        &exe,
+        "run",
+        "--once",
+        "--server",
+        server,
+        "--state",
+        &state,
+        "--facts-dir",
+        &facts,
+        "--root",
+        &root,
+        "--output",
+        "summary",
+    ];
+    if matches!(args.get("noop"), Some(ArgValue::Bool(true))) {
+        argv.push("--noop");
+    }
+    match run_argv(&argv, &[("NO_COLOR", "1")], Duration::from_secs(1800)).await {
+        Ok((ok, code, out, err)) => {
+            let data = json!({ "exit_code": code, "output": out, "errors": err });
+            let msg = if out.is_empty() {
+                err.clone()
+            } else {
+                out.clone()
+            };
+            if ok {
+                Outcome::ok(format!("run done: {msg}"), data)
+            } else {
+                Outcome {
+                    ok: false,
+                    message: format!("run exited with {code}: {msg}"),
+                    data,
+                }
+            }
+        }
+        Err(e) => Outcome::failed(format!("agent.run: {e}")),
     }
 }
 

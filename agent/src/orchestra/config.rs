@@ -7,6 +7,7 @@
 //! role = "web"                              # optional: this host's role
 //! haproxy_socket = "/run/haproxy/admin.sock" # for lb.drain / lb.restore
 //! skew_secs = 30                            # clock-skew allowance
+//! converge_root = "/"                       # --root for agent.run
 //!
 //! [[signer]]                                # trusted signers
 //! name = "alice"
@@ -45,6 +46,8 @@ pub struct OrchestraConfig {
     pub policy: Policy,
     pub registry: Registry,
     pub tools: Tools,
+    /// `--root` passed to `troupe-agent run` by `agent.run` (default `/`).
+    pub converge_root: Option<PathBuf>,
 }
 
 /// Paths of the programs the actions run (default: found in the usual
@@ -70,6 +73,7 @@ impl Default for OrchestraConfig {
             policy: Policy::default(),
             registry: Registry::builtin(),
             tools: Tools::default(),
+            converge_root: None,
         }
     }
 }
@@ -82,6 +86,7 @@ const KNOWN: &[&str] = &[
     "rule",
     "modules",
     "tools",
+    "converge_root",
 ];
 
 fn sub_toml(key: &str, v: Option<&toml::Value>) -> Result<String> {
@@ -138,6 +143,11 @@ impl OrchestraConfig {
                     .map_err(|e| anyhow!("modules.{module}: {e}"))?;
             }
         }
+        let converge_root = match t.get("converge_root") {
+            None => None,
+            Some(toml::Value::String(p)) if p.starts_with('/') => Some(PathBuf::from(p)),
+            Some(_) => bail!("converge_root must be an absolute path"),
+        };
         let tools: Tools = match t.get("tools") {
             None => Tools::default(),
             Some(v) => v.clone().try_into().map_err(|e| anyhow!("tools: {e}"))?,
@@ -165,6 +175,7 @@ impl OrchestraConfig {
             policy,
             registry,
             tools,
+            converge_root,
         })
     }
 

@@ -130,7 +130,9 @@ impl Handler {
             .unwrap_or_else(|| args.state.join(config::DEFAULT_FILE));
         let cfg = OrchestraConfig::load(&cfg_path)?;
         let facts = crate::facts::gather(&args.facts_dir, Duration::from_secs(10));
-        Self::new(&args.state, &id.name, cfg, &facts, args.facts_dir.clone())
+        let mut h = Self::new(&args.state, &id.name, cfg, &facts, args.facts_dir.clone())?;
+        h.ctx.server = Some(args.server.clone());
+        Ok(h)
     }
 
     /// A handler from explicit parts.
@@ -172,6 +174,8 @@ impl Handler {
                 facts_dir,
                 haproxy_socket: cfg.haproxy_socket,
                 tools: cfg.tools,
+                server: None,
+                converge_root: cfg.converge_root,
             },
             hello,
         })
@@ -426,9 +430,10 @@ mod tests {
         let r = rt.block_on(t.handler.handle(wire(&mut t.alice, "agent.enable", &[])));
         assert_eq!(r.status, "ok");
         assert!(crate::state::disabled(&t.state).is_none());
+        // Without a master address (not the listener) agent.run does nothing.
         let r = rt.block_on(t.handler.handle(wire(&mut t.alice, "agent.run", &[])));
         assert_eq!(r.status, "failed");
-        assert!(r.message.contains("not supported"), "{}", r.message);
+        assert!(r.message.contains("does not know its master"), "{}", r.message);
     }
 
     /// A stand-in for HAProxy's runtime API on a unix socket: records the
