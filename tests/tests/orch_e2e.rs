@@ -59,6 +59,11 @@ fn signed_commands_run_on_matching_agents_only() {
     let out = f.troupe_run(&["ping", "--role", "nosuch"]);
     assert_eq!(out.code, Some(2), "nothing matched: not a success {out:?}");
 
+    // Facts come back as structured data.
+    let (_, results, _) = f.submit(f.sign(&f.alice, "facts", &[], name("web2"), 60));
+    let facts: serde_json::Value = serde_json::from_slice(&results["web2"].data_json).unwrap();
+    assert_eq!(facts["external"]["dc"], "dc2", "{facts}");
+
     // Maintenance on web1 only: the marker appears there and nowhere else.
     let out = f.troupe_run(&["maintenance.on", "message=kernel update", "--name", "web1"]);
     out.assert_success();
