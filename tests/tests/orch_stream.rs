@@ -81,3 +81,32 @@ fn agent_run_starts_a_converge_run_through_the_agent_binary() {
     let out = f.troupe_run(&["agent.run", "environment=staging"]);
     assert!(out.stdout.contains("not supported"), "{out:?}");
 }
+
+#[test]
+fn a_changed_configuration_takes_effect_without_a_restart() {
+    use troupe_command::TargetFilter;
+    let f = Fleet::start(&[AgentSpec::new("web1").role("web")]);
+    f.troupe_run(&["ping", "--role", "web"]).assert_success();
+    // The host's configuration now gives the signer name "alice" to
+    // mallory's key, and the host a new role.
+    let path = f.state("web1").join("orchestration.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(&f.alice.id().to_string(), &f.mallory.id().to_string())
+        .replace("role = \"web\"", "role = \"db\"");
+    std::fs::write(&path, text).unwrap();
+    let role = |r: &str| TargetFilter {
+        role: Some(r.into()),
+        ..Default::default()
+    };
+    troupe_tests::wait_until(std::time::Duration::from_secs(20), "new role", || {
+        let wire = f.sign(&f.alice, "ping", &[], role("db"), 60);
+        f.try_submit(wire, true)
+            .map(|(t, _, _)| t == vec!["web1".to_string()])
+            .unwrap_or(false)
+    });
+    let (_, results, _) = f.submit(f.sign(&f.alice, "ping", &[], role("db"), 60));
+    assert_eq!(results["web1"].status, "unknown_signer");
+    let (_, results, _) = f.submit(f.sign(&f.mallory, "ping", &[], role("db"), 60));
+    assert_eq!(results["web1"].status, "ok");
+}

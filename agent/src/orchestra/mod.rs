@@ -20,7 +20,7 @@ pub mod config;
 use crate::identity::Identity;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -112,10 +112,42 @@ pub fn spawn_listener(args: ListenArgs) -> Result<std::thread::JoinHandle<()>> {
 
 /// Verifies, audits and executes commands for this host.
 pub struct Handler {
-    verifier: Verifier,
+    verifier: RwLock<Verifier>,
     audit: Mutex<AuditLog>,
-    ctx: ExecContext,
-    hello: AgentHello,
+    ctx: RwLock<ExecContext>,
+    hello: RwLock<AgentHello>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The configuration file a listener uses.
+pub fn config_path(args: &ListenArgs) -> PathBuf {
+    args.orchestration
+        .clone()
+        .unwrap_or_else(|| args.state.join(config::DEFAULT_FILE))
+}
+
+fn host_and_hello(
+    node: &str,
+    cfg: &OrchestraConfig,
+    facts: &serde_json::Value,
+) -> Result<(HostContext, AgentHello)> {
+    let host = HostContext {
+        name: node.to_string(),
+        role: cfg.role.clone(),
+        facts: HostContext::flatten_facts(facts),
+    };
+    let hello = AgentHello {
+        role: cfg.role.clone().unwrap_or_default(),
+        facts_json: serde_json::to_vec(&host.facts)?,
+    };
+    Ok((host, hello))
 }
 
 impl Handler {
@@ -124,15 +156,46 @@ impl Handler {
     pub fn open(args: &ListenArgs) -> Result<Handler> {
         crate::state::create_private_dir(&args.state)?;
         let id = Identity::load(&args.state)?;
-        let cfg_path = args
-            .orchestration
-            .clone()
-            .unwrap_or_else(|| args.state.join(config::DEFAULT_FILE));
-        let cfg = OrchestraConfig::load(&cfg_path)?;
+        let cfg = OrchestraConfig::load(&config_path(args))?;
         let facts = crate::facts::gather(&args.facts_dir, Duration::from_secs(10));
-        let mut h = Self::new(&args.state, &id.name, cfg, &facts, args.facts_dir.clone())?;
-        h.ctx.server = Some(args.server.clone());
+        let h = Self::new(&args.state, &id.name, cfg, &facts, args.facts_dir.clone())?;
+        write(&h.ctx).server = Some(args.server.clone());
         Ok(h)
+    }
+
+    /// Re-reads the configuration and the facts (trusted signers, policy,
+    /// actions, role, tools); the replay cache and audit log stay. An
+    /// unreadable or invalid file fails closed: every command is refused
+    /// until it is fixed. The clock-skew allowance is kept from startup.
+    pub fn reload(&self, args: &ListenArgs) {
+        let path = config_path(args);
+        let cfg = match OrchestraConfig::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{e:#}; refusing every command until it is fixed");
+                OrchestraConfig {
+                    registry: troupe_command::Registry::empty(),
+                    ..OrchestraConfig::default()
+                }
+            }
+        };
+        let facts = crate::facts::gather(&args.facts_dir, Duration::from_secs(10));
+        let node = read(&self.ctx).node.clone();
+        let (host, hello) = match host_and_hello(&node, &cfg, &facts) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("facts: {e:#}");
+                return;
+            }
+        };
+        {
+            let mut ctx = write(&self.ctx);
+            ctx.haproxy_socket = cfg.haproxy_socket.clone();
+            ctx.tools = cfg.tools.clone();
+            ctx.converge_root = cfg.converge_root.clone();
+        }
+        *write(&self.hello) = hello;
+        write(&self.verifier).reconfigure(cfg.signers, cfg.registry, cfg.policy, host);
     }
 
     /// A handler from explicit parts.
@@ -143,15 +206,7 @@ impl Handler {
         facts: &serde_json::Value,
         facts_dir: PathBuf,
     ) -> Result<Handler> {
-        let host = HostContext {
-            name: node.to_string(),
-            role: cfg.role.clone(),
-            facts: HostContext::flatten_facts(facts),
-        };
-        let hello = AgentHello {
-            role: cfg.role.clone().unwrap_or_default(),
-            facts_json: serde_json::to_vec(&host.facts)?,
-        };
+        let (host, hello) = host_and_hello(node, &cfg, facts)?;
         let mut verifier = Verifier::new(
             cfg.signers,
             cfg.registry,
@@ -166,9 +221,9 @@ impl Handler {
         let audit = AuditLog::open(&state_dir.join(AUDIT_FILE))
             .map_err(|e| anyhow::anyhow!("opening the audit log: {e}"))?;
         Ok(Handler {
-            verifier,
+            verifier: RwLock::new(verifier),
             audit: Mutex::new(audit),
-            ctx: ExecContext {
+            ctx: RwLock::new(ExecContext {
                 state_dir: state_dir.to_path_buf(),
                 node: node.to_string(),
                 facts_dir,
@@ -176,8 +231,8 @@ impl Handler {
                 tools: cfg.tools,
                 server: None,
                 converge_root: cfg.converge_root,
-            },
-            hello,
+            }),
+            hello: RwLock::new(hello),
         })
     }
 
@@ -192,17 +247,18 @@ impl Handler {
         let me = self.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let decoded = SignedCommand::from_wire(&wire).ok();
-            let verdict = me.verifier.verify_wire(&wire, unix_now());
+            let verifier = read(&me.verifier);
+            let verdict = verifier.verify_wire(&wire, unix_now());
             let rec = match &verdict {
                 Ok(v) => CommandAudit::new(
                     Some(&v.command),
-                    me.verifier.registry(),
+                    verifier.registry(),
                     "allowed",
                     &format!("signer {}, rule {}", v.signer_name, v.allowed_by),
                 ),
                 Err(r) => CommandAudit::refused(
                     decoded.as_ref().map(|s| s.command()),
-                    me.verifier.registry(),
+                    verifier.registry(),
                     r,
                 ),
             };
@@ -237,11 +293,12 @@ impl Handler {
             );
         }
         tracing::info!(action = %v.command.action, signer = %v.signer_name, "executing a command");
-        let out = actions::execute(&self.ctx, &v).await;
+        let ctx = read(&self.ctx).clone();
+        let out = actions::execute(&ctx, &v).await;
         let status = if out.ok { "ok" } else { "failed" };
         let rec = CommandAudit::new(
             Some(&v.command),
-            self.verifier.registry(),
+            read(&self.verifier).registry(),
             status,
             &out.message,
         );
@@ -283,7 +340,7 @@ pub async fn run_listener(handler: Arc<Handler>, args: ListenArgs) -> Result<()>
     loop {
         let started = Instant::now();
         match session(&handler, &args).await {
-            Ok(()) => tracing::warn!("the master closed the command stream"),
+            Ok(()) => {}
             Err(e) => tracing::warn!("command stream: {e:#}"),
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -296,7 +353,25 @@ pub async fn run_listener(handler: Arc<Handler>, args: ListenArgs) -> Result<()>
     }
 }
 
+/// The configuration file's modification time (None when missing).
+fn config_stamp(args: &ListenArgs) -> Option<std::time::SystemTime> {
+    std::fs::metadata(config_path(args))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// How often the listener looks for a changed configuration file.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
 async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
+    // Configuration and facts are re-read at every (re)connection, so the
+    // hello and the verifier match what is on disk now.
+    let stamp = config_stamp(args);
+    {
+        let h = handler.clone();
+        let a = args.clone();
+        tokio::task::spawn_blocking(move || h.reload(&a)).await?;
+    }
     // Reload the identity each time: a renewal may have replaced it.
     let id = Identity::load(&args.state)?;
     let channel = id.connect(&args.server).await?;
@@ -305,7 +380,7 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
         .max_encoding_message_size(2 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<AgentMessage>(256);
     tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(handler.hello.clone())),
+        msg: Some(agent_message::Msg::Hello(read(&handler.hello).clone())),
     })
     .await
     .ok();
@@ -315,7 +390,20 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
         .map_err(|s| anyhow::anyhow!("{}", crate::identity::status_message(&s)))?
         .into_inner();
     tracing::info!(server = %args.server, "command stream open");
-    while let Some(d) = inbound.next().await {
+    let mut poll = tokio::time::interval(CONFIG_POLL);
+    poll.tick().await;
+    loop {
+        let d = tokio::select! {
+            d = inbound.next() => d,
+            _ = poll.tick() => {
+                if config_stamp(args) != stamp {
+                    tracing::info!("orchestration configuration changed: reconnecting with it");
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let Some(d) = d else { break };
         let d = d.map_err(|s| anyhow::anyhow!("{}", crate::identity::status_message(&s)))?;
         let h = handler.clone();
         let tx = tx.clone();
@@ -328,6 +416,7 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
                 .await;
         });
     }
+    tracing::warn!("the master closed the command stream");
     Ok(())
 }
 
@@ -433,7 +522,11 @@ mod tests {
         // Without a master address (not the listener) agent.run does nothing.
         let r = rt.block_on(t.handler.handle(wire(&mut t.alice, "agent.run", &[])));
         assert_eq!(r.status, "failed");
-        assert!(r.message.contains("does not know its master"), "{}", r.message);
+        assert!(
+            r.message.contains("does not know its master"),
+            "{}",
+            r.message
+        );
     }
 
     /// A stand-in for HAProxy's runtime API on a unix socket: records the
