@@ -262,10 +262,7 @@ fn notify_refreshes_exactly_once_per_run() {
     let mut c = new_catalog();
     let mut a = file(&mut c, "/a.conf", b"a\n", 0o644);
     let mut b = file(&mut c, "/b.conf", b"b\n", 0o644);
-    let mut counter = exec(
-        "reload",
-        &["/bin/sh", "-c", "echo refreshed >> \"$TROUPE_ROOT/count\""],
-    );
+    let mut counter = exec("reload", &["/bin/sh", "-c", "echo refreshed >> /count"]);
     if let Kind::Exec { refreshonly, .. } = &mut counter.kind {
         *refreshonly = true;
     }
@@ -303,17 +300,17 @@ fn notify_refreshes_exactly_once_per_run() {
 fn exec_guards_timeout_and_returns() {
     let env = Env::new();
     let mut c = new_catalog();
-    let mut creates = exec("mk", &["/bin/sh", "-c", "touch \"$TROUPE_ROOT/made\""]);
+    let mut creates = exec("mk", &["/bin/sh", "-c", "touch /made"]);
     if let Kind::Exec { creates: cr, .. } = &mut creates.kind {
         *cr = Some("/made".into());
     }
     c.resources.push(creates);
-    let mut unless = exec("never", &["/bin/sh", "-c", "touch \"$TROUPE_ROOT/never\""]);
+    let mut unless = exec("never", &["/bin/sh", "-c", "touch /never"]);
     if let Kind::Exec { unless: u, .. } = &mut unless.kind {
         *u = Some(vec!["/bin/true".into()]);
     }
     c.resources.push(unless);
-    let mut onlyif = exec("cond", &["/bin/sh", "-c", "touch \"$TROUPE_ROOT/cond\""]);
+    let mut onlyif = exec("cond", &["/bin/sh", "-c", "touch /cond"]);
     if let Kind::Exec { onlyif: o, .. } = &mut onlyif.kind {
         *o = Some(vec!["/bin/false".into()]);
     }
@@ -655,4 +652,46 @@ fn daemon_runs_on_its_interval() {
         serde_json::from_slice(&std::fs::read(env.state().join("last_run_summary.json")).unwrap())
             .unwrap();
     assert_eq!(s["exit_code"], 0, "{s}");
+}
+
+#[test]
+fn exec_under_root_runs_inside_the_root_never_on_the_host() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("/tmp")).unwrap();
+    let marker = format!(
+        "/tmp/troupe-escape-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let mut c = new_catalog();
+    c.resources
+        .push(exec("mark", &["/usr/bin/touch", marker.as_str()]));
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{:?}", r.resources);
+    assert!(env.p(&marker).exists(), "the command ran inside the root");
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "the command must never touch the host's {marker}"
+    );
+
+    // A root without the program: a clear failure, nothing run on the host.
+    let bare = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_troupe-agent"))
+        .args(["run", "--once", "--output", "json", "--catalog"])
+        .arg(env.write_catalog(&c))
+        .arg("--root")
+        .arg(bare.path())
+        .arg("--state")
+        .arg(bare.path().join(".state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let report: troupe_catalog::report::Report = serde_json::from_slice(&out.stdout).unwrap();
+    let s = status_of(&report, "exec[mark]");
+    assert_eq!(s.status, Status::Failed);
+    assert!(s.events[0].contains("chroot"), "{:?}", s.events);
+    assert!(!std::path::Path::new(&marker).exists());
 }

@@ -206,7 +206,7 @@ fn big_catalog(env: &Env) -> (troupe_catalog::Catalog, Vec<(std::path::PathBuf, 
         if i % 200 == 199 {
             // Commit points with a pause, so kills land in every phase.
             let marker = format!("/data/pause{i}");
-            let script = format!("sleep 0.05; : > \"$TROUPE_ROOT{marker}\"");
+            let script = format!("sleep 0.05; : > \"{marker}\"");
             let mut e = exec(&format!("pause{i}"), &["/bin/sh", "-c", &script]);
             if let Kind::Exec { creates, .. } = &mut e.kind {
                 *creates = Some(marker);

@@ -23,6 +23,34 @@ pub struct Spec<'a> {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub timeout: Option<Duration>,
+    /// Run inside this root (`--root`): through coreutils `chroot`, so the
+    /// command, its libraries and `cwd` all come from the root and nothing
+    /// runs against the host. `uid`/`gid` are ignored then; see `chroot_user`.
+    pub chroot: Option<&'a Path>,
+    /// With `chroot`: the user (name, resolved in the root) to run as.
+    pub chroot_user: Option<&'a str>,
+}
+
+/// The argv that runs `spec` inside its chroot (or `None` without one).
+fn chrooted(spec: &Spec) -> Option<Vec<String>> {
+    let root = spec.chroot?;
+    let mut v = vec!["/usr/sbin/chroot".to_owned()];
+    if let Some(u) = spec.chroot_user {
+        v.push(format!("--userspec={u}"));
+    }
+    v.push(root.to_string_lossy().into_owned());
+    if let Some(d) = spec.cwd {
+        // `env -C` (coreutils, inside the root) changes directory without
+        // a shell; `--` keeps the command from being read as an option.
+        v.extend([
+            "/usr/bin/env".into(),
+            "-C".into(),
+            d.to_string_lossy().into_owned(),
+        ]);
+        v.push("--".into());
+    }
+    v.extend(spec.argv.iter().cloned());
+    Some(v)
 }
 
 /// Result of a finished command.
@@ -54,7 +82,10 @@ impl Output {
 
 /// Runs a command to completion (or its timeout, default 300 s).
 pub fn run(spec: &Spec) -> anyhow::Result<Output> {
-    let (prog, args) = spec.argv.split_first().context("empty command")?;
+    anyhow::ensure!(!spec.argv.is_empty(), "empty command");
+    let wrapped = chrooted(spec);
+    let argv = wrapped.as_deref().unwrap_or(spec.argv);
+    let (prog, args) = argv.split_first().context("empty command")?;
     let mut c = Command::new(prog);
     c.args(args)
         .stdin(Stdio::null())
@@ -71,14 +102,16 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
     if let Some(env) = spec.env {
         c.envs(env);
     }
-    if let Some(d) = spec.cwd {
-        c.current_dir(d);
-    }
-    if let Some(g) = spec.gid {
-        c.gid(g);
-    }
-    if let Some(u) = spec.uid {
-        c.uid(u);
+    if spec.chroot.is_none() {
+        if let Some(d) = spec.cwd {
+            c.current_dir(d);
+        }
+        if let Some(g) = spec.gid {
+            c.gid(g);
+        }
+        if let Some(u) = spec.uid {
+            c.uid(u);
+        }
     }
     let mut child = c.spawn().with_context(|| format!("cannot run {prog:?}"))?;
     let pid = child.id();

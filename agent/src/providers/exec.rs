@@ -1,9 +1,10 @@
 //! exec provider: runs an argv (never through a shell) when its guards
 //! (`creates`, `onlyif`, `unless`, `refreshonly`) say so.
 //!
-//! Under `--root` the command still runs on this host (there is no chroot):
-//! `creates` is resolved inside the root, the working directory defaults to
-//! the root, and `TROUPE_ROOT` is set to it.
+//! Under `--root` the command and its `onlyif`/`unless` checks run inside
+//! the root through `chroot` (never against the host): the program, `cwd`
+//! and `user` all come from the root, and `creates` is resolved inside it.
+//! A root without the program fails with a clear error.
 
 use super::{Ctx, Outcome, cmd};
 use anyhow::Context;
@@ -17,6 +18,8 @@ struct Runner {
     uid: Option<u32>,
     gid: Option<u32>,
     timeout: Duration,
+    chroot: Option<std::path::PathBuf>,
+    user: Option<String>,
 }
 
 impl Runner {
@@ -28,6 +31,8 @@ impl Runner {
             uid: self.uid,
             gid: self.gid,
             timeout: Some(self.timeout),
+            chroot: self.chroot.as_deref(),
+            chroot_user: self.user.as_deref(),
         })
     }
 }
@@ -60,6 +65,8 @@ pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyho
     }
     let (uid, gid) = match user {
         None => (None, None),
+        // Resolved by `chroot --userspec` inside the root.
+        Some(_) if ctx.in_root() => (None, None),
         Some(u) => {
             let pw = nix::unistd::User::from_name(u)
                 .ok()
@@ -68,23 +75,14 @@ pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyho
             (Some(pw.uid.as_raw()), Some(pw.gid.as_raw()))
         }
     };
-    let mut env = environment.clone();
-    if ctx.in_root() {
-        env.insert(
-            "TROUPE_ROOT".into(),
-            ctx.root.to_string_lossy().into_owned(),
-        );
-    }
     let runner = Runner {
-        cwd: match cwd {
-            Some(c) => Some(c.into()),
-            None if ctx.in_root() => Some(ctx.root.clone()),
-            None => None,
-        },
-        env,
+        cwd: cwd.as_ref().map(Into::into),
+        env: environment.clone(),
         uid,
         gid,
         timeout: Duration::from_secs(timeout.unwrap_or(300)),
+        chroot: ctx.in_root().then(|| ctx.root.clone()),
+        user: user.clone(),
     };
     if let Some(check) = onlyif {
         let o = runner.run(check).context("onlyif check could not run")?;

@@ -252,10 +252,21 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
             .context("cannot chmod")?;
         drop(f);
         if let Some(v) = validate {
-            let t = tmp.to_string_lossy();
+            // Under --root the validator runs inside the root (chroot), so
+            // it sees the temp file at its path relative to the root.
+            let in_root = ctx.in_root();
+            let t = if in_root {
+                std::path::Path::new("/")
+                    .join(tmp.strip_prefix(&ctx.root).unwrap_or(&tmp))
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                tmp.to_string_lossy().into_owned()
+            };
             let argv: Vec<String> = v.iter().map(|a| a.replace('%', &t)).collect();
             let o = cmd::run(&cmd::Spec {
                 argv: &argv,
+                chroot: in_root.then_some(ctx.root.as_path()),
                 ..Default::default()
             })?;
             anyhow::ensure!(

@@ -13,14 +13,75 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+/// Copies host file `p` to the same path inside `root` (following links,
+/// with `/bin`, `/lib` spelled through `/usr` as on a merged-/usr host).
+fn copy_into(root: &std::path::Path, p: &std::path::Path) {
+    let real = std::fs::canonicalize(p).unwrap();
+    for target in [p.to_path_buf(), real.clone()] {
+        let rel = target.strip_prefix("/").unwrap();
+        let rel = match rel.components().next().and_then(|c| c.as_os_str().to_str()) {
+            Some("bin" | "lib" | "lib64" | "sbin") => std::path::Path::new("usr").join(rel),
+            _ => rel.to_path_buf(),
+        };
+        let dst = root.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        if !dst.exists() {
+            std::fs::copy(&real, &dst).unwrap();
+        }
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
-        Env { dir }
+        Env { dir }.with_userland()
     }
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
+    }
+    /// Gives the root a minimal userland (the host's `sh`, `echo`, `true`,
+    /// `false`, `sleep`, `touch`, `env` and the shared libraries they load),
+    /// so exec resources, which run inside the root through `chroot`, have
+    /// something to run.
+    pub fn with_userland(self) -> Env {
+        let root = self.root();
+        for d in ["usr/bin", "usr/lib", "usr/lib64"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            let _ = std::os::unix::fs::symlink(target, root.join(link));
+        }
+        for prog in [
+            "sh", "dash", "echo", "true", "false", "sleep", "touch", "env", "cat",
+        ] {
+            let host = PathBuf::from("/usr/bin").join(prog);
+            if !host.exists() {
+                continue;
+            }
+            copy_into(&root, &host);
+            let ldd = std::process::Command::new("ldd")
+                .arg(&host)
+                .output()
+                .unwrap();
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+                // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+                let path = line
+                    .split("=>")
+                    .last()
+                    .and_then(|r| r.split_whitespace().next())
+                    .filter(|p| p.starts_with('/'));
+                if let Some(p) = path {
+                    copy_into(&root, std::path::Path::new(p));
+                }
+            }
+        }
+        self
     }
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
