@@ -379,8 +379,9 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
         .max_decoding_message_size(2 * 1024 * 1024)
         .max_encoding_message_size(2 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+    let hello = read(&handler.hello).clone();
     tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(read(&handler.hello).clone())),
+        msg: Some(agent_message::Msg::Hello(hello)),
     })
     .await
     .ok();
