@@ -19,6 +19,9 @@
 //!   relays the envelope to each, and streams back the targets, each
 //!   result as it arrives, and a summary naming who did not answer within
 //!   the timeout.
+//! - **Replays**: each envelope id is relayed once (remembered in memory
+//!   until the command expires); the agents' on-disk replay caches are the
+//!   real gate, also across master restarts.
 //! - **Audit**: every submission, relayed or refused, goes to the
 //!   hash-chained `DATA/orchestration-audit.log` (before relaying: the
 //!   command with its target nodes; after the summary: the nodes that
@@ -91,7 +94,13 @@ pub struct Orchestra {
     next_conn: AtomicU64,
     audit: Arc<Mutex<Option<AuditLog>>>,
     registry: Registry,
+    /// Ids of commands already submitted, until they expire.
+    seen: Mutex<HashMap<[u8; 16], i64>>,
 }
+
+/// Most remembered command ids (beyond it, new submissions are refused
+/// until old ids expire: fail closed).
+const MAX_SEEN: usize = 1_000_000;
 
 /// One record of the master's orchestration audit log.
 #[derive(Debug, serde::Serialize)]
@@ -126,6 +135,7 @@ impl Orchestra {
             next_conn: AtomicU64::new(1),
             audit: Arc::new(Mutex::new(None)),
             registry: Registry::builtin(),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -281,6 +291,28 @@ impl Orchestra {
         v
     }
 
+    /// Remembers a submitted command id until it expires (plus the
+    /// agents' largest skew allowance); false if it was submitted before.
+    fn first_submission(&self, sc: &SignedCommand) -> Result<bool, &'static str> {
+        let now = troupe_command::verify::unix_now();
+        let cmd = sc.command();
+        let mut seen = lock(&self.seen);
+        if seen.len() >= 1024 {
+            seen.retain(|_, exp| *exp >= now);
+        }
+        if seen.contains_key(&cmd.id.0) {
+            return Ok(false);
+        }
+        if seen.len() >= MAX_SEEN {
+            return Err("too many commands in flight; try again later");
+        }
+        let keep = cmd
+            .expires_at
+            .saturating_add(troupe_command::verify::MAX_SKEW_SECS);
+        seen.insert(cmd.id.0, keep);
+        Ok(true)
+    }
+
     fn set_gauge(&self, state: &MasterState) {
         let n = lock(&self.agents).len();
         state.metrics.connected_agents.set(n as i64);
@@ -420,6 +452,23 @@ impl Orchestration for OrchestraService {
             }
         };
         let id = sc.command().id.0;
+        // A signed envelope is relayed once: an agent (or anyone holding a
+        // certificate) that saw it cannot have it sent again, e.g. to hosts
+        // that were offline or beyond the original `limit`. The agents'
+        // own replay caches remain the real gate (this one is in memory).
+        let first = orch.first_submission(&sc);
+        if first != Ok(true) {
+            let (code, msg) = match first {
+                Err(m) => ("busy", m.to_string()),
+                _ => (
+                    "replayed",
+                    format!("command {} was already submitted", sc.command().id),
+                ),
+            };
+            orch.audit(vec![orch.record(Some(&sc), &peer.name, None, code, &msg)])
+                .await;
+            return Err(Status::already_exists(format!("{code}: {msg}")));
+        }
         let targets = orch.resolve(&sc);
         let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
         let timeout = Duration::from_secs(u64::from(match req.timeout_secs {

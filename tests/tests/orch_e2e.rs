@@ -111,7 +111,7 @@ fn signed_commands_run_on_matching_agents_only() {
 
 #[test]
 fn bad_commands_are_refused_audited_and_never_run() {
-    let f = fleet();
+    let mut f = fleet();
     let web1 = name("web1");
     let marker = f.state("web1").join("maintenance");
     let msg = || ("message", ArgValue::Str("x".into()));
@@ -200,6 +200,13 @@ fn bad_commands_are_refused_audited_and_never_run() {
     assert_eq!(results["web1"].status, "ok");
     assert!(marker.exists());
     std::fs::remove_file(&marker).unwrap();
+    // The master relays an envelope once...
+    let err = f.try_submit(wire.clone(), false).unwrap_err().to_string();
+    assert!(err.contains("replayed"), "{err}");
+    assert_eq!(count(&f.master_audit(), "replayed"), 1);
+    // ...but forgets across a restart: the agent's own cache refuses it.
+    f.master.restart(&troupe_tests::MasterOptions::default());
+    f.wait_attached(3);
     let (_, results, _) = f.submit(wire);
     assert_eq!(results["web1"].status, "replayed");
     assert!(!marker.exists(), "a replay runs nothing");
