@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// Show who matches; run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Actions a module declares (TOML `[[action]]` tables, as in the
+    /// agents' configuration), to check their arguments here too
+    /// (repeatable): `--module-actions mysql=modules/mysql/actions.toml`.
+    #[arg(long, value_name = "MODULE=FILE")]
+    pub module_actions: Vec<String>,
 }
 
 /// Totals of a run.
@@ -157,7 +162,16 @@ fn print_result(out: &mut dyn Write, r: &CommandResult) {
 
 /// Runs `troupe run`.
 pub fn run(args: RunArgs) -> Result<u8> {
-    let registry = Registry::builtin();
+    let mut registry = Registry::builtin();
+    for m in &args.module_actions {
+        let Some((module, file)) = m.split_once('=') else {
+            bail!("--module-actions {m:?}: expected MODULE=FILE");
+        };
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        registry
+            .add_module_toml(module, &text)
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    }
     let Some(spec) = registry.get(&args.action) else {
         let names: Vec<&str> = registry.actions().map(|a| a.name.as_str()).collect();
         bail!(

@@ -110,3 +110,34 @@ fn a_changed_configuration_takes_effect_without_a_restart() {
     let (_, results, _) = f.submit(f.sign(&f.mallory, "ping", &[], role("db"), 60));
     assert_eq!(results["web1"].status, "ok");
 }
+
+#[test]
+fn module_actions_exist_only_where_declared() {
+    const DECL: &str = "[[action]]\nname = \"demo.hello\"\n[[action.arg]]\nname = \"who\"\ntype = \"identifier\"\nrequired = true\n";
+    let f = Fleet::start_with(&[AgentSpec::new("web1"), AgentSpec::new("web2")], |a, _| {
+        let mut s = String::from(
+            "[[rule]]\neffect = \"allow\"\nsigners = [\"alice\"]\nactions = [\"demo.*\"]\n",
+        );
+        if a.name == "web1" {
+            // Same declaration, as the agent's `[modules.demo]` table.
+            s.push_str("\n[modules.demo]\n");
+            s.push_str(&DECL.replace("[[action", "[[modules.demo.action"));
+        }
+        s
+    });
+    let decl = f.master.root.path().join("demo-actions.toml");
+    std::fs::write(&decl, DECL).unwrap();
+    let m = format!("demo={}", decl.display());
+    // The bastion checks arguments against the declaration...
+    let out = f.troupe_run(&["demo.hello", "who=a b", "--module-actions", &m]);
+    assert!(!out.success() && out.stderr.contains("who"), "{out:?}");
+    // ...and without it does not know the action at all.
+    let out = f.troupe_run(&["demo.hello", "who=ops"]);
+    assert!(out.stderr.contains("unknown action"), "{out:?}");
+    let out = f.troupe_run(&["demo.hello", "who=ops", "--module-actions", &m]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    // web1 declares it (and has no executor for it, so says so); web2 does
+    // not have it at all.
+    assert!(out.stdout.contains("no executor"), "{out:?}");
+    assert!(out.stdout.contains("unknown_action"), "{out:?}");
+}
