@@ -59,6 +59,11 @@ pub struct Args {
     /// converged and the report is queued until it can.
     #[arg(long, env = "TROUPE_SERVER")]
     pub server: Option<String>,
+    /// Daemon with --server: do not keep the command stream open (by
+    /// default the daemon also runs `troupe-agent listen` on a thread, with
+    /// STATE/orchestration.toml; without that file every command is refused).
+    #[arg(long)]
+    pub no_listen: bool,
     /// Directory of external facts.
     #[arg(long, default_value = facts::DEFAULT_FACTS_DIR)]
     pub facts_dir: PathBuf,
@@ -108,6 +113,24 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             let r = run_once(&args, &mut source, Some(&mut sink))?;
             return Ok(r.exit_code() as u8);
         }
+        let _listener = if args.no_listen {
+            None
+        } else {
+            let listen = crate::orchestra::ListenArgs {
+                server: server.clone(),
+                state: args.state.clone(),
+                orchestration: None,
+                facts_dir: args.facts_dir.clone(),
+                backoff_max: std::time::Duration::from_secs(60).into(),
+            };
+            match crate::orchestra::spawn_listener(listen) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!("the command listener did not start (runs go on): {e:#}");
+                    None
+                }
+            }
+        };
         return daemon(&args, &mut source, Some(&mut sink));
     }
     let mut source: Box<dyn CatalogSource> = match &args.catalog {

@@ -146,6 +146,10 @@ impl Fleet {
         (out, report)
     }
 
+    fn troupe_plain(&self, args: &[&str]) -> Out {
+        troupe_tests::run(std::process::Command::new(troupe_tests::troupe_bin()).args(args))
+    }
+
     fn troupe(&self, args: &[&str]) -> Out {
         troupe_tests::run(
             std::process::Command::new(troupe_tests::troupe_bin())
@@ -370,4 +374,96 @@ fn master_restart_loses_nothing_and_offline_runs_are_reported_later() {
     r.assert_success();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["from_cache"], true);
+}
+
+#[test]
+fn the_daemon_converges_on_its_timer_and_answers_signed_commands() {
+    let f = Fleet::start(&["web1", "bastion"]);
+    let dir = f.m.root.path();
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "a long passphrase\n").unwrap();
+    let key = dir.join("alice.key");
+    f.troupe_plain(&[
+        "key",
+        "new",
+        "--out",
+        key.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ])
+    .assert_success();
+    let pubfile = std::fs::read_to_string(dir.join("alice.key.pub")).unwrap();
+    let id = pubfile
+        .split_whitespace()
+        .find(|w| w.starts_with("ed25519:"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        f.m.data.join("signers.toml"),
+        format!("[[signer]]\nname = \"alice\"\nkey = \"{id}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        f.m.agent_state("web1").join("orchestration.toml"),
+        format!(
+            "role = \"web\"\n[[signer]]\nname = \"alice\"\nkey = \"{id}\"\n\
+             [[rule]]\nname = \"ops\"\neffect = \"allow\"\nsigners = [\"alice\"]\nactions = [\"ping\"]\n"
+        ),
+    )
+    .unwrap();
+    let root = f.root("web1");
+    let mut daemon = troupe_tests::Proc(
+        std::process::Command::new(troupe_tests::agent_bin())
+            .args([
+                "run",
+                "--interval",
+                "3600",
+                "--output",
+                "quiet",
+                "--server",
+                &f.m.url,
+            ])
+            .arg("--state")
+            .arg(f.m.agent_state("web1"))
+            .arg("--root")
+            .arg(&root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(20), "the daemon's first run", || {
+        root.join("etc/motd").exists()
+    });
+    let mut last = None;
+    wait_until(
+        Duration::from_secs(20),
+        "a signed ping answered by the daemon",
+        || {
+            let out = f.troupe_plain(&[
+                "run",
+                "ping",
+                "--name",
+                "web1",
+                "--server",
+                &f.m.url,
+                "--identity",
+                f.m.agent_state("bastion").to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--passphrase-file",
+                pass.to_str().unwrap(),
+                "--timeout",
+                "3s",
+            ]);
+            let ok = out.success() && out.stdout.contains("pong");
+            last = Some(out);
+            ok
+        },
+    );
+    assert!(
+        daemon.0.try_wait().unwrap().is_none(),
+        "the daemon keeps running ({last:?})"
+    );
 }
