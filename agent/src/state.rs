@@ -420,26 +420,16 @@ pub fn disabled(state_dir: &Path) -> Option<Disabled> {
 /// to disk: for files that must never be partial but may be lost on a power
 /// cut (the monitoring summary).
 pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent")?;
-    let name = path.file_name().context("path has no file name")?;
-    let tmp = dir.join(format!(".{}.troupe-new", name.to_string_lossy()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename onto {}", path.display()))?;
-    Ok(())
+    write_file(path, bytes, mode, false)
 }
 
 /// Writes `bytes` to `path` atomically and durably (temp + fsync + rename +
 /// fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    write_file(path, bytes, mode, true)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> anyhow::Result<()> {
     let dir = path.parent().context("path has no parent")?;
     let name = path.file_name().context("path has no file name")?;
     let tmp = dir.join(format!(".{}.troupe-new", name.to_string_lossy()));
@@ -451,11 +441,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename onto {}", path.display()))?;
-    File::open(dir)?.sync_all()?;
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-use troupe_command::cli::SignerArgs;
 use troupe_command::release::{self, HostOutcome, Next, PlanOptions, Release, Step};
 use troupe_command::verify::unix_now;
 use troupe_command::{Command, Signer, TargetFilter};
@@ -31,27 +30,8 @@ use troupe_command::{Command, Signer, TargetFilter};
 pub struct DeployArgs {
     /// The release manifest (title, ordered packages and versions).
     pub release: PathBuf,
-    /// The master, e.g. `https://puppet.example:8140`.
-    #[arg(long)]
-    pub server: String,
-    /// This bastion's identity (a state directory bootstrapped with
-    /// `troupe-agent bootstrap`).
-    #[arg(long, value_name = "DIR")]
-    pub identity: PathBuf,
     #[command(flatten)]
-    pub signer: SignerArgs,
-    /// Only hosts whose fact equals the value (repeatable).
-    #[arg(long = "where", value_name = "FACT=VALUE")]
-    pub wheres: Vec<String>,
-    /// Only hosts with this role.
-    #[arg(long)]
-    pub role: Option<String>,
-    /// Only hosts whose name matches this glob.
-    #[arg(long, value_name = "GLOB")]
-    pub name: Option<String>,
-    /// At most this many hosts (the first in name order).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<u32>,
+    pub fleet: crate::run_cli::FleetArgs,
     /// Hosts updated at the same time.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -122,21 +102,14 @@ pub fn run(args: DeployArgs) -> Result<u8> {
             args.release.display()
         );
     }
-    let target = TargetFilter::from_cli(
-        &args.wheres,
-        args.role.clone(),
-        args.name.clone(),
-        args.limit,
-    )?;
-    let mut signer = args.signer.open()?;
+    let target = args.fleet.target()?;
+    let mut signer = args.fleet.signer.open()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let id = troupe_agent::identity::Identity::load(&args.identity)
-            .with_context(|| format!("bastion identity in {}", args.identity.display()))?;
-        let channel = id.connect(&args.server).await?;
+        let channel = args.fleet.connect().await?;
         let mut out = std::io::stdout();
         let probe = Command::new(signer.key_id().clone(), "ping", BTreeMap::new(), target, unix_now(), 60)?
             .sign(&mut *signer)?

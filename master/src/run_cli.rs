@@ -30,17 +30,10 @@ use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
 use troupe_proto::v1::{CommandResult, SubmitRequest, SubmitSummary, submit_event};
 
-/// Options of `troupe run`.
+/// What `troupe run` and `troupe deploy` share: the master, the bastion's
+/// identity and signing key, and which hosts to target.
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// The action: ping, facts, agent.run, agent.disable, agent.enable,
-    /// package.status|install|update, service.status|start|stop|restart,
-    /// lb.drain, lb.restore, maintenance.on, maintenance.off.
-    pub action: String,
-    /// Arguments as NAME=VALUE, checked against the action's schema
-    /// (e.g. `name=nginx`, `version=1.24.0-1`, `message="kernel update"`).
-    #[arg(value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+pub struct FleetArgs {
     /// The master, e.g. `https://puppet.example:8140`.
     #[arg(long)]
     pub server: String,
@@ -63,6 +56,40 @@ pub struct RunArgs {
     /// At most this many hosts (the first in name order).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+}
+
+impl FleetArgs {
+    /// The target filter from --where/--role/--name/--limit.
+    pub fn target(&self) -> anyhow::Result<TargetFilter> {
+        Ok(TargetFilter::from_cli(
+            &self.wheres,
+            self.role.clone(),
+            self.name.clone(),
+            self.limit,
+        )?)
+    }
+
+    /// An mTLS channel to the master with the bastion's identity.
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let id = troupe_agent::identity::Identity::load(&self.identity)
+            .with_context(|| format!("bastion identity in {}", self.identity.display()))?;
+        id.connect(&self.server).await
+    }
+}
+
+/// Options of `troupe run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The action: ping, facts, agent.run, agent.disable, agent.enable,
+    /// package.status|install|update, service.status|start|stop|restart,
+    /// lb.drain, lb.restore, maintenance.on, maintenance.off.
+    pub action: String,
+    /// Arguments as NAME=VALUE, checked against the action's schema
+    /// (e.g. `name=nginx`, `version=1.24.0-1`, `message="kernel update"`).
+    #[arg(value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Run on N hosts at a time, each host with its own signed command.
     #[arg(long, value_name = "N")]
     pub batch: Option<u32>,
@@ -183,24 +210,17 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let cmd_args = spec
         .parse_cli_args(&args.args)
         .with_context(|| format!("arguments of {}", args.action))?;
-    let target = TargetFilter::from_cli(
-        &args.wheres,
-        args.role.clone(),
-        args.name.clone(),
-        args.limit,
-    )?;
+    let target = args.fleet.target()?;
     if args.batch == Some(0) {
         bail!("--batch must be at least 1");
     }
-    let mut signer = args.signer.open()?;
+    let mut signer = args.fleet.signer.open()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let id = troupe_agent::identity::Identity::load(&args.identity)
-            .with_context(|| format!("bastion identity in {}", args.identity.display()))?;
-        let channel = id.connect(&args.server).await?;
+        let channel = args.fleet.connect().await?;
         let mut out = std::io::stdout();
         let timeout = Duration::from(args.timeout);
         let mut totals = Totals::default();
