@@ -34,8 +34,9 @@ pub const MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
 /// Facts that change on every run: kept in the inventory, hidden from the
 /// compiler.
 pub const VOLATILE_FACTS: &[&str] = &["uptime_seconds"];
-/// Compiled catalogs kept in memory before the cache is emptied.
-pub const CACHE_ENTRIES: usize = 20_000;
+/// Nodes whose compiled catalog is kept in memory before the cache is
+/// emptied (one entry per node: only its latest catalog can be current).
+pub const CACHE_ENTRIES: usize = 100_000;
 /// How long one compile may take before the request fails.
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -47,9 +48,10 @@ pub struct Compiled {
     pub role: String,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// What a cached catalog was compiled from; it is reused only when all of
+/// it matches.
+#[derive(Clone, PartialEq, Eq)]
 struct CacheKey {
-    node: String,
     facts: [u8; 32],
     environment: String,
     generation: u64,
@@ -69,7 +71,8 @@ pub struct Checkin {
 /// served, check-ins not yet written.
 #[derive(Default)]
 pub struct CatalogCache {
-    compiled: Mutex<HashMap<CacheKey, Arc<Compiled>>>,
+    /// Per node: the latest compiled catalog and what it was compiled from.
+    compiled: Mutex<HashMap<String, (CacheKey, Arc<Compiled>)>>,
     served: Mutex<HashMap<String, Arc<Compiled>>>,
     checkins: Mutex<HashMap<String, Checkin>>,
 }
@@ -163,14 +166,15 @@ impl CatalogService {
             .map_err(|e| Status::unavailable(format!("no module tree is loaded: {e}")))?;
         let (stable, facts_hash) = stable_facts(facts).map_err(Status::invalid_argument)?;
         let key = CacheKey {
-            node: node.to_owned(),
             facts: facts_hash,
             environment: environment.clone().unwrap_or_default(),
             generation: code.status().generation,
         };
-        if let Some(c) = lock(&st.catalogs.compiled).get(&key).cloned() {
+        if let Some((k, c)) = lock(&st.catalogs.compiled).get(node)
+            && *k == key
+        {
             st.metrics.catalog_cache_hits.inc();
-            return Ok(c);
+            return Ok(c.clone());
         }
         let _slot = st
             .compile_slots
@@ -216,10 +220,10 @@ impl CatalogService {
             role,
         });
         let mut cache = lock(&st.catalogs.compiled);
-        if cache.len() >= CACHE_ENTRIES {
+        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(node) {
             cache.clear();
         }
-        cache.insert(key, compiled.clone());
+        cache.insert(node.to_owned(), (key, compiled.clone()));
         Ok(compiled)
     }
 }
