@@ -60,6 +60,7 @@ pub struct MasterClient {
     state_dir: PathBuf,
     channel: Option<Channel>,
     retry: Retry,
+    environment: Option<String>,
 }
 
 impl MasterClient {
@@ -74,7 +75,15 @@ impl MasterClient {
             state_dir,
             channel: None,
             retry,
+            environment: None,
         })
+    }
+
+    /// Asks for catalogs compiled in `env` instead of the classified
+    /// environment (the master refuses unless it allows agents to choose).
+    pub fn with_environment(mut self, env: Option<String>) -> MasterClient {
+        self.environment = env;
+        self
     }
 
     pub fn server(&self) -> &str {
@@ -203,14 +212,19 @@ impl CatalogSource for MasterClient {
         self.maintain_identity();
     }
 
+    fn cache_fallback(&self) -> bool {
+        self.environment.is_none()
+    }
+
     fn fetch(&mut self, facts: &serde_json::Value, cached_hash: Option<&str>) -> Result<Fetched> {
         let facts_json = serde_json::to_vec(facts)?;
         let have = cached_hash.unwrap_or_default().to_owned();
+        let env = self.environment.clone().unwrap_or_default();
         let reply = self.with_retry("the catalog", |ch| {
             let req = CatalogRequest {
                 facts_json: facts_json.clone(),
                 have_hash: have.clone(),
-                environment: String::new(),
+                environment: env.clone(),
             };
             async move {
                 CatalogClient::new(ch)

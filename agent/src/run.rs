@@ -59,6 +59,12 @@ pub struct Args {
     /// converged and the report is queued until it can.
     #[arg(long, env = "TROUPE_SERVER")]
     pub server: Option<String>,
+    /// With --server: ask for a catalog compiled in this environment instead
+    /// of the one the site classifies this node in. The master refuses unless
+    /// started with --allow-agent-environment; such a run never falls back to
+    /// the cached catalog.
+    #[arg(long, requires = "server", value_name = "ENV")]
+    pub environment: Option<String>,
     /// Daemon with --server: do not keep the command stream open (by
     /// default the daemon also runs `troupe-agent listen` on a thread, with
     /// STATE/orchestration.toml; without that file every command is refused).
@@ -106,7 +112,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         troupe_pki::tls::install_crypto_provider();
         let retry = crate::master_client::Retry::default();
         let mut source =
-            crate::master_client::MasterClient::new(server, args.state.clone(), retry.clone())?;
+            crate::master_client::MasterClient::new(server, args.state.clone(), retry.clone())?
+                .with_environment(args.environment.clone());
         let mut sink = crate::master_client::MasterClient::new(server, args.state.clone(), retry)?;
         if args.once {
             source.before_run();
@@ -206,6 +213,10 @@ fn obtain_catalog(
                 .context("the source said the catalog is unchanged, but none is cached")?,
             false,
         )),
+        Err(e) if !source.cache_fallback() => Err(e.context(format!(
+            "no catalog from {} (this run does not fall back to the cached catalog)",
+            source.describe()
+        ))),
         Err(e) => {
             tracing::warn!(
                 "catalog source {} failed: {e:#}; using the cached catalog",

@@ -30,6 +30,11 @@ pub trait CatalogSource {
     /// Called before each run, outside the run lock: the master client
     /// refreshes the CRL and renews the certificate when due.
     fn before_run(&mut self) {}
+    /// Whether a failed fetch may fall back to the cached catalog (not when
+    /// the run asked for something specific, like another environment).
+    fn cache_fallback(&self) -> bool {
+        true
+    }
 }
 
 /// A catalog JSON file as written by `Catalog::to_canonical_json`.

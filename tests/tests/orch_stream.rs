@@ -78,8 +78,13 @@ fn agent_run_starts_a_converge_run_through_the_agent_binary() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stdout.contains("run exited with 1"), "{out:?}");
     assert!(out.stdout.contains("no catalog"), "{out:?}");
+    // Another environment: passed to the run, which this master refuses
+    // (agents may not choose by default) and which never falls back to a
+    // cached catalog.
     let out = f.troupe_run(&["agent.run", "environment=staging"]);
-    assert!(out.stdout.contains("not supported"), "{out:?}");
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stdout.contains("run exited with 1"), "{out:?}");
+    assert!(out.stdout.contains("choose their environment"), "{out:?}");
 }
 
 #[test]

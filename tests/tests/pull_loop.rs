@@ -467,3 +467,73 @@ fn the_daemon_converges_on_its_timer_and_answers_signed_commands() {
         "the daemon keeps running ({last:?})"
     );
 }
+
+#[test]
+fn an_agent_may_ask_for_another_environment_only_when_the_master_allows_it() {
+    let mut f = Fleet::start(&["web1"]);
+    // A staging environment with its own banner.
+    let staging = f.modules.join("environments/staging");
+    copy_dir(&f.modules.join("environments/production"), &staging);
+    std::fs::write(
+        staging.join("data/common.toml"),
+        "[motd]\nbanner = \"Staging\"\n",
+    )
+    .unwrap();
+    let (out, _) = f.converge("web1");
+    assert_eq!(out.code, Some(2));
+    let motd = f.root("web1").join("etc/motd");
+    let root = f.root("web1");
+    let run_staging = |f: &Fleet| {
+        f.m.agent_cmd(
+            "web1",
+            "run",
+            &[
+                "--once",
+                "--root",
+                root.to_str().unwrap(),
+                "--environment",
+                "staging",
+            ],
+        )
+    };
+
+    // Refused by default: the run fails, and does not fall back to the cache.
+    let refused = run_staging(&f);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("choose their environment"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&motd).unwrap(),
+        "Welcome (web1, role web)\n"
+    );
+    assert!(
+        std::fs::read_to_string(f.m.data.join("access-audit.log"))
+            .unwrap()
+            .contains("asked for environment"),
+    );
+
+    // Allowed: the staging catalog is served and converged.
+    f.opts.extra_args.push("--allow-agent-environment".into());
+    f.m.restart(&f.opts);
+    let ok = run_staging(&f);
+    assert_eq!(ok.code, Some(2), "{ok:?}");
+    assert_eq!(
+        std::fs::read_to_string(&motd).unwrap(),
+        "Staging (web1, role web)\n"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}

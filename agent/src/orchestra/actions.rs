@@ -152,11 +152,6 @@ async fn agent_run(ctx: &ExecContext, args: &BTreeMap<String, ArgValue>) -> Outc
             "agent.run: this listener does not know its master; nothing was done",
         );
     };
-    if str_arg(args, "environment").is_some() {
-        return Outcome::failed(
-            "agent.run: choosing an environment is not supported by troupe-agent run yet; nothing was done",
-        );
-    }
     let exe = match std::env::current_exe() {
         Ok(p) => p.to_string_lossy().into_owned(),
         Err(e) => return Outcome::failed(format!("agent.run: cannot find this executable: {e}")),
@@ -185,6 +180,11 @@ async fn agent_run(ctx: &ExecContext, args: &BTreeMap<String, ArgValue>) -> Outc
     ];
     if matches!(args.get("noop"), Some(ArgValue::Bool(true))) {
         argv.push("--noop");
+    }
+    // Validated by the registry (ArgType::Environment) before we get here.
+    let env = str_arg(args, "environment").map(str::to_owned);
+    if let Some(e) = &env {
+        argv.extend(["--environment", e.as_str()]);
     }
     match run_argv(&argv, &[("NO_COLOR", "1")], Duration::from_secs(1800)).await {
         Ok((ok, code, out, err)) => {
