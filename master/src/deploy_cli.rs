@@ -22,8 +22,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 use troupe_command::release::{self, HostOutcome, Next, PlanOptions, Release, Step};
-use troupe_command::verify::unix_now;
-use troupe_command::{Command, Signer, TargetFilter};
+use troupe_command::{Signer, TargetFilter};
 
 /// Options of `troupe deploy`.
 #[derive(clap::Args, Debug)]
@@ -68,6 +67,7 @@ async fn run_step(
     }
 }
 
+/// Signs one step for exactly one host.
 fn sign(
     signer: &mut dyn Signer,
     host: &str,
@@ -79,15 +79,7 @@ fn sign(
         name: Some(host.to_string()),
         ..Default::default()
     };
-    let cmd = Command::new(
-        signer.key_id().clone(),
-        action,
-        args,
-        target,
-        unix_now(),
-        ttl,
-    )?;
-    Ok(cmd.sign(signer)?.to_wire())
+    crate::run_cli::sign(signer, action, &args, target, ttl)
 }
 
 /// Runs `troupe deploy`. Exit status 0 when every host was updated, 2 when
@@ -111,9 +103,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
     rt.block_on(async move {
         let channel = args.fleet.connect().await?;
         let mut out = std::io::stdout();
-        let probe = Command::new(signer.key_id().clone(), "ping", BTreeMap::new(), target, unix_now(), 60)?
-            .sign(&mut *signer)?
-            .to_wire();
+        let probe = crate::run_cli::sign(&mut *signer, "ping", &BTreeMap::new(), target, 60)?;
         let (hosts, _) = crate::run_cli::submit(channel.clone(), probe, Duration::from_secs(30), true, |_| {}).await?;
         writeln!(out, "release: {}", rel.title)?;
         writeln!(out, "matched {} host(s): {}", hosts.len(), hosts.join(" "))?;

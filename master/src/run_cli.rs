@@ -157,7 +157,8 @@ pub async fn submit(
     bail!("the master closed the stream before the summary")
 }
 
-fn sign(
+/// Builds and signs one command envelope, valid for `ttl` seconds from now.
+pub(crate) fn sign(
     signer: &mut dyn Signer,
     action: &str,
     args: &BTreeMap<String, ArgValue>,
