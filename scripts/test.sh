@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test in the workspace: unit, property and end-to-end tests
-# (real master and agent processes on loopback). Binaries are built first so
-# the end-to-end tests can start them.
+# (real master and agent processes on loopback), then prints the ledger of
+# faults injected and hostile inputs tried (troupe-tally). Binaries are built
+# first so the end-to-end tests can start them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
+target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+tally_dir="$target_dir/debug/troupe-tally"
+rm -rf "$tally_dir"
+export TROUPE_TALLY_DIR="$tally_dir"
+status=0
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+echo
+"$target_dir/debug/troupe-tally" "$tally_dir" || status=$((status == 0 ? 1 : status))
+exit "$status"

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod orch;
+pub mod tally;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
