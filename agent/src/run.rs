@@ -43,7 +43,8 @@ pub struct Args {
     pub noop: bool,
     /// Converge the catalog inside this directory instead of `/` (files,
     /// directories, links, users and groups via ROOT/etc/passwd, packages via
-    /// dpkg/rpm --root; services cannot be managed there and fail).
+    /// dpkg/rpm --root; services are not managed there: reported as
+    /// `not managed under --root`, neither checked nor changed).
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
     /// State directory: catalog cache, reports, rollback bucket, lock.
@@ -369,6 +370,9 @@ fn print_report(r: &Report, output: Output) {
             let verb = if r.noop { "would change" } else { "changed" };
             for res in &r.resources {
                 let tag = match res.status {
+                    // Unchanged resources with a note (a service under
+                    // --root: not managed) still show it.
+                    Status::Unchanged if !res.events.is_empty() => "note",
                     Status::Unchanged => continue,
                     Status::Changed => verb,
                     Status::Failed => "FAILED",

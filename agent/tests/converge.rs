@@ -575,7 +575,7 @@ fn absent_resources_and_cron() {
 }
 
 #[test]
-fn services_and_repository_packages_fail_clearly_under_root() {
+fn services_are_not_managed_and_repository_packages_fail_clearly_under_root() {
     let env = Env::new();
     let mut c = new_catalog();
     c.resources.push(res(Kind::Service {
@@ -591,10 +591,14 @@ fn services_and_repository_packages_fail_clearly_under_root() {
     std::fs::write(env.p("/var/lib/dpkg/status"), "").unwrap();
     let (code, r, _) = env.run(&c, &[]);
     assert_eq!(code, 4);
+    // The service is neither checked nor changed, and the report says so
+    // (not a failure: a root has no init system to ask).
     let s = status_of(&r, "service[nginx]");
-    assert_eq!(s.status, Status::Failed);
+    assert_eq!(s.status, Status::Unchanged);
+    assert_eq!(s.events.len(), 1, "{:?}", s.events);
     assert!(
-        s.events[0].contains("cannot be managed under --root"),
+        s.events[0].starts_with("not managed under --root")
+            && s.events[0].contains("wanted: running, enabled at boot"),
         "{:?}",
         s.events
     );
@@ -604,6 +608,18 @@ fn services_and_repository_packages_fail_clearly_under_root() {
         p.events[0].contains("apt has no root option"),
         "{:?}",
         p.events
+    );
+    // The default output shows the note too, not only the JSON report.
+    let cat = env.write_catalog(&c);
+    let out = env.cmd(
+        &["run", "--once"],
+        &["--catalog", cat.to_str().unwrap()],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("note service[nginx]: not managed under --root"),
+        "{stdout}"
     );
 }
 

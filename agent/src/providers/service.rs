@@ -1,9 +1,14 @@
 //! service provider: systemd (`systemctl`) when it is the running init,
 //! else the `service` command / init scripts with `update-rc.d` (Debian) or
 //! `chkconfig` (RedHat) for boot-time enabling. A refresh restarts a running
-//! service once (not when this run just started it). Services cannot be
-//! managed under `--root` (no init system runs there): such a resource fails
-//! with that reason.
+//! service once (not when this run just started it).
+//!
+//! Under `--root` no init system runs for the root, so services are not
+//! managed there: the resource is neither checked nor changed, and its report
+//! says so (status `unchanged` with the event `not managed under --root ...`,
+//! a warning in the log, a `not managed` line in the run's output). It is not
+//! a failure: converging an image or a chroot is expected to leave services
+//! to the system that boots it; nothing is claimed about the service's state.
 
 use super::{Ctx, Outcome, cmd};
 use std::path::Path;
@@ -129,11 +134,9 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
         !name.is_empty() && !name.starts_with('-') && !name.contains('/'),
         "invalid service name {name:?}"
     );
-    anyhow::ensure!(
-        !ctx.in_root(),
-        "services cannot be managed under --root {} (no init system runs there); service {name} was not touched",
-        ctx.root.display()
-    );
+    if ctx.in_root() {
+        return Ok(not_managed_in_root(ctx, name, *ensure, *enable, refresh));
+    }
     let i = init();
     let mut out = Outcome::default();
     let mut started = false;
@@ -180,3 +183,47 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
     }
     Ok(out)
 }
+
+/// The outcome of a service resource under `--root`: nothing checked,
+/// nothing changed, and an event saying what was wanted and not done.
+fn not_managed_in_root(
+    ctx: &Ctx,
+    name: &str,
+    ensure: Option<ServiceState>,
+    enable: Option<bool>,
+    refresh: bool,
+) -> Outcome {
+    let mut wanted = Vec::new();
+    match ensure {
+        Some(ServiceState::Running) => wanted.push("running"),
+        Some(ServiceState::Stopped) => wanted.push("stopped"),
+        None => {}
+    }
+    match enable {
+        Some(true) => wanted.push("enabled at boot"),
+        Some(false) => wanted.push("disabled at boot"),
+        None => {}
+    }
+    if refresh {
+        wanted.push("a restart (refresh)");
+    }
+    let wanted = if wanted.is_empty() {
+        String::new()
+    } else {
+        format!("; wanted: {}", wanted.join(", "))
+    };
+    let msg = format!(
+        "{NOT_MANAGED_IN_ROOT} {}: no init system runs there, service {name} was neither checked nor changed{wanted}",
+        ctx.root.display()
+    );
+    tracing::warn!("service[{name}]: {msg}");
+    Outcome {
+        changed: false,
+        events: vec![msg],
+        diff: None,
+        refreshed: false,
+    }
+}
+
+/// How every service event under `--root` starts.
+pub const NOT_MANAGED_IN_ROOT: &str = "not managed under --root";
