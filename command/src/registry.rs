@@ -31,7 +31,20 @@
 //! type = "text"
 //! max_len = 128
 //! secret = true        # redacted in audit logs
+//!
+//! # How the agent runs it: argv templates (never a shell), in order; the
+//! # first step that fails ends the action.
+//! timeout_secs = 600       # whole action (default 60, at most 3600)
+//! user = "postgres"        # optional: run as this user
+//!
+//! [[action.run]]
+//! argv = ["/usr/bin/vacuumdb", "--analyze", "--", "{database}"]
+//! ok_exit = [0]            # default
 //! ```
+//!
+//! In an argv template, an element that is exactly `{NAME}` becomes the
+//! (validated) value of argument NAME as one whole element; nothing is ever
+//! interpolated inside a string or split on spaces (see [`RunStep`]).
 
 use std::collections::BTreeMap;
 
@@ -67,6 +80,10 @@ pub enum ArgType {
     /// Free text without control characters, at most `max_len` characters
     /// (and at most the envelope's string limit). Never given to a shell.
     Text { max_len: usize },
+    /// An `http://` URL on this host only (`127.x.x.x`, `localhost` or
+    /// `[::1]`, optional port, path): what a health check may fetch. A
+    /// signed command can never make an agent reach another host.
+    LocalUrl,
 }
 
 impl ArgType {
@@ -94,6 +111,7 @@ impl ArgType {
             (ArgType::Identifier, ArgValue::Str(s)) => check_identifier(s),
             (ArgType::Environment, ArgValue::Str(s)) => check_environment(s),
             (ArgType::HostGlob, ArgValue::Str(s)) => check_host_glob(s),
+            (ArgType::LocalUrl, ArgValue::Str(s)) => check_local_url(s),
             (ArgType::Text { max_len }, ArgValue::Str(s)) => {
                 let n = s.chars().count();
                 if n > *max_len || s.len() > MAX_STR {
@@ -120,6 +138,7 @@ impl ArgType {
             ArgType::Environment => "an environment name",
             ArgType::HostGlob => "a host glob",
             ArgType::Text { .. } => "text",
+            ArgType::LocalUrl => "a local http:// URL",
         }
     }
 
@@ -229,6 +248,64 @@ pub fn check_identifier(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A health-check URL: `http://HOST[:PORT][/PATH]` where HOST is
+/// `localhost`, `[::1]` or an address in 127.0.0.0/8; at most 2048 bytes of
+/// visible ASCII without quotes, backslashes or angle brackets.
+pub fn check_local_url(s: &str) -> Result<(), String> {
+    if s.len() > 2048 {
+        return Err("URL longer than 2048 characters".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || "\"'`<>\\{}|^".contains(*c))
+    {
+        return Err(format!("character {c:?} is not allowed in the URL"));
+    }
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        format!(
+            "{:?} must start with http:// (health checks fetch this host's own endpoints)",
+            clip(s)
+        )
+    })?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(format!("{:?}: user information is not allowed", clip(s)));
+    }
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, after) = h
+            .split_once(']')
+            .ok_or_else(|| format!("{:?}: unclosed '['", clip(s)))?;
+        (format!("[{h}]"), after.strip_prefix(':'))
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    let local = host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback());
+    if !local {
+        return Err(format!(
+            "{:?}: host must be localhost, [::1] or 127.x.x.x (health checks stay on the host)",
+            clip(&host)
+        ));
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return Err(format!("{:?}: invalid port", clip(p))),
+        }
+    }
+    if !(path.is_empty() || path.starts_with('/')) {
+        return Err(format!("{:?}: the path must start with '/'", clip(s)));
+    }
+    Ok(())
+}
+
 /// Environment name.
 pub fn check_environment(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 64 {
@@ -331,9 +408,10 @@ impl TryFrom<ArgSpecRaw> for ArgSpec {
                     "identifier" => ArgType::Identifier,
                     "environment" => ArgType::Environment,
                     "host_glob" => ArgType::HostGlob,
+                    "local_url" => ArgType::LocalUrl,
                     _ => {
                         return Err(format!(
-                            "argument {}: unknown type {:?} (bool, int, enum, text, package_name, service_name, version, identifier, environment, host_glob)",
+                            "argument {}: unknown type {:?} (bool, int, enum, text, package_name, service_name, version, identifier, environment, host_glob, local_url)",
                             r.name,
                             clip(other)
                         ));
@@ -360,6 +438,60 @@ pub struct ActionSpec {
     pub description: String,
     #[serde(default, rename = "arg")]
     pub args: Vec<ArgSpec>,
+    /// Module actions: the programs the agent runs, in order (argv
+    /// templates, see [`RunStep`]); the first failing step ends the action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run: Vec<RunStep>,
+    /// Module actions: the longest the whole action may take, seconds
+    /// (default [`DEFAULT_ACTION_TIMEOUT_SECS`], at most
+    /// [`MAX_ACTION_TIMEOUT_SECS`]); then its processes are killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+    /// Module actions: run the programs as this user (and its primary
+    /// group, no supplementary groups) instead of the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Default timeout of a module action, seconds.
+pub const DEFAULT_ACTION_TIMEOUT_SECS: u32 = 60;
+/// Longest timeout of a module action, seconds.
+pub const MAX_ACTION_TIMEOUT_SECS: u32 = 3600;
+/// Most steps in one module action.
+pub const MAX_RUN_STEPS: usize = 8;
+/// Most elements in one argv template.
+pub const MAX_ARGV: usize = 64;
+
+/// One program a module action runs: an argv template, never a shell.
+///
+/// `argv[0]` is an absolute path. Every other element is either literal
+/// text (no `{` or `}`) or exactly `{NAME}`, replaced by argument NAME's
+/// value as one whole argv element (bool: `true`/`false`, int: decimal);
+/// an element naming an optional argument that was not given is left out.
+/// A value starting with `-` is refused unless a literal `--` comes
+/// earlier in the argv (so a value can never become an option).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunStep {
+    pub argv: Vec<String>,
+    /// Exit codes that count as success (default `[0]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok_exit: Option<Vec<i32>>,
+}
+
+impl RunStep {
+    /// Whether `code` counts as success.
+    pub fn is_ok(&self, code: i32) -> bool {
+        match &self.ok_exit {
+            Some(codes) => codes.contains(&code),
+            None => code == 0,
+        }
+    }
+}
+
+/// The argument name of a `{NAME}` element.
+fn placeholder(elem: &str) -> Option<&str> {
+    elem.strip_prefix('{')?.strip_suffix('}')
 }
 
 /// A module's action declarations (TOML: `[[action]]` tables).
@@ -398,6 +530,8 @@ pub enum RegistryError {
         arg: String,
         reason: String,
     },
+    #[error("action {action}: run: {reason}")]
+    BadRun { action: String, reason: String },
 }
 
 impl ActionSpec {
@@ -486,9 +620,137 @@ impl ActionSpec {
             .collect()
     }
 
+    /// The argv of step `step` with `args` substituted (see [`RunStep`]).
+    /// `args` must already have passed [`ActionSpec::check_args`]; this
+    /// checks them again, so an unchecked value can never reach a program.
+    pub fn argv(
+        &self,
+        step: usize,
+        args: &BTreeMap<String, ArgValue>,
+    ) -> Result<Vec<String>, ArgError> {
+        self.check_args(args)?;
+        let Some(st) = self.run.get(step) else {
+            return Err(ArgError::Invalid {
+                name: String::new(),
+                reason: format!("action {} has no step {step}", self.name),
+            });
+        };
+        let mut out = Vec::with_capacity(st.argv.len());
+        let mut after_dashdash = false;
+        for (i, elem) in st.argv.iter().enumerate() {
+            match placeholder(elem).filter(|_| i > 0) {
+                None => {
+                    if elem == "--" {
+                        after_dashdash = true;
+                    }
+                    out.push(elem.clone());
+                }
+                Some(name) => {
+                    let Some(v) = args.get(name) else { continue };
+                    let text = match v {
+                        ArgValue::Bool(b) => b.to_string(),
+                        ArgValue::Int(n) => n.to_string(),
+                        ArgValue::Str(s) => s.clone(),
+                    };
+                    if text.starts_with('-') && !after_dashdash {
+                        return Err(ArgError::Invalid {
+                            name: name.to_string(),
+                            reason: format!(
+                                "{:?} starts with '-' and would be read as an option",
+                                clip(&text)
+                            ),
+                        });
+                    }
+                    out.push(text);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn validate_decl(&self) -> Result<(), RegistryError> {
         if !is_action_name(&self.name) {
             return Err(RegistryError::BadActionName(clip(&self.name)));
+        }
+        let bad_run = |reason: String| RegistryError::BadRun {
+            action: self.name.clone(),
+            reason,
+        };
+        if self.run.len() > MAX_RUN_STEPS {
+            return Err(bad_run(format!("more than {MAX_RUN_STEPS} steps")));
+        }
+        if self.run.is_empty() && (self.timeout_secs.is_some() || self.user.is_some()) {
+            return Err(bad_run(
+                "`timeout_secs` and `user` need `[[action.run]]` steps".into(),
+            ));
+        }
+        if let Some(t) = self.timeout_secs
+            && !(1..=MAX_ACTION_TIMEOUT_SECS).contains(&t)
+        {
+            return Err(bad_run(format!(
+                "timeout_secs must be 1..={MAX_ACTION_TIMEOUT_SECS}"
+            )));
+        }
+        if let Some(u) = &self.user {
+            let ok = !u.is_empty()
+                && u.len() <= 32
+                && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && u.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+            if !ok {
+                return Err(bad_run(format!(
+                    "user {:?} is not a valid user name",
+                    clip(u)
+                )));
+            }
+        }
+        for (n, st) in self.run.iter().enumerate() {
+            let at = |r: String| bad_run(format!("step {}: {r}", n + 1));
+            let Some(prog) = st.argv.first() else {
+                return Err(at("argv is empty".into()));
+            };
+            if st.argv.len() > MAX_ARGV {
+                return Err(at(format!("more than {MAX_ARGV} argv elements")));
+            }
+            if !prog.starts_with('/') || prog.contains(['{', '}']) || prog.contains("/../") {
+                return Err(at(format!(
+                    "argv[0] {:?} must be an absolute path (no placeholders, no '..')",
+                    clip(prog)
+                )));
+            }
+            for e in &st.argv {
+                if e.len() > MAX_STR || e.chars().any(char::is_control) {
+                    return Err(at(
+                        "argv elements must be short and free of control characters".into(),
+                    ));
+                }
+            }
+            for e in &st.argv[1..] {
+                match placeholder(e) {
+                    Some(name) => {
+                        if !self.args.iter().any(|a| a.name == name) {
+                            return Err(at(format!(
+                                "{{{}}} names no declared argument",
+                                clip(name)
+                            )));
+                        }
+                    }
+                    None if e.contains(['{', '}']) => {
+                        return Err(at(format!(
+                            "{:?}: a placeholder must be a whole element, `{{NAME}}`; literal text may not contain braces",
+                            clip(e)
+                        )));
+                    }
+                    None => {}
+                }
+            }
+            if let Some(codes) = &st.ok_exit
+                && (codes.is_empty()
+                    || codes.len() > 16
+                    || codes.iter().any(|c| !(0..=255).contains(c)))
+            {
+                return Err(at("ok_exit must list 1..=16 exit codes in 0..=255".into()));
+            }
         }
         if self.args.len() > MAX_ENTRIES {
             return Err(RegistryError::BadArg {
@@ -539,6 +801,9 @@ fn action(name: &str, description: &str, args: Vec<ArgSpec>) -> ActionSpec {
         name: name.into(),
         description: description.into(),
         args,
+        run: Vec::new(),
+        timeout_secs: None,
+        user: None,
     }
 }
 
@@ -629,6 +894,43 @@ impl Registry {
                 vec![msg(true)],
             ),
             action("maintenance.off", "leave maintenance mode", vec![]),
+            action(
+                "health.http",
+                "GET a URL on this host and expect a status",
+                vec![
+                    arg("url", ArgType::LocalUrl, true, "http://127.0.0.1:PORT/PATH"),
+                    arg(
+                        "expect_status",
+                        ArgType::Int { min: 100, max: 599 },
+                        false,
+                        "expected HTTP status (default 200)",
+                    ),
+                    arg(
+                        "timeout_secs",
+                        ArgType::Int { min: 1, max: 300 },
+                        false,
+                        "per attempt (default 5)",
+                    ),
+                ],
+            ),
+            action(
+                "health.tcp",
+                "connect to a TCP port on this host",
+                vec![
+                    arg(
+                        "port",
+                        ArgType::Int { min: 1, max: 65535 },
+                        true,
+                        "port on 127.0.0.1",
+                    ),
+                    arg(
+                        "timeout_secs",
+                        ArgType::Int { min: 1, max: 300 },
+                        false,
+                        "per attempt (default 5)",
+                    ),
+                ],
+            ),
         ];
         Self {
             actions: list.into_iter().map(|a| (a.name.clone(), a)).collect(),
@@ -713,11 +1015,13 @@ mod tests {
             "lb.restore",
             "maintenance.on",
             "maintenance.off",
+            "health.http",
+            "health.tcp",
         ] {
             assert!(r.get(name).is_some(), "{name}");
         }
         assert!(r.get("shell.exec").is_none());
-        assert_eq!(r.actions().count(), 16);
+        assert_eq!(r.actions().count(), 18);
     }
 
     #[test]
@@ -928,6 +1232,161 @@ mod tests {
             Err(RegistryError::Duplicate(_))
         ));
         assert_eq!(r, before);
+    }
+
+    fn vacuum() -> ActionSpec {
+        let mut r = Registry::empty();
+        r.add_module_toml(
+            "pg",
+            r#"
+            [[action]]
+            name = "pg.vacuum"
+            timeout_secs = 30
+            user = "postgres"
+            [[action.arg]]
+            name = "database"
+            type = "identifier"
+            required = true
+            [[action.arg]]
+            name = "jobs"
+            type = "int"
+            min = -3
+            max = 8
+            [[action.arg]]
+            name = "note"
+            type = "text"
+            max_len = 64
+            [[action.run]]
+            argv = ["/usr/bin/vacuumdb", "--jobs", "{jobs}", "{note}", "--", "{database}"]
+            [[action.run]]
+            argv = ["/bin/true"]
+            ok_exit = [0, 1]
+            "#,
+        )
+        .unwrap();
+        r.get("pg.vacuum").unwrap().clone()
+    }
+
+    #[test]
+    fn argv_templates_substitute_whole_elements_only() {
+        let v = vacuum();
+        assert_eq!(v.timeout_secs, Some(30));
+        assert_eq!(v.user.as_deref(), Some("postgres"));
+        assert!(v.run[1].is_ok(1) && !v.run[1].is_ok(2) && v.run[0].is_ok(0));
+        let argv = v
+            .argv(
+                0,
+                &args(&[
+                    ("database", s("app")),
+                    ("jobs", ArgValue::Int(4)),
+                    ("note", s("a b; rm -rf /")),
+                ]),
+            )
+            .unwrap();
+        // Spaces and shell syntax stay inside one element.
+        assert_eq!(
+            argv,
+            [
+                "/usr/bin/vacuumdb",
+                "--jobs",
+                "4",
+                "a b; rm -rf /",
+                "--",
+                "app"
+            ]
+        );
+        // Optional arguments that are absent leave their element out.
+        assert_eq!(
+            v.argv(0, &args(&[("database", s("app"))])).unwrap(),
+            ["/usr/bin/vacuumdb", "--jobs", "--", "app"]
+        );
+        // A value that would be read as an option is refused before `--`.
+        for (k, val) in [
+            ("note", s("--config=/tmp/evil")),
+            ("jobs", ArgValue::Int(-1)),
+        ] {
+            assert!(
+                matches!(
+                    v.argv(0, &args(&[("database", s("app")), (k, val.clone())])),
+                    Err(ArgError::Invalid { .. })
+                ),
+                "{k}={val}"
+            );
+        }
+        // Unchecked values never reach an argv.
+        assert!(v.argv(0, &args(&[("database", s("app; reboot"))])).is_err());
+        assert!(v.argv(0, &args(&[])).is_err());
+        assert!(v.argv(5, &args(&[("database", s("app"))])).is_err());
+    }
+
+    #[test]
+    fn run_declaration_refusals() {
+        let head =
+            "[[action]]\nname = \"x.a\"\n[[action.arg]]\nname = \"n\"\ntype = \"identifier\"\n";
+        let cases = [
+            "[[action.run]]\nargv = []\n",
+            "[[action.run]]\nargv = [\"sh\", \"-c\", \"x\"]\n",
+            "[[action.run]]\nargv = [\"/bin/{n}\"]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", \"{m}\"]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", \"x{n}\"]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", \"--name={n}\"]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\"]\nok_exit = []\n",
+            "[[action.run]]\nargv = [\"/bin/echo\"]\nok_exit = [300]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\"]\nshell = true\n",
+            "[[action.run]]\ncommand = \"/bin/echo {n}\"\n",
+        ];
+        for c in cases {
+            let text = format!("{head}{c}");
+            let mut r = Registry::empty();
+            assert!(r.add_module_toml("x", &text).is_err(), "{text}");
+        }
+        for extra in [
+            "timeout_secs = 0\n",
+            "timeout_secs = 99999\n",
+            "user = \"Root Admin\"\n",
+        ] {
+            let text = format!(
+                "[[action]]\nname = \"x.a\"\n{extra}[[action.run]]\nargv = [\"/bin/true\"]\n"
+            );
+            assert!(
+                Registry::empty().add_module_toml("x", &text).is_err(),
+                "{text}"
+            );
+        }
+        // `user` without steps is meaningless: refused.
+        assert!(
+            Registry::empty()
+                .add_module_toml("x", "[[action]]\nname = \"x.a\"\nuser = \"www-data\"\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn local_urls_only() {
+        for ok in [
+            "http://127.0.0.1/healthz",
+            "http://127.0.0.1:8080/healthz?full=1",
+            "http://localhost:80",
+            "http://[::1]:9000/x",
+            "http://127.3.4.5",
+        ] {
+            assert_eq!(check_local_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://127.0.0.1/",
+            "http://10.0.0.1/",
+            "http://example.com/",
+            "http://127.0.0.1.evil.com/",
+            "http://user@127.0.0.1/",
+            "http://127.0.0.1:0/",
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1/a b",
+            "http://127.0.0.1/\"",
+            "ftp://127.0.0.1/",
+            "http://[::2]/",
+        ] {
+            assert!(check_local_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! [lb]                       # optional: drain/restore in HAProxy
 //! backend = "be_web"
 //!
-//! [health]                   # optional: checked after start
-//! http = "http://127.0.0.1:80/healthz"
+//! [health]                   # optional: checked after start, before restore
+//! http = "http://127.0.0.1:80/healthz"   # this host only (health.http)
 //! expect_status = 200
-//! timeout_secs = 5
+//! timeout_secs = 5           # per attempt
+//! retries = 3                # extra attempts
+//! interval_secs = 2          # between attempts
 //!
 //! [[package]]
 //! name = "openssl"
@@ -24,7 +26,17 @@
 //! [[package]]
 //! name = "nginx"
 //! version = "1.24.0-1"
+//! [package.health]           # this package's own check (replaces [health])
+//! action = "nginx.healthcheck"   # a module-declared action (its exit code)
+//! retries = 5
 //! ```
+//!
+//! A health check is one of `http` (built-in `health.http`: GET on the
+//! host itself, expecting `expect_status`), `tcp` (built-in `health.tcp`: a
+//! port on 127.0.0.1 accepts connections) or `action` (a module-declared
+//! action without arguments; its `ok_exit` codes say healthy). Each attempt
+//! is its own signed command; the check fails after `1 + retries` failed
+//! attempts.
 //!
 //! For each package in order, hosts go batch by batch through: enter
 //! maintenance, drain, stop services, update to the version, verify the
@@ -75,12 +87,107 @@ pub struct HealthCheck {
     /// A local TCP port that must accept connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<u16>,
+    /// A module-declared action (no arguments) whose success means healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// Per attempt (default 5, 1..=300).
     #[serde(default = "default_timeout")]
     pub timeout_secs: u32,
     /// Extra attempts (default 3, 0..=20).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Pause between attempts (default 2, 0..=60).
+    #[serde(default = "default_interval")]
+    pub interval_secs: u32,
+}
+
+impl HealthCheck {
+    fn validate(&self, at: &str) -> Result<(), ReleaseError> {
+        let set = [
+            self.http.is_some(),
+            self.tcp.is_some(),
+            self.action.is_some(),
+        ];
+        match set.iter().filter(|b| **b).count() {
+            0 => return Err(invalid(format!("{at}: set `http`, `tcp` or `action`"))),
+            1 => {}
+            _ => {
+                return Err(invalid(format!(
+                    "{at}: set only one of `http`, `tcp` and `action`"
+                )));
+            }
+        }
+        if let Some(url) = &self.http {
+            crate::registry::check_local_url(url)
+                .map_err(|e| invalid(format!("{at}.http: {e}")))?;
+        }
+        if self.tcp == Some(0) {
+            return Err(invalid(format!("{at}.tcp: port 0 is not valid")));
+        }
+        if let Some(a) = &self.action
+            && !(crate::envelope::is_action_name(a) && a.contains('.'))
+        {
+            return Err(invalid(format!(
+                "{at}.action: {:?} is not a module action name (`module.action`)",
+                clip(a)
+            )));
+        }
+        if !(100..=599).contains(&self.expect_status) {
+            return Err(invalid(format!("{at}.expect_status must be 100..=599")));
+        }
+        if !(1..=300).contains(&self.timeout_secs) {
+            return Err(invalid(format!("{at}.timeout_secs must be 1..=300")));
+        }
+        if self.retries > 20 {
+            return Err(invalid(format!("{at}.retries must be 0..=20")));
+        }
+        if self.interval_secs > 60 {
+            return Err(invalid(format!("{at}.interval_secs must be 0..=60")));
+        }
+        Ok(())
+    }
+
+    /// The action and arguments of one attempt.
+    pub fn action(&self) -> (String, BTreeMap<String, ArgValue>) {
+        let mut a = BTreeMap::new();
+        if let Some(url) = &self.http {
+            a.insert("url".into(), ArgValue::Str(url.clone()));
+            a.insert(
+                "expect_status".into(),
+                ArgValue::Int(i64::from(self.expect_status)),
+            );
+            a.insert(
+                "timeout_secs".into(),
+                ArgValue::Int(i64::from(self.timeout_secs)),
+            );
+            ("health.http".into(), a)
+        } else if let Some(port) = self.tcp {
+            a.insert("port".into(), ArgValue::Int(i64::from(port)));
+            a.insert(
+                "timeout_secs".into(),
+                ArgValue::Int(i64::from(self.timeout_secs)),
+            );
+            ("health.tcp".into(), a)
+        } else {
+            (self.action.clone().unwrap_or_default(), a)
+        }
+    }
+
+    /// Attempts in all (`1 + retries`).
+    pub fn attempts(&self) -> u32 {
+        1 + self.retries
+    }
+
+    /// A one-line description (`GET http://... expecting 200`).
+    pub fn describe(&self) -> String {
+        if let Some(url) = &self.http {
+            format!("GET {url} expecting {}", self.expect_status)
+        } else if let Some(p) = self.tcp {
+            format!("TCP port {p} on 127.0.0.1")
+        } else {
+            format!("action {}", self.action.as_deref().unwrap_or(""))
+        }
+    }
 }
 
 fn default_status() -> u16 {
@@ -91,6 +198,9 @@ fn default_timeout() -> u32 {
 }
 fn default_retries() -> u32 {
     3
+}
+fn default_interval() -> u32 {
+    2
 }
 
 /// One package of the release.
@@ -103,6 +213,9 @@ pub struct PackageRelease {
     /// package name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<String>>,
+    /// This package's health check (default: the release's `[health]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 impl PackageRelease {
@@ -165,55 +278,18 @@ impl Release {
             for s in p.services.iter().flatten() {
                 check_service_name(s).map_err(|e| invalid(format!("{at}: services: {e}")))?;
             }
+            if let Some(h) = &p.health {
+                h.validate(&format!("{at}: health"))?;
+            }
         }
         if let Some(lb) = &self.lb {
             check_identifier(&lb.backend).map_err(|e| invalid(format!("lb.backend: {e}")))?;
         }
         if let Some(h) = &self.health {
-            match (&h.http, h.tcp) {
-                (None, None) => return Err(invalid("health: set `http` or `tcp`")),
-                (Some(_), Some(_)) => {
-                    return Err(invalid("health: set only one of `http` and `tcp`"));
-                }
-                (Some(url), None) => {
-                    check_url(url).map_err(|e| invalid(format!("health.http: {e}")))?
-                }
-                (None, Some(0)) => return Err(invalid("health.tcp: port 0 is not valid")),
-                (None, Some(_)) => {}
-            }
-            if !(100..=599).contains(&h.expect_status) {
-                return Err(invalid("health.expect_status must be 100..=599"));
-            }
-            if !(1..=300).contains(&h.timeout_secs) {
-                return Err(invalid("health.timeout_secs must be 1..=300"));
-            }
-            if h.retries > 20 {
-                return Err(invalid("health.retries must be 0..=20"));
-            }
+            h.validate("health")?;
         }
         Ok(())
     }
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("{:?} must start with http:// or https://", clip(url)))?;
-    if url.len() > 2048 {
-        return Err("URL longer than 2048 characters".into());
-    }
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() {
-        return Err(format!("{:?} has no host", clip(url)));
-    }
-    if let Some(c) = url
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || "\"'`<>\\".contains(*c))
-    {
-        return Err(format!("character {c:?} is not allowed in the URL"));
-    }
-    Ok(())
 }
 
 /// One step on one host.
@@ -232,10 +308,19 @@ pub enum Step {
 }
 
 impl Step {
-    /// The built-in action and arguments that perform this step, if one
-    /// does (`CheckHealth` is done by the executor; `VerifyVersion` is a
-    /// `package.status` whose answer the executor compares).
-    pub fn action(&self) -> Option<(&'static str, BTreeMap<String, ArgValue>)> {
+    /// The action and arguments that perform this step (`VerifyVersion` is
+    /// a `package.status` whose answer the executor compares; `CheckHealth`
+    /// is one attempt, repeated by the executor as the check says).
+    pub fn action(&self) -> Option<(String, BTreeMap<String, ArgValue>)> {
+        self.builtin()
+            .map(|(a, args)| (a.to_string(), args))
+            .or_else(|| match self {
+                Step::CheckHealth { check } => Some(check.action()),
+                _ => None,
+            })
+    }
+
+    fn builtin(&self) -> Option<(&'static str, BTreeMap<String, ArgValue>)> {
         let one = |k: &str, v: &str| -> BTreeMap<String, ArgValue> {
             [(k.to_string(), ArgValue::Str(v.to_string()))].into()
         };
@@ -382,7 +467,7 @@ impl Plan {
         for s in p.services() {
             steps.push(Step::StartService { service: s });
         }
-        if let Some(h) = &self.release.health {
+        if let Some(h) = p.health.as_ref().or(self.release.health.as_ref()) {
             steps.push(Step::CheckHealth { check: h.clone() });
         }
         if let Some(lb) = &self.release.lb {
@@ -625,9 +710,8 @@ mod tests {
         let reg = Registry::builtin();
         for phase in 0..2 {
             for st in p.steps(phase, "web-1").unwrap().steps {
-                if let Some((action, args)) = st.action() {
-                    reg.get(action).unwrap().check_args(&args).unwrap();
-                }
+                let (action, args) = st.action().unwrap();
+                reg.get(&action).unwrap().check_args(&args).unwrap();
             }
         }
     }
@@ -642,6 +726,61 @@ mod tests {
         let s = p.steps(0, "web-1").unwrap().steps;
         assert_eq!(s.len(), 4);
         assert!(matches!(s[1], Step::UpdatePackage { .. }));
+    }
+
+    #[test]
+    fn per_package_health_replaces_the_release_one() {
+        let r = Release::from_toml(
+            r#"
+            title = "t"
+            [health]
+            tcp = 5432
+            [[package]]
+            name = "libpq5"
+            version = "15.1"
+            services = []
+            [[package]]
+            name = "nginx"
+            version = "1.24.0-1"
+            [package.health]
+            http = "http://127.0.0.1:8080/healthz"
+            expect_status = 204
+            retries = 0
+            "#,
+        )
+        .unwrap();
+        let p = plan(&r, &hosts(1), PlanOptions::default()).unwrap();
+        let health = |phase| {
+            p.steps(phase, "web-1")
+                .unwrap()
+                .steps
+                .into_iter()
+                .find_map(|s| match s {
+                    Step::CheckHealth { check } => Some(check),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let (a, args) = health(0).action();
+        assert_eq!(a, "health.tcp");
+        assert_eq!(args["port"], ArgValue::Int(5432));
+        let h = health(1);
+        assert_eq!(h.attempts(), 1);
+        let (a, args) = h.action();
+        assert_eq!(a, "health.http");
+        assert_eq!(args["expect_status"], ArgValue::Int(204));
+        Registry::builtin()
+            .get(&a)
+            .unwrap()
+            .check_args(&args)
+            .unwrap();
+        let r = Release::from_toml(
+            "title = \"t\"\n[health]\naction = \"app.ready\"\n[[package]]\nname = \"app\"\nversion = \"2\"\n",
+        )
+        .unwrap();
+        let h = r.health.unwrap();
+        assert_eq!(h.action(), ("app.ready".to_string(), BTreeMap::new()));
+        assert_eq!(h.attempts(), 4);
     }
 
     #[test]
@@ -681,6 +820,22 @@ mod tests {
             (
                 "title = \"t\"\n[health]\nhttp = \"ftp://x\"\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n",
                 "http",
+            ),
+            (
+                "title = \"t\"\n[health]\nhttp = \"http://10.1.2.3/\"\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n",
+                "host must be localhost",
+            ),
+            (
+                "title = \"t\"\n[health]\ntcp = 80\naction = \"nginx.check\"\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n",
+                "only one",
+            ),
+            (
+                "title = \"t\"\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n[package.health]\naction = \"rm -rf\"\n",
+                "package #1 (nginx): health.action",
+            ),
+            (
+                "title = \"t\"\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n[package.health]\ntcp = 80\ninterval_secs = 61\n",
+                "interval_secs",
             ),
             (
                 "title = \"t\"\n[health]\ntcp = 80\ntimeout_secs = 0\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n",

@@ -5,18 +5,21 @@
 //! [`troupe_command::release`]: for each package in order, batch by batch,
 //! each host goes through enter maintenance, drain (if `[lb]`), stop the
 //! services, update to the version, verify the version, start the
-//! services, restore, leave maintenance. Every step is its own signed
+//! services, check health (if the package or the release has a health
+//! check), restore, leave maintenance. Every step is its own signed
 //! command naming only that host, and each agent checks it like any other.
+//! A health check is repeated (`retries`, `interval_secs`), each attempt
+//! its own signed command (`health.http`, `health.tcp` or a module
+//! action), until it passes or the attempts run out.
 //! A host that fails a step stops there, so it stays drained and in
 //! maintenance; the release stops once more hosts failed than
 //! `--max-failures` allows (0: the first failure), with a descriptive
-//! error. The same file can be run against a disaster-recovery environment
-//! first (`--where env=dr`) and production second.
-//!
-//! `[health]` checks are refused for now: no built-in action runs them on
-//! the host yet, and skipping them silently would be worse.
+//! error. The same file is run against the disaster-recovery environment
+//! first and production second: `--environment dr`, then
+//! `--environment production` (each agent declares its environment and
+//! checks it again).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -88,12 +91,6 @@ pub fn run(args: DeployArgs) -> Result<u8> {
     let text = std::fs::read_to_string(&args.release)
         .with_context(|| format!("reading {}", args.release.display()))?;
     let rel = Release::from_toml(&text).with_context(|| format!("{}", args.release.display()))?;
-    if rel.health.is_some() {
-        bail!(
-            "{}: [health] checks are not supported by troupe deploy yet (no agent action runs them); remove the section to deploy without them",
-            args.release.display()
-        );
-    }
     let target = args.fleet.target()?;
     let mut signer = args.fleet.signer.open()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,6 +103,9 @@ pub fn run(args: DeployArgs) -> Result<u8> {
         let probe = crate::run_cli::sign(&mut *signer, "ping", &BTreeMap::new(), target, 60)?;
         let (hosts, _) = crate::run_cli::submit(channel.clone(), probe, Duration::from_secs(30), true, |_| {}).await?;
         writeln!(out, "release: {}", rel.title)?;
+        if let Some(e) = &args.fleet.environment {
+            writeln!(out, "environment: {e}")?;
+        }
         writeln!(out, "matched {} host(s): {}", hosts.len(), hosts.join(" "))?;
         let plan = release::plan(
             &rel,
@@ -165,42 +165,81 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     let mut outcomes: BTreeMap<String, HostOutcome> = BTreeMap::new();
                     let nsteps = hosts.iter().map(|h| h.steps.len()).max().unwrap_or(0);
                     for i in 0..nsteps {
-                        let mut set = tokio::task::JoinSet::new();
+                        // The hosts still going, with their step i.
+                        let mut going: Vec<(String, Step)> = Vec::new();
                         for hs in &hosts {
                             if outcomes.contains_key(&hs.host) {
                                 continue;
                             }
-                            let Some(step) = hs.steps.get(i).cloned() else { continue };
-                            let Some((action, a)) = step.action() else {
-                                outcomes.insert(hs.host.clone(), HostOutcome::Failed { step: i, error: "step has no action".into() });
-                                continue;
-                            };
-                            let wire = sign(&mut *signer, &hs.host, action, a, ttl)?;
-                            let ch = channel.clone();
-                            let host = hs.host.clone();
-                            set.spawn(async move {
-                                let r = run_step(ch, wire, timeout, &host).await;
-                                (host, step, r)
-                            });
-                        }
-                        while let Some(j) = set.join_next().await {
-                            let (host, step, r) = j?;
-                            let error = match r {
-                                Err(e) => Some(e),
-                                Ok(r) if r.status != "ok" => Some(format!("{}: {}", r.status, r.message)),
-                                Ok(r) => match &step {
-                                    Step::VerifyVersion { version, .. } => {
-                                        let v: serde_json::Value = serde_json::from_slice(&r.data_json).unwrap_or_default();
-                                        let have = v["version"].as_str().unwrap_or("");
-                                        (have != version).then(|| format!("version is {have:?}, expected {version:?}"))
-                                    }
-                                    _ => None,
-                                },
-                            };
-                            if let Some(error) = error {
-                                writeln!(out, "  {host}: FAILED at {}: {error}", describe(&step))?;
-                                outcomes.insert(host, HostOutcome::Failed { step: i, error });
+                            if let Some(step) = hs.steps.get(i) {
+                                going.push((hs.host.clone(), step.clone()));
                             }
+                        }
+                        let Some(first) = going.first().map(|(_, s)| s.clone()) else { continue };
+                        // A health check is tried `1 + retries` times.
+                        let (attempts, pause, step_timeout) = match &first {
+                            Step::CheckHealth { check } => (
+                                check.attempts(),
+                                Duration::from_secs(u64::from(check.interval_secs)),
+                                timeout.min(Duration::from_secs(u64::from(check.timeout_secs) + 15)),
+                            ),
+                            _ => (1, Duration::ZERO, timeout),
+                        };
+                        for attempt in 1..=attempts {
+                            let mut set = tokio::task::JoinSet::new();
+                            for (host, step) in &going {
+                                let Some((action, a)) = step.action() else {
+                                    outcomes.insert(host.clone(), HostOutcome::Failed { step: i, error: "step has no action".into() });
+                                    continue;
+                                };
+                                let wire = sign(&mut *signer, host, &action, a, ttl)?;
+                                let ch = channel.clone();
+                                let (host, step) = (host.clone(), step.clone());
+                                set.spawn(async move {
+                                    let r = run_step(ch, wire, step_timeout, &host).await;
+                                    (host, step, r)
+                                });
+                            }
+                            let mut again = Vec::new();
+                            while let Some(j) = set.join_next().await {
+                                let (host, step, r) = j?;
+                                let error = match r {
+                                    Err(e) => Some(e),
+                                    Ok(r) if r.status != "ok" => Some(format!("{}: {}", r.status, r.message)),
+                                    Ok(r) => match &step {
+                                        Step::VerifyVersion { version, .. } => {
+                                            let v: serde_json::Value = serde_json::from_slice(&r.data_json).unwrap_or_default();
+                                            let have = v["version"].as_str().unwrap_or("");
+                                            (have != version).then(|| format!("version is {have:?}, expected {version:?}"))
+                                        }
+                                        _ => None,
+                                    },
+                                };
+                                let Some(error) = error else { continue };
+                                if attempt < attempts {
+                                    writeln!(
+                                        out,
+                                        "  {host}: {} attempt {attempt}/{attempts} failed: {error}; again in {} s",
+                                        describe(&step),
+                                        pause.as_secs()
+                                    )?;
+                                    again.push((host, step));
+                                } else {
+                                    let error = if attempts > 1 {
+                                        format!("{attempts} attempts failed, the last: {error}")
+                                    } else {
+                                        error
+                                    };
+                                    writeln!(out, "  {host}: FAILED at {}: {error}", describe(&step))?;
+                                    outcomes.insert(host, HostOutcome::Failed { step: i, error });
+                                }
+                            }
+                            if again.is_empty() {
+                                break;
+                            }
+                            again.sort_by(|a, b| a.0.cmp(&b.0));
+                            going = again;
+                            tokio::time::sleep(pause).await;
                         }
                     }
                     for hs in &hosts {
@@ -227,7 +266,7 @@ fn describe(s: &Step) -> String {
         Step::UpdatePackage { package, version } => format!("update {package} to {version}"),
         Step::VerifyVersion { package, version } => format!("verify {package} is {version}"),
         Step::StartService { service } => format!("start {service}"),
-        Step::CheckHealth { .. } => "check health".into(),
+        Step::CheckHealth { check } => format!("check health ({})", check.describe()),
         Step::Restore { backend } => format!("restore in {backend}"),
         Step::LeaveMaintenance => "leave maintenance".into(),
     }

@@ -53,16 +53,31 @@ pub struct FleetArgs {
     /// Only hosts whose name matches this glob (`web-*`).
     #[arg(long, value_name = "GLOB")]
     pub name: Option<String>,
+    /// Only hosts in this environment (the `environment` each agent's
+    /// orchestration configuration declares; checked by the agents too),
+    /// e.g. `--environment dr` first, then `--environment production`.
+    #[arg(long, value_name = "ENV")]
+    pub environment: Option<String>,
     /// At most this many hosts (the first in name order).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
 }
 
 impl FleetArgs {
-    /// The target filter from --where/--role/--name/--limit.
+    /// The target filter from --where/--role/--name/--environment/--limit.
+    /// `--environment E` is the fact `environment=E`.
     pub fn target(&self) -> anyhow::Result<TargetFilter> {
+        let mut wheres = self.wheres.clone();
+        if let Some(e) = &self.environment {
+            troupe_command::registry::check_environment(e)
+                .map_err(|m| anyhow::anyhow!("--environment: {m}"))?;
+            if wheres.iter().any(|w| w.starts_with("environment=")) {
+                bail!("give the environment once: --environment or --where environment=...");
+            }
+            wheres.push(format!("environment={e}"));
+        }
         Ok(TargetFilter::from_cli(
-            &self.wheres,
+            &wheres,
             self.role.clone(),
             self.name.clone(),
             self.limit,
@@ -82,7 +97,8 @@ impl FleetArgs {
 pub struct RunArgs {
     /// The action: ping, facts, agent.run, agent.disable, agent.enable,
     /// package.status|install|update, service.status|start|stop|restart,
-    /// lb.drain, lb.restore, maintenance.on, maintenance.off.
+    /// lb.drain, lb.restore, maintenance.on, maintenance.off, health.http,
+    /// health.tcp, or a module action (with --module-actions).
     pub action: String,
     /// Arguments as NAME=VALUE, checked against the action's schema
     /// (e.g. `name=nginx`, `version=1.24.0-1`, `message="kernel update"`).

@@ -24,6 +24,8 @@ pub const PASSPHRASE: &str = "correct horse battery";
 pub struct AgentSpec {
     pub name: String,
     pub role: Option<String>,
+    /// The environment its orchestration configuration declares.
+    pub environment: Option<String>,
     /// External facts (they appear as `external.KEY`).
     pub facts: BTreeMap<String, String>,
 }
@@ -33,8 +35,13 @@ impl AgentSpec {
         Self {
             name: name.into(),
             role: None,
+            environment: None,
             facts: BTreeMap::new(),
         }
+    }
+    pub fn environment(mut self, e: &str) -> Self {
+        self.environment = Some(e.into());
+        self
     }
     pub fn role(mut self, r: &str) -> Self {
         self.role = Some(r.into());
@@ -112,8 +119,10 @@ impl Fleet {
         Fleet::start_with(specs, |_, _| String::new())
     }
 
-    /// Like [`Fleet::start`], appending `extra(spec, state_dir)` to each
-    /// agent's orchestration.toml (more rules, `[tools]`...).
+    /// Like [`Fleet::start`], adding `extra(spec, state_dir)` to each
+    /// agent's orchestration.toml (more rules, `[tools]`...), after the
+    /// role and environment and before the signer and policy tables, so it
+    /// may start with top-level keys (`haproxy_socket = ...`).
     pub fn start_with(
         specs: &[AgentSpec],
         extra: impl Fn(&AgentSpec, &std::path::Path) -> String,
@@ -146,6 +155,9 @@ impl Fleet {
                 .as_ref()
                 .map(|r| format!("role = \"{r}\"\n"))
                 .unwrap_or_default();
+            if let Some(e) = &a.environment {
+                role.push_str(&format!("environment = \"{e}\"\n"));
+            }
             // agent.run converges into a sandbox, never this machine's `/`.
             let sandbox = master.root.path().join("roots").join(&a.name);
             std::fs::create_dir_all(&sandbox).expect("sandbox");
@@ -153,9 +165,9 @@ impl Fleet {
             std::fs::write(
                 st.join("orchestration.toml"),
                 format!(
-                    "{role}\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n{POLICY}\n{}",
+                    "{role}{}\n\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n{POLICY}\n",
+                    extra(a, &st),
                     alice.id(),
-                    extra(a, &st)
                 ),
             )
             .expect("agent config");

@@ -1,12 +1,15 @@
-//! Executing verified built-in actions. Every external program is run with
-//! an argv (never a shell), with a timeout, and its arguments have already
-//! passed the action's typed schema in the verifier.
+//! Executing verified actions: the built-ins, and module-declared actions
+//! from their argv templates. Every external program is run with an argv
+//! (never a shell), with a timeout, and its arguments have already passed
+//! the action's typed schema in the verifier (and again when the argv is
+//! built).
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use troupe_command::registry::{ActionSpec, DEFAULT_ACTION_TIMEOUT_SECS};
 use troupe_command::{ArgValue, Verified};
 
 /// The maintenance marker in the state directory (JSON: message, since,
@@ -63,8 +66,16 @@ fn str_arg<'a>(args: &'a BTreeMap<String, ArgValue>, name: &str) -> Option<&'a s
     }
 }
 
-/// Runs the verified command's action.
-pub async fn execute(ctx: &ExecContext, v: &Verified) -> Outcome {
+fn int_arg(args: &BTreeMap<String, ArgValue>, name: &str) -> Option<i64> {
+    match args.get(name) {
+        Some(ArgValue::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// Runs the verified command's action. `spec` is its declaration in the
+/// verifier's registry (module actions run from it).
+pub async fn execute(ctx: &ExecContext, v: &Verified, spec: Option<&ActionSpec>) -> Outcome {
     let args = &v.command.args;
     let action = v.command.action.as_str();
     match action {
@@ -138,10 +149,285 @@ pub async fn execute(ctx: &ExecContext, v: &Verified) -> Outcome {
             };
             haproxy(sock, backend, server, state).await
         }
-        other => Outcome::failed(format!(
-            "action {other} is declared but this agent has no executor for it; nothing was done"
-        )),
+        "health.http" => {
+            let Some(url) = str_arg(args, "url") else {
+                return Outcome::failed("missing argument url");
+            };
+            let expect = int_arg(args, "expect_status").unwrap_or(200);
+            let timeout = int_arg(args, "timeout_secs").unwrap_or(5);
+            health_http(
+                url,
+                expect,
+                Duration::from_secs(timeout.clamp(1, 300) as u64),
+            )
+            .await
+        }
+        "health.tcp" => {
+            let Some(port) = int_arg(args, "port").and_then(|p| u16::try_from(p).ok()) else {
+                return Outcome::failed("missing argument port");
+            };
+            let timeout = int_arg(args, "timeout_secs").unwrap_or(5);
+            health_tcp(port, Duration::from_secs(timeout.clamp(1, 300) as u64)).await
+        }
+        other => match spec {
+            Some(spec) if !spec.run.is_empty() => module_action(spec, args).await,
+            _ => Outcome::failed(format!(
+                "action {other} is declared without [[action.run]] steps, so this agent has no executor for it; nothing was done"
+            )),
+        },
     }
+}
+
+/// `health.http`: one GET on this host (the URL passed the `local_url`
+/// type: http://, loopback host only); redirects are not followed.
+async fn health_http(url: &str, expect: i64, timeout: Duration) -> Outcome {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tonic::codegen::http;
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return Outcome::failed(format!("invalid URL {url}: {e}")),
+    };
+    let req = match http::Request::get(uri)
+        .header("user-agent", "troupe-agent health check")
+        .body(tonic::body::Body::empty())
+    {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(format!("invalid request for {url}: {e}")),
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<tonic::body::Body>();
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => Outcome::failed(format!(
+            "GET {url}: no answer within {} s",
+            timeout.as_secs()
+        )),
+        Ok(Err(e)) => Outcome::failed(format!("GET {url}: {}", crate::identity::error_chain(&e))),
+        Ok(Ok(resp)) => {
+            let status = i64::from(resp.status().as_u16());
+            let data = json!({ "url": url, "status": status, "expected": expect });
+            if status == expect {
+                Outcome::ok(format!("GET {url}: {status}"), data)
+            } else {
+                Outcome {
+                    ok: false,
+                    message: format!("GET {url} answered {status}, expected {expect}"),
+                    data,
+                }
+            }
+        }
+    }
+}
+
+/// `health.tcp`: a port on 127.0.0.1 accepts a connection.
+async fn health_tcp(port: u16, timeout: Duration) -> Outcome {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Outcome::ok(
+            format!("{addr} accepts connections"),
+            json!({ "port": port }),
+        ),
+        Ok(Err(e)) => Outcome::failed(format!("{addr}: {e}")),
+        Err(_) => Outcome::failed(format!("{addr}: no answer within {} s", timeout.as_secs())),
+    }
+}
+
+/// Most bytes of each output stream kept per step (the rest is counted).
+const MAX_OUTPUT: usize = 64 * 1024;
+
+/// Reads a pipe to the end, keeping the first [`MAX_OUTPUT`] bytes.
+async fn drain<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, usize) {
+    let Some(mut r) = r else {
+        return (Vec::new(), 0);
+    };
+    let mut kept = Vec::new();
+    let mut dropped = 0usize;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+                dropped += n - room;
+            }
+        }
+    }
+    (kept, dropped)
+}
+
+fn text(bytes: &[u8], dropped: usize) -> String {
+    let mut s = String::from_utf8_lossy(bytes).into_owned();
+    if dropped > 0 {
+        s.push_str(&format!("\n[{dropped} more bytes not kept]"));
+    }
+    s
+}
+
+/// The last line of some output, clipped (for one-line messages).
+fn last_line(s: &str) -> String {
+    let line = s.trim().lines().last().unwrap_or("").trim();
+    line.chars().take(300).collect()
+}
+
+/// The user a module action runs as: (uid, gid, home).
+fn run_as(user: &str) -> Result<(u32, u32, String), String> {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok((
+            u.uid.as_raw(),
+            u.gid.as_raw(),
+            u.dir.to_string_lossy().into_owned(),
+        )),
+        Ok(None) => Err(format!("user {user} does not exist on this host")),
+        Err(e) => Err(format!("looking up user {user}: {e}")),
+    }
+}
+
+/// A module-declared action: each `[[action.run]]` argv in order, with a
+/// clean environment, stdin from /dev/null, in its own process group
+/// (killed as a whole at the timeout), optionally as another user; stops
+/// at the first step whose exit code is not in its `ok_exit`.
+async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> Outcome {
+    let timeout = Duration::from_secs(u64::from(
+        spec.timeout_secs.unwrap_or(DEFAULT_ACTION_TIMEOUT_SECS),
+    ));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let user = match spec.user.as_deref().map(run_as).transpose() {
+        Ok(u) => u,
+        Err(e) => return Outcome::failed(format!("{}: {e}; nothing was done", spec.name)),
+    };
+    let mut steps = Vec::new();
+    let mut last_out = String::new();
+    for i in 0..spec.run.len() {
+        let argv = match spec.argv(i, args) {
+            Ok(a) => a,
+            Err(e) => {
+                return Outcome {
+                    ok: false,
+                    message: format!("{}: step {}: {e}; stopped", spec.name, i + 1),
+                    data: json!({ "steps": steps }),
+                };
+            }
+        };
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LANG", "C.UTF-8")
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some((uid, gid, home)) = &user {
+            // std drops the supplementary groups when it changes the uid.
+            cmd.uid(*uid).gid(*gid).env("HOME", home);
+            if let Some(u) = &spec.user {
+                cmd.env("USER", u).env("LOGNAME", u);
+            }
+        }
+        let program = argv[0].clone();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome {
+                    ok: false,
+                    message: format!("{}: step {}: cannot run {program}: {e}", spec.name, i + 1),
+                    data: json!({ "steps": steps }),
+                };
+            }
+        };
+        let pgid = child.id();
+        let out = tokio::spawn(drain(child.stdout.take()));
+        let err = tokio::spawn(drain(child.stderr.take()));
+        let status = tokio::time::timeout_at(deadline, child.wait()).await;
+        let timed_out = status.is_err();
+        if timed_out {
+            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait().await;
+        }
+        // A background process of the step may still hold the pipes: wait
+        // for them until the deadline (at least 5 s), then kill the group.
+        let until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(5));
+        let mut outputs = Box::pin(async { (out.await, err.await) });
+        let (o, e) = match tokio::time::timeout_at(until, &mut outputs).await {
+            Ok(x) => x,
+            Err(_) => {
+                if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                tokio::time::timeout(Duration::from_secs(2), &mut outputs)
+                    .await
+                    .unwrap_or((Ok((Vec::new(), 0)), Ok((Vec::new(), 0))))
+            }
+        };
+        let (o, od) = o.unwrap_or_default();
+        let (e, ed) = e.unwrap_or_default();
+        let (stdout, stderr) = (text(&o, od), text(&e, ed));
+        let code = match &status {
+            Ok(Ok(s)) => s.code().unwrap_or(-1),
+            _ => -1,
+        };
+        steps.push(json!({
+            "program": program,
+            "exit_code": code,
+            "stdout": stdout,
+            "stderr": stderr,
+        }));
+        let data = || json!({ "steps": steps });
+        if timed_out {
+            return Outcome {
+                ok: false,
+                message: format!(
+                    "{}: step {} ({program}) did not finish within {} s and was killed",
+                    spec.name,
+                    i + 1,
+                    timeout.as_secs()
+                ),
+                data: data(),
+            };
+        }
+        if let Ok(Err(e)) = &status {
+            return Outcome {
+                ok: false,
+                message: format!("{}: step {} ({program}): {e}", spec.name, i + 1),
+                data: data(),
+            };
+        }
+        if !spec.run[i].is_ok(code) {
+            let why = [last_line(&stderr), last_line(&stdout)]
+                .into_iter()
+                .find(|l| !l.is_empty())
+                .unwrap_or_default();
+            return Outcome {
+                ok: false,
+                message: format!(
+                    "{}: step {} ({program}) exited with {code}: {why}",
+                    spec.name,
+                    i + 1
+                ),
+                data: data(),
+            };
+        }
+        last_out = last_line(&stdout);
+    }
+    let msg = if last_out.is_empty() {
+        format!("{}: done ({} step(s))", spec.name, steps.len())
+    } else {
+        format!("{}: {last_out}", spec.name)
+    };
+    Outcome::ok(msg, json!({ "steps": steps }))
 }
 
 /// `agent.run`: one converge run now, as `troupe-agent run --once` (this

@@ -5,6 +5,10 @@
 //!
 //! ```toml
 //! role = "web"                              # optional: this host's role
+//! environment = "production"                # optional: this host's environment
+//!                                           # (targeting: fact `environment`)
+//! actions_dir = "/etc/troupe/actions.d"     # optional: module actions, one
+//!                                           # MODULE.toml per module
 //! haproxy_socket = "/run/haproxy/admin.sock" # for lb.drain / lb.restore
 //! skew_secs = 30                            # clock-skew allowance
 //! converge_root = "/"                       # --root for agent.run
@@ -25,9 +29,16 @@
 //! [modules.mysql]                           # extra actions a module declares
 //! [[modules.mysql.action]]
 //! name = "mysql.backup"
+//! [[modules.mysql.action.run]]
+//! argv = ["/usr/local/sbin/mysql-backup"]
 //! ```
 //!
 //! A missing file means: no signer, no rule, so every command is refused.
+//! Files in `actions_dir` hold `[[action]]` tables (as in the bastion's
+//! `--module-actions` files); the file name's stem is the module. They
+//! decide which programs run, so they (and the directory) must be owned by
+//! root or by the agent's user and writable by nobody else; otherwise the
+//! whole configuration is refused.
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
@@ -40,6 +51,10 @@ pub const DEFAULT_FILE: &str = "orchestration.toml";
 #[derive(Debug, Clone)]
 pub struct OrchestraConfig {
     pub role: Option<String>,
+    /// This host's environment, sent in the hello as fact `environment`.
+    pub environment: Option<String>,
+    /// Where module action files are read from.
+    pub actions_dir: Option<PathBuf>,
     pub haproxy_socket: Option<PathBuf>,
     pub skew_secs: Option<i64>,
     pub signers: TrustedSigners,
@@ -67,6 +82,8 @@ impl Default for OrchestraConfig {
     fn default() -> Self {
         Self {
             role: None,
+            environment: None,
+            actions_dir: None,
             haproxy_socket: None,
             skew_secs: None,
             signers: TrustedSigners::default(),
@@ -80,6 +97,8 @@ impl Default for OrchestraConfig {
 
 const KNOWN: &[&str] = &[
     "role",
+    "environment",
+    "actions_dir",
     "haproxy_socket",
     "skew_secs",
     "signer",
@@ -143,6 +162,23 @@ impl OrchestraConfig {
                     .map_err(|e| anyhow!("modules.{module}: {e}"))?;
             }
         }
+        let environment = match t.get("environment") {
+            None => None,
+            Some(toml::Value::String(e))
+                if troupe_command::registry::check_environment(e).is_ok() =>
+            {
+                Some(e.clone())
+            }
+            Some(_) => bail!("environment must be an environment name ([a-z][a-z0-9_]*)"),
+        };
+        let actions_dir = match t.get("actions_dir") {
+            None => None,
+            Some(toml::Value::String(p)) if p.starts_with('/') => Some(PathBuf::from(p)),
+            Some(_) => bail!("actions_dir must be an absolute path"),
+        };
+        if let Some(dir) = &actions_dir {
+            load_actions_dir(dir, &mut registry)?;
+        }
         let converge_root = match t.get("converge_root") {
             None => None,
             Some(toml::Value::String(p)) if p.starts_with('/') => Some(PathBuf::from(p)),
@@ -169,6 +205,8 @@ impl OrchestraConfig {
         }
         Ok(Self {
             role,
+            environment,
+            actions_dir,
             haproxy_socket,
             skew_secs,
             signers,
@@ -190,6 +228,92 @@ impl OrchestraConfig {
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
+}
+
+/// Refuses a file or directory that someone other than root or this
+/// process's user could change.
+fn check_owner(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        bail!(
+            "{} is owned by uid {}, not root or this agent's user: refusing module actions from it",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "{} is writable by group or others (mode {:o}): refusing module actions from it",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Most module action files read from `actions_dir`.
+const MAX_ACTION_FILES: usize = 256;
+/// Largest module action file.
+const MAX_ACTION_FILE: u64 = 256 * 1024;
+
+/// Adds every `MODULE.toml` in `dir` to `registry` (all or nothing: any
+/// bad file refuses the whole configuration). A missing directory adds
+/// nothing.
+pub fn load_actions_dir(dir: &Path, registry: &mut Registry) -> Result<()> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("actions_dir {}", dir.display())),
+    };
+    if !meta.is_dir() {
+        bail!("actions_dir {} is not a directory", dir.display());
+    }
+    check_owner(dir, &meta)?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            files.push(path);
+        }
+    }
+    if files.len() > MAX_ACTION_FILES {
+        bail!(
+            "{}: more than {MAX_ACTION_FILES} action files",
+            dir.display()
+        );
+    }
+    files.sort();
+    let mut staged = registry.clone();
+    for path in files {
+        let module = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|m| troupe_command::envelope::is_arg_name(m))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: the file name must be MODULE.toml with MODULE like `[a-z][a-z0-9_]*`",
+                    path.display()
+                )
+            })?
+            .to_string();
+        // symlink_metadata: a link elsewhere is refused, not followed.
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        check_owner(&path, &meta)?;
+        if meta.len() > MAX_ACTION_FILE {
+            bail!("{} is larger than {MAX_ACTION_FILE} bytes", path.display());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        staged
+            .add_module_toml(&module, &text)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    }
+    *registry = staged;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,5 +367,49 @@ name = "mysql.backup"
         let c = OrchestraConfig::from_toml("[tools]\nsystemctl = '/opt/x/systemctl'").unwrap();
         assert_eq!(c.tools.systemctl, Some(PathBuf::from("/opt/x/systemctl")));
         assert!(OrchestraConfig::from_toml("[[rule]]\neffect='allow'\nsignerz=['*']").is_err());
+        assert!(OrchestraConfig::from_toml("environment = 'Prod DR'").is_err());
+        assert!(OrchestraConfig::from_toml("actions_dir = 'relative'").is_err());
+        let c = OrchestraConfig::from_toml("environment = 'dr'").unwrap();
+        assert_eq!(c.environment.as_deref(), Some("dr"));
+    }
+
+    #[test]
+    fn actions_dir_files_are_modules_and_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("actions.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = d.join("app.toml");
+        std::fs::write(
+            &f,
+            "[[action]]\nname = \"app.flush\"\n[[action.run]]\nargv = [\"/bin/true\"]\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(d.join("README"), "not toml: ignored").unwrap();
+        let text = format!("actions_dir = \"{}\"", d.display());
+        let c = OrchestraConfig::from_toml(&text).unwrap();
+        assert_eq!(c.registry.get("app.flush").unwrap().run.len(), 1);
+        // Writable by others: the whole configuration is refused.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = OrchestraConfig::from_toml(&text).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("writable by group or others"),
+            "{e:#}"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // An action named for another module than its file.
+        std::fs::write(d.join("other.toml"), "[[action]]\nname = \"app.x\"\n").unwrap();
+        let e = OrchestraConfig::from_toml(&text).unwrap_err();
+        assert!(format!("{e:#}").contains("namespaced"), "{e:#}");
+        std::fs::remove_file(d.join("other.toml")).unwrap();
+        // A symlink is not followed.
+        std::os::unix::fs::symlink(&f, d.join("link.toml")).unwrap();
+        assert!(OrchestraConfig::from_toml(&text).is_err());
+        std::fs::remove_file(d.join("link.toml")).unwrap();
+        // A missing directory adds nothing.
+        let c = OrchestraConfig::from_toml("actions_dir = \"/nonexistent/troupe\"").unwrap();
+        assert!(c.registry.get("app.flush").is_none());
     }
 }

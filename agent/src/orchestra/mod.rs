@@ -116,6 +116,8 @@ pub struct Handler {
     audit: Mutex<AuditLog>,
     ctx: RwLock<ExecContext>,
     hello: RwLock<AgentHello>,
+    /// The configuration's `actions_dir` (watched for changes too).
+    actions_dir: RwLock<Option<PathBuf>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -138,10 +140,18 @@ fn host_and_hello(
     cfg: &OrchestraConfig,
     facts: &serde_json::Value,
 ) -> Result<(HostContext, AgentHello)> {
+    let mut facts = HostContext::flatten_facts(facts);
+    // The environment comes from this host's own configuration (trusted),
+    // never from a fact file: `troupe run/deploy --environment E` targets
+    // it, and this agent checks it again like any other fact.
+    match &cfg.environment {
+        Some(e) => facts.insert("environment".into(), e.clone()),
+        None => facts.remove("environment"),
+    };
     let host = HostContext {
         name: node.to_string(),
         role: cfg.role.clone(),
-        facts: HostContext::flatten_facts(facts),
+        facts,
     };
     let hello = AgentHello {
         role: cfg.role.clone().unwrap_or_default(),
@@ -195,6 +205,7 @@ impl Handler {
             ctx.converge_root = cfg.converge_root.clone();
         }
         *write(&self.hello) = hello;
+        *write(&self.actions_dir) = cfg.actions_dir.clone();
         write(&self.verifier).reconfigure(cfg.signers, cfg.registry, cfg.policy, host);
     }
 
@@ -233,6 +244,7 @@ impl Handler {
                 converge_root: cfg.converge_root,
             }),
             hello: RwLock::new(hello),
+            actions_dir: RwLock::new(cfg.actions_dir),
         })
     }
 
@@ -294,7 +306,11 @@ impl Handler {
         }
         tracing::info!(action = %v.command.action, signer = %v.signer_name, "executing a command");
         let ctx = read(&self.ctx).clone();
-        let out = actions::execute(&ctx, &v).await;
+        let spec = read(&self.verifier)
+            .registry()
+            .get(&v.command.action)
+            .cloned();
+        let out = actions::execute(&ctx, &v, spec.as_ref()).await;
         let status = if out.ok { "ok" } else { "failed" };
         let rec = CommandAudit::new(
             Some(&v.command),
@@ -353,11 +369,34 @@ pub async fn run_listener(handler: Arc<Handler>, args: ListenArgs) -> Result<()>
     }
 }
 
-/// The configuration file's modification time (None when missing).
-fn config_stamp(args: &ListenArgs) -> Option<std::time::SystemTime> {
-    std::fs::metadata(config_path(args))
-        .and_then(|m| m.modified())
-        .ok()
+/// What a change of configuration looks like: modification time, size
+/// and mode of the configuration file, the actions directory and each
+/// file in it (None when missing).
+type Stamp = Vec<(PathBuf, Option<(std::time::SystemTime, u64, u32)>)>;
+
+fn config_stamp(args: &ListenArgs, actions_dir: Option<&Path>) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let of = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len(), m.mode())))
+    };
+    let mut paths = vec![config_path(args)];
+    if let Some(d) = actions_dir {
+        paths.push(d.to_path_buf());
+        if let Ok(rd) = std::fs::read_dir(d) {
+            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            paths.extend(files.into_iter().take(1024));
+        }
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let s = of(&p);
+            (p, s)
+        })
+        .collect()
 }
 
 /// How often the listener looks for a changed configuration file.
@@ -366,7 +405,8 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
     // Configuration and facts are re-read at every (re)connection, so the
     // hello and the verifier match what is on disk now.
-    let stamp = config_stamp(args);
+    let dir = read(&handler.actions_dir).clone();
+    let stamp = config_stamp(args, dir.as_deref());
     {
         let h = handler.clone();
         let a = args.clone();
@@ -397,7 +437,7 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
         let d = tokio::select! {
             d = inbound.next() => d,
             _ = poll.tick() => {
-                if config_stamp(args) != stamp {
+                if config_stamp(args, dir.as_deref()) != stamp {
                     tracing::info!("orchestration configuration changed: reconnecting with it");
                     return Ok(());
                 }
@@ -568,6 +608,234 @@ mod tests {
         assert_eq!(srv.join().unwrap(), "set server www/other state ready\n");
         assert_eq!(r.status, "failed");
         assert!(r.message.contains("No such server"), "{}", r.message);
+    }
+}
+
+#[cfg(test)]
+mod module_action_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+
+    struct T {
+        dir: tempfile::TempDir,
+        handler: Arc<Handler>,
+        alice: FileSigner,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl T {
+        fn new() -> T {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).unwrap();
+            let d = dir.path().display();
+            let tool = dir.path().join("tool");
+            std::fs::write(
+                &tool,
+                format!(
+                    "#!/bin/sh\nfor a; do echo \"[$a]\" >> {d}/args.log; done\necho \"PATH=$PATH HOME=${{HOME:-}} SECRET=${{SECRET:-}}\"\n[ \"$1\" = sleep ] && sleep 30\n[ \"$1\" = fail ] && {{ echo 'it broke' >&2; exit 3; }}\nexit 0\n"
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let alice = FileSigner::generate().unwrap();
+            let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .unwrap()
+                .unwrap()
+                .name;
+            let cfg = OrchestraConfig::from_toml(&format!(
+                r#"
+[[signer]]
+name = "alice"
+key = "{key}"
+[[rule]]
+effect = "allow"
+signers = ["alice"]
+actions = ["*"]
+
+[[modules.app.action]]
+name = "app.echo"
+user = "{me}"
+[[modules.app.action.arg]]
+name = "mode"
+type = "enum"
+values = ["plain", "sleep", "fail"]
+required = true
+[[modules.app.action.arg]]
+name = "note"
+type = "text"
+max_len = 100
+[[modules.app.action.run]]
+argv = ["{d}/tool", "{{mode}}", "{{note}}"]
+[[modules.app.action.run]]
+argv = ["{d}/tool", "second"]
+
+[[modules.app.action]]
+name = "app.slow"
+timeout_secs = 1
+[[modules.app.action.run]]
+argv = ["{d}/tool", "sleep"]
+
+[[modules.app.action]]
+name = "app.nouser"
+user = "no_such_user_troupe"
+[[modules.app.action.run]]
+argv = ["{d}/tool"]
+"#,
+                key = alice.key_id()
+            ))
+            .unwrap();
+            let handler = Arc::new(
+                Handler::new(
+                    &state,
+                    "web1",
+                    cfg,
+                    &serde_json::json!({}),
+                    dir.path().into(),
+                )
+                .unwrap(),
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            T {
+                dir,
+                handler,
+                alice,
+                rt,
+            }
+        }
+
+        fn send(&mut self, action: &str, args: &[(&str, &str)]) -> CommandResult {
+            let args = args
+                .iter()
+                .map(|(k, v)| (k.to_string(), ArgValue::Str(v.to_string())))
+                .collect();
+            let w = troupe_command::Command::new(
+                self.alice.key_id().clone(),
+                action,
+                args,
+                TargetFilter::default(),
+                unix_now(),
+                60,
+            )
+            .unwrap()
+            .sign(&mut self.alice as &mut dyn Signer)
+            .unwrap()
+            .to_wire();
+            self.rt.block_on(self.handler.handle(w))
+        }
+
+        fn args_log(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("args.log")).unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn declared_actions_run_their_argv_templates() {
+        let mut t = T::new();
+        let r = t.send(
+            "app.echo",
+            &[("mode", "plain"), ("note", "a b; rm -rf / $(id)")],
+        );
+        assert_eq!(r.status, "ok", "{r:?}");
+        // Each value is one argv element; nothing was interpreted.
+        assert_eq!(
+            t.args_log(),
+            "[plain]\n[a b; rm -rf / $(id)]\n[second]\n",
+            "{r:?}"
+        );
+        let data: serde_json::Value = serde_json::from_slice(&r.data_json).unwrap();
+        assert_eq!(data["steps"].as_array().unwrap().len(), 2);
+        let out = data["steps"][0]["stdout"].as_str().unwrap();
+        // A clean environment (nothing inherited from the agent).
+        assert!(out.contains("PATH=/usr/local/sbin:"), "{out}");
+        assert!(out.contains("SECRET=\n"), "{out}");
+        // A failing step stops the action, with its own words.
+        std::fs::remove_file(t.dir.path().join("args.log")).unwrap();
+        let r = t.send("app.echo", &[("mode", "fail")]);
+        assert_eq!(r.status, "failed");
+        assert!(
+            r.message.contains("exited with 3: it broke"),
+            "{}",
+            r.message
+        );
+        assert_eq!(t.args_log(), "[fail]\n", "the second step never ran");
+    }
+
+    #[test]
+    fn bad_values_never_reach_a_program() {
+        let mut t = T::new();
+        let r = t.send(
+            "app.echo",
+            &[("mode", "plain"), ("note", "--output=/etc/passwd")],
+        );
+        assert_eq!(r.status, "failed");
+        assert!(
+            r.message.contains("would be read as an option"),
+            "{}",
+            r.message
+        );
+        let r = t.send("app.echo", &[("mode", "reboot")]);
+        assert_eq!(r.status, "bad_argument");
+        let r = t.send("app.echo", &[("mode", "plain"), ("note", "a\nb")]);
+        assert_eq!(r.status, "bad_argument");
+        assert_eq!(t.args_log(), "", "nothing ran");
+    }
+
+    #[test]
+    fn timeouts_kill_and_unknown_users_refuse() {
+        let mut t = T::new();
+        let start = Instant::now();
+        let r = t.send("app.slow", &[]);
+        assert_eq!(r.status, "failed");
+        assert!(
+            r.message.contains("did not finish within 1 s"),
+            "{}",
+            r.message
+        );
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let r = t.send("app.nouser", &[]);
+        assert_eq!(r.status, "failed");
+        assert!(r.message.contains("does not exist"), "{}", r.message);
+        assert_eq!(t.args_log(), "[sleep]\n");
+    }
+
+    #[test]
+    fn health_checks_stay_on_this_host() {
+        use std::io::{Read, Write};
+        let mut t = T::new();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let srv = std::thread::spawn(move || {
+            for status in ["200 OK", "503 Service Unavailable"] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).unwrap();
+                write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
+                .unwrap();
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let r = t.send("health.http", &[("url", &url)]);
+        assert_eq!(r.status, "ok", "{r:?}");
+        let r = t.send("health.http", &[("url", &url)]);
+        assert_eq!(r.status, "failed");
+        assert!(
+            r.message.contains("answered 503, expected 200"),
+            "{}",
+            r.message
+        );
+        srv.join().unwrap();
+        // Another host is not a health check: refused before anything runs.
+        let r = t.send("health.http", &[("url", "http://192.0.2.1/")]);
+        assert_eq!(r.status, "bad_argument");
     }
 }
 
