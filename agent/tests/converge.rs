@@ -711,3 +711,80 @@ fn exec_under_root_runs_inside_the_root_never_on_the_host() {
     assert!(s.events[0].contains("chroot"), "{:?}", s.events);
     assert!(!std::path::Path::new(&marker).exists());
 }
+
+/// 200 files in 10 directories: a batch big enough to be written on several
+/// threads. One temp path is blocked by a directory, so exactly that file
+/// fails (and says why); every other file is right, nothing is left behind,
+/// and once the blocker is gone the next run fixes only that file.
+#[test]
+fn big_batches_converge_and_a_failed_temp_write_fails_only_its_file() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    c.resources.push(dir("/srv", 0o755));
+    let body = |d: usize, f: usize| format!("dir {d} file {f}\n").into_bytes();
+    for d in 0..10 {
+        let dp = format!("/srv/d{d:02}");
+        let mut dr = dir(&dp, 0o750);
+        dr.requires.push(id("directory", "/srv"));
+        c.resources.push(dr);
+        for f in 0..20 {
+            let mut fr = file(&mut c, &format!("{dp}/f{f:02}.txt"), &body(d, f), 0o640);
+            fr.requires.push(id("directory", &dp));
+            c.resources.push(fr);
+        }
+    }
+    // d03 exists beforehand (not created by the run) and one temp path in
+    // it is a directory that cannot be replaced.
+    let blocker = env.p("/srv/d03/.f07.txt.troupe-new");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 6, "changes and a failure: {r:?}");
+    let bad = status_of(&r, "file[/srv/d03/f07.txt]");
+    assert_eq!(bad.status, Status::Failed);
+    assert!(
+        bad.events.iter().any(|e| e.contains("cannot write")),
+        "{:?}",
+        bad.events
+    );
+    let changed = r
+        .resources
+        .iter()
+        .filter(|x| x.status == Status::Changed)
+        .count();
+    // /srv pre-existed with the right mode: unchanged; all else changed.
+    assert_eq!(status_of(&r, "directory[/srv]").status, Status::Unchanged);
+    assert_eq!(changed, r.resources.len() - 2);
+    for d in 0..10 {
+        for f in 0..20 {
+            let p = env.p(&format!("/srv/d{d:02}/f{f:02}.txt"));
+            if (d, f) == (3, 7) {
+                assert!(!p.exists());
+                continue;
+            }
+            assert_eq!(std::fs::read(&p).unwrap(), body(d, f), "{}", p.display());
+            assert_eq!(mode_of(&p), 0o640);
+        }
+    }
+    let leftovers: Vec<_> = walk(&env.root())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("troupe-new") && *p != blocker)
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir(&blocker).unwrap();
+    let (code, r2, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r2:?}");
+    let changed: Vec<_> = r2
+        .resources
+        .iter()
+        .filter(|x| x.status != Status::Unchanged)
+        .map(|x| x.id.0.as_str())
+        .collect();
+    assert_eq!(changed, ["file[/srv/d03/f07.txt]"]);
+    assert_eq!(
+        std::fs::read(env.p("/srv/d03/f07.txt")).unwrap(),
+        body(3, 7)
+    );
+    let (code, r3, _) = env.run(&c, &[]);
+    assert_eq!(code, 0);
+    assert!(all_unchanged(&r3));
+}

@@ -1,6 +1,6 @@
 //! file, directory and symlink providers.
 
-use super::{Ctx, Outcome, Staged, cmd, octal};
+use super::{Ctx, Outcome, PendingWrite, Staged, cmd, octal};
 use anyhow::Context;
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -10,6 +10,11 @@ use troupe_catalog::{Ensure, Kind};
 
 /// Largest text for which a unified diff is produced.
 const MAX_DIFF_BYTES: usize = 1 << 20;
+
+/// Largest content whose temp file is written at commit time (in parallel
+/// with the rest of the batch); bigger ones are written at once, so a batch
+/// never holds more than this per file in memory.
+const DEFER_MAX_BYTES: usize = 256 << 10;
 
 fn lstat(p: &Path) -> anyhow::Result<Option<Metadata>> {
     match fs::symlink_metadata(p) {
@@ -26,6 +31,9 @@ fn temp_path(dest: &Path) -> anyhow::Result<PathBuf> {
 
 fn parent_ok(ctx: &Ctx, p: &Path) -> anyhow::Result<()> {
     let parent = p.parent().context("path has no parent")?;
+    if ctx.fresh_dirs.contains(parent) {
+        return Ok(());
+    }
     // In noop a parent the catalog would create counts as there.
     if ctx.noop && ctx.managed.contains(parent) {
         return Ok(());
@@ -59,6 +67,33 @@ fn create_temp(tmp: &Path) -> anyhow::Result<fs::File> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot create {}", tmp.display())),
     }
+}
+
+/// Writes `bytes` to a fresh temp file with its final owner and mode (the
+/// mode after the owner: chown clears setuid bits). Removes the temp file
+/// when anything fails.
+pub(crate) fn write_temp(
+    tmp: &Path,
+    bytes: &[u8],
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+) -> anyhow::Result<()> {
+    let mut f = create_temp(tmp)?;
+    let res = (|| -> anyhow::Result<()> {
+        f.write_all(bytes)?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(&f, uid, gid).context("cannot chown")?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .context("cannot chmod")?;
+        Ok(())
+    })();
+    if res.is_err() {
+        drop(f);
+        let _ = fs::remove_file(tmp);
+    }
+    res
 }
 
 /// Same bytes? Compares size first, then the content, without hashing.
@@ -157,7 +192,9 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         anyhow::bail!("not a file resource");
     };
     let p = ctx.host_path(path)?;
-    let meta = lstat(&p)?;
+    // A directory this batch created holds only this batch's temp files.
+    let fresh = p.parent().is_some_and(|d| ctx.fresh_dirs.contains(d));
+    let meta = if fresh { None } else { lstat(&p)? };
     let mut out = Outcome::default();
     if *ensure == Ensure::Absent {
         return remove_nondir(ctx, &p, meta.as_ref(), out);
@@ -241,16 +278,28 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     }
     ctx.journal_known(&p, Some(meta.is_none()))?;
     let tmp = temp_path(&p)?;
-    let mut f = create_temp(&tmp)?;
-    let res = (|| -> anyhow::Result<()> {
-        f.write_all(new)?;
-        let (u, g) = (uid.or(cur_uid), gid.or(cur_gid));
-        if u.is_some() || g.is_some() {
-            std::os::unix::fs::fchown(&f, u, g).context("cannot chown")?;
+    let (u, g) = (uid.or(cur_uid), gid.or(cur_gid));
+    if validate.is_none() && new.len() <= DEFER_MAX_BYTES {
+        // Written at commit, in parallel with the rest of the batch.
+        if let Some(d) = p.parent() {
+            ctx.note_write(d);
         }
-        f.set_permissions(fs::Permissions::from_mode(final_mode))
-            .context("cannot chmod")?;
-        drop(f);
+        ctx.staged.push(Staged {
+            tmp,
+            dest: p,
+            resource: ctx.current,
+            write: Some(PendingWrite {
+                bytes: new.to_vec(),
+                uid: u,
+                gid: g,
+                mode: final_mode,
+            }),
+        });
+        return Ok(out);
+    }
+    write_temp(&tmp, new, u, g, final_mode)
+        .with_context(|| format!("cannot write {}", p.display()))?;
+    let res = (|| -> anyhow::Result<()> {
         if let Some(v) = validate {
             // Under --root the validator runs inside the root (chroot), so
             // it sees the temp file at its path relative to the root.
@@ -293,6 +342,7 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         tmp,
         dest: p,
         resource: ctx.current,
+        write: None,
     });
     Ok(out)
 }
@@ -382,6 +432,7 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                 if let Some(d) = p.parent() {
                     ctx.note_write(d);
                 }
+                ctx.fresh_dirs.insert(p.clone());
             }
         }
     }

@@ -4,9 +4,11 @@
 //!
 //! File writes are staged: the new content goes to a temp file next to its
 //! target (mode and owner already set); the engine commits staged files in
-//! batches (one `syncfs` per file system, then the renames, then another
-//! `syncfs`), so every file is replaced atomically and durably without one
-//! fsync per file. A crash leaves either the old or the new file, never a
+//! batches (the temp files not yet written are written on up to
+//! [`WRITE_THREADS`] threads, contiguous runs of the batch each, so
+//! different directories are filled in parallel; then one `syncfs` per file
+//! system, the renames, another `syncfs`), so every file is replaced
+//! atomically and durably without one fsync per file. A crash leaves either the old or the new file, never a
 //! partial one; left-over temp files (`.NAME.troupe-new`) are replaced or
 //! removed by the next run.
 
@@ -45,13 +47,76 @@ impl Outcome {
     }
 }
 
-/// A staged file: temp written, waiting for its rename.
+/// Most threads that write a batch's temp files.
+pub const WRITE_THREADS: usize = 4;
+
+/// A staged file: temp written (or to be written at commit), waiting for
+/// its rename.
 #[derive(Debug)]
 pub struct Staged {
     pub tmp: PathBuf,
     pub dest: PathBuf,
     /// Index of the resource (in catalog order) that staged it.
     pub resource: usize,
+    /// The temp file still to be written at commit (None: already written,
+    /// e.g. because a validate command had to see it).
+    pub write: Option<PendingWrite>,
+}
+
+/// A temp file's content and metadata, written at commit time.
+#[derive(Debug)]
+pub struct PendingWrite {
+    pub bytes: Vec<u8>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+/// Writes the pending temp files of `staged` (in parallel for big
+/// batches); returns (index into `staged`, error) for each that failed.
+fn write_pending(staged: &[Staged]) -> Vec<(usize, String)> {
+    let todo = staged.iter().filter(|s| s.write.is_some()).count();
+    if todo == 0 {
+        return Vec::new();
+    }
+    let write_one = |s: &Staged| -> Option<String> {
+        let w = s.write.as_ref()?;
+        file::write_temp(&s.tmp, &w.bytes, w.uid, w.gid, w.mode)
+            .err()
+            .map(|e| format!("cannot write {}: {e:#}", s.dest.display()))
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Threads only pay off beyond a few dozen files.
+    let threads = cores.min(WRITE_THREADS).min(todo / 32).max(1);
+    if threads == 1 {
+        return staged
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| write_one(s).map(|e| (i, e)))
+            .collect();
+    }
+    let chunk = staged.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = staged
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                sc.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| write_one(s).map(|e| (c * chunk + i, e)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![(0, "a writer thread panicked".into())])
+            })
+            .collect()
+    })
 }
 
 /// Everything a provider needs during one run.
@@ -72,6 +137,10 @@ pub struct Ctx<'a> {
     pub managed: HashSet<PathBuf>,
     /// Files staged and not yet renamed into place.
     pub staged: Vec<Staged>,
+    /// Directories created since the last commit: nothing but this batch's
+    /// staged files can be in them (non-batchable resources such as execs
+    /// always run after a commit, which clears this).
+    pub fresh_dirs: HashSet<PathBuf>,
     /// A directory on each file system written to (for `syncfs`).
     sync_devs: HashMap<u64, PathBuf>,
     accounts: Option<Accounts>,
@@ -100,6 +169,7 @@ impl<'a> Ctx<'a> {
             last_noted: None,
             managed: HashSet::new(),
             staged: Vec::new(),
+            fresh_dirs: HashSet::new(),
             sync_devs: HashMap::new(),
             accounts: None,
             current: 0,
@@ -255,13 +325,24 @@ impl<'a> Ctx<'a> {
     /// Returns the failures as (resource index, message).
     pub fn commit(&mut self) -> Vec<(usize, String)> {
         let mut failed = Vec::new();
+        self.fresh_dirs.clear();
         if self.staged.is_empty() && self.sync_devs.is_empty() {
             return failed;
         }
         let t = std::time::Instant::now();
+        let staged = std::mem::take(&mut self.staged);
+        let mut unwritten = vec![false; staged.len()];
+        for (i, msg) in write_pending(&staged) {
+            if let Some(s) = staged.get(i) {
+                unwritten[i] = true;
+                let _ = std::fs::remove_file(&s.tmp);
+                failed.push((s.resource, msg));
+            }
+        }
+        let t_written = t.elapsed();
         self.sync_all();
         let t_sync1 = t.elapsed();
-        for s in std::mem::take(&mut self.staged) {
+        for (s, _) in staged.into_iter().zip(unwritten).filter(|(_, u)| !u) {
             if let Err(e) = std::fs::rename(&s.tmp, &s.dest) {
                 let _ = std::fs::remove_file(&s.tmp);
                 failed.push((
@@ -274,6 +355,7 @@ impl<'a> Ctx<'a> {
         self.sync_all();
         self.sync_devs.clear();
         tracing::debug!(
+            written_ms = t_written.as_secs_f64() * 1e3,
             sync1_ms = t_sync1.as_secs_f64() * 1e3,
             renamed_ms = t_renamed.as_secs_f64() * 1e3,
             total_ms = t.elapsed().as_secs_f64() * 1e3,
