@@ -7,7 +7,7 @@
 //! batches (the temp files not yet written are written on up to
 //! [`WRITE_THREADS`] threads, contiguous runs of the batch each, so
 //! different directories are filled in parallel; then one `syncfs` per file
-//! system, the renames, another `syncfs`), so every file is replaced
+//! system, the renames (in parallel the same way), another `syncfs`), so every file is replaced
 //! atomically and durably without one fsync per file. A crash leaves either the old or the new file, never a
 //! partial one; left-over temp files (`.NAME.troupe-new`) are replaced or
 //! removed by the next run.
@@ -72,48 +72,56 @@ pub struct PendingWrite {
     pub mode: u32,
 }
 
-/// Writes the pending temp files of `staged` (in parallel for big
-/// batches); returns (index into `staged`, error) for each that failed.
-fn write_pending(staged: &[Staged]) -> Vec<(usize, String)> {
-    let todo = staged.iter().filter(|s| s.write.is_some()).count();
-    if todo == 0 {
-        return Vec::new();
-    }
-    let write_one = |s: &Staged| -> Option<String> {
-        let w = s.write.as_ref()?;
-        file::write_temp(&s.tmp, &w.bytes, w.uid, w.gid, w.mode)
-            .err()
-            .map(|e| format!("cannot write {}: {e:#}", s.dest.display()))
+/// Runs `f` on every staged file not marked in `skip`, on up to
+/// [`WRITE_THREADS`] threads for big batches (contiguous runs each, so the
+/// threads mostly work in different directories); returns (index, error)
+/// for each that failed.
+fn par_each<F>(staged: &[Staged], skip: &[bool], f: F) -> Vec<(usize, String)>
+where
+    F: Fn(&Staged) -> Option<String> + Sync,
+{
+    let one = |i: usize, s: &Staged| -> Option<(usize, String)> {
+        if skip.get(i).copied().unwrap_or(false) {
+            return None;
+        }
+        f(s).map(|e| (i, e))
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Threads only pay off beyond a few dozen files.
-    let threads = cores.min(WRITE_THREADS).min(todo / 32).max(1);
+    let threads = cores.min(WRITE_THREADS).min(staged.len() / 32).max(1);
     if threads == 1 {
         return staged
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| write_one(s).map(|e| (i, e)))
+            .filter_map(|(i, s)| one(i, s))
             .collect();
     }
     let chunk = staged.len().div_ceil(threads);
+    let one = &one;
     std::thread::scope(|sc| {
         let handles: Vec<_> = staged
             .chunks(chunk)
             .enumerate()
             .map(|(c, part)| {
-                sc.spawn(move || {
+                let h = sc.spawn(move || {
                     part.iter()
                         .enumerate()
-                        .filter_map(|(i, s)| write_one(s).map(|e| (c * chunk + i, e)))
+                        .filter_map(|(i, s)| one(c * chunk + i, s))
                         .collect::<Vec<_>>()
-                })
+                });
+                (c, part.len(), h)
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![(0, "a writer thread panicked".into())])
+            .flat_map(|(c, len, h)| {
+                // A thread that died leaves its whole run unaccounted for:
+                // fail it rather than guess.
+                h.join().unwrap_or_else(|_| {
+                    (c * chunk..c * chunk + len)
+                        .map(|i| (i, "a file-writing thread failed".to_string()))
+                        .collect()
+                })
             })
             .collect()
     })
@@ -332,7 +340,13 @@ impl<'a> Ctx<'a> {
         let t = std::time::Instant::now();
         let staged = std::mem::take(&mut self.staged);
         let mut unwritten = vec![false; staged.len()];
-        for (i, msg) in write_pending(&staged) {
+        let writes = par_each(&staged, &unwritten, |s| {
+            let w = s.write.as_ref()?;
+            file::write_temp(&s.tmp, &w.bytes, w.uid, w.gid, w.mode)
+                .err()
+                .map(|e| format!("cannot write {}: {e:#}", s.dest.display()))
+        });
+        for (i, msg) in writes {
             if let Some(s) = staged.get(i) {
                 unwritten[i] = true;
                 let _ = std::fs::remove_file(&s.tmp);
@@ -342,13 +356,14 @@ impl<'a> Ctx<'a> {
         let t_written = t.elapsed();
         self.sync_all();
         let t_sync1 = t.elapsed();
-        for (s, _) in staged.into_iter().zip(unwritten).filter(|(_, u)| !u) {
-            if let Err(e) = std::fs::rename(&s.tmp, &s.dest) {
-                let _ = std::fs::remove_file(&s.tmp);
-                failed.push((
-                    s.resource,
-                    format!("could not move the new content into place: {e}"),
-                ));
+        let renames = par_each(&staged, &unwritten, |s| {
+            let e = std::fs::rename(&s.tmp, &s.dest).err()?;
+            let _ = std::fs::remove_file(&s.tmp);
+            Some(format!("could not move the new content into place: {e}"))
+        });
+        for (i, msg) in renames {
+            if let Some(s) = staged.get(i) {
+                failed.push((s.resource, msg));
             }
         }
         let t_renamed = t.elapsed();
