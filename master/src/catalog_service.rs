@@ -306,10 +306,13 @@ impl CatalogRpc for CatalogService {
             match served.catalog.contents.get(&hash).and_then(|b| b.bytes()) {
                 Some(data) => Ok(ContentReply { data }),
                 None => {
+                    // Quoted (escaped) and cut short: the string is the
+                    // caller's, and must not forge lines in the logs.
+                    let shown: String = hash.chars().take(80).collect();
                     self.refuse(
                         &peer.name,
                         "content",
-                        &format!("asked for content {hash:.80} not in its own catalog"),
+                        &format!("asked for content {shown:?} not in its own catalog"),
                     );
                     Err(Status::permission_denied(
                         "that content is not referenced by your catalog",
