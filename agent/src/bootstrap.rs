@@ -70,6 +70,11 @@ pub struct Args {
     /// forever).
     #[arg(long)]
     pub wait: Option<humantime::Duration>,
+    /// While the master cannot be reached (down, restarting, network cut),
+    /// keep retrying with backoff (--poll-initial doubling up to
+    /// --poll-max, with jitter) for this long before giving up.
+    #[arg(long, default_value = "5m")]
+    pub retry_for: humantime::Duration,
 }
 
 /// Runs `troupe-agent bootstrap`.
@@ -181,30 +186,37 @@ pub async fn bootstrap(args: &Args) -> Result<Bootstrapped> {
             args.name
         );
     }
+    let reused = args.state.join(KEY_FILE).exists();
     let key = load_or_create_key(&args.state)?;
-    let channel = identity::connect_with(troupe_pki::tls::pinned_client_config(pin)?, &args.server)
-        .await
-        .context("connecting with the pinned CA fingerprint")?;
-    let ca_der = fetch_pinned_ca(channel.clone(), pin, &args.state).await?;
-    identity::refresh_crl(channel.clone(), &ca_der, &args.state).await?;
-
-    let csr =
-        troupe_pki::build_csr(&args.name, &key, args.psk.as_deref()).context("building the CSR")?;
-    let mut client = CaClient::new(channel);
-    let first = client
-        .submit_csr(SubmitCsrRequest {
-            name: args.name.clone(),
-            csr,
-        })
-        .await
-        .map_err(|s| {
-            anyhow!(
-                "the master refused the certificate request for {}: {}",
-                args.name,
-                status_message(&s)
-            )
-        })?
-        .into_inner();
+    // A master that is down or restarting (or a network that drops us) is
+    // retried with backoff; answers from the master are final.
+    let started = Instant::now();
+    let max: Duration = args.poll_max.into();
+    let mut delay: Duration = Duration::from(args.poll_initial).min(max);
+    let mut tries = 0u32;
+    let (ca_der, mut client, first) = loop {
+        tries += 1;
+        // The key may already be certified when an earlier try (or an
+        // earlier bootstrap) was signed but the answer never arrived.
+        match submit(args, pin, &key, reused || tries > 1).await {
+            Ok(x) => break x,
+            Err(Try::Final(e)) => return Err(e),
+            Err(Try::Transient(e)) => {
+                let pause = delay.mul_f64(0.5 + fastrand::f64());
+                if started.elapsed() + pause > Duration::from(args.retry_for) {
+                    return Err(e.context(format!(
+                        "gave up after {tries} tries in {}",
+                        humantime::format_duration(Duration::from_secs(
+                            started.elapsed().as_secs()
+                        ))
+                    )));
+                }
+                tracing::warn!("{e:#}; retrying in {} ms", pause.as_millis());
+                tokio::time::sleep(pause).await;
+                delay = (delay * 2).min(max);
+            }
+        }
+    };
     let signed = match State::try_from(first.state) {
         Ok(State::Signed) => first,
         Ok(State::Pending) => wait_for_operator(&mut client, args, &key, &first).await?,
@@ -222,6 +234,127 @@ pub async fn bootstrap(args: &Args) -> Result<Bootstrapped> {
         serial: facts.serial,
         not_after: facts.not_after,
     })
+}
+
+/// How one try of connect + CSR ended when it did not succeed.
+enum Try {
+    /// The master could not be reached or the connection broke: retry.
+    Transient(anyhow::Error),
+    /// An answer (a refusal, a wrong CA) or a local failure: stop.
+    Final(anyhow::Error),
+}
+
+/// Connection-level failures (worth retrying), as opposed to answers.
+fn transient_status(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// True when a connect error is the network's or a down master's (not a
+/// TLS or fingerprint failure).
+fn transient_connect(e: &anyhow::Error) -> bool {
+    let m = format!("{e:#}").to_lowercase();
+    [
+        "connection refused",
+        "connection reset",
+        "connection aborted",
+        "no route to host",
+        "network is unreachable",
+        "timed out",
+        "broken pipe",
+        "unexpected eof",
+        "connection closed",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// One try: connect with the pinned CA, fetch CA and CRL, then (when this
+/// key may already hold a certificate) ask for it, else submit the CSR.
+async fn submit(
+    args: &Args,
+    pin: [u8; 32],
+    key: &rcgen::KeyPair,
+    maybe_signed: bool,
+) -> Result<(Vec<u8>, CaClient<Channel>, CertificateStatus), Try> {
+    let fin = Try::Final;
+    let st = |what: &str, s: tonic::Status| {
+        let e = anyhow!("{what}: {}", status_message(&s));
+        if transient_status(&s) {
+            Try::Transient(e)
+        } else {
+            Try::Final(e)
+        }
+    };
+    let config = troupe_pki::tls::pinned_client_config(pin).map_err(|e| fin(e.into()))?;
+    let channel = match identity::connect_with(config, &args.server).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = e.context("connecting with the pinned CA fingerprint");
+            return Err(if transient_connect(&e) {
+                Try::Transient(e)
+            } else {
+                Try::Final(e)
+            });
+        }
+    };
+    // On this fresh, verified connection a failed call (not a bad answer)
+    // is a broken connection: both helpers say "fetching the ...: " then.
+    let broken = |e: anyhow::Error| {
+        if e.to_string().starts_with("fetching the ") || transient_connect(&e) {
+            Try::Transient(e)
+        } else {
+            Try::Final(e)
+        }
+    };
+    let ca_der = fetch_pinned_ca(channel.clone(), pin, &args.state)
+        .await
+        .map_err(broken)?;
+    identity::refresh_crl(channel.clone(), &ca_der, &args.state)
+        .await
+        .map_err(broken)?;
+    let mut client = CaClient::new(channel);
+    if maybe_signed {
+        let spki: Vec<u8> =
+            sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(key)).to_vec();
+        let resp = client
+            .poll_certificate(PollCertificateRequest {
+                name: args.name.clone(),
+                public_key_sha256: spki,
+            })
+            .await
+            .map_err(|s| st("asking the master for an earlier request's certificate", s))?
+            .into_inner();
+        if matches!(
+            State::try_from(resp.state),
+            Ok(State::Signed | State::Pending)
+        ) {
+            return Ok((ca_der, client, resp));
+        }
+    }
+    let csr = troupe_pki::build_csr(&args.name, key, args.psk.as_deref())
+        .context("building the CSR")
+        .map_err(fin)?;
+    let first = client
+        .submit_csr(SubmitCsrRequest {
+            name: args.name.clone(),
+            csr,
+        })
+        .await
+        .map_err(|s| {
+            st(
+                &format!(
+                    "the master refused the certificate request for {}",
+                    args.name
+                ),
+                s,
+            )
+        })?
+        .into_inner();
+    Ok((ca_der, client, first))
 }
 
 /// Polls with exponential backoff until signed, rejected or given up.

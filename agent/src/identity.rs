@@ -109,7 +109,12 @@ pub async fn connect_with(config: ClientConfig, server: &str) -> Result<Channel>
     let endpoint = Endpoint::from_shared(format!("http://{}", addr.authority))
         .context("building the endpoint")?
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120));
+        .timeout(Duration::from_secs(120))
+        // While a call or stream is open, ping the master so a dead peer (a
+        // cut network, a killed master) is noticed in seconds, not when the
+        // call's deadline expires.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
     endpoint
         .connect_with_connector(service)
         .await

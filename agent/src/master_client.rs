@@ -209,6 +209,10 @@ impl CatalogSource for MasterClient {
     }
 
     fn before_run(&mut self) {
+        // A fresh connection per run: the daemon's runs are far apart, and a
+        // connection kept from the last one may be dead (network cut, master
+        // gone) without anything having noticed.
+        self.channel = None;
         self.maintain_identity();
     }
 
@@ -270,6 +274,10 @@ impl ReportSink for MasterClient {
             }
         })?;
         Ok(())
+    }
+
+    fn new_run(&mut self) {
+        self.channel = None;
     }
 }
 

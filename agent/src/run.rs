@@ -168,6 +168,9 @@ fn daemon(
             std::thread::sleep(Duration::from_secs(fastrand::u64(0..=args.splay)));
         }
         source.before_run();
+        if let Some(s) = sink.as_mut() {
+            s.new_run();
+        }
         let this_run = sink.as_mut().map(|s| &mut **s as &mut dyn ReportSink);
         match run_once(args, source, this_run) {
             Ok(r) => {

@@ -91,4 +91,7 @@ impl ContentSource for CatalogContents<'_> {
 pub trait ReportSink {
     fn describe(&self) -> String;
     fn send(&mut self, report: &Report) -> anyhow::Result<()>;
+    /// Called at the start of each run (e.g. to drop a connection kept from
+    /// the previous one, which may be dead by now).
+    fn new_run(&mut self) {}
 }

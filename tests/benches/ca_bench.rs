@@ -124,6 +124,7 @@ fn main() {
                 poll_initial: "1s".parse().unwrap(),
                 poll_max: "1s".parse().unwrap(),
                 wait: None,
+                retry_for: "5m".parse().unwrap(),
             };
             let t = Instant::now();
             rt.block_on(troupe_agent::bootstrap::bootstrap(&args))
