@@ -38,13 +38,15 @@
 //! user = "postgres"        # optional: run as this user
 //!
 //! [[action.run]]
-//! argv = ["/usr/bin/vacuumdb", "--analyze", "--", "{database}"]
+//! argv = ["/usr/bin/vacuumdb", "--analyze", ["--jobs", "{jobs}"], "--", "{database}"]
 //! ok_exit = [0]            # default
 //! ```
 //!
 //! In an argv template, an element that is exactly `{NAME}` becomes the
 //! (validated) value of argument NAME as one whole element; nothing is ever
-//! interpolated inside a string or split on spaces (see [`RunStep`]).
+//! interpolated inside a string or split on spaces. A group
+//! (`["--jobs", "{jobs}"]`) is left out as a whole when an optional
+//! argument in it was not given (see [`RunStep`]).
 
 use std::collections::BTreeMap;
 
@@ -468,15 +470,36 @@ pub const MAX_ARGV: usize = 64;
 /// text (no `{` or `}`) or exactly `{NAME}`, replaced by argument NAME's
 /// value as one whole argv element (bool: `true`/`false`, int: decimal);
 /// an element naming an optional argument that was not given is left out.
-/// A value starting with `-` is refused unless a literal `--` comes
-/// earlier in the argv (so a value can never become an option).
+/// An element may also be a group, a list of such elements
+/// (`["--jobs", "{jobs}"]`), left out as a whole when any argument it
+/// names was not given. A value starting with `-` is refused unless a
+/// literal `--` comes earlier in the argv (so a value can never become an
+/// option).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunStep {
-    pub argv: Vec<String>,
+    pub argv: Vec<ArgvElem>,
     /// Exit codes that count as success (default `[0]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ok_exit: Option<Vec<i32>>,
+}
+
+/// One element of an argv template: a string, or a group of strings kept
+/// or left out together.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ArgvElem {
+    One(String),
+    Group(Vec<String>),
+}
+
+impl ArgvElem {
+    fn parts(&self) -> &[String] {
+        match self {
+            ArgvElem::One(s) => std::slice::from_ref(s),
+            ArgvElem::Group(g) => g,
+        }
+    }
 }
 
 impl RunStep {
@@ -638,31 +661,39 @@ impl ActionSpec {
         let mut out = Vec::with_capacity(st.argv.len());
         let mut after_dashdash = false;
         for (i, elem) in st.argv.iter().enumerate() {
-            match placeholder(elem).filter(|_| i > 0) {
-                None => {
-                    if elem == "--" {
+            let parts = elem.parts();
+            // Left out when an argument it names was not given.
+            let absent = parts
+                .iter()
+                .filter_map(|p| placeholder(p))
+                .any(|name| !args.contains_key(name));
+            if absent && i > 0 {
+                continue;
+            }
+            for part in parts {
+                let Some(name) = placeholder(part).filter(|_| i > 0) else {
+                    if part == "--" {
                         after_dashdash = true;
                     }
-                    out.push(elem.clone());
+                    out.push(part.clone());
+                    continue;
+                };
+                let text = match args.get(name) {
+                    Some(ArgValue::Bool(b)) => b.to_string(),
+                    Some(ArgValue::Int(n)) => n.to_string(),
+                    Some(ArgValue::Str(s)) => s.clone(),
+                    None => continue,
+                };
+                if text.starts_with('-') && !after_dashdash {
+                    return Err(ArgError::Invalid {
+                        name: name.to_string(),
+                        reason: format!(
+                            "{:?} starts with '-' and would be read as an option",
+                            clip(&text)
+                        ),
+                    });
                 }
-                Some(name) => {
-                    let Some(v) = args.get(name) else { continue };
-                    let text = match v {
-                        ArgValue::Bool(b) => b.to_string(),
-                        ArgValue::Int(n) => n.to_string(),
-                        ArgValue::Str(s) => s.clone(),
-                    };
-                    if text.starts_with('-') && !after_dashdash {
-                        return Err(ArgError::Invalid {
-                            name: name.to_string(),
-                            reason: format!(
-                                "{:?} starts with '-' and would be read as an option",
-                                clip(&text)
-                            ),
-                        });
-                    }
-                    out.push(text);
-                }
+                out.push(text);
             }
         }
         Ok(out)
@@ -709,7 +740,11 @@ impl ActionSpec {
             let Some(prog) = st.argv.first() else {
                 return Err(at("argv is empty".into()));
             };
-            if st.argv.len() > MAX_ARGV {
+            let ArgvElem::One(prog) = prog else {
+                return Err(at("argv[0] must be a program path, not a group".into()));
+            };
+            let count: usize = st.argv.iter().map(|e| e.parts().len()).sum();
+            if count > MAX_ARGV {
                 return Err(at(format!("more than {MAX_ARGV} argv elements")));
             }
             if !prog.starts_with('/') || prog.contains(['{', '}']) || prog.contains("/../") {
@@ -718,30 +753,35 @@ impl ActionSpec {
                     clip(prog)
                 )));
             }
-            for e in &st.argv {
-                if e.len() > MAX_STR || e.chars().any(char::is_control) {
-                    return Err(at(
-                        "argv elements must be short and free of control characters".into(),
-                    ));
-                }
-            }
             for e in &st.argv[1..] {
-                match placeholder(e) {
-                    Some(name) => {
-                        if !self.args.iter().any(|a| a.name == name) {
+                if let ArgvElem::Group(g) = e
+                    && g.is_empty()
+                {
+                    return Err(at("an argv group must not be empty".into()));
+                }
+                for part in e.parts() {
+                    if part.len() > MAX_STR || part.chars().any(char::is_control) {
+                        return Err(at(
+                            "argv elements must be short and free of control characters".into(),
+                        ));
+                    }
+                    match placeholder(part) {
+                        Some(name) => {
+                            if !self.args.iter().any(|a| a.name == name) {
+                                return Err(at(format!(
+                                    "{{{}}} names no declared argument",
+                                    clip(name)
+                                )));
+                            }
+                        }
+                        None if part.contains(['{', '}']) => {
                             return Err(at(format!(
-                                "{{{}}} names no declared argument",
-                                clip(name)
+                                "{:?}: a placeholder must be a whole element, `{{NAME}}`; literal text may not contain braces",
+                                clip(part)
                             )));
                         }
+                        None => {}
                     }
-                    None if e.contains(['{', '}']) => {
-                        return Err(at(format!(
-                            "{:?}: a placeholder must be a whole element, `{{NAME}}`; literal text may not contain braces",
-                            clip(e)
-                        )));
-                    }
-                    None => {}
                 }
             }
             if let Some(codes) = &st.ok_exit
@@ -1257,7 +1297,7 @@ mod tests {
             type = "text"
             max_len = 64
             [[action.run]]
-            argv = ["/usr/bin/vacuumdb", "--jobs", "{jobs}", "{note}", "--", "{database}"]
+            argv = ["/usr/bin/vacuumdb", ["--jobs", "{jobs}"], "{note}", "--", "{database}"]
             [[action.run]]
             argv = ["/bin/true"]
             ok_exit = [0, 1]
@@ -1295,10 +1335,11 @@ mod tests {
                 "app"
             ]
         );
-        // Optional arguments that are absent leave their element out.
+        // Optional arguments that are absent leave their element (or
+        // their whole group) out.
         assert_eq!(
             v.argv(0, &args(&[("database", s("app"))])).unwrap(),
-            ["/usr/bin/vacuumdb", "--jobs", "--", "app"]
+            ["/usr/bin/vacuumdb", "--", "app"]
         );
         // A value that would be read as an option is refused before `--`.
         for (k, val) in [
@@ -1333,6 +1374,11 @@ mod tests {
             "[[action.run]]\nargv = [\"/bin/echo\"]\nok_exit = []\n",
             "[[action.run]]\nargv = [\"/bin/echo\"]\nok_exit = [300]\n",
             "[[action.run]]\nargv = [\"/bin/echo\"]\nshell = true\n",
+            "[[action.run]]\nargv = [[\"/bin/echo\"]]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", []]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", [\"-x\", \"{m}\"]]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", [\"-x\", [\"{n}\"]]]\n",
+            "[[action.run]]\nargv = [\"/bin/echo\", 5]\n",
             "[[action.run]]\ncommand = \"/bin/echo {n}\"\n",
         ];
         for c in cases {

@@ -19,9 +19,11 @@
 //!   relays the envelope to each, and streams back the targets, each
 //!   result as it arrives, and a summary naming who did not answer within
 //!   the timeout.
-//! - **Replays**: each envelope id is relayed once (remembered in memory
-//!   until the command expires); the agents' on-disk replay caches are the
-//!   real gate, also across master restarts.
+//! - **Replays**: each envelope id is relayed once: ids are remembered in
+//!   `DATA/orchestration-relayed.redb` (durable, so also across restarts)
+//!   until the command expires plus the agents' largest clock-skew
+//!   allowance, then pruned. If that file cannot be written, nothing is
+//!   relayed. The agents' own on-disk replay caches remain the real gate.
 //! - **Audit**: every submission, relayed or refused, goes to the
 //!   hash-chained `DATA/orchestration-audit.log` (before relaying: the
 //!   command with its target nodes; after the summary: the nodes that
@@ -44,6 +46,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use troupe_command::audit::AuditLog;
+use troupe_command::replay::{Recorded, ReplayCache};
 use troupe_command::verify::CommandAudit;
 use troupe_command::{Registry, SignedCommand, TrustedSigners};
 use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
@@ -56,6 +59,8 @@ use troupe_proto::v1::{
 pub const SIGNERS_FILE: &str = "signers.toml";
 /// The orchestration audit log, in the data directory.
 pub const AUDIT_FILE: &str = "orchestration-audit.log";
+/// Ids of relayed commands until they expire, in the data directory.
+pub const RELAYED_FILE: &str = "orchestration-relayed.redb";
 /// Default wait for answers, seconds.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
 /// Longest wait for answers, seconds (the longest command lifetime).
@@ -94,13 +99,10 @@ pub struct Orchestra {
     next_conn: AtomicU64,
     audit: Arc<Mutex<Option<AuditLog>>>,
     registry: Registry,
-    /// Ids of commands already submitted, until they expire.
-    seen: Mutex<HashMap<[u8; 16], i64>>,
+    /// Ids of commands already submitted, until they expire (opened on
+    /// first use; an error is kept and refuses submissions until it opens).
+    seen: Arc<Mutex<Option<Arc<ReplayCache>>>>,
 }
-
-/// Most remembered command ids (beyond it, new submissions are refused
-/// until old ids expire: fail closed).
-const MAX_SEEN: usize = 1_000_000;
 
 /// One record of the master's orchestration audit log.
 #[derive(Debug, serde::Serialize)]
@@ -135,7 +137,7 @@ impl Orchestra {
             next_conn: AtomicU64::new(1),
             audit: Arc::new(Mutex::new(None)),
             registry: Registry::builtin(),
-            seen: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -291,26 +293,44 @@ impl Orchestra {
         v
     }
 
-    /// Remembers a submitted command id until it expires (plus the
-    /// agents' largest skew allowance); false if it was submitted before.
-    fn first_submission(&self, sc: &SignedCommand) -> Result<bool, &'static str> {
-        let now = troupe_command::verify::unix_now();
+    /// Remembers a submitted command id on disk until it expires (plus
+    /// the agents' largest skew allowance); false if it was submitted
+    /// before (also before a restart). Errors of the store refuse the
+    /// submission (fail closed).
+    async fn first_submission(&self, sc: &SignedCommand) -> Result<bool, String> {
         let cmd = sc.command();
-        let mut seen = lock(&self.seen);
-        if seen.len() >= 1024 {
-            seen.retain(|_, exp| *exp >= now);
-        }
-        if seen.contains_key(&cmd.id.0) {
-            return Ok(false);
-        }
-        if seen.len() >= MAX_SEEN {
-            return Err("too many commands in flight; try again later");
-        }
+        let id = cmd.id;
         let keep = cmd
             .expires_at
             .saturating_add(troupe_command::verify::MAX_SKEW_SECS);
-        seen.insert(cmd.id.0, keep);
-        Ok(true)
+        let seen = self.seen.clone();
+        let path = self.data_dir.join(RELAYED_FILE);
+        let r = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let cache = {
+                let mut guard = lock(&seen);
+                match guard.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = Arc::new(ReplayCache::open(&path).map_err(|e| e.to_string())?);
+                        *guard = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            let now = troupe_command::verify::unix_now();
+            cache
+                .check_and_record(&id, keep, now)
+                .map(|r| r == Recorded::New)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match r {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(format!(
+                "cannot record the command id in {RELAYED_FILE}, so it is not relayed: {e}"
+            )),
+            Err(e) => Err(format!("relay cache task: {e}")),
+        }
     }
 
     fn set_gauge(&self, state: &MasterState) {
@@ -454,12 +474,13 @@ impl Orchestration for OrchestraService {
         let id = sc.command().id.0;
         // A signed envelope is relayed once: an agent (or anyone holding a
         // certificate) that saw it cannot have it sent again, e.g. to hosts
-        // that were offline or beyond the original `limit`. The agents'
-        // own replay caches remain the real gate (this one is in memory).
-        let first = orch.first_submission(&sc);
+        // that were offline or beyond the original `limit`, also after a
+        // master restart. The agents' own replay caches remain the real
+        // gate.
+        let first = orch.first_submission(&sc).await;
         if first != Ok(true) {
             let (code, msg) = match first {
-                Err(m) => ("busy", m.to_string()),
+                Err(m) => ("store_error", m),
                 _ => (
                     "replayed",
                     format!("command {} was already submitted", sc.command().id),
@@ -467,7 +488,12 @@ impl Orchestration for OrchestraService {
             };
             orch.audit(vec![orch.record(Some(&sc), &peer.name, None, code, &msg)])
                 .await;
-            return Err(Status::already_exists(format!("{code}: {msg}")));
+            let text = format!("{code}: {msg}");
+            return Err(if code == "replayed" {
+                Status::already_exists(text)
+            } else {
+                Status::unavailable(text)
+            });
         }
         let targets = orch.resolve(&sc);
         let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();

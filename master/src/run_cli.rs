@@ -125,9 +125,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Actions a module declares (TOML `[[action]]` tables, as in the
-    /// agents' configuration), to check their arguments here too
-    /// (repeatable): `--module-actions mysql=modules/mysql/actions.toml`.
-    #[arg(long, value_name = "MODULE=FILE")]
+    /// agents' actions_dir), to check their arguments here too
+    /// (repeatable): `MODULE=FILE`, a file `MODULE.toml`, or a directory of
+    /// them: `--module-actions modules/actions`.
+    #[arg(long, value_name = "MODULE=FILE|DIR")]
     pub module_actions: Vec<String>,
 }
 
@@ -208,12 +209,33 @@ fn print_result(out: &mut dyn Write, r: &CommandResult) {
 pub fn run(args: RunArgs) -> Result<u8> {
     let mut registry = Registry::builtin();
     for m in &args.module_actions {
-        let Some((module, file)) = m.split_once('=') else {
-            bail!("--module-actions {m:?}: expected MODULE=FILE");
+        let (module, file) = match m.split_once('=') {
+            Some((module, file)) => (Some(module), file),
+            None => (None, m.as_str()),
+        };
+        let path = std::path::Path::new(file);
+        if module.is_none() && path.is_dir() {
+            // A directory of MODULE.toml files, like an agent's actions_dir.
+            troupe_agent::orchestra::config::load_actions_dir_checked(path, &mut registry, false)?;
+            continue;
+        }
+        // MODULE=FILE, or FILE named MODULE.toml.
+        let module = match module {
+            Some(m) => m.to_string(),
+            None => path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|_| path.extension().is_some_and(|e| e == "toml"))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--module-actions {m:?}: expected MODULE=FILE, MODULE.toml or a directory"
+                    )
+                })?,
         };
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         registry
-            .add_module_toml(module, &text)
+            .add_module_toml(&module, &text)
             .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     }
     let Some(spec) = registry.get(&args.action) else {

@@ -6,6 +6,7 @@
 
 use troupe_command::{ArgValue, TargetFilter};
 use troupe_tests::orch::{AgentSpec, Fleet};
+use troupe_tests::tally;
 
 fn fleet() -> Fleet {
     Fleet::start(&[
@@ -124,6 +125,7 @@ fn bad_commands_are_refused_audited_and_never_run() {
     assert!(err.contains("bad_signature"), "{err}");
     assert_eq!(count(&f.master_audit(), "bad_signature"), 1);
     assert!(!marker.exists());
+    tally::hostile("command", "forged signature (master)", true);
 
     // Each refusal below is the agent's own decision (the master relays it).
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -186,6 +188,15 @@ fn bad_commands_are_refused_audited_and_never_run() {
         audit.contains("service.restart"),
         "the injection attempt is on record"
     );
+    for what in [
+        "signer trusted by the master only",
+        "expired command",
+        "non-whitelisted action",
+        "argument of the wrong type",
+        "shell injection in a service name",
+    ] {
+        tally::hostile("command", what, true);
+    }
 
     // Policy: maintenance.on is denied on role db.
     let db1 = f.state("db1").join("maintenance");
@@ -193,6 +204,7 @@ fn bad_commands_are_refused_audited_and_never_run() {
     assert_eq!(results["db1"].status, "policy_denied");
     assert!(!db1.exists());
     assert_eq!(count(&f.agent_audit("db1"), "policy_denied"), 1);
+    tally::hostile("command", "policy-denied action", true);
 
     // Replay inside the window: the first delivery runs, the replay does not.
     let wire = f.sign(&f.alice, "maintenance.on", &[msg()], web1.clone(), 120);
@@ -204,13 +216,30 @@ fn bad_commands_are_refused_audited_and_never_run() {
     let err = f.try_submit(wire.clone(), false).unwrap_err().to_string();
     assert!(err.contains("replayed"), "{err}");
     assert_eq!(count(&f.master_audit(), "replayed"), 1);
-    // ...but forgets across a restart: the agent's own cache refuses it.
+    tally::hostile("command", "replay inside the window (master)", true);
+    // ...and remembers it across a restart (on disk)...
     f.master.restart(&troupe_tests::MasterOptions::default());
+    f.wait_attached(3);
+    let err = f.try_submit(wire.clone(), false).unwrap_err().to_string();
+    assert!(err.contains("replayed"), "{err}");
+    assert_eq!(count(&f.master_audit(), "replayed"), 2);
+    assert!(!marker.exists());
+    tally::hostile("command", "replay after a master restart (master)", true);
+    // ...and a master that lost its cache still cannot get it run: the
+    // agent's own cache refuses it.
+    f.master.stop();
+    std::fs::remove_file(f.master.data.join("orchestration-relayed.redb")).unwrap();
+    f.master.resume(&troupe_tests::MasterOptions::default());
     f.wait_attached(3);
     let (_, results, _) = f.submit(wire);
     assert_eq!(results["web1"].status, "replayed");
     assert!(!marker.exists(), "a replay runs nothing");
     assert_eq!(count(&f.agent_audit("web1"), "replayed"), 1);
+    tally::hostile(
+        "command",
+        "replay through a master that lost its cache (agent)",
+        true,
+    );
 
     // Tampering with the agent's audit log is detected.
     let log = f.state("web1").join("orchestration-audit.log");
@@ -218,4 +247,5 @@ fn bad_commands_are_refused_audited_and_never_run() {
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::write(&log, text.replacen("\"expired\"", "\"ok\"", 1)).unwrap();
     f.audit_verify(&log).assert_failure_containing("FAILED");
+    tally::hostile("audit", "edited agent audit record", true);
 }
