@@ -93,6 +93,23 @@ fn golden_base() {
             matches!(&sshd.kind, Kind::File { validate: Some(v), mode: Some(0o600), .. } if v[0] == "/usr/sbin/sshd")
         );
         assert!(pos(&cat, svc) > pos(&cat, "file[/etc/ssh/sshd_config]"));
+        // Debian/Ubuntu: sshd's privilege separation directory exists before
+        // `sshd -t` validates (systemd makes it only while ssh runs).
+        assert_eq!(has(&cat, "directory[/run/sshd]"), !rhel(d), "{d}");
+        if !rhel(d) {
+            assert!(pos(&cat, "directory[/run/sshd]") < pos(&cat, "file[/etc/ssh/sshd_config]"));
+        }
+        // What acts on the running system is guarded, so the tree also
+        // converges into a root or an image (tests/modules_debian_root.rs).
+        for (id, dir) in [
+            ("exec[sysctl-apply]", "/proc/sys/net"),
+            ("exec[troupe-systemd-daemon-reload]", "/run/systemd/system"),
+        ] {
+            assert!(
+                matches!(&res(&cat, id).kind, Kind::Exec { onlyif: Some(o), .. } if o == &["/usr/bin/test", "-d", dir]),
+                "{d}: {id}"
+            );
+        }
         // Zone data: mon2 is in zone 2.
         let chrony = if rhel(d) {
             "file[/etc/chrony.conf]"
