@@ -349,6 +349,44 @@ impl Fleet {
             .arg(file))
     }
 
+    /// The process id of this fleet's master (found in /proc by its unique
+    /// `--data` directory), for fault injection with signals.
+    pub fn master_pid(&self) -> Option<u32> {
+        let data = self.master.data.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let is_master = args.get(1) == Some(&b"master".as_slice())
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--data" && w[1] == data.as_bytes());
+            if is_master {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// Sends a signal (`STOP`, `CONT`...) to this fleet's master.
+    pub fn signal_master(&self, sig: &str) {
+        let pid = self.master_pid().expect("the master's pid");
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{sig} {pid}");
+    }
+
     /// Stops the agents' processes.
     pub fn stop_agents(&mut self) {
         self.procs.clear();

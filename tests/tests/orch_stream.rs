@@ -16,6 +16,34 @@ fn agents_reconnect_after_a_master_restart() {
     assert!(out.stdout.contains("2 matched, 2 ok"), "{out:?}");
 }
 
+/// A master that is frozen (SIGSTOP: its TCP connections stay open, it
+/// answers nothing) is noticed by the agents through HTTP/2 keepalive
+/// pings within seconds; they reconnect once it runs again.
+#[test]
+fn a_silently_dead_master_is_noticed_through_keepalive() {
+    let f = Fleet::start(&[AgentSpec::new("web1")]);
+    f.troupe_run(&["ping"]).assert_success();
+    let before = f.agent_log("web1").matches("command stream:").count();
+    f.signal_master("STOP");
+    let noticed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        troupe_tests::wait_until(
+            std::time::Duration::from_secs(45),
+            "the agent notices the frozen master",
+            || f.agent_log("web1").matches("command stream:").count() > before,
+        )
+    }));
+    f.signal_master("CONT");
+    assert!(noticed.is_ok(), "{}", f.agent_log("web1"));
+    f.wait_attached(1);
+    let out = f.troupe_run(&["ping"]);
+    out.assert_success();
+    troupe_tests::tally::fault(
+        "master-freeze",
+        "master frozen (SIGSTOP): agent noticed by keepalive and reattached",
+        0,
+    );
+}
+
 #[test]
 fn a_silent_host_is_reported_as_not_answering() {
     let f = Fleet::start(&[AgentSpec::new("web1")]);
