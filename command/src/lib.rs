@@ -11,7 +11,8 @@
 //! - [`replay`]: the on-disk (redb) replay cache that keeps every accepted id
 //!   for its whole validity window, across restarts;
 //! - [`registry`]: the action whitelist and typed argument schemas (built-ins
-//!   plus module-declared actions);
+//!   plus module-declared actions), and module actions' argv templates
+//!   expanded into argv (whole elements only; the agent runs them);
 //! - [`policy`]: allow/deny rules by signer, action, facts and role
 //!   (deny-overrides, deny by default);
 //! - [`keys`]: ed25519 signing keys in passphrase-protected PKCS#8 files and

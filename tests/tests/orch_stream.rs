@@ -173,4 +173,9 @@ fn module_actions_exist_only_where_declared() {
     // not have it at all.
     assert!(out.stdout.contains("no executor"), "{out:?}");
     assert!(out.stdout.contains("unknown_action"), "{out:?}");
+    troupe_tests::tally::hostile(
+        "command",
+        "module action on a host that does not declare it",
+        true,
+    );
 }
