@@ -134,6 +134,11 @@ version = "1.24.0-1"
     // web3: never touched.
     assert_eq!(calls("web3"), "");
     assert!(!f.state("web3").join("maintenance").exists());
+    tally::fault(
+        "deploy",
+        "package update failed on host 2: release stopped there, host left in maintenance",
+        0,
+    );
 }
 
 /// A stand-in for HAProxy's runtime API on STATE/haproxy.sock: records
@@ -259,6 +264,11 @@ interval_secs = 1
     // web3: never touched.
     assert!(lines(2).is_empty());
     assert!(!f.state("web3").join("maintenance").exists());
+    tally::fault(
+        "deploy",
+        "health check failed on host 2: release stopped there, host left drained",
+        0,
+    );
     // A health check cannot be pointed at another host: refused by the
     // agent before anything runs (and by the manifest parser).
     let wire = f.sign(
