@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod netns;
 pub mod orch;
 pub mod tally;
 

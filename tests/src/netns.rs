@@ -1,0 +1,797 @@
+//! A fleet on one machine: a master and agents as separate hosts, each in
+//! its own network namespace.
+//!
+//! [`Net::new`] makes a private switch: a namespace holding a bridge, to
+//! which every host's namespace is wired by a veth pair. Hosts get
+//! addresses in `10.77.0.0/16` *inside* these namespaces only; the root
+//! namespace is never given an address or a route, so no traffic can leave
+//! the namespaces this test made. Each test has its own switch, so parallel
+//! tests never see each other (they may reuse the same addresses).
+//!
+//! Operations: start processes in a host (`ip netns exec NS PROGRAM ...`),
+//! kill -9 any of them, cut a host off (its switch port goes down: packets
+//! are lost, connects fail with "no route to host") and bring it back,
+//! throttle or delay its traffic (`tc`; latency needs the kernel's
+//! `sch_netem`, which may be missing: [`Net::add_latency`] then returns an
+//! error saying so), and run a master that can be killed and restarted on
+//! the same address and data.
+//!
+//! Namespaces are named `trp-PID-N-...` and deleted on drop (also when the
+//! test panics); [`sweep_leftovers`] removes those of dead processes (a test
+//! killed by a timeout). Processes still inside a namespace are killed
+//! first.
+//!
+//! Needs root and iproute2. [`Net::require`] fails the test with a clear
+//! message when that is missing and `CI=true`, and otherwise prints why the
+//! test is skipped and returns `None`.
+
+use crate::{MasterOptions, Out, Proc, agent_bin, run, troupe_bin};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace this harness makes.
+pub const PREFIX: &str = "trp-";
+
+/// The master's port inside its namespace (each namespace has its own port
+/// space, so the default port is always free).
+pub const MASTER_PORT: u16 = 8140;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip ARGS`, returning stderr on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    cmd_ok("ip", args)
+}
+
+fn cmd_ok(prog: &str, args: &[&str]) -> Result<(), String> {
+    let o = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills (SIGKILL) every process inside namespace `ns`.
+fn kill_in(ns: &str) {
+    let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).output();
+    }
+}
+
+fn delete_ns(ns: &str) {
+    kill_in(ns);
+    let _ = ip(&["netns", "del", ns]);
+}
+
+/// Deletes namespaces (and kills their processes) and unmounts tmpfs
+/// mounts left by harness users whose process is gone.
+pub fn sweep_leftovers() {
+    if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !pid_alive(pid) {
+                delete_ns(name);
+            }
+        }
+    }
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        for line in mounts.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(target)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some(pos) = target.find(TMPFS_TAG) else {
+                continue;
+            };
+            let pid = target[pos + TMPFS_TAG.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !pid_alive(pid)
+            {
+                let _ = cmd_ok("umount", &["-l", target]);
+            }
+        }
+    }
+}
+
+/// One host: a network namespace with one interface (`eth0`) on the
+/// test's switch.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The name the test gave it.
+    pub name: String,
+    /// The namespace.
+    pub ns: String,
+    /// Its address (inside the namespace only).
+    pub ip: Ipv4Addr,
+    /// Its switch port (the veth end in the switch namespace).
+    port: String,
+    /// A directory for this host's files (state dirs, sandbox roots).
+    pub dir: PathBuf,
+}
+
+/// A switch and the hosts wired to it. Drop deletes them all.
+pub struct Net {
+    /// Temporary directory holding every host's files.
+    pub tmp: tempfile::TempDir,
+    hub: String,
+    base: String,
+    hosts: Mutex<Vec<String>>,
+    next_host: AtomicU32,
+}
+
+impl Net {
+    /// Makes the switch. Errors say why (not root, no iproute2, ...).
+    pub fn new() -> Result<Net, String> {
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Err("iproute2 (`ip`) is not installed".into());
+        }
+        sweep_leftovers();
+        let base = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let hub = format!("{base}-hub");
+        ip(&["netns", "add", &hub])
+            .map_err(|e| format!("cannot create a network namespace (this needs root): {e}"))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("troupe-fleet-{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let net = Net {
+            tmp,
+            hub: hub.clone(),
+            base,
+            hosts: Mutex::new(Vec::new()),
+            next_host: AtomicU32::new(1),
+        };
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
+        Ok(net)
+    }
+
+    /// Like [`Net::new`]; when namespaces cannot be made, panics if
+    /// `CI=true` and otherwise prints the reason and returns `None` (the
+    /// caller returns: the test is skipped).
+    pub fn require() -> Option<Net> {
+        match Net::new() {
+            Ok(n) => Some(n),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("the multi-host harness needs network namespaces (root, iproute2): {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: the multi-host harness is not available here: {e}");
+                None
+            }
+        }
+    }
+
+    /// Adds a host wired to the switch, with the next free address.
+    pub fn add_host(&self, name: &str) -> Host {
+        let k = self.next_host.fetch_add(1, Ordering::SeqCst);
+        assert!(k < 250 * 200, "too many hosts");
+        let addr = Ipv4Addr::new(10, 77, (k / 250) as u8, (k % 250 + 2) as u8);
+        let ns = format!("{}-h{k}", self.base);
+        let port = format!("p{k}");
+        ip(&["netns", "add", &ns]).unwrap_or_else(|e| panic!("{e}"));
+        self.hosts.lock().unwrap().push(ns.clone());
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "-n", &self.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            sv(&["-n", &self.hub, "link", "set", &port, "master", "br0"]),
+            sv(&["-n", &self.hub, "link", "set", &port, "up"]),
+            sv(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/16"),
+                "dev",
+                "eth0",
+            ]),
+            sv(&["-n", &ns, "link", "set", "eth0", "up"]),
+            sv(&["-n", &ns, "link", "set", "lo", "up"]),
+        ];
+        for s in steps {
+            let s: Vec<&str> = s.iter().map(String::as_str).collect();
+            ip(&s).unwrap_or_else(|e| panic!("wiring host {name}: {e}"));
+        }
+        let dir = self.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        Host {
+            name: name.to_string(),
+            ns,
+            ip: addr,
+            port,
+            dir,
+        }
+    }
+
+    /// `ip netns exec NS PROGRAM` (the program replaces `ip`, so the child's
+    /// pid is the program's).
+    pub fn command(&self, host: &Host, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host.ns]).arg(program);
+        c
+    }
+
+    /// Cuts the host off: its link goes down, so whatever it sends fails at
+    /// once ("network is unreachable") and nothing reaches it.
+    pub fn cut_off(&self, host: &Host) {
+        ip(&["-n", &host.ns, "link", "set", "eth0", "down"]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Partitions the host silently: its switch port goes down, so its
+    /// packets are lost on the wire (connects fail after ARP gives up,
+    /// about 3 s; open connections hang until their timeouts).
+    pub fn partition(&self, host: &Host) {
+        ip(&["-n", &self.hub, "link", "set", &host.port, "down"]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Brings a host back after [`Net::cut_off`] or [`Net::partition`].
+    pub fn reconnect(&self, host: &Host) {
+        ip(&["-n", &host.ns, "link", "set", "eth0", "up"]).unwrap_or_else(|e| panic!("{e}"));
+        ip(&["-n", &self.hub, "link", "set", &host.port, "up"]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Adds `delay` to every packet the host sends (tc netem). Fails with a
+    /// clear message when the kernel has no `sch_netem`.
+    pub fn add_latency(&self, host: &Host, delay: Duration) -> Result<(), String> {
+        let ms = format!("{}ms", delay.as_millis());
+        cmd_ok(
+            "tc",
+            &[
+                "-n", &host.ns, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &ms,
+            ],
+        )
+        .map_err(|e| {
+            format!("latency cannot be added: the kernel's netem queueing discipline (sch_netem) is missing or tc failed: {e}")
+        })
+    }
+
+    /// Limits what the host sends to `kbit` kilobits per second (tc tbf).
+    /// Fails with a clear message when the kernel has no `sch_tbf`.
+    pub fn throttle(&self, host: &Host, kbit: u32) -> Result<(), String> {
+        let rate = format!("{kbit}kbit");
+        cmd_ok(
+            "tc",
+            &[
+                "-n", &host.ns, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate,
+                "burst", "4kb", "limit", "4mb",
+            ],
+        )
+        .map_err(|e| {
+            format!("traffic cannot be throttled: the kernel's tbf queueing discipline (sch_tbf) is missing or tc failed: {e}")
+        })
+    }
+
+    /// Removes latency or throttling from a host.
+    pub fn clear_shaping(&self, host: &Host) {
+        let _ = cmd_ok(
+            "tc",
+            &["-n", &host.ns, "qdisc", "del", "dev", "eth0", "root"],
+        );
+    }
+}
+
+fn sv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let hosts = std::mem::take(&mut *self.hosts.lock().unwrap_or_else(|e| e.into_inner()));
+        for ns in hosts.iter().chain(std::iter::once(&self.hub)) {
+            delete_ns(ns);
+        }
+        if std::env::var_os("TROUPE_KEEP_TMP").is_some() {
+            let p = self.tmp.path().to_path_buf();
+            eprintln!("keeping {}", p.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.tmp,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}
+
+/// Tag in the path of [`Tmpfs`] mount points (followed by the pid).
+const TMPFS_TAG: &str = "troupe-tmpfs-";
+
+/// A small tmpfs mounted for one test (e.g. a data directory that fills
+/// up); unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `"8m"`) at a fresh directory under
+    /// `parent`.
+    pub fn mount(parent: &Path, size: &str) -> Result<Tmpfs, String> {
+        let path = parent.join(format!(
+            "{TMPFS_TAG}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let p = path.to_str().ok_or("non-UTF-8 path")?;
+        cmd_ok(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+                p,
+            ],
+        )?;
+        Ok(Tmpfs { path })
+    }
+
+    /// Fills the file system: writes a file until the disk is full, and
+    /// returns its path (remove it to free the space).
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.path.join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler");
+        let chunk = vec![0x5au8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // Also take the last partial block.
+        while f.write(&chunk[..512]).is_ok_and(|n| n > 0) {}
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.to_str() {
+            let _ = cmd_ok("umount", &["-l", p]);
+        }
+    }
+}
+
+/// A `troupe master` running in its own host, on `IP:8140`.
+pub struct NetMaster {
+    pub host: Host,
+    /// Its `--data` directory.
+    pub data: PathBuf,
+    /// `https://IP:8140`.
+    pub url: String,
+    pub log_path: PathBuf,
+    pub opts: MasterOptions,
+    proc: Option<Proc>,
+}
+
+impl NetMaster {
+    /// Starts a master in `host` with its data in `host.dir/data`.
+    pub fn start(net: &Net, host: &Host, opts: MasterOptions) -> NetMaster {
+        Self::start_in(net, host, host.dir.join("data"), opts)
+    }
+
+    /// Starts a master in `host` with the given data directory.
+    pub fn start_in(net: &Net, host: &Host, data: PathBuf, opts: MasterOptions) -> NetMaster {
+        let mut m = NetMaster {
+            host: host.clone(),
+            url: format!("https://{}:{MASTER_PORT}", host.ip),
+            log_path: host.dir.join("master.log"),
+            data,
+            opts,
+            proc: None,
+        };
+        m.resume(net);
+        m
+    }
+
+    /// Starts the (stopped) master again; waits until it serves.
+    pub fn resume(&mut self, net: &Net) {
+        assert!(self.proc.is_none(), "the master is running");
+        self.try_resume(net).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Like [`NetMaster::resume`], returning the reason it did not start.
+    pub fn try_resume(&mut self, net: &Net) -> Result<(), String> {
+        let _ = std::fs::remove_file(self.data.join("listen.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("master log");
+        let mut cmd = net.command(&self.host, &troupe_bin());
+        cmd.arg("master")
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--listen")
+            .arg(format!("{}:{MASTER_PORT}", self.host.ip))
+            .args(&self.opts.extra_args)
+            .env(
+                "TROUPE_LOG",
+                std::env::var("TROUPE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if let Some(m) = &self.opts.modules {
+            cmd.arg("--modules").arg(m);
+        }
+        let mut child = Proc(cmd.spawn().expect("spawning troupe master"));
+        let start = Instant::now();
+        loop {
+            if std::fs::read_to_string(self.data.join("listen.addr")).is_ok_and(|s| !s.is_empty()) {
+                break;
+            }
+            if let Ok(Some(status)) = child.0.try_wait() {
+                return Err(format!(
+                    "troupe master exited ({status}) before serving:\n{}",
+                    self.log()
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "troupe master did not start in 30 s:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.proc = Some(child);
+        Ok(())
+    }
+
+    /// Kills the master with SIGKILL (no shutdown of any kind).
+    pub fn kill9(&mut self) {
+        self.proc = None;
+    }
+
+    /// True while the master process runs.
+    pub fn running(&mut self) -> bool {
+        self.proc
+            .as_mut()
+            .is_some_and(|p| p.0.try_wait().ok().flatten().is_none())
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same address and data.
+    pub fn restart(&mut self, net: &Net) {
+        self.kill9();
+        self.resume(net);
+    }
+
+    /// Everything it logged so far (all its lives).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `troupe ca ARGS --data DATA` (through the admin socket while the
+    /// master runs, on the CA files otherwise).
+    pub fn ca(&self, args: &[&str]) -> Out {
+        run(Command::new(troupe_bin())
+            .arg("ca")
+            .args(args)
+            .arg("--data")
+            .arg(&self.data))
+    }
+
+    pub fn ca_ok(&self, args: &[&str]) -> String {
+        let o = self.ca(args);
+        o.assert_success();
+        o.stdout
+    }
+
+    /// `troupe ca list --all --json`, parsed.
+    pub fn list_all(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ca_ok(&["list", "--all", "--json"])).expect("list json")
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.ca_ok(&["fingerprint"]).trim().to_string()
+    }
+
+    /// One admin-socket request to the running master.
+    pub fn admin(
+        &self,
+        req: &troupe_master::admin::AdminRequest,
+    ) -> Result<serde_json::Value, String> {
+        let resp = troupe_master::admin::call(&self.data, req)
+            .map_err(|e| format!("admin socket: {e:#}"))?
+            .ok_or("the master is not running")?;
+        if resp.ok {
+            Ok(resp.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(resp.error.unwrap_or_default())
+        }
+    }
+
+    /// A fresh one-time key for `host`, through the admin socket.
+    pub fn psk(&self, name: &str) -> String {
+        let v = self
+            .admin(&troupe_master::admin::AdminRequest::PskNew {
+                host: name.to_string(),
+                ttl_secs: 7200,
+            })
+            .expect("psk new");
+        v["psk"].as_str().expect("psk").to_string()
+    }
+
+    /// Every CA entry (`list --all`), through the admin socket while the
+    /// master runs and on the CA files otherwise.
+    pub fn ca_entries(&self) -> Vec<troupe_pki::authority::ListEntry> {
+        serde_json::from_value(self.list_all()).expect("list entries")
+    }
+
+    /// `(host, serial)` of every signed (valid) certificate.
+    pub fn signed(&self) -> Vec<(String, String)> {
+        self.ca_entries()
+            .into_iter()
+            .filter(|e| e.state == "signed")
+            .map(|e| (e.host, e.id))
+            .collect()
+    }
+
+    /// Number of signed certificates, through the admin socket (fast; for
+    /// polling while the master runs).
+    pub fn signed_count_fast(&self) -> Option<usize> {
+        let v = self
+            .admin(&troupe_master::admin::AdminRequest::List {
+                filter: troupe_pki::ListFilter::Default,
+            })
+            .ok()?;
+        Some(
+            v["entries"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["state"] == "signed")
+                .count(),
+        )
+    }
+
+    /// Run ids of `node`'s reports stored by the master, oldest first. Opens
+    /// the fleet store directly: the master must be stopped.
+    pub fn stored_run_ids(&self, node: &str) -> Vec<String> {
+        let store = troupe_master::store::NodeStore::open(&self.data.join("nodes.redb"), 1_000_000)
+            .expect("open the node store (is the master stopped?)");
+        store
+            .reports(node)
+            .expect("read reports")
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect()
+    }
+}
+
+/// One agent identity (state dir, sandbox root) living on a host. Several
+/// agents may share a host (namespace).
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub name: String,
+    pub host: Host,
+    pub state: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Agent {
+    /// An agent called `name` on `host`, with a sandbox root holding the
+    /// top-level directories a real root has.
+    pub fn new(host: &Host, name: &str) -> Agent {
+        let base = host.dir.join("agents").join(name);
+        let root = base.join("root");
+        for d in ["etc", "srv", "var"] {
+            std::fs::create_dir_all(root.join(d)).expect("root dir");
+        }
+        Agent {
+            name: name.to_string(),
+            host: host.clone(),
+            state: base.join("state"),
+            root,
+        }
+    }
+
+    /// `troupe-agent bootstrap` inside the agent's host.
+    pub fn bootstrap_command(
+        &self,
+        net: &Net,
+        m: &NetMaster,
+        fingerprint: &str,
+        psk: Option<&str>,
+    ) -> Command {
+        let mut c = net.command(&self.host, &agent_bin());
+        c.arg("bootstrap")
+            .arg("--server")
+            .arg(&m.url)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--ca-fingerprint")
+            .arg(fingerprint)
+            .arg("--state")
+            .arg(&self.state)
+            .args(["--poll-initial", "100ms", "--poll-max", "500ms"])
+            .stdin(Stdio::null());
+        if let Some(p) = psk {
+            c.arg("--psk").arg(p);
+        }
+        if std::env::var_os("TROUPE_LOG").is_none() {
+            c.env("TROUPE_LOG", "warn");
+        }
+        c
+    }
+
+    /// `troupe-agent run --server URL --state S --root R EXTRA...` inside
+    /// the agent's host.
+    pub fn run_command(&self, net: &Net, m: &NetMaster, extra: &[&str]) -> Command {
+        let mut c = net.command(&self.host, &agent_bin());
+        c.arg("run")
+            .arg("--server")
+            .arg(&m.url)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--root")
+            .arg(&self.root)
+            .args(extra)
+            .stdin(Stdio::null());
+        if std::env::var_os("TROUPE_LOG").is_none() {
+            c.env("TROUPE_LOG", "warn");
+        }
+        c
+    }
+
+    /// One `run --once --output json`: the process output and the parsed
+    /// report (None when the run did not happen).
+    pub fn run_once(&self, net: &Net, m: &NetMaster) -> (Out, Option<serde_json::Value>) {
+        let out = run(&mut self.run_command(net, m, &["--once", "--output", "json"]));
+        let report = serde_json::from_str(&out.stdout).ok();
+        (out, report)
+    }
+
+    /// Run ids of the reports in the agent's own store, and those still
+    /// queued for the master. Opens the agent's state (no run may be going
+    /// on).
+    pub fn local_runs(&self) -> (Vec<String>, Vec<String>) {
+        let st = troupe_agent::state::State::open(&self.state).expect("agent state");
+        let all = st.run_ids().expect("agent reports");
+        let unsent = st.unsent().expect("unsent");
+        (all, unsent)
+    }
+}
+
+/// Writes a module tree: every node gets `/etc/motd` and `files` files
+/// under `/etc/fleet/`, each rendered from a template that loops `work`
+/// times (to make compiles take a while: about 0.5 µs·files·work in a
+/// debug build).
+pub fn write_tree(dir: &Path, motd: &str, files: usize, work: usize) {
+    let env = dir.join("environments/production");
+    for d in ["roles", "profiles", "data", "templates"] {
+        std::fs::create_dir_all(env.join(d)).expect("tree dir");
+    }
+    let w = |p: PathBuf, s: String| std::fs::write(p, s).expect("write tree file");
+    w(
+        dir.join("site.toml"),
+        "default_environment = \"production\"\n\n[[node]]\nmatch = \"*\"\nrole = \"base\"\n".into(),
+    );
+    w(
+        env.join("hierarchy.toml"),
+        "[[level]]\nname = \"common\"\npath = \"common.toml\"\n".into(),
+    );
+    w(
+        env.join("data/common.toml"),
+        format!("[motd]\nbanner = \"{motd}\"\n"),
+    );
+    w(
+        env.join("roles/base.toml"),
+        "include = [\"motd\", \"fleet\"]\n".into(),
+    );
+    w(
+        env.join("profiles/motd.toml"),
+        "[params]\nbanner = \"unset\"\n\n[file.\"/etc/motd\"]\ntemplate = \"motd.j2\"\nmode = \"0644\"\n".into(),
+    );
+    w(
+        env.join("templates/motd.j2"),
+        "{{ params.banner }} ({{ node.certname }})\n".into(),
+    );
+    let mut p = String::from("[directory.\"/etc/fleet\"]\nmode = \"0755\"\n");
+    for i in 0..files {
+        p.push_str(&format!(
+            "\n[file.\"/etc/fleet/f{i}\"]\ntemplate = \"fleet.j2\"\nmode = \"0644\"\n"
+        ));
+    }
+    w(env.join("profiles/fleet.toml"), p);
+    w(
+        env.join("templates/fleet.j2"),
+        format!(
+            "{{% set ns = namespace(x=0) %}}{{% for i in range({work}) %}}{{% set ns.x = ns.x + i %}}{{% endfor %}}{{{{ node.certname }}}} {{{{ ns.x }}}}\n"
+        ),
+    );
+}
+
+/// Spawns `cmd` with stdout and stderr appended to `log`.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Proc {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Proc(
+        cmd.stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+    )
+}
+
+/// Waits for every process (at most `timeout` in all) and returns their
+/// exit codes; a process still running then is killed and gets `None`.
+pub fn wait_all(procs: &mut [Proc], timeout: Duration) -> Vec<Option<i32>> {
+    let start = Instant::now();
+    let mut codes: Vec<Option<Option<i32>>> = vec![None; procs.len()];
+    while codes.iter().any(Option::is_none) && start.elapsed() < timeout {
+        for (p, c) in procs.iter_mut().zip(codes.iter_mut()) {
+            if c.is_none()
+                && let Ok(Some(st)) = p.0.try_wait()
+            {
+                *c = Some(st.code());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    codes.into_iter().map(|c| c.flatten()).collect()
+}
+
+/// A log file's text without terminal colour codes ("" when missing).
+pub fn read_log(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
