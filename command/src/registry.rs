@@ -766,14 +766,13 @@ impl ActionSpec {
                         ));
                     }
                     match placeholder(part) {
-                        Some(name) => {
-                            if !self.args.iter().any(|a| a.name == name) {
-                                return Err(at(format!(
-                                    "{{{}}} names no declared argument",
-                                    clip(name)
-                                )));
-                            }
+                        Some(name) if !self.args.iter().any(|a| a.name == name) => {
+                            return Err(at(format!(
+                                "{{{}}} names no declared argument",
+                                clip(name)
+                            )));
                         }
+                        Some(_) => {}
                         None if part.contains(['{', '}']) => {
                             return Err(at(format!(
                                 "{:?}: a placeholder must be a whole element, `{{NAME}}`; literal text may not contain braces",
