@@ -3,7 +3,7 @@
 
 use tonic::Code;
 use troupe_proto::v1::SubmitCsrRequest;
-use troupe_tests::{Master, make_csr};
+use troupe_tests::{Master, make_csr, tally};
 
 fn refusals_in_audit(m: &Master) -> usize {
     std::fs::read_to_string(m.data.join("ca/audit.log"))
@@ -24,6 +24,7 @@ fn refused_bootstrap(m: &Master, name: &str, psk: &str, needle: &str) {
     assert!(!m.agent_state(name).join("cert.pem").exists());
     assert_eq!(m.list_all(), before, "a refusal changed the CA's state");
     assert_eq!(refusals_in_audit(m), audits + 1);
+    tally::hostile("psk", &format!("bootstrap refused: {needle}"), true);
 }
 
 #[test]
@@ -64,6 +65,7 @@ fn second_csr_for_a_certified_name_is_refused() {
     ));
     out.assert_failure_containing("already has a valid certificate");
     assert_eq!(m.list_all(), before);
+    tally::hostile("csr", "second machine claiming a certified name", true);
 }
 
 async fn submit(m: &Master, name: &str, csr: Vec<u8>) -> tonic::Status {
@@ -90,6 +92,7 @@ async fn refused(m: &Master, name: &str, csr: Vec<u8>, code: Code, needle: &str)
         s.message()
     );
     assert_eq!(m.list_all(), before, "a refusal changed the CA's state");
+    tally::hostile("csr", needle, true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -213,6 +216,7 @@ async fn malformed_and_hostile_csrs_are_refused() {
         s.message().to_lowercase().contains("too large") || s.message().contains("length"),
         "{s:?}"
     );
+    tally::hostile("oversized", "4 MiB CSR far over the gRPC limit", true);
 
     // After all that, the good PSK is still unused and works.
     let (_, der) = make_csr("web1", Some(&psk));
@@ -244,6 +248,11 @@ fn operator_commands_refuse_unknown_and_bad_names() {
         .assert_failure_containing("upper-case");
     m.ca(&["psk", "new", "*"])
         .assert_failure_containing("wildcard");
+    for what in ["sign", "revoke", "clean"] {
+        tally::hostile("admin", &format!("ca {what} of an unknown host"), true);
+    }
+    tally::hostile("admin", "psk for an upper-case name", true);
+    tally::hostile("admin", "psk for a wildcard name", true);
 }
 
 #[test]
@@ -286,4 +295,5 @@ fn admin_socket_is_for_the_data_directory_owner_only() {
     );
     assert!(out.stdout.trim().is_empty(), "a key was printed: {out:?}");
     assert!(!m.ca_ok(&["list", "--all"]).contains("web1"));
+    tally::hostile("admin", "admin socket used by another user", true);
 }

@@ -3,7 +3,7 @@
 
 use troupe_proto::v1::RenewRequest;
 use troupe_proto::v1::ca_client::CaClient;
-use troupe_tests::{Master, make_csr};
+use troupe_tests::{Master, make_csr, tally};
 
 #[test]
 fn revoked_host_is_refused_at_handshake() {
@@ -22,6 +22,7 @@ fn revoked_host_is_refused_at_handshake() {
         || m.log().contains("TLS handshake refused"),
     );
     assert!(m.log().contains("Revoked"), "{}", m.log());
+    tally::hostile("tls", "revoked certificate at the handshake", true);
     // A revoked host cannot simply bootstrap again.
     let psk2 = m.psk("web1");
     let out = troupe_tests::run(&mut m.bootstrap_command_in(
@@ -30,6 +31,7 @@ fn revoked_host_is_refused_at_handshake() {
         &m.root.path().join("again"),
     ));
     out.assert_failure_containing("troupe ca clean web1");
+    tally::hostile("csr", "revoked host joining again without clean", true);
     // After clean it can.
     m.ca_ok(&["clean", "web1"]);
     std::fs::remove_dir_all(m.agent_state("web1")).unwrap();
@@ -56,6 +58,7 @@ async fn revocation_also_ends_calls_on_open_connections() {
         ),
         "{s:?}"
     );
+    tally::hostile("tls", "revoked certificate on an open connection", true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,6 +101,7 @@ async fn client_certificate_from_another_ca_is_refused() {
         "{}",
         m.log()
     );
+    tally::hostile("tls", "client certificate from another CA", true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,4 +112,5 @@ async fn renew_without_client_certificate_is_unauthenticated() {
     let s = c.renew(RenewRequest { csr }).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
     assert!(s.message().contains("requires a client certificate"));
+    tally::hostile("tls", "renewal without a client certificate", true);
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use troupe_tests::{Master, MasterOptions, Out, wait_until};
+use troupe_tests::{Master, MasterOptions, Out, tally, wait_until};
 
 /// A small module tree: every node gets a motd naming it; `web*` nodes also
 /// get a document root with a page. Files and directories only, so it
@@ -330,6 +330,8 @@ fn a_node_cannot_read_another_nodes_content_or_send_its_reports() {
     // And web1's stored reports are untouched.
     let r = f.troupe(&["report", "web1", "forged"]);
     assert!(!r.success());
+    tally::hostile("access", "content only in another node's catalog", true);
+    tally::hostile("access", "report forged for another node", true);
 }
 
 fn troupe_catalog_sha(s: &str) -> String {
@@ -512,6 +514,11 @@ fn an_agent_may_ask_for_another_environment_only_when_the_master_allows_it() {
         std::fs::read_to_string(f.m.data.join("access-audit.log"))
             .unwrap()
             .contains("asked for environment"),
+    );
+    tally::hostile(
+        "access",
+        "agent choosing its environment, not allowed",
+        true,
     );
 
     // Allowed: the staging catalog is served and converged.
