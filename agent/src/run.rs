@@ -267,7 +267,10 @@ pub fn run_once(
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "facts gathered");
     let (catalog, from_cache) = obtain_catalog(&st, source, &facts)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "catalog ready");
-    let os_family = facts["os"]["family"].as_str().unwrap_or("").to_owned();
+    // Under --root the target is the root: its os-release chooses the
+    // package tools (a Rocky image converged from a Debian host uses rpm).
+    let os_family = root_os_family(&root)
+        .unwrap_or_else(|| facts["os"]["family"].as_str().unwrap_or("").to_owned());
     let contents = CatalogContents(&catalog);
     let bucket = st.bucket();
     let mut ctx = Ctx::new(
@@ -502,4 +505,16 @@ pub fn enable(args: EnableArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e).context("cannot remove the disabled marker"),
     }
     Ok(0)
+}
+
+/// The `os.family` of a `--root` other than `/`, from its os-release.
+fn root_os_family(root: &Path) -> Option<String> {
+    if root == Path::new("/") {
+        return None;
+    }
+    let text = std::fs::read_to_string(root.join("etc/os-release"))
+        .or_else(|_| std::fs::read_to_string(root.join("usr/lib/os-release")))
+        .ok()?;
+    let os = facts::os_from_release(&text);
+    os["family"].as_str().map(str::to_owned)
 }
