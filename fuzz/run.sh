@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${FUZZ_SECONDS:-25}"
+# Its own target directory: the instrumented build shares nothing with the
+# workspace's, and must not disturb it.
+tdir="${FUZZ_TARGET_DIR:-target}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(csr module_tree catalog envelope)
 command -v c++ >/dev/null || { echo "fuzz: a C++ compiler (g++) is needed to build libFuzzer" >&2; exit 1; }
@@ -27,23 +30,23 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-stack-depth \
  -Cdebug-assertions -Coverflow-checks"
 start=$(date +%s)
-cargo build --locked --release --target "$host" --bins
+cargo build --locked --release --target "$host" --target-dir "$tdir" --bins
 echo "fuzz: built in $(( $(date +%s) - start )) s"
 status=0
 summary=""
 for t in "${targets[@]}"; do
-  bin="target/$host/release/$t"
-  corpus="target/corpus/$t"
-  artifacts="target/artifacts/$t/"
+  bin="$tdir/$host/release/$t"
+  corpus="$tdir/corpus/$t"
+  artifacts="$tdir/artifacts/$t/"
   mkdir -p "$corpus" "$artifacts"
-  log="target/$t.log"
+  log="$tdir/$t.log"
   echo "fuzz: $t for ${secs}s"
   if "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
        -print_final_stats=1 -artifact_prefix="$artifacts" \
        "$corpus" "corpus-seeds/$t" >"$log" 2>&1; then
     res=ok
   else
-    res="CRASH (input in fuzz/$artifacts; log fuzz/$log)"
+    res="CRASH (input in $artifacts; log $log)"
     status=1
     tail -n 60 "$log"
   fi
