@@ -30,7 +30,11 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-stack-depth \
  -Cdebug-assertions -Coverflow-checks"
 start=$(date +%s)
-cargo build --locked --release --target "$host" --target-dir "$tdir" --bins
+# Same versions as the workspace: start from its lock file (cargo adds only
+# libFuzzer's few crates), so a dependency added to a crate never leaves a
+# stale lock here.
+cp ../Cargo.lock Cargo.lock
+cargo build --release --target "$host" --target-dir "$tdir" --bins
 echo "fuzz: built in $(( $(date +%s) - start )) s"
 status=0
 summary=""
