@@ -43,7 +43,8 @@ pub struct Args {
     pub noop: bool,
     /// Converge the catalog inside this directory instead of `/` (files,
     /// directories, links, users and groups via ROOT/etc/passwd, packages via
-    /// dpkg/rpm --root; services are not managed there: reported as
+    /// dpkg/rpm --root, chosen by ROOT/etc/os-release; execs run chrooted;
+    /// services are not managed there: reported as
     /// `not managed under --root`, neither checked nor changed).
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
