@@ -126,7 +126,16 @@ impl CaError {
 }
 
 fn st(e: impl std::fmt::Display) -> CaError {
-    CaError::Storage(e.to_string())
+    let m = e.to_string();
+    // redb refuses every transaction after a failed write (e.g. a full
+    // disk) until the database is opened again: say what to do.
+    if m.contains("Previous I/O error") {
+        return CaError::Storage(format!(
+            "the CA database stopped after an earlier write failed (disk full?); \
+             nothing was changed: free space and restart the master ({m})"
+        ));
+    }
+    CaError::Storage(m)
 }
 fn io(e: impl std::fmt::Display) -> CaError {
     CaError::Io(e.to_string())
