@@ -83,8 +83,9 @@ fn delete_ns(ns: &str) {
     let _ = ip(&["netns", "del", ns]);
 }
 
-/// Deletes namespaces (and kills their processes) and unmounts tmpfs
-/// mounts left by harness users whose process is gone.
+/// Deletes namespaces (and kills their processes), unmounts tmpfs mounts
+/// and removes temporary directories left by harness users whose process
+/// is gone (killed by a timeout, say).
 pub fn sweep_leftovers() {
     if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
@@ -122,7 +123,25 @@ pub fn sweep_leftovers() {
             }
         }
     }
+    if std::env::var_os("TROUPE_KEEP_TMP").is_none()
+        && let Ok(dir) = std::fs::read_dir(std::env::temp_dir())
+    {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+                continue;
+            };
+            if let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok())
+                && !pid_alive(pid)
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
+
+/// Prefix of the harness's temporary directories (followed by the pid).
+const TMP_PREFIX: &str = "troupe-fleet-";
 
 /// One host: a network namespace with one interface (`eth0`) on the
 /// test's switch.
@@ -166,7 +185,7 @@ impl Net {
         ip(&["netns", "add", &hub])
             .map_err(|e| format!("cannot create a network namespace (this needs root): {e}"))?;
         let tmp = tempfile::Builder::new()
-            .prefix(&format!("troupe-fleet-{}-", std::process::id()))
+            .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
         let net = Net {
