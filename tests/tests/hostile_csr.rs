@@ -261,3 +261,68 @@ fn openssl_csr_with_two_keys(m: &Master, psk: &str) -> Option<Vec<u8>> {
     }
     std::fs::read(dir.join("req.der")).ok()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polls_with_hostile_names_or_keys_are_refused_or_learn_nothing() {
+    use troupe_proto::v1::PollCertificateRequest;
+    use troupe_proto::v1::certificate_status::State;
+    let m = Master::start();
+    let before = m.list_all();
+    let mut c = m.ca_client().await;
+    let long = "a".repeat(300);
+    for (what, name) in [
+        ("an empty name", ""),
+        ("an upper-case name", "WEB1"),
+        ("a path", "../ca/ca_key"),
+        ("a 300-byte name", long.as_str()),
+        ("a name with a newline", "web1\nweb2"),
+        ("a NUL", "web1\0"),
+    ] {
+        let s = c
+            .poll_certificate(PollCertificateRequest {
+                name: name.into(),
+                public_key_sha256: vec![0; 32],
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(s.code(), Code::InvalidArgument, "{what}: {s:?}");
+        assert!(s.message().contains("name"), "{what}: {s:?}");
+        tally::hostile("csr", &format!("certificate poll with {what}"), true);
+    }
+    // Another host's request, asked for with the wrong key (or a key hash
+    // of the wrong length): "unknown", and no certificate.
+    let pending = m.root.path().join("pending");
+    let _ = troupe_tests::run(
+        m.bootstrap_command_in("web2", None, &pending)
+            .args(["--wait", "1s"]),
+    );
+    for key in [vec![0u8; 32], vec![0u8; 0], vec![0xffu8; 10_000]] {
+        let r = c
+            .poll_certificate(PollCertificateRequest {
+                name: "web2".into(),
+                public_key_sha256: key.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.state, State::Unknown as i32, "{r:?}");
+        assert!(r.certificate_pem.is_empty());
+        tally::hostile(
+            "csr",
+            &format!(
+                "poll for another host's request with a {}-byte key hash",
+                key.len()
+            ),
+            true,
+        );
+    }
+    // Nothing changed but web2's own pending request.
+    let list = m.ca_ok(&["list", "--all"]);
+    assert!(before.as_array().is_none_or(|a| a.is_empty()), "{before}");
+    assert_eq!(
+        list.lines().filter(|l| l.contains("web")).count(),
+        1,
+        "{list}"
+    );
+    assert!(list.contains("web2"), "{list}");
+}
