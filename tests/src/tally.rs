@@ -3,7 +3,8 @@
 //! Tests call [`fault`] after surviving an injected fault and [`hostile`]
 //! after sending a hostile input; each call appends one JSON line to a file
 //! of this process in the tally directory (`$TROUPE_TALLY_DIR`, or
-//! `troupe-tally/` beside the binaries). `scripts/test.sh` empties the
+//! `troupe-tally.d/` beside the binaries; not `troupe-tally/`, the binary
+//! of that name lives there). `scripts/test.sh` empties the
 //! directory before the suite and runs the `troupe-tally` binary after it,
 //! which prints the table: faults injected, hostile inputs tried, refused,
 //! data lost (which must be 0).
@@ -36,7 +37,7 @@ pub fn dir() -> PathBuf {
     if let Ok(d) = std::env::var("TROUPE_TALLY_DIR") {
         return PathBuf::from(d);
     }
-    crate::bin_dir().join("troupe-tally")
+    crate::bin_dir().join("troupe-tally.d")
 }
 
 fn append(e: &Entry) {
