@@ -13,6 +13,13 @@
 //! 4. Check the certificate (our name, our key, signed by the pinned CA),
 //!    fetch the CRL, and store both.
 //!
+//! A master that cannot be reached or drops the connection (down,
+//! restarting, network cut) is retried with backoff and jitter for
+//! `--retry-for`; answers from the master (refusals) are final. A retry, or
+//! a bootstrap resumed with the key of an earlier one, first asks for a
+//! certificate already signed for that key, so an answer lost with a
+//! killed master never turns into "already certified".
+//!
 //! ## State directory layout (`--state DIR`, mode 0700)
 //!
 //! | file | owner | what |
