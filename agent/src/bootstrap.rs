@@ -261,22 +261,27 @@ fn transient_status(s: &tonic::Status) -> bool {
 }
 
 /// True when a connect error is the network's or a down master's (not a
-/// TLS or fingerprint failure).
+/// TLS, certificate or fingerprint failure, nor a bad --server).
 fn transient_connect(e: &anyhow::Error) -> bool {
     let m = format!("{e:#}").to_lowercase();
-    [
-        "connection refused",
-        "connection reset",
-        "connection aborted",
-        "no route to host",
-        "network is unreachable",
-        "timed out",
-        "broken pipe",
-        "unexpected eof",
-        "connection closed",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
+    let verdict = ["certificate", "fingerprint", "--server", "alert", "verif"]
+        .iter()
+        .any(|p| m.contains(p));
+    !verdict
+        || [
+            "connection refused",
+            "connection reset",
+            "connection aborted",
+            "no route to host",
+            "network is unreachable",
+            "timed out",
+            "broken pipe",
+            "unexpected eof",
+            "handshake eof",
+            "connection closed",
+        ]
+        .iter()
+        .any(|p| m.contains(p))
 }
 
 /// One try: connect with the pinned CA, fetch CA and CRL, then (when this
@@ -311,7 +316,7 @@ async fn submit(
     // On this fresh, verified connection a failed call (not a bad answer)
     // is a broken connection: both helpers say "fetching the ...: " then.
     let broken = |e: anyhow::Error| {
-        if e.to_string().starts_with("fetching the ") || transient_connect(&e) {
+        if e.to_string().starts_with("fetching the ") {
             Try::Transient(e)
         } else {
             Try::Final(e)

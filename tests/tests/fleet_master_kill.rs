@@ -370,3 +370,47 @@ fn master_killed_during_report_uploads() {
         lost,
     );
 }
+
+/// A host that bootstraps while the master is down waits for it (backoff)
+/// and joins once it is back; with a short --retry-for it gives up with a
+/// clear message instead.
+#[test]
+fn bootstrap_waits_for_a_master_that_is_down() {
+    let Some(net) = Net::require() else { return };
+    let (_tree, opts) = tree(1, 1);
+    let mh = net.add_host("master");
+    let mut m = NetMaster::start(&net, &mh, opts);
+    let fleet = agents(&net, 1, 2);
+    let fp = m.fingerprint();
+    let psks: Vec<String> = fleet.iter().map(|a| m.psk(&a.name)).collect();
+    m.kill9();
+
+    let out = run(fleet[1]
+        .bootstrap_command(&net, &m, &fp, Some(&psks[1]))
+        .args(["--retry-for", "1s"]));
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("gave up after") && out.stderr.contains("Connection refused"),
+        "{out:?}"
+    );
+
+    let log = net.tmp.path().join("boot.log");
+    let mut p = vec![spawn_logged(
+        &mut fleet[0].bootstrap_command(&net, &m, &fp, Some(&psks[0])),
+        &log,
+    )];
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(p[0].0.try_wait().unwrap().is_none(), "{}", read(&log));
+    m.resume(&net);
+    let codes = wait_all(&mut p, Duration::from_secs(30));
+    assert_eq!(codes, vec![Some(0)], "{}", read(&log));
+    assert!(read(&log).contains("retrying in"), "{}", read(&log));
+    // The key of the one that gave up is still unused: it can join now.
+    run(&mut fleet[1].bootstrap_command(&net, &m, &fp, Some(&psks[1]))).assert_success();
+    assert_eq!(m.signed().len(), 2);
+    tally::fault(
+        "master-down",
+        "host bootstrapping while the master is down",
+        0,
+    );
+}
