@@ -117,8 +117,7 @@ async fn certificates_from_the_real_ca_that_must_not_get_in_are_refused() {
         let log = m.log();
         let line = log
             .lines()
-            .filter(|l| l.contains("TLS handshake refused"))
-            .last()
+            .rfind(|l| l.contains("TLS handshake refused"))
             .unwrap();
         assert!(
             reasons.iter().any(|r| line.contains(r)),
