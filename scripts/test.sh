@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
-tally_dir="$target_dir/debug/troupe-tally.d"
+tally_dir="$target_dir/debug/troupe-ledger"
 rm -rf "$tally_dir"
 export TROUPE_TALLY_DIR="$tally_dir"
 status=0

@@ -3,9 +3,9 @@
 //! Tests call [`fault`] after surviving an injected fault and [`hostile`]
 //! after sending a hostile input; each call appends one JSON line to a file
 //! of this process in the tally directory (`$TROUPE_TALLY_DIR`, or
-//! `troupe-tally.d/` beside the binaries; not `troupe-tally/`, the binary
-//! of that name lives there). `scripts/test.sh` empties the
-//! directory before the suite and runs the `troupe-tally` binary after it,
+//! `troupe-ledger/` beside the binaries: not `troupe-tally/` nor
+//! `troupe-tally.d`, which are the binary and cargo's dep-info for it).
+//! `scripts/test.sh` empties the directory before the suite and runs the `troupe-tally` binary after it,
 //! which prints the table: faults injected, hostile inputs tried, refused,
 //! data lost (which must be 0).
 //!
@@ -37,7 +37,7 @@ pub fn dir() -> PathBuf {
     if let Ok(d) = std::env::var("TROUPE_TALLY_DIR") {
         return PathBuf::from(d);
     }
-    crate::bin_dir().join("troupe-tally.d")
+    crate::bin_dir().join("troupe-ledger")
 }
 
 fn append(e: &Entry) {
