@@ -78,11 +78,8 @@ async fn certificates_from_the_real_ca_that_must_not_get_in_are_refused() {
     let before = m.list_all();
     let fleet_before = fleet(&m);
 
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut rcgen::CertificateParams)>,
-        &[&str],
-    )> = vec![
+    type Tweak = Box<dyn FnOnce(&mut rcgen::CertificateParams)>;
+    let cases: Vec<(&str, Tweak, &[&str])> = vec![
         (
             "expired client certificate",
             Box::new(|p| {
