@@ -19,6 +19,10 @@
 //! let list = m.ca_ok(&["list", "--all"]);       // any `troupe ca` command
 //! ```
 //!
+//! For several hosts on one machine (each in its own network namespace, so
+//! the network between them can be cut, throttled or delayed, and any
+//! process killed), see [`netns`].
+//!
 //! Binaries come from the cargo target directory (`scripts/test.sh` runs
 //! `cargo build --workspace --bins` first); set `TROUPE_BIN_DIR` to use
 //! others. Every process is killed when its handle drops; everything lives

@@ -5,9 +5,9 @@
 //! of this process in the tally directory (`$TROUPE_TALLY_DIR`, or
 //! `troupe-ledger/` beside the binaries: not `troupe-tally/` nor
 //! `troupe-tally.d`, which are the binary and cargo's dep-info for it).
-//! `scripts/test.sh` empties the directory before the suite and runs the `troupe-tally` binary after it,
-//! which prints the table: faults injected, hostile inputs tried, refused,
-//! data lost (which must be 0).
+//! `scripts/test.sh` empties the directory before the suite and runs the
+//! `troupe-tally` binary after it, which prints the table: faults injected,
+//! hostile inputs tried, refused, data lost (which must be 0).
 //!
 //! Record only what the test has asserted: a record is written after the
 //! assertions that prove it, so a failing test records nothing.
