@@ -429,8 +429,8 @@ impl Orchestration for OrchestraService {
                     r.message
                         .push_str(" (output too large, dropped by the master)");
                 }
-                r.status.truncate(64);
-                r.message.truncate(4096);
+                clip(&mut r.status, 64);
+                clip(&mut r.message, 4096);
                 let mut pending = lock(&orch.pending);
                 if let Some(p) = pending.get_mut(&id)
                     && p.waiting.remove(&node)
@@ -644,5 +644,28 @@ mod tests {
         assert!(!f.contains_key("bad name"));
         assert!(parse_hello_facts(b"not json").is_empty());
         assert!(parse_hello_facts(&vec![b' '; MAX_HELLO_FACTS + 1]).is_empty());
+    }
+
+    #[test]
+    fn clip_never_splits_a_character() {
+        let mut s = format!("{}é", "s".repeat(63));
+        clip(&mut s, 64);
+        assert_eq!(s, "s".repeat(63));
+        let mut t = "ok".to_string();
+        clip(&mut t, 64);
+        assert_eq!(t, "ok");
+    }
+}
+
+/// Shortens `s` to at most `max` bytes without splitting a character
+/// (`String::truncate` panics inside one, and these strings come from the
+/// network).
+fn clip(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut i = max;
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        s.truncate(i);
     }
 }

@@ -87,8 +87,6 @@ async fn malformed_streams_are_refused() {
 /// An agent's result whose status and message are long and end inside a
 /// multi-byte character where the master cuts them (64 and 4096 bytes).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug in master/src/orchestra.rs (not this suite's file): String::truncate \
-            at a byte offset inside a UTF-8 character panics the stream task"]
 async fn results_cut_inside_a_character_do_not_panic_the_master() {
     let m = Master::start();
     let psk = m.psk("web1");
