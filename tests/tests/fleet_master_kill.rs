@@ -251,6 +251,19 @@ fn master_killed_during_compiles() {
         );
     }
     let finished_first = codes.iter().filter(|c| **c == Some(2)).count();
+    // Retrying with backoff carried at least one cut request through to a
+    // finished run (the master is back within the retry window).
+    let cut_and_finished = fleet
+        .iter()
+        .zip(&codes)
+        .filter(|(a, c)| {
+            **c == Some(2) && read(&logs.join(&a.name)).contains("the catalog failed (try")
+        })
+        .count();
+    assert!(
+        cut_and_finished > 0,
+        "no agent finished its run after its request was cut: {codes:?}"
+    );
     // The next run of every agent converges from the master; the one after
     // changes nothing.
     for a in &fleet {
