@@ -9,6 +9,9 @@
 //! TROUPE_BENCH_AGENTS=2000 cargo bench -p troupe-tests --bench orch_bench
 //! ```
 //!
+//! Each submission includes the master's durable write of the command id
+//! to its relay-once cache (one redb commit with fsync, a constant cost per
+//! command, not per agent).
 //! Simulated agents keep no replay cache or audit log (on a real fleet
 //! each host pays that on its own disk, in parallel). Two figures per size:
 //! agents that only decode the envelope (the master's fan-out and the
