@@ -127,7 +127,8 @@ pub struct RunArgs {
     /// Actions a module declares (TOML `[[action]]` tables, as in the
     /// agents' actions_dir), to check their arguments here too
     /// (repeatable): `MODULE=FILE`, a file `MODULE.toml`, or a directory of
-    /// them: `--module-actions modules/actions`.
+    /// them: `--module-actions
+    /// modules/environments/production/files/troupe/actions.d`.
     #[arg(long, value_name = "MODULE=FILE|DIR")]
     pub module_actions: Vec<String>,
 }

@@ -21,6 +21,12 @@
 //! privileges) the test fails when `CI=true` or `TROUPE_DEBIAN_ROOT` is set
 //! (`.ci/run` builds the root and sets it), and is skipped with a printed
 //! reason otherwise.
+//!
+//! Both converged roots' `/etc/troupe/orchestration.toml` and `actions.d`
+//! are also loaded with the agent's own configuration loader (owner and
+//! mode checks included); `every_role_gets_an_orchestration_config_the_agent_accepts`
+//! does the same for every role and distribution from compiled catalogs,
+//! without a root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -473,6 +479,81 @@ fn check_base(c: &Converged) {
     assert!(dump.stdout.contains("ufw"), "{}", dump.stdout);
 }
 
+/// The converged `/etc/troupe/orchestration.toml` and `actions.d` as the
+/// agent's own configuration loader sees them (with the owner and mode
+/// checks): accepted, with the environment, the module actions `modules`
+/// (and no others) and a policy that lets the shipped signer run them and
+/// the health checks, and nothing it was not given. `actions_dir` names the
+/// booted host's path, so it is pointed into the root here.
+fn check_orchestration(c: &Converged, role: &str, modules: &[&str]) {
+    use std::os::unix::fs::MetadataExt;
+    use troupe_agent::orchestra::config::OrchestraConfig;
+    let dir = c.p("/etc/troupe/actions.d");
+    let meta = std::fs::metadata(&dir).expect("actions.d");
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o755));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read actions.d")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let want: Vec<String> = modules.iter().map(|m| format!("{m}.toml")).collect();
+    assert_eq!(files, want);
+    for f in &files {
+        let m = std::fs::symlink_metadata(dir.join(f)).expect("action file");
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o644), "{f}");
+    }
+    let text = c.read("/etc/troupe/orchestration.toml");
+    let line = "actions_dir = \"/etc/troupe/actions.d\"";
+    assert!(text.lines().any(|l| l == line), "{text}");
+    let text = text.replace(line, &format!("actions_dir = \"{}\"", dir.display()));
+    let cfg = OrchestraConfig::from_toml(&text)
+        .unwrap_or_else(|e| panic!("the agent refuses the converged configuration: {e:#}\n{text}"));
+    assert_eq!(cfg.role.as_deref(), Some(role));
+    assert_eq!(cfg.environment.as_deref(), Some("production"));
+    assert_eq!(cfg.actions_dir.as_deref(), Some(dir.as_path()));
+    let mut declared: Vec<&str> = cfg
+        .registry
+        .actions()
+        .filter(|a| !a.run.is_empty())
+        .map(|a| a.name.split('.').next().unwrap_or(""))
+        .collect();
+    declared.sort_unstable();
+    declared.dedup();
+    assert_eq!(declared, modules);
+    let key = troupe_command::KeyId::parse("ed25519:8cYZsmQmn2aqDSdGA8ZSNgjtlxGh3ynCXV/BT3iFFik=")
+        .expect("the shipped example key");
+    assert_eq!(cfg.signers.name_of(&key), Some("alice"));
+    let subject = troupe_command::policy::Subject {
+        name: "alice",
+        key: &key,
+    };
+    let allowed = |action: &str| {
+        cfg.policy
+            .evaluate(subject, action, Some(role), &Default::default())
+            .is_allowed()
+    };
+    assert!(allowed("health.http") && allowed("health.tcp") && allowed("ping"));
+    assert_eq!(allowed("nginx.reload"), modules.contains(&"nginx"));
+    assert!(!allowed("package.install") && !allowed("postgresql.vacuum"));
+    // The same file writable by others: the agent refuses it all.
+    if let Some(f) = files.first() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(f);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = OrchestraConfig::from_toml(&text).expect_err("world-writable action file");
+        assert!(
+            format!("{e:#}").contains("writable by group or others"),
+            "{e:#}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        troupe_tests::tally::hostile(
+            "modules",
+            "world-writable action file in a converged root",
+            true,
+        );
+    }
+}
+
 #[test]
 fn base_role_converges_into_a_debian_root() {
     in_netns("base_role_converges_into_a_debian_root", || {
@@ -485,6 +566,7 @@ fn base_role_converges_into_a_debian_root() {
             "host1 should get the base role"
         );
         check_base(&c);
+        check_orchestration(&c, "base", &[]);
         second_converge(&c);
         let t = std::time::Instant::now();
         drop(c);
@@ -544,9 +626,140 @@ fn web_role_converges_into_a_debian_root() {
                 "{added:#?}"
             );
         }
+        check_orchestration(&c, "web", &["nginx"]);
         second_converge(&c);
         let t = std::time::Instant::now();
         drop(c);
         eprintln!("cleaned up in {} ms", t.elapsed().as_millis());
     });
+}
+
+/// Without a root or root privileges: every shipped role on every
+/// distribution compiles to an orchestration configuration and module
+/// action files that the agent's own loader accepts (owner and mode checks
+/// included, with the files written as the catalog says), with the module
+/// actions of that role's profiles only.
+#[test]
+fn every_role_gets_an_orchestration_config_the_agent_accepts() {
+    use std::os::unix::fs::PermissionsExt;
+    use troupe_agent::orchestra::config::OrchestraConfig;
+    use troupe_catalog::Kind;
+    let compiler_tests = workspace().join("catalog/compiler/tests");
+    let mut secrets = troupe_compiler::SecretKeys::new();
+    let key = std::fs::read_to_string(compiler_tests.join("keys/production.key"))
+        .expect("the shipped example environment's test key");
+    secrets.insert_str("production", &key).expect("test key");
+    let opts = troupe_compiler::CompileOptions {
+        secrets,
+        ..Default::default()
+    };
+    let tree = troupe_compiler::ModuleTree::load(workspace().join("modules"))
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    for distro in ["debian12", "ubuntu2204", "ubuntu2404", "rocky9", "alma9"] {
+        let facts: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(compiler_tests.join(format!("facts/{distro}.json"))).expect("facts"),
+        )
+        .expect("facts JSON");
+        for (host, role, modules) in [
+            ("mon2.example.com", "base", &[][..]),
+            ("web4.example.com", "web", &["nginx"][..]),
+            ("db1.example.com", "db", &["postgresql"][..]),
+            ("lb2.example.com", "lb", &[][..]),
+            ("bastion.example.com", "bastion", &[][..]),
+            ("proxy1.example.com", "proxy", &[][..]),
+        ] {
+            let ctx = format!("{role}/{distro}");
+            let cat = tree
+                .compile(host, &facts, &opts)
+                .unwrap_or_else(|e| panic!("{ctx}: {}", e.render()));
+            let body = |id: &str| {
+                let r = cat
+                    .resources
+                    .iter()
+                    .find(|r| r.id.0 == id)
+                    .unwrap_or_else(|| panic!("{ctx}: no {id}"));
+                let Kind::File {
+                    content: Some(c),
+                    mode,
+                    ..
+                } = &r.kind
+                else {
+                    panic!("{ctx}: {id} has no content")
+                };
+                let bytes = cat.contents[&c.sha256].bytes().expect("content");
+                (bytes, mode.unwrap_or(0o644))
+            };
+            // The host's actions.d as the catalog makes it.
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("actions.d");
+            std::fs::create_dir(&dir).expect("mkdir");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            let mut files: Vec<String> = Vec::new();
+            for r in &cat.resources {
+                if let Some(name) = r.id.0.strip_prefix("file[/etc/troupe/actions.d/") {
+                    let name = name.trim_end_matches(']').to_owned();
+                    let (bytes, mode) = body(&r.id.0);
+                    let path = dir.join(&name);
+                    std::fs::write(&path, bytes).expect("write");
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                        .expect("chmod");
+                    files.push(name);
+                }
+            }
+            files.sort();
+            let want: Vec<String> = modules.iter().map(|m| format!("{m}.toml")).collect();
+            assert_eq!(files, want, "{ctx}");
+            let (orch, _) = body("file[/etc/troupe/orchestration.toml]");
+            let text = String::from_utf8(orch).expect("UTF-8");
+            let line = "actions_dir = \"/etc/troupe/actions.d\"";
+            assert!(text.lines().any(|l| l == line), "{ctx}: {text}");
+            let text = text.replace(line, &format!("actions_dir = \"{}\"", dir.display()));
+            let cfg = OrchestraConfig::from_toml(&text)
+                .unwrap_or_else(|e| panic!("{ctx}: the agent refuses it: {e:#}\n{text}"));
+            assert_eq!(cfg.role.as_deref(), Some(role), "{ctx}");
+            assert_eq!(cfg.environment.as_deref(), Some("production"), "{ctx}");
+            let mut declared: Vec<&str> = cfg
+                .registry
+                .actions()
+                .filter(|a| !a.run.is_empty())
+                .map(|a| a.name.split('.').next().unwrap_or(""))
+                .collect();
+            declared.sort_unstable();
+            declared.dedup();
+            assert_eq!(declared, modules, "{ctx}");
+            let key = troupe_command::KeyId::parse(
+                "ed25519:8cYZsmQmn2aqDSdGA8ZSNgjtlxGh3ynCXV/BT3iFFik=",
+            )
+            .expect("the shipped example key");
+            let subject = troupe_command::policy::Subject {
+                name: "alice",
+                key: &key,
+            };
+            let allowed = |action: &str| {
+                cfg.policy
+                    .evaluate(subject, action, Some(role), &Default::default())
+                    .is_allowed()
+            };
+            assert!(allowed("health.http") && allowed("health.tcp"), "{ctx}");
+            for (action, module) in [
+                ("nginx.reload", "nginx"),
+                ("nginx.configtest", "nginx"),
+                ("postgresql.vacuum", "postgresql"),
+            ] {
+                assert_eq!(
+                    allowed(action),
+                    modules.contains(&module),
+                    "{ctx}: {action}"
+                );
+                // Known to this agent only where declared: elsewhere the
+                // action does not exist, whatever a policy said.
+                assert_eq!(
+                    cfg.registry.get(action).is_some(),
+                    modules.contains(&module),
+                    "{ctx}: {action}"
+                );
+            }
+            assert!(!allowed("package.install") && !allowed("lb.drain"), "{ctx}");
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! script in the test's temporary directory from its argv template; the
 //! other agent does not know it. Bad arguments, shell injection and option
 //! injection are refused, and the shipped declarations in
-//! `modules/actions/` parse and expand as documented.
+//! `modules/environments/production/files/troupe/actions.d/` (installed in
+//! agents' `/etc/troupe/actions.d` by profiles nginx and postgresql) parse
+//! and expand as documented.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -242,14 +244,15 @@ fn declared_actions_run_where_declared_and_refuse_bad_input() {
 }
 
 fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/actions")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../modules/environments/production/files/troupe/actions.d")
 }
 
 #[test]
 fn the_shipped_module_actions_parse_and_expand_as_documented() {
     let mut r = Registry::builtin();
     troupe_agent::orchestra::config::load_actions_dir_checked(&shipped(), &mut r, false)
-        .expect("modules/actions");
+        .expect("the shipped actions.d");
     let reload = r.get("nginx.reload").expect("nginx.reload");
     let none = Default::default();
     assert_eq!(

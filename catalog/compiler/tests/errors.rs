@@ -602,7 +602,12 @@ fn errors_never_quote_a_secret() {
         &format!("{P}/data/roles/db.toml"),
         &format!(
             "{db}\n[leak]\npw = {}\n",
-            db.lines().last().unwrap().split_once("= ").unwrap().1
+            db.lines()
+                .find(|l| l.starts_with("app_password = "))
+                .unwrap()
+                .split_once("= ")
+                .unwrap()
+                .1
         ),
     );
     common::write(

@@ -41,6 +41,7 @@ fn check(role: &str, host: &str, distro: &str) -> Catalog {
     // What an agent would do with it: decode and validate.
     let back = Catalog::from_json(&cat.to_canonical_json()).unwrap();
     assert_eq!(back, cat);
+    check_orchestration(&cat, role, distro);
     let path = common::tests_dir()
         .join("golden")
         .join(format!("{role}-{distro}.json"));
@@ -64,6 +65,115 @@ fn check(role: &str, host: &str, distro: &str) -> Catalog {
         }
     }
     cat
+}
+
+/// The agent's orchestration configuration on every role: environment and
+/// actions_dir set, the module actions' declarations only where their
+/// profile is (nginx on web, postgresql on db), byte-for-byte the files the
+/// bastion checks arguments with, root-owned and not writable by others (or
+/// the agent would refuse its whole configuration), and the policy allows
+/// them only on their role.
+fn check_orchestration(cat: &Catalog, role: &str, distro: &str) {
+    let ctx = format!("{role}/{distro}");
+    let Kind::Directory {
+        mode,
+        owner,
+        group,
+        purge,
+        ..
+    } = &res(cat, "directory[/etc/troupe/actions.d]").kind
+    else {
+        panic!("{ctx}: actions.d is not a directory")
+    };
+    assert_eq!(
+        (*mode, owner.as_deref(), group.as_deref(), *purge),
+        (Some(0o755), Some("root"), Some("root"), true),
+        "{ctx}"
+    );
+    let shipped = common::modules().join("environments/production/files/troupe/actions.d");
+    let mut declared = Vec::new();
+    for (module, on_role) in [("nginx", "web"), ("postgresql", "db")] {
+        let id = format!("file[/etc/troupe/actions.d/{module}.toml]");
+        assert_eq!(has(cat, &id), role == on_role, "{ctx}: {id}");
+        if role != on_role {
+            continue;
+        }
+        declared.push(module);
+        let Kind::File {
+            mode, owner, group, ..
+        } = &res(cat, &id).kind
+        else {
+            panic!("{ctx}: {id} is not a file")
+        };
+        assert_eq!(
+            (*mode, owner.as_deref(), group.as_deref()),
+            (Some(0o644), Some("root"), Some("root")),
+            "{ctx}: {id}"
+        );
+        let want = std::fs::read_to_string(shipped.join(format!("{module}.toml"))).unwrap();
+        assert_eq!(body(cat, &id), want, "{ctx}: {id}");
+        assert!(pos(cat, "directory[/etc/troupe/actions.d]") < pos(cat, &id));
+    }
+    // Nothing else is put there.
+    let in_dir: Vec<&str> = cat
+        .resources
+        .iter()
+        .map(|r| r.id.0.as_str())
+        .filter(|id| id.contains("/etc/troupe/actions.d/"))
+        .collect();
+    assert_eq!(in_dir.len(), declared.len(), "{ctx}: {in_dir:?}");
+
+    let orch: toml::Table = body(cat, "file[/etc/troupe/orchestration.toml]")
+        .parse()
+        .unwrap_or_else(|e| panic!("{ctx}: orchestration.toml: {e}"));
+    assert_eq!(orch["role"].as_str(), Some(role), "{ctx}");
+    assert_eq!(orch["environment"].as_str(), Some("production"), "{ctx}");
+    assert_eq!(
+        orch["actions_dir"].as_str(),
+        Some("/etc/troupe/actions.d"),
+        "{ctx}"
+    );
+    // (action glob, roles the rule is limited to) of every allow rule.
+    let rules: Vec<(String, Vec<String>)> = orch["rule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            assert_eq!(r["effect"].as_str(), Some("allow"), "{ctx}: {r}");
+            assert_eq!(r["signers"].as_array().unwrap().len(), 1, "{ctx}: {r}");
+            let roles: Vec<String> = r
+                .get("roles")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            r["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |a| (a.as_str().unwrap().to_owned(), roles.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let allowed = |action: &str| rules.iter().find(|(a, _)| a == action);
+    assert_eq!(
+        allowed("health.*"),
+        Some(&("health.*".into(), vec![])),
+        "{ctx}"
+    );
+    for action in ["nginx.reload", "nginx.configtest", "postgresql.vacuum"] {
+        let module = action.split('.').next().unwrap();
+        let rule = allowed(action);
+        assert_eq!(
+            rule.is_some(),
+            declared.contains(&module),
+            "{ctx}: {action}"
+        );
+        if let Some((_, roles)) = rule {
+            assert_eq!(roles, &[role.to_string()], "{ctx}: {action}");
+        }
+    }
+    // Deny by default: no rule allows everything.
+    assert!(!rules.iter().any(|(a, _)| a == "*"), "{ctx}: {rules:?}");
 }
 
 fn res<'a>(cat: &'a Catalog, id: &str) -> &'a troupe_catalog::Resource {
