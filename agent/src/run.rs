@@ -255,8 +255,18 @@ pub fn run_once(
             args.state.display()
         );
     }
-    let _lock = state::RunLock::acquire(&args.state)?;
+    let lock = state::RunLock::acquire(&args.state)?;
     let st = State::open(&args.state)?;
+    if lock.previous_crashed {
+        // Old contents saved by a killed run were never journaled.
+        match st.sweep_bucket() {
+            Ok(n) if n > 0 => tracing::info!(
+                "the previous run was killed; {n} unreferenced bucket file(s) removed"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot sweep the file bucket: {e:#}"),
+        }
+    }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "state opened");
     let root = args.root.clone();
     anyhow::ensure!(

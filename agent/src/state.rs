@@ -169,7 +169,9 @@ impl State {
         let body = serde_json::to_vec(report)?;
         let ch = serde_json::to_vec(changes)?;
         let tx = self.db.begin_write().map_err(db_err)?;
-        let mut pruned = false;
+        // Blobs the pruned journals referred to: the only ones a prune can
+        // leave unreferenced.
+        let mut orphans: std::collections::HashSet<String> = std::collections::HashSet::new();
         {
             let mut reports = tx.open_table(REPORTS).map_err(db_err)?;
             let mut chg = tx.open_table(CHANGES).map_err(db_err)?;
@@ -191,15 +193,15 @@ impl State {
                     None => break,
                 };
                 reports.remove(oldest.as_str()).map_err(db_err)?;
-                if chg.remove(oldest.as_str()).map_err(db_err)?.is_some() {
-                    pruned = true;
+                if let Some(v) = chg.remove(oldest.as_str()).map_err(db_err)? {
+                    orphans.extend(blobs_of(v.value()));
                 }
                 unsent.remove(oldest.as_str()).map_err(db_err)?;
             }
         }
         tx.commit().map_err(db_err)?;
-        if pruned {
-            self.gc_bucket()?;
+        if !orphans.is_empty() {
+            self.gc_bucket(orphans)?;
         }
         Ok(())
     }
@@ -265,33 +267,28 @@ impl State {
         Ok(())
     }
 
-    fn gc_bucket(&self) -> anyhow::Result<()> {
-        let mut keep = std::collections::HashSet::new();
+    /// Removes the bucket blobs among `candidates` that no retained
+    /// rollback journal refers to. Only journals are read, and only when a
+    /// prune dropped a journal that kept old contents (a first run's journal,
+    /// all "absent", costs nothing).
+    fn gc_bucket(&self, mut candidates: std::collections::HashSet<String>) -> anyhow::Result<()> {
         {
             let tx = self.db.begin_read().map_err(db_err)?;
             let t = tx.open_table(CHANGES).map_err(db_err)?;
             for e in t.iter().map_err(db_err)? {
                 let (_, v) = e.map_err(db_err)?;
-                let list: Vec<FileChange> = serde_json::from_slice(v.value()).unwrap_or_default();
-                for c in list {
-                    if let Before::File { sha256, .. } = c.before {
-                        keep.insert(sha256);
-                    }
+                for sha in blobs_of(v.value()) {
+                    candidates.remove(&sha);
+                }
+                if candidates.is_empty() {
+                    return Ok(());
                 }
             }
         }
-        let root = self.dir.join("bucket");
-        let Ok(rd) = std::fs::read_dir(&root) else {
-            return Ok(());
-        };
-        for sub in rd.flatten() {
-            if let Ok(files) = std::fs::read_dir(sub.path()) {
-                for f in files.flatten() {
-                    let name = f.file_name().to_string_lossy().into_owned();
-                    if !keep.contains(&name) {
-                        let _ = std::fs::remove_file(f.path());
-                    }
-                }
+        let bucket = self.bucket();
+        for sha in candidates {
+            if let Ok(p) = bucket.path(&sha) {
+                let _ = std::fs::remove_file(p);
             }
         }
         Ok(())
@@ -301,6 +298,48 @@ impl State {
 /// Local content-addressed store of old file contents.
 pub struct Bucket {
     pub dir: PathBuf,
+}
+
+impl State {
+    /// Removes every bucket blob no retained journal refers to (after a
+    /// killed run, whose saved old contents were never journaled).
+    pub fn sweep_bucket(&self) -> anyhow::Result<usize> {
+        let mut keep = std::collections::HashSet::new();
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(CHANGES).map_err(db_err)?;
+            for e in t.iter().map_err(db_err)? {
+                let (_, v) = e.map_err(db_err)?;
+                keep.extend(blobs_of(v.value()));
+            }
+        }
+        let mut removed = 0;
+        let Ok(rd) = std::fs::read_dir(self.dir.join("bucket")) else {
+            return Ok(0);
+        };
+        for sub in rd.flatten() {
+            if let Ok(files) = std::fs::read_dir(sub.path()) {
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if !keep.contains(&name) && std::fs::remove_file(f.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The bucket blobs a stored rollback journal refers to.
+fn blobs_of(journal: &[u8]) -> Vec<String> {
+    let list: Vec<FileChange> = serde_json::from_slice(journal).unwrap_or_default();
+    list.into_iter()
+        .filter_map(|c| match c.before {
+            Before::File { sha256, .. } => Some(sha256),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Bucket {
@@ -367,7 +406,17 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// The run lock: an exclusive `flock` on `DIR/agent.lock`. The kernel drops
 /// it when the process dies, so a crash never leaves a stale lock.
 pub struct RunLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    /// The previous holder died without releasing it cleanly (its pid was
+    /// still in the file): a run was killed.
+    pub previous_crashed: bool,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // An empty lock file marks a clean end.
+        let _ = self.lock.set_len(0);
+    }
 }
 
 impl RunLock {
@@ -384,9 +433,15 @@ impl RunLock {
             .with_context(|| format!("cannot open {}", path.display()))?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
+                let mut before = String::new();
+                let _ = std::io::Read::read_to_string(&mut *lock, &mut before);
                 let _ = lock.set_len(0);
+                let _ = std::io::Seek::rewind(&mut *lock);
                 let _ = writeln!(&mut *lock, "{}", std::process::id());
-                Ok(RunLock { _lock: lock })
+                Ok(RunLock {
+                    lock,
+                    previous_crashed: !before.trim().is_empty(),
+                })
             }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
@@ -475,4 +530,85 @@ pub fn new_run_id() -> String {
         t.microsecond(),
         fastrand::u32(..)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str) -> Report {
+        Report {
+            run_id: id.into(),
+            node: "n".into(),
+            started: String::new(),
+            duration_ms: 0,
+            noop: false,
+            catalog_hash: String::new(),
+            environment: "production".into(),
+            code_version: String::new(),
+            from_cache: false,
+            resources: vec![],
+        }
+    }
+
+    fn kept(sha: &str) -> FileChange {
+        FileChange {
+            path: PathBuf::from("/x"),
+            before: Before::File {
+                sha256: sha.into(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn pruning_removes_exactly_the_blobs_no_retained_journal_needs() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        let b = st.bucket();
+        let a = b.put(b"old a").unwrap();
+        let bb = b.put(b"old b").unwrap();
+        st.save_run(&report("r1"), &[kept(&a)], false, 2).unwrap();
+        st.save_run(&report("r2"), &[kept(&a), kept(&bb)], false, 2)
+            .unwrap();
+        // r1 pruned: its blob is still r2's.
+        st.save_run(&report("r3"), &[], false, 2).unwrap();
+        assert!(b.path(&a).unwrap().exists());
+        assert!(b.path(&bb).unwrap().exists());
+        // r2 pruned: nothing refers to either any more.
+        st.save_run(&report("r4"), &[], false, 2).unwrap();
+        assert!(!b.path(&a).unwrap().exists());
+        assert!(!b.path(&bb).unwrap().exists());
+        assert_eq!(st.run_ids().unwrap(), ["r3", "r4"]);
+    }
+
+    #[test]
+    fn a_killed_run_is_noticed_and_its_unjournaled_blobs_swept() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let l = RunLock::acquire(d.path()).unwrap();
+            assert!(!l.previous_crashed);
+        }
+        {
+            // A clean end leaves the lock file empty.
+            let l = RunLock::acquire(d.path()).unwrap();
+            assert!(!l.previous_crashed);
+        }
+        // A killed run leaves its pid behind.
+        std::fs::write(d.path().join("agent.lock"), "4242\n").unwrap();
+        let l = RunLock::acquire(d.path()).unwrap();
+        assert!(l.previous_crashed);
+        drop(l);
+        let st = State::open(d.path()).unwrap();
+        let b = st.bucket();
+        let journaled = b.put(b"journaled").unwrap();
+        let stray = b.put(b"saved by the killed run").unwrap();
+        st.save_run(&report("r1"), &[kept(&journaled)], false, 5)
+            .unwrap();
+        assert_eq!(st.sweep_bucket().unwrap(), 1);
+        assert!(b.path(&journaled).unwrap().exists());
+        assert!(!b.path(&stray).unwrap().exists());
+    }
 }
