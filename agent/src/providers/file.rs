@@ -281,20 +281,13 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     let (u, g) = (uid.or(cur_uid), gid.or(cur_gid));
     if validate.is_none() && new.len() <= DEFER_MAX_BYTES {
         // Written at commit, in parallel with the rest of the batch.
-        if let Some(d) = p.parent() {
-            ctx.note_write(d);
-        }
-        ctx.staged.push(Staged {
-            tmp,
-            dest: p,
-            resource: ctx.current,
-            write: Some(PendingWrite {
-                bytes: new.to_vec(),
-                uid: u,
-                gid: g,
-                mode: final_mode,
-            }),
-        });
+        let write = PendingWrite {
+            bytes: new.to_vec(),
+            uid: u,
+            gid: g,
+            mode: final_mode,
+        };
+        stage(ctx, tmp, p, Some(write));
         return Ok(out);
     }
     write_temp(&tmp, new, u, g, final_mode)
@@ -335,16 +328,22 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("cannot write {}", p.display())));
     }
-    if let Some(d) = p.parent() {
+    stage(ctx, tmp, p, None);
+    Ok(out)
+}
+
+/// Queues `tmp` (written now, or at commit when `write` is given) to be
+/// renamed onto `dest` at the batch's commit.
+fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>) {
+    if let Some(d) = dest.parent() {
         ctx.note_write(d);
     }
     ctx.staged.push(Staged {
         tmp,
-        dest: p,
+        dest,
         resource: ctx.current,
-        write: None,
+        write,
     });
-    Ok(out)
 }
 
 /// Removes a file or symlink (never a directory).
