@@ -13,8 +13,9 @@
 //! are lost, connects fail with "no route to host") and bring it back,
 //! throttle or delay its traffic (`tc`; latency needs the kernel's
 //! `sch_netem`, which may be missing: [`Net::add_latency`] then returns an
-//! error saying so), and run a master that can be killed and restarted on
-//! the same address and data.
+//! error saying so, and [`Net::delay_host`] falls back to a delaying TCP
+//! relay in the master's namespace, see [`Latency`]), and run a master that
+//! can be killed and restarted on the same address and data.
 //!
 //! Namespaces are named `trp-PID-N-...` and deleted on drop (also when the
 //! test panics); [`sweep_leftovers`] removes those of dead processes (a test
@@ -26,11 +27,14 @@
 //! test is skipped and returns `None`.
 
 use crate::{MasterOptions, Out, Proc, agent_bin, run, troupe_bin};
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Prefix of every namespace this harness makes.
@@ -167,6 +171,8 @@ pub struct Net {
     base: String,
     hosts: Mutex<Vec<String>>,
     next_host: AtomicU32,
+    /// Latency added by [`Net::delay_host`], by host namespace.
+    delays: Mutex<HashMap<String, Delay>>,
 }
 
 impl Net {
@@ -194,6 +200,7 @@ impl Net {
             base,
             hosts: Mutex::new(Vec::new()),
             next_host: AtomicU32::new(1),
+            delays: Mutex::new(HashMap::new()),
         };
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
@@ -291,7 +298,8 @@ impl Net {
     }
 
     /// Adds `delay` to every packet the host sends (tc netem). Fails with a
-    /// clear message when the kernel has no `sch_netem`.
+    /// clear message when the kernel has no `sch_netem` ([`Net::delay_host`]
+    /// falls back to a userspace relay then).
     pub fn add_latency(&self, host: &Host, delay: Duration) -> Result<(), String> {
         let ms = format!("{}ms", delay.as_millis());
         cmd_ok(
@@ -328,6 +336,386 @@ impl Net {
             &["-n", &host.ns, "qdisc", "del", "dev", "eth0", "root"],
         );
     }
+
+    /// Delays the traffic between `host` and the master `m` by `one_way`
+    /// in each direction (the round trip grows by twice that), and says how.
+    ///
+    /// First choice is tc netem on both ends of the host's link (its
+    /// `eth0` and its switch port): every packet to and from the host
+    /// waits. When the kernel has no `sch_netem`, a delaying TCP relay is
+    /// started instead, in the master's namespace on the master's own
+    /// address (so the master's certificate still matches) and another
+    /// port: every chunk it carries, either way, is held `one_way` and
+    /// passed on in order. Agents on `host` started through this harness
+    /// ([`Agent::run_command`], [`Agent::bootstrap_command`]) then dial the
+    /// relay; commands built by hand should use [`Net::server_url`].
+    /// [`Net::clear_latency`] (or dropping the `Net`) undoes either.
+    pub fn delay_host(
+        &self,
+        host: &Host,
+        m: &NetMaster,
+        one_way: Duration,
+    ) -> Result<Latency, String> {
+        self.clear_latency(host);
+        let ms = format!("{}ms", one_way.as_millis().max(1));
+        let netem = |args: &[&str]| {
+            let mut a = args.to_vec();
+            a.extend(["root", "netem", "delay", &ms]);
+            cmd_ok("tc", &a)
+        };
+        let tried = netem(&["-n", &host.ns, "qdisc", "replace", "dev", "eth0"]).and_then(|()| {
+            netem(&["-n", &self.hub, "qdisc", "replace", "dev", &host.port]).inspect_err(|_| {
+                self.clear_shaping(host);
+            })
+        });
+        let netem_error = match tried {
+            Ok(()) => {
+                self.delays
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        host.ns.clone(),
+                        Delay {
+                            netem: true,
+                            relay: None,
+                        },
+                    );
+                return Ok(Latency {
+                    method: LatencyMethod::Netem,
+                    one_way,
+                    bytes: None,
+                });
+            }
+            Err(e) => e,
+        };
+        let upstream = SocketAddr::from((m.host.ip, MASTER_PORT));
+        let relay = Relay::start(&m.host.ns, m.host.ip, upstream, one_way).map_err(|e| {
+            format!(
+                "latency cannot be added: netem is not available ({netem_error}) and the relay did not start: {e}"
+            )
+        })?;
+        let latency = Latency {
+            method: LatencyMethod::Relay {
+                addr: relay.addr,
+                master_url: m.url.clone(),
+                netem_error,
+            },
+            one_way,
+            bytes: Some(relay.bytes.clone()),
+        };
+        self.delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                host.ns.clone(),
+                Delay {
+                    netem: false,
+                    relay: Some(relay),
+                },
+            );
+        Ok(latency)
+    }
+
+    /// Removes what [`Net::delay_host`] added to `host` (its agents dial the
+    /// master directly again).
+    pub fn clear_latency(&self, host: &Host) {
+        let d = self
+            .delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host.ns);
+        if let Some(d) = d {
+            if d.netem {
+                self.clear_shaping(host);
+                let _ = cmd_ok(
+                    "tc",
+                    &["-n", &self.hub, "qdisc", "del", "dev", &host.port, "root"],
+                );
+            }
+            drop(d.relay);
+        }
+    }
+
+    /// The URL agents on `host` use to reach the master `m`: the latency
+    /// relay's when [`Net::delay_host`] put one between them, else `m.url`.
+    pub fn server_url(&self, host: &Host, m: &NetMaster) -> String {
+        let delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        match delays.get(&host.ns).and_then(|d| d.relay.as_ref()) {
+            Some(r) if r.master_url == m.url => format!("https://{}", r.addr),
+            _ => m.url.clone(),
+        }
+    }
+}
+
+/// How [`Net::delay_host`] delays a host's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LatencyMethod {
+    /// tc netem on both ends of the host's link.
+    Netem,
+    /// A delaying TCP relay in the master's namespace, at `addr`, in front
+    /// of the master at `master_url` (netem failed with `netem_error`).
+    Relay {
+        addr: SocketAddr,
+        master_url: String,
+        netem_error: String,
+    },
+}
+
+/// Latency in place (see [`Net::delay_host`]).
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub method: LatencyMethod,
+    /// Delay added in each direction.
+    pub one_way: Duration,
+    bytes: Option<Arc<AtomicU64>>,
+}
+
+impl Latency {
+    /// What the round trip between host and master grows by.
+    pub fn rtt(&self) -> Duration {
+        self.one_way * 2
+    }
+
+    /// Bytes the relay has carried (both ways) so far; `None` with netem.
+    pub fn relayed_bytes(&self) -> Option<u64> {
+        self.bytes.as_ref().map(|b| b.load(Ordering::SeqCst))
+    }
+
+    /// One line saying how latency is added, for test output.
+    pub fn describe(&self) -> String {
+        match &self.method {
+            LatencyMethod::Netem => format!(
+                "latency: tc netem, {} ms each way on the host's link",
+                self.one_way.as_millis()
+            ),
+            LatencyMethod::Relay {
+                addr, netem_error, ..
+            } => format!(
+                "latency: userspace TCP relay at {addr} in the master's namespace, {} ms each way (netem unavailable: {netem_error})",
+                self.one_way.as_millis()
+            ),
+        }
+    }
+}
+
+/// What [`Net::delay_host`] did to one host.
+struct Delay {
+    netem: bool,
+    relay: Option<Relay>,
+}
+
+/// A delaying TCP relay: a thread that entered a namespace (setns), listens
+/// there and forwards each connection to `upstream`, holding every chunk
+/// `delay` in both directions and keeping its order. Stopped (and its
+/// threads joined) on drop.
+struct Relay {
+    addr: SocketAddr,
+    master_url: String,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often the relay's threads look at the stop flag.
+const RELAY_TICK: Duration = Duration::from_millis(50);
+
+impl Relay {
+    fn start(
+        ns: &str,
+        ip: Ipv4Addr,
+        upstream: SocketAddr,
+        delay: Duration,
+    ) -> Result<Relay, String> {
+        let ns_path = PathBuf::from("/run/netns").join(ns);
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (stop2, bytes2) = (stop.clone(), bytes.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("latency-relay-{ns}"))
+            .spawn(move || {
+                // Only this thread (and the threads it spawns) enters the
+                // namespace; sockets keep the namespace they were made in.
+                let listener = (|| -> Result<TcpListener, String> {
+                    let f = std::fs::File::open(&ns_path)
+                        .map_err(|e| format!("{}: {e}", ns_path.display()))?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| format!("setns {}: {e}", ns_path.display()))?;
+                    let l = TcpListener::bind((ip, 0)).map_err(|e| format!("bind {ip}:0: {e}"))?;
+                    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    Ok(l)
+                })();
+                let listener = match listener {
+                    Ok(l) => {
+                        let _ = tx.send(l.local_addr().map_err(|e| e.to_string()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                relay_accept(listener, upstream, delay, &stop2, &bytes2);
+            })
+            .map_err(|e| format!("spawning the relay thread: {e}"))?;
+        let addr = rx
+            .recv()
+            .map_err(|_| "the relay thread died".to_string())??;
+        Ok(Relay {
+            addr,
+            master_url: format!("https://{}:{}", upstream.ip(), upstream.port()),
+            stop,
+            bytes,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The relay's accept loop (in the namespace): each client gets a fresh
+/// upstream connection and two delaying pipes; a client whose upstream
+/// cannot be reached is closed at once.
+fn relay_accept(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    delay: Duration,
+    stop: &Arc<AtomicBool>,
+    bytes: &Arc<AtomicU64>,
+) {
+    let mut pipes: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((client, _)) => {
+                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))
+                else {
+                    continue;
+                };
+                let ok = client.set_nonblocking(false).is_ok()
+                    && client.set_nodelay(true).is_ok()
+                    && server.set_nodelay(true).is_ok();
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                if !ok {
+                    continue;
+                }
+                pipes.retain(|p| !p.is_finished());
+                for (from, to) in [(client, s2), (server, c2)] {
+                    let (stop, bytes) = (stop.clone(), bytes.clone());
+                    if let Ok(h) = std::thread::Builder::new()
+                        .name("latency-pipe".into())
+                        .spawn(move || delay_pipe(from, to, delay, &stop, &bytes))
+                    {
+                        pipes.push(h);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    for p in pipes {
+        let _ = p.join();
+    }
+}
+
+/// One direction of a relayed connection: a reader stamps each chunk with
+/// the time it is due; a writer sends chunks in order once due. The end of
+/// the stream is passed on (half-close) when due too; an error closes both
+/// sockets.
+fn delay_pipe(
+    mut from: TcpStream,
+    to: TcpStream,
+    delay: Duration,
+    stop: &Arc<AtomicBool>,
+    bytes: &Arc<AtomicU64>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Option<Vec<u8>>)>();
+    let (Ok(from2), Ok(mut to_w)) = (from.try_clone(), to.try_clone()) else {
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+        return;
+    };
+    let wstop = stop.clone();
+    let writer = std::thread::Builder::new()
+        .name("latency-pipe-w".into())
+        .spawn(move || {
+            loop {
+                let (due, chunk) = match rx.recv_timeout(RELAY_TICK) {
+                    Ok(x) => x,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if wstop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                match chunk {
+                    Some(b) => {
+                        if to_w.write_all(&b).is_err() {
+                            let _ = to_w.shutdown(Shutdown::Both);
+                            let _ = from2.shutdown(Shutdown::Both);
+                            break;
+                        }
+                    }
+                    None => {
+                        let _ = to_w.shutdown(Shutdown::Write);
+                        break;
+                    }
+                }
+            }
+        });
+    if from.set_read_timeout(Some(RELAY_TICK)).is_ok() {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !stop.load(Ordering::SeqCst) {
+            match from.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.send((Instant::now() + delay, None));
+                    break;
+                }
+                Ok(n) => {
+                    bytes.fetch_add(n as u64, Ordering::SeqCst);
+                    if tx
+                        .send((Instant::now() + delay, Some(buf[..n].to_vec())))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => {
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
 }
 
 fn sv(a: &[&str]) -> Vec<String> {
@@ -336,6 +724,8 @@ fn sv(a: &[&str]) -> Vec<String> {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        // Stop the latency relays before their namespaces go.
+        std::mem::take(&mut *self.delays.lock().unwrap_or_else(|e| e.into_inner()));
         let hosts = std::mem::take(&mut *self.hosts.lock().unwrap_or_else(|e| e.into_inner()));
         for ns in hosts.iter().chain(std::iter::once(&self.hub)) {
             delete_ns(ns);
@@ -658,7 +1048,7 @@ impl Agent {
         let mut c = net.command(&self.host, &agent_bin());
         c.arg("bootstrap")
             .arg("--server")
-            .arg(&m.url)
+            .arg(net.server_url(&self.host, m))
             .arg("--name")
             .arg(&self.name)
             .arg("--ca-fingerprint")
@@ -682,7 +1072,7 @@ impl Agent {
         let mut c = net.command(&self.host, &agent_bin());
         c.arg("run")
             .arg("--server")
-            .arg(&m.url)
+            .arg(net.server_url(&self.host, m))
             .arg("--state")
             .arg(&self.state)
             .arg("--root")
