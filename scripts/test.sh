@@ -11,11 +11,15 @@ tally_dir="$target_dir/debug/troupe-ledger"
 rm -rf "$tally_dir"
 export TROUPE_TALLY_DIR="$tally_dir"
 status=0
+log="$target_dir/debug/test-run.log"
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+  cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@" || status=$?
+  cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 fi
 echo
 "$target_dir/debug/troupe-tally" "$tally_dir" || status=$((status == 0 ? 1 : status))
+# The test runner's own summary stays the last line.
+echo
+grep -E '^ *Summary \[|^test result:' "$log" | tail -n 1 || true
 exit "$status"
