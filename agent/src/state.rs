@@ -271,50 +271,23 @@ impl State {
     /// rollback journal refers to. Only journals are read, and only when a
     /// prune dropped a journal that kept old contents (a first run's journal,
     /// all "absent", costs nothing).
-    fn gc_bucket(&self, mut candidates: std::collections::HashSet<String>) -> anyhow::Result<()> {
-        {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(CHANGES).map_err(db_err)?;
-            for e in t.iter().map_err(db_err)? {
-                let (_, v) = e.map_err(db_err)?;
-                for sha in blobs_of(v.value()) {
-                    candidates.remove(&sha);
-                }
-                if candidates.is_empty() {
-                    return Ok(());
-                }
-            }
-        }
+    fn gc_bucket(&self, candidates: std::collections::HashSet<String>) -> anyhow::Result<()> {
+        let keep = self.journaled_blobs()?;
         let bucket = self.bucket();
-        for sha in candidates {
-            if let Ok(p) = bucket.path(&sha) {
+        for sha in candidates.difference(&keep) {
+            if let Ok(p) = bucket.path(sha) {
                 let _ = std::fs::remove_file(p);
             }
         }
         Ok(())
     }
-}
 
-/// Local content-addressed store of old file contents.
-pub struct Bucket {
-    pub dir: PathBuf,
-}
-
-impl State {
     /// Removes every bucket blob no retained journal refers to (after a
     /// killed run, whose saved old contents were never journaled).
     pub fn sweep_bucket(&self) -> anyhow::Result<usize> {
-        let mut keep = std::collections::HashSet::new();
-        {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(CHANGES).map_err(db_err)?;
-            for e in t.iter().map_err(db_err)? {
-                let (_, v) = e.map_err(db_err)?;
-                keep.extend(blobs_of(v.value()));
-            }
-        }
+        let keep = self.journaled_blobs()?;
         let mut removed = 0;
-        let Ok(rd) = std::fs::read_dir(self.dir.join("bucket")) else {
+        let Ok(rd) = std::fs::read_dir(self.bucket().dir) else {
             return Ok(0);
         };
         for sub in rd.flatten() {
@@ -329,6 +302,23 @@ impl State {
         }
         Ok(removed)
     }
+
+    /// Every bucket blob some retained rollback journal refers to.
+    fn journaled_blobs(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut keep = std::collections::HashSet::new();
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(CHANGES).map_err(db_err)?;
+        for e in t.iter().map_err(db_err)? {
+            let (_, v) = e.map_err(db_err)?;
+            keep.extend(blobs_of(v.value()));
+        }
+        Ok(keep)
+    }
+}
+
+/// Local content-addressed store of old file contents.
+pub struct Bucket {
+    pub dir: PathBuf,
 }
 
 /// The bucket blobs a stored rollback journal refers to.

@@ -470,20 +470,14 @@ fn disable_enable_and_lock() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("maintenance window"));
     assert!(env.sub(&["enable"]).status.success());
     // One run at a time.
-    let mut first = std::process::Command::new(BIN)
-        .args([
+    let mut first = env
+        .command(&[
             "run",
             "--once",
             "--output",
             "quiet",
             "--catalog",
             cat.to_str().unwrap(),
-        ])
-        .args([
-            "--root",
-            env.root().to_str().unwrap(),
-            "--state",
-            env.state().to_str().unwrap(),
         ])
         .spawn()
         .unwrap();
@@ -630,8 +624,8 @@ fn daemon_runs_on_its_interval() {
     let f = file(&mut c, "/d.conf", b"d\n", 0o644);
     c.resources.push(f);
     let cat = env.write_catalog(&c);
-    let mut d = std::process::Command::new(BIN)
-        .args([
+    let mut d = env
+        .command(&[
             "run",
             "--interval",
             "1",
@@ -640,13 +634,6 @@ fn daemon_runs_on_its_interval() {
             "--catalog",
             cat.to_str().unwrap(),
         ])
-        .args([
-            "--root",
-            env.root().to_str().unwrap(),
-            "--state",
-            env.state().to_str().unwrap(),
-        ])
-        .args(["--facts-dir", "/nonexistent"])
         .spawn()
         .unwrap();
     // Wait for at least two runs (first changes, second finds nothing).

@@ -224,20 +224,14 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
     let cat = env.write_catalog(&c);
     let mut killed_mid_run = 0;
     for delay_ms in [30u64, 80, 150, 250, 400] {
-        let mut child = Command::new(BIN)
-            .args([
+        let mut child = env
+            .command(&[
                 "run",
                 "--once",
                 "--output",
                 "quiet",
                 "--catalog",
                 cat.to_str().unwrap(),
-            ])
-            .args([
-                "--root",
-                env.root().to_str().unwrap(),
-                "--state",
-                env.state().to_str().unwrap(),
             ])
             .spawn()
             .unwrap();

@@ -113,15 +113,17 @@ impl Env {
         (code, report, out)
     }
     pub fn cmd(&self, a: &[&str], b: &[&str], c: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(a)
+        self.command(a).args(b).args(c).output().unwrap()
+    }
+    /// `troupe-agent ARGS --root ROOT --state STATE --facts-dir /nonexistent`,
+    /// not started yet (for runs a test spawns and kills).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .args(["--root", self.root().to_str().unwrap()])
             .args(["--state", self.state().to_str().unwrap()])
-            .args(["--facts-dir", "/nonexistent"])
-            .args(b)
-            .args(c)
-            .output()
-            .unwrap()
+            .args(["--facts-dir", "/nonexistent"]);
+        c
     }
     /// Runs another subcommand (rollback, disable, enable) with --state.
     pub fn sub(&self, args: &[&str]) -> Output {
