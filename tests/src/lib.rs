@@ -114,6 +114,23 @@ impl Out {
 }
 
 /// Runs a command to completion, with `TROUPE_LOG=warn` unless set.
+/// `troupe ca ARGS --data DATA` (through the admin socket while a master
+/// runs on DATA, on the CA files otherwise).
+pub fn ca_cli(data: &Path, args: &[&str]) -> Out {
+    run(Command::new(troupe_bin())
+        .arg("ca")
+        .args(args)
+        .arg("--data")
+        .arg(data))
+}
+
+/// [`ca_cli`] that asserts success and returns stdout.
+pub fn ca_cli_ok(data: &Path, args: &[&str]) -> String {
+    let o = ca_cli(data, args);
+    o.assert_success();
+    o.stdout
+}
+
 pub fn run(cmd: &mut Command) -> Out {
     if std::env::var_os("TROUPE_LOG").is_none() {
         cmd.env("TROUPE_LOG", "warn");
@@ -272,18 +289,12 @@ impl Master {
 
     /// Runs `troupe ca ARGS --data DATA`.
     pub fn ca(&self, args: &[&str]) -> Out {
-        run(Command::new(troupe_bin())
-            .arg("ca")
-            .args(args)
-            .arg("--data")
-            .arg(&self.data))
+        ca_cli(&self.data, args)
     }
 
     /// Runs `troupe ca ARGS`, asserts success, returns stdout.
     pub fn ca_ok(&self, args: &[&str]) -> String {
-        let o = self.ca(args);
-        o.assert_success();
-        o.stdout
+        ca_cli_ok(&self.data, args)
     }
 
     /// The CA fingerprint (`troupe ca fingerprint`).

@@ -916,17 +916,11 @@ impl NetMaster {
     /// `troupe ca ARGS --data DATA` (through the admin socket while the
     /// master runs, on the CA files otherwise).
     pub fn ca(&self, args: &[&str]) -> Out {
-        run(Command::new(troupe_bin())
-            .arg("ca")
-            .args(args)
-            .arg("--data")
-            .arg(&self.data))
+        crate::ca_cli(&self.data, args)
     }
 
     pub fn ca_ok(&self, args: &[&str]) -> String {
-        let o = self.ca(args);
-        o.assert_success();
-        o.stdout
+        crate::ca_cli_ok(&self.data, args)
     }
 
     /// `troupe ca list --all --json`, parsed.
