@@ -1,7 +1,8 @@
 //! The agent's state directory (`--state DIR`):
 //!
 //! ```text
-//! DIR/agent.redb            catalog cache, reports, rollback journal, unsent-report queue
+//! DIR/agent.redb            catalog cache, reports, rollback journals (and how many refer
+//!                           to each bucket blob), unsent-report queue
 //! DIR/agent.lock            flock held during a run (released by the kernel on a crash)
 //! DIR/disabled              present = runs are disabled; JSON {reason, since}
 //! DIR/last_run_summary.json small summary of the last run, for monitoring
@@ -22,6 +23,10 @@ const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
 const CHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("changes");
 const UNSENT: TableDefinition<&str, ()> = TableDefinition::new("unsent");
+/// Bucket blob (sha256) -> how many retained rollback journals refer to it.
+/// Kept in the same transactions as CHANGES, so pruning a journal knows at
+/// once which blobs nothing needs any more, without reading the others.
+const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("blob_refs");
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/troupe-agent";
@@ -86,8 +91,23 @@ impl State {
         {
             tx.open_table(CATALOG).map_err(db_err)?;
             tx.open_table(REPORTS).map_err(db_err)?;
-            tx.open_table(CHANGES).map_err(db_err)?;
+            let chg = tx.open_table(CHANGES).map_err(db_err)?;
             tx.open_table(UNSENT).map_err(db_err)?;
+            let mut refs = tx.open_table(BLOB_REFS).map_err(db_err)?;
+            // A state directory from before BLOB_REFS (or one whose table
+            // was lost): count the retained journals' blobs once.
+            if refs.is_empty().map_err(db_err)? {
+                for e in chg.iter().map_err(db_err)? {
+                    let (_, v) = e.map_err(db_err)?;
+                    for sha in blobs_of(v.value()) {
+                        let n = refs
+                            .get(sha.as_str())
+                            .map_err(db_err)?
+                            .map_or(0, |g| g.value());
+                        refs.insert(sha.as_str(), n + 1).map_err(db_err)?;
+                    }
+                }
+            }
         }
         tx.commit().map_err(db_err)?;
         Ok(State {
@@ -104,6 +124,7 @@ impl State {
             && tx.open_table(REPORTS).is_ok()
             && tx.open_table(CHANGES).is_ok()
             && tx.open_table(UNSENT).is_ok()
+            && tx.open_table(BLOB_REFS).is_ok()
     }
 
     /// The file bucket (its directory is created 0700 on first use).
@@ -169,19 +190,31 @@ impl State {
         let body = serde_json::to_vec(report)?;
         let ch = serde_json::to_vec(changes)?;
         let tx = self.db.begin_write().map_err(db_err)?;
-        // Blobs the pruned journals referred to: the only ones a prune can
-        // leave unreferenced.
-        let mut orphans: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Blobs whose last retained journal was pruned here.
+        let mut orphans: Vec<String> = Vec::new();
         {
             let mut reports = tx.open_table(REPORTS).map_err(db_err)?;
             let mut chg = tx.open_table(CHANGES).map_err(db_err)?;
             let mut unsent = tx.open_table(UNSENT).map_err(db_err)?;
+            let mut refs = tx.open_table(BLOB_REFS).map_err(db_err)?;
             reports
                 .insert(report.run_id.as_str(), body.as_slice())
                 .map_err(db_err)?;
             if !changes.is_empty() {
-                chg.insert(report.run_id.as_str(), ch.as_slice())
-                    .map_err(db_err)?;
+                let replaced = chg
+                    .insert(report.run_id.as_str(), ch.as_slice())
+                    .map_err(db_err)?
+                    .map(|v| blobs_of(v.value()));
+                if let Some(old) = replaced {
+                    orphans.extend(unref(&mut refs, old)?);
+                }
+                add_refs(
+                    &mut refs,
+                    changes.iter().filter_map(|c| match &c.before {
+                        Before::File { sha256, .. } => Some(sha256.clone()),
+                        _ => None,
+                    }),
+                )?;
             }
             if queue {
                 unsent.insert(report.run_id.as_str(), ()).map_err(db_err)?;
@@ -193,15 +226,24 @@ impl State {
                     None => break,
                 };
                 reports.remove(oldest.as_str()).map_err(db_err)?;
-                if let Some(v) = chg.remove(oldest.as_str()).map_err(db_err)? {
-                    orphans.extend(blobs_of(v.value()));
+                let pruned = chg
+                    .remove(oldest.as_str())
+                    .map_err(db_err)?
+                    .map(|v| blobs_of(v.value()));
+                if let Some(blobs) = pruned {
+                    orphans.extend(unref(&mut refs, blobs)?);
                 }
                 unsent.remove(oldest.as_str()).map_err(db_err)?;
             }
         }
         tx.commit().map_err(db_err)?;
-        if !orphans.is_empty() {
-            self.gc_bucket(orphans)?;
+        // After the commit: a crash before this point leaves the blobs (the
+        // post-crash sweep removes them), never a journal without its blob.
+        let bucket = self.bucket();
+        for sha in orphans {
+            if let Ok(p) = bucket.path(&sha) {
+                let _ = std::fs::remove_file(p);
+            }
         }
         Ok(())
     }
@@ -267,21 +309,6 @@ impl State {
         Ok(())
     }
 
-    /// Removes the bucket blobs among `candidates` that no retained
-    /// rollback journal refers to. Only journals are read, and only when a
-    /// prune dropped a journal that kept old contents (a first run's journal,
-    /// all "absent", costs nothing).
-    fn gc_bucket(&self, candidates: std::collections::HashSet<String>) -> anyhow::Result<()> {
-        let keep = self.journaled_blobs()?;
-        let bucket = self.bucket();
-        for sha in candidates.difference(&keep) {
-            if let Ok(p) = bucket.path(sha) {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        Ok(())
-    }
-
     /// Removes every bucket blob no retained journal refers to (after a
     /// killed run, whose saved old contents were never journaled).
     pub fn sweep_bucket(&self) -> anyhow::Result<usize> {
@@ -307,13 +334,48 @@ impl State {
     fn journaled_blobs(&self) -> anyhow::Result<std::collections::HashSet<String>> {
         let mut keep = std::collections::HashSet::new();
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(CHANGES).map_err(db_err)?;
+        let t = tx.open_table(BLOB_REFS).map_err(db_err)?;
         for e in t.iter().map_err(db_err)? {
-            let (_, v) = e.map_err(db_err)?;
-            keep.extend(blobs_of(v.value()));
+            let (k, _) = e.map_err(db_err)?;
+            keep.insert(k.value().to_owned());
         }
         Ok(keep)
     }
+}
+
+type RefTable<'t> = redb::Table<'t, &'static str, u64>;
+
+/// Counts one more journal referring to each distinct blob.
+fn add_refs(refs: &mut RefTable, blobs: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let distinct: std::collections::BTreeSet<String> = blobs.collect();
+    for sha in distinct {
+        let n = refs
+            .get(sha.as_str())
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        refs.insert(sha.as_str(), n + 1).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Counts one journal fewer for each distinct blob; returns the blobs no
+/// journal refers to any more.
+fn unref(refs: &mut RefTable, blobs: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let distinct: std::collections::BTreeSet<String> = blobs.into_iter().collect();
+    let mut free = Vec::new();
+    for sha in distinct {
+        let n = refs
+            .get(sha.as_str())
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        if n <= 1 {
+            refs.remove(sha.as_str()).map_err(db_err)?;
+            free.push(sha);
+        } else {
+            refs.insert(sha.as_str(), n - 1).map_err(db_err)?;
+        }
+    }
+    Ok(free)
 }
 
 /// Local content-addressed store of old file contents.
@@ -572,6 +634,52 @@ mod tests {
         assert!(!b.path(&a).unwrap().exists());
         assert!(!b.path(&bb).unwrap().exists());
         assert_eq!(st.run_ids().unwrap(), ["r3", "r4"]);
+    }
+
+    #[test]
+    fn a_blob_two_files_of_one_run_shared_is_counted_once() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        let b = st.bucket();
+        let a = b.put(b"same old content").unwrap();
+        st.save_run(&report("r1"), &[kept(&a), kept(&a)], false, 1)
+            .unwrap();
+        st.save_run(&report("r2"), &[kept(&a)], false, 1).unwrap();
+        // r1 pruned; r2 still needs the blob.
+        assert!(b.path(&a).unwrap().exists());
+        st.save_run(&report("r3"), &[], false, 1).unwrap();
+        assert!(!b.path(&a).unwrap().exists());
+        assert!(st.journaled_blobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_state_dir_from_before_blob_counts_is_counted_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let b;
+        let (a, c);
+        {
+            let st = State::open(d.path()).unwrap();
+            b = st.bucket();
+            a = b.put(b"old a").unwrap();
+            c = b.put(b"old c").unwrap();
+            st.save_run(&report("r1"), &[kept(&a)], false, 2).unwrap();
+            st.save_run(&report("r2"), &[kept(&a), kept(&c)], false, 2)
+                .unwrap();
+            // What an older agent left: no count table.
+            let tx = st.db.begin_write().unwrap();
+            assert!(tx.delete_table(BLOB_REFS).unwrap());
+            tx.commit().unwrap();
+        }
+        let st = State::open(d.path()).unwrap();
+        assert_eq!(
+            st.journaled_blobs().unwrap(),
+            [a.clone(), c.clone()].into_iter().collect()
+        );
+        st.save_run(&report("r3"), &[], false, 2).unwrap();
+        assert!(b.path(&a).unwrap().exists(), "r2 still refers to it");
+        st.save_run(&report("r4"), &[], false, 2).unwrap();
+        assert!(!b.path(&a).unwrap().exists());
+        assert!(!b.path(&c).unwrap().exists());
     }
 
     #[test]
