@@ -17,6 +17,7 @@ pub mod authority;
 pub mod csr;
 pub mod name;
 pub mod psk;
+pub mod reopen;
 pub mod tls;
 pub mod util;
 
