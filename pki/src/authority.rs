@@ -15,10 +15,16 @@
 //! mutex, so concurrent requests cannot both consume a PSK or both get a
 //! certificate for one name. A refused request changes nothing but the
 //! audit log.
+//!
+//! After a write failed (e.g. a full disk), redb refuses every later
+//! transaction on the open database; the CA then drops it, opens `ca.redb`
+//! again and retries the transaction once ([`crate::reopen`]), so it
+//! recovers by itself once space is freed, without a restart.
 
 use crate::csr::{CheckedCsr, CsrError, check_csr};
 use crate::name::{NameError, validate_host_name};
 use crate::psk::{self, PskError, PskRecord};
+use crate::reopen::{Reopening, ReopeningDb};
 use crate::util::{self, fingerprint_sha256, now, pem_encode, write_atomic};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
@@ -31,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use thiserror::Error;
 
 const PSKS: TableDefinition<&str, &[u8]> = TableDefinition::new("psks");
@@ -107,7 +113,7 @@ pub enum CaError {
     #[error("the client certificate (serial {0}) is revoked, expired or unknown to this CA")]
     PeerNotValid(String),
     #[error("CA storage error: {0}")]
-    Storage(String),
+    Storage(StorageFailure),
     #[error("CA file error: {0}")]
     Io(String),
     #[error("CA crypto error: {0}")]
@@ -125,17 +131,71 @@ impl CaError {
     }
 }
 
-fn st(e: impl std::fmt::Display) -> CaError {
-    let m = e.to_string();
-    // redb refuses every transaction after a failed write (e.g. a full
-    // disk) until the database is opened again: say what to do.
-    if m.contains("Previous I/O error") {
-        return CaError::Storage(format!(
-            "the CA database stopped after an earlier write failed (disk full?); \
-             nothing was changed: free space and restart the master ({m})"
-        ));
+/// What went wrong in the CA's database.
+#[derive(Debug)]
+pub struct StorageFailure {
+    message: String,
+    previous_io: bool,
+}
+
+impl StorageFailure {
+    fn new(message: impl Into<String>) -> Self {
+        StorageFailure {
+            message: message.into(),
+            previous_io: false,
+        }
     }
-    CaError::Storage(m)
+    /// True when redb refused because an earlier write failed (`PreviousIo`):
+    /// the database must be opened again.
+    pub fn is_previous_io(&self) -> bool {
+        self.previous_io
+    }
+}
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A redb error, told apart by its variant.
+fn st(e: impl Into<redb::Error>) -> CaError {
+    let e: redb::Error = e.into();
+    match &e {
+        // redb refuses every transaction after a failed write (e.g. a full
+        // disk) until the database is opened again, which `Authority::db`
+        // does; this message stays when the retry was refused too.
+        redb::Error::PreviousIo => CaError::Storage(StorageFailure {
+            message: format!(
+                "the CA database stopped after an earlier write failed (disk full?); \
+                 nothing was changed: free space, the master reopens the database \
+                 by itself on the next request ({e})"
+            ),
+            previous_io: true,
+        }),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            CaError::Storage(StorageFailure::new(format!(
+                "{e}: nothing was changed (disk full? free space: the master \
+                 recovers by itself on the next request)"
+            )))
+        }
+        _ => CaError::Storage(StorageFailure::new(e.to_string())),
+    }
+}
+/// A record that does not decode (or encode).
+fn bad(e: impl std::fmt::Display) -> CaError {
+    CaError::Storage(StorageFailure::new(e.to_string()))
+}
+/// The CA database's handle is stopped by an earlier I/O error.
+fn stopped(e: &CaError) -> bool {
+    matches!(e, CaError::Storage(f) if f.previous_io)
+}
+fn reopen_failed(m: String) -> CaError {
+    CaError::Storage(StorageFailure::new(format!(
+        "cannot open the CA database again after an earlier write failed \
+         (disk full?): {m}; nothing was changed: free space, the master \
+         retries by itself on the next request"
+    )))
 }
 fn io(e: impl std::fmt::Display) -> CaError {
     CaError::Io(e.to_string())
@@ -247,7 +307,7 @@ pub struct Authority {
     ca_der: Vec<u8>,
     ca_pem: String,
     ca_not_after: u64,
-    db: redb::Database,
+    db: ReopeningDb,
     audit: Mutex<std::fs::File>,
     write_lock: Mutex<()>,
     crl: RwLock<Crl>,
@@ -273,7 +333,7 @@ fn get_json<T: for<'de> Deserialize<'de>>(
 ) -> Result<Option<T>, CaError> {
     match t.get(key).map_err(st)? {
         None => Ok(None),
-        Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(st),
+        Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(bad),
     }
 }
 
@@ -282,7 +342,7 @@ fn put_json<T: Serialize>(
     key: &str,
     v: &T,
 ) -> Result<(), CaError> {
-    let bytes = serde_json::to_vec(v).map_err(st)?;
+    let bytes = serde_json::to_vec(v).map_err(bad)?;
     t.insert(key, bytes.as_slice()).map_err(st)?;
     Ok(())
 }
@@ -293,7 +353,7 @@ fn all_json<T: for<'de> Deserialize<'de>>(
     let mut out = Vec::new();
     for item in t.iter().map_err(st)? {
         let (_, v) = item.map_err(st)?;
-        out.push(serde_json::from_slice(v.value()).map_err(st)?);
+        out.push(serde_json::from_slice(v.value()).map_err(bad)?);
     }
     Ok(out)
 }
@@ -365,21 +425,26 @@ impl Authority {
         let facts = util::cert_facts(&ca_der).map_err(io)?;
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), key).map_err(cr)?;
-        let db = redb::Database::create(dir.join("ca.redb")).map_err(|e| {
-            CaError::Storage(format!(
+        let db_path = dir.join("ca.redb");
+        let db = Reopening::open(&db_path, |p: &Path| redb::Database::create(p)).map_err(|e| {
+            CaError::Storage(StorageFailure::new(format!(
                 "{}: {e} (is another master using this data directory?)",
-                dir.join("ca.redb").display()
-            ))
+                db_path.display()
+            )))
         })?;
-        {
-            let w = db.begin_write().map_err(st)?;
-            w.open_table(PSKS).map_err(st)?;
-            w.open_table(REQUESTS).map_err(st)?;
-            w.open_table(CERTS).map_err(st)?;
-            w.open_table(HOSTS).map_err(st)?;
-            w.open_table(META).map_err(st)?;
-            w.commit().map_err(st)?;
-        }
+        db.run(
+            |db| {
+                let w = db.begin_write().map_err(st)?;
+                w.open_table(PSKS).map_err(st)?;
+                w.open_table(REQUESTS).map_err(st)?;
+                w.open_table(CERTS).map_err(st)?;
+                w.open_table(HOSTS).map_err(st)?;
+                w.open_table(META).map_err(st)?;
+                w.commit().map_err(st)
+            },
+            stopped,
+            reopen_failed,
+        )?;
         let audit = std::fs::OpenOptions::new()
             .create(true)
             .mode(0o600)
@@ -449,6 +514,52 @@ impl Authority {
         }
     }
 
+    /// Runs `op` on the database; when redb is stopped by an earlier I/O
+    /// error, reopens it and runs `op` once more. `op` must not call `db`.
+    fn db<R>(&self, op: impl FnMut(&redb::Database) -> Result<R, CaError>) -> Result<R, CaError> {
+        self.db.run(op, stopped, reopen_failed)
+    }
+
+    /// Runs `decide` in one write transaction: commits when it returns Ok,
+    /// aborts when it refuses (`Ok(Err(refusal))`: nothing committed).
+    /// When redb is stopped by an earlier I/O error, the database is opened
+    /// again and the whole transaction runs once more.
+    fn transact<R>(
+        &self,
+        mut decide: impl FnMut(&redb::WriteTransaction) -> Result<R, CaError>,
+    ) -> Result<Result<R, CaError>, CaError> {
+        self.db(|db| {
+            let w = db.begin_write().map_err(st)?;
+            match decide(&w) {
+                Ok(r) => {
+                    w.commit().map_err(st)?;
+                    Ok(Ok(r))
+                }
+                // Dropping `w` aborts it; the retry is a new transaction.
+                Err(e) if stopped(&e) => Err(e),
+                Err(e) => {
+                    if let Err(a) = w.abort() {
+                        tracing::warn!("CA: aborting a refused transaction: {a}");
+                    }
+                    Ok(Err(e))
+                }
+            }
+        })
+    }
+
+    /// The CA's write mutex (a poisoned one is refused, not unwrapped).
+    fn locked(&self) -> Result<MutexGuard<'_, ()>, CaError> {
+        self.write_lock
+            .lock()
+            .map_err(|_| bad("the CA's write lock was poisoned by an earlier panic"))
+    }
+
+    /// How many times the CA database was opened (each recovery after an
+    /// I/O error adds one).
+    pub fn db_generation(&self) -> u64 {
+        self.db.generation()
+    }
+
     fn refuse<T>(&self, host: &str, source: &str, e: CaError) -> Result<T, CaError> {
         self.audit(
             "refuse",
@@ -461,13 +572,21 @@ impl Authority {
     /// Regenerates the CRL (new number, fresh dates) from the revoked,
     /// unexpired certificates, and writes `crl.pem`.
     pub fn refresh_crl(&self) -> Result<(), CaError> {
-        let _g = self.write_lock.lock().map_err(st)?;
+        let _g = self.locked()?;
         self.refresh_crl_locked()
     }
 
     fn refresh_crl_locked(&self) -> Result<(), CaError> {
+        let (der, pem) = self.db(|db| self.write_crl(db))?;
+        if let Ok(mut c) = self.crl.write() {
+            *c = Crl { der, pem };
+        }
+        Ok(())
+    }
+
+    fn write_crl(&self, db: &redb::Database) -> Result<(Vec<u8>, String), CaError> {
         let t = now();
-        let w = self.db.begin_write().map_err(st)?;
+        let w = db.begin_write().map_err(st)?;
         let (number, revoked) = {
             let mut meta = w.open_table(META).map_err(st)?;
             let n = meta
@@ -506,10 +625,7 @@ impl Authority {
         let pem = pem_encode("X509 CRL", &der);
         write_atomic(&self.dir.join("crl.pem"), pem.as_bytes(), 0o644).map_err(io)?;
         w.commit().map_err(st)?;
-        if let Ok(mut c) = self.crl.write() {
-            *c = Crl { der, pem };
-        }
-        Ok(())
+        Ok((der, pem))
     }
 
     /// Issues a new one-time PSK for `host`, replacing any earlier one.
@@ -520,13 +636,15 @@ impl Authority {
             return Err(CaError::Psk(PskError::Expired(host.into())));
         }
         let p = psk::generate(host, now(), ttl_secs).map_err(cr)?;
-        let _g = self.write_lock.lock().map_err(st)?;
-        let w = self.db.begin_write().map_err(st)?;
-        {
-            let mut t = w.open_table(PSKS).map_err(st)?;
-            put_json(&mut t, host, &p.record)?;
-        }
-        w.commit().map_err(st)?;
+        let _g = self.locked()?;
+        self.db(|db| {
+            let w = db.begin_write().map_err(st)?;
+            {
+                let mut t = w.open_table(PSKS).map_err(st)?;
+                put_json(&mut t, host, &p.record)?;
+            }
+            w.commit().map_err(st)
+        })?;
         self.audit(
             "psk-new",
             host,
@@ -601,11 +719,10 @@ impl Authority {
             Err(e) => return self.refuse(requested_name, source, e.into()),
         };
         let host = csr.name.as_str();
-        let _g = self.write_lock.lock().map_err(st)?;
+        let _g = self.locked()?;
         let t = now();
-        let w = self.db.begin_write().map_err(st)?;
         // Decide inside the transaction; nothing is committed on refusal.
-        let decision: Result<SubmitOutcome, CaError> = (|| {
+        let decision = self.transact(|w| {
             {
                 let hosts = w.open_table(HOSTS).map_err(st)?;
                 let certs = w.open_table(CERTS).map_err(st)?;
@@ -639,7 +756,7 @@ impl Authority {
                 put_json(&mut psks, host, &used)?;
                 drop(psks);
                 let (rec, issued) = self.sign_leaf(host, &csr.spki_der)?;
-                Self::store_cert(&w, &rec)?;
+                Self::store_cert(w, &rec)?;
                 let mut reqs = w.open_table(REQUESTS).map_err(st)?;
                 reqs.remove(host).map_err(st)?;
                 Ok(SubmitOutcome::Signed(issued))
@@ -669,10 +786,9 @@ impl Authority {
                 put_json(&mut reqs, host, &rec)?;
                 Ok(SubmitOutcome::Pending)
             }
-        })();
+        })?;
         match decision {
             Ok(outcome) => {
-                w.commit().map_err(st)?;
                 match &outcome {
                     SubmitOutcome::Signed(c) => self.audit(
                         "autosign",
@@ -687,10 +803,7 @@ impl Authority {
                 }
                 Ok(outcome)
             }
-            Err(e) => {
-                w.abort().map_err(st)?;
-                self.refuse(host, source, e)
-            }
+            Err(e) => self.refuse(host, source, e),
         }
     }
 
@@ -700,7 +813,11 @@ impl Authority {
     pub fn poll(&self, host: &str, spki_sha256: &[u8]) -> Result<PollOutcome, CaError> {
         validate_host_name(host)?;
         let spki = hex::encode(spki_sha256);
-        let r = self.db.begin_read().map_err(st)?;
+        self.db(|db| Self::poll_in(db, host, &spki))
+    }
+
+    fn poll_in(db: &redb::Database, host: &str, spki: &str) -> Result<PollOutcome, CaError> {
+        let r = db.begin_read().map_err(st)?;
         let hosts = r.open_table(HOSTS).map_err(st)?;
         let certs = r.open_table(CERTS).map_err(st)?;
         let t = now();
@@ -732,24 +849,22 @@ impl Authority {
     /// Operator: signs the pending request of `host`.
     pub fn sign(&self, host: &str) -> Result<IssuedCert, CaError> {
         validate_host_name(host)?;
-        let _g = self.write_lock.lock().map_err(st)?;
-        let w = self.db.begin_write().map_err(st)?;
-        let res: Result<IssuedCert, CaError> = (|| {
+        let _g = self.locked()?;
+        let res = self.transact(|w| {
             let mut reqs = w.open_table(REQUESTS).map_err(st)?;
             let req = match get_json::<RequestRecord>(&reqs, host)? {
                 Some(r) if r.rejected_at.is_none() => r,
                 _ => return Err(CaError::NoPending(host.into())),
             };
-            let csr: CheckedCsr = check_csr(&hex::decode(&req.csr).map_err(st)?, host)?;
+            let csr: CheckedCsr = check_csr(&hex::decode(&req.csr).map_err(bad)?, host)?;
             reqs.remove(host).map_err(st)?;
             drop(reqs);
             let (rec, issued) = self.sign_leaf(host, &csr.spki_der)?;
-            Self::store_cert(&w, &rec)?;
+            Self::store_cert(w, &rec)?;
             Ok(issued)
-        })();
+        })?;
         match res {
             Ok(c) => {
-                w.commit().map_err(st)?;
                 self.audit(
                     "sign",
                     host,
@@ -757,10 +872,7 @@ impl Authority {
                 );
                 Ok(c)
             }
-            Err(e) => {
-                w.abort().map_err(st)?;
-                self.refuse(host, "operator", e)
-            }
+            Err(e) => self.refuse(host, "operator", e),
         }
     }
 
@@ -768,9 +880,8 @@ impl Authority {
     /// (marked rejected) so the polling host learns the outcome.
     pub fn reject(&self, host: &str) -> Result<(), CaError> {
         validate_host_name(host)?;
-        let _g = self.write_lock.lock().map_err(st)?;
-        let w = self.db.begin_write().map_err(st)?;
-        let res: Result<(), CaError> = (|| {
+        let _g = self.locked()?;
+        let res = self.transact(|w| {
             let mut reqs = w.open_table(REQUESTS).map_err(st)?;
             let mut req = match get_json::<RequestRecord>(&reqs, host)? {
                 Some(r) if r.rejected_at.is_none() => r,
@@ -779,17 +890,13 @@ impl Authority {
             req.rejected_at = Some(now());
             put_json(&mut reqs, host, &req)?;
             Ok(())
-        })();
+        })?;
         match res {
             Ok(()) => {
-                w.commit().map_err(st)?;
                 self.audit("reject", host, serde_json::json!({"by": "operator"}));
                 Ok(())
             }
-            Err(e) => {
-                w.abort().map_err(st)?;
-                self.refuse(host, "operator", e)
-            }
+            Err(e) => self.refuse(host, "operator", e),
         }
     }
 
@@ -819,20 +926,16 @@ impl Authority {
     /// CRL) and on the next call (identity checks consult the store).
     pub fn revoke(&self, host: &str) -> Result<Vec<String>, CaError> {
         validate_host_name(host)?;
-        let _g = self.write_lock.lock().map_err(st)?;
-        let w = self.db.begin_write().map_err(st)?;
-        let revoked = match self.revoke_in(&w, host, "revoked by operator") {
-            Ok(r) if !r.is_empty() => r,
-            Ok(_) => {
-                w.abort().map_err(st)?;
-                return self.refuse(host, "operator", CaError::NoValidCert(host.into()));
-            }
-            Err(e) => {
-                w.abort().map_err(st)?;
-                return Err(e);
-            }
+        let _g = self.locked()?;
+        let res = self.transact(|w| match self.revoke_in(w, host, "revoked by operator")? {
+            r if r.is_empty() => Err(CaError::NoValidCert(host.into())),
+            r => Ok(r),
+        })?;
+        let revoked = match res {
+            Ok(r) => r,
+            Err(e @ CaError::NoValidCert(_)) => return self.refuse(host, "operator", e),
+            Err(e) => return Err(e),
         };
-        w.commit().map_err(st)?;
         self.refresh_crl_locked()?;
         self.audit("revoke", host, serde_json::json!({"serials": revoked}));
         Ok(revoked)
@@ -844,10 +947,9 @@ impl Authority {
     /// replaying it is refused as "already used").
     pub fn clean(&self, host: &str) -> Result<Vec<String>, CaError> {
         validate_host_name(host)?;
-        let _g = self.write_lock.lock().map_err(st)?;
-        let w = self.db.begin_write().map_err(st)?;
-        let res: Result<(Vec<String>, bool), CaError> = (|| {
-            let revoked = self.revoke_in(&w, host, "cleaned by operator")?;
+        let _g = self.locked()?;
+        let res = self.transact(|w| {
+            let revoked = self.revoke_in(w, host, "cleaned by operator")?;
             let mut known = !revoked.is_empty();
             known |= w
                 .open_table(HOSTS)
@@ -870,25 +972,23 @@ impl Authority {
                     psks.remove(host).map_err(st)?;
                 }
             }
-            Ok((revoked, known))
-        })();
+            if known {
+                Ok(revoked)
+            } else {
+                // Nothing is committed.
+                Err(CaError::UnknownHost(host.into()))
+            }
+        })?;
         match res {
-            Ok((revoked, true)) => {
-                w.commit().map_err(st)?;
+            Ok(revoked) => {
                 if !revoked.is_empty() {
                     self.refresh_crl_locked()?;
                 }
                 self.audit("clean", host, serde_json::json!({"revoked": revoked}));
                 Ok(revoked)
             }
-            Ok((_, false)) => {
-                w.abort().map_err(st)?;
-                self.refuse(host, "operator", CaError::UnknownHost(host.into()))
-            }
-            Err(e) => {
-                w.abort().map_err(st)?;
-                Err(e)
-            }
+            Err(e @ CaError::UnknownHost(_)) => self.refuse(host, "operator", e),
+            Err(e) => Err(e),
         }
     }
 
@@ -896,9 +996,12 @@ impl Authority {
     /// certificate `serial` of `host` is still valid in the CA's records
     /// (covers revocations during a long-lived connection).
     pub fn check_peer(&self, host: &str, serial: &str) -> Result<(), CaError> {
-        let r = self.db.begin_read().map_err(st)?;
-        let certs = r.open_table(CERTS).map_err(st)?;
-        match get_json::<CertRecord>(&certs, serial)? {
+        let rec = self.db(|db| {
+            let r = db.begin_read().map_err(st)?;
+            let certs = r.open_table(CERTS).map_err(st)?;
+            get_json::<CertRecord>(&certs, serial)
+        })?;
+        match rec {
             Some(c) if c.host == host && c.is_valid(now()) => Ok(()),
             _ => Err(CaError::PeerNotValid(serial.into())),
         }
@@ -918,10 +1021,9 @@ impl Authority {
             Ok(c) => c,
             Err(e) => return self.refuse(host, source, e.into()),
         };
-        let _g = self.write_lock.lock().map_err(st)?;
+        let _g = self.locked()?;
         let t = now();
-        let w = self.db.begin_write().map_err(st)?;
-        let res: Result<IssuedCert, CaError> = (|| {
+        let res = self.transact(|w| {
             let mut certs = w.open_table(CERTS).map_err(st)?;
             let mut old = match get_json::<CertRecord>(&certs, serial)? {
                 Some(c) if c.host == host && c.is_valid(t) => c,
@@ -932,12 +1034,11 @@ impl Authority {
             put_json(&mut certs, serial, &old)?;
             drop(certs);
             let (rec, issued) = self.sign_leaf(host, &csr.spki_der)?;
-            Self::store_cert(&w, &rec)?;
+            Self::store_cert(w, &rec)?;
             Ok(issued)
-        })();
+        })?;
         match res {
             Ok(c) => {
-                w.commit().map_err(st)?;
                 self.refresh_crl_locked()?;
                 self.audit(
                     "renew",
@@ -946,17 +1047,18 @@ impl Authority {
                 );
                 Ok(c)
             }
-            Err(e) => {
-                w.abort().map_err(st)?;
-                self.refuse(host, source, e)
-            }
+            Err(e) => self.refuse(host, source, e),
         }
     }
 
     /// Lists hosts, requests and (with `All`) PSKs, sorted by host.
     pub fn list(&self, filter: ListFilter) -> Result<Vec<ListEntry>, CaError> {
+        self.db(|db| Self::list_in(db, filter))
+    }
+
+    fn list_in(db: &redb::Database, filter: ListFilter) -> Result<Vec<ListEntry>, CaError> {
         let t = now();
-        let r = self.db.begin_read().map_err(st)?;
+        let r = db.begin_read().map_err(st)?;
         let mut out = Vec::new();
         let reqs: Vec<RequestRecord> = all_json(&r.open_table(REQUESTS).map_err(st)?)?;
         for q in reqs {
@@ -1062,5 +1164,75 @@ impl Authority {
             ],
             key_der,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reopen::test_fs::mount_or_skip;
+
+    fn csr(name: &str, psk: Option<&str>) -> Vec<u8> {
+        let k = KeyPair::generate().unwrap();
+        crate::csr::build_csr(name, &k, psk).unwrap()
+    }
+
+    fn state(a: &Authority, host: &str) -> Vec<String> {
+        a.list(ListFilter::All)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.host == host)
+            .map(|e| e.state)
+            .collect()
+    }
+
+    /// On a full disk the CA refuses clearly and changes nothing; once
+    /// space is freed the same `Authority` (no restart) signs again.
+    #[test]
+    fn the_ca_recovers_by_itself_once_a_full_disk_has_space_again() {
+        let Some(fs) = mount_or_skip("8m") else {
+            return;
+        };
+        let a = Authority::open(&fs.path.join("ca"), CaPolicy::default()).unwrap();
+        let psk = a.new_psk("web1", 3600).unwrap();
+        let filler = fs.fill();
+        let mut errors = Vec::new();
+        for i in 0..4 {
+            match a.submit_csr("web1", &csr("web1", Some(&psk)), "test") {
+                Ok(_) => panic!("signed on a full disk (attempt {i})"),
+                Err(e) => {
+                    assert!(!e.is_client_error(), "{e}");
+                    errors.push(e.to_string());
+                }
+            }
+            assert!(a.new_psk(&format!("web{}", i + 2), 3600).is_err());
+        }
+        assert!(
+            errors.iter().all(|e| e.contains("disk full")),
+            "every refusal names the likely cause: {errors:#?}"
+        );
+        assert!(
+            !errors.iter().any(|e| e.contains("restart")),
+            "no restart is needed: {errors:#?}"
+        );
+        eprintln!("refusals on the full disk: {errors:#?}");
+        let generation = a.db_generation();
+        assert!(generation > 1, "the CA tried to reopen its database");
+        std::fs::remove_file(&filler).unwrap();
+        // Nothing was half-written: the key is still unused...
+        assert_eq!(state(&a, "web1"), ["psk"]);
+        // ...and it is accepted now, by the same process.
+        match a.submit_csr("web1", &csr("web1", Some(&psk)), "test") {
+            Ok(SubmitOutcome::Signed(c)) => assert_eq!(c.host, "web1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state(&a, "web1"), ["psk-used", "signed"]);
+        assert!(a.new_psk("web2", 3600).is_ok());
+        // The refused PSKs of the full disk were never stored.
+        assert!(state(&a, "web3").is_empty());
+        drop(a);
+        let again = Authority::open(&fs.path.join("ca"), CaPolicy::default()).unwrap();
+        assert_eq!(state(&again, "web1"), ["psk-used", "signed"]);
+        assert_eq!(state(&again, "web2"), ["psk"]);
     }
 }
