@@ -3,12 +3,18 @@
 //! directory). Everything written here was received from an agent, so it is
 //! stored under the name taken from the agent's verified certificate (the
 //! caller passes it; nothing here reads a name out of a request body).
+//!
+//! After a write failed (e.g. a full disk), redb refuses every later
+//! transaction on the open file; the store then drops it, opens it again
+//! and retries the transaction once ([`troupe_pki::reopen`]), so the master
+//! recovers by itself once space is freed.
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use troupe_catalog::report::Report;
+use troupe_pki::reopen::{Reopening, ReopeningDb, is_previous_io};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
@@ -120,8 +126,13 @@ impl FactFilter {
 
 /// The fleet store.
 pub struct NodeStore {
-    db: Database,
+    db: ReopeningDb,
     reports_per_node: usize,
+}
+
+/// The store's handle is stopped by an earlier I/O error.
+fn stopped(e: &anyhow::Error) -> bool {
+    e.chain().any(is_previous_io)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
@@ -131,18 +142,42 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
 impl NodeStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, reports_per_node: usize) -> Result<NodeStore> {
-        let db = Database::create(path)
+        let db = Reopening::open(path, |p: &Path| Database::create(p))
             .with_context(|| format!("cannot open the node store {}", path.display()))?;
-        // Create the tables so readers never see "table does not exist".
-        let tx = db.begin_write()?;
-        tx.open_table(NODES)?;
-        tx.open_table(FACTS)?;
-        tx.open_table(REPORTS)?;
-        tx.commit()?;
-        Ok(NodeStore {
+        let store = NodeStore {
             db,
             reports_per_node: reports_per_node.max(1),
+        };
+        // Create the tables so readers never see "table does not exist".
+        store.with(|db| {
+            let tx = db.begin_write()?;
+            tx.open_table(NODES)?;
+            tx.open_table(FACTS)?;
+            tx.open_table(REPORTS)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs one transaction; when redb is stopped by an earlier I/O error
+    /// (a full disk), opens the file again and runs it once more. `op` must
+    /// not call `with`.
+    fn with<R>(&self, op: impl FnMut(&Database) -> Result<R>) -> Result<R> {
+        self.db.run(op, stopped, |m| {
+            anyhow::anyhow!(
+                "cannot open the node store {} again after an earlier write failed \
+                 (disk full? free space: the master retries by itself on the next \
+                 request): {m}",
+                self.db.path().display()
+            )
         })
+    }
+
+    /// How many times the store's file was opened (each recovery after an
+    /// I/O error adds one).
+    pub fn generation(&self) -> u64 {
+        self.db.generation()
     }
 
     /// Records a catalog request: facts, classification and the catalog
@@ -168,7 +203,11 @@ impl NodeStore {
 
     /// Records many check-ins in one transaction.
     pub fn record_checkins(&self, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        self.with(|db| Self::checkins_in(db, batch))
+    }
+
+    fn checkins_in(db: &Database, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+        let tx = db.begin_write()?;
         {
             let mut nodes = tx.open_table(NODES)?;
             let mut f = tx.open_table(FACTS)?;
@@ -204,7 +243,11 @@ impl NodeStore {
                 report.node
             );
         }
-        let tx = self.db.begin_write()?;
+        self.with(|db| self.add_report_in(db, node, report, now))
+    }
+
+    fn add_report_in(&self, db: &Database, node: &str, report: &Report, now: u64) -> Result<bool> {
+        let tx = db.begin_write()?;
         let fresh;
         {
             let mut nodes = tx.open_table(NODES)?;
@@ -250,14 +293,16 @@ impl NodeStore {
 
     /// Every node, sorted by name.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(NODES)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (_, v) = item?;
-            out.push(decode(v.value(), "node")?);
-        }
-        Ok(out)
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(NODES)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (_, v) = item?;
+                out.push(decode(v.value(), "node")?);
+            }
+            Ok(out)
+        })
     }
 
     /// Nodes whose facts match every filter and whose role is `role` (when
@@ -281,24 +326,28 @@ impl NodeStore {
 
     /// The node's last facts.
     pub fn facts(&self, node: &str) -> Result<Option<serde_json::Value>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(FACTS)?;
-        match t.get(node)? {
-            Some(v) => Ok(Some(decode(v.value(), "facts")?)),
-            None => Ok(None),
-        }
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(FACTS)?;
+            match t.get(node)? {
+                Some(v) => Ok(Some(decode(v.value(), "facts")?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// The node's reports, oldest first.
     pub fn reports(&self, node: &str) -> Result<Vec<Report>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(REPORTS)?;
-        let mut out = Vec::new();
-        for item in t.range((node, 0u64)..=(node, u64::MAX))? {
-            let (_, v) = item?;
-            out.push(decode(v.value(), "report")?);
-        }
-        Ok(out)
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(REPORTS)?;
+            let mut out = Vec::new();
+            for item in t.range((node, 0u64)..=(node, u64::MAX))? {
+                let (_, v) = item?;
+                out.push(decode(v.value(), "report")?);
+            }
+            Ok(out)
+        })
     }
 
     /// One report by run id, or the latest when `run_id` is `None`.
@@ -312,15 +361,17 @@ impl NodeStore {
 
     /// Removes everything known about a node (after `troupe ca clean`).
     pub fn forget(&self, node: &str) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            tx.open_table(NODES)?.remove(node)?;
-            tx.open_table(FACTS)?.remove(node)?;
-            let mut reports = tx.open_table(REPORTS)?;
-            reports.retain_in((node, 0u64)..=(node, u64::MAX), |_, _| false)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.with(|db| {
+            let tx = db.begin_write()?;
+            {
+                tx.open_table(NODES)?.remove(node)?;
+                tx.open_table(FACTS)?.remove(node)?;
+                let mut reports = tx.open_table(REPORTS)?;
+                reports.retain_in((node, 0u64)..=(node, u64::MAX), |_, _| false)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 }
 
@@ -466,6 +517,89 @@ mod tests {
         assert!(s.reports("web1").unwrap().is_empty());
         assert_eq!(s.reports("web10").unwrap().len(), 1);
         assert_eq!(s.nodes().unwrap().len(), 1);
+    }
+
+    /// On a full disk reports are refused with the cause named; once space
+    /// is freed the same store (no restart) takes them again, with what was
+    /// stored before intact and nothing of the refused ones.
+    #[test]
+    fn the_store_recovers_by_itself_once_a_full_disk_has_space_again() {
+        let d = tempfile::tempdir().unwrap();
+        let mnt = d.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match mounted {
+            Ok(o) if o.status.success() => {}
+            other if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("cannot mount a tmpfs: {other:?}")
+            }
+            other => {
+                eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {other:?}");
+                return;
+            }
+        }
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let s = NodeStore::open(&mnt.join("nodes.redb"), 100).unwrap();
+        s.add_report("web1", &report("web1", "before", "t1", Status::Changed), 1)
+            .unwrap();
+        let filler = mnt.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0x5au8; 64 * 1024];
+            while f.write(&chunk).is_ok_and(|n| n > 0) {}
+            while f.write(&chunk[..512]).is_ok_and(|n| n > 0) {}
+        }
+        let mut errors = Vec::new();
+        for i in 0..4 {
+            let mut r = report("web1", &format!("full{i}"), "t2", Status::Changed);
+            // Big enough to need new pages.
+            r.resources[0].diff = Some("x".repeat(512 * 1024));
+            match s.add_report("web1", &r, 2) {
+                Ok(_) => panic!("stored on a full disk (attempt {i})"),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        assert!(
+            errors.iter().all(|e| e.contains("No space left")),
+            "{errors:#?}"
+        );
+        assert!(s.generation() > 1, "the store tried to reopen its file");
+        std::fs::remove_file(&filler).unwrap();
+        assert!(
+            s.add_report("web1", &report("web1", "after", "t3", Status::Changed), 3)
+                .unwrap()
+        );
+        let runs: Vec<String> = s
+            .reports("web1")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        assert_eq!(runs, ["before", "after"]);
+        drop(s);
+        let again = NodeStore::open(&mnt.join("nodes.redb"), 100).unwrap();
+        assert_eq!(again.reports("web1").unwrap().len(), 2);
+        assert_eq!(
+            again.nodes().unwrap()[0]
+                .last_report
+                .as_ref()
+                .unwrap()
+                .run_id,
+            "after"
+        );
     }
 
     #[test]
