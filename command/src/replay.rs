@@ -28,12 +28,24 @@ const BY_EXPIRY: TableDefinition<(i64, [u8; 16]), ()> = TableDefinition::new("re
 pub struct ReplayStoreError {
     op: &'static str,
     msg: String,
+    previous_io: bool,
 }
 
-fn err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> ReplayStoreError {
+impl ReplayStoreError {
+    /// True when redb refused because an earlier write failed (its
+    /// `PreviousIo`): the cache must be opened again.
+    pub fn is_previous_io(&self) -> bool {
+        self.previous_io
+    }
+}
+
+fn err<E: std::fmt::Display + Into<redb::Error>>(
+    op: &'static str,
+) -> impl FnOnce(E) -> ReplayStoreError {
     move |e| ReplayStoreError {
         op,
         msg: e.to_string(),
+        previous_io: matches!(e.into(), redb::Error::PreviousIo),
     }
 }
 

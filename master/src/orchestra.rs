@@ -23,7 +23,9 @@
 //!   `DATA/orchestration-relayed.redb` (durable, so also across restarts)
 //!   until the command expires plus the agents' largest clock-skew
 //!   allowance, then pruned. If that file cannot be written, nothing is
-//!   relayed. The agents' own on-disk replay caches remain the real gate.
+//!   relayed; after a failed write (a full disk) the file is opened again
+//!   by the next submission, so relaying resumes by itself once space is
+//!   freed. The agents' own on-disk replay caches remain the real gate.
 //! - **Audit**: every submission, relayed or refused, goes to the
 //!   hash-chained `DATA/orchestration-audit.log` (before relaying: the
 //!   command with its target nodes; after the summary: the nodes that
@@ -49,6 +51,7 @@ use troupe_command::audit::AuditLog;
 use troupe_command::replay::{Recorded, ReplayCache};
 use troupe_command::verify::CommandAudit;
 use troupe_command::{Registry, SignedCommand, TrustedSigners};
+use troupe_pki::reopen::Reopening;
 use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
 use troupe_proto::v1::{
     AgentMessage, CommandDelivery, CommandResult, SubmitEvent, SubmitRequest, SubmitSummary,
@@ -100,8 +103,9 @@ pub struct Orchestra {
     audit: Arc<Mutex<Option<AuditLog>>>,
     registry: Registry,
     /// Ids of commands already submitted, until they expire (opened on
-    /// first use; an error is kept and refuses submissions until it opens).
-    seen: Arc<Mutex<Option<Arc<ReplayCache>>>>,
+    /// first use; while it cannot be opened or written, submissions are
+    /// refused; reopened after redb is stopped by a failed write).
+    seen: Arc<Reopening<ReplayCache>>,
 }
 
 /// One record of the master's orchestration audit log.
@@ -137,7 +141,10 @@ impl Orchestra {
             next_conn: AtomicU64::new(1),
             audit: Arc::new(Mutex::new(None)),
             registry: Registry::builtin(),
-            seen: Arc::new(Mutex::new(None)),
+            seen: Arc::new(Reopening::closed(
+                &data_dir.join(RELAYED_FILE),
+                ReplayCache::open,
+            )),
         }
     }
 
@@ -304,33 +311,37 @@ impl Orchestra {
             .expires_at
             .saturating_add(troupe_command::verify::MAX_SKEW_SECS);
         let seen = self.seen.clone();
-        let path = self.data_dir.join(RELAYED_FILE);
         let r = tokio::task::spawn_blocking(move || -> Result<bool, String> {
-            let cache = {
-                let mut guard = lock(&seen);
-                match guard.as_ref() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = Arc::new(ReplayCache::open(&path).map_err(|e| e.to_string())?);
-                        *guard = Some(c.clone());
-                        c
-                    }
-                }
-            };
             let now = troupe_command::verify::unix_now();
-            cache
-                .check_and_record(&id, keep, now)
-                .map(|r| r == Recorded::New)
-                .map_err(|e| e.to_string())
+            // Errors as (redb stopped by an earlier write, message).
+            seen.run(
+                |cache| {
+                    cache
+                        .check_and_record(&id, keep, now)
+                        .map_err(|e| (e.is_previous_io(), e.to_string()))
+                },
+                |(stopped, _)| *stopped,
+                |m| (false, m),
+            )
+            .map(|r| r == Recorded::New)
+            .map_err(|(_, m)| m)
         })
         .await;
         match r {
             Ok(Ok(b)) => Ok(b),
             Ok(Err(e)) => Err(format!(
-                "cannot record the command id in {RELAYED_FILE}, so it is not relayed: {e}"
+                "cannot record the command id in {RELAYED_FILE}, so it is not relayed \
+                 (disk full? free space: the master retries by itself on the next \
+                 submission): {e}"
             )),
             Err(e) => Err(format!("relay cache task: {e}")),
         }
+    }
+
+    /// How many times the relay cache was opened (each recovery after a
+    /// failed write adds one).
+    pub fn relay_cache_generation(&self) -> u64 {
+        self.seen.generation()
     }
 
     fn set_gauge(&self, state: &MasterState) {
