@@ -1,10 +1,28 @@
 //! The master's data directory runs out of space (a small tmpfs, filled
-//! up) while agents send reports and CSRs: they get clear errors, nothing
-//! is half-written, and once space is freed and the master restarted every
-//! store reads back consistent and the queued reports arrive.
+//! up) while agents send reports and CSRs and a sysadmin sends a signed
+//! command: they get clear errors and nothing is half-written. Once space
+//! is freed, the same master process (no restart) stores the queued
+//! report, signs a CSR whose one-time key stayed unused and relays signed
+//! commands again: its redb stores reopen themselves after the failed
+//! write. Then, with the disk full again, a restart either serves or says
+//! why not, and once space is freed every store reads back consistent.
 
-use troupe_tests::netns::{Agent, Net, NetMaster, Tmpfs, write_tree};
-use troupe_tests::{MasterOptions, run, tally};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use troupe_command::FileSigner;
+use troupe_master::admin::AdminRequest;
+use troupe_tests::netns::{Agent, Net, NetMaster, Tmpfs, read_log, spawn_logged, write_tree};
+use troupe_tests::orch::{PASSPHRASE, POLICY};
+use troupe_tests::{MasterOptions, Out, agent_bin, run, tally, troupe_bin};
+
+/// True when the running master holds report `run` of `node`.
+fn master_has_report(m: &NetMaster, node: &str, run: &str) -> bool {
+    m.admin(&AdminRequest::Report {
+        host: node.into(),
+        run: Some(run.into()),
+    })
+    .is_ok_and(|r| r["report"]["run_id"] == run)
+}
 
 #[test]
 fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
@@ -44,6 +62,78 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
         assert_eq!(out.code, Some(2), "{out:?}");
     }
     let psk3 = m.psk("web3");
+
+    // Signed orchestration: a bastion on the master's host, a signer both
+    // the master and web2 trust, web2 listening for commands.
+    let keys = net.tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let alice = FileSigner::generate().unwrap();
+    let key = keys.join("alice.key");
+    alice.write_encrypted(&key, PASSPHRASE).unwrap();
+    let pass = keys.join("alice.pass");
+    std::fs::write(&pass, format!("{PASSPHRASE}\n")).unwrap();
+    std::fs::write(
+        m.data.join("signers.toml"),
+        format!(
+            "[[signer]]\nname = \"alice\"\nkey = \"{}\"\n",
+            alice.key_id()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        web2.state.join("orchestration.toml"),
+        format!(
+            "converge_root = \"{}\"\n\n[[signer]]\nname = \"alice\"\nkey = \"{}\"\n{POLICY}\n",
+            web2.root.display(),
+            alice.key_id()
+        ),
+    )
+    .unwrap();
+    let bastion = Agent::new(&m.host, "bastion");
+    let psk = m.psk("bastion");
+    run(&mut bastion.bootstrap_command(&net, &m, &fp, Some(&psk))).assert_success();
+    let mut listen = net.command(&h, &agent_bin());
+    listen
+        .arg("listen")
+        .arg("--server")
+        .arg(net.server_url(&h, &m))
+        .arg("--state")
+        .arg(&web2.state)
+        .args(["--backoff-max", "1s"])
+        .env("TROUPE_LOG", "info")
+        .stdin(Stdio::null());
+    let listen_log = h.dir.join("listen-web2.log");
+    let _listener = spawn_logged(&mut listen, &listen_log);
+    let ping = |m: &NetMaster| -> Out {
+        let mut c = net.command(&m.host, &troupe_bin());
+        c.args(["run", "ping", "--name", "web2", "--server", &m.url])
+            .arg("--identity")
+            .arg(&bastion.state)
+            .arg("--key")
+            .arg(&key)
+            .arg("--passphrase-file")
+            .arg(&pass);
+        run(&mut c)
+    };
+    let answered = |out: &Out| out.success() && out.stdout.contains("1 matched, 1 ok");
+    let ping_until_answered = |m: &NetMaster, what: &str| {
+        let start = Instant::now();
+        loop {
+            let out = ping(m);
+            if answered(&out) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: no answer to a signed ping: {out:?}\n{}\n{}",
+                read_log(&listen_log),
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Also opens the master's relay-once cache before the disk fills.
+    ping_until_answered(&m, "before the disk fills");
     let certs_before = m.signed();
 
     let filler = disk.fill();
@@ -67,15 +157,39 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
         boot.stderr.contains("internal certificate authority error"),
         "{boot:?}"
     );
-    // An operator's PSK request fails clearly too.
-    let psk = m.ca(&["psk", "new", "web4"]);
     let boot = boot.stderr.clone();
-    let psk_err = psk.stderr.clone();
-    assert!(!psk.success(), "{psk:?}");
-    assert!(
-        psk.stderr.contains("disk full") || psk.stderr.contains("No space left"),
-        "{psk:?}"
-    );
+    // An operator's PSK requests: the CA database, stopped by the failed
+    // CSR, is reopened by the next request; each request then either fails
+    // clearly (no room) or is stored whole (redb reused pages its file
+    // already had). Checked again after the restart.
+    let mut psk_stored = Vec::new();
+    let mut psk_err = String::new();
+    for host in ["web4", "web5"] {
+        let psk = m.ca(&["psk", "new", host]);
+        if !psk.success() {
+            assert!(
+                psk.stderr.contains("disk full") || psk.stderr.contains("No space left"),
+                "{psk:?}"
+            );
+            assert!(
+                !psk.stderr.contains("restart"),
+                "no restart needed: {psk:?}"
+            );
+            psk_err = psk.stderr.clone();
+        }
+        psk_stored.push((host, psk.success()));
+    }
+    // A signed command either cannot be recorded as relayed-once (then
+    // nothing is relayed and the refusal says why) or went through on
+    // pages the relay cache already had.
+    let full_ping = ping(&m);
+    let ping_refused = !full_ping.success();
+    if ping_refused {
+        assert!(
+            full_ping.stderr.contains("not relayed"),
+            "the refusal names the relay cache: {full_ping:?}"
+        );
+    }
     let log = m.log();
     assert!(
         log.contains("No space left on device") || log.contains("no space"),
@@ -83,7 +197,68 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
     );
     assert!(m.running(), "the master survives a full disk");
 
-    // Restarting on the full disk: it either serves or says why not.
+    // Free the space. The same master process recovers: no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let (out, _) = web1.run_once(&net, &m);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        !out.stderr.contains("could not store the report"),
+        "{out:?}\n{}",
+        m.log()
+    );
+    assert!(web1.local_runs().1.is_empty(), "queue delivered");
+    assert!(
+        master_has_report(&m, "web1", &queued),
+        "the queued report {queued} is stored by the same master process"
+    );
+    let entries = m.ca_entries();
+    assert!(
+        entries.iter().any(|e| e.host == "web3" && e.state == "psk"),
+        "web3's key is still unused: {entries:?}"
+    );
+    run(&mut web3.bootstrap_command(&net, &m, &fp, Some(&psk3))).assert_success();
+    assert!(
+        m.ca_entries()
+            .iter()
+            .any(|e| e.host == "web3" && e.state == "signed"),
+        "web3 signed by the same master process"
+    );
+    ping_until_answered(&m, "after space was freed, without a restart");
+    assert!(m.running(), "no restart");
+    let log = m.log();
+    for file in ["nodes.redb", "ca.redb"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("opened the store again") && l.contains(file)),
+            "the master reopened {file} by itself:\n{log}"
+        );
+    }
+    if ping_refused {
+        assert!(
+            log.lines().any(|l| l.contains("opened the store again")
+                && l.contains("orchestration-relayed.redb")),
+            "the master reopened its relay cache by itself:\n{log}"
+        );
+    }
+    let mut lost_live = 0u64;
+    for a in [&web1, &web2] {
+        let (local, unsent) = a.local_runs();
+        lost_live += unsent.len() as u64;
+        lost_live += local
+            .iter()
+            .filter(|id| !master_has_report(&m, &a.name, id))
+            .count() as u64;
+    }
+    assert_eq!(lost_live, 0, "every report is on the live master");
+    tally::fault(
+        "disk-full",
+        "master data dir full, space freed: same process recovers (no restart)",
+        lost_live,
+    );
+
+    // Full again; restarting on the full disk: it either serves or says
+    // why not.
+    let filler = disk.fill();
     m.kill9();
     let full_start = m.try_resume(&net);
     if let Err(e) = &full_start {
@@ -93,18 +268,30 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
     // Free the space, restart: everything reads back and works again.
     std::fs::remove_file(&filler).unwrap();
     m.restart(&net);
-    assert_eq!(m.signed(), certs_before, "certificates unchanged");
+    let signed = m.signed();
+    assert_eq!(signed.len(), certs_before.len() + 1, "{signed:?}");
+    for c in &certs_before {
+        assert!(signed.contains(c), "certificate {c:?} kept");
+    }
     let entries = m.ca_entries();
     assert!(
-        entries.iter().any(|e| e.host == "web3" && e.state == "psk"),
-        "web3's key is still unused: {entries:?}"
+        entries
+            .iter()
+            .any(|e| e.host == "web3" && e.state == "psk-used"),
+        "{entries:?}"
     );
-    run(&mut web3.bootstrap_command(&net, &m, &fp, Some(&psk3))).assert_success();
+    for (host, stored) in &psk_stored {
+        assert_eq!(
+            entries.iter().any(|e| e.host == *host && e.state == "psk"),
+            *stored,
+            "{host}: a key is stored exactly when its request succeeded: {entries:?}"
+        );
+    }
     let (out, _) = web1.run_once(&net, &m);
     assert_eq!(out.code, Some(0), "{out:?}");
     let (out, _) = web2.run_once(&net, &m);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(web1.local_runs().1.is_empty(), "queue delivered");
+    ping_until_answered(&m, "after the restart");
     m.kill9();
     let mut lost = 0u64;
     for a in [&web1, &web2] {
@@ -115,7 +302,15 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
     }
     assert!(m.stored_run_ids("web1").contains(&queued));
     // The CA database reads back whole with the master stopped too.
-    assert_eq!(m.signed().len(), 3);
+    assert_eq!(m.signed().len(), certs_before.len() + 1);
+    eprintln!(
+        "signed ping on the full disk: {}",
+        if ping_refused {
+            full_ping.stderr.lines().last().unwrap_or_default()
+        } else {
+            "relayed (the relay cache had room)"
+        }
+    );
     eprintln!(
         "restart on the full disk: {}",
         match &full_start {
@@ -124,7 +319,7 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
         }
     );
     eprintln!(
-        "disk full: report queued ({queued}) and delivered later; CSR refused, then signed\n{boot}\n{psk_err}"
+        "disk full: report queued ({queued}) and delivered later; CSR refused, then signed\n{boot}\nPSKs stored on the full disk: {psk_stored:?} {psk_err}"
     );
     tally::fault(
         "disk-full",
