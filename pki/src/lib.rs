@@ -4,8 +4,9 @@
 //! certificate, random serials, signing, revocation, CRL, audit log, state in
 //! redb), host-name validation, CSR parsing (pre-shared key in
 //! `pp_preshared_key` or `challengePassword`), one-time PSKs (stored only as
-//! hashes, compared in constant time), and the rustls configurations for
-//! mutual TLS.
+//! hashes, compared in constant time), the rustls configurations for
+//! mutual TLS, and the redb handle that reopens itself after a failed write
+//! (a full disk), which the master's stores use too.
 //!
 //! It must never: log or return a private key or a PSK; copy an extension
 //! from a CSR into a certificate; trust an identity that does not come from a
