@@ -657,6 +657,94 @@ mod tests {
         assert!(parse_hello_facts(&vec![b' '; MAX_HELLO_FACTS + 1]).is_empty());
     }
 
+    /// On a full disk a command whose id cannot be recorded is refused
+    /// (so not relayed) and its id is not kept; once space is freed the
+    /// same `Orchestra` (no restart) records ids again, and the ids
+    /// recorded before are still there.
+    #[tokio::test]
+    async fn the_relay_cache_recovers_by_itself_once_a_full_disk_has_space_again() {
+        let d = tempfile::tempdir().unwrap();
+        let mnt = d.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match mounted {
+            Ok(o) if o.status.success() => {}
+            other if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("cannot mount a tmpfs: {other:?}")
+            }
+            other => {
+                eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {other:?}");
+                return;
+            }
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let orch = Orchestra::new(&mnt);
+        let mut signer = troupe_command::FileSigner::generate().unwrap();
+        let mut command = || {
+            troupe_command::Command::new(
+                signer.key_id().clone(),
+                "ping",
+                BTreeMap::new(),
+                troupe_command::TargetFilter::default(),
+                troupe_command::verify::unix_now(),
+                300,
+            )
+            .unwrap()
+            .sign(&mut signer)
+            .unwrap()
+        };
+        let first = command();
+        assert_eq!(orch.first_submission(&first).await, Ok(true));
+        assert_eq!(orch.first_submission(&first).await, Ok(false));
+        let filler = mnt.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0x5au8; 64 * 1024];
+            while f.write(&chunk).is_ok_and(|n| n > 0) {}
+            while f.write(&chunk[..512]).is_ok_and(|n| n > 0) {}
+        }
+        // Fresh ids until the full disk refuses one (redb may first reuse
+        // pages its file already has).
+        let mut refused = Vec::new();
+        for _ in 0..2000 {
+            let c = command();
+            match orch.first_submission(&c).await {
+                Ok(true) => {}
+                Ok(false) => panic!("a fresh id counted as a replay"),
+                Err(e) => {
+                    assert!(e.contains("not relayed") && e.contains("disk full?"), "{e}");
+                    refused.push(c);
+                    if refused.len() == 3 {
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(!refused.is_empty(), "no refusal on a full disk");
+        std::fs::remove_file(&filler).unwrap();
+        // No restart: ids are recorded again, the earlier one is kept, and
+        // the refused ones were never recorded.
+        assert_eq!(orch.first_submission(&command()).await, Ok(true));
+        assert_eq!(orch.first_submission(&first).await, Ok(false));
+        for c in &refused {
+            assert_eq!(orch.first_submission(c).await, Ok(true));
+        }
+        assert!(orch.relay_cache_generation() > 1, "the cache was reopened");
+    }
+
     #[test]
     fn clip_never_splits_a_character() {
         let mut s = format!("{}é", "s".repeat(63));
