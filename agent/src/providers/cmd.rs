@@ -115,20 +115,11 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
     }
     let mut child = c.spawn().with_context(|| format!("cannot run {prog:?}"))?;
     let pid = child.id();
-    let mut out = child.stdout.take().context("no stdout")?;
-    let mut err = child.stderr.take().context("no stderr")?;
-    let t_out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = (&mut out).take(MAX_OUTPUT).read_to_end(&mut b);
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
-        b
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = (&mut err).take(MAX_OUTPUT).read_to_end(&mut b);
-        let _ = std::io::copy(&mut err, &mut std::io::sink());
-        b
-    });
+    let out = child.stdout.take().context("no stdout")?;
+    let err = child.stderr.take().context("no stderr")?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let out_buf = drain(out, done_tx.clone());
+    let err_buf = drain(err, done_tx);
     let timeout = spec.timeout.unwrap_or(Duration::from_secs(300));
     let start = Instant::now();
     let mut sleep = Duration::from_micros(200);
@@ -146,6 +137,7 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
             }
             let _ = child.kill();
             let _ = child.wait();
+            wait_for_eof(&done_rx, prog);
             anyhow::bail!(
                 "{prog:?} timed out after {} s and was killed",
                 timeout.as_secs()
@@ -154,12 +146,70 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
         std::thread::sleep(sleep);
         sleep = (sleep * 2).min(Duration::from_millis(20));
     };
-    let mut b = t_out.join().unwrap_or_default();
-    b.extend(t_err.join().unwrap_or_default());
+    wait_for_eof(&done_rx, prog);
+    let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+        b.lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    };
+    let mut b = take(&out_buf);
+    b.extend(take(&err_buf));
     Ok(Output {
         code: status.code(),
         output: String::from_utf8_lossy(&b).into_owned(),
     })
+}
+
+/// How long output pipes may stay open after the command ended: a process
+/// it left behind (a daemon started without closing stdout) would otherwise
+/// keep the run waiting for end-of-file for as long as it lives.
+const EOF_GRACE: Duration = Duration::from_secs(1);
+
+/// Reads `r` on a thread into a shared buffer (at most [`MAX_OUTPUT`]
+/// kept), then drains it to end-of-file and says so on `done`. The thread
+/// may outlive the command (see [`EOF_GRACE`]); it ends with the pipe.
+fn drain(
+    mut r: impl Read + Send + 'static,
+    done: std::sync::mpsc::Sender<()>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Ok(mut v) = b.lock() {
+                        let room = usize::try_from(MAX_OUTPUT)
+                            .unwrap_or(usize::MAX)
+                            .saturating_sub(v.len());
+                        v.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = done.send(());
+    });
+    buf
+}
+
+/// Waits (at most [`EOF_GRACE`]) for both output pipes to reach
+/// end-of-file after the command ended.
+fn wait_for_eof(done: &std::sync::mpsc::Receiver<()>, prog: &str) {
+    let deadline = Instant::now() + EOF_GRACE;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done.recv_timeout(left).is_err() {
+            tracing::warn!(
+                "{prog:?} ended but a process it started still holds its output open \
+                 (a daemon that did not detach?); not waiting for it"
+            );
+            return;
+        }
+    }
 }
 
 /// Runs `argv` and fails with a clear message unless it exits 0.
@@ -191,4 +241,95 @@ pub fn succeeds(argv: &[String]) -> anyhow::Result<bool> {
 /// Builds an argv from string slices.
 pub fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout: u64) -> anyhow::Result<Output> {
+        let a = argv(&["sh", "-c", script]);
+        run(&Spec {
+            argv: &a,
+            timeout: Some(Duration::from_secs(timeout)),
+            ..Default::default()
+        })
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie waiting for its new parent counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_background_child_holding_the_output_open_does_not_hang_the_run() {
+        // Like an init script that starts a daemon without closing its
+        // stdout: the command itself exits at once.
+        let t = Instant::now();
+        let o = sh("sleep 30 & echo started $!", 60).unwrap();
+        let took = t.elapsed();
+        let pid: Option<i32> = o
+            .output
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        if let Some(p) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(o.ok(), "{o:?}");
+        assert!(o.output.starts_with("started "), "{o:?}");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_process_group_and_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let t = Instant::now();
+        let e = sh(
+            &format!("sleep 30 & echo $! > {}; sleep 30", pidfile.display()),
+            1,
+        )
+        .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(format!("{e:#}").contains("timed out"), "{e:#}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive(pid)
+        });
+        assert!(gone, "background child {pid} survived the timeout");
+    }
+
+    #[test]
+    fn the_agents_environment_does_not_leak_into_commands() {
+        // The test process has HOME, CARGO_*, RUST_* ...: none may reach it.
+        let o = sh("env", 10).unwrap();
+        let keys: Vec<&str> = o
+            .output
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        for k in &keys {
+            assert!(
+                ["PATH", "LANG", "LC_ALL", "PWD", "SHLVL", "_"].contains(k),
+                "{k} leaked into the command's environment: {keys:?}"
+            );
+        }
+    }
 }
