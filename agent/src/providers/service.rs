@@ -50,33 +50,65 @@ fn sysv(name: &str, action: &str) -> Vec<String> {
     }
 }
 
-fn enabled(i: Init, name: &str) -> anyhow::Result<bool> {
+/// Whether the service's boot-time state differs from `want`.
+fn enable_differs(i: Init, name: &str, want: bool) -> anyhow::Result<bool> {
     match i {
-        Init::Systemd => cmd::succeeds(&cmd::argv(&[
-            "systemctl",
-            "is-enabled",
-            "--quiet",
-            "--",
-            name,
-        ])),
-        Init::SysV => {
-            if Path::new("/usr/sbin/update-rc.d").exists() {
-                // Debian: a start link in any multi-user runlevel.
-                for rl in 2..=5 {
-                    if let Ok(rd) = std::fs::read_dir(format!("/etc/rc{rl}.d")) {
-                        for e in rd.flatten() {
-                            let f = e.file_name().to_string_lossy().into_owned();
-                            if f.starts_with('S') && f.get(3..) == Some(name) {
-                                return Ok(true);
-                            }
-                        }
+        Init::Systemd => {
+            let o = cmd::run(&cmd::Spec {
+                argv: &cmd::argv(&["systemctl", "is-enabled", "--", name]),
+                ..Default::default()
+            })?;
+            unit_enable_differs(name, &o.output, want)
+        }
+        Init::SysV => Ok(sysv_enabled(name)? != want),
+    }
+}
+
+/// Reads `systemctl is-enabled` output (the unit file state) against the
+/// wanted boot-time state: true when `systemctl enable`/`disable` is
+/// needed. States that enable/disable cannot change are either already
+/// what was asked (a static unit runs when something pulls it in; a masked
+/// one never starts) or an error that says what to do, never a change
+/// claimed again on every run.
+pub(crate) fn unit_enable_differs(name: &str, output: &str, want: bool) -> anyhow::Result<bool> {
+    let state = output.split_whitespace().next().unwrap_or("");
+    match (state, want) {
+        ("enabled" | "enabled-runtime", _) => Ok(!want),
+        ("disabled" | "linked" | "linked-runtime", _) => Ok(want),
+        ("static" | "indirect" | "generated" | "alias" | "transient", true) => Ok(false),
+        ("static" | "indirect" | "generated" | "alias" | "transient", false) => anyhow::bail!(
+            "unit {name} is {state}: it has no [Install] section to disable (it starts when \
+             another unit pulls it in); mask it (systemctl mask {name}) or drop enable => false"
+        ),
+        ("masked" | "masked-runtime", false) => Ok(false),
+        ("masked" | "masked-runtime", true) => anyhow::bail!(
+            "unit {name} is masked, so it cannot be enabled; unmask it first \
+             (systemctl unmask {name}) if it should run"
+        ),
+        _ => anyhow::bail!(
+            "cannot tell whether unit {name} is enabled (is it installed?): systemctl is-enabled said {:?}",
+            output.trim()
+        ),
+    }
+}
+
+/// SysV: started at boot in any multi-user runlevel.
+fn sysv_enabled(name: &str) -> anyhow::Result<bool> {
+    if Path::new("/usr/sbin/update-rc.d").exists() {
+        // Debian: a start link in any multi-user runlevel.
+        for rl in 2..=5 {
+            if let Ok(rd) = std::fs::read_dir(format!("/etc/rc{rl}.d")) {
+                for e in rd.flatten() {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    if f.starts_with('S') && f.get(3..) == Some(name) {
+                        return Ok(true);
                     }
                 }
-                Ok(false)
-            } else {
-                cmd::succeeds(&cmd::argv(&["chkconfig", name]))
             }
         }
+        Ok(false)
+    } else {
+        cmd::succeeds(&cmd::argv(&["chkconfig", name]))
     }
 }
 
@@ -158,7 +190,7 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
         _ => {}
     }
     if let Some(on) = enable
-        && enabled(i, name)? != *on
+        && enable_differs(i, name, *on)?
     {
         out.change(if *on {
             "enabled at boot"
@@ -227,3 +259,41 @@ fn not_managed_in_root(
 
 /// How every service event under `--root` starts.
 pub const NOT_MANAGED_IN_ROOT: &str = "not managed under --root";
+
+#[cfg(test)]
+mod tests {
+    use super::unit_enable_differs as differs;
+
+    #[test]
+    fn systemd_unit_file_states_are_compared_without_a_change_on_every_run() {
+        // Plain cases.
+        assert!(!differs("a", "enabled\n", true).unwrap());
+        assert!(differs("a", "enabled\n", false).unwrap());
+        assert!(differs("a", "disabled\n", true).unwrap());
+        assert!(!differs("a", "disabled\n", false).unwrap());
+        assert!(!differs("a", "enabled-runtime\n", true).unwrap());
+        // `systemctl is-enabled --quiet` exits 0 for a static unit: read as
+        // "enabled", `enable => false` ran `systemctl disable` (which does
+        // nothing for it) and reported a change on every run.
+        assert!(!differs("a", "static\n", true).unwrap());
+        let e = differs("a", "static\n", false).unwrap_err().to_string();
+        assert!(
+            e.contains("static") && e.contains("systemctl mask a"),
+            "{e}"
+        );
+        // Masked: already disabled; enabling it needs an unmask first.
+        assert!(!differs("a", "masked\n", false).unwrap());
+        let e = differs("a", "masked\n", true).unwrap_err().to_string();
+        assert!(e.contains("systemctl unmask a"), "{e}");
+        // Unknown unit: a clear error, not "enabled at boot" every run.
+        let e = differs(
+            "nope",
+            "Failed to get unit file state for nope.service: No such file or directory\n",
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nope") && e.contains("installed"), "{e}");
+        assert!(differs("a", "", true).is_err());
+    }
+}
