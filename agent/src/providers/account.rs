@@ -162,6 +162,10 @@ pub fn user(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
             }
             if let Some(g) = group {
                 argv.extend(["--gid".into(), g.clone()]);
+            } else if acc.groups.contains_key(name.as_str()) {
+                // The user's own group is already there (often declared
+                // with a pinned gid): `--user-group` would refuse it.
+                argv.extend(["--gid".into(), name.clone()]);
             } else {
                 // Like Debian's USERGROUPS: a group named after the user.
                 argv.push("--user-group".into());
@@ -260,10 +264,25 @@ pub fn group(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
     };
     valid_name(name)?;
     let mut out = Outcome::default();
-    let cur = ctx.accounts()?.groups.get(name).cloned();
+    let acc = ctx.accounts()?;
+    let cur = acc.groups.get(name).cloned();
     let mut argv: Vec<String> = match (ensure, cur) {
         (Ensure::Absent, None) => return Ok(out),
-        (Ensure::Absent, Some(_)) => {
+        (Ensure::Absent, Some(cur)) => {
+            // groupdel refuses it too; saying so here keeps noop honest.
+            let mut users: Vec<&str> = acc
+                .users
+                .values()
+                .filter(|u| u.gid == cur.gid)
+                .map(|u| u.name.as_str())
+                .collect();
+            users.sort_unstable();
+            anyhow::ensure!(
+                users.is_empty(),
+                "cannot remove group {name}: it is the primary group of user(s) {}; \
+                 remove them or give them another primary group first",
+                users.join(", ")
+            );
             out.change("removed");
             vec!["groupdel".into()]
         }
