@@ -45,8 +45,9 @@ fn root_arg(ctx: &Ctx, flag: &str) -> Vec<String> {
     }
 }
 
-/// Installed version, if installed.
-fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>> {
+/// Versions of the installed instances of `name` (empty: not installed).
+/// More than one for multi-arch/multilib packages or kernels.
+fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Vec<String>> {
     match m {
         Manager::Dpkg => {
             let mut a = vec!["dpkg-query".to_owned()];
@@ -59,7 +60,7 @@ fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
             a.extend(cmd::argv(&[
                 "-W",
                 "-f",
-                "${db:Status-Abbrev}|${Version}",
+                "${db:Status-Abbrev}|${Version}\n",
                 "--",
                 name,
             ]));
@@ -68,13 +69,9 @@ fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
                 ..Default::default()
             })?;
             if !o.ok() {
-                return Ok(None); // unknown package
+                return Ok(Vec::new()); // unknown package
             }
-            let line = o.output.lines().next().unwrap_or("");
-            let (status, version) = line.split_once('|').unwrap_or(("", ""));
-            // "ii " = installed; "rc " = removed, config files left; "un " = unknown
-            let installed = status.as_bytes().get(1) == Some(&b'i');
-            Ok(installed.then(|| version.trim().to_owned()))
+            Ok(parse_dpkg_query(&o.output))
         }
         Manager::Rpm => {
             let mut a = vec!["rpm".to_owned()];
@@ -82,7 +79,7 @@ fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
             a.extend(cmd::argv(&[
                 "-q",
                 "--qf",
-                "%{VERSION}-%{RELEASE}",
+                "%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n",
                 "--",
                 name,
             ]));
@@ -90,8 +87,60 @@ fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
                 argv: &a,
                 ..Default::default()
             })?;
-            Ok(o.ok().then(|| o.output.trim().to_owned()))
+            if !o.ok() {
+                return Ok(Vec::new()); // "package NAME is not installed"
+            }
+            Ok(o.output
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect())
         }
+    }
+}
+
+/// `dpkg-query -W -f '${db:Status-Abbrev}|${Version}\n'` output: the
+/// versions of the entries that are installed ("ii ": second letter `i`;
+/// "rc " = removed with config files left, "un " = unknown).
+fn parse_dpkg_query(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split_once('|'))
+        .filter(|(status, _)| status.as_bytes().get(1) == Some(&b'i'))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+/// Whether an installed version `have` is the version `want` asks for, as
+/// the package manager sees it: an epoch of 0 is the same as none; with
+/// rpm, a version pinned without its release (`1.2`) matches any release,
+/// and one pinned without an epoch matches whatever epoch is installed
+/// (that is what `dnf install NAME-1.2` would pick).
+fn same_version(m: Manager, want: &str, have: &str) -> bool {
+    let no_zero = |v: &'_ str| -> String { v.strip_prefix("0:").unwrap_or(v).to_owned() };
+    let (want, have) = (no_zero(want), no_zero(have));
+    if want == have {
+        return true;
+    }
+    if m == Manager::Dpkg {
+        return false;
+    }
+    let have = if want.contains(':') {
+        have.as_str()
+    } else {
+        without_epoch(&have)
+    };
+    if want == have {
+        return true;
+    }
+    !want.contains('-') && have.rsplit_once('-').is_some_and(|(v, _)| v == want)
+}
+
+/// `1.2-3` from `2:1.2-3`.
+fn without_epoch(v: &str) -> &str {
+    match v.split_once(':') {
+        Some((e, rest)) if !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()) => rest,
+        _ => v,
     }
 }
 
@@ -155,12 +204,19 @@ fn local_file(
         let e = e?;
         let fname = e.file_name().to_string_lossy().into_owned();
         let v = match m {
-            Manager::Dpkg => fname
-                .strip_suffix(".deb")
-                .and_then(|s| s.strip_prefix(name))
-                .and_then(|s| s.strip_prefix('_'))
-                .and_then(|s| s.rsplit_once('_'))
-                .map(|(v, _arch)| v.to_owned()),
+            Manager::Dpkg => {
+                // `foo:amd64`: the file of that architecture.
+                let (base, arch) = name
+                    .split_once(':')
+                    .map_or((name, None), |(b, a)| (b, Some(a)));
+                fname
+                    .strip_suffix(".deb")
+                    .and_then(|s| s.strip_prefix(base))
+                    .and_then(|s| s.strip_prefix('_'))
+                    .and_then(|s| s.rsplit_once('_'))
+                    .filter(|(_, a)| arch.is_none_or(|want| want == *a))
+                    .map(|(v, _arch)| v.to_owned())
+            }
             Manager::Rpm => fname
                 .strip_suffix(".rpm")
                 .and_then(|s| s.strip_prefix(name))
@@ -168,8 +224,9 @@ fn local_file(
                 .and_then(|s| s.rsplit_once('.'))
                 .map(|(v, _arch)| v.to_owned()),
         };
+        // File names carry no epoch.
         if let Some(v) = v
-            && version.is_none_or(|want| want == v)
+            && version.is_none_or(|want| same_version(m, without_epoch(want), &v))
         {
             found.push((e.path(), v));
         }
@@ -187,7 +244,8 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
         "invalid package name {name:?}"
     );
     let m = manager(ctx)?;
-    let cur = installed(ctx, m, name)?;
+    let versions = installed(ctx, m, name)?;
+    let cur = (!versions.is_empty()).then(|| versions.join(", "));
     let mut out = Outcome::default();
     let want_version: Option<String> = match (ensure, &cur) {
         (PackageEnsure::Absent, None) => return Ok(out),
@@ -200,12 +258,14 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
         }
         (PackageEnsure::Present, Some(_)) => return Ok(out),
         (PackageEnsure::Present, None) => None,
-        (PackageEnsure::Version(v), Some(c)) if v == c => return Ok(out),
+        (PackageEnsure::Version(v), Some(_)) if versions.iter().any(|c| same_version(m, v, c)) => {
+            return Ok(out);
+        }
         (PackageEnsure::Version(v), _) => Some(v.clone()),
         (PackageEnsure::Latest, _) => {
             let cand = candidate(ctx, m, name)?
                 .with_context(|| format!("no installable version of {name} is known"))?;
-            if cur.as_deref() == Some(cand.as_str()) {
+            if versions.iter().any(|c| same_version(m, &cand, c)) {
                 return Ok(out);
             }
             Some(cand)
@@ -222,7 +282,7 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
         install(ctx, m, name, want_version.as_deref())?;
         let now = installed(ctx, m, name)?;
         anyhow::ensure!(
-            now.is_some(),
+            !now.is_empty(),
             "{name} is still not installed after the install"
         );
     }
@@ -315,4 +375,37 @@ fn remove(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<()> {
     };
     cmd::check(&a)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_query_lines_for_several_architectures_are_read_apart() {
+        // Without a newline in the format two instances ran together
+        // ("2.36-9ii |2.36-9") and a pinned version never matched.
+        let out = "ii |2.36-9\nii |2.36-9\n";
+        assert_eq!(parse_dpkg_query(out), vec!["2.36-9", "2.36-9"]);
+        assert!(parse_dpkg_query("rc |1.0\nun |\n").is_empty());
+        assert_eq!(parse_dpkg_query("iU |1.0\nii |1:2.0\n"), vec!["1:2.0"]);
+        assert!(parse_dpkg_query("garbage\n").is_empty());
+    }
+
+    #[test]
+    fn versions_compare_as_the_package_manager_does() {
+        use Manager::*;
+        assert!(same_version(Dpkg, "0:1.0-1", "1.0-1"));
+        assert!(same_version(Dpkg, "1.0-1", "0:1.0-1"));
+        assert!(!same_version(Dpkg, "1.0-1", "1:1.0-1"));
+        assert!(!same_version(Dpkg, "1.0", "1.0-1"));
+        assert!(same_version(Rpm, "1.0", "1.0-1.el9"));
+        assert!(same_version(Rpm, "1.0-1.el9", "2:1.0-1.el9"));
+        assert!(same_version(Rpm, "2:1.0", "2:1.0-1.el9"));
+        assert!(!same_version(Rpm, "3:1.0", "2:1.0-1.el9"));
+        assert!(!same_version(Rpm, "1.0", "1.0.1-1"));
+        assert!(!same_version(Rpm, "1.0-2", "1.0-1"));
+        assert_eq!(without_epoch("12:3.4-5"), "3.4-5");
+        assert_eq!(without_epoch("a:b"), "a:b");
+    }
 }
