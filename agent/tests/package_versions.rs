@@ -121,6 +121,18 @@ fn rpm_version_pinned_without_release_or_with_two_instances_is_converged_once() 
     c.resources[0] = pkg("troupe-pv", PackageEnsure::Present);
     let (code, r, _) = env.run(&c, &["--package-dir", pd]);
     assert_eq!(code, 0, "{r:?}");
+
+    // Not in the package dir and no dnf/yum: the error says what to do.
+    if !have("/usr/bin/dnf") && !have("/usr/bin/yum") {
+        c.resources[0] = pkg("troupe-missing", PackageEnsure::Present);
+        let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+        assert_eq!(code, 4, "{r:?}");
+        let ev = status_of(&r, "package[troupe-missing]").events.join(" ");
+        assert!(
+            ev.contains("neither dnf nor yum") && ev.contains("--package-dir"),
+            "{ev}"
+        );
+    }
 }
 
 /// troupe-dv_VERSION_all.deb.

@@ -163,7 +163,7 @@ fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
                 .filter(|v| v != "(none)"))
         }
         Manager::Rpm => {
-            let mut a = vec![dnf().to_owned()];
+            let mut a = vec![dnf(name)?.to_owned()];
             a.extend(root_arg(ctx, "--installroot"));
             a.extend(cmd::argv(&[
                 "-q",
@@ -180,11 +180,16 @@ fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
     }
 }
 
-fn dnf() -> &'static str {
+fn dnf(name: &str) -> anyhow::Result<&'static str> {
     if Path::new("/usr/bin/dnf").exists() {
-        "dnf"
+        Ok("dnf")
+    } else if Path::new("/usr/bin/yum").exists() {
+        Ok("yum")
     } else {
-        "yum"
+        anyhow::bail!(
+            "neither dnf nor yum is installed, so {name} cannot come from the repositories; \
+             install dnf, or put NAME-VERSION-RELEASE.ARCH.rpm in a --package-dir"
+        )
     }
 }
 
@@ -324,17 +329,7 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
             );
             let mut env = std::collections::BTreeMap::new();
             env.insert("DEBIAN_FRONTEND".to_owned(), "noninteractive".to_owned());
-            let a = cmd::argv(&[
-                "apt-get",
-                "install",
-                "-y",
-                "-q",
-                "--allow-downgrades",
-                "-o",
-                "Dpkg::Options::=--force-confold",
-                "--",
-                &spec,
-            ]);
+            let a = apt_install_argv(&spec);
             let o = cmd::run(&cmd::Spec {
                 argv: &a,
                 env: Some(&env),
@@ -349,13 +344,40 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
             );
         }
         Manager::Rpm => {
-            let mut a = vec![dnf().to_owned(), "-y".into()];
+            let mut a = vec![dnf(name)?.to_owned(), "-y".into()];
             a.extend(root_arg(ctx, "--installroot"));
             a.extend(["install".into(), spec]);
             cmd::check(&a)?;
         }
     }
     Ok(())
+}
+
+/// Seconds apt waits for the dpkg lock (held by unattended-upgrades, a
+/// sysadmin's apt, ...) before it gives up with "Could not get lock".
+const APT_LOCK_WAIT: u32 = 300;
+
+/// `apt-get install` without prompts: answers yes, keeps changed config
+/// files, and waits for a held dpkg lock instead of failing at once.
+fn apt_install_argv(spec: &str) -> Vec<String> {
+    let mut a = cmd::argv(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--allow-downgrades",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+    ]);
+    a.extend([
+        "-o".to_owned(),
+        format!("DPkg::Lock::Timeout={APT_LOCK_WAIT}"),
+        "--".to_owned(),
+        spec.to_owned(),
+    ]);
+    a
 }
 
 fn remove(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<()> {
@@ -407,5 +429,22 @@ mod tests {
         assert!(!same_version(Rpm, "1.0-2", "1.0-1"));
         assert_eq!(without_epoch("12:3.4-5"), "3.4-5");
         assert_eq!(without_epoch("a:b"), "a:b");
+    }
+
+    #[test]
+    fn apt_waits_for_a_held_dpkg_lock_and_never_prompts() {
+        // Without DPkg::Lock::Timeout, apt-get fails at once when
+        // unattended-upgrades holds the lock ("Could not get lock").
+        let a = apt_install_argv("nginx=1.2");
+        let opts: Vec<&str> = a
+            .windows(2)
+            .filter(|w| w[0] == "-o")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert!(opts.contains(&"DPkg::Lock::Timeout=300"), "{a:?}");
+        assert!(opts.contains(&"Dpkg::Options::=--force-confold"), "{a:?}");
+        assert!(opts.contains(&"Dpkg::Options::=--force-confdef"), "{a:?}");
+        assert!(a.contains(&"-y".to_owned()));
+        assert_eq!(a[a.len() - 2..], ["--", "nginx=1.2"]);
     }
 }
