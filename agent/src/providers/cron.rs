@@ -105,6 +105,12 @@ pub fn cron(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         !user.is_empty() && !user.contains(['/', '.']),
         "invalid cron user {user:?}"
     );
+    // The marker line is matched without trailing blanks: a name with them
+    // would never be found again and be appended on every run.
+    anyhow::ensure!(
+        !name.trim().is_empty() && name.trim() == name,
+        "invalid cron name {name:?}: empty or with leading/trailing blanks"
+    );
     let debian = ctx.os_family != "RedHat";
     let spool = if debian {
         format!("/var/spool/cron/crontabs/{user}")
@@ -120,13 +126,47 @@ pub fn cron(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     let (before, block, after) = find_block(&cur, name);
     let want = render(name, kind).context("render")?;
     let mut out = Outcome::default();
+    if *ensure == Ensure::Absent && block.is_none() {
+        return Ok(out);
+    }
+    // What cron checks before it loads the file: owned by the user (and on
+    // Debian group crontab, as crontab(1) leaves it), mode 0600.
+    let uid = if *ensure == Ensure::Present {
+        user_uid(ctx, user)?
+    } else {
+        None
+    };
+    let gid = if debian {
+        Some(ctx.accounts()?.gid("crontab").unwrap_or(0))
+    } else {
+        None
+    };
     let new = match (ensure, &block) {
         (Ensure::Absent, None) => return Ok(out),
         (Ensure::Absent, Some(_)) => {
             out.change("removed");
             format!("{before}{after}")
         }
-        (Ensure::Present, Some(b)) if *b == want => return Ok(out),
+        (Ensure::Present, Some(b)) if *b == want => {
+            let m =
+                std::fs::metadata(&p).with_context(|| format!("cannot stat {}", p.display()))?;
+            if uid.is_none_or(|u| u == m.uid())
+                && gid.is_none_or(|g| g == m.gid())
+                && m.mode() & 0o7777 == 0o600
+            {
+                return Ok(out);
+            }
+            // Rewritten (not chmod/chown in place): cron reloads a crontab
+            // when the spool directory's mtime changes, which a rename does.
+            out.change(format!(
+                "owner/mode of {} repaired (was {}:{} {:04o}; cron ignores it so)",
+                p.display(),
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777
+            ));
+            cur.clone()
+        }
         (Ensure::Present, Some(_)) => {
             out.change(if sensitive {
                 "entry changed (redacted)".to_owned()
@@ -152,26 +192,85 @@ pub fn cron(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     if ctx.noop {
         return Ok(out);
     }
-    let uid = ctx
-        .accounts()?
-        .uid(user)
-        .with_context(|| format!("cron user {user:?} does not exist"))?;
-    let gid = if debian {
-        ctx.accounts()?.gid("crontab").unwrap_or(0)
-    } else {
-        0
-    };
     let dir = p.parent().context("spool dir")?;
     if !dir.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        create_spool_dir(dir, debian, gid)?;
     }
+    // Removing the last entry of a user whose account is gone: keep the
+    // file's owner as it is.
+    let uid = match uid {
+        Some(u) => Some(u),
+        None => std::fs::metadata(&p).ok().map(|m| m.uid()),
+    };
     ctx.journal(&p)?;
-    crate::state::write_atomic(&p, new.as_bytes(), 0o600)?;
-    let m = std::fs::metadata(&p)?;
-    if m.uid() != uid || m.gid() != gid {
-        std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
-    }
+    write_crontab(&p, new.as_bytes(), uid, gid)?;
     Ok(out)
+}
+
+/// The uid of `user`: from the target's passwd, or on the host itself also
+/// through NSS (LDAP/SSSD users have crontabs too). Fails, in noop as well,
+/// when the user does not exist.
+fn user_uid(ctx: &mut Ctx, user: &str) -> anyhow::Result<Option<u32>> {
+    if let Some(u) = ctx.accounts()?.uid(user) {
+        return Ok(Some(u));
+    }
+    if !ctx.in_root()
+        && let Ok(Some(pw)) = nix::unistd::User::from_name(user)
+    {
+        return Ok(Some(pw.uid.as_raw()));
+    }
+    anyhow::bail!(
+        "cron user {user:?} does not exist in {}; create it first (a user resource this cron entry requires)",
+        ctx.root.join("etc/passwd").display()
+    )
+}
+
+/// Creates a missing spool directory the way the cron package does:
+/// Debian `crontabs` root:crontab 1730, RedHat `cron` root 0700.
+fn create_spool_dir(dir: &std::path::Path, debian: bool, gid: Option<u32>) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mode = if debian { 0o1730 } else { 0o700 };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(0), gid)
+        .with_context(|| format!("cannot chown {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", dir.display()))?;
+    Ok(())
+}
+
+/// Replaces a crontab atomically with its final owner and mode already on
+/// the temp file (cron never sees a root-owned or half-written crontab).
+/// The temp name starts with a dot, which cron skips.
+fn write_crontab(
+    p: &std::path::Path,
+    bytes: &[u8],
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> anyhow::Result<()> {
+    let dir = p.parent().context("spool dir")?;
+    let fname = p.file_name().context("crontab name")?;
+    let tmp = dir.join(format!(".{}.troupe-new", fname.to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    super::file::write_temp(&tmp, bytes, uid, gid, 0o600)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let synced = std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, p));
+    if let Err(e) = synced {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot replace {}", p.display()));
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
