@@ -6,7 +6,12 @@ use std::process::ExitCode;
 /// The Troupe agent: joins the master with a one-time pre-shared key, then
 /// pulls its catalog over mutual TLS and converges this host idempotently.
 #[derive(Parser)]
-#[command(name = "troupe-agent", version, propagate_version = true)]
+#[command(
+    name = "troupe-agent",
+    version,
+    propagate_version = true,
+    after_long_help = AFTER_HELP
+)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`.
     #[arg(long, global = true, env = "TROUPE_LOG", default_value = "info")]
@@ -39,9 +44,57 @@ enum Cmd {
     Listen(troupe_agent::orchestra::ListenArgs),
 }
 
+/// Exit status of a command line that does not parse (sysexits' EX_USAGE),
+/// distinct from the 2/4/6 of `run`.
+const EXIT_USAGE: u8 = 64;
+
+const AFTER_HELP: &str = "\
+Environment:
+  TROUPE_PSK     bootstrap: the one-time pre-shared key (as --psk; keeps it out of `ps`)
+  TROUPE_SERVER  run: the master's URL (as --server)
+  TROUPE_LOG     log filter (as --log)
+
+Exit status:
+  0   success (run: nothing needed changing)
+  1   error: the message says what is wrong (run: no run happened)
+  2   run: changes were made
+  4   run: some resources failed or were skipped
+  6   run: changes made and some resources failed
+  64  usage error: unknown option, missing or malformed argument
+
+Example (the first join; the key comes from `troupe ca psk new HOST` on the master):
+  TROUPE_PSK=... troupe-agent bootstrap --server https://master:8140 \\
+      --name web4.example.com --ca-fingerprint SHA256-FROM-troupe-ca-fingerprint
+  troupe-agent run --server https://master:8140 --once";
+
+/// An error and its causes on one line, each cause once: a cause whose text
+/// the line already holds (an `io::Error` both wrapped and shown) is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     troupe_pki::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     troupe_agent::logging::init(&cli.log, cli.log_json);
     let result = match cli.cmd {
         Cmd::Bootstrap(args) => troupe_agent::bootstrap::run(args),
@@ -56,7 +109,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("troupe-agent: error: {e:#}");
+            eprintln!("troupe-agent: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

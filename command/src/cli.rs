@@ -53,6 +53,8 @@ pub enum KeyCommand {
     Show {
         /// The key file.
         file: PathBuf,
+        /// Read the passphrase (needed only without FILE.pub) from the first
+        /// line of this file instead of prompting on the terminal.
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
@@ -74,7 +76,10 @@ pub enum AuditCommand {
     /// Verify a hash-chained audit log and its head file (FILE.head).
     ///
     /// Detects edited, reordered, inserted or deleted records, and records
-    /// cut from the end. Exits non-zero on any problem.
+    /// cut from the end. Exits 0 when the chain is intact, 1 on any problem.
+    /// The hash-chained logs are the master's `access-audit.log` and
+    /// `orchestration-audit.log` and each agent's `orchestration-audit.log`
+    /// (the CA's `ca/audit.log` is a plain JSON-lines log).
     Verify {
         /// The audit log.
         file: PathBuf,
@@ -205,10 +210,39 @@ pub fn run_key(args: &KeyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses, with a message that says so, a file that is missing or is no
+/// hash-chained log at all (no head file and a first line that is JSON
+/// but no chain record), instead of calling it tampered.
+fn not_a_chain(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let head = {
+        let mut h = file.as_os_str().to_owned();
+        h.push(".head");
+        PathBuf::from(h)
+    };
+    if head.exists() {
+        return Ok(());
+    }
+    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(first)
+        && !o.contains_key("record")
+    {
+        bail!(
+            "{} is not a hash-chained audit log (its first line is no chain record and there is no {}): \
+             the chained logs are access-audit.log and orchestration-audit.log; \
+             if this is one, its head file is missing too",
+            file.display(),
+            head.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `troupe audit ...`. An error means verification failed.
 pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &args.command {
         AuditCommand::Verify { file } => {
+            not_a_chain(file)?;
             let r = audit::verify(file)
                 .with_context(|| format!("{}: verification FAILED", file.display()))?;
             writeln!(

@@ -12,8 +12,8 @@ use troupe_pki::{Authority, CaPolicy, ListEntry, ListFilter};
 /// The master's data directory.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataArg {
-    /// The master's data directory.
-    #[arg(long, env = "TROUPE_DATA")]
+    /// The master's data directory (as given to `troupe master --data`).
+    #[arg(long, env = "TROUPE_DATA", default_value = "/var/lib/troupe")]
     pub data: PathBuf,
 }
 
@@ -43,21 +43,23 @@ pub enum CaCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Sign the pending request of HOST.
+    /// Sign the pending request of HOST (`troupe ca list --pending` shows
+    /// them); the waiting agent picks its certificate up at its next poll.
     Sign {
-        /// Host name.
+        /// Host name, as the agent gave it in `--name`.
         host: String,
         #[command(flatten)]
         data: DataArg,
     },
     /// Reject the pending request of HOST (the agent learns it).
     Reject {
-        /// Host name.
+        /// Host name, as the agent gave it in `--name`.
         host: String,
         #[command(flatten)]
         data: DataArg,
     },
-    /// Revoke HOST's certificate: refused at its next handshake.
+    /// Revoke HOST's certificate: refused at its next handshake. The host
+    /// cannot join again until `troupe ca clean HOST`.
     Revoke {
         /// Host name.
         host: String,
@@ -78,15 +80,46 @@ pub enum CaCmd {
 pub enum PskCmd {
     /// Issue a one-time key for HOST and print it (only line on stdout).
     /// The master keeps only its hash; a new key replaces an unused one.
+    ///
+    /// On the new host: `TROUPE_PSK=KEY troupe-agent bootstrap --name HOST
+    /// --server https://MASTER:8140 --ca-fingerprint FP`.
     New {
         /// Host name the key is bound to (lower case, a-z 0-9 - .).
         host: String,
-        /// How long the key stays valid, e.g. `2h`, `30m`.
-        #[arg(long, default_value = "2h")]
+        /// How long the key stays valid, e.g. `2h`, `30m` (at most 30 days).
+        #[arg(long, default_value = "2h", value_parser = parse_psk_ttl)]
         ttl: humantime::Duration,
         #[command(flatten)]
         data: DataArg,
     },
+}
+
+/// Longest life of a one-time key: an unused key is a standing credential.
+const PSK_TTL_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+fn parse_psk_ttl(s: &str) -> std::result::Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e} (e.g. 2h, 30m)"))?;
+    if d.is_zero() {
+        return Err("a one-time key that lives 0s could never be used; e.g. 2h".into());
+    }
+    if *d > PSK_TTL_MAX {
+        return Err("at most 30d: issue the key closer to the host's first boot".into());
+    }
+    Ok(d)
+}
+
+/// Adds what to do next to the CA's refusals an operator meets most.
+fn hint(host: &str, error: anyhow::Error) -> anyhow::Error {
+    let text = error.to_string();
+    if text.contains("no pending certificate request") {
+        anyhow::anyhow!(
+            "{text}; `troupe ca list --pending` shows the requests waiting (an agent sends one with `troupe-agent bootstrap --name {host}`)"
+        )
+    } else if text.contains("has no valid certificate") {
+        anyhow::anyhow!("{text}; `troupe ca list --all` shows what the CA knows about it")
+    } else {
+        error
+    }
 }
 
 fn send(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
@@ -184,7 +217,8 @@ pub fn run(cmd: CaCmd) -> Result<u8> {
             }
         }
         CaCmd::Sign { host, data } => {
-            let r = send(&data.data, AdminRequest::Sign { host })?;
+            let r = send(&data.data, AdminRequest::Sign { host: host.clone() })
+                .map_err(|e| hint(&host, e))?;
             println!(
                 "signed {} (serial {}, expires {})",
                 r["host"].as_str().unwrap_or("?"),
@@ -193,11 +227,13 @@ pub fn run(cmd: CaCmd) -> Result<u8> {
             );
         }
         CaCmd::Reject { host, data } => {
-            send(&data.data, AdminRequest::Reject { host: host.clone() })?;
+            send(&data.data, AdminRequest::Reject { host: host.clone() })
+                .map_err(|e| hint(&host, e))?;
             println!("rejected the request of {host}");
         }
         CaCmd::Revoke { host, data } => {
-            let r = send(&data.data, AdminRequest::Revoke { host: host.clone() })?;
+            let r = send(&data.data, AdminRequest::Revoke { host: host.clone() })
+                .map_err(|e| hint(&host, e))?;
             println!("revoked {host}: serials {}", r["serials"]);
         }
         CaCmd::Clean { host, data } => {

@@ -29,13 +29,16 @@ use troupe_command::{Signer, TargetFilter};
 
 /// Options of `troupe deploy`.
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = RELEASE_EXAMPLE)]
 pub struct DeployArgs {
-    /// The release manifest (title, ordered packages and versions).
+    /// The release manifest (title, ordered packages and versions; see the
+    /// example below). Checked before anything is signed or sent: unknown
+    /// keys, bad names and versions are refused.
     pub release: PathBuf,
     #[command(flatten)]
     pub fleet: crate::run_cli::FleetArgs,
-    /// Hosts updated at the same time.
-    #[arg(long, default_value_t = 1)]
+    /// Hosts updated at the same time (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_batch)]
     pub batch: usize,
     /// Pause between batches, e.g. `60s`.
     #[arg(long, default_value = "0s")]
@@ -50,6 +53,42 @@ pub struct DeployArgs {
     /// Show the plan; run nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+const RELEASE_EXAMPLE: &str = "\
+RELEASE.toml:
+  title = \"nginx 1.24.0 with openssl 3.0.11\"
+  [lb]                        # optional: drain/restore in HAProxy
+  backend = \"be_web\"
+  [health]                    # optional: after start, before restore
+  http = \"http://127.0.0.1:80/healthz\"    # or tcp = 5432, or action = \"MODULE.ACTION\"
+  expect_status = 200
+  retries = 3                 # extra attempts, interval_secs apart
+  [[package]]                 # in order
+  name = \"openssl\"
+  version = \"3.0.11-1~deb12u2\"
+  services = [\"nginx\"]        # restarted around the update; default [name]
+  [[package]]
+  name = \"nginx\"
+  version = \"1.24.0-1\"
+
+Exit status:
+  0   every host updated (--dry-run: the plan was shown)
+  1   error: nothing was run (a bad manifest, key, identity or master)
+  2   the release stopped on failures (failed hosts stay drained and in
+      maintenance), or no host matched
+  64  malformed command line
+
+Example:
+  troupe deploy RELEASE.toml --environment dr --role web --batch 2 --dry-run \\
+      --server https://master:8140 --identity /var/lib/troupe-agent --key ~/.troupe/alice.key";
+
+fn parse_batch(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("at least 1 host per batch".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 async fn run_step(
@@ -107,11 +146,15 @@ pub fn run(args: DeployArgs) -> Result<u8> {
             writeln!(out, "environment: {e}")?;
         }
         writeln!(out, "matched {} host(s): {}", hosts.len(), hosts.join(" "))?;
+        if hosts.is_empty() {
+            writeln!(out, "no connected host matched: nothing to deploy")?;
+            return Ok(2);
+        }
         let plan = release::plan(
             &rel,
             &hosts,
             PlanOptions {
-                batch_size: args.batch.max(1),
+                batch_size: args.batch,
                 failure_threshold: args.max_failures,
             },
         )?;

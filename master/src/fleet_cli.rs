@@ -30,6 +30,7 @@ pub struct NodesArgs {
 /// `troupe report HOST [RUN]`: one run report, the latest by default.
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
+    /// The node's certificate name, as `troupe nodes` lists it.
     pub host: String,
     /// Run id (from `troupe nodes` or the agent's output).
     pub run: Option<String>,
@@ -46,6 +47,7 @@ pub struct ReportArgs {
 /// `troupe facts HOST`: the facts a node sent with its last check-in.
 #[derive(clap::Args, Debug)]
 pub struct FactsArgs {
+    /// The node's certificate name, as `troupe nodes` lists it.
     pub host: String,
     #[command(flatten)]
     pub data: DataArg,
@@ -56,7 +58,10 @@ pub struct FactsArgs {
 pub enum EnvCmd {
     /// Show the code each environment serves, what is staged for held
     /// environments, and why the newest tree does not load (if it does not).
+    ///
+    /// Exits 2 when the newest tree does not load.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -65,6 +70,7 @@ pub enum EnvCmd {
     /// Make the staged code of a held environment live (see
     /// `troupe master --hold ENV`).
     Promote {
+        /// The held environment, e.g. `production`.
         env: String,
         #[command(flatten)]
         data: DataArg,
@@ -75,7 +81,8 @@ fn ask(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
     let resp: AdminResponse = match admin::call(data, &req)? {
         Some(r) => r,
         None => bail!(
-            "no master is running on {} (this command asks the running master)",
+            "no master is running on {}: this command asks the running master (start `troupe master --data {}`, or give the right --data or TROUPE_DATA)",
+            data.display(),
             data.display()
         ),
     };
@@ -156,6 +163,16 @@ pub fn nodes(args: NodesArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Points at `troupe nodes` when the master knows nothing of a node.
+fn unknown_node_hint(error: anyhow::Error) -> anyhow::Error {
+    let text = error.to_string();
+    if text.starts_with("no report") || text.starts_with("no facts known") {
+        anyhow::anyhow!("{text}; `troupe nodes` lists the nodes that have checked in")
+    } else {
+        error
+    }
+}
+
 pub fn report(args: ReportArgs) -> Result<u8> {
     let v = ask(
         &args.data.data,
@@ -163,7 +180,8 @@ pub fn report(args: ReportArgs) -> Result<u8> {
             host: args.host.clone(),
             run: args.run.clone(),
         },
-    )?;
+    )
+    .map_err(unknown_node_hint)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v["report"])?);
         return Ok(0);
@@ -212,7 +230,8 @@ pub fn facts(args: FactsArgs) -> Result<u8> {
         AdminRequest::Facts {
             host: args.host.clone(),
         },
-    )?;
+    )
+    .map_err(unknown_node_hint)?;
     println!("{}", serde_json::to_string_pretty(&v["facts"])?);
     Ok(0)
 }
@@ -247,7 +266,7 @@ pub fn env(cmd: EnvCmd) -> Result<u8> {
                 println!(
                     "the newest tree on disk does NOT load (the previous one keeps serving):\n{e}"
                 );
-                return Ok(1);
+                return Ok(2);
             }
             Ok(0)
         }

@@ -8,9 +8,15 @@ use std::process::ExitCode;
 /// Run `troupe master` on the master host. Every other subcommand is a
 /// client: certificate-authority administration talks to the running master
 /// through the root-only socket in its data directory; catalog, lookup and
-/// secret commands work directly on a module tree.
+/// secret commands work directly on a module tree; `run` and `deploy` sign
+/// commands on a bastion and send them to the master over mutual TLS.
 #[derive(Parser)]
-#[command(name = "troupe", version, propagate_version = true)]
+#[command(
+    name = "troupe",
+    version,
+    propagate_version = true,
+    after_long_help = AFTER_HELP
+)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`.
     #[arg(long, global = true, env = "TROUPE_LOG", default_value = "info")]
@@ -57,9 +63,61 @@ enum Cmd {
     Deploy(troupe_master::deploy_cli::DeployArgs),
 }
 
+/// Exit status of a command line that does not parse (sysexits' EX_USAGE),
+/// distinct from 2, which `run`, `deploy` and `catalog diff` use for results.
+const EXIT_USAGE: u8 = 64;
+
+const AFTER_HELP: &str = "\
+Environment:
+  TROUPE_DATA      the master's data directory for ca, nodes, report, facts
+                   and env (as --data; default /var/lib/troupe)
+  TROUPE_SERVER    run, deploy: the master's URL (as --server)
+  TROUPE_IDENTITY  run, deploy: the bastion's identity directory (as --identity)
+  SSH_AUTH_SOCK    run, deploy --ssh-agent, key agent: the ssh-agent to sign with
+  TROUPE_MODULES   catalog, lookup, secret: the module tree (as --modules)
+  TROUPE_LOG       log filter (as --log)
+
+Exit status:
+  0   success
+  1   error: the message says what is wrong; a refused command changes nothing
+  2   a result to act on: run/deploy: some host failed, refused or did not
+      answer, or no host matched; catalog diff: the catalogs differ;
+      env status: the newest module tree does not load
+  64  usage error: unknown option, missing or malformed argument
+
+Examples:
+  troupe ca psk new web4.example.com --ttl 2h
+  troupe nodes --where os.family=Debian --role web
+  troupe run ping --role web --server https://master:8140 --identity /var/lib/troupe-agent --key ~/.troupe/alice.key";
+
+/// An error and its causes on one line, each cause once: a cause whose text
+/// the line already holds (an `io::Error` both wrapped and shown) is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     troupe_pki::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     troupe_master::logging::init(&cli.log, cli.log_json);
     let result = match cli.cmd {
         Cmd::Master(args) => troupe_master::daemon::run(args),
@@ -81,7 +139,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("troupe: error: {e:#}");
+            eprintln!("troupe: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use troupe_command::cli::SignerArgs;
-use troupe_command::envelope::DEFAULT_TTL_SECS;
+use troupe_command::envelope::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
 use troupe_command::verify::unix_now;
 use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
@@ -34,12 +34,13 @@ use troupe_proto::v1::{CommandResult, SubmitRequest, SubmitSummary, submit_event
 /// identity and signing key, and which hosts to target.
 #[derive(clap::Args, Debug)]
 pub struct FleetArgs {
-    /// The master, e.g. `https://puppet.example:8140`.
-    #[arg(long)]
+    /// The master's URL, e.g. `https://puppet.example:8140` (https only;
+    /// port 8140 when none is given).
+    #[arg(long, env = "TROUPE_SERVER", value_name = "URL")]
     pub server: String,
     /// This bastion's identity: a state directory bootstrapped with
-    /// `troupe-agent bootstrap` (certificate, key, pinned CA).
-    #[arg(long, value_name = "DIR")]
+    /// `troupe-agent bootstrap --state DIR` (key.pem, cert.pem, ca.pem).
+    #[arg(long, env = "TROUPE_IDENTITY", value_name = "DIR")]
     pub identity: PathBuf,
     #[command(flatten)]
     pub signer: SignerArgs,
@@ -58,8 +59,8 @@ pub struct FleetArgs {
     /// e.g. `--environment dr` first, then `--environment production`.
     #[arg(long, value_name = "ENV")]
     pub environment: Option<String>,
-    /// At most this many hosts (the first in name order).
-    #[arg(long, value_name = "N")]
+    /// At most this many hosts (the first in name order; at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
 }
 
@@ -76,24 +77,95 @@ impl FleetArgs {
             }
             wheres.push(format!("environment={e}"));
         }
-        Ok(TargetFilter::from_cli(
-            &wheres,
-            self.role.clone(),
-            self.name.clone(),
-            self.limit,
-        )?)
+        for w in &self.wheres {
+            match w.split_once('=') {
+                Some((fact, _)) if !fact.is_empty() => {}
+                _ => bail!("--where {w:?}: expected FACT=VALUE, e.g. --where os.family=Debian"),
+            }
+        }
+        TargetFilter::from_cli(&wheres, self.role.clone(), self.name.clone(), self.limit).map_err(
+            |e| match e {
+                // Name the option, not the envelope field it fills.
+                troupe_command::envelope::EnvelopeError::Field { field, reason } => {
+                    let option = match field {
+                        "target.facts" => "--where",
+                        "target.role" => "--role",
+                        "target.name" => "--name",
+                        "target.limit" => "--limit",
+                        other => other,
+                    };
+                    anyhow::anyhow!("{option}: {reason}")
+                }
+                e => e.into(),
+            },
+        )
     }
 
     /// An mTLS channel to the master with the bastion's identity.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
-        let id = troupe_agent::identity::Identity::load(&self.identity)
-            .with_context(|| format!("bastion identity in {}", self.identity.display()))?;
-        id.connect(&self.server).await
+        let dir = &self.identity;
+        let id = troupe_agent::identity::Identity::load(dir).with_context(|| {
+            format!(
+                "--identity {}: not a bootstrapped identity (give the --state directory of `troupe-agent bootstrap`)",
+                dir.display()
+            )
+        })?;
+        let key = dir.join("key.pem");
+        if let Ok(meta) = std::fs::metadata(&key) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} is accessible by group or others (mode {mode:o}); run `chmod 600 {}`",
+                    key.display(),
+                    key.display()
+                );
+            }
+        }
+        if u64::try_from(unix_now()).unwrap_or(0) > id.not_after {
+            bail!(
+                "the bastion's certificate in {} ({}) has expired; an expired certificate cannot be renewed: have the operator run `troupe ca clean {}`, then bootstrap again",
+                dir.display(),
+                id.name,
+                id.name
+            );
+        }
+        id.connect(&self.server).await.map_err(connect_hint)
     }
+}
+
+/// Says what to check when the master cannot be reached at all.
+fn connect_hint(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let lower = text.to_lowercase();
+    let hint = if lower.contains("connection refused") {
+        "nothing listens there: is the master running, and is the port in --server right?"
+    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        "what answers there does not speak TLS: give the master's gRPC port (`troupe master --listen`, 8140 by default)"
+    } else if lower.contains("invalid peer certificate") {
+        "the server's certificate is not from the CA this identity trusts: is --server this identity's master?"
+    } else {
+        return e;
+    };
+    anyhow::anyhow!("{text}; {hint}")
+}
+
+/// What a failed Submit says: a connection closed during the TLS
+/// handshake is the master refusing the bastion's certificate, not the
+/// command.
+fn submit_error(what: &str, s: &tonic::Status) -> anyhow::Error {
+    let msg = troupe_agent::identity::status_message(s);
+    if msg.contains("the master closed the TLS connection") {
+        return anyhow::anyhow!(
+            "the master closed the TLS connection: the bastion's certificate may be revoked or expired, or the master stopped (`troupe ca list --all` on the master shows the certificate's state)"
+        );
+    }
+    anyhow::anyhow!("{what}: {msg}")
 }
 
 /// Options of `troupe run`.
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     /// The action: ping, facts, agent.run, agent.disable, agent.enable,
     /// package.status|install|update, service.status|start|stop|restart,
@@ -106,8 +178,9 @@ pub struct RunArgs {
     pub args: Vec<String>,
     #[command(flatten)]
     pub fleet: FleetArgs,
-    /// Run on N hosts at a time, each host with its own signed command.
-    #[arg(long, value_name = "N")]
+    /// Run on N hosts at a time (at least 1), each host with its own signed
+    /// command.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: Option<u32>,
     /// Pause between batches, e.g. `30s`.
     #[arg(long, default_value = "0s", requires = "batch")]
@@ -118,8 +191,10 @@ pub struct RunArgs {
     /// How long to wait for answers (per batch).
     #[arg(long, default_value = "30s")]
     pub timeout: humantime::Duration,
-    /// Lifetime of each signed command (at most 600 s).
-    #[arg(long, default_value_t = DEFAULT_TTL_SECS)]
+    /// Lifetime of each signed command in seconds (1 to 600); agents refuse
+    /// it afterwards.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TTL_SECS,
+          value_parser = clap::value_parser!(i64).range(1..=MAX_TTL_SECS))]
     pub ttl: i64,
     /// Show who matches; run nothing.
     #[arg(long)]
@@ -132,6 +207,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODULE=FILE|DIR")]
     pub module_actions: Vec<String>,
 }
+
+const RUN_HELP: &str = "\
+Exit status:
+  0   every matched host answered ok (--dry-run: some host matched)
+  1   error: nothing was signed or sent, or the master refused the command
+  2   some host failed, refused or did not answer, or no host matched
+  64  malformed command line
+
+Examples:
+  troupe run ping --role web --server https://master:8140 \\
+      --identity /var/lib/troupe-agent --key ~/.troupe/alice.key
+  troupe run service.restart name=nginx --where os.family=Debian --batch 5 --batch-sleep 30s ...
+  troupe run maintenance.on message=\"kernel update\" --name 'web-*' --dry-run ...";
 
 /// Totals of a run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -160,11 +248,11 @@ pub async fn submit(
     let mut stream = client
         .submit(req)
         .await
-        .map_err(|s| anyhow::anyhow!("the master refused the command: {}", s.message()))?
+        .map_err(|s| submit_error("the master refused the command", &s))?
         .into_inner();
     let mut targets = Vec::new();
     while let Some(ev) = stream.next().await {
-        let ev = ev.map_err(|s| anyhow::anyhow!("stream from the master: {}", s.message()))?;
+        let ev = ev.map_err(|s| submit_error("stream from the master", &s))?;
         match ev.event {
             Some(submit_event::Event::Targets(t)) => targets = t.nodes,
             Some(submit_event::Event::Result(r)) => on_result(&r),
@@ -251,9 +339,6 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .parse_cli_args(&args.args)
         .with_context(|| format!("arguments of {}", args.action))?;
     let target = args.fleet.target()?;
-    if args.batch == Some(0) {
-        bail!("--batch must be at least 1");
-    }
     let mut signer = args.fleet.signer.open()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
