@@ -20,6 +20,9 @@ pub struct Spec<'a> {
     pub cwd: Option<&'a Path>,
     /// Extra environment (on top of a minimal PATH/LANG environment).
     pub env: Option<&'a BTreeMap<String, String>>,
+    /// Run as this uid (with `gid` and the user's supplementary groups,
+    /// through `setpriv --init-groups`; HOME, USER and LOGNAME set). `gid`
+    /// alone is not used.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub timeout: Option<Duration>,
@@ -49,6 +52,24 @@ fn chrooted(spec: &Spec) -> Option<Vec<String>> {
         ]);
         v.push("--".into());
     }
+    v.extend(spec.argv.iter().cloned());
+    Some(v)
+}
+
+const SETPRIV: &str = "setpriv";
+
+/// The argv that runs `spec` as its `uid`/`gid` on this host (or `None`):
+/// through util-linux `setpriv --init-groups`, which also gives the user's
+/// supplementary groups (std's `Command::uid` drops root's groups but sets
+/// none of the user's). `setpriv` execs the command: no extra process.
+fn as_user(spec: &Spec) -> Option<Vec<String>> {
+    let uid = spec.uid?;
+    let mut v = vec![SETPRIV.to_owned(), format!("--reuid={uid}")];
+    if let Some(g) = spec.gid {
+        v.push(format!("--regid={g}"));
+    }
+    v.push("--init-groups".into());
+    v.push("--".into());
     v.extend(spec.argv.iter().cloned());
     Some(v)
 }
@@ -83,9 +104,11 @@ impl Output {
 /// Runs a command to completion (or its timeout, default 300 s).
 pub fn run(spec: &Spec) -> anyhow::Result<Output> {
     anyhow::ensure!(!spec.argv.is_empty(), "empty command");
-    let wrapped = chrooted(spec);
+    let wrapped = chrooted(spec).or_else(|| as_user(spec));
     let argv = wrapped.as_deref().unwrap_or(spec.argv);
     let (prog, args) = argv.split_first().context("empty command")?;
+    // Messages name the command, not its chroot/setpriv wrapper.
+    let shown = spec.argv.first().map_or("", String::as_str);
     let mut c = Command::new(prog);
     c.args(args)
         .stdin(Stdio::null())
@@ -99,21 +122,33 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
         .env("LANG", "C")
         .env("LC_ALL", "C")
         .process_group(0);
+    if spec.chroot.is_none()
+        && let Some(u) = spec.uid
+        && let Ok(Some(pw)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+    {
+        // What a login gives (the command's own environment may override).
+        c.env("HOME", &pw.dir)
+            .env("USER", &pw.name)
+            .env("LOGNAME", &pw.name);
+    }
     if let Some(env) = spec.env {
         c.envs(env);
     }
-    if spec.chroot.is_none() {
-        if let Some(d) = spec.cwd {
-            c.current_dir(d);
-        }
-        if let Some(g) = spec.gid {
-            c.gid(g);
-        }
-        if let Some(u) = spec.uid {
-            c.uid(u);
-        }
+    if spec.chroot.is_none()
+        && let Some(d) = spec.cwd
+    {
+        c.current_dir(d);
     }
-    let mut child = c.spawn().with_context(|| format!("cannot run {prog:?}"))?;
+    let mut child = c.spawn().with_context(|| {
+        if prog == SETPRIV {
+            format!(
+                "cannot run {shown:?} as uid {:?}: {SETPRIV} (util-linux) is needed to switch user",
+                spec.uid
+            )
+        } else {
+            format!("cannot run {shown:?}")
+        }
+    })?;
     let pid = child.id();
     let out = child.stdout.take().context("no stdout")?;
     let err = child.stderr.take().context("no stderr")?;
@@ -137,16 +172,16 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
             }
             let _ = child.kill();
             let _ = child.wait();
-            wait_for_eof(&done_rx, prog);
+            wait_for_eof(&done_rx, shown);
             anyhow::bail!(
-                "{prog:?} timed out after {} s and was killed",
+                "{shown:?} timed out after {} s and was killed",
                 timeout.as_secs()
             );
         }
         std::thread::sleep(sleep);
         sleep = (sleep * 2).min(Duration::from_millis(20));
     };
-    wait_for_eof(&done_rx, prog);
+    wait_for_eof(&done_rx, shown);
     let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
         b.lock()
             .map(|mut v| std::mem::take(&mut *v))
@@ -331,5 +366,57 @@ mod tests {
                 "{k} leaked into the command's environment: {keys:?}"
             );
         }
+    }
+
+    /// A user of this host that is listed as a member of some group (its
+    /// supplementary group), if there is one.
+    fn user_with_supplementary_group() -> Option<(nix::unistd::User, u32)> {
+        let group = std::fs::read_to_string("/etc/group").ok()?;
+        group.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let gid: u32 = f.get(2)?.parse().ok()?;
+            f.get(3)?.split(',').find_map(|m| {
+                let u = nix::unistd::User::from_name(m).ok()??;
+                (u.uid.as_raw() != 0 && u.gid.as_raw() != gid).then_some((u, gid))
+            })
+        })
+    }
+
+    #[test]
+    fn a_command_run_as_a_user_gets_that_users_groups_and_home() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root; skipped");
+            return;
+        }
+        let Some((user, extra)) = user_with_supplementary_group() else {
+            eprintln!("no user with a supplementary group on this host; skipped");
+            return;
+        };
+        let a = argv(&["sh", "-c", "id -G; echo \"$HOME $USER $LOGNAME\""]);
+        let o = run(&Spec {
+            argv: &a,
+            cwd: Some(Path::new("/")),
+            uid: Some(user.uid.as_raw()),
+            gid: Some(user.gid.as_raw()),
+            timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(o.ok(), "{o:?}");
+        let mut lines = o.output.lines();
+        let groups: Vec<u32> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        // Not root's groups, but the user's own (initgroups).
+        assert!(!groups.contains(&0), "{groups:?}");
+        assert!(groups.contains(&user.gid.as_raw()), "{groups:?}");
+        assert!(groups.contains(&extra), "{groups:?} lacks {extra}");
+        assert_eq!(
+            lines.next().unwrap_or(""),
+            format!("{} {} {}", user.dir.display(), user.name, user.name)
+        );
     }
 }

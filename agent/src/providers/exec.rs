@@ -75,9 +75,20 @@ pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyho
             (Some(pw.uid.as_raw()), Some(pw.gid.as_raw()))
         }
     };
+    let mut env = environment.clone();
+    if ctx.in_root()
+        && let Some(u) = user
+        && let Some(pw) = ctx.accounts()?.users.get(u.as_str())
+    {
+        // `chroot --userspec` sets no HOME/USER/LOGNAME; outside a root
+        // the command runner does (from the host's passwd).
+        for (k, v) in [("HOME", &pw.home), ("USER", u), ("LOGNAME", u)] {
+            env.entry(k.to_owned()).or_insert_with(|| v.clone());
+        }
+    }
     let runner = Runner {
         cwd: cwd.as_ref().map(Into::into),
-        env: environment.clone(),
+        env,
         uid,
         gid,
         timeout: Duration::from_secs(timeout.unwrap_or(300)),
