@@ -132,20 +132,21 @@ fn passphrase(
             text.lines().next().unwrap_or("").to_string(),
         ));
     }
-    let p = Zeroizing::new(
-        rpassword::prompt_password(prompt)
-            .context("cannot read the passphrase from the terminal")?,
-    );
+    let p = Zeroizing::new(rpassword::prompt_password(prompt).map_err(no_terminal)?);
     if confirm {
-        let again = Zeroizing::new(
-            rpassword::prompt_password("Again: ")
-                .context("cannot read the passphrase from the terminal")?,
-        );
+        let again = Zeroizing::new(rpassword::prompt_password("Again: ").map_err(no_terminal)?);
         if *again != *p {
             bail!("the passphrases do not match");
         }
     }
     Ok(p)
+}
+
+/// Why the passphrase could not be asked, and the way round it.
+fn no_terminal(e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot ask for the passphrase: no terminal ({e}); give --passphrase-file FILE (its first line)"
+    )
 }
 
 fn show_id(id: &KeyId, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -342,6 +342,14 @@ fn operator_mistakes_name_the_problem_and_change_nothing() {
         &["is not a hash-chained audit log", "access-audit.log"],
     );
     refused(&troupe(&["audit", "verify", e]), "troupe", &["cannot read"]);
+    // No terminal to ask a passphrase on: say how to give it; no key file.
+    let k = m.root.path().join("ops.key");
+    refused(
+        &troupe(&["key", "new", "--out", k.to_str().unwrap()]),
+        "troupe",
+        &["no terminal", "--passphrase-file FILE"],
+    );
+    assert!(!k.exists());
     tally::hostile(
         "cli",
         "operator mistakes (ca, nodes, report, facts, env, audit)",
