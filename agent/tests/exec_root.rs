@@ -77,3 +77,29 @@ fn exec_timeout_fails_fast_and_leaves_no_children() {
         pid.trim()
     );
 }
+
+#[test]
+fn exec_timeout_zero_and_a_missing_cwd_are_clear_errors() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    let mut e = exec("zero", &["true"]);
+    if let Kind::Exec { timeout, .. } = &mut e.kind {
+        // Puppet's "no timeout": here every run would kill it at once.
+        *timeout = Some(0);
+    }
+    c.resources.push(e);
+    let mut e = exec("nocwd", &["true"]);
+    if let Kind::Exec { cwd, .. } = &mut e.kind {
+        *cwd = Some("/srv/missing".into());
+    }
+    c.resources.push(e);
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 4, "{r:?}");
+    let ev = status_of(&r, "exec[zero]").events.join(" ");
+    assert!(ev.contains("timeout 0"), "{ev}");
+    let ev = status_of(&r, "exec[nocwd]").events.join(" ");
+    assert!(
+        ev.contains("/srv/missing") && ev.contains("does not exist"),
+        "{ev}"
+    );
+}

@@ -58,10 +58,26 @@ pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyho
     if *refreshonly && !refresh {
         return Ok(out);
     }
+    anyhow::ensure!(
+        *timeout != Some(0),
+        "timeout 0 would kill the command at once: give the most seconds it may take (default 300)"
+    );
     if let Some(c) = creates
         && ctx.host_path(c)?.symlink_metadata().is_ok()
     {
         return Ok(out);
+    }
+    if let Some(d) = cwd {
+        let host = ctx.host_path(d)?;
+        anyhow::ensure!(
+            host.is_dir(),
+            "working directory {d} does not exist{}; create it first (a directory resource this exec requires)",
+            if ctx.in_root() {
+                format!(" in {}", ctx.root.display())
+            } else {
+                String::new()
+            }
+        );
     }
     let (uid, gid) = match user {
         None => (None, None),
