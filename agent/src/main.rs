@@ -13,9 +13,12 @@ use std::process::ExitCode;
     after_long_help = AFTER_HELP
 )]
 struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`.
-    #[arg(long, global = true, env = "TROUPE_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`
+    /// (default: TROUPE_LOG, else `info`).
+    // TROUPE_LOG is read by hand: clap would list an option filled from the
+    // environment in every usage error, as if it were required.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
     /// Emit logs as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
@@ -67,6 +70,13 @@ Example (the first join; the key comes from `troupe ca psk new HOST` on the mast
       --name web4.example.com --ca-fingerprint SHA256-FROM-troupe-ca-fingerprint
   troupe-agent run --server https://master:8140 --once";
 
+/// --log, else TROUPE_LOG, else `info`.
+fn log_filter(arg: Option<String>) -> String {
+    arg.or_else(|| std::env::var("TROUPE_LOG").ok())
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "info".into())
+}
+
 /// An error and its causes on one line, each cause once: a cause whose text
 /// the line already holds (an `io::Error` both wrapped and shown) is left out.
 fn one_line(e: &anyhow::Error) -> String {
@@ -95,7 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    troupe_agent::logging::init(&cli.log, cli.log_json);
+    troupe_agent::logging::init(&log_filter(cli.log), cli.log_json);
     let result = match cli.cmd {
         Cmd::Bootstrap(args) => troupe_agent::bootstrap::run(args),
         Cmd::Renew(args) => troupe_agent::renew::run(args),

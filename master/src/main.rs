@@ -18,9 +18,12 @@ use std::process::ExitCode;
     after_long_help = AFTER_HELP
 )]
 struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`.
-    #[arg(long, global = true, env = "TROUPE_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `troupe=debug`
+    /// (default: TROUPE_LOG, else `info`).
+    // TROUPE_LOG is read by hand: clap would list an option filled from the
+    // environment in every usage error, as if it were required.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
     /// Emit logs as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
@@ -90,6 +93,13 @@ Examples:
   troupe nodes --where os.family=Debian --role web
   troupe run ping --role web --server https://master:8140 --identity /var/lib/troupe-agent --key ~/.troupe/alice.key";
 
+/// --log, else TROUPE_LOG, else `info`.
+fn log_filter(arg: Option<String>) -> String {
+    arg.or_else(|| std::env::var("TROUPE_LOG").ok())
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "info".into())
+}
+
 /// An error and its causes on one line, each cause once: a cause whose text
 /// the line already holds (an `io::Error` both wrapped and shown) is left out.
 fn one_line(e: &anyhow::Error) -> String {
@@ -118,7 +128,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    troupe_master::logging::init(&cli.log, cli.log_json);
+    troupe_master::logging::init(&log_filter(cli.log), cli.log_json);
     let result = match cli.cmd {
         Cmd::Master(args) => troupe_master::daemon::run(args),
         Cmd::Ca(cmd) => troupe_master::ca_cli::run(cmd),

@@ -62,6 +62,8 @@ fn usage(out: &Out, needle: &str) {
     assert_eq!(out.code, Some(EXIT_USAGE), "{out:#?}");
     assert!(out.stderr.contains(needle), "{needle:?}: {out:#?}");
     assert!(out.stdout.is_empty(), "{out:#?}");
+    // TROUPE_LOG is set (by `run`): --log must not look required.
+    assert!(!out.stderr.contains("--log <"), "{out:#?}");
     clean(out);
 }
 
