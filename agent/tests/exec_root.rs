@@ -103,3 +103,49 @@ fn exec_timeout_zero_and_a_missing_cwd_are_clear_errors() {
         "{ev}"
     );
 }
+
+#[test]
+fn noop_of_a_fresh_catalog_does_not_fail_on_what_earlier_resources_would_create() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("/etc")).unwrap();
+    std::fs::write(env.p("/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(env.p("/etc/group"), "root:x:0:\n").unwrap();
+    let mut c = new_catalog();
+    c.resources.push(dir("/srv", 0o755));
+    c.resources.push(dir("/srv/app", 0o755));
+    let mut e = exec("build", &["true"]);
+    if let Kind::Exec { cwd, .. } = &mut e.kind {
+        *cwd = Some("/srv/app".into());
+    }
+    e.requires = vec![id("directory", "/srv/app")];
+    c.resources.push(e);
+    c.resources.push(res(Kind::User {
+        name: "app".into(),
+        ensure: troupe_catalog::Ensure::Present,
+        uid: None,
+        group: None,
+        groups: vec![],
+        home: None,
+        shell: None,
+        comment: None,
+        system: true,
+        manage_home: false,
+    }));
+    let mut cron = res(Kind::Cron {
+        name: "report".into(),
+        ensure: troupe_catalog::Ensure::Present,
+        command: "/bin/true".into(),
+        user: "app".into(),
+        minute: "*".into(),
+        hour: "*".into(),
+        monthday: "*".into(),
+        month: "*".into(),
+        weekday: "*".into(),
+        environment: Default::default(),
+    });
+    cron.requires = vec![id("user", "app")];
+    c.resources.push(cron);
+    let (code, r, _) = env.run(&c, &["--noop"]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(!env.p("/srv").exists());
+}

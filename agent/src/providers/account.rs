@@ -264,6 +264,7 @@ pub fn group(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
     };
     valid_name(name)?;
     let mut out = Outcome::default();
+    let noop = ctx.noop;
     let acc = ctx.accounts()?;
     let cur = acc.groups.get(name).cloned();
     let mut argv: Vec<String> = match (ensure, cur) {
@@ -277,13 +278,21 @@ pub fn group(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                 .map(|u| u.name.as_str())
                 .collect();
             users.sort_unstable();
-            anyhow::ensure!(
-                users.is_empty(),
-                "cannot remove group {name}: it is the primary group of user(s) {}; \
-                 remove them or give them another primary group first",
+            let why = format!(
+                "it is the primary group of user(s) {}; remove them or give them \
+                 another primary group first",
                 users.join(", ")
             );
-            out.change("removed");
+            // In noop those users may be removed earlier in this same run.
+            anyhow::ensure!(
+                users.is_empty() || noop,
+                "cannot remove group {name}: {why}"
+            );
+            out.change(if users.is_empty() {
+                "removed".to_owned()
+            } else {
+                format!("removed (fails unless done first: {why})")
+            });
             vec!["groupdel".into()]
         }
         (Ensure::Present, None) => {

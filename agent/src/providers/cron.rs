@@ -132,7 +132,17 @@ pub fn cron(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     // What cron checks before it loads the file: owned by the user (and on
     // Debian group crontab, as crontab(1) leaves it), mode 0600.
     let uid = if *ensure == Ensure::Present {
-        user_uid(ctx, user)?
+        match user_uid(ctx, user) {
+            Ok(u) => u,
+            // A user resource may create it earlier in this same run.
+            Err(e) if ctx.noop => {
+                out.change(format!(
+                    "{e:#}: a real run fails unless it is created first"
+                ));
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };

@@ -69,8 +69,9 @@ pub fn exec(ctx: &mut Ctx, kind: &Kind, refresh: bool, sensitive: bool) -> anyho
     }
     if let Some(d) = cwd {
         let host = ctx.host_path(d)?;
+        // In noop a directory resource may not have created it yet.
         anyhow::ensure!(
-            host.is_dir(),
+            ctx.noop || host.is_dir(),
             "working directory {d} does not exist{}; create it first (a directory resource this exec requires)",
             if ctx.in_root() {
                 format!(" in {}", ctx.root.display())
