@@ -46,7 +46,7 @@ pub struct FleetArgs {
     pub signer: SignerArgs,
     /// Only hosts whose fact equals the value (repeatable), e.g.
     /// `--where os.family=Debian`.
-    #[arg(long = "where", value_name = "FACT=VALUE")]
+    #[arg(long = "where", value_name = "FACT=VALUE", value_parser = parse_where)]
     pub wheres: Vec<String>,
     /// Only hosts with this role.
     #[arg(long)]
@@ -76,12 +76,6 @@ impl FleetArgs {
                 bail!("give the environment once: --environment or --where environment=...");
             }
             wheres.push(format!("environment={e}"));
-        }
-        for w in &self.wheres {
-            match w.split_once('=') {
-                Some((fact, _)) if !fact.is_empty() => {}
-                _ => bail!("--where {w:?}: expected FACT=VALUE, e.g. --where os.family=Debian"),
-            }
         }
         TargetFilter::from_cli(&wheres, self.role.clone(), self.name.clone(), self.limit).map_err(
             |e| match e {
@@ -131,6 +125,15 @@ impl FleetArgs {
             );
         }
         id.connect(&self.server).await.map_err(connect_hint)
+    }
+}
+
+/// `--where FACT=VALUE`: the shape is checked here (a usage error, as for
+/// `troupe nodes --where`), the fact name with the rest of the target.
+fn parse_where(s: &str) -> std::result::Result<String, String> {
+    match s.split_once('=') {
+        Some((fact, _)) if !fact.is_empty() => Ok(s.to_string()),
+        _ => Err("expected FACT=VALUE, e.g. --where os.family=Debian".into()),
     }
 }
 

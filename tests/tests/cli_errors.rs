@@ -521,10 +521,9 @@ fn bastion_mistakes_are_refused_before_anything_is_sent() {
     );
 
     // Targets and arguments.
-    refused(
+    usage(
         &good(&["ping", "--where", "os.family"]),
-        "troupe",
-        &["--where \"os.family\": expected FACT=VALUE, e.g. --where os.family=Debian"],
+        "invalid value 'os.family' for '--where <FACT=VALUE>': expected FACT=VALUE, e.g. --where os.family=Debian",
     );
     refused(
         &good(&["ping", "--where", "os family=Debian"]),
