@@ -161,6 +161,19 @@ fn print_list(entries: &[ListEntry]) {
     }
 }
 
+/// The `serials` of an answer, comma-separated (`none` when empty).
+fn serials(r: &serde_json::Value) -> String {
+    let list: Vec<&str> = r["serials"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
 /// Runs a `troupe ca` command.
 pub fn run(cmd: CaCmd) -> Result<u8> {
     match cmd {
@@ -234,11 +247,17 @@ pub fn run(cmd: CaCmd) -> Result<u8> {
         CaCmd::Revoke { host, data } => {
             let r = send(&data.data, AdminRequest::Revoke { host: host.clone() })
                 .map_err(|e| hint(&host, e))?;
-            println!("revoked {host}: serials {}", r["serials"]);
+            println!(
+                "revoked {host} (serial {}): refused from its next handshake; `troupe ca clean {host}` lets it join again",
+                serials(&r)
+            );
         }
         CaCmd::Clean { host, data } => {
             let r = send(&data.data, AdminRequest::Clean { host: host.clone() })?;
-            println!("cleaned {host} (revoked serials {})", r["serials"]);
+            println!(
+                "cleaned {host} (revoked serials: {}): it may join again with a new key and request",
+                serials(&r)
+            );
         }
     }
     Ok(0)

@@ -597,7 +597,12 @@ fn bastion_mistakes_are_refused_before_anything_is_sent() {
 
     // The bastion revoked: its next command is refused at the handshake.
     good(&["ping"]).assert_success();
-    f.master.ca_ok(&["revoke", "bastion"]);
+    let said = f.master.ca_ok(&["revoke", "bastion"]);
+    assert!(said.starts_with("revoked bastion (serial "), "{said}");
+    assert!(
+        said.contains("`troupe ca clean bastion` lets it join again"),
+        "{said}"
+    );
     let sent = f.master_audit();
     refused(
         &good(&["ping"]),
