@@ -196,7 +196,7 @@ pub fn run(cmd: CaCmd) -> Result<u8> {
             let r = send(
                 &data.data,
                 AdminRequest::PskNew {
-                    host,
+                    host: host.clone(),
                     ttl_secs: ttl.as_secs(),
                 },
             )?;
@@ -205,6 +205,22 @@ pub fn run(cmd: CaCmd) -> Result<u8> {
                 r["host"].as_str().unwrap_or("?"),
                 r["expires"].as_str().unwrap_or("?")
             );
+            // A key for a host that still holds a certificate is refused at
+            // bootstrap ("already has a valid certificate"): say so now.
+            if let Ok(l) = send(
+                &data.data,
+                AdminRequest::List {
+                    filter: ListFilter::Default,
+                },
+            ) && let Ok(entries) = serde_json::from_value::<Vec<ListEntry>>(l["entries"].clone())
+                && entries
+                    .iter()
+                    .any(|e| e.host == host && e.state == "signed")
+            {
+                eprintln!(
+                    "note: {host} still holds a valid certificate: a bootstrap with this key is refused until `troupe ca clean {host}`"
+                );
+            }
             println!("{}", r["psk"].as_str().unwrap_or_default());
         }
         CaCmd::List {

@@ -595,6 +595,19 @@ fn bastion_mistakes_are_refused_before_anything_is_sent() {
     assert!(out.stdout.contains("no connected host matched"), "{out:#?}");
     assert!(out.stderr.is_empty(), "{out:#?}");
 
+    // A key for a host that still holds a certificate: issued, with a note
+    // that its bootstrap will be refused until `troupe ca clean`.
+    let out = f.master.ca(&["psk", "new", "web1"]);
+    out.assert_success();
+    assert_eq!(out.stdout.trim().len(), 64, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("note: web1 still holds a valid certificate: a bootstrap with this key is refused until `troupe ca clean web1`"),
+        "{out:#?}"
+    );
+    let out = f.master.ca(&["psk", "new", "web2"]);
+    assert!(!out.stderr.contains("note:"), "{out:#?}");
+
     // The bastion revoked: its next command is refused at the handshake.
     good(&["ping"]).assert_success();
     let said = f.master.ca_ok(&["revoke", "bastion"]);
