@@ -77,7 +77,8 @@ Environment:
   TROUPE_SERVER    run, deploy: the master's URL (as --server)
   TROUPE_IDENTITY  run, deploy: the bastion's identity directory (as --identity)
   SSH_AUTH_SOCK    run, deploy --ssh-agent, key agent: the ssh-agent to sign with
-  TROUPE_MODULES   catalog, lookup, secret: the module tree (as --modules)
+  TROUPE_MODULES   catalog, lookup, secret: the module tree (as --modules;
+                   default ./modules)
   TROUPE_LOG       log filter (as --log)
 
 Exit status:
@@ -91,7 +92,8 @@ Exit status:
 Examples:
   troupe ca psk new web4.example.com --ttl 2h
   troupe nodes --where os.family=Debian --role web
-  troupe run ping --role web --server https://master:8140 --identity /var/lib/troupe-agent --key ~/.troupe/alice.key";
+  troupe run ping --role web --server https://master:8140 \\
+      --identity /var/lib/troupe-agent --key ~/.troupe/alice.key";
 
 /// --log, else TROUPE_LOG, else `info`.
 fn log_filter(arg: Option<String>) -> String {
