@@ -244,11 +244,8 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
     let Kind::Package { name, ensure } = kind else {
         anyhow::bail!("not a package resource");
     };
-    anyhow::ensure!(
-        !name.is_empty() && !name.starts_with('-') && !name.contains(char::is_whitespace),
-        "invalid package name {name:?}"
-    );
     let m = manager(ctx)?;
+    valid_package_name(m, name)?;
     let versions = installed(ctx, m, name)?;
     let cur = (!versions.is_empty()).then(|| versions.join(", "));
     let mut out = Outcome::default();
@@ -292,6 +289,30 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
         );
     }
     Ok(out)
+}
+
+/// A plain package name (dpkg: with an optional `:ARCH`). dpkg-query, rpm
+/// and apt read `*`, `?`, `[` as patterns and `=VERSION`, `/RELEASE` as
+/// version selectors: such a "name" could match (and install or remove)
+/// other packages, or never be found installed and be reinstalled every run.
+fn valid_package_name(m: Manager, name: &str) -> anyhow::Result<()> {
+    let (base, arch) = match (m, name.split_once(':')) {
+        (Manager::Dpkg, Some((b, a))) => (b, Some(a)),
+        _ => (name, None),
+    };
+    let plain = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-._".contains(&b) || extra.contains(&b))
+    };
+    anyhow::ensure!(
+        plain(base, b"") && arch.is_none_or(|a| plain(a, b"")),
+        "invalid package name {name:?}: give the bare name (letters, digits, + - . _{}) \
+         and the version in ensure, never a pattern or NAME=VERSION",
+        if m == Manager::Dpkg { ", :ARCH" } else { "" }
+    );
+    Ok(())
 }
 
 fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::Result<()> {
@@ -429,6 +450,43 @@ mod tests {
         assert!(!same_version(Rpm, "1.0-2", "1.0-1"));
         assert_eq!(without_epoch("12:3.4-5"), "3.4-5");
         assert_eq!(without_epoch("a:b"), "a:b");
+    }
+
+    #[test]
+    fn package_names_that_are_patterns_or_selectors_are_refused() {
+        use Manager::*;
+        for ok in [
+            "nginx",
+            "libc6:amd64",
+            "g++",
+            "python3.11",
+            "libstdc++6",
+            "foo_bar",
+        ] {
+            assert!(valid_package_name(Dpkg, ok).is_ok(), "{ok}");
+        }
+        assert!(valid_package_name(Rpm, "kernel-core").is_ok());
+        // "nginx=1.2" was never found by dpkg-query, so apt-get installed
+        // it (a no-op) and a change was reported on every run; a pattern
+        // could match other packages.
+        for bad in [
+            "nginx=1.2",
+            "nginx*",
+            "ngin?",
+            "lib[cd]",
+            "nginx/bookworm",
+            "-y",
+            "",
+            ":amd64",
+            "foo:",
+            "a b",
+            "foo:amd64:i386",
+            "^foo",
+        ] {
+            let e = valid_package_name(Dpkg, bad).unwrap_err().to_string();
+            assert!(e.contains("invalid package name"), "{bad}: {e}");
+        }
+        assert!(valid_package_name(Rpm, "foo:1.0").is_err());
     }
 
     #[test]
