@@ -189,3 +189,29 @@ fn dpkg_epoch_zero_and_arch_qualified_names_are_the_same_package() {
         assert_eq!(code, 0, "{name} {want}: {r:?}");
     }
 }
+
+#[test]
+fn rpm_pinned_to_an_older_version_is_downgraded_once() {
+    if skip_without(&["/usr/bin/rpm", "/usr/bin/rpmbuild"]) {
+        return;
+    }
+    let env = Env::new();
+    rpm_root(&env);
+    let pkgs = env.dir.path().join("pkgs");
+    build_rpm(env.dir.path(), &pkgs, "1.0");
+    build_rpm(env.dir.path(), &pkgs, "1.1");
+    let pd = pkgs.to_str().unwrap();
+    let mut c = new_catalog();
+    c.resources
+        .push(pkg("troupe-pv", PackageEnsure::Version("1.1-1".into())));
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 2, "{r:?}");
+    // Rolled back to 1.0 by pinning it (rpm -U alone refuses a downgrade).
+    c.resources[0] = pkg("troupe-pv", PackageEnsure::Version("1.0-1".into()));
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(env.p("/usr/share/troupe-pv/1.0.txt").exists());
+    assert!(!env.p("/usr/share/troupe-pv/1.1.txt").exists());
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 0, "{r:?}");
+}

@@ -328,7 +328,13 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
             Manager::Rpm => {
                 let mut a = vec!["rpm".to_owned()];
                 a.extend(root_arg(ctx, "--root"));
-                a.extend(["-U".into(), f]);
+                a.push("-U".into());
+                if version.is_some() {
+                    // A pinned older version is a downgrade, which -U
+                    // alone refuses (dnf install NAME-VERSION does it).
+                    a.push("--oldpackage".into());
+                }
+                a.push(f);
                 a
             }
         };
