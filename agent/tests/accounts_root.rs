@@ -141,3 +141,31 @@ fn removing_a_group_still_primary_for_a_user_fails_clearly_and_changes_nothing()
     let group = std::fs::read_to_string(env.p("/etc/group")).unwrap();
     assert!(group.contains("web:x:3000:"), "{group}");
 }
+
+#[test]
+fn a_user_that_exists_with_another_uid_is_moved_once() {
+    let Some(env) = env_with_accounts("web:x:3000:\n") else {
+        return;
+    };
+    let p = std::fs::read_to_string(env.p("/etc/passwd")).unwrap();
+    std::fs::write(
+        env.p("/etc/passwd"),
+        format!("{p}alice:x:3099:3000::/home/alice:/bin/sh\n"),
+    )
+    .unwrap();
+    let s = std::fs::read_to_string(env.p("/etc/shadow")).unwrap();
+    std::fs::write(env.p("/etc/shadow"), format!("{s}alice:!:19000::::::\n")).unwrap();
+    let mut c = new_catalog();
+    c.resources.push(res(user("alice", Some("web"))));
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(status_of(&r, "user[alice]").events[0].contains("uid changed 3099 -> 3100"));
+    let passwd = std::fs::read_to_string(env.p("/etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("alice:x:3100:3000::/home/alice:/bin/sh"),
+        "{passwd}"
+    );
+    assert!(passwd.contains("+@admins::::::"), "{passwd}");
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
+}
