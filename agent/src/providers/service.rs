@@ -95,8 +95,9 @@ pub(crate) fn unit_enable_differs(name: &str, output: &str, want: bool) -> anyho
 /// SysV: started at boot in any multi-user runlevel.
 fn sysv_enabled(name: &str) -> anyhow::Result<bool> {
     if Path::new("/usr/sbin/update-rc.d").exists() {
-        // Debian: a start link in any multi-user runlevel.
-        for rl in 2..=5 {
+        // Debian: a start link in any multi-user runlevel, or in rcS.d
+        // for early-boot scripts (Default-Start: S).
+        for rl in ["2", "3", "4", "5", "S"] {
             if let Ok(rd) = std::fs::read_dir(format!("/etc/rc{rl}.d")) {
                 for e in rd.flatten() {
                     let f = e.file_name().to_string_lossy().into_owned();
