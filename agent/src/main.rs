@@ -33,6 +33,7 @@ enum Cmd {
     /// Renew this host's certificate over mutual TLS (and refresh the CRL).
     Renew(troupe_agent::renew::Args),
     /// Converge this host once, or as a daemon on a timer.
+    #[command(after_long_help = RUN_EXIT)]
     Run(troupe_agent::run::Args),
     /// Print this host's facts as JSON.
     Facts(troupe_agent::facts::Args),
@@ -76,6 +77,15 @@ fn log_filter(arg: Option<String>) -> String {
         .filter(|f| !f.trim().is_empty())
         .unwrap_or_else(|| "info".into())
 }
+
+const RUN_EXIT: &str = "\
+Exit status (as puppet agent --detailed-exitcodes; with --once):
+  0   nothing needed changing
+  1   no run happened (the message says why)
+  2   changes were made
+  4   some resources failed or were skipped
+  6   changes made and some resources failed
+  64  malformed command line";
 
 /// An error and its causes on one line, each cause once: a cause whose text
 /// the line already holds (an `io::Error` both wrapped and shown) is left out.

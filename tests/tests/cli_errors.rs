@@ -173,6 +173,14 @@ fn every_help_explains_every_argument_and_exits_0() {
     ] {
         assert!(top.stdout.contains(n), "{n:?}: {}", top.stdout);
     }
+    let r = agent(&["run", "--help"]);
+    for n in [
+        "Exit status",
+        "2   changes were made",
+        "4   some resources failed",
+    ] {
+        assert!(r.stdout.contains(n), "{n:?}: {}", r.stdout);
+    }
     let r = troupe(&["run", "--help"]);
     for n in [
         "Exit status:",
