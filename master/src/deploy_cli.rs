@@ -47,8 +47,9 @@ pub struct DeployArgs {
     /// failure stops it).
     #[arg(long, default_value_t = 0)]
     pub max_failures: usize,
-    /// How long to wait for each step's answer.
-    #[arg(long, default_value = "15m")]
+    /// How long to wait for each step's answer (1s to 10m, the longest the
+    /// master waits).
+    #[arg(long, default_value = "10m", value_parser = crate::run_cli::parse_wait)]
     pub step_timeout: humantime::Duration,
     /// Show the plan; run nothing.
     #[arg(long)]

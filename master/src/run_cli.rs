@@ -128,6 +128,23 @@ impl FleetArgs {
     }
 }
 
+/// A wait for answers: 1 s to the master's limit (it waits no longer, so a
+/// longer one would be cut short without a word).
+pub(crate) fn parse_wait(s: &str) -> std::result::Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e} (e.g. 30s, 5m)"))?;
+    let max = u64::from(crate::orchestra::MAX_TIMEOUT_SECS);
+    if d.as_secs() < 1 {
+        return Err("at least 1s".into());
+    }
+    if d.as_secs() > max || (d.as_secs() == max && d.subsec_nanos() > 0) {
+        return Err(format!(
+            "at most {}: the master waits no longer for answers",
+            humantime::format_duration(std::time::Duration::from_secs(max))
+        ));
+    }
+    Ok(d)
+}
+
 /// `--where FACT=VALUE`: the shape is checked here (a usage error, as for
 /// `troupe nodes --where`), the fact name with the rest of the target.
 fn parse_where(s: &str) -> std::result::Result<String, String> {
@@ -191,8 +208,9 @@ pub struct RunArgs {
     /// With --batch: stop once more than this many hosts have failed.
     #[arg(long, default_value_t = 0, requires = "batch")]
     pub max_failures: u32,
-    /// How long to wait for answers (per batch).
-    #[arg(long, default_value = "30s")]
+    /// How long to wait for answers (per batch; 1s to 10m, the longest the
+    /// master waits).
+    #[arg(long, default_value = "30s", value_parser = parse_wait)]
     pub timeout: humantime::Duration,
     /// Lifetime of each signed command in seconds (1 to 600); agents refuse
     /// it afterwards.

@@ -242,6 +242,16 @@ fn malformed_command_lines_exit_64_not_2() {
         &troupe(&with(&["run", "ping", "--timeout", "abc"])),
         "--timeout",
     );
+    // The master waits at most 10 minutes: a longer wait is refused, not
+    // silently cut short.
+    usage(
+        &troupe(&with(&["run", "ping", "--timeout", "2h"])),
+        "at most 10m: the master waits no longer",
+    );
+    usage(
+        &troupe(&with(&["deploy", "r.toml", "--step-timeout", "15m"])),
+        "at most 10m",
+    );
     usage(
         &troupe(&with(&["deploy", "r.toml", "--batch", "0"])),
         "at least 1 host",
