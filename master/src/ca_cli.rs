@@ -122,8 +122,25 @@ fn hint(host: &str, error: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// [`admin::call`], saying what to do when the socket may not be used.
+pub(crate) fn call(data: &Path, req: &AdminRequest) -> Result<Option<AdminResponse>> {
+    admin::call(data, req).map_err(|e| {
+        let denied = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        });
+        if denied {
+            anyhow::anyhow!(
+                "{e:#}: only the user the master runs as may use it (run this as root or with sudo)"
+            )
+        } else {
+            e
+        }
+    })
+}
+
 fn send(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
-    let resp: AdminResponse = match admin::call(data, &req)? {
+    let resp: AdminResponse = match call(data, &req)? {
         Some(r) => r,
         None => {
             // No master running: work on the CA directly (never create one).

@@ -2,7 +2,7 @@
 //! operator reads about the fleet and the code, from the running master
 //! (through its admin socket, like `troupe ca`).
 
-use crate::admin::{self, AdminRequest, AdminResponse};
+use crate::admin::{AdminRequest, AdminResponse};
 use crate::ca_cli::DataArg;
 use crate::store::{FactFilter, NodeRecord};
 use anyhow::{Result, bail};
@@ -78,7 +78,7 @@ pub enum EnvCmd {
 }
 
 fn ask(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
-    let resp: AdminResponse = match admin::call(data, &req)? {
+    let resp: AdminResponse = match crate::ca_cli::call(data, &req)? {
         Some(r) => r,
         None => bail!(
             "no master is running on {}: this command asks the running master (start `troupe master --data {}`, or give the right --data or TROUPE_DATA)",

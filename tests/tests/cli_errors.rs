@@ -4,7 +4,8 @@
 //! Rust debug output, and nothing changed. Also: every subcommand's
 //! `--help` documents each of its arguments and options.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use troupe_tests::orch::{AgentSpec, Fleet};
@@ -362,6 +363,26 @@ fn operator_mistakes_name_the_problem_and_change_nothing() {
         &["is not a hash-chained audit log", "access-audit.log"],
     );
     refused(&troupe(&["audit", "verify", e]), "troupe", &["cannot read"]);
+    // Another user than the master's: the admin socket is theirs only.
+    if std::fs::metadata(&m.data).unwrap().uid() == 0 {
+        std::fs::set_permissions(m.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for args in [&["nodes"][..], &["ca", "list"][..]] {
+            let mut c = Command::new(troupe_bin());
+            c.args(args).args(["--data", data]);
+            c.uid(65534).gid(65534);
+            refused(
+                &run(&mut c),
+                "troupe",
+                &[
+                    "admin.sock",
+                    "Permission denied",
+                    "run this as root or with sudo",
+                ],
+            );
+        }
+        assert_eq!(m.list_all(), before);
+    }
+
     // No terminal to ask a passphrase on: say how to give it; no key file.
     let k = m.root.path().join("ops.key");
     refused(
