@@ -131,7 +131,11 @@ pub fn nodes(args: NodesArgs) -> Result<u8> {
     let now = v["now"].as_u64().unwrap_or(0);
     let rows: Vec<NodeRow> = serde_json::from_value(v["nodes"].clone())?;
     if rows.is_empty() {
-        println!("(no nodes)");
+        if args.filters.is_empty() && args.role.is_none() {
+            println!("(no nodes: none has checked in yet)");
+        } else {
+            println!("(no node matches --where/--role)");
+        }
         return Ok(0);
     }
     println!(

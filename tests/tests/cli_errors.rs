@@ -316,6 +316,16 @@ fn operator_mistakes_name_the_problem_and_change_nothing() {
         "troupe",
         &["serves no module tree", "--modules"],
     );
+    let none = ca(&["nodes"]);
+    assert_eq!(
+        none.stdout, "(no nodes: none has checked in yet)\n",
+        "{none:#?}"
+    );
+    let none = ca(&["nodes", "--role", "web"]);
+    assert_eq!(
+        none.stdout, "(no node matches --where/--role)\n",
+        "{none:#?}"
+    );
     assert_eq!(m.list_all(), before, "a refused command changed the CA");
     // Refusals are audited; nothing else was written.
     let audit_after = std::fs::read_to_string(m.data.join("ca/audit.log")).unwrap();
