@@ -215,3 +215,62 @@ fn rpm_pinned_to_an_older_version_is_downgraded_once() {
     let (code, r, _) = env.run(&c, &["--package-dir", pd]);
     assert_eq!(code, 0, "{r:?}");
 }
+
+#[test]
+fn latest_from_a_package_dir_is_the_highest_version_not_the_last_file_name() {
+    if skip_without(&["/usr/bin/dpkg", "/usr/bin/dpkg-deb"]) {
+        return;
+    }
+    let env = Env::new();
+    for d in ["var/lib/dpkg/updates", "var/lib/dpkg/info", "etc"] {
+        std::fs::create_dir_all(env.root().join(d)).unwrap();
+    }
+    std::fs::write(env.root().join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(env.root().join("var/lib/dpkg/available"), "").unwrap();
+    std::fs::write(
+        env.p("/etc/os-release"),
+        "ID=debian\nNAME=\"Debian GNU/Linux\"\n",
+    )
+    .unwrap();
+    let pkgs = env.dir.path().join("pkgs");
+    // By name, "1.9-1" sorts after "1.10-1".
+    build_deb(env.dir.path(), &pkgs, "1.9-1");
+    build_deb(env.dir.path(), &pkgs, "1.10-1");
+    let pd = pkgs.to_str().unwrap();
+    let mut c = new_catalog();
+    c.resources.push(pkg("troupe-dv", PackageEnsure::Latest));
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 2, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(env.p("/usr/share/troupe-dv/v.txt")).unwrap(),
+        "1.10-1"
+    );
+    let (code, r, _) = env.run(&c, &["--package-dir", pd]);
+    assert_eq!(code, 0, "{r:?}");
+}
+
+#[test]
+fn rpm_latest_never_downgrades_a_newer_installed_package() {
+    if skip_without(&["/usr/bin/rpm", "/usr/bin/rpmbuild"]) {
+        return;
+    }
+    let env = Env::new();
+    rpm_root(&env);
+    let pkgs = env.dir.path().join("pkgs");
+    build_rpm(env.dir.path(), &pkgs, "1.0");
+    // A newer build installed by hand (a hotfix) than the repository has.
+    let newer = build_rpm(env.dir.path(), &env.dir.path().join("other"), "1.1");
+    let o = Command::new("rpm")
+        .arg("--root")
+        .arg(env.root())
+        .arg("-i")
+        .arg(&newer)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut c = new_catalog();
+    c.resources.push(pkg("troupe-pv", PackageEnsure::Latest));
+    let (code, r, _) = env.run(&c, &["--package-dir", pkgs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r:?}");
+    assert!(env.p("/usr/share/troupe-pv/1.1.txt").exists());
+}

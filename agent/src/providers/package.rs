@@ -163,6 +163,9 @@ fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
                 .filter(|v| v != "(none)"))
         }
         Manager::Rpm => {
+            if let Some(f) = local_file(ctx, m, name, None)? {
+                return Ok(Some(f.1));
+            }
             let mut a = vec![dnf(name)?.to_owned()];
             a.extend(root_arg(ctx, "--installroot"));
             a.extend(cmd::argv(&[
@@ -236,8 +239,50 @@ fn local_file(
             found.push((e.path(), v));
         }
     }
-    found.sort();
-    Ok(found.pop())
+    // The highest version (by name, "1.9" would win over "1.10").
+    let mut best: Option<(PathBuf, String)> = None;
+    for f in found {
+        best = match best {
+            Some(b) if !newer(m, &f.1, &b.1)? => Some(b),
+            _ => Some(f),
+        };
+    }
+    Ok(best)
+}
+
+/// Whether version `a` is newer than `b`, asked of the package manager
+/// itself (`dpkg --compare-versions`, rpm's own `rpm.vercmp`). Spawns a
+/// process: only called when versions differ and order matters.
+fn newer(m: Manager, a: &str, b: &str) -> anyhow::Result<bool> {
+    let ok = |v: &str| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._+~^:-".contains(&c))
+    };
+    anyhow::ensure!(ok(a) && ok(b), "cannot compare versions {a:?} and {b:?}");
+    match m {
+        Manager::Dpkg => {
+            let o = cmd::run(&cmd::Spec {
+                argv: &cmd::argv(&["dpkg", "--compare-versions", a, "gt", b]),
+                ..Default::default()
+            })?;
+            match o.code {
+                Some(0) => Ok(true),
+                Some(1) => Ok(false),
+                _ => anyhow::bail!("dpkg cannot compare {a:?} and {b:?}: {}", o.tail()),
+            }
+        }
+        Manager::Rpm => {
+            // Both checked above: no quote can reach the Lua string.
+            let expr = format!("%{{lua: print(rpm.vercmp('{a}', '{b}'))}}");
+            let o = cmd::check(&["rpm".to_owned(), "--eval".to_owned(), expr])?;
+            match o.output.trim() {
+                "1" => Ok(true),
+                "0" | "-1" => Ok(false),
+                other => anyhow::bail!("rpm cannot compare {a:?} and {b:?}: {other}"),
+            }
+        }
+    }
 }
 
 pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
@@ -269,6 +314,16 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("no installable version of {name} is known"))?;
             if versions.iter().any(|c| same_version(m, &cand, c)) {
                 return Ok(out);
+            }
+            // rpm: a build newer than the repositories' (a hotfix installed
+            // by hand) stays; `dnf install NAME-VERSION` would downgrade
+            // it. (apt's candidate is lower only when pinned so on purpose.)
+            if m == Manager::Rpm {
+                for c in &versions {
+                    if newer(m, without_epoch(c), &cand)? {
+                        return Ok(out);
+                    }
+                }
             }
             Some(cand)
         }
@@ -493,6 +548,23 @@ mod tests {
             assert!(e.contains("invalid package name"), "{bad}: {e}");
         }
         assert!(valid_package_name(Rpm, "foo:1.0").is_err());
+    }
+
+    #[test]
+    fn versions_are_ordered_by_the_package_managers_themselves() {
+        use Manager::*;
+        for (m, tool) in [(Dpkg, "/usr/bin/dpkg"), (Rpm, "/usr/bin/rpm")] {
+            if !Path::new(tool).exists() {
+                continue;
+            }
+            assert!(newer(m, "1.10-1", "1.9-1").unwrap(), "{m:?}");
+            assert!(!newer(m, "1.9-1", "1.10-1").unwrap(), "{m:?}");
+            assert!(!newer(m, "1.0~rc1-1", "1.0-1").unwrap(), "{m:?}");
+            assert!(!newer(m, "1.0-1", "1.0-1").unwrap(), "{m:?}");
+            assert!(newer(m, "1:1.0-1", "2.0-1").unwrap(), "{m:?}");
+            // Nothing that could break out of rpm's Lua string.
+            assert!(newer(m, "1') os.exit(0) print('", "1").is_err());
+        }
     }
 
     #[test]
