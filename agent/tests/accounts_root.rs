@@ -6,7 +6,7 @@ use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use troupe_catalog::report::Status;
-use troupe_catalog::{Ensure, Kind};
+use troupe_catalog::{Ensure, Kind, Membership};
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -52,6 +52,7 @@ fn user(name: &str, group: Option<&str>) -> Kind {
         uid: Some(3100),
         group: group.map(Into::into),
         groups: vec![],
+        membership: Membership::Minimum,
         home: Some(format!("/home/{name}")),
         shell: Some("/bin/sh".into()),
         comment: None,

@@ -125,6 +125,7 @@ fn noop_of_a_fresh_catalog_does_not_fail_on_what_earlier_resources_would_create(
         uid: None,
         group: None,
         groups: vec![],
+        membership: Default::default(),
         home: None,
         shell: None,
         comment: None,

@@ -7,7 +7,7 @@ use common::*;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use troupe_catalog::report::Status;
-use troupe_catalog::{Ensure, Kind, PackageEnsure};
+use troupe_catalog::{Ensure, Kind, Membership, PackageEnsure};
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -139,6 +139,7 @@ fn users_and_groups_in_a_root_via_shadow_utils_prefix() {
         uid: Some(2600),
         group: Some("web".into()),
         groups: vec!["deploy".into()],
+        membership: Membership::Minimum,
         home: Some("/home/alice".into()),
         shell: Some("/bin/sh".into()),
         comment: Some("Alice".into()),
@@ -189,6 +190,55 @@ fn users_and_groups_in_a_root_via_shadow_utils_prefix() {
             .unwrap()
             .contains(":/home/alice:/bin/sh")
     );
+
+    // Group membership. By default (minimum) a group alice was added to by
+    // hand (here: by a package's scripts) is kept, and a listed group she
+    // was taken out of is given back without touching the other.
+    let set_group_file = |from: &str, to: &str| {
+        let g = std::fs::read_to_string(env.p("/etc/group")).unwrap();
+        assert!(g.contains(from), "{g}");
+        std::fs::write(env.p("/etc/group"), g.replace(from, to)).unwrap();
+    };
+    set_group_file("root:x:0:\n", "root:x:0:\nssl-cert:x:2502:alice\n");
+    std::fs::write(
+        env.p("/etc/gshadow"),
+        std::fs::read_to_string(env.p("/etc/gshadow")).unwrap() + "ssl-cert:!::alice\n",
+    )
+    .unwrap();
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "a group added by hand is kept: {r:?}");
+    set_group_file("deploy:x:2501:alice", "deploy:x:2501:");
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(
+        status_of(&r, "user[alice]").events[0].contains("added to groups [deploy]"),
+        "{r:?}"
+    );
+    let group = std::fs::read_to_string(env.p("/etc/group")).unwrap();
+    assert!(
+        group.contains("deploy:x:2501:alice") && group.contains("ssl-cert:x:2502:alice"),
+        "{group}"
+    );
+    // membership = inclusive: exactly the listed groups.
+    for r in &mut c.resources {
+        if let Kind::User { membership, .. } = &mut r.kind {
+            *membership = Membership::Inclusive;
+        }
+    }
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r:?}");
+    assert!(
+        status_of(&r, "user[alice]").events[0]
+            .contains("groups changed [deploy,ssl-cert] -> [deploy]"),
+        "{r:?}"
+    );
+    let group = std::fs::read_to_string(env.p("/etc/group")).unwrap();
+    assert!(
+        group.contains("deploy:x:2501:alice") && group.contains("ssl-cert:x:2502:\n"),
+        "{group}"
+    );
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
 }
 
 /// Large enough that a debug-build run takes a while.

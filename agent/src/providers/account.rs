@@ -6,7 +6,7 @@ use super::{Ctx, Outcome, cmd};
 use anyhow::Context;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use troupe_catalog::{Ensure, Kind};
+use troupe_catalog::{Ensure, Kind, Membership};
 
 /// One passwd entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +131,7 @@ pub fn user(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
         uid,
         group,
         groups,
+        membership,
         home,
         shell,
         comment,
@@ -213,13 +214,29 @@ pub fn user(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
             }
             let want: BTreeSet<String> = groups.iter().cloned().collect();
             let have = acc.member_of(name);
-            if !groups.is_empty() && want != have {
-                out.change(format!(
-                    "groups changed [{}] -> [{}]",
-                    have.into_iter().collect::<Vec<_>>().join(","),
-                    groups.join(",")
-                ));
-                argv.extend(["--groups".into(), groups.join(",")]);
+            match membership {
+                // Exactly the listed groups (none when the list is empty).
+                Membership::Inclusive if want != have => {
+                    out.change(format!(
+                        "groups changed [{}] -> [{}]",
+                        have.into_iter().collect::<Vec<_>>().join(","),
+                        want.iter().cloned().collect::<Vec<_>>().join(",")
+                    ));
+                    argv.extend([
+                        "--groups".into(),
+                        want.into_iter().collect::<Vec<_>>().join(","),
+                    ]);
+                }
+                Membership::Inclusive => {}
+                // At least the listed groups: others (added by hand or by
+                // a package's scripts) are kept.
+                Membership::Minimum => {
+                    let missing: Vec<String> = want.difference(&have).cloned().collect();
+                    if !missing.is_empty() {
+                        out.change(format!("added to groups [{}]", missing.join(",")));
+                        argv.extend(["--append".into(), "--groups".into(), missing.join(",")]);
+                    }
+                }
             }
             if let Some(h) = home.as_ref().filter(|h| **h != cur.home) {
                 out.change(format!("home changed {} -> {h}", cur.home));

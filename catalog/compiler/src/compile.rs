@@ -14,7 +14,9 @@ use serde_json::Value as J;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
-use troupe_catalog::{Catalog, Ensure, Kind, PackageEnsure, Resource, ResourceId, ServiceState};
+use troupe_catalog::{
+    Catalog, Ensure, Kind, Membership, PackageEnsure, Resource, ResourceId, ServiceState,
+};
 
 /// How to compile: environment override, the node's trusted certificate
 /// extensions, and the secret keys this master holds.
@@ -846,6 +848,14 @@ impl<'a> Compiler<'a> {
                 uid: g.opt_u32("uid", a.get("uid"))?,
                 group: g.opt_string("group", a.get("group"))?,
                 groups: g.opt_list("groups", a.get("groups"))?.unwrap_or_default(),
+                membership: match a.get("membership") {
+                    None | Some((J::Null, _)) => Membership::Minimum,
+                    Some((J::String(s), _)) if s == "minimum" => Membership::Minimum,
+                    Some((J::String(s), _)) if s == "inclusive" => Membership::Inclusive,
+                    Some((v, sp)) => {
+                        return Err(g.bad_at(sp, "membership", v, "\"minimum\" or \"inclusive\""));
+                    }
+                },
                 home: g.opt_string("home", a.get("home"))?,
                 shell: g.opt_string("shell", a.get("shell"))?,
                 comment: g.opt_string("comment", a.get("comment"))?,

@@ -36,6 +36,7 @@ pub(crate) const TYPES: &[(&str, &[&str])] = &[
             "uid",
             "group",
             "groups",
+            "membership",
             "home",
             "shell",
             "comment",

@@ -624,3 +624,47 @@ fn errors_never_quote_a_secret() {
     assert!(!s.contains("example-db-password"), "{s}");
     assert!(s.contains("<sensitive>"), "{s}");
 }
+
+#[test]
+fn user_membership_is_minimum_or_inclusive() {
+    let d = scratch_tree();
+    with_profile(
+        d.path(),
+        "bad",
+        "[user.ann]\ngroups = [\"staff\"]\nmembership = \"exact\"\n",
+    );
+    let e = compile_err(d.path());
+    assert_eq!(e.kind(), ErrorKind::Schema);
+    assert_eq!(e.location().unwrap(), format!("{P}/profiles/bad.toml:3:14"));
+    assert!(e.to_string().contains("\"minimum\" or \"inclusive\""), "{e}");
+
+    for (given, want) in [
+        ("", troupe_catalog::Membership::Minimum),
+        (
+            "membership = \"minimum\"\n",
+            troupe_catalog::Membership::Minimum,
+        ),
+        (
+            "membership = \"inclusive\"\n",
+            troupe_catalog::Membership::Inclusive,
+        ),
+    ] {
+        let d = scratch_tree();
+        with_profile(
+            d.path(),
+            "ok",
+            &format!("[user.ann]\ngroups = [\"staff\"]\n{given}"),
+        );
+        let c = load(d.path())
+            .unwrap()
+            .compile("mon2.example.com", &facts("debian12"), &opts())
+            .unwrap();
+        let m = c.resources.iter().find_map(|r| match &r.kind {
+            troupe_catalog::Kind::User {
+                name, membership, ..
+            } if name == "ann" => Some(*membership),
+            _ => None,
+        });
+        assert_eq!(m, Some(want), "{given}");
+    }
+}

@@ -144,6 +144,25 @@ pub enum Ensure {
     Absent,
 }
 
+/// How a user's `groups` are enforced (Puppet's `membership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// The user is in at least the listed groups; groups it was added to
+    /// by hand or by a package's scripts are kept.
+    #[default]
+    Minimum,
+    /// The user is in exactly the listed groups; any other supplementary
+    /// group is left.
+    Inclusive,
+}
+
+impl Membership {
+    fn is_minimum(&self) -> bool {
+        *self == Membership::Minimum
+    }
+}
+
 /// What a package should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -283,6 +302,9 @@ pub enum Kind {
         /// Supplementary groups.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         groups: Vec<String>,
+        /// Whether `groups` is a minimum (default) or the exact list.
+        #[serde(default, skip_serializing_if = "Membership::is_minimum")]
+        membership: Membership,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         home: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
