@@ -15,10 +15,19 @@
 //!
 //! A master that cannot be reached or drops the connection (down,
 //! restarting, network cut) is retried with backoff and jitter for
-//! `--retry-for`; answers from the master (refusals) are final. A retry, or
-//! a bootstrap resumed with the key of an earlier one, first asks for a
-//! certificate already signed for that key, so an answer lost with a
-//! killed master never turns into "already certified".
+//! `--retry-for` (5 minutes by default, `forever` to wait until it answers),
+//! one WARN line per retry saying what it waits for; answers from the
+//! master (refusals, a CA whose fingerprint is not `--ca-fingerprint`) are
+//! final at once. A retry, or a bootstrap resumed with the key of an
+//! earlier one, first asks for a certificate already signed for that key,
+//! so an answer lost with a killed master never turns into "already
+//! certified".
+//!
+//! A bootstrap that fails leaves the state directory as it found it: the
+//! CA and CRL are stored only with the certificate, and a key it made is
+//! removed again, unless the master may hold a request for that key (a
+//! pending request, or a request whose answer was lost): then the key is
+//! kept so that running bootstrap again resumes, and the error says so.
 //!
 //! ## State directory layout (`--state DIR`, mode 0700)
 //!
@@ -33,12 +42,13 @@
 //! Every other file in that directory (e.g. `agent.redb`) belongs to the
 //! converge work and is never touched here. Every write is atomic.
 
-use crate::identity::{self, CA_FILE, CERT_FILE, Identity, KEY_FILE, status_message};
+use crate::identity::{self, CA_FILE, CERT_FILE, CRL_FILE, Identity, KEY_FILE, status_message};
 use anyhow::{Context, Result, anyhow, bail};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use troupe_pki::util;
@@ -79,9 +89,39 @@ pub struct Args {
     pub wait: Option<humantime::Duration>,
     /// While the master cannot be reached (down, restarting, network cut),
     /// keep retrying with backoff (--poll-initial doubling up to
-    /// --poll-max, with jitter) for this long before giving up.
-    #[arg(long, default_value = "5m")]
-    pub retry_for: humantime::Duration,
+    /// --poll-max, with jitter) for this long, then give up (exit 1);
+    /// `forever` waits until the master answers. Each retry logs one WARN
+    /// line saying why and when it tries again; Ctrl-C stops. Refusals
+    /// (a wrong pre-shared key, another CA fingerprint) are never retried.
+    #[arg(long, default_value = "5m", value_name = "DURATION|forever")]
+    pub retry_for: RetryFor,
+}
+
+/// How long to retry a master that cannot be reached: a duration, or
+/// `forever` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryFor(pub Option<Duration>);
+
+impl std::str::FromStr for RetryFor {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<RetryFor, String> {
+        if s.trim().eq_ignore_ascii_case("forever") {
+            return Ok(RetryFor(None));
+        }
+        let d: humantime::Duration = s
+            .parse()
+            .map_err(|e| format!("{e} (e.g. 30s, 5m, 1h, or `forever`)"))?;
+        Ok(RetryFor(Some(d.into())))
+    }
+}
+
+impl std::fmt::Display for RetryFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("forever"),
+            Some(d) => write!(f, "{}", humantime::format_duration(d)),
+        }
+    }
 }
 
 /// Runs `troupe-agent bootstrap`.
@@ -117,8 +157,9 @@ fn load_or_create_key(state: &Path) -> Result<rcgen::KeyPair> {
     Ok(key)
 }
 
-/// Fetches the CA over a pinned connection and stores it; returns its DER.
-async fn fetch_pinned_ca(channel: Channel, pin: [u8; 32], state: &Path) -> Result<Vec<u8>> {
+/// Fetches the CA over a pinned connection; returns its DER and PEM (stored
+/// only once the certificate is).
+async fn fetch_pinned_ca(channel: Channel, pin: [u8; 32]) -> Result<(Vec<u8>, String)> {
     let resp = CaClient::new(channel)
         .get_ca_certificate(Empty {})
         .await
@@ -134,8 +175,7 @@ async fn fetch_pinned_ca(channel: Channel, pin: [u8; 32], state: &Path) -> Resul
             hex::encode_upper(pin)
         );
     }
-    util::write_atomic(&state.join(CA_FILE), resp.pem.as_bytes(), 0o644)?;
-    Ok(der.as_ref().to_vec())
+    Ok((der.as_ref().to_vec(), resp.pem))
 }
 
 /// Checks a certificate from the master: our name, our key, the pinned CA.
@@ -172,6 +212,8 @@ pub async fn bootstrap(args: &Args) -> Result<Bootstrapped> {
         .map_err(|e| anyhow!("--name {:?}: {e}", args.name))?;
     let pin = util::parse_fingerprint(&args.ca_fingerprint)
         .map_err(|e| anyhow!("--ca-fingerprint: {e}"))?;
+    identity::parse_server(&args.server)?;
+    let dir_existed = args.state.exists();
     util::ensure_private_dir(&args.state, 0o700)
         .with_context(|| format!("creating state directory {}", args.state.display()))?;
     if Identity::exists(&args.state) {
@@ -194,31 +236,99 @@ pub async fn bootstrap(args: &Args) -> Result<Bootstrapped> {
         );
     }
     let reused = args.state.join(KEY_FILE).exists();
-    let key = load_or_create_key(&args.state)?;
+    let key = match load_or_create_key(&args.state) {
+        Ok(k) => k,
+        Err(e) => return Err(undo(args, e, dir_existed, reused, false)),
+    };
+    let mut held = false;
+    match join(args, pin, &key, reused, &mut held).await {
+        Ok(done) => Ok(done),
+        Err(e) => Err(undo(args, e, dir_existed, reused, held)),
+    }
+}
+
+/// After a failed bootstrap: leaves the state directory as it was found.
+/// A key this bootstrap made is removed, unless the master may hold a
+/// request for it (`held`): then it is kept, and the error says so.
+fn undo(
+    args: &Args,
+    e: anyhow::Error,
+    dir_existed: bool,
+    reused: bool,
+    held: bool,
+) -> anyhow::Error {
+    let key = args.state.join(KEY_FILE);
+    if reused {
+        return e;
+    }
+    if held {
+        return anyhow!(
+            "{e:#}; {} is kept: the master may hold a request for this key, and running \
+             bootstrap again resumes with it (to start over instead, remove it and have the \
+             operator run `troupe ca clean {}`)",
+            key.display(),
+            args.name
+        );
+    }
+    if let Err(r) = std::fs::remove_file(&key)
+        && r.kind() != std::io::ErrorKind::NotFound
+    {
+        return anyhow!("{e:#}; removing {} failed: {r}", key.display());
+    }
+    if !dir_existed {
+        // Only if empty: nothing else was there before us.
+        let _ = std::fs::remove_dir(&args.state);
+    }
+    e
+}
+
+/// Connect, submit, wait, check and store; `held` tells whether the
+/// master may hold a request for `key` when this fails.
+async fn join(
+    args: &Args,
+    pin: [u8; 32],
+    key: &rcgen::KeyPair,
+    reused: bool,
+    held: &mut bool,
+) -> Result<Bootstrapped> {
     // A master that is down or restarting (or a network that drops us) is
     // retried with backoff; answers from the master are final.
     let started = Instant::now();
     let max: Duration = args.poll_max.into();
     let mut delay: Duration = Duration::from(args.poll_initial).min(max);
     let mut tries = 0u32;
-    let (ca_der, mut client, first) = loop {
+    let (ca, crl_pem, mut client, first) = loop {
         tries += 1;
         // The key may already be certified when an earlier try (or an
         // earlier bootstrap) was signed but the answer never arrived.
-        match submit(args, pin, &key, reused || tries > 1).await {
+        match submit(args, pin, key, reused || tries > 1, held).await {
             Ok(x) => break x,
             Err(Try::Final(e)) => return Err(e),
             Err(Try::Transient(e)) => {
                 let pause = delay.mul_f64(0.5 + fastrand::f64());
-                if started.elapsed() + pause > Duration::from(args.retry_for) {
-                    return Err(e.context(format!(
-                        "gave up after {tries} tries in {}",
+                let waited =
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()));
+                let until = match args.retry_for.0 {
+                    Some(limit) if started.elapsed() + pause > limit => {
+                        return Err(e.context(format!(
+                            "gave up after {tries} tries in {waited} (--retry-for {}; \
+                             `--retry-for forever` waits until the master answers)",
+                            args.retry_for
+                        )));
+                    }
+                    Some(limit) => format!(
+                        "giving up {} from now (--retry-for {})",
                         humantime::format_duration(Duration::from_secs(
-                            started.elapsed().as_secs()
-                        ))
-                    )));
-                }
-                tracing::warn!("{e:#}; retrying in {} ms", pause.as_millis());
+                            limit.saturating_sub(started.elapsed()).as_secs()
+                        )),
+                        args.retry_for
+                    ),
+                    None => "waiting until it answers (--retry-for forever)".into(),
+                };
+                tracing::warn!(
+                    "{e:#}; retrying in {:.1} s, {until}; Ctrl-C stops",
+                    pause.as_secs_f64()
+                );
                 tokio::time::sleep(pause).await;
                 delay = (delay * 2).min(max);
             }
@@ -226,10 +336,17 @@ pub async fn bootstrap(args: &Args) -> Result<Bootstrapped> {
     };
     let signed = match State::try_from(first.state) {
         Ok(State::Signed) => first,
-        Ok(State::Pending) => wait_for_operator(&mut client, args, &key, &first).await?,
+        Ok(State::Pending) => {
+            *held = true;
+            wait_for_operator(&mut client, args, key, &first, held).await?
+        }
         _ => bail!("unexpected answer from the master: {}", first.message),
     };
-    let cert_der = check_issued(&signed.certificate_pem, &args.name, &key, &ca_der)?;
+    let cert_der = check_issued(&signed.certificate_pem, &args.name, key, &ca.0)?;
+    // The CA and CRL first, the certificate (what marks a finished
+    // bootstrap) last.
+    util::write_atomic(&args.state.join(CA_FILE), ca.1.as_bytes(), 0o644)?;
+    util::write_atomic(&args.state.join(CRL_FILE), crl_pem.as_bytes(), 0o644)?;
     util::write_atomic(
         &args.state.join(CERT_FILE),
         util::pem_encode("CERTIFICATE", &cert_der).as_bytes(),
@@ -284,14 +401,25 @@ fn transient_connect(e: &anyhow::Error) -> bool {
         .any(|p| m.contains(p))
 }
 
+/// What one successful try brings: the CA (DER, PEM), the CRL (PEM), the
+/// client, and the master's first answer.
+type Submitted = (
+    (Vec<u8>, String),
+    String,
+    CaClient<Channel>,
+    CertificateStatus,
+);
+
 /// One try: connect with the pinned CA, fetch CA and CRL, then (when this
 /// key may already hold a certificate) ask for it, else submit the CSR.
+/// `held` becomes true once the master may hold a request for `key`.
 async fn submit(
     args: &Args,
     pin: [u8; 32],
     key: &rcgen::KeyPair,
     maybe_signed: bool,
-) -> Result<(Vec<u8>, CaClient<Channel>, CertificateStatus), Try> {
+    held: &mut bool,
+) -> Result<Submitted, Try> {
     let fin = Try::Final;
     let st = |what: &str, s: tonic::Status| {
         let e = anyhow!("{what}: {}", status_message(&s));
@@ -305,12 +433,19 @@ async fn submit(
     let channel = match identity::connect_with(config, &args.server).await {
         Ok(c) => c,
         Err(e) => {
-            let e = e.context("connecting with the pinned CA fingerprint");
-            return Err(if transient_connect(&e) {
-                Try::Transient(e)
-            } else {
-                Try::Final(e)
-            });
+            if transient_connect(&e) {
+                let text = format!("{e:#}");
+                return Err(Try::Transient(match identity::connect_hint(&text) {
+                    Some(hint) => anyhow!("{text}; {hint}"),
+                    None => e,
+                }));
+            }
+            if format!("{e:#}").contains("fingerprint") {
+                return Err(Try::Final(fingerprint_mismatch(args, pin).await));
+            }
+            return Err(Try::Final(
+                e.context("connecting with the pinned CA fingerprint"),
+            ));
         }
     };
     // On this fresh, verified connection a failed call (not a bad answer)
@@ -322,10 +457,10 @@ async fn submit(
             Try::Final(e)
         }
     };
-    let ca_der = fetch_pinned_ca(channel.clone(), pin, &args.state)
+    let ca = fetch_pinned_ca(channel.clone(), pin)
         .await
         .map_err(broken)?;
-    identity::refresh_crl(channel.clone(), &ca_der, &args.state)
+    let crl_pem = identity::fetch_crl(channel.clone(), &ca.0)
         .await
         .map_err(broken)?;
     let mut client = CaClient::new(channel);
@@ -344,29 +479,161 @@ async fn submit(
             State::try_from(resp.state),
             Ok(State::Signed | State::Pending)
         ) {
-            return Ok((ca_der, client, resp));
+            *held = true;
+            return Ok((ca, crl_pem, client, resp));
         }
     }
     let csr = troupe_pki::build_csr(&args.name, key, args.psk.as_deref())
         .context("building the CSR")
         .map_err(fin)?;
-    let first = client
+    // From here until an answer arrives, the master may hold a request.
+    *held = true;
+    let first = match client
         .submit_csr(SubmitCsrRequest {
             name: args.name.clone(),
             csr,
         })
         .await
-        .map_err(|s| {
-            st(
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let e = st(
                 &format!(
                     "the master refused the certificate request for {}",
                     args.name
                 ),
                 s,
-            )
-        })?
-        .into_inner();
-    Ok((ca_der, client, first))
+            );
+            if matches!(e, Try::Final(_)) {
+                *held = false;
+            }
+            return Err(e);
+        }
+    };
+    *held = matches!(
+        State::try_from(first.state),
+        Ok(State::Signed | State::Pending)
+    );
+    Ok((ca, crl_pem, client, first))
+}
+
+/// Records the CA certificates a server presents, and trusts nothing: a
+/// handshake with it always fails. Used only to say which CA a master
+/// has when it is not the pinned one.
+#[derive(Debug)]
+struct ShowChain {
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    schemes: Vec<rustls::SignatureScheme>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ShowChain {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Ok(mut g) = self.seen.lock() {
+            *g = intermediates.iter().map(|c| c.as_ref().to_vec()).collect();
+        }
+        Err(rustls::Error::General(
+            "only looking: nothing is trusted".into(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "only looking: nothing is trusted".into(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "only looking: nothing is trusted".into(),
+        ))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// The CA certificates (DER) the server at `server` presents in its TLS
+/// chain; empty when it cannot be asked. The handshake is aborted by
+/// [`ShowChain`]: nothing is sent and nothing is trusted.
+async fn presented_cas(server: &str) -> Vec<Vec<u8>> {
+    let Ok(addr) = identity::parse_server(server) else {
+        return Vec::new();
+    };
+    let provider = troupe_pki::tls::provider();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let verifier = Arc::new(ShowChain {
+        seen: seen.clone(),
+        schemes: provider
+            .signature_verification_algorithms
+            .supported_schemes(),
+    });
+    let Ok(builder) =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return Vec::new();
+    };
+    let mut cfg = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![troupe_pki::tls::ALPN_H2.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let look = async {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(&addr.authority).await {
+            let _ = connector.connect(addr.server_name.clone(), tcp).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), look).await;
+    seen.lock().map(|g| g.clone()).unwrap_or_default()
+}
+
+/// `AB:CD:...`, as `troupe ca fingerprint` prints it.
+fn colon_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The error for a master whose CA is not the pinned one: both
+/// fingerprints, and where to compare.
+async fn fingerprint_mismatch(args: &Args, pin: [u8; 32]) -> anyhow::Error {
+    let given = colon_hex(&pin);
+    let cas = presented_cas(&args.server).await;
+    if cas.is_empty() {
+        return anyhow!(
+            "the server at {} presents no CA certificate, so it cannot be checked against \
+             the pinned fingerprint (--ca-fingerprint) {given}: is --server the master's gRPC port? Nothing was sent",
+            args.server
+        );
+    }
+    let theirs: Vec<String> = cas.iter().map(|c| util::fingerprint_sha256(c)).collect();
+    anyhow!(
+        "the master's CA fingerprint differs from the one given: the master at {} has {}, \
+         the pinned fingerprint (--ca-fingerprint) is {given}; compare with `troupe ca fingerprint` on the master \
+         (and check --server). Nothing was sent and nothing is trusted",
+        args.server,
+        theirs.join(" and ")
+    )
 }
 
 /// Polls with exponential backoff until signed, rejected or given up.
@@ -375,6 +642,7 @@ async fn wait_for_operator(
     args: &Args,
     key: &rcgen::KeyPair,
     first: &CertificateStatus,
+    held: &mut bool,
 ) -> Result<CertificateStatus> {
     let spki: Vec<u8> =
         sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(key)).to_vec();
@@ -422,16 +690,22 @@ async fn wait_for_operator(
         match State::try_from(resp.state) {
             Ok(State::Signed) => return Ok(resp),
             Ok(State::Pending) => tracing::info!("still pending"),
-            Ok(State::Rejected) => bail!(
-                "the certificate request for {} was rejected by an operator: {}",
-                args.name,
-                resp.message
-            ),
-            _ => bail!(
-                "the master no longer knows the request for {}: {}",
-                args.name,
-                resp.message
-            ),
+            Ok(State::Rejected) => {
+                *held = false;
+                bail!(
+                    "the certificate request for {} was rejected by an operator: {}",
+                    args.name,
+                    resp.message
+                )
+            }
+            _ => {
+                *held = false;
+                bail!(
+                    "the master no longer knows the request for {}: {}",
+                    args.name,
+                    resp.message
+                )
+            }
         }
     }
 }

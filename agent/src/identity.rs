@@ -311,6 +311,14 @@ use sha2::Digest as _;
 /// Fetches the CA's CRL over `channel`, checks it is signed by `ca_der`
 /// and stores it as `crl.pem`.
 pub async fn refresh_crl(channel: Channel, ca_der: &[u8], state_dir: &Path) -> Result<()> {
+    let pem = fetch_crl(channel, ca_der).await?;
+    util::write_atomic(&state_dir.join(CRL_FILE), pem.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Fetches the CA's CRL over `channel` and checks it is signed by
+/// `ca_der`; returns its PEM (stored by the caller).
+pub async fn fetch_crl(channel: Channel, ca_der: &[u8]) -> Result<String> {
     let mut client = troupe_proto::v1::ca_client::CaClient::new(channel);
     let resp = client
         .get_crl(troupe_proto::v1::Empty {})
@@ -320,8 +328,25 @@ pub async fn refresh_crl(channel: Channel, ca_der: &[u8], state_dir: &Path) -> R
     let der = CertificateRevocationListDer::from_pem_slice(resp.pem.as_bytes())
         .context("the master sent an unreadable CRL")?;
     util::verify_crl(der.as_ref(), ca_der).map_err(|e| anyhow!("the master's CRL: {e}"))?;
-    util::write_atomic(&state_dir.join(CRL_FILE), resp.pem.as_bytes(), 0o644)?;
-    Ok(())
+    Ok(resp.pem)
+}
+
+/// What to check when a connection to the master failed before any
+/// answer, for an error text from [`connect_with`]: nothing listening,
+/// something that is not TLS, a server not from the trusted CA. `None`
+/// when the text gives no such clue.
+pub fn connect_hint(text: &str) -> Option<&'static str> {
+    let lower = text.to_lowercase();
+    if lower.contains("connection refused") {
+        Some("nothing listens there: is the master running, and is the port in --server right?")
+    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        Some(
+            "what answers there does not speak TLS: give the master's gRPC port \
+             (`troupe master --listen`, 8140 by default)",
+        )
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -109,8 +109,46 @@ impl CatalogSource for NoSource {
     }
 }
 
+/// With --server: refuses at once (no retries, nothing created) when the
+/// state directory holds no identity to talk to the master with.
+fn require_identity(state_dir: &Path, server: &str) -> anyhow::Result<()> {
+    use crate::identity::{CERT_FILE, Identity, KEY_FILE, KEY_NEXT};
+    let has_key = state_dir.join(KEY_FILE).exists() || state_dir.join(KEY_NEXT).exists();
+    if has_key && Identity::exists(state_dir) {
+        return Ok(());
+    }
+    if has_key {
+        anyhow::bail!(
+            "the bootstrap in {} has not finished ({KEY_FILE} but no {CERT_FILE}): run \
+             `troupe-agent bootstrap` again to resume it, then run",
+            state_dir.display()
+        );
+    }
+    anyhow::bail!(
+        "{} holds no identity for the master (no {KEY_FILE}): run `troupe-agent bootstrap \
+         --server {server} --name HOST --ca-fingerprint FP --state {}` first",
+        state_dir.display(),
+        state_dir.display()
+    )
+}
+
+/// Refuses a --state directory that does not exist, except the default
+/// one (created on first use): a typo must not make a new state.
+fn existing_state_dir(state_dir: &Path) -> anyhow::Result<()> {
+    if state_dir == Path::new(state::DEFAULT_STATE_DIR) || state_dir.is_dir() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--state {}: no such directory (the agent's state directory is {} unless another \
+         was given to `troupe-agent bootstrap`/`run`)",
+        state_dir.display(),
+        state::DEFAULT_STATE_DIR
+    )
+}
+
 pub fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(server) = &args.server {
+        require_identity(&args.state, server)?;
         troupe_pki::tls::install_crypto_provider();
         let retry = crate::master_client::Retry::default();
         let mut source =
@@ -483,6 +521,8 @@ pub struct DisableArgs {
     /// Why (shown by every refused run).
     #[arg(default_value = "disabled by an operator")]
     pub reason: String,
+    /// The agent's state directory; refused if it does not exist (a typo
+    /// must not disable nothing), except the default one.
     #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
     pub state: PathBuf,
 }
@@ -490,11 +530,14 @@ pub struct DisableArgs {
 /// Options of `troupe-agent enable`.
 #[derive(clap::Args, Debug)]
 pub struct EnableArgs {
+    /// The agent's state directory; refused if it does not exist, except
+    /// the default one.
     #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
     pub state: PathBuf,
 }
 
 pub fn disable(args: DisableArgs) -> anyhow::Result<u8> {
+    existing_state_dir(&args.state)?;
     state::create_private_dir(&args.state)?;
     let d = state::Disabled {
         reason: args.reason,
@@ -510,6 +553,7 @@ pub fn disable(args: DisableArgs) -> anyhow::Result<u8> {
 }
 
 pub fn enable(args: EnableArgs) -> anyhow::Result<u8> {
+    existing_state_dir(&args.state)?;
     match std::fs::remove_file(args.state.join("disabled")) {
         Ok(()) => println!("runs enabled"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("runs were not disabled"),

@@ -458,6 +458,8 @@ fn disable_enable_and_lock() {
     let env = Env::new();
     let mut c = new_catalog();
     c.resources.push(exec("wait", &["/bin/sleep", "2"]));
+    // disable refuses a --state directory that does not exist (a typo).
+    std::fs::create_dir_all(env.state()).unwrap();
     let o = env.sub(&["disable", "maintenance window"]);
     assert!(o.status.success());
     let cat = env.write_catalog(&c);
