@@ -294,8 +294,28 @@ impl Identity {
         .context("building the TLS client configuration")
     }
 
-    /// A mutual-TLS channel to the master.
+    /// Refuses a certificate past its end: the master would close the
+    /// connection without saying why, and it cannot be renewed.
+    pub fn check_not_expired(&self) -> Result<()> {
+        if util::now() > self.not_after {
+            bail!(
+                "the certificate in {} ({}, serial {}) has expired ({}); an expired \
+                 certificate cannot be renewed: have the operator run `troupe ca clean {}`, \
+                 then run `troupe-agent bootstrap` again",
+                self.state_dir.display(),
+                self.name,
+                self.serial,
+                util::fmt_time(self.not_after),
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A mutual-TLS channel to the master (refused at once when the
+    /// certificate has expired).
     pub async fn connect(&self, server: &str) -> Result<Channel> {
+        self.check_not_expired()?;
         connect_with(self.client_config()?, server).await
     }
 

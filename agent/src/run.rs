@@ -115,6 +115,10 @@ fn require_identity(state_dir: &Path, server: &str) -> anyhow::Result<()> {
     use crate::identity::{CERT_FILE, Identity, KEY_FILE, KEY_NEXT};
     let has_key = state_dir.join(KEY_FILE).exists() || state_dir.join(KEY_NEXT).exists();
     if has_key && Identity::exists(state_dir) {
+        // An expired certificate never works again: say so at once.
+        if let Ok(id) = Identity::load(state_dir) {
+            id.check_not_expired()?;
+        }
         return Ok(());
     }
     if has_key {
