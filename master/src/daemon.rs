@@ -26,14 +26,18 @@ use troupe_pki::{Authority, CaPolicy, util};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Data directory: CA, certificates, state database, admin socket.
-    /// Created (mode 0700) if missing.
-    #[arg(long)]
+    /// Created (mode 0700) if missing. The client commands (`troupe ca`,
+    /// `nodes`, ...) use the same default.
+    #[arg(long, env = "TROUPE_DATA", default_value = "/var/lib/troupe")]
     pub data: PathBuf,
-    /// Address to serve gRPC over TLS on. Port 0 picks a free port; the
-    /// bound address is written to DATA/listen.addr.
-    #[arg(long, default_value = "127.0.0.1:8140")]
-    pub listen: String,
-    /// Module tree to compile catalogs from.
+    /// Address to serve gRPC over TLS on, as IP:PORT (e.g. 0.0.0.0:8140,
+    /// [::]:8140). Port 0 picks a free port; the bound address is written
+    /// to DATA/listen.addr.
+    #[arg(long, default_value = "127.0.0.1:8140", value_name = "IP:PORT", value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// Module tree to compile catalogs from. The master refuses to start
+    /// when it does not load; later changes that do not load are refused
+    /// while the last good tree keeps serving.
     #[arg(long)]
     pub modules: Option<PathBuf>,
     /// Names (DNS or IP) agents use to reach this master; they go in the
@@ -46,7 +50,7 @@ pub struct Args {
     pub cert_ttl: humantime::Duration,
     /// Hold an environment (repeatable): its new code is staged and served
     /// only after `troupe env promote ENV`, so development work never
-    /// reaches it directly.
+    /// reaches it directly. Needs --modules, whose tree must have ENV.
     #[arg(long = "hold", value_name = "ENV")]
     pub hold: Vec<String>,
     /// How often to look for changes in the module tree.
@@ -73,6 +77,63 @@ pub struct Args {
     /// the master closes them (agents' command streams are closed then).
     #[arg(long, default_value = "10s")]
     pub shutdown_grace: humantime::Duration,
+}
+
+/// `--listen`: an IP and a port (a usage error otherwise, with an example).
+fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        let hint = if s.parse::<std::net::IpAddr>().is_ok() {
+            "the port is missing"
+        } else {
+            "not an IP address and port"
+        };
+        format!(
+            "{hint}: expected IP:PORT, e.g. 127.0.0.1:8140, 0.0.0.0:8140 (every IPv4 address) \
+             or [::]:8140"
+        )
+    })
+}
+
+/// Loads the module tree at startup: refuses to start when it does not
+/// load (there is no previous tree to serve) or lacks a held environment.
+fn load_code(dir: &std::path::Path, hold: &[String]) -> Result<crate::code::CodeManager> {
+    let m = crate::code::CodeManager::new(dir.to_path_buf(), hold.iter().cloned());
+    // A tree that changed while it was read (a checkout under way) is
+    // read again.
+    for _ in 0..20 {
+        let st = m.status();
+        if st.live_version.is_some() || st.last_error.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        m.reload_if_changed();
+    }
+    let st = m.status();
+    let Some(version) = st.live_version else {
+        anyhow::bail!(
+            "--modules {}: the module tree does not load, and there is no earlier one to \
+             serve: {}",
+            dir.display(),
+            st.last_error
+                .unwrap_or_else(|| "it kept changing while it was read".into())
+        );
+    };
+    for env in hold {
+        if !st.environments.contains_key(env) {
+            let have: Vec<&str> = st.environments.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "--hold {env}: the module tree {} has no environment {env:?} (it has: {})",
+                dir.display(),
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            );
+        }
+    }
+    tracing::info!(version = %version, "module tree loaded");
+    Ok(m)
 }
 
 /// Builds the gRPC router with every service of the master. Later services
@@ -118,6 +179,16 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 async fn serve(args: Args) -> Result<()> {
+    // The module tree first: a master that cannot serve catalogs refuses
+    // to start before it creates or changes anything.
+    let code = match &args.modules {
+        Some(dir) => Some(Arc::new(load_code(dir, &args.hold)?)),
+        None if !args.hold.is_empty() => anyhow::bail!(
+            "--hold {}: there is no module tree to hold environments of (give --modules DIR)",
+            args.hold.join(", ")
+        ),
+        None => None,
+    };
     util::ensure_private_dir(&args.data, 0o700)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
     let policy = CaPolicy {
@@ -139,18 +210,6 @@ async fn serve(args: Args) -> Result<()> {
         args.server_names.clone()
     };
     let tls = Arc::new(ServerTls::new(&ca, &names, &args.data)?);
-    let code = args.modules.clone().map(|dir| {
-        let m = crate::code::CodeManager::new(dir, args.hold.clone());
-        let st = m.status();
-        match (&st.live_version, &st.last_error) {
-            (Some(v), _) => tracing::info!(version = %v, "module tree loaded"),
-            (None, Some(e)) => {
-                tracing::error!("module tree does not load; no catalogs until it does: {e}")
-            }
-            _ => {}
-        }
-        Arc::new(m)
-    });
     let store = crate::store::NodeStore::open(&args.data.join("nodes.redb"), args.reports_keep)?;
     let secrets = troupe_compiler::SecretKeys::load_dir(&args.data)
         .map_err(|e| anyhow::anyhow!("loading secret keys: {e}"))?;

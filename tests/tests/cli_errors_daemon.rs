@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use troupe_tests::{Master, Out, Proc, agent_bin, run, tally};
+use troupe_tests::{Master, MasterOptions, Out, Proc, agent_bin, run, tally, troupe_bin};
 
 /// Exit status of a malformed command line (both binaries).
 const EXIT_USAGE: i32 = 64;
@@ -364,4 +364,200 @@ fn disable_and_enable_refuse_a_state_dir_that_does_not_exist() {
     agent(&["enable", "--state", r]).assert_success();
     assert!(!real.join("disabled").exists());
     tally::hostile("cli", "disable/enable with a missing --state", true);
+}
+
+/// Runs `troupe master ARGS` that must exit on its own (a refusal): fails
+/// the test if it is still running after 30 s.
+fn master_refused(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, e) = (dir.path().join("out"), dir.path().join("err"));
+    let mut c = Command::new(troupe_bin());
+    c.arg("master").args(args).env("TROUPE_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap());
+    let mut p = Proc(c.spawn().unwrap());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "troupe master {args:?} kept running:\n{}",
+            std::fs::read_to_string(&e).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Out {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&o).unwrap(),
+        stderr: std::fs::read_to_string(&e).unwrap(),
+    }
+}
+
+#[test]
+fn the_master_refuses_to_start_without_a_module_tree_that_loads() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let d = data.to_str().unwrap();
+    let listen = ["--listen", "127.0.0.1:0", "--data", d];
+
+    let out = master_refused(&[&listen[..], &["--modules", "/nonexistent"]].concat(), &[]);
+    refused(
+        &out,
+        "troupe",
+        &[
+            "--modules /nonexistent",
+            "does not load, and there is no earlier one to serve",
+            "No such file or directory",
+        ],
+    );
+    assert!(!out.stderr.contains("keeps serving"), "{out:#?}");
+    assert!(!data.exists(), "a refused master created {data:?}");
+
+    // A tree with a broken site file.
+    let tree = root.path().join("modules");
+    troupe_tests::netns::write_tree(&tree, "hello", 1, 1);
+    let site = std::fs::read_to_string(tree.join("site.toml")).unwrap();
+    std::fs::write(tree.join("site.toml"), "[[node]\n").unwrap();
+    let t = tree.to_str().unwrap();
+    let out = master_refused(&[&listen[..], &["--modules", t]].concat(), &[]);
+    refused(
+        &out,
+        "troupe",
+        &["the module tree does not load", "site.toml"],
+    );
+    assert!(!data.exists());
+    std::fs::write(tree.join("site.toml"), site).unwrap();
+
+    // --hold: an environment the tree does not have, or no tree at all.
+    let out = master_refused(
+        &[&listen[..], &["--modules", t, "--hold", "prodution"]].concat(),
+        &[],
+    );
+    refused(
+        &out,
+        "troupe",
+        &[
+            "--hold prodution",
+            "has no environment \"prodution\"",
+            "it has: production",
+        ],
+    );
+    assert!(!data.exists());
+    let out = master_refused(&[&listen[..], &["--hold", "production"]].concat(), &[]);
+    refused(&out, "troupe", &["--hold production", "give --modules DIR"]);
+    assert!(!data.exists());
+
+    // --listen without a port, or with a name: a usage error with an example.
+    for bad in ["127.0.0.1", "localhost:8140", "8140"] {
+        let out = master_refused(&["--listen", bad, "--data", d], &[]);
+        usage(&out, "expected IP:PORT, e.g. 127.0.0.1:8140");
+        assert!(out.stderr.contains(&format!("'{bad}'")), "{out:#?}");
+    }
+    assert!(!data.exists());
+
+    // The good tree, held: the master serves (and logs no load error).
+    let m = Master::start_with(MasterOptions {
+        modules: Some(tree.clone()),
+        extra_args: vec!["--hold".into(), "production".into()],
+    });
+    let st = m.ca(&["list"]);
+    st.assert_success();
+    assert!(m.log().contains("module tree loaded"), "{}", m.log());
+    tally::hostile(
+        "cli",
+        "master started with a bad --modules/--hold/--listen",
+        true,
+    );
+}
+
+#[test]
+fn the_master_uses_the_same_data_default_as_the_client_commands() {
+    let help = run(Command::new(troupe_bin()).args(["master", "--help"]));
+    // Wrapped to the terminal's width: compare words.
+    let words = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for n in [
+        "[env: TROUPE_DATA=]",
+        "[default: /var/lib/troupe]",
+        "--listen <IP:PORT>",
+    ] {
+        assert!(words.contains(n), "{n:?}: {}", help.stdout);
+    }
+    // TROUPE_DATA alone places the master, and the client commands find it.
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut c = Command::new(troupe_bin());
+    c.args(["master", "--listen", "127.0.0.1:0"])
+        .env("TROUPE_DATA", &data)
+        .env("TROUPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _p = Proc(c.spawn().unwrap());
+    troupe_tests::wait_until(Duration::from_secs(30), "listen.addr", || {
+        data.join("listen.addr").exists()
+    });
+    let fp = run(Command::new(troupe_bin())
+        .args(["ca", "fingerprint"])
+        .env("TROUPE_DATA", &data));
+    fp.assert_success();
+    assert_eq!(fp.stdout.trim().len(), 95, "{fp:#?}");
+}
+
+/// Signs an expired certificate for `name` with the master's CA and lays
+/// out a state directory like `troupe-agent bootstrap` does.
+fn expired_identity(m: &Master, name: &str, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let ca_key = std::fs::read_to_string(m.data.join("ca/ca_key.pem")).unwrap();
+    let ca_crt = std::fs::read_to_string(m.data.join("ca/ca_crt.pem")).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca_crt, rcgen::KeyPair::from_pem(&ca_key).unwrap())
+            .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x43; 16]));
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_crt).unwrap();
+}
+
+#[test]
+fn an_agent_with_an_expired_certificate_is_told_at_once() {
+    let m = Master::start();
+    let state = m.root.path().join("old");
+    expired_identity(&m, "web-old", &state);
+    let s = state.to_str().unwrap();
+    let before = snapshot(&state);
+    for sub in ["run", "renew"] {
+        let mut args = vec![sub, "--server", &m.url, "--state", s];
+        if sub == "run" {
+            args.push("--once");
+        }
+        let out = agent(&args);
+        refused(
+            &out,
+            "troupe-agent",
+            &[
+                "has expired",
+                "cannot be renewed",
+                "troupe ca clean web-old",
+                "troupe-agent bootstrap",
+            ],
+        );
+        assert_eq!(snapshot(&state), before, "{sub} changed the state dir");
+    }
+    tally::hostile("cli", "agent run/renew with an expired certificate", true);
 }
