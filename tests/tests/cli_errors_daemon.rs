@@ -561,3 +561,29 @@ fn an_agent_with_an_expired_certificate_is_told_at_once() {
     }
     tally::hostile("cli", "agent run/renew with an expired certificate", true);
 }
+
+#[test]
+fn an_agent_run_against_a_master_that_is_down_says_what_to_check() {
+    let mut m = Master::start();
+    let psk = m.psk("web1");
+    m.bootstrap("web1", Some(&psk)).assert_success();
+    m.stop();
+    let out = m.agent_cmd("web1", "run", &["--once"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    let last = out.stderr.lines().last().unwrap_or("");
+    for n in [
+        "troupe-agent: error: no catalog",
+        "Connection refused",
+        "nothing listens there: is the master running, and is the port in --server right?",
+    ] {
+        assert!(last.contains(n), "{n:?} not in {last:?}");
+    }
+    // The WARN lines before it repeat the cause (one per try); the error
+    // line says each once.
+    clean(&Out {
+        code: out.code,
+        stdout: String::new(),
+        stderr: last.to_string(),
+    });
+    tally::fault("master-down", "agent run --once with the master down", 0);
+}
