@@ -36,8 +36,10 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8140", value_name = "IP:PORT", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// Module tree to compile catalogs from. The master refuses to start
-    /// when it does not load; later changes that do not load are refused
-    /// while the last good tree keeps serving.
+    /// when DIR is not a directory. A tree that does not load does not
+    /// stop the master (the CA and reports keep working): catalogs are
+    /// refused with the load error until a good tree appears; later changes
+    /// that do not load are refused while the last good tree keeps serving.
     #[arg(long)]
     pub modules: Option<PathBuf>,
     /// Names (DNS or IP) agents use to reach this master; they go in the
@@ -94,9 +96,17 @@ fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
     })
 }
 
-/// Loads the module tree at startup: refuses to start when it does not
-/// load (there is no previous tree to serve) or lacks a held environment.
+/// Loads the module tree at startup: refuses to start when `dir` is not a
+/// directory (a typo) or the tree lacks a held environment. A tree that
+/// does not load is logged loudly, and the master starts without it: the
+/// CA and report intake must not depend on module code, and agents
+/// converge from their cached catalogs meanwhile.
 fn load_code(dir: &std::path::Path, hold: &[String]) -> Result<crate::code::CodeManager> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("--modules {}: not a directory", dir.display()),
+        Err(e) => anyhow::bail!("--modules {}: {e}", dir.display()),
+    }
     let m = crate::code::CodeManager::new(dir.to_path_buf(), hold.iter().cloned());
     // A tree that changed while it was read (a checkout under way) is
     // read again.
@@ -110,13 +120,20 @@ fn load_code(dir: &std::path::Path, hold: &[String]) -> Result<crate::code::Code
     }
     let st = m.status();
     let Some(version) = st.live_version else {
-        anyhow::bail!(
-            "--modules {}: the module tree does not load, and there is no earlier one to \
-             serve: {}",
+        tracing::error!(
+            "--modules {}: the module tree does not load; the master starts without it and \
+             refuses catalogs until a good tree appears (the CA and reports work): {}",
             dir.display(),
             st.last_error
                 .unwrap_or_else(|| "it kept changing while it was read".into())
         );
+        if !hold.is_empty() {
+            tracing::warn!(
+                "--hold {}: cannot be checked until the module tree loads",
+                hold.join(", ")
+            );
+        }
+        return Ok(m);
     };
     for env in hold {
         if !st.environments.contains_key(env) {
@@ -251,7 +268,11 @@ async fn serve(args: Args) -> Result<()> {
                     }
                     Ok(crate::code::Reload::Failed(e)) => {
                         metrics.code_load_failures.inc();
-                        tracing::error!("the changed module tree does not load; the previous one keeps serving: {e}")
+                        if code.status().live_version.is_some() {
+                            tracing::error!("the changed module tree does not load; the previous one keeps serving: {e}")
+                        } else {
+                            tracing::error!("the module tree still does not load; no catalogs are served until it does: {e}")
+                        }
                     }
                     _ => {}
                 }
