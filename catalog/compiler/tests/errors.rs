@@ -636,7 +636,10 @@ fn user_membership_is_minimum_or_inclusive() {
     let e = compile_err(d.path());
     assert_eq!(e.kind(), ErrorKind::Schema);
     assert_eq!(e.location().unwrap(), format!("{P}/profiles/bad.toml:3:14"));
-    assert!(e.to_string().contains("\"minimum\" or \"inclusive\""), "{e}");
+    assert!(
+        e.to_string().contains("\"minimum\" or \"inclusive\""),
+        "{e}"
+    );
 
     for (given, want) in [
         ("", troupe_catalog::Membership::Minimum),
