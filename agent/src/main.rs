@@ -87,24 +87,6 @@ Exit status (as puppet agent --detailed-exitcodes; with --once):
   6   changes made and some resources failed
   64  malformed command line";
 
-/// An error and its causes on one line, each cause once: a cause whose text
-/// the line already holds (an `io::Error` both wrapped and shown) is left out.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text);
-    }
-    line
-}
-
 fn main() -> ExitCode {
     troupe_pki::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
@@ -129,7 +111,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("troupe-agent: error: {}", one_line(&e));
+            eprintln!("troupe-agent: error: {}", troupe_command::cli::one_line(&e));
             ExitCode::from(1)
         }
     }

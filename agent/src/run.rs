@@ -266,7 +266,7 @@ fn obtain_catalog(
         ))),
         Err(e) => {
             // What to check when the master could not be reached at all.
-            let why = said_once(&e);
+            let why = troupe_command::cli::one_line(&e);
             let hint = crate::identity::connect_hint(&why)
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
@@ -282,31 +282,6 @@ fn obtain_catalog(
             }
         }
     }
-}
-
-/// An error and its causes on one line, each said once: a cause that
-/// opens with what the line already said ("cannot reach the master at X"
-/// under "cannot reach the master at X for the catalog") drops that part.
-fn said_once(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let mut text = cause.to_string();
-        while let Some((head, rest)) = text.split_once(": ") {
-            if !line.contains(head.trim()) {
-                break;
-            }
-            text = rest.to_string();
-        }
-        let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text);
-    }
-    line
 }
 
 /// One complete run. Errors mean no run happened (disabled, locked, no

@@ -102,24 +102,6 @@ fn log_filter(arg: Option<String>) -> String {
         .unwrap_or_else(|| "info".into())
 }
 
-/// An error and its causes on one line, each cause once: a cause whose text
-/// the line already holds (an `io::Error` both wrapped and shown) is left out.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text);
-    }
-    line
-}
-
 fn main() -> ExitCode {
     troupe_pki::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
@@ -151,7 +133,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("troupe: error: {}", one_line(&e));
+            eprintln!("troupe: error: {}", troupe_command::cli::one_line(&e));
             ExitCode::from(1)
         }
     }

@@ -31,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod netns;
 pub mod orch;
 pub mod tally;
