@@ -44,13 +44,9 @@ fn build_deb(work: &std::path::Path, out: &std::path::Path, version: &str) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-#[test]
-fn installs_and_removes_a_real_deb_in_a_dpkg_root() {
-    if !have("dpkg-deb") {
-        eprintln!("dpkg-deb not installed; test needs Debian tools");
-        return;
-    }
-    let env = Env::new();
+/// An empty dpkg database in the test root and a package dir holding
+/// troupe-hello 1.0; returns the package dir.
+fn dpkg_root(env: &Env) -> std::path::PathBuf {
     let pkgs = env.dir.path().join("pkgs");
     build_deb(env.dir.path(), &pkgs, "1.0");
     for d in [
@@ -63,6 +59,63 @@ fn installs_and_removes_a_real_deb_in_a_dpkg_root() {
     }
     std::fs::write(env.root().join("var/lib/dpkg/status"), "").unwrap();
     std::fs::write(env.root().join("var/lib/dpkg/available"), "").unwrap();
+    pkgs
+}
+
+#[test]
+fn a_dpkg_lock_held_by_another_process_is_waited_for() {
+    if !have("dpkg-deb") {
+        eprintln!("dpkg-deb not installed; test needs Debian tools");
+        return;
+    }
+    let env = Env::new();
+    let pkgs = dpkg_root(&env);
+    // What unattended-upgrades does: a write lock on dpkg's frontend lock
+    // (fcntl record locks, as dpkg takes them), here held by this process
+    // and released after a while by closing the file.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.root().join("var/lib/dpkg/lock-frontend"))
+        .unwrap();
+    let fl = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&lock, nix::fcntl::FcntlArg::F_SETLK(&fl)).unwrap();
+    let held = std::time::Duration::from_millis(1500);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(held);
+        drop(lock);
+    });
+    let mut c = new_catalog();
+    c.resources.push(res(Kind::Package {
+        name: "troupe-hello".into(),
+        ensure: PackageEnsure::Present,
+    }));
+    let t0 = std::time::Instant::now();
+    let (code, r, _) = env.run(&c, &["--package-dir", pkgs.to_str().unwrap()]);
+    release.join().unwrap();
+    assert_eq!(code, 2, "the install waited for the lock: {r:?}");
+    assert!(t0.elapsed() >= held, "{:?}", t0.elapsed());
+    assert_eq!(
+        std::fs::read(env.p("/usr/share/troupe-hello/hello.txt")).unwrap(),
+        b"hello 1.0\n"
+    );
+}
+
+#[test]
+fn installs_and_removes_a_real_deb_in_a_dpkg_root() {
+    if !have("dpkg-deb") {
+        eprintln!("dpkg-deb not installed; test needs Debian tools");
+        return;
+    }
+    let env = Env::new();
+    let pkgs = dpkg_root(&env);
     let pd = pkgs.to_str().unwrap();
     let mut c = new_catalog();
     c.resources.push(res(Kind::Package {

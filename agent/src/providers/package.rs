@@ -378,7 +378,8 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
                 let mut a = vec!["dpkg".to_owned()];
                 a.extend(root_arg(ctx, "--root"));
                 a.extend(["--force-confold".into(), "--install".into(), f]);
-                a
+                dpkg_check(&a)?;
+                return Ok(());
             }
             Manager::Rpm => {
                 let mut a = vec!["rpm".to_owned()];
@@ -439,6 +440,58 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
 /// sysadmin's apt, ...) before it gives up with "Could not get lock".
 const APT_LOCK_WAIT: u32 = 300;
 
+/// Runs a `dpkg` command; while another process (unattended-upgrades, a
+/// sysadmin's apt) holds the dpkg lock, waits and tries again, for up to
+/// [`APT_LOCK_WAIT`] seconds, as apt-get does with `DPkg::Lock::Timeout`.
+fn dpkg_check(argv: &[String]) -> anyhow::Result<()> {
+    dpkg_check_waiting(argv, std::time::Duration::from_secs(APT_LOCK_WAIT.into()))
+}
+
+fn dpkg_check_waiting(argv: &[String], wait: std::time::Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut said = false;
+    loop {
+        let o = cmd::run(&cmd::Spec {
+            argv,
+            ..Default::default()
+        })?;
+        if o.ok() {
+            return Ok(());
+        }
+        // dpkg: "dpkg frontend lock was locked by another process with pid
+        // N", "dpkg status database is locked by another process".
+        let locked = o.output.contains("locked by another process");
+        if !locked {
+            anyhow::bail!(
+                "`{}` failed with {}: {}",
+                argv.join(" "),
+                o.describe(),
+                o.tail()
+            );
+        }
+        if start.elapsed() >= wait {
+            anyhow::bail!(
+                "`{}`: the dpkg lock is still held by another process after {} s \
+                 (unattended-upgrades or another apt/dpkg?); the next run tries again: {}",
+                argv.join(" "),
+                wait.as_secs(),
+                o.tail()
+            );
+        }
+        if !said {
+            tracing::warn!(
+                "the dpkg lock is held by another process; waiting up to {} s: {}",
+                wait.as_secs(),
+                o.tail()
+            );
+            said = true;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// `apt-get install` without prompts: answers yes, keeps changed config
 /// files, and waits for a held dpkg lock instead of failing at once.
 fn apt_install_argv(spec: &str) -> Vec<String> {
@@ -468,7 +521,8 @@ fn remove(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<()> {
             let mut a = vec!["dpkg".to_owned()];
             a.extend(root_arg(ctx, "--root"));
             a.extend(["--remove".into(), name.to_owned()]);
-            a
+            dpkg_check(&a)?;
+            return Ok(());
         }
         Manager::Rpm => {
             let mut a = vec!["rpm".to_owned()];
