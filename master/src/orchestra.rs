@@ -663,33 +663,10 @@ mod tests {
     /// recorded before are still there.
     #[tokio::test]
     async fn the_relay_cache_recovers_by_itself_once_a_full_disk_has_space_again() {
-        let d = tempfile::tempdir().unwrap();
-        let mnt = d.path().join("fs");
-        std::fs::create_dir(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
-            .arg(&mnt)
-            .output();
-        match mounted {
-            Ok(o) if o.status.success() => {}
-            other if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("cannot mount a tmpfs: {other:?}")
-            }
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {other:?}");
-                return;
-            }
-        }
-        struct Unmount(PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _unmount = Unmount(mnt.clone());
+        let Some(fs) = troupe_pki::test_fs::mount_or_skip("4m") else {
+            return;
+        };
+        let mnt = fs.path.clone();
         let orch = Orchestra::new(&mnt);
         let mut signer = troupe_command::FileSigner::generate().unwrap();
         let mut command = || {
@@ -708,14 +685,7 @@ mod tests {
         let first = command();
         assert_eq!(orch.first_submission(&first).await, Ok(true));
         assert_eq!(orch.first_submission(&first).await, Ok(false));
-        let filler = mnt.join("filler");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let chunk = vec![0x5au8; 64 * 1024];
-            while f.write(&chunk).is_ok_and(|n| n > 0) {}
-            while f.write(&chunk[..512]).is_ok_and(|n| n > 0) {}
-        }
+        let filler = fs.fill();
         // Fresh ids until the full disk refuses one (redb may first reuse
         // pages its file already has).
         let mut refused = Vec::new();

@@ -524,44 +524,14 @@ mod tests {
     /// stored before intact and nothing of the refused ones.
     #[test]
     fn the_store_recovers_by_itself_once_a_full_disk_has_space_again() {
-        let d = tempfile::tempdir().unwrap();
-        let mnt = d.path().join("fs");
-        std::fs::create_dir(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
-            .arg(&mnt)
-            .output();
-        match mounted {
-            Ok(o) if o.status.success() => {}
-            other if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("cannot mount a tmpfs: {other:?}")
-            }
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {other:?}");
-                return;
-            }
-        }
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let _unmount = Unmount(mnt.clone());
+        let Some(fs) = troupe_pki::test_fs::mount_or_skip("8m") else {
+            return;
+        };
+        let mnt = fs.path.clone();
         let s = NodeStore::open(&mnt.join("nodes.redb"), 100).unwrap();
         s.add_report("web1", &report("web1", "before", "t1", Status::Changed), 1)
             .unwrap();
-        let filler = mnt.join("filler");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let chunk = vec![0x5au8; 64 * 1024];
-            while f.write(&chunk).is_ok_and(|n| n > 0) {}
-            while f.write(&chunk[..512]).is_ok_and(|n| n > 0) {}
-        }
+        let filler = fs.fill();
         let mut errors = Vec::new();
         for i in 0..4 {
             let mut r = report("web1", &format!("full{i}"), "t2", Status::Changed);

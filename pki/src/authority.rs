@@ -1170,7 +1170,7 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reopen::test_fs::mount_or_skip;
+    use crate::test_fs::mount_or_skip;
 
     fn csr(name: &str, psk: Option<&str>) -> Vec<u8> {
         let k = KeyPair::generate().unwrap();

@@ -19,6 +19,9 @@ pub mod csr;
 pub mod name;
 pub mod psk;
 pub mod reopen;
+#[cfg(any(test, feature = "test-fs"))]
+#[doc(hidden)]
+pub mod test_fs;
 pub mod tls;
 pub mod util;
 
