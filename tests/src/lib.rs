@@ -298,6 +298,53 @@ impl Master {
         ca_cli_ok(&self.data, args)
     }
 
+    /// A client certificate for `name` signed directly with this master's
+    /// CA key (so the CA has no record of it): CN and DNS name `name`,
+    /// clientAuth, valid 2024-2099, a random serial, then `tweak` applied.
+    pub fn sign_with_ca_key(
+        &self,
+        name: &str,
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (rcgen::KeyPair, rcgen::Certificate) {
+        let ca_key = std::fs::read_to_string(self.data.join("ca/ca_key.pem")).expect("CA key");
+        let ca_crt = std::fs::read_to_string(self.data.join("ca/ca_crt.pem")).expect("CA cert");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(
+            &ca_crt,
+            rcgen::KeyPair::from_pem(&ca_key).expect("CA key"),
+        )
+        .expect("CA issuer");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial).expect("random");
+        serial[0] &= 0x7f;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        tweak(&mut p);
+        let cert = p.signed_by(&key, &issuer).expect("signing");
+        (key, cert)
+    }
+
+    /// Lays out an identity directory as `troupe-agent bootstrap` does,
+    /// holding a certificate for `name` that expired in 2021.
+    pub fn write_expired_identity(&self, name: &str, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let (key, cert) = self.sign_with_ca_key(name, |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+        std::fs::create_dir_all(dir).expect("identity dir");
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key.pem");
+        std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600))
+            .expect("key.pem mode");
+        std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert.pem");
+        std::fs::copy(self.data.join("ca/ca_crt.pem"), dir.join("ca.pem")).expect("ca.pem");
+    }
+
     /// The CA fingerprint (`troupe ca fingerprint`).
     pub fn fingerprint(&self) -> String {
         self.ca_ok(&["fingerprint"]).trim().to_string()

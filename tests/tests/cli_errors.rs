@@ -367,30 +367,6 @@ fn operator_mistakes_name_the_problem_and_change_nothing() {
     );
 }
 
-/// Signs an expired certificate for `name` with the fleet master's CA and
-/// lays out an identity directory like `troupe-agent bootstrap` does.
-fn expired_identity(m: &Master, name: &str, dir: &Path) {
-    let ca_key = std::fs::read_to_string(m.data.join("ca/ca_key.pem")).unwrap();
-    let ca_crt = std::fs::read_to_string(m.data.join("ca/ca_crt.pem")).unwrap();
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&ca_crt, rcgen::KeyPair::from_pem(&ca_key).unwrap())
-            .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42; 16]));
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_crt).unwrap();
-}
-
 #[test]
 fn bastion_mistakes_are_refused_before_anything_is_sent() {
     let f = Fleet::start(&[AgentSpec::new("web1").role("web")]);
@@ -488,7 +464,7 @@ fn bastion_mistakes_are_refused_before_anything_is_sent() {
         &["accessible by group or others", "chmod 600"],
     );
     let old = root.join("expired-identity");
-    expired_identity(&f.master, "bastion-old", &old);
+    f.master.write_expired_identity("bastion-old", &old);
     refused(
         &run_with(&url, old.to_str().unwrap(), &key, &["ping"]),
         "troupe",

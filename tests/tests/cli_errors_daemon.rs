@@ -477,36 +477,11 @@ fn the_master_uses_the_same_data_default_as_the_client_commands() {
     assert_eq!(fp.stdout.trim().len(), 95, "{fp:#?}");
 }
 
-/// Signs an expired certificate for `name` with the master's CA and lays
-/// out a state directory like `troupe-agent bootstrap` does.
-fn expired_identity(m: &Master, name: &str, dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let ca_key = std::fs::read_to_string(m.data.join("ca/ca_key.pem")).unwrap();
-    let ca_crt = std::fs::read_to_string(m.data.join("ca/ca_crt.pem")).unwrap();
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&ca_crt, rcgen::KeyPair::from_pem(&ca_key).unwrap())
-            .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x43; 16]));
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_crt).unwrap();
-}
-
 #[test]
 fn an_agent_with_an_expired_certificate_is_told_at_once() {
     let m = Master::start();
     let state = m.root.path().join("old");
-    expired_identity(&m, "web-old", &state);
+    m.write_expired_identity("web-old", &state);
     let s = state.to_str().unwrap();
     let before = snapshot(&state);
     for sub in ["run", "renew"] {

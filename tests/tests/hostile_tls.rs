@@ -22,25 +22,7 @@ fn signed_by_the_real_ca(
     name: &str,
     tweak: impl FnOnce(&mut rcgen::CertificateParams),
 ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let ca_key = std::fs::read_to_string(m.data.join("ca/ca_key.pem")).unwrap();
-    let ca_crt = std::fs::read_to_string(m.data.join("ca/ca_crt.pem")).unwrap();
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&ca_crt, rcgen::KeyPair::from_pem(&ca_key).unwrap())
-            .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    let seed = format!("{name}{:?}", std::time::SystemTime::now());
-    let serial = sha(seed.as_bytes());
-    p.serial_number = Some(rcgen::SerialNumber::from_slice(
-        &hex::decode(&serial[..32]).unwrap(),
-    ));
-    tweak(&mut p);
-    let cert = p.signed_by(&key, &issuer).unwrap();
+    let (key, cert) = m.sign_with_ca_key(name, tweak);
     (
         vec![CertificateDer::from(cert.der().to_vec())],
         PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
