@@ -99,13 +99,7 @@ impl State {
             if refs.is_empty().map_err(db_err)? {
                 for e in chg.iter().map_err(db_err)? {
                     let (_, v) = e.map_err(db_err)?;
-                    for sha in blobs_of(v.value()) {
-                        let n = refs
-                            .get(sha.as_str())
-                            .map_err(db_err)?
-                            .map_or(0, |g| g.value());
-                        refs.insert(sha.as_str(), n + 1).map_err(db_err)?;
-                    }
+                    add_refs(&mut refs, blobs_of(v.value()).into_iter())?;
                 }
             }
         }
@@ -208,13 +202,7 @@ impl State {
                 if let Some(old) = replaced {
                     orphans.extend(unref(&mut refs, old)?);
                 }
-                add_refs(
-                    &mut refs,
-                    changes.iter().filter_map(|c| match &c.before {
-                        Before::File { sha256, .. } => Some(sha256.clone()),
-                        _ => None,
-                    }),
-                )?;
+                add_refs(&mut refs, blob_names(changes))?;
             }
             if queue {
                 unsent.insert(report.run_id.as_str(), ()).map_err(db_err)?;
@@ -383,15 +371,18 @@ pub struct Bucket {
     pub dir: PathBuf,
 }
 
+/// The bucket blobs a rollback journal refers to.
+fn blob_names(changes: &[FileChange]) -> impl Iterator<Item = String> + '_ {
+    changes.iter().filter_map(|c| match &c.before {
+        Before::File { sha256, .. } => Some(sha256.clone()),
+        _ => None,
+    })
+}
+
 /// The bucket blobs a stored rollback journal refers to.
 fn blobs_of(journal: &[u8]) -> Vec<String> {
     let list: Vec<FileChange> = serde_json::from_slice(journal).unwrap_or_default();
-    list.into_iter()
-        .filter_map(|c| match c.before {
-            Before::File { sha256, .. } => Some(sha256),
-            _ => None,
-        })
-        .collect()
+    blob_names(&list).collect()
 }
 
 impl Bucket {
@@ -663,7 +654,8 @@ mod tests {
             a = b.put(b"old a").unwrap();
             c = b.put(b"old c").unwrap();
             st.save_run(&report("r1"), &[kept(&a)], false, 2).unwrap();
-            st.save_run(&report("r2"), &[kept(&a), kept(&c)], false, 2)
+            // r2 names `a` twice (two files had the same old content).
+            st.save_run(&report("r2"), &[kept(&a), kept(&c), kept(&a)], false, 2)
                 .unwrap();
             // What an older agent left: no count table.
             let tx = st.db.begin_write().unwrap();
