@@ -60,6 +60,10 @@ pub struct FileChange {
     /// Host path (already joined with `--root`).
     pub path: PathBuf,
     pub before: Before,
+    /// The `--root` of the run (absent for `/`): rollback resolves `path`
+    /// inside it again and refuses to act when a parent now leads elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
 }
 
 /// The state directory, opened.
@@ -597,6 +601,7 @@ mod tests {
     fn kept(sha: &str) -> FileChange {
         FileChange {
             path: PathBuf::from("/x"),
+            root: None,
             before: Before::File {
                 sha256: sha.into(),
                 mode: 0o644,

@@ -363,6 +363,9 @@ fn remove_nondir(
     if !ctx.noop {
         ctx.journal(p)?;
         fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
+        if m.file_type().is_symlink() {
+            ctx.paths_changed();
+        }
         if let Some(d) = p.parent() {
             ctx.note_write(d);
         }
@@ -404,6 +407,7 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                     p.display()
                 )
             })?;
+            ctx.paths_changed();
         }
         return Ok(out);
     }
@@ -464,6 +468,7 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                     .with_context(|| format!("cannot purge {}", child.display()))?;
             }
             ctx.note_write(&p);
+            ctx.paths_changed();
         }
     }
     Ok(out)
@@ -505,6 +510,7 @@ pub fn symlink(ctx: &mut Ctx, path: &str, ensure: Ensure, target: &str) -> anyho
     std::os::unix::fs::symlink(target, &tmp)
         .with_context(|| format!("cannot create link {}", tmp.display()))?;
     fs::rename(&tmp, &p).with_context(|| format!("cannot move link onto {}", p.display()))?;
+    ctx.paths_changed();
     if let Some(d) = p.parent() {
         ctx.note_write(d);
     }
@@ -518,6 +524,31 @@ pub fn restore(
 ) -> anyhow::Result<String> {
     use crate::state::Before;
     let p = &change.path;
+    if let Some(root) = &change.root {
+        // Resolve the path inside the root again: a parent that became a
+        // link since the run must not carry the restore outside it.
+        let rel = p.strip_prefix(root).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not inside the run's root {}",
+                p.display(),
+                root.display()
+            )
+        })?;
+        let now = super::inroot::RootResolver::open(root)?
+            .host_path(&Path::new("/").join(rel).to_string_lossy())
+            .with_context(|| {
+                format!(
+                    "{} no longer resolves inside the root; not restoring",
+                    p.display()
+                )
+            })?;
+        anyhow::ensure!(
+            &now == p,
+            "{} now resolves to {} inside the root (a parent was replaced by a link since the run); not restoring",
+            p.display(),
+            now.display()
+        );
+    }
     let cur = lstat(p)?;
     match &change.before {
         Before::Absent => match cur {

@@ -17,6 +17,7 @@ pub mod cmd;
 pub mod cron;
 pub mod exec;
 pub mod file;
+pub mod inroot;
 pub mod package;
 pub mod service;
 
@@ -25,7 +26,7 @@ use crate::state::{Bucket, FileChange};
 use anyhow::Context;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use troupe_catalog::{Kind, Resource};
 
 pub use account::Accounts;
@@ -156,6 +157,9 @@ pub struct Ctx<'a> {
     pub current: usize,
     /// Local package files to install from (`--package-dir`).
     pub package_dir: Option<PathBuf>,
+    /// Resolves paths inside `root` (None for `/`; the error when the root
+    /// cannot be opened).
+    resolver: Result<Option<inroot::RootResolver>, String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -166,8 +170,19 @@ impl<'a> Ctx<'a> {
         contents: &'a dyn ContentSource,
         bucket: Option<&'a Bucket>,
     ) -> Ctx<'a> {
+        // Canonical, so resolved paths (read back from the kernel) and
+        // `root` share their prefix.
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+        let resolver = if root == Path::new("/") {
+            Ok(None)
+        } else {
+            inroot::RootResolver::open(&root)
+                .map(Some)
+                .map_err(|e| format!("{e:#}"))
+        };
         Ctx {
-            root: root.to_owned(),
+            resolver,
+            root,
             noop,
             os_family: os_family.to_owned(),
             contents,
@@ -190,23 +205,29 @@ impl<'a> Ctx<'a> {
         self.root != Path::new("/")
     }
 
-    /// The host path of an absolute catalog path: `root` joined with it.
-    /// Refuses relative paths and `..` components.
+    /// The host path of an absolute catalog path. Under `--root` its
+    /// parent directories are resolved inside the root (links included, as
+    /// in a chroot; see [`inroot`]), so nothing done to it acts outside the
+    /// root; the last component is never followed. Refuses relative paths
+    /// and `..` components.
     pub fn host_path(&self, path: &str) -> anyhow::Result<PathBuf> {
-        let p = Path::new(path);
-        anyhow::ensure!(p.is_absolute(), "path {path:?} is not absolute");
-        let mut out = self.root.clone();
-        for c in p.components() {
-            match c {
-                Component::RootDir => {}
-                Component::Normal(n) => out.push(n),
-                Component::CurDir => {}
-                Component::ParentDir | Component::Prefix(_) => {
-                    anyhow::bail!("path {path:?} contains '..'")
-                }
+        match &self.resolver {
+            Ok(Some(r)) => r.host_path(path),
+            Err(e) => anyhow::bail!("{e}"),
+            Ok(None) => {
+                let mut out = self.root.clone();
+                out.extend(inroot::components(path)?);
+                Ok(out)
             }
         }
-        Ok(out)
+    }
+
+    /// Forgets resolved parents: call after changing a link or removing a
+    /// directory inside the root.
+    pub fn paths_changed(&self) {
+        if let Ok(Some(r)) = &self.resolver {
+            r.clear();
+        }
     }
 
     /// Users and groups of the target (read once per run, reloaded after a
@@ -293,6 +314,7 @@ impl<'a> Ctx<'a> {
             self.changes.push(FileChange {
                 path: path.to_owned(),
                 before: Before::Absent,
+                root: self.in_root().then(|| self.root.clone()),
             });
             return Ok(());
         }
@@ -325,6 +347,7 @@ impl<'a> Ctx<'a> {
         self.changes.push(FileChange {
             path: path.to_owned(),
             before,
+            root: self.in_root().then(|| self.root.clone()),
         });
         Ok(())
     }
@@ -334,6 +357,8 @@ impl<'a> Ctx<'a> {
     pub fn commit(&mut self) -> Vec<(usize, String)> {
         let mut failed = Vec::new();
         self.fresh_dirs.clear();
+        // What follows a commit (an exec, say) may change links.
+        self.paths_changed();
         if self.staged.is_empty() && self.sync_devs.is_empty() {
             return failed;
         }
