@@ -348,6 +348,8 @@ struct Compiler<'a> {
     included: HashMap<String, (Option<J>, Span)>,
     insts: Vec<Inst>,
     by_id: HashMap<ResourceId, usize>,
+    /// Path of each file, directory and symlink -> its index in `insts`.
+    by_path: HashMap<String, usize>,
     catalog: Catalog,
 }
 
@@ -369,6 +371,7 @@ impl<'a> Compiler<'a> {
             included: HashMap::new(),
             insts: Vec::new(),
             by_id: HashMap::new(),
+            by_path: HashMap::new(),
             catalog: Catalog::new(&class.certname, &class.environment, ""),
         })
     }
@@ -666,6 +669,21 @@ impl<'a> Compiler<'a> {
                 ),
             ));
         }
+        if let Some(path) = kind.fs_path()
+            && let Some(&prev) = self.by_path.get(path)
+        {
+            return Err(Error::at(
+                ErrorKind::Duplicate,
+                &decl.span,
+                format!(
+                    "{id} manages the same path as {}: first at {} (profile `{}`), again at {} (profile `{profile}`); one path takes one file, directory or symlink",
+                    self.insts[prev].id,
+                    self.insts[prev].span.location(),
+                    self.insts[prev].profile,
+                    decl.span.location()
+                ),
+            ));
+        }
         let mut refs: [Vec<(String, Span)>; 4] = Default::default();
         for (slot, list) in [&decl.require, &decl.before, &decl.notify, &decl.subscribe]
             .into_iter()
@@ -703,6 +721,9 @@ impl<'a> Compiler<'a> {
         }
         tags.dedup();
         self.by_id.insert(id.clone(), self.insts.len());
+        if let Some(path) = kind.fs_path() {
+            self.by_path.insert(path.to_owned(), self.insts.len());
+        }
         self.insts.push(Inst {
             id,
             kind,
@@ -1263,6 +1284,14 @@ impl Getter<'_> {
                 ),
             ));
         }
+        // One spelling per path, so uniqueness by path means something.
+        troupe_catalog::check_normal_path(title).map_err(|why| {
+            Error::at(
+                ErrorKind::Schema,
+                self.span,
+                format!("{}: {why}", self.what),
+            )
+        })?;
         Ok(title.to_owned())
     }
     fn string(&self, attr: &str, v: &J, sp: &Span) -> Result<String> {

@@ -48,6 +48,44 @@ pub enum CatalogError {
     ContentHash(String),
     #[error("resource {id} is invalid: {why}")]
     Invalid { id: ResourceId, why: String },
+    #[error("resources {first} and {second} manage the same path {path}")]
+    SamePath {
+        first: ResourceId,
+        second: ResourceId,
+        path: String,
+    },
+}
+
+/// Checks that `path` is a normal absolute path, the one spelling of it a
+/// catalog may use: it starts with `/`, has no empty (`//`), `.` or `..`
+/// component, no trailing `/` (except `/` itself) and no NUL. Returns what
+/// is wrong, with the normal spelling when there is one.
+pub fn check_normal_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} is not absolute"));
+    }
+    if path.contains('\0') {
+        return Err(format!("path {path:?} contains a NUL byte"));
+    }
+    if path == "/" {
+        return Ok(());
+    }
+    let comps: Vec<&str> = path[1..].split('/').collect();
+    if comps.contains(&"..") {
+        return Err(format!("path {path:?} contains `..`"));
+    }
+    if comps.iter().any(|c| c.is_empty() || *c == ".") {
+        let normal: Vec<&str> = comps
+            .iter()
+            .copied()
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        return Err(format!(
+            "path {path:?} is not normal (an empty, `.` or trailing component); write it as {:?}",
+            format!("/{}", normal.join("/"))
+        ));
+    }
+    Ok(())
 }
 
 /// A resource's identity: its type and title, written `type[title]`, e.g.
@@ -413,6 +451,17 @@ impl Kind {
     pub fn id(&self) -> ResourceId {
         ResourceId::new(self.type_name(), self.title())
     }
+
+    /// The path of a file-like resource (file, directory, symlink): at most
+    /// one of them may manage a path.
+    pub fn fs_path(&self) -> Option<&str> {
+        match self {
+            Kind::File { path, .. } | Kind::Directory { path, .. } | Kind::Symlink { path, .. } => {
+                Some(path)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Catalog {
@@ -489,6 +538,7 @@ impl Catalog {
             return Err(CatalogError::Format { found: self.format });
         }
         let mut pos: HashMap<&ResourceId, usize> = HashMap::with_capacity(self.resources.len());
+        let mut paths: HashMap<&str, &ResourceId> = HashMap::new();
         for (i, r) in self.resources.iter().enumerate() {
             let expect = r.kind.id();
             if r.id != expect {
@@ -499,6 +549,20 @@ impl Catalog {
             }
             if pos.insert(&r.id, i).is_some() {
                 return Err(CatalogError::Duplicate(r.id.clone()));
+            }
+            // One path, one file-like resource, spelled one way.
+            if let Some(path) = r.kind.fs_path() {
+                check_normal_path(path).map_err(|why| CatalogError::Invalid {
+                    id: r.id.clone(),
+                    why,
+                })?;
+                if let Some(first) = paths.insert(path, &r.id) {
+                    return Err(CatalogError::SamePath {
+                        first: first.clone(),
+                        second: r.id.clone(),
+                        path: path.to_owned(),
+                    });
+                }
             }
         }
         for (i, r) in self.resources.iter().enumerate() {
