@@ -23,3 +23,4 @@ pub mod renew;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod trust;

@@ -217,15 +217,16 @@ impl OrchestraConfig {
         })
     }
 
-    /// Loads `path`; a missing file gives the deny-everything default.
+    /// Loads `path`; a missing file gives the deny-everything default. The
+    /// file (it names the signers and the policy) is refused when anyone but
+    /// root or this user could change it ([`crate::trust`]).
     pub fn load(path: &Path) -> Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_toml(&text).with_context(|| format!("{}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match crate::trust::read_trusted_file(path, "orchestration configuration")? {
+            Some(text) => Self::from_toml(&text).with_context(|| format!("{}", path.display())),
+            None => {
                 tracing::warn!(path = %path.display(), "no orchestration configuration: every command will be refused");
                 Ok(Self::default())
             }
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 }

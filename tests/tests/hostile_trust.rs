@@ -1,0 +1,159 @@
+//! Hostile input, files that grant trust: an orchestration configuration
+//! (its signers and policy decide who may command the host) that someone
+//! other than root or the agent's user could have written is refused, at
+//! the default place and through `--orchestration`, as is one in a
+//! directory others may write; the agent does not start listening with it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use troupe_tests::{Master, agent_bin, tally};
+
+/// A valid configuration (what it says does not matter: who could have
+/// written it does).
+const CONFIG: &str = "role = \"web\"\n";
+
+/// Runs `troupe-agent listen` for web1 with `extra` args; returns how it
+/// exited (None: still running after `wait`, then killed) and its stderr.
+fn listen(
+    m: &Master,
+    extra: &[&str],
+    wait: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = std::process::Command::new(agent_bin())
+        .arg("listen")
+        .arg("--server")
+        .arg(&m.url)
+        .arg("--state")
+        .arg(m.agent_state("web1"))
+        .args(["--facts-dir", "/nonexistent", "--backoff-max", "1s"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > wait {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, err)
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn orchestration_config_others_could_write_is_refused() {
+    let m = Master::start();
+    let psk = m.psk("web1");
+    m.bootstrap("web1", Some(&psk)).assert_success();
+    let st = m.agent_state("web1");
+    let default = st.join("orchestration.toml");
+    let elsewhere = m.root.path().join("conf");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    chmod(&elsewhere, 0o755);
+    let given = elsewhere.join("orch.toml");
+
+    // (what, file, mode, owner, dir to loosen, args, expected message)
+    let cases: Vec<(
+        &str,
+        &Path,
+        u32,
+        Option<u32>,
+        Option<(&Path, u32)>,
+        Vec<String>,
+        &str,
+    )> = vec![
+        (
+            "default orchestration.toml writable by others",
+            &default,
+            0o646,
+            None,
+            None,
+            vec![],
+            "writable by group or others",
+        ),
+        (
+            "default orchestration.toml writable by its group",
+            &default,
+            0o664,
+            None,
+            None,
+            vec![],
+            "writable by group or others",
+        ),
+        (
+            "--orchestration file writable by others",
+            &given,
+            0o666,
+            None,
+            None,
+            vec!["--orchestration".into(), given.display().to_string()],
+            "writable by group or others",
+        ),
+        (
+            "--orchestration file owned by another user",
+            &given,
+            0o644,
+            Some(54321),
+            None,
+            vec!["--orchestration".into(), given.display().to_string()],
+            "owned by uid 54321",
+        ),
+        (
+            "--orchestration file in a directory others can write",
+            &given,
+            0o644,
+            None,
+            Some((&elsewhere, 0o777)),
+            vec!["--orchestration".into(), given.display().to_string()],
+            "the directory holding the orchestration configuration",
+        ),
+    ];
+    for (what, file, mode, owner, loosen, args, expect) in cases {
+        std::fs::write(file, CONFIG).unwrap();
+        chmod(file, mode);
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(file, Some(uid), None).unwrap();
+        }
+        if let Some((d, m)) = loosen {
+            chmod(d, m);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, err) = listen(&m, &args, Duration::from_secs(10));
+        let status = status.unwrap_or_else(|| panic!("{what}: the agent kept running"));
+        assert!(!status.success(), "{what}: {err}");
+        assert!(err.contains(expect), "{what}: {err}");
+        tally::hostile("trust-files", what, true);
+        // Put things back.
+        std::fs::remove_file(file).unwrap();
+        if let Some((d, _)) = loosen {
+            chmod(d, 0o755);
+        }
+    }
+
+    // The same file, owned by root and 0644 in a 0755 directory, is used:
+    // the agent starts and stays up.
+    std::fs::write(&given, CONFIG).unwrap();
+    chmod(&given, 0o644);
+    let (status, err) = listen(
+        &m,
+        &["--orchestration", given.to_str().unwrap()],
+        Duration::from_secs(2),
+    );
+    assert!(status.is_none(), "a sound config was refused: {err}");
+}
