@@ -136,6 +136,10 @@ pub fn check_csr(input: &[u8], requested_name: &str) -> Result<CheckedCsr, CsrEr
     if info.version != X509Version(0) {
         return Err(CsrError::BadVersion(info.version.0));
     }
+    // The key policy first: a key the CA would never certify (RSA-1024, an
+    // unsupported algorithm) is refused for what it is, not as a signature
+    // that "does not verify" (ring refuses to verify with small RSA keys).
+    check_key(&info.subject_pki)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
     // Subject: exactly one RDN holding exactly one CN.
@@ -162,7 +166,6 @@ pub fn check_csr(input: &[u8], requested_name: &str) -> Result<CheckedCsr, CsrEr
 
     // Public key: one the CA can certify and peers can verify.
     let spki = &info.subject_pki;
-    check_key(spki)?;
 
     // Attributes and extensions.
     let mut psk_ext: Option<String> = None;
@@ -268,7 +271,7 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), C
     })?;
     match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) if rsa.key_size() < MIN_RSA_BITS => Err(CsrError::BadKey(format!(
-            "RSA key of {} bits; at least {MIN_RSA_BITS} required",
+            "RSA key of {} bits; RSA keys need at least {MIN_RSA_BITS} bits (or use ECDSA P-256/P-384 or Ed25519)",
             rsa.key_size()
         ))),
         Ok(_) => Ok(()),

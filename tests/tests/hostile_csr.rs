@@ -217,8 +217,80 @@ async fn csrs_with_garbage_huge_duplicate_and_conflicting_extensions_are_refused
         eprintln!("openssl not available: skipping the conflicting-keys CSR");
     }
 
+    // The key policy comes before the signature: a key the CA would never
+    // certify is refused for what it is (ring cannot even verify these
+    // signatures, which used to read "the signature does not verify").
+    for (what, newkey, pkeyopt, needle) in [
+        (
+            "a valid RSA-1024 CSR",
+            "rsa:1024",
+            None,
+            "RSA key of 1024 bits; RSA keys need at least 2048 bits",
+        ),
+        (
+            "a valid RSA-1536 CSR",
+            "rsa:1536",
+            None,
+            "RSA key of 1536 bits; RSA keys need at least 2048 bits",
+        ),
+        (
+            "a valid secp256k1 ECDSA CSR",
+            "ec",
+            Some("ec_paramgen_curve:secp256k1"),
+            "unsupported algorithm",
+        ),
+    ] {
+        let csr = openssl_csr_with_key(&m, &psk, newkey, pkeyopt)
+            .expect("openssl is required for this test (apt-get install openssl)");
+        refused(&m, what, csr, needle).await;
+    }
+
     // The one-time key was never consumed: the host joins with it.
     m.bootstrap("web1", Some(&psk)).assert_success();
+}
+
+/// A valid CSR for web1 with its PSK, made by openssl with `-newkey
+/// newkey` (and `-pkeyopt`).
+fn openssl_csr_with_key(
+    m: &Master,
+    psk: &str,
+    newkey: &str,
+    pkeyopt: Option<&str>,
+) -> Option<Vec<u8>> {
+    let dir = m
+        .root
+        .path()
+        .join(format!("openssl-{}", newkey.replace(':', "-")));
+    std::fs::create_dir_all(&dir).ok()?;
+    let cnf = dir.join("req.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[req]\nprompt = no\ndistinguished_name = dn\nreq_extensions = ext\n\
+             [dn]\nCN = web1\n\
+             [ext]\n1.3.6.1.4.1.34380.1.1.4 = ASN1:UTF8String:{psk}\n"
+        ),
+    )
+    .ok()?;
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["req", "-new", "-newkey", newkey]);
+    if let Some(o) = pkeyopt {
+        cmd.args(["-pkeyopt", o]);
+    }
+    let out = cmd
+        .args(["-nodes", "-outform", "DER"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("req.der"))
+        .arg("-config")
+        .arg(&cnf)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    std::fs::read(dir.join("req.der")).ok()
 }
 
 /// A CSR for web1 whose challengePassword is `psk` and whose
