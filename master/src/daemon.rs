@@ -250,6 +250,7 @@ async fn serve(args: Args) -> Result<()> {
         allow_agent_environment: args.allow_agent_environment,
         run_interval_secs: args.run_interval.as_secs().max(1),
         access_audit: std::sync::Mutex::new(access_audit),
+        identities: tokio::sync::watch::channel(0).0,
     });
     let admin = crate::admin::serve(state.clone()).await?;
 

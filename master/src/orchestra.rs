@@ -82,6 +82,9 @@ const MAX_MESSAGE: usize = 2 * 1024 * 1024;
 /// One connected agent.
 struct AgentConn {
     conn: u64,
+    /// Serial of the certificate the stream was opened with: re-checked
+    /// against the CA before every relayed command and at every CRL change.
+    serial: String,
     tx: mpsc::Sender<Result<CommandDelivery, Status>>,
     role: Option<String>,
     facts: BTreeMap<String, String>,
@@ -285,9 +288,23 @@ impl Orchestra {
     fn resolve(
         &self,
         sc: &SignedCommand,
+        ca: &troupe_pki::authority::Authority,
     ) -> Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)> {
         let t = &sc.command().target;
-        let agents = lock(&self.agents);
+        let mut agents = lock(&self.agents);
+        // Identity is re-checked before every relayed command: a host whose
+        // certificate was revoked or replaced since its stream opened gets
+        // nothing, and its stream is cut.
+        let gone: Vec<String> = agents
+            .iter()
+            .filter(|(name, a)| ca.check_peer(name, &a.serial).is_err())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            if let Some(a) = agents.remove(&n) {
+                cut(&n, &a);
+            }
+        }
         let mut v: Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)> = agents
             .iter()
             .filter(|(name, a)| t.matches(name, a.role.as_deref(), &a.facts))
@@ -348,6 +365,14 @@ impl Orchestra {
         let n = lock(&self.agents).len();
         state.metrics.connected_agents.set(n as i64);
     }
+}
+
+/// Ends an agent's command stream whose certificate is no longer valid.
+fn cut(node: &str, a: &AgentConn) {
+    tracing::warn!(node, serial = %a.serial, "certificate revoked or replaced: command stream cut");
+    let _ = a.tx.try_send(Err(Status::unauthenticated(
+        "this host's certificate was revoked or replaced: command stream closed",
+    )));
 }
 
 /// The tonic service.
@@ -413,6 +438,7 @@ impl Orchestration for OrchestraService {
                 peer.name.clone(),
                 AgentConn {
                     conn,
+                    serial: peer.serial.clone(),
                     tx,
                     role,
                     facts,
@@ -425,8 +451,28 @@ impl Orchestration for OrchestraService {
         let orch = self.orch.clone();
         let state = self.state.clone();
         let node = peer.name;
+        let serial = peer.serial;
+        let mut identities = self.state.identities.subscribe();
         tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    changed = identities.changed() => {
+                        // Revoke, clean or renew happened: is this stream's
+                        // certificate still valid?
+                        if changed.is_ok() && state.ca.check_peer(&node, &serial).is_ok() {
+                            continue;
+                        }
+                        let mut agents = lock(&orch.agents);
+                        if agents.get(&node).is_some_and(|a| a.conn == conn)
+                            && let Some(a) = agents.remove(&node)
+                        {
+                            cut(&node, &a);
+                        }
+                        break;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let Ok(msg) = msg else { break };
                 let Some(agent_message::Msg::Result(mut r)) = msg.msg else {
                     continue;
@@ -506,7 +552,7 @@ impl Orchestration for OrchestraService {
                 Status::unavailable(text)
             });
         }
-        let targets = orch.resolve(&sc);
+        let targets = orch.resolve(&sc, &self.state.ca);
         let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
         let timeout = Duration::from_secs(u64::from(match req.timeout_secs {
             0 => DEFAULT_TIMEOUT_SECS,

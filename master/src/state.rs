@@ -45,6 +45,11 @@ pub struct MasterState {
     /// Refused requests by authenticated nodes (`DATA/access-audit.log`,
     /// hash-chained).
     pub access_audit: Mutex<AuditLog>,
+    /// Bumped whenever certificates change (revoke, clean, renew: every
+    /// CRL reload): long-lived calls (orchestration streams) re-check
+    /// their peer's certificate against the CA and end when it is no
+    /// longer valid.
+    pub identities: tokio::sync::watch::Sender<u64>,
 }
 
 /// One refused request in the access audit log.
@@ -62,6 +67,7 @@ impl MasterState {
         if let Err(e) = self.tls.reload(&self.ca) {
             tracing::error!("could not reload the TLS configuration with the new CRL: {e:#}");
         }
+        self.identities.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// Records a refused request from an authenticated node (asking for
