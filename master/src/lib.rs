@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod ca_cli;
 pub mod ca_service;
 pub mod catalog_service;

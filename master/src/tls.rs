@@ -93,6 +93,9 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let admission = crate::admission::Admission::new(MAX_CONCURRENT_HANDSHAKES);
+    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let mut refused_since = 0u64;
     tokio::spawn(async move {
         loop {
             let Ok(permit) = handshakes.clone().acquire_owned().await else {
@@ -106,12 +109,36 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Bounded per source, a reserve, shorter timeouts under
+            // pressure (crate::admission); a refused connection is closed
+            // at once (logged at most every 10 s, with a count).
+            let slot = match admission.admit(addr.ip(), HANDSHAKE_TIMEOUT) {
+                Ok(s) => s,
+                Err(why) => {
+                    drop(tcp);
+                    refused_since += 1;
+                    if refused_logged.elapsed() >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            peer = %addr,
+                            refused = refused_since,
+                            in_progress = admission.in_progress(),
+                            "connections closed before their TLS handshake ({why:?}): too many in progress"
+                        );
+                        refused_logged = std::time::Instant::now();
+                        refused_since = 0;
+                    }
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current());
             let conn_tx = tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let timeout = slot.timeout;
+                let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+                drop(slot);
+                match accepted {
                     Ok(Ok(stream)) => {
                         let _ = conn_tx.send(Ok(stream)).await;
                     }
