@@ -230,8 +230,9 @@ impl Orchestra {
         let sc = SignedCommand::from_wire(wire)
             .map_err(|e| (None, "malformed", format!("malformed command: {e}")))?;
         let path = self.data_dir.join(SIGNERS_FILE);
-        let trusted = match std::fs::read_to_string(&path) {
-            Ok(text) => match TrustedSigners::from_toml(&text) {
+        // A file that grants trust: refused when others could write it.
+        let trusted = match troupe_agent::trust::read_trusted_file(&path, "signer list") {
+            Ok(Some(text)) => match TrustedSigners::from_toml(&text) {
                 Ok(t) => t,
                 Err(e) => {
                     return Err((
@@ -241,13 +242,9 @@ impl Orchestra {
                     ));
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustedSigners::default(),
+            Ok(None) => TrustedSigners::default(),
             Err(e) => {
-                return Err((
-                    Some(Box::new(sc)),
-                    "no_signers",
-                    format!("{}: {e}", path.display()),
-                ));
+                return Err((Some(Box::new(sc)), "no_signers", format!("{e:#}")));
             }
         };
         if trusted.is_empty() {

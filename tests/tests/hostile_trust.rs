@@ -157,3 +157,31 @@ fn orchestration_config_others_could_write_is_refused() {
     );
     assert!(status.is_none(), "a sound config was refused: {err}");
 }
+
+/// The master's signer list decides whose commands it relays: made
+/// writable by others, every submission is refused until it is fixed.
+#[test]
+fn master_signer_list_others_could_write_is_refused() {
+    use troupe_command::TargetFilter;
+    use troupe_tests::orch::{AgentSpec, Fleet};
+    let f = Fleet::start(&[AgentSpec::new("web1")]);
+    let signers = f.master.data.join("signers.toml");
+    for mode in [0o666, 0o664] {
+        chmod(&signers, mode);
+        let wire = f.sign(&f.alice, "ping", &[], TargetFilter::default(), 60);
+        let e = f
+            .try_submit(wire, false)
+            .expect_err("a command was relayed on a signer list others can write");
+        let e = format!("{e:#}");
+        assert!(e.contains("writable by group or others"), "{e}");
+        tally::hostile(
+            "trust-files",
+            &format!("master signers.toml with mode {mode:04o}"),
+            true,
+        );
+    }
+    chmod(&signers, 0o644);
+    let wire = f.sign(&f.alice, "ping", &[], TargetFilter::default(), 60);
+    let (t, _, _) = f.try_submit(wire, false).expect("sound signer list");
+    assert_eq!(t, ["web1"]);
+}
