@@ -13,7 +13,10 @@
 //! Cost: one openat2 + one readlink + one close per distinct parent
 //! directory between cache clears (the cache is cleared at every batch
 //! commit and whenever the run changes a link or removes a directory),
-//! so a batch of files in one directory pays it once.
+//! so a batch of files in one directory pays it once (a parent not there
+//! yet: one more openat2 per missing level and one lstat). Measured on the
+//! peer workload (1000 files in 100 directories) under --root: a converged
+//! run adds ~100 openat2 + ~100 readlink (~1 ms); `/` adds nothing.
 
 use anyhow::Context;
 use nix::errno::Errno;
@@ -83,11 +86,12 @@ impl RootResolver {
         if let Some(d) = self.cache.borrow().get(&rel) {
             return Ok(d.join(name));
         }
-        let (dir, missing) = self.resolve_dir(path, parents)?;
-        if missing.is_none() {
-            // Only a parent that exists in full is cached.
-            self.cache.borrow_mut().insert(rel, dir.clone());
-        }
+        // A parent not there yet is cached too: the run creates missing
+        // directories as real directories, where the same resolution holds;
+        // anything that could make a link there (a symlink resource, an
+        // exec after a commit) clears the cache.
+        let (dir, _missing) = self.resolve_dir(path, parents)?;
+        self.cache.borrow_mut().insert(rel, dir.clone());
         Ok(dir.join(name))
     }
 
