@@ -631,6 +631,9 @@ impl Orchestration for OrchestraService {
             }
         }
         let caller = peer.name;
+        let caller_serial = peer.serial;
+        let mut identities = self.state.identities.subscribe();
+        let ca = self.state.ca.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + timeout;
             let mut answered = BTreeSet::new();
@@ -640,9 +643,34 @@ impl Orchestration for OrchestraService {
             let expect = names.len() - undelivered.len();
             while answered.len() < expect {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let r = match tokio::time::timeout(left, res_rx.recv()).await {
-                    Ok(Some(r)) => r,
-                    _ => break,
+                let r = tokio::select! {
+                    r = tokio::time::timeout(left, res_rx.recv()) => match r {
+                        Ok(Some(r)) => r,
+                        _ => break,
+                    },
+                    changed = identities.changed() => {
+                        // A long-lived call too: the caller's certificate
+                        // revoked or replaced ends its result stream now.
+                        if changed.is_ok() && ca.check_peer(&caller, &caller_serial).is_ok() {
+                            continue;
+                        }
+                        lock(&orch.pending).remove(&id);
+                        tracing::warn!(caller = %caller, "certificate revoked or replaced: result stream cut");
+                        let _ = ev_tx
+                            .send(Err(Status::unauthenticated(
+                                "the caller's certificate was revoked or replaced: result stream closed",
+                            )))
+                            .await;
+                        orch.audit(vec![orch.record(
+                            Some(&sc),
+                            &caller,
+                            None,
+                            "caller_revoked",
+                            "result stream cut: the caller's certificate is no longer valid",
+                        )])
+                        .await;
+                        return;
+                    }
                 };
                 answered.insert(r.node.clone());
                 if r.status == "ok" {

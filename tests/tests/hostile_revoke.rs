@@ -44,3 +44,51 @@ fn revoke_and_clean_cut_open_command_streams_at_once() {
     assert_eq!(t, ["web3"]);
     assert_eq!(r.len(), 1);
 }
+
+/// The bastion's own long-lived call: a Submit waiting for a host that
+/// does not answer ends as soon as the bastion's certificate is revoked,
+/// not at the command's timeout.
+#[test]
+fn revoking_the_caller_cuts_its_result_stream() {
+    use troupe_proto::v1::orchestration_client::OrchestrationClient;
+    use troupe_proto::v1::{AgentHello, AgentMessage, agent_message};
+    let f = Fleet::start(&[AgentSpec::new("web1")]);
+    // "mute1" attaches with a real certificate but never answers.
+    let psk = f.master.psk("mute1");
+    f.master.bootstrap("mute1", Some(&psk)).assert_success();
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(4);
+    let _held = f.block_on(async {
+        let ch = f.master.agent_channel("mute1").await.unwrap();
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(AgentHello::default())),
+        })
+        .await
+        .unwrap();
+        OrchestrationClient::new(ch)
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    f.wait_attached(2);
+    let wire = f.sign(&f.alice, "ping", &[], TargetFilter::default(), 60);
+    let (took, r) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let t = std::time::Instant::now();
+            let r = f.try_submit(wire, false);
+            (t.elapsed(), r)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        f.master.ca_ok(&["revoke", "bastion"]);
+        h.join().unwrap()
+    });
+    // The submission waits up to 10 s for mute1; the cut comes first.
+    let e = format!("{:#}", r.expect_err("the result stream kept going"));
+    assert!(e.contains("revoked or replaced"), "{e}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    tally::hostile(
+        "revocation",
+        "ca revoke of the bastion while its Submit waits for results",
+        true,
+    );
+}
