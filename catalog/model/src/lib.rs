@@ -798,6 +798,46 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_normal_and_claimed_once() {
+        for ok in ["/", "/etc", "/etc/x", "/etc/x.d/a b"] {
+            assert_eq!(check_normal_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "etc/x",
+            "/etc//x",
+            "/etc/./x",
+            "/etc/x/",
+            "/etc/../x",
+            "/./x",
+            "//",
+        ] {
+            assert!(check_normal_path(bad).is_err(), "{bad}");
+        }
+        assert!(
+            check_normal_path("/etc//x")
+                .unwrap_err()
+                .contains("\"/etc/x\"")
+        );
+        let mut c = sample();
+        c.resources.push(dir("/etc/app/app.conf"));
+        match c.validate() {
+            Err(CatalogError::SamePath {
+                first,
+                second,
+                path,
+            }) => {
+                assert_eq!(first.0, "file[/etc/app/app.conf]");
+                assert_eq!(second.0, "directory[/etc/app/app.conf]");
+                assert_eq!(path, "/etc/app/app.conf");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = sample();
+        c.resources.push(dir("/etc//app"));
+        assert!(matches!(c.validate(), Err(CatalogError::Invalid { .. })));
+    }
+
+    #[test]
     fn debug_output_never_shows_file_bodies() {
         let mut c = sample();
         c.add_content(b"password=hunter2\n");
