@@ -266,7 +266,7 @@ fn obtain_catalog(
         ))),
         Err(e) => {
             // What to check when the master could not be reached at all.
-            let why = troupe_command::cli::one_line(&e);
+            let why = troupe_base::cli::one_line(&e);
             let hint = crate::identity::connect_hint(&why)
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();

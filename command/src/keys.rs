@@ -25,7 +25,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::write_atomic;
+use troupe_base::fs::write_atomic;
 
 /// Prefix of every key id.
 pub const KEY_ID_PREFIX: &str = "ed25519:";

@@ -17,12 +17,10 @@
 //!   (deny-overrides, deny by default);
 //! - [`keys`]: ed25519 signing keys in passphrase-protected PKCS#8 files and
 //!   signing through a running ssh-agent, plus key ids;
-//! - [`audit`]: a generic append-only, hash-chained, fsync'd audit log and its
-//!   verifier (usable by the certificate authority too);
 //! - [`release`]: `RELEASE.toml` manifests and the pure rolling-release
 //!   planner;
 //! - [`cli`]: clap types and handlers for `troupe key ...` and
-//!   `troupe audit verify`.
+//!   `troupe audit verify` (over `troupe_base::audit`).
 //!
 //! It must never: execute anything itself (no processes, no shell, no
 //! network: executing actions is the agent's job); trust a signer list, a
@@ -34,7 +32,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod cli;
 pub mod envelope;
 pub mod keys;
@@ -43,8 +40,6 @@ pub mod registry;
 pub mod release;
 pub mod replay;
 pub mod verify;
-
-mod fsutil;
 
 pub use envelope::{ArgValue, Command, CommandId, SignedCommand, TargetFilter};
 pub use keys::{FileSigner, KeyId, Signer, SshAgentSigner};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use troupe_command::audit::{self, AuditLog};
+use troupe_base::audit::{self, AuditLog};
 use troupe_command::envelope::{ArgValue, Command, SignedCommand, TargetFilter};
 use troupe_command::keys::{FileSigner, Signer};
 use troupe_command::registry::{ArgError, REDACTED};

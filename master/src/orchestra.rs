@@ -47,11 +47,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use troupe_command::audit::AuditLog;
+use troupe_base::audit::AuditLog;
+use troupe_base::reopen::Reopening;
 use troupe_command::replay::{Recorded, ReplayCache};
 use troupe_command::verify::CommandAudit;
 use troupe_command::{Registry, SignedCommand, TrustedSigners};
-use troupe_pki::reopen::Reopening;
 use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
 use troupe_proto::v1::{
     AgentMessage, CommandDelivery, CommandResult, SubmitEvent, SubmitRequest, SubmitSummary,
@@ -663,7 +663,7 @@ mod tests {
     /// recorded before are still there.
     #[tokio::test]
     async fn the_relay_cache_recovers_by_itself_once_a_full_disk_has_space_again() {
-        let Some(fs) = troupe_pki::test_fs::mount_or_skip("4m") else {
+        let Some(fs) = troupe_base::test_fs::mount_or_skip("4m") else {
             return;
         };
         let mnt = fs.path.clone();

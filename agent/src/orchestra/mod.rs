@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use troupe_command::audit::AuditLog;
+use troupe_base::audit::AuditLog;
 use troupe_command::verify::{CommandAudit, unix_now};
 use troupe_command::{HostContext, SignedCommand, Verifier};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
