@@ -98,7 +98,7 @@ impl FleetArgs {
     /// An mTLS channel to the master with the bastion's identity.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let dir = &self.identity;
-        let id = troupe_agent::identity::Identity::load(dir).with_context(|| {
+        let id = troupe_identity::Identity::load(dir).with_context(|| {
             format!(
                 "--identity {}: not a bootstrapped identity (give the --state directory of `troupe-agent bootstrap`)",
                 dir.display()
@@ -174,7 +174,7 @@ fn connect_hint(e: anyhow::Error) -> anyhow::Error {
 /// handshake is the master refusing the bastion's certificate, not the
 /// command.
 fn submit_error(what: &str, s: &tonic::Status) -> anyhow::Error {
-    let msg = troupe_agent::identity::status_message(s);
+    let msg = troupe_identity::status_message(s);
     if msg.contains("the master closed the TLS connection") {
         return anyhow::anyhow!(
             "the master closed the TLS connection: the bastion's certificate may be revoked or expired, or the master stopped (`troupe ca list --all` on the master shows the certificate's state)"

@@ -136,7 +136,7 @@ fn main() {
             troupe_pki::tls::client_config(&ca_der, vec![], Some((id.1.clone(), id.2.clone_key())))
                 .expect("tls config")
         };
-        let bastion_ch = troupe_agent::identity::connect_with(cfg(&bastion), &url)
+        let bastion_ch = troupe_identity::connect_with(cfg(&bastion), &url)
             .await
             .expect("bastion connect");
         let key = signer.verifying_key();
@@ -157,7 +157,7 @@ fn main() {
                 let slots = slots.clone();
                 set.spawn(async move {
                     let permit = slots.acquire_owned().await.expect("semaphore");
-                    let ch = troupe_agent::identity::connect_with(c, &url).await;
+                    let ch = troupe_identity::connect_with(c, &url).await;
                     drop(permit);
                     if let Ok(ch) = ch {
                         tokio::spawn(sim_agent(ch, key, verify, att));

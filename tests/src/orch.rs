@@ -301,7 +301,7 @@ impl Fleet {
         dry_run: bool,
     ) -> anyhow::Result<(Vec<String>, Vec<CommandResult>, SubmitSummary)> {
         self.rt.block_on(async {
-            let id = troupe_agent::identity::Identity::load(&self.bastion)?;
+            let id = troupe_identity::Identity::load(&self.bastion)?;
             let ch = id.connect(&self.master.url).await?;
             let mut results = Vec::new();
             let (t, s) =
