@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use troupe_base::audit::AuditLog;
+use troupe_bastion::FileSigner;
 use troupe_command::envelope::{ArgValue, Command, TargetFilter};
-use troupe_command::keys::{FileSigner, Signer};
+use troupe_command::keys::Signer;
 use troupe_command::verify::{CommandAudit, HostContext, TrustedSigners, Verifier};
 use troupe_command::{Policy, Registry};
 

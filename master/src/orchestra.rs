@@ -66,8 +66,8 @@ pub const AUDIT_FILE: &str = "orchestration-audit.log";
 pub const RELAYED_FILE: &str = "orchestration-relayed.redb";
 /// Default wait for answers, seconds.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
-/// Longest wait for answers, seconds (the longest command lifetime).
-pub const MAX_TIMEOUT_SECS: u32 = 600;
+/// Longest wait for results (troupe_command::envelope::MAX_TIMEOUT_SECS).
+pub const MAX_TIMEOUT_SECS: u32 = troupe_command::envelope::MAX_TIMEOUT_SECS;
 /// How long an agent has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Commands queued per agent before the agent counts as not answering.
@@ -668,7 +668,7 @@ mod tests {
         };
         let mnt = fs.path.clone();
         let orch = Orchestra::new(&mnt);
-        let mut signer = troupe_command::FileSigner::generate().unwrap();
+        let mut signer = troupe_bastion::FileSigner::generate().unwrap();
         let mut command = || {
             troupe_command::Command::new(
                 signer.key_id().clone(),

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use troupe_command::{Command, FileSigner, SignedCommand, Signer, TargetFilter};
+use troupe_bastion::FileSigner;
+use troupe_command::{Command, SignedCommand, Signer, TargetFilter};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
 use troupe_proto::v1::{AgentHello, AgentMessage, CommandResult, agent_message};
 use troupe_tests::{Master, make_csr};
@@ -200,7 +201,7 @@ fn main() {
                 };
                 let mut oks = 0usize;
                 let t = Instant::now();
-                let (targets, summary) = troupe_master::run_cli::submit(
+                let (targets, summary) = troupe_bastion::run_cli::submit(
                     bastion_ch.clone(),
                     wire,
                     Duration::from_secs(60),

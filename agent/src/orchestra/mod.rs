@@ -464,7 +464,8 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Signer, TargetFilter};
 
     struct T {
         _dir: tempfile::TempDir,
@@ -615,7 +616,8 @@ mod tests {
 mod module_action_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Signer, TargetFilter};
 
     struct T {
         dir: tempfile::TempDir,
@@ -843,7 +845,8 @@ argv = ["{d}/tool"]
 mod tools_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Signer, TargetFilter};
 
     #[test]
     fn configured_tools_are_used_instead_of_the_system_ones() {

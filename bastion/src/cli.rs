@@ -4,11 +4,11 @@
 //! ```text
 //! #[derive(clap::Subcommand)]
 //! enum Cmd {
-//!     Key(troupe_command::cli::KeyArgs),
-//!     Audit(troupe_command::cli::AuditArgs),
+//!     Key(troupe_bastion::cli::KeyArgs),
+//!     Audit(troupe_bastion::cli::AuditArgs),
 //! }
-//! // Cmd::Key(a) => troupe_command::cli::run_key(&a, &mut std::io::stdout())?,
-//! // Cmd::Audit(a) => troupe_command::cli::run_audit(&a, &mut std::io::stdout())?,
+//! // Cmd::Key(a) => troupe_bastion::cli::run_key(&a, &mut std::io::stdout())?,
+//! // Cmd::Audit(a) => troupe_bastion::cli::run_audit(&a, &mut std::io::stdout())?,
 //! ```
 //!
 //! [`SignerArgs`] selects a signer (key file or ssh-agent) for commands that

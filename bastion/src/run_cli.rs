@@ -16,6 +16,7 @@
 //! Exit status: 0 when every matched host answered `ok`; 2 when some host
 //! failed, refused, did not answer, or nothing matched; 1 on errors.
 
+use crate::cli::SignerArgs;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +24,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use troupe_command::cli::SignerArgs;
 use troupe_command::envelope::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
 use troupe_command::verify::unix_now;
 use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
@@ -132,7 +132,7 @@ impl FleetArgs {
 /// longer one would be cut short without a word).
 pub(crate) fn parse_wait(s: &str) -> std::result::Result<humantime::Duration, String> {
     let d: humantime::Duration = s.parse().map_err(|e| format!("{e} (e.g. 30s, 5m)"))?;
-    let max = u64::from(crate::orchestra::MAX_TIMEOUT_SECS);
+    let max = u64::from(troupe_command::envelope::MAX_TIMEOUT_SECS);
     if d.as_secs() < 1 {
         return Err("at least 1s".into());
     }
@@ -326,7 +326,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let path = std::path::Path::new(file);
         if module.is_none() && path.is_dir() {
             // A directory of MODULE.toml files, like an agent's actions_dir.
-            troupe_agent::orchestra::config::load_actions_dir_checked(path, &mut registry, false)?;
+            troupe_command::action_files::load_actions_dir_checked(path, &mut registry, false)?;
             continue;
         }
         // MODULE=FILE, or FILE named MODULE.toml.
