@@ -25,4 +25,5 @@ pub mod renew;
 pub mod run;
 pub mod source;
 pub mod state;
-pub mod trust;
+/// The owner/mode rule for files that grant trust (in troupe-command).
+pub use troupe_command::trust;

@@ -18,7 +18,9 @@
 //!   (deny-overrides, deny by default);
 //! - [`keys`]: key ids, key errors and the [`Signer`] trait (the signers
 //!   themselves, key files and ssh-agent, are `troupe-bastion`'s);
-//! - [`action_files`]: module action files read from a directory.
+//! - [`action_files`]: module action files read from a directory;
+//! - [`trust`]: the owner/mode rule for files that grant trust (signer
+//!   lists, orchestration and agent configuration), checked on what is read.
 //!
 //! It must never: sign (no private key, key file, passphrase prompt or
 //! ssh-agent client: the agent links this crate); execute anything itself
@@ -37,6 +39,7 @@ pub mod keys;
 pub mod policy;
 pub mod registry;
 pub mod replay;
+pub mod trust;
 pub mod verify;
 
 pub use envelope::{ArgValue, Command, CommandId, SignedCommand, TargetFilter};

@@ -231,7 +231,7 @@ impl Orchestra {
             .map_err(|e| (None, "malformed", format!("malformed command: {e}")))?;
         let path = self.data_dir.join(SIGNERS_FILE);
         // A file that grants trust: refused when others could write it.
-        let trusted = match troupe_agent::trust::read_trusted_file(&path, "signer list") {
+        let trusted = match troupe_command::trust::read_trusted_file(&path, "signer list") {
             Ok(Some(text)) => match TrustedSigners::from_toml(&text) {
                 Ok(t) => t,
                 Err(e) => {

@@ -159,7 +159,7 @@ fn links_out_of_the_root_never_carry_a_change_outside() {
         (
             "a link whose parent is a link outside",
             vec![("etc/abs", "@OUT@".into())],
-            |c| link("/etc/abs/victim", Ensure::Present, "/x"),
+            |_| link("/etc/abs/victim", Ensure::Present, "/x"),
         ),
         (
             "a directory whose parent is a link outside",

@@ -8,6 +8,8 @@
 //! or others either, unless it has the sticky bit (as /tmp does: others
 //! cannot rename or remove what they do not own there). The file is checked
 //! on the descriptor it is read from, so what is checked is what is read.
+//! The agent (`troupe_agent::trust` re-exports this) and the master (its
+//! `signers.toml`) both use it.
 
 use anyhow::{Context, Result, bail};
 use std::io::Read;
