@@ -219,6 +219,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
             Status::Changed => "changed",
             Status::Failed => "FAILED",
             Status::Skipped => "skipped",
+            Status::Noop => "would change (noop)",
         };
         println!("  {tag:<9} {}", res.id);
         for e in &res.events {

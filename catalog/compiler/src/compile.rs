@@ -340,6 +340,7 @@ struct Inst {
     sensitive: bool,
     refs: [Vec<(String, Span)>; 4], // require, before, notify, subscribe
     tags: Vec<String>,
+    noop: bool,
 }
 
 struct Compiler<'a> {
@@ -736,6 +737,7 @@ impl<'a> Compiler<'a> {
             sensitive: decl.sensitive || self.scope.sensitive,
             refs,
             tags,
+            noop: decl.noop || self.scope.noop,
         });
         Ok(())
     }
@@ -1062,6 +1064,7 @@ impl<'a> Compiler<'a> {
                 sensitive,
                 source: Some(inst.span.location()),
                 tags: inst.tags,
+                noop: inst.noop,
             });
         }
         // The agent validates every catalog it receives; here it is a

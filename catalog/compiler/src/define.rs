@@ -117,6 +117,7 @@ pub(crate) fn parse_instances(
             subscribe: Vec::new(),
             tags: Vec::new(),
             sensitive: false,
+            noop: false,
             span: title.span.clone(),
             define: Some(tname.to_owned()),
             splat: None,
@@ -134,12 +135,13 @@ pub(crate) fn parse_instances(
                     }
                     decl.for_each = Some(v.clone());
                 }
-                "sensitive" => match v.v {
+                "sensitive" | "noop" => match v.v {
+                    V::Bool(b) if key == "noop" => decl.noop = b,
                     V::Bool(b) => decl.sensitive = b,
                     _ => {
                         return Err(v.err(
                             ErrorKind::Schema,
-                            format!("sensitive: expected true or false, found {}", v.type_name()),
+                            format!("{key}: expected true or false, found {}", v.type_name()),
                         ));
                     }
                 },

@@ -86,6 +86,7 @@ pub(crate) const META: &[&str] = &[
     "subscribe",
     "tags",
     "sensitive",
+    "noop",
 ];
 
 /// A whole module tree: the site (classification) and every environment.
@@ -203,6 +204,8 @@ pub(crate) struct ResourceDecl {
     pub(crate) subscribe: Vec<N>,
     pub(crate) tags: Vec<N>,
     pub(crate) sensitive: bool,
+    /// `noop = true`: the agent only reports what it would change.
+    pub(crate) noop: bool,
     pub(crate) span: Span,
     /// Set for an instance of a defined type (`["nginx::vhost"."www"]`):
     /// the type's name; `attrs` are then its parameters.
@@ -1186,6 +1189,7 @@ pub(crate) fn parse_profile(
                 subscribe: Vec::new(),
                 tags: Vec::new(),
                 sensitive: false,
+                noop: false,
                 span: title.span.clone(),
                 define: None,
                 splat: None,
@@ -1204,13 +1208,14 @@ pub(crate) fn parse_profile(
                             }
                             decl.for_each = Some(v.clone());
                         }
-                        "sensitive" => match v.v {
+                        "sensitive" | "noop" => match v.v {
+                            V::Bool(b) if key == "noop" => decl.noop = b,
                             V::Bool(b) => decl.sensitive = b,
                             _ => {
                                 return Err(v.err(
                                     ErrorKind::Schema,
                                     format!(
-                                        "sensitive: expected true or false, found {}",
+                                        "{key}: expected true or false, found {}",
                                         v.type_name()
                                     ),
                                 ));

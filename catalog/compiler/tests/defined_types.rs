@@ -317,3 +317,29 @@ fn profile_tags_reach_its_resources_only() {
     assert_eq!(res(&c, "package[nginx]").tags, ["web", "frontend"]);
     assert_eq!(res(&c, "package[curl]").tags, ["web", "other", "tools"]);
 }
+
+#[test]
+fn noop_on_a_resource_or_an_instance() {
+    let profile = format!(
+        "{HEAD}[file.\"/etc/motd\"]\ncontent = \"x\"\nnoop = true\n[\"nginx::vhost\".a]\nserver_name = \"a\"\nnoop = true\n"
+    );
+    let d = tree(&profile, &[("nginx/vhost.toml", VHOST)]);
+    let c = compile(&d).unwrap_or_else(|e| panic!("{}", e.render()));
+    assert!(res(&c, "file[/etc/motd]").noop);
+    assert!(res(&c, "file[/etc/nginx/conf.d/a.conf]").noop);
+    assert!(!res(&c, "package[nginx]").noop);
+    // Only noop resources carry the field: other catalogs keep their bytes.
+    let text = String::from_utf8(c.to_canonical_json()).unwrap();
+    assert_eq!(text.matches("\"noop\":true").count(), 3, "{text}");
+    assert!(!text.contains("\"noop\":false"));
+    let d = tree(
+        &format!("{HEAD}[file.\"/etc/motd\"]\ncontent = \"x\"\nnoop = \"yes\"\n"),
+        &[],
+    );
+    let e = load(&d).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("noop: expected true or false, found a string"),
+        "{e}"
+    );
+}

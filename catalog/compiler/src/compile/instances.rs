@@ -19,6 +19,7 @@ const MAX_DEPTH: usize = 16;
 pub(super) struct Scope {
     pub(super) tags: Vec<String>,
     pub(super) sensitive: bool,
+    pub(super) noop: bool,
     /// require, before, notify, subscribe (as in `Inst::refs`).
     pub(super) refs: [Vec<(String, Span)>; 4],
     pub(super) depth: usize,
@@ -147,6 +148,7 @@ impl Compiler<'_> {
         let mut scope = self.scope.clone();
         scope.depth += 1;
         scope.sensitive |= decl.sensitive;
+        scope.noop |= decl.noop;
         for t in def.tags.iter().cloned().chain([tname.to_owned()]) {
             if !scope.tags.contains(&t) {
                 scope.tags.push(t);
