@@ -325,13 +325,13 @@ fn cron(ctx: &Ctx, family: &str, name: Option<&str>) -> anyhow::Result<Vec<Kind>
 /// them (environment lines, then the schedule line).
 pub fn parse_crontab(user: &str, text: &str) -> Vec<Kind> {
     let mut out = Vec::new();
-    let mut lines = text.lines().peekable();
+    let mut lines = text.lines();
     while let Some(line) = lines.next() {
         let Some(name) = line.trim_end().strip_prefix("# troupe: ") else {
             continue;
         };
         let mut environment = std::collections::BTreeMap::new();
-        while let Some(l) = lines.next() {
+        for l in lines.by_ref() {
             let t = l.trim_start();
             if let Some((k, v)) = t.split_once('=')
                 && !k.is_empty()

@@ -104,7 +104,7 @@ fn converged_resources_read_back_as_declared() {
     assert!(text(&env, &["file", "/nope"]).contains("ensure = \"absent\""));
 
     // The cron entry: exactly the catalog's.
-    assert_eq!(json(&env, &["cron"]), [cron.clone()]);
+    assert_eq!(json(&env, &["cron"]), std::slice::from_ref(&cron));
     assert_eq!(json(&env, &["cron", "backup nightly"]), [cron]);
     let t = text(&env, &["cron"]);
     let v: toml::Table = toml::from_str(&t).unwrap();

@@ -261,44 +261,6 @@ fn not_managed_in_root(
 /// How every service event under `--root` starts.
 pub const NOT_MANAGED_IN_ROOT: &str = "not managed under --root";
 
-#[cfg(test)]
-mod tests {
-    use super::unit_enable_differs as differs;
-
-    #[test]
-    fn systemd_unit_file_states_are_compared_without_a_change_on_every_run() {
-        // Plain cases.
-        assert!(!differs("a", "enabled\n", true).unwrap());
-        assert!(differs("a", "enabled\n", false).unwrap());
-        assert!(differs("a", "disabled\n", true).unwrap());
-        assert!(!differs("a", "disabled\n", false).unwrap());
-        assert!(!differs("a", "enabled-runtime\n", true).unwrap());
-        // `systemctl is-enabled --quiet` exits 0 for a static unit: read as
-        // "enabled", `enable => false` ran `systemctl disable` (which does
-        // nothing for it) and reported a change on every run.
-        assert!(!differs("a", "static\n", true).unwrap());
-        let e = differs("a", "static\n", false).unwrap_err().to_string();
-        assert!(
-            e.contains("static") && e.contains("systemctl mask a"),
-            "{e}"
-        );
-        // Masked: already disabled; enabling it needs an unmask first.
-        assert!(!differs("a", "masked\n", false).unwrap());
-        let e = differs("a", "masked\n", true).unwrap_err().to_string();
-        assert!(e.contains("systemctl unmask a"), "{e}");
-        // Unknown unit: a clear error, not "enabled at boot" every run.
-        let e = differs(
-            "nope",
-            "Failed to get unit file state for nope.service: No such file or directory\n",
-            true,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("nope") && e.contains("installed"), "{e}");
-        assert!(differs("a", "", true).is_err());
-    }
-}
-
 /// `troupe-agent resource service [NAME]`: whether `name` runs and starts
 /// at boot (`enable` left out when the init system cannot say, e.g. a
 /// static unit), or every service the init system knows. Not under
@@ -382,4 +344,42 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unit_enable_differs as differs;
+
+    #[test]
+    fn systemd_unit_file_states_are_compared_without_a_change_on_every_run() {
+        // Plain cases.
+        assert!(!differs("a", "enabled\n", true).unwrap());
+        assert!(differs("a", "enabled\n", false).unwrap());
+        assert!(differs("a", "disabled\n", true).unwrap());
+        assert!(!differs("a", "disabled\n", false).unwrap());
+        assert!(!differs("a", "enabled-runtime\n", true).unwrap());
+        // `systemctl is-enabled --quiet` exits 0 for a static unit: read as
+        // "enabled", `enable => false` ran `systemctl disable` (which does
+        // nothing for it) and reported a change on every run.
+        assert!(!differs("a", "static\n", true).unwrap());
+        let e = differs("a", "static\n", false).unwrap_err().to_string();
+        assert!(
+            e.contains("static") && e.contains("systemctl mask a"),
+            "{e}"
+        );
+        // Masked: already disabled; enabling it needs an unmask first.
+        assert!(!differs("a", "masked\n", false).unwrap());
+        let e = differs("a", "masked\n", true).unwrap_err().to_string();
+        assert!(e.contains("systemctl unmask a"), "{e}");
+        // Unknown unit: a clear error, not "enabled at boot" every run.
+        let e = differs(
+            "nope",
+            "Failed to get unit file state for nope.service: No such file or directory\n",
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nope") && e.contains("installed"), "{e}");
+        assert!(differs("a", "", true).is_err());
+    }
 }
