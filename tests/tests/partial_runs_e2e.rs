@@ -124,6 +124,19 @@ fn tagged_run_of_defined_type_instances_through_a_master() {
     assert_eq!(stored["tags"], serde_json::json!(["pages"]));
     assert_eq!(stored["resources"].as_array().unwrap().len(), 4);
 
+    let human = troupe_tests::run(
+        std::process::Command::new(troupe_tests::troupe_bin())
+            .args(["report", "web1", "--data"])
+            .arg(&m.data),
+    );
+    assert!(
+        human
+            .stdout
+            .contains("partial run: only resources tagged pages\n4 resources: 4 changed, 0 failed"),
+        "{}",
+        human.stdout
+    );
+
     // A whole run: motd converged, the noop issue only reported.
     let (code, r) = run(&[]);
     assert_eq!(code, Some(2), "{r}");
@@ -144,6 +157,25 @@ fn tagged_run_of_defined_type_instances_through_a_master() {
     );
     let (code, _) = run(&[]);
     assert_eq!(code, Some(0), "the noop resource alone is not a change");
+    let human = troupe_tests::run(
+        std::process::Command::new(troupe_tests::troupe_bin())
+            .args(["report", "web1", "--data"])
+            .arg(&m.data),
+    );
+    assert!(
+        human
+            .stdout
+            .contains(" 0 changed, 1 would change (noop), 0 failed"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human
+            .stdout
+            .contains("would change (noop) file[/etc/issue]"),
+        "{}",
+        human.stdout
+    );
 
     // Inspection reads the converged page back.
     let o = m.agent(&[
