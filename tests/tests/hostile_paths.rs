@@ -21,6 +21,7 @@ fn res(kind: Kind) -> Resource {
         sensitive: false,
         source: None,
         tags: vec![],
+        noop: false,
     }
 }
 

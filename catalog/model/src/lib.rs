@@ -167,6 +167,10 @@ pub struct Resource {
     /// Tags (role, profile names) for filtering and reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Never change this resource: only report what would change (`noop =
+    /// true` in the module), even in a normal run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub noop: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -672,6 +676,7 @@ mod tests {
             sensitive: false,
             source: None,
             tags: vec![],
+            noop: false,
         }
     }
 
@@ -692,6 +697,7 @@ mod tests {
             sensitive: false,
             source: None,
             tags: vec![],
+            noop: false,
         }
     }
 
