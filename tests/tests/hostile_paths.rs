@@ -133,7 +133,8 @@ impl Env {
 fn links_out_of_the_root_never_carry_a_change_outside() {
     // (what, links to make inside the root, resource builder)
     type Build = fn(&mut Catalog) -> Resource;
-    let cases: Vec<(&str, Vec<(&str, String)>, Build)> = vec![
+    type Case = (&'static str, Vec<(&'static str, String)>, Build);
+    let cases: Vec<Case> = vec![
         (
             "file under an absolute link to a directory outside",
             vec![("etc/abs", "@OUT@".into())],
@@ -291,7 +292,8 @@ fn absolute_links_inside_an_image_resolve_inside_the_root() {
 /// catalog check refuses the catalog before touching anything.
 #[test]
 fn agent_refuses_one_path_claimed_twice() {
-    let cases: Vec<(&str, fn(&mut Catalog) -> Vec<Resource>, &str)> = vec![
+    type Build = fn(&mut Catalog) -> Vec<Resource>;
+    let cases: Vec<(&str, Build, &str)> = vec![
         (
             "file[/etc/x] and file[/etc//x]",
             |c| {

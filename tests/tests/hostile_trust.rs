@@ -69,15 +69,16 @@ fn orchestration_config_others_could_write_is_refused() {
     let given = elsewhere.join("orch.toml");
 
     // (what, file, mode, owner, dir to loosen, args, expected message)
-    let cases: Vec<(
-        &str,
-        &Path,
+    type Case<'a> = (
+        &'a str,
+        &'a Path,
         u32,
         Option<u32>,
-        Option<(&Path, u32)>,
+        Option<(&'a Path, u32)>,
         Vec<String>,
-        &str,
-    )> = vec![
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "default orchestration.toml writable by others",
             &default,
