@@ -6,7 +6,9 @@
 //! `pp_preshared_key` or `challengePassword`), one-time PSKs (stored only as
 //! hashes, compared in constant time), the rustls configurations for
 //! mutual TLS, and the redb handle that reopens itself after a failed write
-//! (a full disk), which the master's stores use too.
+//! (a full disk), which the master's stores use too, and the daemons'
+//! configuration files (trusted only when root or the daemon owns them and
+//! no one else may write them).
 //!
 //! It must never: log or return a private key or a PSK; copy an extension
 //! from a CSR into a certificate; trust an identity that does not come from a
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod config_file;
 pub mod csr;
 pub mod name;
 pub mod psk;
