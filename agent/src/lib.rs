@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod config;
 pub mod engine;
 pub mod facts;
 pub mod identity;
@@ -21,5 +22,6 @@ pub mod orchestra;
 pub mod providers;
 pub mod renew;
 pub mod run;
+pub mod server_list;
 pub mod source;
 pub mod state;

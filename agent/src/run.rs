@@ -72,6 +72,15 @@ pub struct Args {
     /// STATE/orchestration.toml; without that file every command is refused).
     #[arg(long)]
     pub no_listen: bool,
+    /// Daemon with --server: the command listener's trust and policy file
+    /// (default: STATE/orchestration.toml; the packaged agent.toml says
+    /// /etc/troupe/orchestration.toml).
+    #[arg(long, value_name = "FILE")]
+    pub orchestration: Option<PathBuf>,
+    /// More masters to try, in order, when --server fails (agent.toml's
+    /// `server` list).
+    #[arg(skip)]
+    pub more_servers: Vec<String>,
     /// Directory of external facts.
     #[arg(long, default_value = facts::DEFAULT_FACTS_DIR)]
     pub facts_dir: PathBuf,
@@ -155,13 +164,31 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         require_identity(&args.state, server)?;
         troupe_pki::tls::install_crypto_provider();
         let retry = crate::master_client::Retry::default();
-        let mut source =
-            crate::master_client::MasterClient::new(server, args.state.clone(), retry.clone())?
-                .with_environment(args.environment.clone());
-        let mut sink = crate::master_client::MasterClient::new(server, args.state.clone(), retry)?;
+        let client = |url: &str| {
+            crate::master_client::MasterClient::new(url, args.state.clone(), retry.clone())
+        };
+        let (mut source, mut sink): (Box<dyn CatalogSource>, Box<dyn ReportSink>) =
+            if args.more_servers.is_empty() {
+                (
+                    Box::new(client(server)?.with_environment(args.environment.clone())),
+                    Box::new(client(server)?),
+                )
+            } else {
+                let all: Vec<&String> = std::iter::once(server).chain(&args.more_servers).collect();
+                let mut sources = Vec::new();
+                let mut sinks = Vec::new();
+                for url in all {
+                    sources.push(client(url)?.with_environment(args.environment.clone()));
+                    sinks.push(client(url)?);
+                }
+                (
+                    Box::new(crate::server_list::ServerList(sources)),
+                    Box::new(crate::server_list::ServerList(sinks)),
+                )
+            };
         if args.once {
             source.before_run();
-            let r = run_once(&args, &mut source, Some(&mut sink))?;
+            let r = run_once(&args, source.as_mut(), Some(sink.as_mut()))?;
             return Ok(r.exit_code() as u8);
         }
         let _listener = if args.no_listen {
@@ -170,7 +197,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             let listen = crate::orchestra::ListenArgs {
                 server: server.clone(),
                 state: args.state.clone(),
-                orchestration: None,
+                orchestration: args.orchestration.clone(),
                 facts_dir: args.facts_dir.clone(),
                 backoff_max: std::time::Duration::from_secs(60).into(),
             };
@@ -182,7 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 }
             }
         };
-        return daemon(&args, &mut source, Some(&mut sink));
+        return daemon(&args, source.as_mut(), Some(sink.as_mut()));
     }
     let mut source: Box<dyn CatalogSource> = match &args.catalog {
         Some(p) => Box::new(FileSource(p.clone())),

@@ -15,6 +15,7 @@ pub mod ca_cli;
 pub mod ca_service;
 pub mod catalog_service;
 pub mod code;
+pub mod config;
 pub mod daemon;
 pub mod deploy_cli;
 pub mod fleet_cli;
