@@ -16,6 +16,7 @@
 #   TROUPE_PACKAGE_BIN_DIR=DIR  take troupe and troupe-agent from DIR
 #                               instead of building (e.g. target/debug
 #                               for a quick test build; they are stripped)
+#   TROUPE_PACKAGE_OUT=DIR      write the packages there instead
 #   SOURCE_DATE_EPOCH           timestamps in the archives (default: the
 #                               last commit's time)
 # Needs: dpkg-deb, rpmbuild, strip, gzip, objdump.
@@ -23,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top="$(pwd)"
 target_dir="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)"
-out="$target_dir/packages"
+out="$(mkdir -p "${TROUPE_PACKAGE_OUT:-$target_dir/packages}" && cd "${TROUPE_PACKAGE_OUT:-$target_dir/packages}" && pwd)"
 work="$out/work"
 
 for tool in dpkg-deb rpmbuild strip gzip objdump; do
