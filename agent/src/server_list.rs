@@ -30,7 +30,7 @@ impl ServerList {
                     errors.push(format!(
                         "{}: {}",
                         c.server(),
-                        troupe_command::cli::one_line(&e)
+                        troupe_base::cli::one_line(&e)
                     ));
                 }
             }
