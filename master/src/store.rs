@@ -88,6 +88,16 @@ impl ReportSummary {
 /// ([`troupe_base::facts`]: flattened facts, exact match).
 pub use troupe_base::facts::FactMatch as FactFilter;
 
+/// A check-in waiting to be written.
+pub struct Checkin {
+    pub node: String,
+    pub facts: serde_json::Value,
+    pub environment: String,
+    pub role: String,
+    pub catalog_hash: String,
+    pub at: u64,
+}
+
 /// The fleet store.
 pub struct NodeStore {
     db: ReopeningDb,
@@ -155,7 +165,7 @@ impl NodeStore {
         catalog_hash: &str,
         now: u64,
     ) -> Result<()> {
-        self.record_checkins(&[crate::catalog_service::Checkin {
+        self.record_checkins(&[Checkin {
             node: node.to_owned(),
             facts: facts.clone(),
             environment: environment.to_owned(),
@@ -166,11 +176,11 @@ impl NodeStore {
     }
 
     /// Records many check-ins in one transaction.
-    pub fn record_checkins(&self, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+    pub fn record_checkins(&self, batch: &[Checkin]) -> Result<()> {
         self.with(|db| Self::checkins_in(db, batch))
     }
 
-    fn checkins_in(db: &Database, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+    fn checkins_in(db: &Database, batch: &[Checkin]) -> Result<()> {
         let tx = db.begin_write()?;
         {
             let mut nodes = tx.open_table(NODES)?;

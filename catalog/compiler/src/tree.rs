@@ -629,7 +629,7 @@ fn new_jinja() -> minijinja::Environment<'static> {
     // template place other hosts in zones the way the site places nodes.
     env.add_filter("host_number", |name: &str| {
         let host = name.split('.').next().unwrap_or(name);
-        crate::compile::trailing_number(host)
+        trailing_number(host)
     });
     env.add_filter(
         "zone",
@@ -641,7 +641,7 @@ fn new_jinja() -> minijinja::Environment<'static> {
                 ));
             }
             let host = name.split('.').next().unwrap_or(name);
-            Ok(crate::compile::trailing_number(host).map(|n| n % zones))
+            Ok(trailing_number(host).map(|n| n % zones))
         },
     );
     env
@@ -823,7 +823,7 @@ fn template_load_error(src: &Arc<SourceFile>, e: &minijinja::Error) -> Error {
     Error::at(
         ErrorKind::Template,
         &Span::new(src, offset..offset),
-        format!("template error: {}", crate::compile::jinja_message(e)),
+        format!("template error: {}", crate::error::jinja_message(e)),
     )
 }
 
@@ -868,7 +868,7 @@ fn parse_hierarchy(doc: &N, jinja: &minijinja::Environment<'static>) -> Result<V
             jinja.template_from_str(&path).map_err(|e| {
                 pv.err(
                     ErrorKind::Template,
-                    format!("template error: {}", crate::compile::jinja_message(&e)),
+                    format!("template error: {}", crate::error::jinja_message(&e)),
                 )
             })?;
         }
@@ -946,7 +946,7 @@ fn check_template_syntax(n: &N, jinja: &minijinja::Environment<'static>) -> Resu
             res.map_err(|e| {
                 n.err(
                     ErrorKind::Template,
-                    format!("template error: {}", crate::compile::jinja_message(&e)),
+                    format!("template error: {}", crate::error::jinja_message(&e)),
                 )
             })
         }
@@ -966,7 +966,7 @@ fn check_expression(n: &N, jinja: &minijinja::Environment<'static>, what: &str) 
             ErrorKind::Template,
             format!(
                 "{what}: invalid expression: {}",
-                crate::compile::jinja_message(&e)
+                crate::error::jinja_message(&e)
             ),
         )
     })
@@ -1249,4 +1249,15 @@ pub(crate) fn check_named_file(
         return Err(e);
     }
     Ok(())
+}
+
+/// The number at the end of a host name: `web4` → 4, `db-12` → 12.
+pub fn trailing_number(hostname: &str) -> Option<u64> {
+    let digits = hostname.len()
+        - hostname
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_digit)
+            .count();
+    hostname[digits..].parse().ok()
 }
