@@ -12,6 +12,8 @@
 //! - [`reopen`]: the redb handle that reopens itself after a failed write
 //!   (a full disk);
 //! - [`cli`]: the one-line error format both binaries print;
+//! - [`facts`]: flattened facts and the `--where FACT=VALUE` matcher that
+//!   `troupe nodes` and `troupe run`/`deploy` share;
 //! - `test_fs` (feature `test-fs`, dev-dependencies only): a small tmpfs
 //!   for tests that fill a disk.
 //!
@@ -23,6 +25,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod facts;
 pub mod fs;
 pub mod reopen;
 #[cfg(any(test, feature = "test-fs"))]

@@ -116,11 +116,7 @@ pub fn nodes(args: NodesArgs) -> Result<u8> {
     let v = ask(
         &args.data.data,
         AdminRequest::Nodes {
-            r#where: args
-                .filters
-                .iter()
-                .map(|f| format!("{}={}", f.path, f.value))
-                .collect(),
+            r#where: args.filters.iter().map(|f| f.to_string()).collect(),
             role: args.role.clone(),
         },
     )?;

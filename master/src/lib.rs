@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod ca_cli;
 pub mod ca_service;
+pub mod catalog_cache;
 pub mod catalog_service;
 pub mod code;
 pub mod daemon;

@@ -387,7 +387,7 @@ impl Orchestration for OrchestraService {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let peer = crate::tls::peer_identity(&self.state, &req)?;
+        let peer = crate::tls::peer_identity(&self.state.ca, &req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -464,7 +464,7 @@ impl Orchestration for OrchestraService {
         &self,
         req: Request<SubmitRequest>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
-        let peer = crate::tls::peer_identity(&self.state, &req)?;
+        let peer = crate::tls::peer_identity(&self.state.ca, &req)?;
         let req = req.into_inner();
         let orch = self.orch.clone();
         let sc = match orch.check_signature(&req.envelope) {

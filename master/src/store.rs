@@ -84,44 +84,18 @@ impl ReportSummary {
     }
 }
 
-/// A `--where` condition: a dotted fact path and the value it must equal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FactFilter {
-    pub path: String,
-    pub value: String,
-}
+/// A `--where` condition, the same one `troupe run --where` uses
+/// ([`troupe_base::facts`]: flattened facts, exact match).
+pub use troupe_base::facts::FactMatch as FactFilter;
 
-impl std::str::FromStr for FactFilter {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('=') {
-            Some((p, v)) if !p.is_empty() => Ok(FactFilter {
-                path: p.trim().to_owned(),
-                value: v.trim().to_owned(),
-            }),
-            _ => Err(format!(
-                "expected FACT=VALUE (e.g. os.family=Debian), got {s:?}"
-            )),
-        }
-    }
-}
-
-impl FactFilter {
-    /// True when the fact at `path` (dotted, into nested objects) equals the
-    /// value: strings compare as-is, other JSON values by their JSON text.
-    pub fn matches(&self, facts: &serde_json::Value) -> bool {
-        let mut cur = facts;
-        for part in self.path.split('.') {
-            match cur.get(part) {
-                Some(v) => cur = v,
-                None => return false,
-            }
-        }
-        match cur {
-            serde_json::Value::String(s) => *s == self.value,
-            other => other.to_string() == self.value,
-        }
-    }
+/// A check-in waiting to be written.
+pub struct Checkin {
+    pub node: String,
+    pub facts: serde_json::Value,
+    pub environment: String,
+    pub role: String,
+    pub catalog_hash: String,
+    pub at: u64,
 }
 
 /// The fleet store.
@@ -191,7 +165,7 @@ impl NodeStore {
         catalog_hash: &str,
         now: u64,
     ) -> Result<()> {
-        self.record_checkins(&[crate::catalog_service::Checkin {
+        self.record_checkins(&[Checkin {
             node: node.to_owned(),
             facts: facts.clone(),
             environment: environment.to_owned(),
@@ -202,11 +176,11 @@ impl NodeStore {
     }
 
     /// Records many check-ins in one transaction.
-    pub fn record_checkins(&self, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+    pub fn record_checkins(&self, batch: &[Checkin]) -> Result<()> {
         self.with(|db| Self::checkins_in(db, batch))
     }
 
-    fn checkins_in(db: &Database, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+    fn checkins_in(db: &Database, batch: &[Checkin]) -> Result<()> {
         let tx = db.begin_write()?;
         {
             let mut nodes = tx.open_table(NODES)?;
@@ -315,7 +289,8 @@ impl NodeStore {
             }
             if !filters.is_empty() {
                 let facts = self.facts(&n.name)?.unwrap_or(serde_json::Value::Null);
-                if !filters.iter().all(|f| f.matches(&facts)) {
+                let flat = troupe_base::facts::flatten(&facts);
+                if !filters.iter().all(|f| f.matches(&flat)) {
                     continue;
                 }
             }

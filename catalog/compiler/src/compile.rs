@@ -2,12 +2,13 @@
 //! file system, no clock, no randomness; the same inputs give the same bytes.
 
 use crate::data::DataView;
+use crate::error::jinja_message;
 use crate::error::{Error, ErrorKind, Result, Span};
 use crate::secrets::SecretKeys;
 use crate::syntax::{N, V};
 use crate::tree::{
     EnvTree, Include, Matcher, ModuleTree, Profile, ResourceDecl, check_named_file, is_templated,
-    whole_expression,
+    trailing_number, whole_expression,
 };
 use minijinja::Value;
 use serde_json::Value as J;
@@ -76,28 +77,6 @@ pub fn valid_certname(s: &str) -> bool {
         && s.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
         })
-}
-
-/// The number at the end of a host name: `web4` → 4, `db-12` → 12.
-pub fn trailing_number(hostname: &str) -> Option<u64> {
-    let digits = hostname.len()
-        - hostname
-            .bytes()
-            .rev()
-            .take_while(u8::is_ascii_digit)
-            .count();
-    hostname[digits..].parse().ok()
-}
-
-pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 fn to_mj(j: &J) -> Value {

@@ -279,3 +279,15 @@ pub(crate) fn from_toml(file: &Arc<SourceFile>, e: &toml::de::Error) -> Error {
         None => err.with_span(&Span::new(file, 0..0)),
     }
 }
+
+/// A template error and its causes on one line.
+pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -643,7 +643,7 @@ fn new_jinja() -> minijinja::Environment<'static> {
     // template place other hosts in zones the way the site places nodes.
     env.add_filter("host_number", |name: &str| {
         let host = name.split('.').next().unwrap_or(name);
-        crate::compile::trailing_number(host)
+        trailing_number(host)
     });
     env.add_filter(
         "zone",
@@ -655,7 +655,7 @@ fn new_jinja() -> minijinja::Environment<'static> {
                 ));
             }
             let host = name.split('.').next().unwrap_or(name);
-            Ok(crate::compile::trailing_number(host).map(|n| n % zones))
+            Ok(trailing_number(host).map(|n| n % zones))
         },
     );
     env
@@ -862,7 +862,7 @@ fn template_load_error(src: &Arc<SourceFile>, e: &minijinja::Error) -> Error {
     Error::at(
         ErrorKind::Template,
         &Span::new(src, offset..offset),
-        format!("template error: {}", crate::compile::jinja_message(e)),
+        format!("template error: {}", crate::error::jinja_message(e)),
     )
 }
 
@@ -907,7 +907,7 @@ fn parse_hierarchy(doc: &N, jinja: &minijinja::Environment<'static>) -> Result<V
             jinja.template_from_str(&path).map_err(|e| {
                 pv.err(
                     ErrorKind::Template,
-                    format!("template error: {}", crate::compile::jinja_message(&e)),
+                    format!("template error: {}", crate::error::jinja_message(&e)),
                 )
             })?;
         }
@@ -985,7 +985,7 @@ pub(crate) fn check_template_syntax(n: &N, jinja: &minijinja::Environment<'stati
             res.map_err(|e| {
                 n.err(
                     ErrorKind::Template,
-                    format!("template error: {}", crate::compile::jinja_message(&e)),
+                    format!("template error: {}", crate::error::jinja_message(&e)),
                 )
             })
         }
@@ -1009,7 +1009,7 @@ pub(crate) fn check_expression(
             ErrorKind::Template,
             format!(
                 "{what}: invalid expression: {}",
-                crate::compile::jinja_message(&e)
+                crate::error::jinja_message(&e)
             ),
         )
     })
@@ -1323,4 +1323,15 @@ pub(crate) fn check_named_file(
         return Err(e);
     }
     Ok(())
+}
+
+/// The number at the end of a host name: `web4` → 4, `db-12` → 12.
+pub fn trailing_number(hostname: &str) -> Option<u64> {
+    let digits = hostname.len()
+        - hostname
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_digit)
+            .count();
+    hostname[digits..].parse().ok()
 }
