@@ -115,6 +115,11 @@ pub enum CatalogCmd {
     },
     /// Show what changes for a host between two module trees or two
     /// environments. Exit status 0: no change, 2: changes.
+    ///
+    /// Sensitive resources are compared on every attribute and shown as
+    /// changed with the attribute names and content hashes, never the
+    /// values. A secret whose environment key is not in DATA/secrets is
+    /// compared by its ciphertext (a re-encrypted value shows as changed).
     Diff {
         #[command(flatten)]
         node: NodeArgs,
@@ -130,6 +135,12 @@ pub enum CatalogCmd {
         /// Environment after (default: the classified one).
         #[arg(long)]
         to_env: Option<String>,
+        /// Print one JSON document: {"host","changes":[{"id","action",
+        /// "sensitive","source","attributes":[{"name","old","new"}],
+        /// "content_diff"?}],"added","removed","changed",
+        /// "secrets_by_ciphertext"}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         tree: TreeArgs,
     },
@@ -245,10 +256,21 @@ fn compile_node(
     env: Option<String>,
     data: &Path,
 ) -> anyhow::Result<Catalog> {
+    let secrets = SecretKeys::load_dir(data).map_err(|e| anyhow::anyhow!("{e}"))?;
+    compile_with(tree, node, facts, env, secrets)
+}
+
+fn compile_with(
+    tree: &ModuleTree,
+    node: &NodeArgs,
+    facts: &serde_json::Value,
+    env: Option<String>,
+    secrets: SecretKeys,
+) -> anyhow::Result<Catalog> {
     let opts = CompileOptions {
         environment: env,
         extensions: extensions(&node.extensions)?,
-        secrets: SecretKeys::load_dir(data).map_err(|e| anyhow::anyhow!("{e}"))?,
+        secrets,
     };
     tree.compile(&node.host, facts, &opts)
         .map_err(|e| anyhow::anyhow!("{}", e.render()))
@@ -364,9 +386,15 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             to,
             from_env,
             to_env,
+            json,
             tree,
         } => {
             let facts = read_facts(&node.facts)?;
+            // A preview never needs an environment's private key: without
+            // it, secrets are compared by ciphertext.
+            let keys = SecretKeys::load_dir(&tree.data)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_ciphertext_preview();
             let a_path = from.unwrap_or_else(|| tree.modules.clone());
             let b_path = to.unwrap_or_else(|| tree.modules.clone());
             let a_tree = load_tree(&a_path)?;
@@ -375,17 +403,43 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             } else {
                 Some(load_tree(&b_path)?)
             };
-            let a = compile_node(&a_tree, &node, &facts, from_env, &tree.data)
+            let a = compile_with(&a_tree, &node, &facts, from_env, keys.clone())
                 .context("compiling the old catalog")?;
-            let b = compile_node(
+            let b = compile_with(
                 b_tree.as_ref().unwrap_or(&a_tree),
                 &node,
                 &facts,
                 to_env,
-                &tree.data,
+                keys,
             )
             .context("compiling the new catalog")?;
+            let by_ciphertext: std::collections::BTreeSet<&str> = [&a, &b]
+                .into_iter()
+                .filter(|c| {
+                    String::from_utf8_lossy(&c.to_canonical_json())
+                        .contains(crate::secrets::CIPHERTEXT_MARK)
+                })
+                .map(|c| c.environment.as_str())
+                .collect();
             let (text, stats) = crate::diff::diff(&a, &b);
+            if json {
+                let doc = serde_json::json!({
+                    "host": node.host,
+                    "changes": crate::diff::changes(&a, &b),
+                    "added": stats.added,
+                    "removed": stats.removed,
+                    "changed": stats.changed,
+                    "secrets_by_ciphertext": by_ciphertext,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+                return Ok(if stats.is_empty() { 0 } else { 2 });
+            }
+            for env in &by_ciphertext {
+                writeln!(
+                    out,
+                    "note: the key of environment `{env}` is not loaded; its secrets are compared by ciphertext"
+                )?;
+            }
             if stats.is_empty() {
                 writeln!(out, "no changes for {}", node.host)?;
                 return Ok(0);

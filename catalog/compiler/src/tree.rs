@@ -456,11 +456,17 @@ impl ModuleTree {
     /// Content hash of what a catalog in `env` depends on (the site and that
     /// environment only): the `code_version` written into its catalogs.
     pub fn env_code_version(&self, env: &str) -> Option<String> {
-        let e = self.envs.get(env)?;
+        Some(self.code_version_with(self.envs.get(env)?))
+    }
+
+    /// The [`ModuleTree::env_code_version`] that `e` would have in this
+    /// tree (e.g. code staged for a held environment, before promotion):
+    /// the one identity of a code generation everywhere.
+    pub fn code_version_with(&self, e: &EnvTree) -> String {
         let mut h = Sha256::new();
         h.update(self.site.version.as_bytes());
         h.update(e.code_version.as_bytes());
-        Some(hex::encode(h.finalize()))
+        hex::encode(h.finalize())
     }
 
     pub fn root(&self) -> &Path {
