@@ -813,6 +813,23 @@ impl EnvTree {
     pub fn profiles(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)
     }
+    /// The merge the tree declares for a data key: a key `P.N` (or below
+    /// it, `P.N.x`) is parameter `N` of profile `P`, which a compile looks
+    /// up with that parameter's `merge`. Returns it with the
+    /// `(profile, parameter)` that declares it.
+    pub fn declared_merge(&self, key: &str) -> Option<(Merge, String, String)> {
+        let parts: Vec<&str> = key.split('.').collect();
+        for i in 1..parts.len() {
+            let profile = parts[..i].join(".");
+            let Some(p) = self.profiles.get(&profile) else {
+                continue;
+            };
+            if let Some(param) = p.params.iter().find(|x| x.name == parts[i]) {
+                return Some((param.merge, profile, param.name.clone()));
+            }
+        }
+        None
+    }
 }
 
 fn template_load_error(src: &Arc<SourceFile>, e: &minijinja::Error) -> Error {

@@ -580,3 +580,95 @@ fn catalog_diff_counts_sensitive_changes_without_showing_them() {
     assert!(text.contains("0 added, 0 removed, 2 changed"), "{text}");
     assert!(!text.contains("<secret ciphertext"), "{text}");
 }
+
+fn run_lookup(args: &[&str]) -> (u8, String) {
+    let mut argv = vec!["lookup"];
+    argv.extend(args);
+    let l = Lookup::try_parse_from(argv).unwrap();
+    let mut out = Vec::new();
+    let code = cli::lookup_to(l.args, &mut out).unwrap();
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// Issue 16 item 6: lookup uses the merge the tree declares for the key
+/// (profile base's `packages` is `merge = "deep"`), as a compile does,
+/// unless --merge overrides it, and says which it used.
+#[test]
+fn lookup_uses_the_declared_merge() {
+    let m = s(&common::modules());
+    let f = facts_file("debian12");
+    let base = [
+        "base.packages",
+        "--node",
+        "web4.example.com",
+        "--facts",
+        &f,
+        "--modules",
+        &m,
+    ];
+    let (code, text) = run_lookup(&base);
+    assert_eq!(code, 0);
+    assert_eq!(
+        text.trim(),
+        r#"["logrotate","vim","ca-certificates","curl"]"#
+    );
+    // What the compiled catalog installs agrees.
+    let cat = common::shipped()
+        .compile(
+            "web4.example.com",
+            &common::facts("debian12"),
+            &common::opts(),
+        )
+        .unwrap();
+    for p in ["logrotate", "vim", "ca-certificates", "curl"] {
+        assert!(
+            cat.resources
+                .iter()
+                .any(|r| r.id.0 == format!("package[{p}]")),
+            "package[{p}] not in the catalog"
+        );
+    }
+    // --merge first overrides: the most specific level only.
+    let mut first = base.to_vec();
+    first.extend(["--merge", "first"]);
+    let (_, text) = run_lookup(&first);
+    assert_ne!(
+        text.trim(),
+        r#"["logrotate","vim","ca-certificates","curl"]"#
+    );
+    // --explain and --json say which merge was used and why.
+    let mut explain = base.to_vec();
+    explain.push("--explain");
+    let (_, text) = run_lookup(&explain);
+    assert!(
+        text.contains("merge deep: declared by parameter `packages` of profile `base`"),
+        "{text}"
+    );
+    let mut json = explain.clone();
+    json.push("--json");
+    let (code, text) = run_lookup(&json);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["merge"], "deep");
+    assert_eq!(v["found"], true);
+    assert_eq!(v["value"].as_array().unwrap().len(), 4);
+    assert_eq!(v["node"], "web4.example.com");
+    let levels = v["levels"].as_array().unwrap();
+    assert!(levels.iter().any(|l| l["outcome"] == "found"));
+    assert!(levels.iter().all(|l| l["level"].is_string()));
+    // A key no parameter declares: `first`, said as the default.
+    let (code, text) = run_lookup(&[
+        "nginx.worker_processes",
+        "--node",
+        "web1.example.com",
+        "--facts",
+        &f,
+        "--modules",
+        &m,
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["value"], 4);
+    assert_eq!(v["merge"], "first");
+}
