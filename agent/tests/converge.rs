@@ -391,6 +391,18 @@ fn rollback_restores_previous_contents() {
     // Listing and unknown ids.
     let o = env.sub(&["rollback", "--list"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&r1.run_id));
+    let o = env.sub(&["rollback", "--list", "--json"]);
+    assert!(o.status.success());
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == r1.run_id.as_str())
+        .unwrap();
+    assert!(first["file_changes"].as_u64().unwrap() >= 1, "{runs}");
+    assert_eq!(first["noop"], false);
+    assert_eq!(first["status"], "changed");
     let o = env.sub(&["rollback", "no-such-run"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no stored run"));
