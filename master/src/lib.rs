@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod orchestra;
 pub mod run_cli;
+pub mod signers_cli;
 pub mod state;
 pub mod store;
 pub mod tls;
