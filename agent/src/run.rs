@@ -45,7 +45,8 @@ pub struct Args {
     /// directories, links, users and groups via ROOT/etc/passwd, packages via
     /// dpkg/rpm --root, chosen by ROOT/etc/os-release; execs run chrooted;
     /// services are not managed there: reported as
-    /// `not managed under --root`, neither checked nor changed).
+    /// `not managed under --root`, neither checked nor changed). A relative
+    /// path is taken from the current directory.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
     /// State directory: catalog cache, reports, rollback bucket, lock.
@@ -315,10 +316,13 @@ pub fn run_once(
         }
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "state opened");
-    let root = args.root.clone();
+    // A relative --root is taken from the current directory, as --state is.
+    let root = std::path::absolute(&args.root)
+        .with_context(|| format!("--root {}", args.root.display()))?;
     anyhow::ensure!(
-        root.is_absolute() && root.is_dir(),
-        "--root {} is not an existing absolute directory",
+        root.is_dir(),
+        "--root {} is not an existing directory (create it first: mkdir -p {})",
+        root.display(),
         root.display()
     );
     let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
