@@ -165,4 +165,16 @@ fn targeting_uses_what_the_master_knows_and_counts_the_absent() {
     assert_eq!(run0["skipped"], 0);
     assert_eq!(run0["from_cache"], false);
     assert!(run0["catalog_hash"].as_str().unwrap().len() > 10);
+
+    // Logs written to a file carry no colour codes.
+    assert!(!f.master.log().contains('\u{1b}'), "ANSI in the master log");
+    assert!(
+        !f.agent_log("web1").contains('\u{1b}'),
+        "ANSI in an agent log"
+    );
+    assert!(
+        f.agent_log("web1").contains("INFO"),
+        "{}",
+        f.agent_log("web1")
+    );
 }
