@@ -231,8 +231,8 @@ mod tests {
     fn add_list_remove_keep_a_file_the_master_accepts() {
         let d = tempfile::tempdir().unwrap();
         let data = d.path().to_str().unwrap();
-        let alice = troupe_command::FileSigner::generate().unwrap();
-        let bob = troupe_command::FileSigner::generate().unwrap();
+        let alice = troupe_bastion::keys::FileSigner::generate().unwrap();
+        let bob = troupe_bastion::keys::FileSigner::generate().unwrap();
         let a = alice.key_id().to_string();
         let pubfile = d.path().join("bob.key.pub");
         std::fs::write(&pubfile, format!("{}\n", bob.key_id())).unwrap();
@@ -253,7 +253,7 @@ mod tests {
         // Refusals change nothing.
         let e = go(&["add", "alice2", &a, "--data", data]).unwrap_err();
         assert!(e.to_string().contains("already trusted as `alice`"), "{e}");
-        let carol = troupe_command::FileSigner::generate().unwrap();
+        let carol = troupe_bastion::keys::FileSigner::generate().unwrap();
         let e = go(&["add", "alice", &carol.key_id().to_string(), "--data", data]).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
         let e = go(&["add", "bad name", "ed25519:nope", "--data", data]).unwrap_err();
