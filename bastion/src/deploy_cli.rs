@@ -212,7 +212,9 @@ pub fn run(args: DeployArgs) -> Result<u8> {
         .build()?;
     rt.block_on(async move {
         let channel = args.fleet.connect().await?;
-        let mut out = std::io::stdout();
+        let progress = crate::progress::Progress::new(!args.json);
+        progress.status("discovering the matching hosts".into());
+        let mut out = crate::progress::Out::new(&progress);
         let probe = crate::run_cli::sign(&mut *signer, "ping", &BTreeMap::new(), target, 60)?;
         let (hosts, found) = crate::run_cli::submit(channel.clone(), probe, Duration::from_secs(30), true, |_| {}).await?;
         let json = args.json;
@@ -240,6 +242,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
             if !json {
                 writeln!(out, "no host matched: nothing to deploy")?;
             }
+            progress.finish();
             return Ok(2);
         }
         let plan = release::plan(
@@ -264,6 +267,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     "batches": p.batches, "steps": steps,
                 }))?;
             }
+            progress.finish();
             return Ok(0);
         }
         if args.dry_run {
@@ -277,6 +281,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     }
                 }
             }
+            progress.finish();
             return Ok(0);
         }
         let timeout = Duration::from(args.step_timeout);
@@ -286,6 +291,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
         loop {
             match next {
                 Next::Done | Next::Stopped { .. } => {
+                    progress.finish();
                     let stopped = matches!(next, Next::Stopped { .. });
                     let failures = rollout.failures();
                     let mut listed = Vec::new();
@@ -381,6 +387,14 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                             }
                         }
                         let Some(first) = going.first().map(|(_, s)| s.clone()) else { continue };
+                        progress.status(format!(
+                            "{} {}: step {}/{nsteps} {} on {} host(s)",
+                            pkg.package,
+                            pkg.version,
+                            i + 1,
+                            describe(&first),
+                            going.len()
+                        ));
                         // A health check is tried `1 + retries` times.
                         let (attempts, pause, step_timeout) = match &first {
                             Step::CheckHealth { check } => (

@@ -30,6 +30,8 @@ use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
 use troupe_proto::v1::{CommandResult, SubmitRequest, SubmitSummary, submit_event};
 
+use crate::progress::Progress;
+
 /// What `troupe run` and `troupe deploy` share: the master, the bastion's
 /// identity and signing key, and which hosts to target.
 #[derive(clap::Args, Debug)]
@@ -263,6 +265,26 @@ pub async fn submit(
     wire: Vec<u8>,
     timeout: Duration,
     dry_run: bool,
+    on_result: impl FnMut(&CommandResult),
+) -> Result<(Vec<String>, SubmitSummary)> {
+    submit_progress(
+        channel,
+        wire,
+        timeout,
+        dry_run,
+        &Progress::default(),
+        on_result,
+    )
+    .await
+}
+
+/// [`submit`], counting answers on `progress` ("answered N/M").
+pub async fn submit_progress(
+    channel: Channel,
+    wire: Vec<u8>,
+    timeout: Duration,
+    dry_run: bool,
+    progress: &Progress,
     mut on_result: impl FnMut(&CommandResult),
 ) -> Result<(Vec<String>, SubmitSummary)> {
     let mut client = OrchestrationClient::new(channel);
@@ -280,8 +302,16 @@ pub async fn submit(
     while let Some(ev) = stream.next().await {
         let ev = ev.map_err(|s| submit_error("stream from the master", &s))?;
         match ev.event {
-            Some(submit_event::Event::Targets(t)) => targets = t.nodes,
-            Some(submit_event::Event::Result(r)) => on_result(&r),
+            Some(submit_event::Event::Targets(t)) => {
+                if !dry_run {
+                    progress.count(t.nodes.len() as u64, "");
+                }
+                targets = t.nodes
+            }
+            Some(submit_event::Event::Result(r)) => {
+                progress.suspend(|| on_result(&r));
+                progress.inc();
+            }
             Some(submit_event::Event::Summary(s)) => return Ok((targets, s)),
             None => {}
         }
@@ -446,6 +476,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 return Ok(if matched.is_empty() { 2 } else { 0 });
             }
             totals.matched = matched.clone();
+            let progress = Progress::new(!args.json);
+            progress.count(matched.len() as u64, &args.action);
             let n = args.batch.unwrap_or(1) as usize;
             let batches: Vec<Vec<String>> = matched.chunks(n).map(<[String]>::to_vec).collect();
             let count = batches.len();
@@ -477,8 +509,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 }
                 while let Some(j) = running.join_next().await {
                     let (host, r, got) = j?;
+                    progress.inc();
                     for g in &got {
-                        print_result(&mut out, g, args.json);
+                        progress.suspend(|| print_result(&mut out, g, args.json));
                         if g.status == "ok" {
                             totals.ok.push(g.node.clone());
                         } else {
@@ -516,10 +549,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     tokio::time::sleep(args.batch_sleep.into()).await;
                 }
             }
+            progress.finish();
         } else {
             let wire = sign(&mut *signer, &args.action, &cmd_args, target, args.ttl)?;
             let json = args.json;
-            let (matched, summary) = submit(channel, wire, timeout, false, |r| {
+            let progress = Progress::new(!json);
+            let (matched, summary) = submit_progress(channel, wire, timeout, false, &progress, |r| {
                 print_result(&mut std::io::stdout(), r, json);
                 if r.status == "ok" {
                     totals.ok.push(r.node.clone());
@@ -528,6 +563,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 }
             })
             .await?;
+            progress.finish();
             totals.matched = matched;
             totals.no_answer = summary.no_answer;
         }

@@ -95,45 +95,38 @@ pub struct KnownNode {
 
 /// Every host with a valid certificate that has checked in, as targeting
 /// sees it. Hosts whose certificate was revoked (or cleaned) are left out.
-pub fn known_nodes(state: &MasterState) -> BTreeMap<String, KnownNode> {
+/// An error fails the submission: targeting without the master's knowledge
+/// would silently leave hosts out.
+pub fn known_nodes(state: &MasterState) -> Result<BTreeMap<String, KnownNode>, String> {
     crate::catalog_service::flush_checkins(state);
-    let signed: BTreeSet<String> = match state.ca.list(troupe_pki::ListFilter::Default) {
-        Ok(l) => l
-            .into_iter()
-            .filter(|e| e.state == "signed")
-            .map(|e| e.host)
-            .collect(),
-        Err(e) => {
-            tracing::warn!("cannot list certificates for targeting: {e}");
-            return BTreeMap::new();
-        }
-    };
-    let nodes = match state.store.nodes() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!("cannot read the node store for targeting: {e:#}");
-            return BTreeMap::new();
-        }
-    };
-    nodes
+    let signed: BTreeSet<String> = state
+        .ca
+        .list(troupe_pki::ListFilter::Default)
+        .map_err(|e| format!("cannot list certificates for targeting: {e}"))?
         .into_iter()
-        .filter(|n| signed.contains(&n.name))
-        .map(|n| {
-            let facts = state
-                .store
-                .facts(&n.name)
-                .ok()
-                .flatten()
-                .map(|f| troupe_command::verify::HostContext::flatten_facts(&f))
-                .unwrap_or_default();
-            let k = KnownNode {
-                role: n.role,
-                environment: n.environment,
-                facts,
-            };
-            (n.name, k)
-        })
-        .collect()
+        .filter(|e| e.state == "signed")
+        .map(|e| e.host)
+        .collect();
+    let nodes = state
+        .store
+        .nodes()
+        .map_err(|e| format!("cannot read the node store for targeting: {e:#}"))?;
+    let mut out = BTreeMap::new();
+    for n in nodes.into_iter().filter(|n| signed.contains(&n.name)) {
+        let facts = state
+            .store
+            .facts(&n.name)
+            .map_err(|e| format!("cannot read the facts of {} for targeting: {e:#}", n.name))?
+            .map(|f| troupe_command::verify::HostContext::flatten_facts(&f))
+            .unwrap_or_default();
+        let k = KnownNode {
+            role: n.role,
+            environment: n.environment,
+            facts,
+        };
+        out.insert(n.name, k);
+    }
+    Ok(out)
 }
 
 /// The role and facts a target filter is matched against: what the master
@@ -606,7 +599,24 @@ impl Orchestration for OrchestraService {
             let state = self.state.clone();
             tokio::task::spawn_blocking(move || known_nodes(&state))
                 .await
-                .unwrap_or_default()
+                .unwrap_or_else(|e| Err(format!("targeting task failed: {e}")))
+        };
+        let known = match known {
+            Ok(k) => k,
+            Err(msg) => {
+                tracing::error!(caller = %peer.name, "command not relayed: {msg}");
+                orch.audit(vec![orch.record(
+                    Some(&sc),
+                    &peer.name,
+                    None,
+                    "store_error",
+                    &msg,
+                )])
+                .await;
+                return Err(Status::unavailable(format!(
+                    "store_error: {msg}; nothing was relayed"
+                )));
+            }
         };
         let (names, targets) = orch.resolve(&sc, &known);
         // Matched, known to the master, but not connected: no answer.

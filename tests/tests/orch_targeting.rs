@@ -97,6 +97,11 @@ fn targeting_uses_what_the_master_knows_and_counts_the_absent() {
         "{out:?}"
     );
     assert!(out.stdout.contains("no answer: web2"), "{out:?}");
+    // Not a terminal: plain lines, no progress bar or escape codes.
+    assert!(
+        !out.stderr.contains('\u{1b}') && !out.stdout.contains('\u{1b}'),
+        "{out:?}"
+    );
     assert!(!out.stdout.contains("db1"), "db1 is not web here: {out:?}");
 
     // Discovery says who is not connected.
