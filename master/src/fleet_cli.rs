@@ -351,9 +351,20 @@ pub fn write_report(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
         r.code_version,
         if r.noop { ", noop" } else { "" }
     )?;
+    if !r.tags.is_empty() {
+        writeln!(
+            out,
+            "partial run: only resources tagged {}",
+            r.tags.join(", ")
+        )?;
+    }
+    let pending = match r.noop_pending() {
+        0 => String::new(),
+        n => format!(", {n} would change (noop)"),
+    };
     writeln!(
         out,
-        "{} resources: {changed} changed, {failed} failed, {skipped} skipped, {unchanged} unchanged in {} ms",
+        "{} resources: {changed} changed{pending}, {failed} failed, {skipped} skipped, {unchanged} unchanged in {} ms",
         r.resources.len(),
         r.duration_ms
     )?;
@@ -364,6 +375,7 @@ pub fn write_report(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
             Status::Unchanged => "unchanged",
             Status::Changed => "changed",
             Status::Failed => "FAILED",
+            Status::Noop => "would change (noop)",
         };
         writeln!(out, "  {tag:<9} {}", res.id)?;
         for e in &res.events {
@@ -465,6 +477,7 @@ mod tests {
             environment: "production".into(),
             code_version: "v1".into(),
             from_cache: false,
+            tags: vec![],
             resources: vec![
                 res("package[nginx]", Status::Failed, &["apt-get failed"]),
                 res(
