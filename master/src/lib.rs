@@ -21,6 +21,7 @@ pub mod fleet_cli;
 pub mod logging;
 pub mod metrics;
 pub mod orchestra;
+pub mod signers_cli;
 pub mod state;
 pub mod store;
 pub mod tls;

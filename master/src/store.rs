@@ -84,6 +84,45 @@ impl ReportSummary {
     }
 }
 
+/// One line of a node's run history (`troupe report HOST --list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEntry {
+    pub run_id: String,
+    /// When the run started (the agent's clock, RFC 3339).
+    pub started: String,
+    /// `ok`, `changed` or `failed`, as `troupe nodes` says it.
+    pub status: String,
+    pub changed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub catalog_hash: String,
+    pub environment: String,
+    pub code_version: String,
+    pub from_cache: bool,
+    pub noop: bool,
+    pub duration_ms: u64,
+}
+
+impl RunEntry {
+    pub fn of(r: &Report) -> RunEntry {
+        let s = ReportSummary::of(r, 0);
+        RunEntry {
+            run_id: r.run_id.clone(),
+            started: r.started.clone(),
+            status: s.status().to_owned(),
+            changed: s.changed,
+            failed: s.failed,
+            skipped: s.skipped,
+            catalog_hash: r.catalog_hash.clone(),
+            environment: r.environment.clone(),
+            code_version: r.code_version.clone(),
+            from_cache: r.from_cache,
+            noop: r.noop,
+            duration_ms: r.duration_ms,
+        }
+    }
+}
+
 /// A `--where` condition, the same one `troupe run --where` uses
 /// ([`troupe_base::facts`]: flattened facts, exact match).
 pub use troupe_base::facts::FactMatch as FactFilter;
@@ -323,6 +362,12 @@ impl NodeStore {
             }
             Ok(out)
         })
+    }
+
+    /// The node's run history, oldest first: one [`RunEntry`] per stored
+    /// report (`troupe report HOST --list`).
+    pub fn runs(&self, node: &str) -> Result<Vec<RunEntry>> {
+        Ok(self.reports(node)?.iter().map(RunEntry::of).collect())
     }
 
     /// One report by run id, or the latest when `run_id` is `None`.

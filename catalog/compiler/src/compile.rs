@@ -79,6 +79,17 @@ pub fn valid_certname(s: &str) -> bool {
         })
 }
 
+/// A loop key or item as an error shows it: its JSON form, clipped.
+fn loop_label(v: &Value) -> String {
+    let text = serde_json::to_string(v).unwrap_or_else(|_| v.to_string());
+    if text.chars().count() > 60 {
+        let cut: String = text.chars().take(57).collect();
+        format!("{cut}...")
+    } else {
+        text
+    }
+}
+
 fn to_mj(j: &J) -> Value {
     Value::from(minijinja::value::Serde(j))
 }
@@ -590,8 +601,11 @@ impl<'a> Compiler<'a> {
                             list.push(minijinja::context! { key => k, value => v });
                         }
                         for (i, item) in list.into_iter().enumerate() {
-                            let c = minijinja::context! { item => item.clone(), key => item.get_attr("key").unwrap_or_default(), value => item.get_attr("value").unwrap_or_default(), index => i, ..ctx.clone() };
-                            self.declare_one(profile, decl, &c)?;
+                            let key = item.get_attr("key").unwrap_or_default();
+                            let c = minijinja::context! { item => item.clone(), key => key.clone(), value => item.get_attr("value").unwrap_or_default(), index => i, ..ctx.clone() };
+                            self.declare_one(profile, decl, &c).map_err(|e| {
+                                e.in_context(&format!("for_each key {}", loop_label(&key)))
+                            })?;
                         }
                         return Ok(());
                     }
@@ -613,8 +627,10 @@ impl<'a> Compiler<'a> {
                     }
                 }
                 for (i, item) in list.into_iter().enumerate() {
+                    let label = loop_label(&item);
                     let c = minijinja::context! { item => item, index => i, ..ctx.clone() };
-                    self.declare_one(profile, decl, &c)?;
+                    self.declare_one(profile, decl, &c)
+                        .map_err(|e| e.in_context(&format!("for_each item {i}: {label}")))?;
                 }
                 Ok(())
             }

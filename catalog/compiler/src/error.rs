@@ -137,6 +137,12 @@ impl Error {
         self.0.help = Some(help.into());
         self
     }
+    /// Says where in a loop the error happened: `(CONTEXT)` after the
+    /// message.
+    pub(crate) fn in_context(mut self, context: &str) -> Error {
+        self.0.message = format!("{} ({context})", self.0.message);
+        self
+    }
     /// Adds a span only if the error has none yet.
     pub fn or_span(self, span: &Span) -> Error {
         if self.0.span.is_some() {

@@ -470,11 +470,17 @@ impl ModuleTree {
     /// Content hash of what a catalog in `env` depends on (the site and that
     /// environment only): the `code_version` written into its catalogs.
     pub fn env_code_version(&self, env: &str) -> Option<String> {
-        let e = self.envs.get(env)?;
+        Some(self.code_version_with(self.envs.get(env)?))
+    }
+
+    /// The [`ModuleTree::env_code_version`] that `e` would have in this
+    /// tree (e.g. code staged for a held environment, before promotion):
+    /// the one identity of a code generation everywhere.
+    pub fn code_version_with(&self, e: &EnvTree) -> String {
         let mut h = Sha256::new();
         h.update(self.site.version.as_bytes());
         h.update(e.code_version.as_bytes());
-        Some(hex::encode(h.finalize()))
+        hex::encode(h.finalize())
     }
 
     pub fn root(&self) -> &Path {
@@ -845,6 +851,23 @@ impl EnvTree {
     }
     pub fn profiles(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)
+    }
+    /// The merge the tree declares for a data key: a key `P.N` (or below
+    /// it, `P.N.x`) is parameter `N` of profile `P`, which a compile looks
+    /// up with that parameter's `merge`. Returns it with the
+    /// `(profile, parameter)` that declares it.
+    pub fn declared_merge(&self, key: &str) -> Option<(Merge, String, String)> {
+        let parts: Vec<&str> = key.split('.').collect();
+        for i in 1..parts.len() {
+            let profile = parts[..i].join(".");
+            let Some(p) = self.profiles.get(&profile) else {
+                continue;
+            };
+            if let Some(param) = p.params.iter().find(|x| x.name == parts[i]) {
+                return Some((param.merge, profile, param.name.clone()));
+            }
+        }
+        None
     }
 }
 
