@@ -375,6 +375,14 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
     assert!(temps.is_empty(), "temp files left: {}", temps.len());
     let (code, r, _) = env.run(&c, &[]);
     assert_eq!(code, 0, "{:?}", r.counts());
+    // Nor a half-created state database (the next start removes those).
+    let creating: Vec<_> = std::fs::read_dir(env.state())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".creating-"))
+        .collect();
+    assert!(creating.is_empty(), "{creating:?}");
 }
 
 /// What a `kill -9` during redb's creation of `agent.redb` (the very first
