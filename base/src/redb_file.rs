@@ -265,8 +265,7 @@ mod tests {
         killed_creation(&p);
         // What every start did before: stuck.
         let e = Database::create(&p)
-            .err()
-            .expect("redb refuses it")
+            .expect_err("redb refuses it")
             .to_string();
         assert!(e.contains("magic number mismatch"), "{e}");
         let db = create_db(&p).unwrap();
@@ -300,7 +299,7 @@ mod tests {
             let mut bytes = fs::read(&p).unwrap();
             bytes[..9].copy_from_slice(&head);
             fs::write(&p, &bytes).unwrap();
-            let e = create_db(&p).err().expect("refused").to_string();
+            let e = create_db(&p).expect_err("refused").to_string();
             assert!(e.contains("is not a redb database"), "{e}");
             assert!(e.contains("move it aside"), "{e}");
             assert!(e.contains(&p.display().to_string()), "{e}");
