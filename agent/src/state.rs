@@ -78,7 +78,7 @@ impl State {
         create_private_dir(dir)?;
         let path = dir.join("agent.redb");
         let fresh = !path.exists();
-        let db = Database::create(&path)
+        let db = troupe_base::redb_file::create_db(&path)
             .map_err(db_err)
             .with_context(|| format!("cannot open {}", path.display()))?;
         if !fresh && Self::has_tables(&db) {

@@ -9,6 +9,8 @@
 //! - [`audit`]: the append-only, hash-chained, fsync'd audit log and its
 //!   verifier (the agent's and master's command logs, the master's access
 //!   log, the certificate authority's log);
+//! - [`redb_file`]: creating a redb file so that a killed creation never
+//!   leaves one that cannot be opened (temp name, sync, link into place);
 //! - [`reopen`]: the redb handle that reopens itself after a failed write
 //!   (a full disk);
 //! - [`cli`]: the one-line error format both binaries print;
@@ -27,6 +29,7 @@ pub mod audit;
 pub mod cli;
 pub mod facts;
 pub mod fs;
+pub mod redb_file;
 pub mod reopen;
 #[cfg(any(test, feature = "test-fs"))]
 #[doc(hidden)]

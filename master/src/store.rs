@@ -155,7 +155,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
 impl NodeStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, reports_per_node: usize) -> Result<NodeStore> {
-        let db = Reopening::open(path, |p: &Path| Database::create(p))
+        let db = Reopening::open(path, troupe_base::redb_file::create_db)
             .with_context(|| format!("cannot open the node store {}", path.display()))?;
         let store = NodeStore {
             db,

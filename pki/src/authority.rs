@@ -426,7 +426,7 @@ impl Authority {
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), key).map_err(cr)?;
         let db_path = dir.join("ca.redb");
-        let db = Reopening::open(&db_path, |p: &Path| redb::Database::create(p)).map_err(|e| {
+        let db = Reopening::open(&db_path, troupe_base::redb_file::create_db).map_err(|e| {
             CaError::Storage(StorageFailure::new(format!(
                 "{}: {e} (is another master using this data directory?)",
                 db_path.display()
