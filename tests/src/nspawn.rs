@@ -418,6 +418,13 @@ impl Fleet {
         b
     }
 
+    /// Adds `name.example.com` at `ip` (a host that is not booted, such
+    /// as a master running as a process on the switch) to the hosts file.
+    pub fn add_name(&self, ip: std::net::Ipv4Addr, name: &str) {
+        let mut h = self.hosts_file.lock().unwrap();
+        h.push_str(&format!("{ip} {name}.example.com {name}\n"));
+    }
+
     /// Writes the current `/etc/hosts` (every host booted so far) into
     /// each of `hosts`.
     pub fn share_hosts(&self, hosts: &[&Booted]) {
