@@ -22,6 +22,7 @@ use troupe_catalog::{Catalog, Ensure, Kind, PackageEnsure, Resource, ResourceId,
 use troupe_tests::MasterOptions;
 use troupe_tests::netns::NetMaster;
 use troupe_tests::nspawn::{APP, APP_PORT, Booted, Fleet};
+use troupe_tests::orch::PASSPHRASE;
 
 fn res(kind: Kind) -> Resource {
     Resource {
@@ -430,8 +431,11 @@ const INTERVAL: u64 = 5;
 ///    once.
 /// 3. Reboot: services come back enabled, the agent resumes with its
 ///    certificate (the unit the role wrote), nothing re-bootstraps.
+/// 7. The orchestration listener is a systemd service (the role's unit);
+///    a signed `service.restart` from a bastion really restarts nginx
+///    (its main PID changes).
 #[test]
-fn blank_host_to_web_role_keeps_pulling_and_survives_a_reboot() {
+fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_commands() {
     let t0 = Instant::now();
     let Some(fleet) = Fleet::require() else {
         return;
@@ -452,14 +456,29 @@ fn blank_host_to_web_role_keeps_pulling_and_survives_a_reboot() {
             .success()
     );
     let node_data = modules.join("environments/production/data/nodes/web1.example.com.toml");
+    // A signing key for scenario 7, trusted by the master and, through the
+    // role's orchestration.toml, by web1 for service.restart.
+    let keys = fleet.net.tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let ops = troupe_command::FileSigner::generate().unwrap();
+    ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
+        .unwrap();
+    std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();
     let mut d = std::fs::read_to_string(&node_data).unwrap();
     d.push_str(&format!(
-        "\n[troupe_agent]\ninterval = {INTERVAL}\nsplay = 0\n"
+        "\n[troupe_agent]\ninterval = {INTERVAL}\nsplay = 0\n\n[[troupe_agent.signers]]\nname = \"ops\"\nkey = \"{}\"\n\n[[troupe_agent.rules]]\nname = \"test restarts\"\neffect = \"allow\"\nsigners = [\"ops\"]\nactions = [\"service.restart\"]\n",
+        ops.key_id()
     ));
     std::fs::write(&node_data, &d).unwrap();
 
     let mhost = fleet.net.add_host("troupe");
     fleet.add_name(mhost.ip, "troupe");
+    std::fs::create_dir_all(mhost.dir.join("data")).unwrap();
+    std::fs::write(
+        mhost.dir.join("data/signers.toml"),
+        format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
+    )
+    .unwrap();
     let m = NetMaster::start(
         &fleet.net,
         &mhost,
@@ -615,10 +634,55 @@ fn blank_host_to_web_role_keeps_pulling_and_survives_a_reboot() {
     ));
     assert!(code.len() == 3 && code != "000", "{code}");
 
+    // 7. The orchestration listener runs as a systemd service (the role's
+    // unit); a signed service.restart really restarts nginx.
+    assert_eq!(
+        web.unit_prop("troupe-agent-listen", "ActiveState"),
+        "active"
+    );
+    let bastion = fleet.net.tmp.path().join("bastion");
+    let psk = m.psk("bastion");
+    troupe_tests::run(
+        fleet
+            .net
+            .command(&mhost, &troupe_tests::agent_bin())
+            .args(["bootstrap", "--server", &m.url, "--name", "bastion"])
+            .args(["--ca-fingerprint", &m.fingerprint(), "--psk", &psk])
+            .arg("--state")
+            .arg(&bastion),
+    )
+    .assert_success();
+    let pid_before = web.unit_prop("nginx", "MainPID");
+    let t = Instant::now();
+    let out = loop {
+        let out = troupe_tests::run(
+            fleet
+                .net
+                .command(&mhost, &troupe_tests::troupe_bin())
+                .args(["run", "service.restart", "name=nginx", "--name", &web.fqdn])
+                .args(["--server", &m.url])
+                .arg("--identity")
+                .arg(&bastion)
+                .arg("--key")
+                .arg(keys.join("ops.key"))
+                .arg("--passphrase-file")
+                .arg(keys.join("ops.pass")),
+        );
+        // Right after the reboot the listener may not be attached yet.
+        if out.code == Some(0) || t.elapsed().as_secs() > 30 {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    out.assert_success();
+    let signed_restart = t.elapsed();
+    assert_ne!(web.unit_prop("nginx", "MainPID"), pid_before, "{out:?}");
+    assert_eq!(web.unit_prop("nginx", "ActiveState"), "active");
+
     eprintln!(
         "FIGURES web role on a booted host: two hosts booted in {booted:.1?} (web1 boots {:?}); \
          systemctl start -> converged {converged:.1?} ({n_resources} resources); drift repaired in \
-         {repaired:.1?}; module change arrived in {arrived:.1?} (interval {INTERVAL} s); whole test {:.1?}",
+         {repaired:.1?}; module change arrived in {arrived:.1?} (interval {INTERVAL} s); signed restart {signed_restart:.1?}; whole test {:.1?}",
         web.boot_times,
         t0.elapsed()
     );
