@@ -70,6 +70,7 @@ pub fn image() -> Result<PathBuf, String> {
         )
     })?;
     let dir = PathBuf::from(format!("{}.d", tar.display()));
+    remove_stale_images(&tar);
     if dir.join("usr/lib/systemd/systemd").exists() {
         return Ok(dir);
     }
@@ -104,6 +105,30 @@ pub fn image() -> Result<PathBuf, String> {
         ));
     }
     Ok(dir)
+}
+
+/// Removes unpacked images beside `tar` whose tarball is gone (an older
+/// recipe) and half-unpacked ones of dead processes.
+fn remove_stale_images(tar: &Path) {
+    let Some(parent) = tar.parent() else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if let Some(t) = name.strip_suffix(".tar.d") {
+            !parent.join(format!("{t}.tar")).exists()
+        } else if let Some((_, pid)) = name.rsplit_once(".tar.d.tmp-") {
+            pid.parse::<u32>().is_ok_and(|p| !pid_alive(p))
+        } else {
+            false
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn pid_alive(pid: u32) -> bool {
