@@ -31,8 +31,8 @@
 //! Inside a container some things cannot work, and the tests say so rather
 //! than hide them (see [`CONTAINER_LIMITS`]).
 
-use crate::Out;
-use crate::netns::{Host, Net};
+use crate::netns::{Host, Net, NetMaster};
+use crate::{MasterOptions, Out};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -459,6 +459,48 @@ impl Fleet {
         }
     }
 
+    /// Starts a master on the switch as `troupe.example.com` (in every
+    /// host's hosts file from now on, and in its certificate, as the
+    /// shipped roles' units expect), serving the module tree `modules`.
+    pub fn start_master(&self, modules: &Path) -> NetMaster {
+        let mhost = self.net.add_host("troupe");
+        self.add_name(mhost.ip, "troupe");
+        NetMaster::start(
+            &self.net,
+            &mhost,
+            MasterOptions {
+                modules: Some(modules.to_path_buf()),
+                extra_args: vec![
+                    "--server-name".into(),
+                    "troupe.example.com".into(),
+                    "--server-name".into(),
+                    mhost.ip.to_string(),
+                ],
+            },
+        )
+    }
+
+    /// Makes `b` a blank host ready to join `m`: the troupe-agent package
+    /// from the fleet's repository, its settings (`agent_args` for `run`)
+    /// and a one-time key. `systemctl enable --now troupe-agent` then
+    /// joins and converges.
+    pub fn prepare_agent(&self, b: &Booted, m: &NetMaster, agent_args: &str) {
+        b.sh_ok("apt-get update -qq && apt-get install -y -qq troupe-agent >/dev/null");
+        let psk = m.psk(&b.fqdn);
+        std::fs::create_dir_all(b.root.join("etc/troupe")).unwrap();
+        std::fs::write(b.root.join("etc/troupe/psk"), format!("{psk}\n")).unwrap();
+        b.sh_ok("chmod 0600 /etc/troupe/psk");
+        std::fs::write(
+            b.root.join("etc/default/troupe-agent"),
+            format!(
+                "TROUPE_SERVER=https://troupe.example.com:8140\nTROUPE_NAME={}\nTROUPE_CA_FINGERPRINT={}\nTROUPE_AGENT_ARGS={agent_args}\n",
+                b.fqdn,
+                m.fingerprint()
+            ),
+        )
+        .unwrap();
+    }
+
     /// Cuts the host off the switch (its link goes down).
     pub fn cut_off(&self, b: &Booted) {
         self.net.cut_off(&b.host);
@@ -758,6 +800,28 @@ impl Drop for Booted {
         if !is_mounted(&self.root) {
             let _ = std::fs::remove_dir_all(&self.base);
         }
+    }
+}
+
+/// The latest report of `host` on the master whose run id is not
+/// `after`; waits up to `secs`, then panics with the master's log.
+pub fn next_report(m: &NetMaster, host: &str, after: Option<&str>, secs: u64) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        if let Ok(v) = m.admin(&troupe_master::admin::AdminRequest::Report {
+            host: host.to_string(),
+            run: None,
+        }) && !v["report"].is_null()
+            && v["report"]["run_id"].as_str() != after
+        {
+            return v["report"].clone();
+        }
+        assert!(
+            t.elapsed().as_secs() < secs,
+            "no new report from {host} after {secs} s; master log:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

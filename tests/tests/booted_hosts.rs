@@ -19,9 +19,7 @@ use std::path::Path;
 use std::time::Instant;
 use troupe_catalog::report::{Report, Status};
 use troupe_catalog::{Catalog, Ensure, Kind, PackageEnsure, Resource, ResourceId, ServiceState};
-use troupe_tests::MasterOptions;
-use troupe_tests::netns::NetMaster;
-use troupe_tests::nspawn::{APP, APP_PORT, Booted, Fleet};
+use troupe_tests::nspawn::{APP, APP_PORT, Booted, Fleet, next_report};
 use troupe_tests::orch::PASSPHRASE;
 
 fn res(kind: Kind) -> Resource {
@@ -334,28 +332,6 @@ fn service_provider_against_real_systemd() {
 /// test; so does one of these not failing (the list must stay true).
 const WEB_EXPECTED_FAILURES: &[&str] = &["service[chrony]", "exec[sysctl-apply]"];
 
-/// The latest report of `host` on the master whose run id is not
-/// `after`; waits up to `secs`.
-fn next_report(m: &NetMaster, host: &str, after: Option<&str>, secs: u64) -> serde_json::Value {
-    let t = Instant::now();
-    loop {
-        if let Ok(v) = m.admin(&troupe_master::admin::AdminRequest::Report {
-            host: host.to_string(),
-            run: None,
-        }) && !v["report"].is_null()
-            && v["report"]["run_id"].as_str() != after
-        {
-            return v["report"].clone();
-        }
-        assert!(
-            t.elapsed().as_secs() < secs,
-            "no new report from {host} after {secs} s; master log:\n{}",
-            m.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 fn run_id(r: &serde_json::Value) -> String {
     r["run_id"].as_str().expect("run_id").to_string()
 }
@@ -471,47 +447,20 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     ));
     std::fs::write(&node_data, &d).unwrap();
 
-    let mhost = fleet.net.add_host("troupe");
-    fleet.add_name(mhost.ip, "troupe");
-    std::fs::create_dir_all(mhost.dir.join("data")).unwrap();
+    let m = fleet.start_master(&modules);
+    let mhost = m.host.clone();
     std::fs::write(
-        mhost.dir.join("data/signers.toml"),
+        m.data.join("signers.toml"),
         format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
     )
     .unwrap();
-    let m = NetMaster::start(
-        &fleet.net,
-        &mhost,
-        MasterOptions {
-            modules: Some(modules.clone()),
-            extra_args: vec![
-                "--server-name".into(),
-                "troupe.example.com".into(),
-                "--server-name".into(),
-                mhost.ip.to_string(),
-            ],
-        },
-    );
     let mut web = fleet.boot("web1");
     let client = fleet.boot("client1");
     fleet.share_hosts(&[&web, &client]);
     let booted = t0.elapsed();
 
     // 1. The blank host: the agent package, its settings, a one-time key.
-    web.sh_ok("apt-get update -qq && apt-get install -y -qq troupe-agent >/dev/null");
-    let psk = m.psk(&web.fqdn);
-    std::fs::create_dir_all(web.root.join("etc/troupe")).unwrap();
-    std::fs::write(web.root.join("etc/troupe/psk"), format!("{psk}\n")).unwrap();
-    web.sh_ok("chmod 0600 /etc/troupe/psk");
-    std::fs::write(
-        web.root.join("etc/default/troupe-agent"),
-        format!(
-            "TROUPE_SERVER=https://troupe.example.com:8140\nTROUPE_NAME={}\nTROUPE_CA_FINGERPRINT={}\nTROUPE_AGENT_ARGS=--interval {INTERVAL} --no-listen\n",
-            web.fqdn,
-            m.fingerprint()
-        ),
-    )
-    .unwrap();
+    fleet.prepare_agent(&web, &m, &format!("--interval {INTERVAL} --no-listen"));
 
     let start = Instant::now();
     web.sh_ok("systemctl enable --now troupe-agent");
