@@ -226,10 +226,11 @@ pub struct Repo {
 
 /// The in-house application (seed 001: "we packaged our in-house tools as
 /// Debian packages"): `inhouse-app`, a systemd service answering HTTP on
-/// port 8080. Its health check is `GET /health`: 200 in 1.0 and 1.1, 404
-/// in 1.2 (the broken release).
+/// port 9080 (not 8080: the web role's nginx status vhost listens there).
+/// Its health check is `GET /health`: 200 in 1.0 and 1.1, 404 in 1.2 (the
+/// broken release).
 pub const APP: &str = "inhouse-app";
-pub const APP_PORT: u16 = 8080;
+pub const APP_PORT: u16 = 9080;
 pub const APP_VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
 
 impl Repo {
