@@ -37,12 +37,11 @@
 //! | `cert.pem` | bootstrap/renew | this host's certificate |
 //! | `ca.pem` | bootstrap | the pinned CA certificate |
 //! | `crl.pem` | bootstrap, CRL refresh | the CA's latest CRL (applied to the master's certificate) |
-//! | `key.pem.next`, `cert.pem.next` | renew | transient: a renewal between its two renames (see [`crate::identity::recover_renewal`]) |
+//! | `key.pem.next`, `cert.pem.next` | renew | transient: a renewal between its two renames (see [`troupe_identity::recover_renewal`]) |
 //!
 //! Every other file in that directory (e.g. `agent.redb`) belongs to the
 //! converge work and is never touched here. Every write is atomic.
 
-use crate::identity::{self, CA_FILE, CERT_FILE, CRL_FILE, Identity, KEY_FILE, status_message};
 use anyhow::{Context, Result, anyhow, bail};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -51,6 +50,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
+use troupe_identity::{
+    self as identity, CA_FILE, CERT_FILE, CRL_FILE, Identity, KEY_FILE, status_message,
+};
 use troupe_pki::util;
 use troupe_proto::v1::ca_client::CaClient;
 use troupe_proto::v1::certificate_status::State;

@@ -14,7 +14,9 @@
 pub mod bootstrap;
 pub mod engine;
 pub mod facts;
-pub mod identity;
+/// The client identity now lives in `troupe-identity` (shared with the
+/// bastion); this path stays for code written against `crate::identity`.
+pub use troupe_identity as identity;
 pub mod logging;
 pub mod master_client;
 pub mod orchestra;

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("troupe-agent: error: {}", troupe_command::cli::one_line(&e));
+            eprintln!("troupe-agent: error: {}", troupe_base::cli::one_line(&e));
             ExitCode::from(1)
         }
     }

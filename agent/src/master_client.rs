@@ -7,7 +7,6 @@
 //! not reconnect in lock step); when every try fails the caller falls back
 //! to the cached catalog and queues its report.
 
-use crate::identity::Identity;
 use crate::source::{CatalogSource, Fetched, ReportSink};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use troupe_catalog::Catalog;
 use troupe_catalog::report::Report;
+use troupe_identity::Identity;
 use troupe_proto::v1::catalog_client::CatalogClient;
 use troupe_proto::v1::reports_client::ReportsClient;
 use troupe_proto::v1::{CatalogRequest, ContentRequest, ReportRequest};
@@ -135,12 +135,12 @@ impl MasterClient {
                 Ok(Err(status)) if is_transport(&status) => {
                     tracing::debug!("{what} failed (try {n}): {status}");
                     self.channel = None;
-                    last = Some(anyhow::anyhow!(crate::identity::status_message(&status)));
+                    last = Some(anyhow::anyhow!(troupe_identity::status_message(&status)));
                 }
                 Ok(Err(status)) => {
                     return Err(anyhow::anyhow!(
                         "the master refused {what}: {}",
-                        crate::identity::status_message(&status)
+                        troupe_identity::status_message(&status)
                     ));
                 }
                 Err(_) => {

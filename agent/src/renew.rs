@@ -9,7 +9,7 @@
 //! authenticated by the current certificate (the master takes the name
 //! from that certificate and revokes it once the new one is issued), checks
 //! the answer, writes `key.pem.next` and `cert.pem.next`, then renames them
-//! into place (key first). [`crate::identity::recover_renewal`] finishes
+//! into place (key first). [`troupe_identity::recover_renewal`] finishes
 //! the job if the process dies between the renames.
 //!
 //! A certificate that has already expired (or was revoked) cannot renew
@@ -17,12 +17,14 @@
 //! `troupe ca clean HOST` on the master and a new bootstrap with a fresh
 //! PSK.
 
-use crate::identity::{self, CERT_FILE, CERT_NEXT, Identity, KEY_FILE, KEY_NEXT, status_message};
 use anyhow::{Context, Result, anyhow, bail};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
+use troupe_identity::{
+    self as identity, CERT_FILE, CERT_NEXT, Identity, KEY_FILE, KEY_NEXT, status_message,
+};
 use troupe_pki::util;
 use troupe_proto::v1::RenewRequest;
 use troupe_proto::v1::ca_client::CaClient;

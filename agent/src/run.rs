@@ -112,7 +112,7 @@ impl CatalogSource for NoSource {
 /// With --server: refuses at once (no retries, nothing created) when the
 /// state directory holds no identity to talk to the master with.
 fn require_identity(state_dir: &Path, server: &str) -> anyhow::Result<()> {
-    use crate::identity::{CERT_FILE, Identity, KEY_FILE, KEY_NEXT};
+    use troupe_identity::{CERT_FILE, Identity, KEY_FILE, KEY_NEXT};
     let has_key = state_dir.join(KEY_FILE).exists() || state_dir.join(KEY_NEXT).exists();
     if has_key && Identity::exists(state_dir) {
         // An expired certificate never works again: say so at once.
@@ -266,8 +266,8 @@ fn obtain_catalog(
         ))),
         Err(e) => {
             // What to check when the master could not be reached at all.
-            let why = troupe_command::cli::one_line(&e);
-            let hint = crate::identity::connect_hint(&why)
+            let why = troupe_base::cli::one_line(&e);
+            let hint = troupe_identity::connect_hint(&why)
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
             tracing::warn!(

@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use troupe_command::audit::AuditLog;
+use troupe_base::audit::AuditLog;
+use troupe_bastion::FileSigner;
 use troupe_command::envelope::{ArgValue, Command, TargetFilter};
-use troupe_command::keys::{FileSigner, Signer};
+use troupe_command::keys::Signer;
 use troupe_command::verify::{CommandAudit, HostContext, TrustedSigners, Verifier};
 use troupe_command::{Policy, Registry};
 
@@ -129,6 +130,6 @@ fn main() {
         start,
     );
     let start = Instant::now();
-    let r = troupe_command::audit::verify(&dir.path().join("audit.log")).expect("verify");
+    let r = troupe_base::audit::verify(&dir.path().join("audit.log")).expect("verify");
     report("audit verify (per record)", r.records as usize, start);
 }

@@ -55,6 +55,8 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const MAX_TTL_SECS: i64 = 600;
 /// Default lifetime of a command, seconds.
 pub const DEFAULT_TTL_SECS: i64 = 120;
+/// Longest wait for answers, seconds (the longest command lifetime).
+pub const MAX_TIMEOUT_SECS: u32 = 600;
 /// Maximum size of an encoded body.
 pub const MAX_BODY: usize = 32 * 1024;
 /// Maximum size of one encoded string.
@@ -632,7 +634,8 @@ fn ascending(last: &mut Option<String>, k: &str, name: &'static str) -> Result<(
 }
 
 /// Clips untrusted text for error messages.
-pub(crate) fn clip(s: &str) -> String {
+#[doc(hidden)]
+pub fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(64).collect();
     if out.len() < s.len() {
         out.push('…');
@@ -711,7 +714,7 @@ pub fn host_glob_matches(glob: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::FileSigner;
+    use crate::keys::TestSigner as FileSigner;
 
     pub(crate) fn sample(signer: &FileSigner) -> Command {
         let mut args = BTreeMap::new();

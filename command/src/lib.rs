@@ -1,7 +1,8 @@
 //! # troupe-command
 //!
-//! Owns the transport-independent core of Troupe's signed orchestration
-//! (issue 6), linked by both the bastion/master CLI and the agent:
+//! Owns the agent-side core of Troupe's signed orchestration, linked by the
+//! agent, the master (which checks and relays envelopes) and the bastion
+//! (which builds and signs them):
 //!
 //! - [`envelope`]: the signed command envelope (random 128-bit id, signer key
 //!   id, issued-at/expiry with a hard maximum TTL, target filter, action,
@@ -15,39 +16,31 @@
 //!   expanded into argv (whole elements only; the agent runs them);
 //! - [`policy`]: allow/deny rules by signer, action, facts and role
 //!   (deny-overrides, deny by default);
-//! - [`keys`]: ed25519 signing keys in passphrase-protected PKCS#8 files and
-//!   signing through a running ssh-agent, plus key ids;
-//! - [`audit`]: a generic append-only, hash-chained, fsync'd audit log and its
-//!   verifier (usable by the certificate authority too);
-//! - [`release`]: `RELEASE.toml` manifests and the pure rolling-release
-//!   planner;
-//! - [`cli`]: clap types and handlers for `troupe key ...` and
-//!   `troupe audit verify`.
+//! - [`keys`]: key ids, key errors and the [`Signer`] trait (the signers
+//!   themselves, key files and ssh-agent, are `troupe-bastion`'s);
+//! - [`action_files`]: module action files read from a directory.
 //!
-//! It must never: execute anything itself (no processes, no shell, no
-//! network: executing actions is the agent's job); trust a signer list, a
-//! public key or a policy carried inside a command (trust comes only from the
-//! configuration handed to the [`verify::Verifier`]); record a command id in
-//! the replay cache before its signature and time window have been verified;
-//! panic on bytes from the network or from files; log or print a private key
-//! or a passphrase; write a private key file readable by anyone but its owner.
+//! It must never: sign (no private key, key file, passphrase prompt or
+//! ssh-agent client: the agent links this crate); execute anything itself
+//! (no processes, no shell, no network: executing actions is the agent's
+//! job); trust a signer list, a public key or a policy carried inside a
+//! command (trust comes only from the configuration handed to the
+//! [`verify::Verifier`]); record a command id in the replay cache before its
+//! signature and time window have been verified; panic on bytes from the
+//! network or from files.
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod cli;
+pub mod action_files;
 pub mod envelope;
 pub mod keys;
 pub mod policy;
 pub mod registry;
-pub mod release;
 pub mod replay;
 pub mod verify;
 
-mod fsutil;
-
 pub use envelope::{ArgValue, Command, CommandId, SignedCommand, TargetFilter};
-pub use keys::{FileSigner, KeyId, Signer, SshAgentSigner};
+pub use keys::{KeyId, Signer};
 pub use policy::Policy;
 pub use registry::Registry;
 pub use verify::{HostContext, Refusal, TrustedSigners, Verified, Verifier};

@@ -231,7 +231,7 @@ fn action_glob_matches(g: &str, action: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::FileSigner;
+    use crate::keys::TestSigner as FileSigner;
 
     const POLICY: &str = r#"
         [[rule]]

@@ -7,11 +7,11 @@ use std::sync::OnceLock;
 
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
+use troupe_bastion::FileSigner;
+use troupe_bastion::release::Release;
 use troupe_command::envelope::{ArgValue, Command, SignedCommand, TargetFilter};
-use troupe_command::keys::FileSigner;
 use troupe_command::policy::Subject;
 use troupe_command::registry::ArgType;
-use troupe_command::release::Release;
 use troupe_command::verify::{HostContext, TrustedSigners, Verifier};
 use troupe_command::{Policy, Registry};
 

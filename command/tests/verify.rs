@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use troupe_command::audit::{self, AuditLog};
+use troupe_base::audit::{self, AuditLog};
+use troupe_bastion::FileSigner;
 use troupe_command::envelope::{ArgValue, Command, SignedCommand, TargetFilter};
-use troupe_command::keys::{FileSigner, Signer};
+use troupe_command::keys::Signer;
 use troupe_command::registry::{ArgError, REDACTED};
 use troupe_command::verify::{
     CommandAudit, DEFAULT_SKEW_SECS, HostContext, Refusal, TrustedSigners, Verifier,

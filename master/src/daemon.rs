@@ -230,7 +230,7 @@ async fn serve(args: Args) -> Result<()> {
     let store = crate::store::NodeStore::open(&args.data.join("nodes.redb"), args.reports_keep)?;
     let secrets = troupe_compiler::SecretKeys::load_dir(&args.data)
         .map_err(|e| anyhow::anyhow!("loading secret keys: {e}"))?;
-    let access_audit = troupe_command::audit::AuditLog::open(&args.data.join("access-audit.log"))
+    let access_audit = troupe_base::audit::AuditLog::open(&args.data.join("access-audit.log"))
         .map_err(|e| anyhow::anyhow!("opening the access audit log: {e}"))?;
     let threads = args
         .compile_threads

@@ -56,14 +56,14 @@ enum Cmd {
     #[command(subcommand)]
     Secret(troupe_compiler::cli::SecretCmd),
     /// Command-signing keys (passphrase-protected files or ssh-agent).
-    Key(troupe_command::cli::KeyArgs),
+    Key(troupe_bastion::cli::KeyArgs),
     /// Audit-log tools: verify a hash-chained log.
-    Audit(troupe_command::cli::AuditArgs),
+    Audit(troupe_bastion::cli::AuditArgs),
     /// Run a signed command on the matching hosts (from the bastion).
-    Run(troupe_master::run_cli::RunArgs),
+    Run(troupe_bastion::run_cli::RunArgs),
     /// Roll a release (RELEASE.toml) out host by host or batch by batch,
     /// stopping at the first failure.
-    Deploy(troupe_master::deploy_cli::DeployArgs),
+    Deploy(troupe_bastion::deploy_cli::DeployArgs),
 }
 
 /// Exit status of a command line that does not parse (sysexits' EX_USAGE),
@@ -123,17 +123,17 @@ fn main() -> ExitCode {
         Cmd::Catalog(cmd) => troupe_compiler::cli::catalog(cmd),
         Cmd::Lookup(args) => troupe_compiler::cli::lookup(args),
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
-        Cmd::Key(args) => troupe_command::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
-        Cmd::Run(args) => troupe_master::run_cli::run(args),
-        Cmd::Deploy(args) => troupe_master::deploy_cli::run(args),
+        Cmd::Key(args) => troupe_bastion::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
+        Cmd::Run(args) => troupe_bastion::run_cli::run(args),
+        Cmd::Deploy(args) => troupe_bastion::deploy_cli::run(args),
         Cmd::Audit(args) => {
-            troupe_command::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
+            troupe_bastion::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
         }
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("troupe: error: {}", troupe_command::cli::one_line(&e));
+            eprintln!("troupe: error: {}", troupe_base::cli::one_line(&e));
             ExitCode::from(1)
         }
     }

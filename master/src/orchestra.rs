@@ -47,11 +47,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use troupe_command::audit::AuditLog;
+use troupe_base::audit::AuditLog;
+use troupe_base::reopen::Reopening;
 use troupe_command::replay::{Recorded, ReplayCache};
 use troupe_command::verify::CommandAudit;
 use troupe_command::{Registry, SignedCommand, TrustedSigners};
-use troupe_pki::reopen::Reopening;
 use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
 use troupe_proto::v1::{
     AgentMessage, CommandDelivery, CommandResult, SubmitEvent, SubmitRequest, SubmitSummary,
@@ -66,8 +66,8 @@ pub const AUDIT_FILE: &str = "orchestration-audit.log";
 pub const RELAYED_FILE: &str = "orchestration-relayed.redb";
 /// Default wait for answers, seconds.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
-/// Longest wait for answers, seconds (the longest command lifetime).
-pub const MAX_TIMEOUT_SECS: u32 = 600;
+/// Longest wait for results (troupe_command::envelope::MAX_TIMEOUT_SECS).
+pub const MAX_TIMEOUT_SECS: u32 = troupe_command::envelope::MAX_TIMEOUT_SECS;
 /// How long an agent has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Commands queued per agent before the agent counts as not answering.
@@ -663,12 +663,12 @@ mod tests {
     /// recorded before are still there.
     #[tokio::test]
     async fn the_relay_cache_recovers_by_itself_once_a_full_disk_has_space_again() {
-        let Some(fs) = troupe_pki::test_fs::mount_or_skip("4m") else {
+        let Some(fs) = troupe_base::test_fs::mount_or_skip("4m") else {
             return;
         };
         let mnt = fs.path.clone();
         let orch = Orchestra::new(&mnt);
-        let mut signer = troupe_command::FileSigner::generate().unwrap();
+        let mut signer = troupe_bastion::FileSigner::generate().unwrap();
         let mut command = || {
             troupe_command::Command::new(
                 signer.key_id().clone(),

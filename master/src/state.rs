@@ -11,7 +11,7 @@ use crate::tls::ServerTls;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use troupe_command::audit::AuditLog;
+use troupe_base::audit::AuditLog;
 use troupe_compiler::SecretKeys;
 use troupe_pki::Authority;
 

@@ -6,15 +6,15 @@
 //!
 //! After a write failed (e.g. a full disk), redb refuses every later
 //! transaction on the open file; the store then drops it, opens it again
-//! and retries the transaction once ([`troupe_pki::reopen`]), so the master
+//! and retries the transaction once ([`troupe_base::reopen`]), so the master
 //! recovers by itself once space is freed.
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use troupe_base::reopen::{Reopening, ReopeningDb, is_previous_io};
 use troupe_catalog::report::Report;
-use troupe_pki::reopen::{Reopening, ReopeningDb, is_previous_io};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
@@ -524,7 +524,7 @@ mod tests {
     /// stored before intact and nothing of the refused ones.
     #[test]
     fn the_store_recovers_by_itself_once_a_full_disk_has_space_again() {
-        let Some(fs) = troupe_pki::test_fs::mount_or_skip("8m") else {
+        let Some(fs) = troupe_base::test_fs::mount_or_skip("8m") else {
             return;
         };
         let mnt = fs.path.clone();

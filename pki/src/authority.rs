@@ -18,13 +18,12 @@
 //!
 //! After a write failed (e.g. a full disk), redb refuses every later
 //! transaction on the open database; the CA then drops it, opens `ca.redb`
-//! again and retries the transaction once ([`crate::reopen`]), so it
+//! again and retries the transaction once ([`troupe_base::reopen`]), so it
 //! recovers by itself once space is freed, without a restart.
 
 use crate::csr::{CheckedCsr, CsrError, check_csr};
 use crate::name::{NameError, validate_host_name};
 use crate::psk::{self, PskError, PskRecord};
-use crate::reopen::{Reopening, ReopeningDb};
 use crate::util::{self, fingerprint_sha256, now, pem_encode, write_atomic};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
@@ -39,6 +38,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use thiserror::Error;
+use troupe_base::reopen::{Reopening, ReopeningDb};
 
 const PSKS: TableDefinition<&str, &[u8]> = TableDefinition::new("psks");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
@@ -1179,7 +1179,7 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fs::mount_or_skip;
+    use troupe_base::test_fs::mount_or_skip;
 
     fn csr(name: &str, psk: Option<&str>) -> Vec<u8> {
         let k = KeyPair::generate().unwrap();

@@ -5,8 +5,7 @@
 //! redb), host-name validation, CSR parsing (pre-shared key in
 //! `pp_preshared_key` or `challengePassword`), one-time PSKs (stored only as
 //! hashes, compared in constant time), the rustls configurations for
-//! mutual TLS, and the redb handle that reopens itself after a failed write
-//! (a full disk), which the master's stores use too.
+//! mutual TLS. Its redb state goes through `troupe_base::reopen`.
 //!
 //! It must never: log or return a private key or a PSK; copy an extension
 //! from a CSR into a certificate; trust an identity that does not come from a
@@ -18,10 +17,6 @@ pub mod authority;
 pub mod csr;
 pub mod name;
 pub mod psk;
-pub mod reopen;
-#[cfg(any(test, feature = "test-fs"))]
-#[doc(hidden)]
-pub mod test_fs;
 pub mod tls;
 pub mod util;
 

@@ -176,9 +176,7 @@ fn main() {
             let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
             let cfg =
                 troupe_pki::tls::client_config(&ca_der, vec![], Some((vec![cert], key))).unwrap();
-            let ch = troupe_agent::identity::connect_with(cfg, &m.url)
-                .await
-                .unwrap();
+            let ch = troupe_identity::connect_with(cfg, &m.url).await.unwrap();
             let mut f = facts.clone();
             f["hostname"] = serde_json::json!(host.split('.').next().unwrap());
             f["fqdn"] = serde_json::json!(host);

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use troupe_command::{Command, FileSigner, SignedCommand, Signer, TargetFilter};
+use troupe_bastion::FileSigner;
+use troupe_command::{Command, SignedCommand, Signer, TargetFilter};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
 use troupe_proto::v1::{AgentHello, AgentMessage, CommandResult, agent_message};
 use troupe_tests::{Master, make_csr};
@@ -136,7 +137,7 @@ fn main() {
             troupe_pki::tls::client_config(&ca_der, vec![], Some((id.1.clone(), id.2.clone_key())))
                 .expect("tls config")
         };
-        let bastion_ch = troupe_agent::identity::connect_with(cfg(&bastion), &url)
+        let bastion_ch = troupe_identity::connect_with(cfg(&bastion), &url)
             .await
             .expect("bastion connect");
         let key = signer.verifying_key();
@@ -157,7 +158,7 @@ fn main() {
                 let slots = slots.clone();
                 set.spawn(async move {
                     let permit = slots.acquire_owned().await.expect("semaphore");
-                    let ch = troupe_agent::identity::connect_with(c, &url).await;
+                    let ch = troupe_identity::connect_with(c, &url).await;
                     drop(permit);
                     if let Ok(ch) = ch {
                         tokio::spawn(sim_agent(ch, key, verify, att));
@@ -200,7 +201,7 @@ fn main() {
                 };
                 let mut oks = 0usize;
                 let t = Instant::now();
-                let (targets, summary) = troupe_master::run_cli::submit(
+                let (targets, summary) = troupe_bastion::run_cli::submit(
                     bastion_ch.clone(),
                     wire,
                     Duration::from_secs(60),

@@ -447,7 +447,7 @@ impl Master {
         &self,
     ) -> troupe_proto::v1::ca_client::CaClient<tonic::transport::Channel> {
         let cfg = troupe_pki::tls::client_config(&self.ca_der(), vec![], None).expect("tls config");
-        let ch = troupe_agent::identity::connect_with(cfg, &self.url)
+        let ch = troupe_identity::connect_with(cfg, &self.url)
             .await
             .expect("connect");
         troupe_proto::v1::ca_client::CaClient::new(ch)
@@ -456,7 +456,7 @@ impl Master {
     /// A mutual-TLS channel with agent `name`'s identity (after bootstrap).
     pub async fn agent_channel(&self, name: &str) -> anyhow::Result<tonic::transport::Channel> {
         troupe_pki::tls::install_crypto_provider();
-        let id = troupe_agent::identity::Identity::load(&self.agent_state(name))?;
+        let id = troupe_identity::Identity::load(&self.agent_state(name))?;
         id.connect(&self.url).await
     }
 }

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use troupe_command::{ArgValue, FileSigner, KeyId, Signer, TargetFilter};
+use troupe_bastion::FileSigner;
+use troupe_command::{ArgValue, KeyId, Signer, TargetFilter};
 use troupe_proto::v1::{CommandResult, SubmitSummary};
 
 /// Passphrase of every test key.
@@ -301,11 +302,11 @@ impl Fleet {
         dry_run: bool,
     ) -> anyhow::Result<(Vec<String>, Vec<CommandResult>, SubmitSummary)> {
         self.rt.block_on(async {
-            let id = troupe_agent::identity::Identity::load(&self.bastion)?;
+            let id = troupe_identity::Identity::load(&self.bastion)?;
             let ch = id.connect(&self.master.url).await?;
             let mut results = Vec::new();
             let (t, s) =
-                troupe_master::run_cli::submit(ch, wire, Duration::from_secs(10), dry_run, |r| {
+                troupe_bastion::run_cli::submit(ch, wire, Duration::from_secs(10), dry_run, |r| {
                     results.push(r.clone())
                 })
                 .await?;

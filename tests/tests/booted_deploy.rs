@@ -110,7 +110,7 @@ fn rolling_release_of_the_in_house_package_and_a_bad_release_stopped() {
     let m = fleet.start_master(&modules);
     let keys = fleet.net.tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_command::FileSigner::generate().unwrap();
+    let ops = troupe_bastion::FileSigner::generate().unwrap();
     ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
         .unwrap();
     std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();

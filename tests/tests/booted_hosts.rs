@@ -436,7 +436,7 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     // role's orchestration.toml, by web1 for service.restart.
     let keys = fleet.net.tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_command::FileSigner::generate().unwrap();
+    let ops = troupe_bastion::FileSigner::generate().unwrap();
     ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
         .unwrap();
     std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();
@@ -585,10 +585,18 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
 
     // 7. The orchestration listener runs as a systemd service (the role's
     // unit); a signed service.restart really restarts nginx.
-    assert_eq!(
-        web.unit_prop("troupe-agent-listen", "ActiveState"),
-        "active"
-    );
+    // (Right after a boot it may be waiting to retry the master:
+    // Restart=always, RestartSec=10 in the role's unit.)
+    let t = Instant::now();
+    while web.unit_prop("troupe-agent-listen", "ActiveState") != "active" {
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "{}",
+            web.sh("systemctl status --no-pager -n 20 troupe-agent-listen")
+                .stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let bastion = fleet.net.tmp.path().join("bastion");
     let psk = m.psk("bastion");
     troupe_tests::run(

@@ -17,7 +17,7 @@ fn bootstrap_with_good_psk() {
     for f in ["cert.pem", "ca.pem", "crl.pem"] {
         assert!(st.join(f).exists(), "{f}");
     }
-    let id = troupe_agent::identity::Identity::load(&st).unwrap();
+    let id = troupe_identity::Identity::load(&st).unwrap();
     assert_eq!(id.name, "web1");
     assert_eq!(id.ca_der, m.ca_der());
     let list = m.list_all();
@@ -118,7 +118,7 @@ fn pending_then_signed_by_operator() {
     // The agent showed the key fingerprint the operator saw.
     assert!(err.contains(&fp), "{err}");
     assert!(err.contains("bootstrapped web2"), "{err}");
-    let id = troupe_agent::identity::Identity::load(&m.agent_state("web2")).unwrap();
+    let id = troupe_identity::Identity::load(&m.agent_state("web2")).unwrap();
     assert_eq!(id.name, "web2");
     assert!(m.ca_ok(&["list", "--pending"]).contains("(nothing)"));
 }
@@ -162,14 +162,14 @@ fn renewal_over_mtls_replaces_the_certificate() {
     let psk = m.psk("web5");
     m.bootstrap("web5", Some(&psk)).assert_success();
     let st = m.agent_state("web5");
-    let before = troupe_agent::identity::Identity::load(&st).unwrap();
+    let before = troupe_identity::Identity::load(&st).unwrap();
     // Not due: a fresh certificate is kept.
     let out = m.agent_cmd("web5", "renew", &[]);
     out.assert_success();
     assert!(out.stderr.contains("not due"), "{out:?}");
     let out = m.agent_cmd("web5", "renew", &["--force"]);
     out.assert_success();
-    let after = troupe_agent::identity::Identity::load(&st).unwrap();
+    let after = troupe_identity::Identity::load(&st).unwrap();
     assert_ne!(after.serial, before.serial);
     assert!(has_mode(&st.join("key.pem"), 0o600));
     // The superseded certificate is revoked; the new one works.
@@ -198,7 +198,7 @@ fn renewal_is_due_with_short_lived_certificates() {
     });
     let psk = m.psk("web6");
     m.bootstrap("web6", Some(&psk)).assert_success();
-    let id = troupe_agent::identity::Identity::load(&m.agent_state("web6")).unwrap();
+    let id = troupe_identity::Identity::load(&m.agent_state("web6")).unwrap();
     // not_before is backdated 5 minutes, so a 90 s certificate is due now.
     assert!(id.renewal_due(troupe_pki::util::now()));
     let out = m.agent_cmd("web6", "renew", &[]);

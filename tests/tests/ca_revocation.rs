@@ -82,7 +82,7 @@ async fn client_certificate_from_another_ca_is_refused() {
     );
     let cfg = troupe_pki::tls::client_config(&m.ca_der(), vec![], Some(identity)).unwrap();
     let result = async {
-        let ch = troupe_agent::identity::connect_with(cfg, &m.url).await?;
+        let ch = troupe_identity::connect_with(cfg, &m.url).await?;
         let (_, csr) = make_csr("web3", None);
         CaClient::new(ch)
             .renew(RenewRequest { csr })

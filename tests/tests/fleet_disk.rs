@@ -9,7 +9,7 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use troupe_command::FileSigner;
+use troupe_bastion::FileSigner;
 use troupe_master::admin::AdminRequest;
 use troupe_tests::netns::{Agent, Net, NetMaster, Tmpfs, read_log, spawn_logged, write_tree};
 use troupe_tests::orch::{PASSPHRASE, POLICY};

@@ -76,7 +76,7 @@ fn two_hundred_hosts_bootstrap_at_once_and_each_gets_exactly_one_certificate() {
     for a in &fleet {
         let certs = by_host.get(a.name.as_str()).cloned().unwrap_or_default();
         assert_eq!(certs.len(), 1, "{}: {certs:?}", a.name);
-        let id = troupe_agent::identity::Identity::load(&a.state).unwrap();
+        let id = troupe_identity::Identity::load(&a.state).unwrap();
         wrong += (id.serial != certs[0]) as u64;
     }
     assert_eq!(

@@ -6,7 +6,7 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use troupe_command::FileSigner;
+use troupe_bastion::FileSigner;
 use troupe_master::admin::AdminRequest;
 use troupe_tests::netns::{Agent, LatencyMethod, Net, NetMaster, spawn_logged, write_tree};
 use troupe_tests::orch::{PASSPHRASE, POLICY};

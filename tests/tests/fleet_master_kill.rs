@@ -162,7 +162,7 @@ fn master_killed_during_a_csr_herd() {
     for a in &fleet {
         let certs = by_host.get(&a.name).cloned().unwrap_or_default();
         assert_eq!(certs.len(), 1, "{}: certificates {certs:?}", a.name);
-        let id = troupe_agent::identity::Identity::load(&a.state).unwrap();
+        let id = troupe_identity::Identity::load(&a.state).unwrap();
         if id.serial != certs[0] {
             lost += 1;
         }

@@ -174,7 +174,8 @@ fn write_seeds() {
     );
 
     // Envelopes: signed commands (wire form) and a body.
-    use troupe_command::{ArgValue, Command, FileSigner, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Command, TargetFilter};
     let mut signer = FileSigner::generate().unwrap();
     let now = 1_800_000_000;
     let mut args = std::collections::BTreeMap::new();

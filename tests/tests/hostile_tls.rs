@@ -38,7 +38,7 @@ async fn call_with(
     troupe_pki::tls::install_crypto_provider();
     let cfg = troupe_pki::tls::client_config(&m.ca_der(), vec![], Some(identity)).unwrap();
     let r = async {
-        let ch = troupe_agent::identity::connect_with(cfg, &m.url).await?;
+        let ch = troupe_identity::connect_with(cfg, &m.url).await?;
         get_catalog(&ch, &facts("web1"))
             .await
             .map_err(|s| anyhow::anyhow!("{s:?}"))

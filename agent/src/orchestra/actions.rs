@@ -201,7 +201,7 @@ async fn health_http(url: &str, expect: i64, timeout: Duration) -> Outcome {
             "GET {url}: no answer within {} s",
             timeout.as_secs()
         )),
-        Ok(Err(e)) => Outcome::failed(format!("GET {url}: {}", crate::identity::error_chain(&e))),
+        Ok(Err(e)) => Outcome::failed(format!("GET {url}: {}", troupe_identity::error_chain(&e))),
         Ok(Ok(resp)) => {
             let status = i64::from(resp.status().as_u16());
             let data = json!({ "url": url, "status": status, "expected": expect });

@@ -17,7 +17,6 @@
 pub mod actions;
 pub mod config;
 
-use crate::identity::Identity;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,9 +24,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use troupe_command::audit::AuditLog;
+use troupe_base::audit::AuditLog;
 use troupe_command::verify::{CommandAudit, unix_now};
 use troupe_command::{HostContext, SignedCommand, Verifier};
+use troupe_identity::Identity;
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
 use troupe_proto::v1::{AgentHello, AgentMessage, CommandResult, agent_message};
 
@@ -428,7 +428,7 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
     let mut inbound = client
         .attach(ReceiverStream::new(rx))
         .await
-        .map_err(|s| anyhow::anyhow!("{}", crate::identity::status_message(&s)))?
+        .map_err(|s| anyhow::anyhow!("{}", troupe_identity::status_message(&s)))?
         .into_inner();
     tracing::info!(server = %args.server, "command stream open");
     let mut poll = tokio::time::interval(CONFIG_POLL);
@@ -445,7 +445,7 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
             }
         };
         let Some(d) = d else { break };
-        let d = d.map_err(|s| anyhow::anyhow!("{}", crate::identity::status_message(&s)))?;
+        let d = d.map_err(|s| anyhow::anyhow!("{}", troupe_identity::status_message(&s)))?;
         let h = handler.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -464,7 +464,8 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Signer, TargetFilter};
 
     struct T {
         _dir: tempfile::TempDir,
@@ -615,7 +616,8 @@ mod tests {
 mod module_action_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Signer, TargetFilter};
 
     struct T {
         dir: tempfile::TempDir,
@@ -843,7 +845,8 @@ argv = ["{d}/tool"]
 mod tools_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use troupe_command::{ArgValue, FileSigner, Signer, TargetFilter};
+    use troupe_bastion::FileSigner;
+    use troupe_command::{ArgValue, Signer, TargetFilter};
 
     #[test]
     fn configured_tools_are_used_instead_of_the_system_ones() {

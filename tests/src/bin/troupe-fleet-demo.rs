@@ -45,7 +45,7 @@ fn main() {
     assert!(ok, "copying modules/");
     let keys = fleet.net.tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_command::FileSigner::generate().unwrap();
+    let ops = troupe_bastion::FileSigner::generate().unwrap();
     ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
         .unwrap();
     std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();

@@ -77,7 +77,7 @@ pub fn assert_status(s: &tonic::Status, code: tonic::Code, needle: &str, what: &
 pub async fn anonymous_channel(m: &Master) -> Channel {
     troupe_pki::tls::install_crypto_provider();
     let cfg = troupe_pki::tls::client_config(&m.ca_der(), vec![], None).expect("tls config");
-    troupe_agent::identity::connect_with(cfg, &m.url)
+    troupe_identity::connect_with(cfg, &m.url)
         .await
         .expect("connect")
 }

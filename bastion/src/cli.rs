@@ -4,11 +4,11 @@
 //! ```text
 //! #[derive(clap::Subcommand)]
 //! enum Cmd {
-//!     Key(troupe_command::cli::KeyArgs),
-//!     Audit(troupe_command::cli::AuditArgs),
+//!     Key(troupe_bastion::cli::KeyArgs),
+//!     Audit(troupe_bastion::cli::AuditArgs),
 //! }
-//! // Cmd::Key(a) => troupe_command::cli::run_key(&a, &mut std::io::stdout())?,
-//! // Cmd::Audit(a) => troupe_command::cli::run_audit(&a, &mut std::io::stdout())?,
+//! // Cmd::Key(a) => troupe_bastion::cli::run_key(&a, &mut std::io::stdout())?,
+//! // Cmd::Audit(a) => troupe_bastion::cli::run_audit(&a, &mut std::io::stdout())?,
 //! ```
 //!
 //! [`SignerArgs`] selects a signer (key file or ssh-agent) for commands that
@@ -20,34 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use zeroize::Zeroizing;
 
-use crate::audit;
 use crate::keys::{FileSigner, KeyId, Signer, SshAgentSigner, public_path, ssh_agent_keys};
-
-/// An error and its causes on one line, each said once, for both
-/// binaries' error output: a cause whose text the line already holds (an
-/// `io::Error` both wrapped and shown) is left out, and so are leading
-/// `HEAD: ` parts of a cause that the line already says.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let mut text = cause.to_string();
-        while let Some((head, rest)) = text.split_once(": ") {
-            if !line.contains(head.trim()) {
-                break;
-            }
-            text = rest.to_string();
-        }
-        let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text);
-    }
-    line
-}
+use troupe_base::audit;
 
 /// `troupe key`: manage command-signing keys.
 #[derive(Debug, clap::Args)]
@@ -302,21 +276,6 @@ pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn one_line_says_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
-        let e = anyhow::Error::new(io).context("cannot read /k: No such file or directory");
-        assert_eq!(one_line(&e), "cannot read /k: No such file or directory");
-        let e = anyhow::anyhow!("cannot reach the master at X: connection refused")
-            .context("cannot reach the master at X for the catalog");
-        assert_eq!(
-            one_line(&e),
-            "cannot reach the master at X for the catalog: connection refused"
-        );
-        let e = anyhow::anyhow!("disk full").context("could not store the report");
-        assert_eq!(one_line(&e), "could not store the report: disk full");
-    }
 
     #[derive(Debug, Parser)]
     struct Top {

@@ -1,13 +1,23 @@
-//! The agent's identity (key, certificate, pinned CA, CRL) and its mutual
-//! TLS channel to the master.
+//! # troupe-identity
 //!
-//! Files live in the state directory (layout documented in
-//! [`crate::bootstrap`]). [`Identity::load`] checks that they belong
+//! Owns a client's identity on disk (key, certificate, pinned CA, CRL in a
+//! state directory) and its mutual TLS channel to the master, for both
+//! clients: the agent and the bastion (`troupe run`/`deploy`).
+//!
+//! Files live in the state directory (layout documented in the agent's
+//! `bootstrap` module). [`Identity::load`] checks that they belong
 //! together (the key matches the certificate, the certificate was issued by
 //! the stored CA) and completes a renewal that was interrupted between its
 //! two renames. [`Identity::connect`] opens a tonic [`Channel`] over mutual
-//! TLS: the master is verified against the stored CA and CRL, the agent
-//! presents its certificate. Later work (catalog fetch, reports) reuses it.
+//! TLS: the master is verified against the stored CA and CRL, the client
+//! presents its certificate. [`status_message`] turns a gRPC status into
+//! the line an operator reads.
+//!
+//! It must never: create or change an identity (bootstrap and renewal are
+//! the agent's); trust a master that the pinned CA did not certify; log a
+//! private key; converge, sign or compile anything.
+
+#![forbid(unsafe_code)]
 
 use anyhow::{Context, Result, anyhow, bail};
 use rustls::ClientConfig;

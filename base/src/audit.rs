@@ -1,5 +1,5 @@
 //! An append-only, hash-chained audit log, generic over the entry type (the
-//! command path logs [`crate::verify::CommandAudit`]; the certificate
+//! command path logs `troupe_command::verify::CommandAudit`; the certificate
 //! authority can log its own entries the same way).
 //!
 //! # Format
@@ -43,7 +43,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::write_atomic;
+use crate::fs::write_atomic;
 
 const DOMAIN: &[u8] = b"troupe-audit-v1\n";
 /// Longest accepted line.

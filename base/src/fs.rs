@@ -9,12 +9,7 @@ use std::path::Path;
 /// fsync, rename, fsync of the directory). The file is created with `mode`
 /// from the start, so it is never readable by others even briefly.
 /// With `create_new`, refuses to replace an existing file.
-pub(crate) fn write_atomic(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    create_new: bool,
-) -> io::Result<()> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32, create_new: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),

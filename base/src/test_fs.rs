@@ -1,6 +1,6 @@
 //! A small tmpfs for the tests that fill a disk (needs root: `mount`):
-//! pki's own tests and, through the `test-fs` feature (a dev-dependency
-//! feature only), the master's store and relay-cache tests.
+//! troupe-base's own tests and, through the `test-fs` feature (a dev-dependency
+//! feature only), the CA's, the master's store and relay-cache tests.
 
 use std::path::PathBuf;
 

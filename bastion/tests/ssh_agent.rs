@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
+use troupe_bastion::keys::{SshAgentSigner, ssh_agent_keys};
 use troupe_command::envelope::{Command, TargetFilter};
-use troupe_command::keys::{KeyError, KeyId, Signer, SshAgentSigner, ssh_agent_keys};
+use troupe_command::keys::{KeyError, KeyId, Signer};
 use troupe_command::verify::{HostContext, TrustedSigners, Verifier};
 use troupe_command::{Policy, Registry};
 
@@ -167,7 +168,7 @@ fn signs_through_a_real_ssh_agent_and_verifies() {
 
     // Choosing the key by id works; an id the agent does not hold is refused.
     SshAgentSigner::connect(&agent.sock, Some(&id)).unwrap();
-    let other = troupe_command::FileSigner::generate()
+    let other = troupe_bastion::FileSigner::generate()
         .unwrap()
         .key_id()
         .clone();

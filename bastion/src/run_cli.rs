@@ -16,6 +16,7 @@
 //! Exit status: 0 when every matched host answered `ok`; 2 when some host
 //! failed, refused, did not answer, or nothing matched; 1 on errors.
 
+use crate::cli::SignerArgs;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +24,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use troupe_command::cli::SignerArgs;
 use troupe_command::envelope::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
 use troupe_command::verify::unix_now;
 use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
@@ -98,7 +98,7 @@ impl FleetArgs {
     /// An mTLS channel to the master with the bastion's identity.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let dir = &self.identity;
-        let id = troupe_agent::identity::Identity::load(dir).with_context(|| {
+        let id = troupe_identity::Identity::load(dir).with_context(|| {
             format!(
                 "--identity {}: not a bootstrapped identity (give the --state directory of `troupe-agent bootstrap`)",
                 dir.display()
@@ -132,7 +132,7 @@ impl FleetArgs {
 /// longer one would be cut short without a word).
 pub(crate) fn parse_wait(s: &str) -> std::result::Result<humantime::Duration, String> {
     let d: humantime::Duration = s.parse().map_err(|e| format!("{e} (e.g. 30s, 5m)"))?;
-    let max = u64::from(crate::orchestra::MAX_TIMEOUT_SECS);
+    let max = u64::from(troupe_command::envelope::MAX_TIMEOUT_SECS);
     if d.as_secs() < 1 {
         return Err("at least 1s".into());
     }
@@ -174,7 +174,7 @@ fn connect_hint(e: anyhow::Error) -> anyhow::Error {
 /// handshake is the master refusing the bastion's certificate, not the
 /// command.
 fn submit_error(what: &str, s: &tonic::Status) -> anyhow::Error {
-    let msg = troupe_agent::identity::status_message(s);
+    let msg = troupe_identity::status_message(s);
     if msg.contains("the master closed the TLS connection") {
         return anyhow::anyhow!(
             "the master closed the TLS connection: the bastion's certificate may be revoked or expired, or the master stopped (`troupe ca list --all` on the master shows the certificate's state)"
@@ -326,7 +326,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let path = std::path::Path::new(file);
         if module.is_none() && path.is_dir() {
             // A directory of MODULE.toml files, like an agent's actions_dir.
-            troupe_agent::orchestra::config::load_actions_dir_checked(path, &mut registry, false)?;
+            troupe_command::action_files::load_actions_dir_checked(path, &mut registry, false)?;
             continue;
         }
         // MODULE=FILE, or FILE named MODULE.toml.

@@ -3,7 +3,7 @@
 
 use std::process::Command as Proc;
 
-use troupe_command::keys::FileSigner;
+use troupe_bastion::FileSigner;
 
 #[test]
 fn openssl_reads_the_encrypted_key_file() {

@@ -2,7 +2,7 @@
 //!
 //! The matching hosts are discovered first (a signed `ping` submitted as a
 //! dry run: nothing is relayed), then planned with
-//! [`troupe_command::release`]: for each package in order, batch by batch,
+//! [`crate::release`]: for each package in order, batch by batch,
 //! each host goes through enter maintenance, drain (if `[lb]`), stop the
 //! services, update to the version, verify the version, start the
 //! services, check health (if the package or the release has a health
@@ -19,12 +19,12 @@
 //! `--environment production` (each agent declares its environment and
 //! checks it again).
 
+use crate::release::{self, HostOutcome, Next, PlanOptions, Release, Step};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-use troupe_command::release::{self, HostOutcome, Next, PlanOptions, Release, Step};
 use troupe_command::{Signer, TargetFilter};
 
 /// Options of `troupe deploy`.

@@ -48,8 +48,10 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
-use crate::envelope::{ArgValue, clip};
-use crate::registry::{check_identifier, check_package_name, check_service_name, check_version};
+use troupe_command::envelope::{ArgValue, clip};
+use troupe_command::registry::{
+    check_identifier, check_package_name, check_service_name, check_version,
+};
 
 /// Most packages in one release.
 pub const MAX_PACKAGES: usize = 256;
@@ -118,14 +120,14 @@ impl HealthCheck {
             }
         }
         if let Some(url) = &self.http {
-            crate::registry::check_local_url(url)
+            troupe_command::registry::check_local_url(url)
                 .map_err(|e| invalid(format!("{at}.http: {e}")))?;
         }
         if self.tcp == Some(0) {
             return Err(invalid(format!("{at}.tcp: port 0 is not valid")));
         }
         if let Some(a) = &self.action
-            && !(crate::envelope::is_action_name(a) && a.contains('.'))
+            && !(troupe_command::envelope::is_action_name(a) && a.contains('.'))
         {
             return Err(invalid(format!(
                 "{at}.action: {:?} is not a module action name (`module.action`)",
@@ -623,7 +625,7 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Registry;
+    use troupe_command::registry::Registry;
 
     const MANIFEST: &str = r#"
         title = "nginx 1.24"

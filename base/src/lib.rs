@@ -1,0 +1,30 @@
+//! # troupe-base
+//!
+//! Owns the small pieces every other Troupe crate shares, so each has one
+//! implementation:
+//!
+//! - [`fs`]: atomic file writes (temp file in the same directory, rename;
+//!   durable or not, replacing or refusing to replace, with the mode set
+//!   from the start);
+//! - [`audit`]: the append-only, hash-chained, fsync'd audit log and its
+//!   verifier (the agent's and master's command logs, the master's access
+//!   log, the certificate authority's log);
+//! - [`reopen`]: the redb handle that reopens itself after a failed write
+//!   (a full disk);
+//! - [`cli`]: the one-line error format both binaries print;
+//! - `test_fs` (feature `test-fs`, dev-dependencies only): a small tmpfs
+//!   for tests that fill a disk.
+//!
+//! It must never: depend on another Troupe crate (everything depends on
+//! it); hold policy, trust or protocol decisions (those belong to the crates
+//! that own them); leave a half-written file; panic on bytes from disk.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cli;
+pub mod fs;
+pub mod reopen;
+#[cfg(any(test, feature = "test-fs"))]
+#[doc(hidden)]
+pub mod test_fs;
