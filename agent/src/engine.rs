@@ -6,6 +6,11 @@
 //!   visited once, after all its notifiers, so it refreshes at most once.
 //! - File writes are staged and committed in batches before any resource
 //!   that is not a plain file/directory (and at the end).
+//! - With tags (`run --tags`), only resources carrying one of them are
+//!   converged and reported; as in Puppet, what they depend on is not
+//!   applied unless tagged too, and does not block them.
+//! - A resource marked `noop` in the catalog is only checked: its report
+//!   says what would change ([`Status::Noop`]) and it refreshes nothing.
 
 use crate::providers::{self, Ctx};
 use std::collections::HashMap;
@@ -15,6 +20,17 @@ use troupe_catalog::{Catalog, ResourceId};
 
 /// Converges `catalog` with `ctx`; returns one report per resource, in order.
 pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
+    converge_tagged(catalog, ctx, &[])
+}
+
+/// True when `r` carries one of `tags` (every resource when `tags` is empty).
+pub fn selected(r: &troupe_catalog::Resource, tags: &[String]) -> bool {
+    tags.is_empty() || r.tags.iter().any(|t| tags.contains(t))
+}
+
+/// [`converge`] for the resources carrying one of `tags` only (all when
+/// empty); the others are neither converged nor reported.
+pub fn converge_tagged(catalog: &Catalog, ctx: &mut Ctx, tags: &[String]) -> Vec<ResourceReport> {
     let n = catalog.resources.len();
     let pos: HashMap<&ResourceId, usize> = catalog
         .resources
@@ -43,9 +59,16 @@ pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
     let mut reports: Vec<ResourceReport> = Vec::with_capacity(n);
     let mut bad = vec![false; n]; // failed or skipped
     let mut changed = vec![false; n];
+    // Index of each resource's report (None: not selected).
+    let mut slot: Vec<Option<usize>> = vec![None; n];
     for (i, r) in catalog.resources.iter().enumerate() {
+        if !selected(r, tags) {
+            continue;
+        }
+        slot[i] = Some(reports.len());
         let start = Instant::now();
-        ctx.current = i;
+        // Staged writes name the report to fail if their commit fails.
+        ctx.current = reports.len();
         let blockers: Vec<&ResourceId> = r
             .requires
             .iter()
@@ -59,11 +82,8 @@ pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
             let events = blockers
                 .iter()
                 .map(|b| {
-                    let why = if reports[pos[b]].status == Status::Failed {
-                        "failed"
-                    } else {
-                        "was skipped"
-                    };
+                    let failed = slot[pos[b]].is_some_and(|k| reports[k].status == Status::Failed);
+                    let why = if failed { "failed" } else { "was skipped" };
                     format!("skipped: {b} {why}")
                 })
                 .collect();
@@ -79,7 +99,7 @@ pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
         }
         if !providers::is_batchable(r) {
             for (j, msg) in ctx.commit() {
-                fail_late(&mut reports, &mut bad, j, msg);
+                fail_late(&mut reports, &mut bad, &slot, j, msg);
             }
             // A staged write that failed to commit blocks this one too.
             if r.requires
@@ -100,15 +120,22 @@ pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
             }
         }
         let refresh = notifiers[i].iter().any(|&j| changed[j]);
-        let rep = match providers::apply(ctx, r, refresh) {
+        // A noop resource in a normal run: look, change nothing.
+        let own_noop = r.noop && !ctx.noop;
+        ctx.noop |= own_noop;
+        let applied = providers::apply(ctx, r, refresh);
+        if own_noop {
+            ctx.noop = false;
+        }
+        let rep = match applied {
             Ok(o) => {
-                changed[i] = o.changed;
+                changed[i] = o.changed && !own_noop;
                 ResourceReport {
                     id: r.id.clone(),
-                    status: if o.changed {
-                        Status::Changed
-                    } else {
-                        Status::Unchanged
+                    status: match (o.changed, own_noop) {
+                        (true, true) => Status::Noop,
+                        (true, false) => Status::Changed,
+                        (false, _) => Status::Unchanged,
                     },
                     events: o.events,
                     diff: o.diff,
@@ -133,18 +160,26 @@ pub fn converge(catalog: &Catalog, ctx: &mut Ctx) -> Vec<ResourceReport> {
         reports.push(rep);
     }
     for (j, msg) in ctx.commit() {
-        fail_late(&mut reports, &mut bad, j, msg);
+        fail_late(&mut reports, &mut bad, &slot, j, msg);
     }
     reports
 }
 
-fn fail_late(reports: &mut [ResourceReport], bad: &mut [bool], j: usize, msg: String) {
-    if let Some(r) = reports.get_mut(j) {
+/// Marks report `k` (of the `k`-th converged resource) failed after its
+/// staged write failed to commit.
+fn fail_late(
+    reports: &mut [ResourceReport],
+    bad: &mut [bool],
+    slot: &[Option<usize>],
+    k: usize,
+    msg: String,
+) {
+    if let Some(r) = reports.get_mut(k) {
         r.status = Status::Failed;
         r.events.push(msg);
         r.diff = None;
     }
-    if let Some(b) = bad.get_mut(j) {
-        *b = true;
+    if let Some(i) = slot.iter().position(|s| *s == Some(k)) {
+        bad[i] = true;
     }
 }

@@ -22,6 +22,7 @@ pub mod master_client;
 pub mod orchestra;
 pub mod providers;
 pub mod renew;
+pub mod resource;
 pub mod run;
 pub mod source;
 pub mod state;

@@ -37,6 +37,9 @@ enum Cmd {
     Run(troupe_agent::run::Args),
     /// Print this host's facts as JSON.
     Facts(troupe_agent::facts::Args),
+    /// Print the current state of a file, package, service, user, group or
+    /// cron entry as the module language would declare it (--json too).
+    Resource(troupe_agent::resource::Args),
     /// Restore every file a run changed (`--list` shows stored runs).
     Rollback(troupe_agent::run::RollbackArgs),
     /// Stop runs from happening (until `enable`), with a reason.
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Renew(args) => troupe_agent::renew::run(args),
         Cmd::Run(args) => troupe_agent::run::run(args),
         Cmd::Facts(args) => troupe_agent::facts::run(args),
+        Cmd::Resource(args) => troupe_agent::resource::run(args),
         Cmd::Rollback(args) => troupe_agent::run::rollback(args),
         Cmd::Disable(args) => troupe_agent::run::disable(args),
         Cmd::Enable(args) => troupe_agent::run::enable(args),

@@ -94,6 +94,30 @@ pub struct Args {
     /// What to print on stdout.
     #[arg(long, value_enum, default_value = "changes")]
     pub output: Output,
+    /// Converge only the resources carrying one of these tags (comma
+    /// separated): a role, a profile, a defined type (`nginx::vhost`) or a
+    /// tag the modules set. As in Puppet, what they depend on is not
+    /// applied unless it is tagged too. The report lists only them.
+    #[arg(long, value_delimiter = ',', value_name = "TAG,...", value_parser = parse_tag)]
+    pub tags: Vec<String>,
+}
+
+/// A tag as the module language writes them: lowercase letters, digits,
+/// `_ . : -`.
+fn parse_tag(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(['.', ':', '-'])
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a tag: tags are lowercase letters, digits, `_`, `.`, `:` and `-` \
+             (e.g. --tags nginx,tls)"
+        ))
+    }
 }
 
 /// A source used when none is configured: always fails, so the run falls
@@ -339,7 +363,26 @@ pub fn run_once(
         (!args.noop).then_some(&bucket),
     );
     ctx.package_dir = args.package_dir.clone();
-    let mut resources = engine::converge(&catalog, &mut ctx);
+    if !args.tags.is_empty()
+        && !catalog
+            .resources
+            .iter()
+            .any(|r| engine::selected(r, &args.tags))
+    {
+        let mut known: Vec<&str> = catalog
+            .resources
+            .iter()
+            .flat_map(|r| r.tags.iter().map(String::as_str))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        tracing::warn!(
+            "--tags {}: no resource of the catalog carries any of them, so nothing is converged (tags in it: {})",
+            args.tags.join(","),
+            known.join(", ")
+        );
+    }
+    let mut resources = engine::converge_tagged(&catalog, &mut ctx, &args.tags);
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "converged");
     let failed = resources
         .iter()
@@ -364,6 +407,7 @@ pub fn run_once(
         environment: catalog.environment.clone(),
         code_version: catalog.code_version.clone(),
         from_cache,
+        tags: args.tags.clone(),
         resources,
     };
     let queue = sink.is_some();
@@ -414,7 +458,8 @@ fn write_summary(state_dir: &Path, r: &Report, source: &str) -> anyhow::Result<(
         "catalog_source": source,
         "from_cache": r.from_cache,
         "exit_code": r.exit_code(),
-        "resources": { "total": r.resources.len(), "unchanged": u, "changed": c, "failed": f, "skipped": s },
+        "resources": { "total": r.resources.len(), "unchanged": u, "changed": c, "failed": f, "skipped": s, "noop": r.noop_pending() },
+        "tags": r.tags,
     });
     let mut b = serde_json::to_vec_pretty(&v)?;
     b.push(b'\n');
@@ -441,6 +486,7 @@ fn print_report(r: &Report, output: Output) {
                     Status::Changed => verb,
                     Status::Failed => "FAILED",
                     Status::Skipped => "skipped",
+                    Status::Noop => "would change (noop)",
                 };
                 for e in &res.events {
                     let _ = writeln!(out, "{tag} {}: {e}", res.id);
@@ -453,9 +499,18 @@ fn print_report(r: &Report, output: Output) {
         Output::Summary => {}
     }
     let (u, c, f, s) = r.counts();
+    let pending = match r.noop_pending() {
+        0 => String::new(),
+        n => format!(", {n} would change (noop)"),
+    };
+    let tags = if r.tags.is_empty() {
+        String::new()
+    } else {
+        format!(" (--tags {})", r.tags.join(","))
+    };
     let _ = writeln!(
         out,
-        "run {}{}: {} resources, {c} {}, {f} failed, {s} skipped, {u} unchanged in {} ms (catalog {}{}) exit {}",
+        "run {}{}{tags}: {} resources, {c} {}{pending}, {f} failed, {s} skipped, {u} unchanged in {} ms (catalog {}{}) exit {}",
         r.run_id,
         if r.noop { " (noop)" } else { "" },
         r.resources.len(),

@@ -590,6 +590,7 @@ mod tests {
             environment: "production".into(),
             code_version: String::new(),
             from_cache: false,
+            tags: vec![],
             resources: vec![],
         }
     }

@@ -205,8 +205,15 @@ pub fn report(args: ReportArgs) -> Result<u8> {
         r.code_version,
         if r.noop { ", noop" } else { "" }
     );
+    if !r.tags.is_empty() {
+        println!("partial run: only resources tagged {}", r.tags.join(", "));
+    }
+    let pending = match r.noop_pending() {
+        0 => String::new(),
+        n => format!(", {n} would change (noop)"),
+    };
     println!(
-        "{} resources: {changed} changed, {failed} failed, {skipped} skipped, {unchanged} unchanged in {} ms",
+        "{} resources: {changed} changed{pending}, {failed} failed, {skipped} skipped, {unchanged} unchanged in {} ms",
         r.resources.len(),
         r.duration_ms
     );
@@ -219,6 +226,7 @@ pub fn report(args: ReportArgs) -> Result<u8> {
             Status::Changed => "changed",
             Status::Failed => "FAILED",
             Status::Skipped => "skipped",
+            Status::Noop => "would change (noop)",
         };
         println!("  {tag:<9} {}", res.id);
         for e in &res.events {

@@ -397,6 +397,7 @@ mod tests {
             environment: "production".into(),
             code_version: "v1".into(),
             from_cache: false,
+            tags: vec![],
             resources: vec![ResourceReport {
                 id: ResourceId::new("file", "/etc/motd"),
                 status,

@@ -31,6 +31,7 @@ fn res(kind: Kind) -> Resource {
         sensitive: false,
         source: None,
         tags: vec![],
+        noop: false,
     }
 }
 

@@ -535,6 +535,81 @@ fn remove(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `troupe-agent resource package [NAME]`: the installed version of `name`
+/// (`absent` when it is not installed; one entry per installed instance),
+/// or every installed package, sorted by name.
+pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>> {
+    let m = manager(ctx)?;
+    if let Some(name) = name {
+        valid_package_name(m, name)?;
+        let versions = installed(ctx, m, name)?;
+        if versions.is_empty() {
+            return Ok(vec![Kind::Package {
+                name: name.to_owned(),
+                ensure: PackageEnsure::Absent,
+            }]);
+        }
+        return Ok(versions
+            .into_iter()
+            .map(|v| Kind::Package {
+                name: name.to_owned(),
+                ensure: PackageEnsure::Version(v),
+            })
+            .collect());
+    }
+    let argv = match m {
+        Manager::Dpkg => {
+            let mut a = vec!["dpkg-query".to_owned()];
+            if ctx.in_root() {
+                a.push(format!(
+                    "--admindir={}",
+                    ctx.root.join("var/lib/dpkg").display()
+                ));
+            }
+            a.extend(cmd::argv(&[
+                "-W",
+                "-f",
+                "${db:Status-Abbrev}|${Package}|${Version}\n",
+            ]));
+            a
+        }
+        Manager::Rpm => {
+            let mut a = vec!["rpm".to_owned()];
+            a.extend(root_arg(ctx, "--root"));
+            a.extend(cmd::argv(&[
+                "-qa",
+                "--qf",
+                "ii |%{NAME}|%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n",
+            ]));
+            a
+        }
+    };
+    let o = cmd::run(&cmd::Spec {
+        argv: &argv,
+        ..Default::default()
+    })?;
+    anyhow::ensure!(o.ok(), "{} failed: {}", argv[0], o.tail());
+    let mut out: Vec<(String, String)> = o
+        .output
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, '|');
+            let (status, name, version) = (f.next()?, f.next()?, f.next()?);
+            (status.as_bytes().get(1) == Some(&b'i'))
+                .then(|| (name.trim().to_owned(), version.trim().to_owned()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out
+        .into_iter()
+        .map(|(name, v)| Kind::Package {
+            name,
+            ensure: PackageEnsure::Version(v),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,6 +268,91 @@ fn not_managed_in_root(
 /// How every service event under `--root` starts.
 pub const NOT_MANAGED_IN_ROOT: &str = "not managed under --root";
 
+/// `troupe-agent resource service [NAME]`: whether `name` runs and starts
+/// at boot (`enable` left out when the init system cannot say, e.g. a
+/// static unit), or every service the init system knows. Not under
+/// `--root`: no init system runs there.
+pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>> {
+    anyhow::ensure!(
+        !ctx.in_root(),
+        "services are not managed under --root (no init system runs for {}): inspect them on the booted system",
+        ctx.root.display()
+    );
+    let i = init();
+    let names: Vec<String> = match name {
+        Some(n) => {
+            anyhow::ensure!(
+                !n.is_empty() && !n.starts_with('-') && !n.contains(['/', '\0', '\n']),
+                "{n:?} is not a service name"
+            );
+            vec![n.to_owned()]
+        }
+        None => match i {
+            Init::Systemd => {
+                let o = cmd::run(&cmd::Spec {
+                    argv: &cmd::argv(&[
+                        "systemctl",
+                        "list-unit-files",
+                        "--type=service",
+                        "--no-legend",
+                        "--plain",
+                    ]),
+                    ..Default::default()
+                })?;
+                anyhow::ensure!(o.ok(), "systemctl list-unit-files failed: {}", o.tail());
+                o.output
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .filter(|u| !u.contains('@'))
+                    .map(|u| u.strip_suffix(".service").unwrap_or(u).to_owned())
+                    .collect()
+            }
+            Init::SysV => {
+                let mut v: Vec<String> = std::fs::read_dir("/etc/init.d")
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| !n.starts_with('.') && n != "README" && n != "rc")
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                v.sort();
+                v
+            }
+        },
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let enable = match i {
+            Init::Systemd => {
+                let o = cmd::run(&cmd::Spec {
+                    argv: &cmd::argv(&["systemctl", "is-enabled", "--", &n]),
+                    ..Default::default()
+                })?;
+                match o.output.split_whitespace().next().unwrap_or("") {
+                    "enabled" | "enabled-runtime" => Some(true),
+                    "disabled" | "linked" | "linked-runtime" | "masked" | "masked-runtime" => {
+                        Some(false)
+                    }
+                    _ => None,
+                }
+            }
+            Init::SysV => sysv_enabled(&n).ok(),
+        };
+        let ensure = if running(i, &n)? {
+            ServiceState::Running
+        } else {
+            ServiceState::Stopped
+        };
+        out.push(Kind::Service {
+            name: n,
+            ensure: Some(ensure),
+            enable,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::unit_enable_differs as differs;

@@ -144,6 +144,7 @@ pub fn res(kind: Kind) -> Resource {
         sensitive: false,
         source: None,
         tags: vec![],
+        noop: false,
     }
 }
 

@@ -35,6 +35,7 @@ mod tests {
             sensitive: true,
             source: None,
             tags: vec![],
+            noop: false,
         });
         let mut env = BTreeMap::new();
         env.insert("PGPASSWORD".to_owned(), "hunter2".to_owned());
@@ -59,6 +60,7 @@ mod tests {
             sensitive: true,
             source: None,
             tags: vec![],
+            noop: false,
         });
         let shown = redact(&c).to_pretty_json();
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -330,6 +330,8 @@ fn base_context(facts: &J, class: &Classification, data: Option<&Arc<DataView>>)
     }
 }
 
+mod instances;
+
 struct Inst {
     id: ResourceId,
     kind: Kind,
@@ -338,6 +340,7 @@ struct Inst {
     sensitive: bool,
     refs: [Vec<(String, Span)>; 4], // require, before, notify, subscribe
     tags: Vec<String>,
+    noop: bool,
 }
 
 struct Compiler<'a> {
@@ -349,6 +352,11 @@ struct Compiler<'a> {
     insts: Vec<Inst>,
     by_id: HashMap<ResourceId, usize>,
     catalog: Catalog,
+    /// What the resources being declared inherit (profile tags; inside a
+    /// defined type's instance, its tags, relationships and sensitivity).
+    scope: instances::Scope,
+    /// Defined-type instances declared so far, by `type[title]`.
+    instances: HashMap<ResourceId, instances::Instance>,
 }
 
 impl<'a> Compiler<'a> {
@@ -370,6 +378,8 @@ impl<'a> Compiler<'a> {
             insts: Vec::new(),
             by_id: HashMap::new(),
             catalog: Catalog::new(&class.certname, &class.environment, ""),
+            scope: instances::Scope::default(),
+            instances: HashMap::new(),
         })
     }
 
@@ -496,9 +506,12 @@ impl<'a> Compiler<'a> {
         for inc in &prof.includes {
             self.include_decl(inc, &ctx)?;
         }
+        let own = instances::Scope::profile(&prof.tags, self.scope.depth);
+        let outer = std::mem::replace(&mut self.scope, own);
         for decl in &prof.resources {
             self.declare(name, decl, &ctx)?;
         }
+        self.scope = outer;
         Ok(())
     }
 
@@ -647,6 +660,9 @@ impl<'a> Compiler<'a> {
                 "the title is empty",
             ));
         }
+        if let Some(tname) = &decl.define {
+            return self.instantiate(profile, decl, tname, title, ctx);
+        }
         let mut attrs = Attrs(Vec::with_capacity(decl.attrs.len()));
         for (k, v) in &decl.attrs {
             let j = self.eval(v, ctx, &format_args!("attribute `{}`", k.name))?;
@@ -694,23 +710,34 @@ impl<'a> Compiler<'a> {
             }
         }
         let mut tags = vec![self.class.role.clone(), profile.to_owned()];
+        for t in &self.scope.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
         for t in &decl.tags {
-            if let J::String(s) = self.eval(t, ctx, &"tags")?
-                && !tags.contains(&s)
-            {
-                tags.push(s);
+            if let J::String(s) = self.eval(t, ctx, &"tags")? {
+                crate::define::check_tag(&s)
+                    .map_err(|why| Error::at(ErrorKind::Schema, &t.span, format!("{id}: {why}")))?;
+                if !tags.contains(&s) {
+                    tags.push(s);
+                }
             }
         }
         tags.dedup();
+        for (slot, inherited) in self.scope.refs.iter().enumerate() {
+            refs[slot].extend(inherited.iter().cloned());
+        }
         self.by_id.insert(id.clone(), self.insts.len());
         self.insts.push(Inst {
             id,
             kind,
             span: decl.span.clone(),
             profile: profile.to_owned(),
-            sensitive: decl.sensitive,
+            sensitive: decl.sensitive || self.scope.sensitive,
             refs,
             tags,
+            noop: decl.noop || self.scope.noop,
         });
         Ok(())
     }
@@ -919,7 +946,7 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    fn resolve(&self, r: &str, span: &Span, from: usize) -> Result<usize> {
+    fn resolve(&self, r: &str, span: &Span, from: usize) -> Result<Vec<usize>> {
         let parsed = r
             .split_once('[')
             .and_then(|(k, rest)| rest.strip_suffix(']').map(|t| (k, t)));
@@ -932,6 +959,9 @@ impl<'a> Compiler<'a> {
                 ),
             ));
         };
+        if self.env.defines.contains_key(k) {
+            return self.resolve_instance(k, t, span, from);
+        }
         if !crate::tree::TYPES.iter().any(|(n, _)| *n == k) {
             return Err(Error::at(
                 ErrorKind::Schema,
@@ -940,7 +970,7 @@ impl<'a> Compiler<'a> {
             ));
         }
         let id = ResourceId::new(k, t);
-        self.by_id.get(&id).copied().ok_or_else(|| {
+        self.by_id.get(&id).map(|&j| vec![j]).ok_or_else(|| {
             Error::at(
                 ErrorKind::Reference,
                 span,
@@ -959,28 +989,29 @@ impl<'a> Compiler<'a> {
         for i in 0..n {
             for (slot, list) in self.insts[i].refs.iter().enumerate() {
                 for (r, span) in list {
-                    let j = self.resolve(r, span, i)?;
-                    if j == i {
-                        return Err(Error::at(
-                            ErrorKind::Cycle,
-                            span,
-                            format!("{} refers to itself", self.insts[i].id),
-                        ));
-                    }
-                    match slot {
-                        0 => {
-                            deps[i].insert(j);
+                    for j in self.resolve(r, span, i)? {
+                        if j == i {
+                            return Err(Error::at(
+                                ErrorKind::Cycle,
+                                span,
+                                format!("{} refers to itself", self.insts[i].id),
+                            ));
                         }
-                        1 => {
-                            deps[j].insert(i);
-                        }
-                        2 => {
-                            notify[i].insert(j);
-                            deps[j].insert(i);
-                        }
-                        _ => {
-                            notify[j].insert(i);
-                            deps[i].insert(j);
+                        match slot {
+                            0 => {
+                                deps[i].insert(j);
+                            }
+                            1 => {
+                                deps[j].insert(i);
+                            }
+                            2 => {
+                                notify[i].insert(j);
+                                deps[j].insert(i);
+                            }
+                            _ => {
+                                notify[j].insert(i);
+                                deps[i].insert(j);
+                            }
                         }
                     }
                 }
@@ -1033,6 +1064,7 @@ impl<'a> Compiler<'a> {
                 sensitive,
                 source: Some(inst.span.location()),
                 tags: inst.tags,
+                noop: inst.noop,
             });
         }
         // The agent validates every catalog it receives; here it is a

@@ -159,6 +159,12 @@ impl Error {
         }
         self
     }
+    /// Appends `note` to the message (e.g. which instance of a defined
+    /// type was being compiled).
+    pub(crate) fn note(mut self, note: &str) -> Error {
+        self.0.message.push_str(note);
+        self
+    }
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
     }

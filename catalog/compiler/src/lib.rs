@@ -20,6 +20,7 @@
 pub mod cli;
 mod compile;
 pub mod data;
+mod define;
 pub mod diff;
 mod error;
 pub mod secrets;

@@ -86,6 +86,7 @@ pub(crate) const META: &[&str] = &[
     "subscribe",
     "tags",
     "sensitive",
+    "noop",
 ];
 
 /// A whole module tree: the site (classification) and every environment.
@@ -140,6 +141,8 @@ pub struct EnvTree {
     pub(crate) data: BTreeMap<String, N>,
     pub(crate) roles: BTreeMap<String, Role>,
     pub(crate) profiles: BTreeMap<String, Profile>,
+    /// Defined types (`types/nginx/vhost.toml` is `nginx::vhost`).
+    pub(crate) defines: BTreeMap<String, Profile>,
     pub(crate) files: BTreeMap<String, Arc<[u8]>>,
     pub(crate) templates: BTreeSet<String>,
     pub(crate) jinja: minijinja::Environment<'static>,
@@ -182,7 +185,10 @@ pub(crate) struct Include {
 pub(crate) struct Profile {
     pub(crate) params: Vec<Param>,
     pub(crate) includes: Vec<Include>,
+    /// Resources and defined-type instances, in declaration order.
     pub(crate) resources: Vec<ResourceDecl>,
+    /// `tags = [...]` at the top: added to every resource it declares.
+    pub(crate) tags: Vec<String>,
 }
 
 pub(crate) struct ResourceDecl {
@@ -198,7 +204,15 @@ pub(crate) struct ResourceDecl {
     pub(crate) subscribe: Vec<N>,
     pub(crate) tags: Vec<N>,
     pub(crate) sensitive: bool,
+    /// `noop = true`: the agent only reports what it would change.
+    pub(crate) noop: bool,
     pub(crate) span: Span,
+    /// Set for an instance of a defined type (`["nginx::vhost"."www"]`):
+    /// the type's name; `attrs` are then its parameters.
+    pub(crate) define: Option<String>,
+    /// An instance's `params = "{{ value }}"`: a table of parameters
+    /// (attributes given beside it win).
+    pub(crate) splat: Option<N>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -738,6 +752,29 @@ impl EnvTree {
             let doc = r.toml(&path)?;
             roles.insert(rname.to_owned(), parse_role(&doc)?);
         }
+        let mut define_docs = Vec::new();
+        for (rel, path) in walk(&root, &dir.join("types"))? {
+            let Some(stem) = rel.strip_suffix(".toml") else {
+                continue;
+            };
+            let doc = r.toml(&path)?;
+            let tname = crate::define::type_name(stem).map_err(|why| {
+                Error::at(
+                    ErrorKind::Schema,
+                    &doc.span,
+                    format!("environments/{name}/types/{rel}: {why}"),
+                )
+            })?;
+            define_docs.push((tname, doc));
+        }
+        let define_names: BTreeSet<String> = define_docs.iter().map(|(n, _)| n.clone()).collect();
+        let mut defines = BTreeMap::new();
+        for (tname, doc) in &define_docs {
+            defines.insert(
+                tname.clone(),
+                parse_profile(doc, &jinja, &templates, &files, &define_names, Some(tname))?,
+            );
+        }
         let mut profiles = BTreeMap::new();
         for (rel, path) in walk(&root, &dir.join("profiles"))? {
             let Some(pname) = rel.strip_suffix(".toml") else {
@@ -746,9 +783,10 @@ impl EnvTree {
             let doc = r.toml(&path)?;
             profiles.insert(
                 pname.to_owned(),
-                parse_profile(&doc, &jinja, &templates, &files)?,
+                parse_profile(&doc, &jinja, &templates, &files, &define_names, None)?,
             );
         }
+        crate::define::check_instances(&profiles, &defines)?;
         // Every include must name a profile that exists.
         for (rname, role) in &roles {
             for (p, span) in &role.includes {
@@ -765,7 +803,7 @@ impl EnvTree {
                 }
             }
         }
-        for prof in profiles.values() {
+        for prof in profiles.values().chain(defines.values()) {
             for inc in &prof.includes {
                 if !profiles.contains_key(&inc.profile) {
                     return Err(Error::at(
@@ -782,6 +820,7 @@ impl EnvTree {
             data,
             roles,
             profiles,
+            defines,
             files,
             templates,
             jinja,
@@ -936,7 +975,7 @@ fn parse_role(doc: &N) -> Result<Role> {
     Ok(Role { includes })
 }
 
-fn check_template_syntax(n: &N, jinja: &minijinja::Environment<'static>) -> Result<()> {
+pub(crate) fn check_template_syntax(n: &N, jinja: &minijinja::Environment<'static>) -> Result<()> {
     match &n.v {
         V::Str(s) if is_templated(s) => {
             let res = match whole_expression(s) {
@@ -958,7 +997,11 @@ fn check_template_syntax(n: &N, jinja: &minijinja::Environment<'static>) -> Resu
     }
 }
 
-fn check_expression(n: &N, jinja: &minijinja::Environment<'static>, what: &str) -> Result<()> {
+pub(crate) fn check_expression(
+    n: &N,
+    jinja: &minijinja::Environment<'static>,
+    what: &str,
+) -> Result<()> {
     let s = n.expect_str(what)?;
     let expr = whole_expression(s).unwrap_or(s);
     jinja.compile_expression(expr).map(|_| ()).map_err(|e| {
@@ -972,7 +1015,7 @@ fn check_expression(n: &N, jinja: &minijinja::Environment<'static>, what: &str) 
     })
 }
 
-fn list(n: Option<&N>) -> Vec<N> {
+pub(crate) fn list(n: Option<&N>) -> Vec<N> {
     match n {
         None => Vec::new(),
         Some(N { v: V::Array(a), .. }) => a.clone(),
@@ -980,28 +1023,51 @@ fn list(n: Option<&N>) -> Vec<N> {
     }
 }
 
-fn parse_profile(
+pub(crate) fn parse_profile(
     doc: &N,
     jinja: &minijinja::Environment<'static>,
     templates: &BTreeSet<String>,
     files: &BTreeMap<String, Arc<[u8]>>,
+    defines: &BTreeSet<String>,
+    define: Option<&str>,
 ) -> Result<Profile> {
-    let t = doc.expect_table("a profile")?;
-    let mut allowed: Vec<&str> = vec!["description", "params", "include"];
+    let what = if define.is_some() {
+        "a defined type"
+    } else {
+        "a profile"
+    };
+    let t = doc.expect_table(what)?;
+    let mut allowed: Vec<&str> = vec!["description", "params", "include", "tags"];
     allowed.extend(TYPES.iter().map(|(n, _)| *n));
-    check_keys(t, &allowed, "a profile")?;
+    allowed.extend(defines.iter().map(String::as_str));
+    check_keys(t, &allowed, what)?;
     let mut prof = Profile {
         params: Vec::new(),
         includes: Vec::new(),
         resources: Vec::new(),
+        tags: Vec::new(),
     };
+    if let Some(tv) = doc.get("tags") {
+        for (tag, span) in tv.expect_str_list("tags")? {
+            crate::define::check_tag(&tag)
+                .map_err(|why| Error::at(ErrorKind::Schema, &span, why))?;
+            prof.tags.push(tag);
+        }
+    }
     if let Some(p) = doc.get("params") {
         for (k, v) in p.expect_table("[params]")? {
+            if define.is_some() {
+                crate::define::check_param_name(k)?;
+            }
             let param = match &v.v {
                 V::Table(pt) => {
                     check_keys(
                         pt,
-                        &["default", "merge", "doc"],
+                        if define.is_some() {
+                            &["default", "doc"]
+                        } else {
+                            &["default", "merge", "doc"]
+                        },
                         &format!(
                             "parameter `{}` (to give a table as default, write {{ default = {{ ... }} }})",
                             k.name
@@ -1088,6 +1154,10 @@ fn parse_profile(
         }
     }
     for (tk, tv) in t {
+        if defines.contains(&tk.name) {
+            crate::define::parse_instances(tk, tv, jinja, &mut prof)?;
+            continue;
+        }
         let Some((rtype, attrs)) = TYPES.iter().find(|(n, _)| *n == tk.name) else {
             continue;
         };
@@ -1119,7 +1189,10 @@ fn parse_profile(
                 subscribe: Vec::new(),
                 tags: Vec::new(),
                 sensitive: false,
+                noop: false,
                 span: title.span.clone(),
+                define: None,
+                splat: None,
             };
             for (k, v) in bt {
                 let key = k.name.as_str();
@@ -1135,13 +1208,14 @@ fn parse_profile(
                             }
                             decl.for_each = Some(v.clone());
                         }
-                        "sensitive" => match v.v {
+                        "sensitive" | "noop" => match v.v {
+                            V::Bool(b) if key == "noop" => decl.noop = b,
                             V::Bool(b) => decl.sensitive = b,
                             _ => {
                                 return Err(v.err(
                                     ErrorKind::Schema,
                                     format!(
-                                        "sensitive: expected true or false, found {}",
+                                        "{key}: expected true or false, found {}",
                                         v.type_name()
                                     ),
                                 ));

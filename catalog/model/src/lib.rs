@@ -129,6 +129,10 @@ pub struct Resource {
     /// Tags (role, profile names) for filtering and reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Never change this resource: only report what would change (`noop =
+    /// true` in the module), even in a normal run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub noop: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -608,6 +612,7 @@ mod tests {
             sensitive: false,
             source: None,
             tags: vec![],
+            noop: false,
         }
     }
 
@@ -628,6 +633,7 @@ mod tests {
             sensitive: false,
             source: None,
             tags: vec![],
+            noop: false,
         }
     }
 

@@ -17,6 +17,9 @@ pub enum Status {
     Failed,
     /// Not attempted because something it requires failed.
     Skipped,
+    /// Out of sync but left alone: the resource is `noop = true` in its
+    /// catalog. Its events say what would change; nothing did.
+    Noop,
 }
 
 /// One resource's outcome.
@@ -52,11 +55,16 @@ pub struct Report {
     pub code_version: String,
     /// True when the master was unreachable and the cached catalog was used.
     pub from_cache: bool,
+    /// `--tags` of a partial run: only resources carrying one of them were
+    /// converged (and reported). Empty for a whole run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub resources: Vec<ResourceReport>,
 }
 
 impl Report {
-    /// Counts by status: (unchanged, changed, failed, skipped).
+    /// Counts by status: (unchanged, changed, failed, skipped). Noop
+    /// resources are in none of them: see [`Report::noop_pending`].
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         let mut c = (0, 0, 0, 0);
         for r in &self.resources {
@@ -65,9 +73,18 @@ impl Report {
                 Status::Changed => c.1 += 1,
                 Status::Failed => c.2 += 1,
                 Status::Skipped => c.3 += 1,
+                Status::Noop => {}
             }
         }
         c
+    }
+
+    /// Resources left out of sync because they are `noop` in the catalog.
+    pub fn noop_pending(&self) -> usize {
+        self.resources
+            .iter()
+            .filter(|r| r.status == Status::Noop)
+            .count()
     }
 
     /// `puppet agent --detailed-exitcodes` semantics: 0 nothing changed,
