@@ -14,8 +14,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long a unit may stay `activating` (or in auto-restart) after the
-/// start job returned before the resource fails.
-const SETTLE: Duration = Duration::from_secs(10);
+/// start job returned before the resource fails. Longer than a usual
+/// RestartSec: a unit that failed at boot and waits to be restarted
+/// (Restart=always, RestartSec=10) does not take a `systemctl start` at
+/// once, and comes up when its pause ends (seen on a booted host).
+const SETTLE: Duration = Duration::from_secs(30);
 /// A `Type=simple` unit is "active" as soon as it forked: it is read once
 /// more after this pause, so a program that dies at once is caught.
 const RECHECK: Duration = Duration::from_millis(250);
