@@ -45,7 +45,8 @@ pub struct Args {
     /// directories, links, users and groups via ROOT/etc/passwd, packages via
     /// dpkg/rpm --root, chosen by ROOT/etc/os-release; execs run chrooted;
     /// services are not managed there: reported as
-    /// `not managed under --root`, neither checked nor changed).
+    /// `not managed under --root`, neither checked nor changed). A relative
+    /// path is taken from the current directory.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
     /// State directory: catalog cache, reports, rollback bucket, lock.
@@ -366,10 +367,13 @@ pub fn run_once(
         }
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "state opened");
-    let root = args.root.clone();
+    // A relative --root is taken from the current directory, as --state is.
+    let root = std::path::absolute(&args.root)
+        .with_context(|| format!("--root {}", args.root.display()))?;
     anyhow::ensure!(
-        root.is_absolute() && root.is_dir(),
-        "--root {} is not an existing absolute directory",
+        root.is_dir(),
+        "--root {} is not an existing directory (create it first: mkdir -p {})",
+        root.display(),
         root.display()
     );
     let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
@@ -570,6 +574,10 @@ pub struct RollbackArgs {
     /// List stored runs and how many files each changed.
     #[arg(long)]
     pub list: bool,
+    /// With --list: print a JSON array of {"run_id","started","file_changes",
+    /// "noop","from_cache","status"}.
+    #[arg(long, requires = "list")]
+    pub json: bool,
     #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
     pub state: PathBuf,
 }
@@ -579,13 +587,32 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<u8> {
     let _lock = state::RunLock::acquire(&args.state)?;
     let st = State::open(&args.state)?;
     if args.list {
+        let mut rows = Vec::new();
         for id in st.run_ids()? {
             let n = st.changes(&id)?.map(|c| c.len()).unwrap_or(0);
-            let noop = st.report(&id)?.map(|r| r.noop).unwrap_or(false);
-            println!(
-                "{id}\t{n} file changes{}",
-                if noop { " (noop)" } else { "" }
-            );
+            let report = st.report(&id)?;
+            let noop = report.as_ref().is_some_and(|r| r.noop);
+            if args.json {
+                let status = report.as_ref().map(|r| match r.exit_code() {
+                    0 => "ok",
+                    2 => "changed",
+                    _ => "failed",
+                });
+                rows.push(serde_json::json!({
+                    "run_id": id, "file_changes": n, "noop": noop,
+                    "started": report.as_ref().map(|r| r.started.clone()),
+                    "from_cache": report.as_ref().map(|r| r.from_cache),
+                    "status": status,
+                }));
+            } else {
+                println!(
+                    "{id}\t{n} file changes{}",
+                    if noop { " (noop)" } else { "" }
+                );
+            }
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         return Ok(0);
     }

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod ca_cli;
 pub mod ca_service;
+pub mod catalog_cache;
 pub mod catalog_service;
 pub mod code;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod fleet_cli;
 pub mod logging;
 pub mod metrics;
 pub mod orchestra;
+pub mod signers_cli;
 pub mod state;
 pub mod store;
 pub mod tls;

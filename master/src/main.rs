@@ -59,6 +59,10 @@ enum Cmd {
     Key(troupe_bastion::cli::KeyArgs),
     /// Audit-log tools: verify a hash-chained log.
     Audit(troupe_bastion::cli::AuditArgs),
+    /// The master's trusted command signers (DATA/signers.toml): add, list,
+    /// remove; a change applies to the next command.
+    #[command(subcommand)]
+    Signers(troupe_master::signers_cli::SignersCmd),
     /// Run a signed command on the matching hosts (from the bastion).
     Run(troupe_bastion::run_cli::RunArgs),
     /// Roll a release (RELEASE.toml) out host by host or batch by batch,
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
         Cmd::Key(args) => troupe_bastion::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
         Cmd::Run(args) => troupe_bastion::run_cli::run(args),
+        Cmd::Signers(cmd) => troupe_master::signers_cli::run(cmd),
         Cmd::Deploy(args) => troupe_bastion::deploy_cli::run(args),
         Cmd::PackageAssets { dir } => package_assets(&dir),
         Cmd::Audit(args) => {

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod file;
 pub mod package;
 pub mod service;
+mod systemd_state;
 
 use crate::source::ContentSource;
 use crate::state::{Bucket, FileChange};
