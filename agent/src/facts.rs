@@ -47,6 +47,14 @@ pub fn gather(facts_dir: &Path, timeout: Duration) -> Value {
     facts
 }
 
+/// This host's FQDN (the `fqdn` fact): the default certificate name.
+pub fn host_fqdn() -> String {
+    let hostname = read_trim("/proc/sys/kernel/hostname")
+        .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    fqdn(&hostname)
+}
+
 /// The core facts of this host.
 pub fn core() -> Value {
     let mut m = Map::new();

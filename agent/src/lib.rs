@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod config;
 pub mod engine;
 pub mod facts;
 /// The client identity now lives in `troupe-identity` (shared with the
@@ -24,6 +25,7 @@ pub mod providers;
 pub mod renew;
 pub mod resource;
 pub mod run;
+pub mod server_list;
 pub mod source;
 pub mod state;
 /// The owner/mode rule for files that grant trust (in troupe-command).

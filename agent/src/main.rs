@@ -1,6 +1,6 @@
 //! `troupe-agent`: bootstrap, facts, converge, rollback on a managed host.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// The Troupe agent: joins the master with a one-time pre-shared key, then
@@ -22,8 +22,19 @@ struct Cli {
     /// Emit logs as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Configuration file read by `run` (default /etc/troupe/agent.toml;
+    /// a missing default file means defaults; keys: `man troupe-agent`).
+    #[arg(long, global = true, value_name = "FILE", env = "TROUPE_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Print the effective configuration of `run` (every key, its value
+    /// and where it came from: flag, env, file or default) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// With --print-config: as JSON.
+    #[arg(long, requires = "print_config")]
+    json: bool,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +60,12 @@ enum Cmd {
     /// Keep a command stream open to the master and run the signed
     /// commands this host's orchestration configuration allows.
     Listen(troupe_agent::orchestra::ListenArgs),
+    /// Write shell completions and man pages into DIR (for packaging).
+    #[command(hide = true)]
+    PackageAssets {
+        /// Output directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Exit status of a command line that does not parse (sysexits' EX_USAGE),
@@ -92,7 +109,10 @@ Exit status (as puppet agent --detailed-exitcodes; with --once):
 
 fn main() -> ExitCode {
     troupe_pki::tls::install_crypto_provider();
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed.
@@ -101,17 +121,57 @@ fn main() -> ExitCode {
         }
     };
     troupe_agent::logging::init(&log_filter(cli.log), cli.log_json);
-    let result = match cli.cmd {
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| troupe_agent::config::DEFAULT_CONFIG.into());
+    let explicit = cli.config.is_some();
+    let Some(cmd) = cli.cmd else {
+        if !cli.print_config {
+            let _ = Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingSubcommand,
+                    "a subcommand is required (or --print-config); see --help",
+                )
+                .print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+        let (args, m) = troupe_agent::config::default_run();
+        return finish(
+            troupe_agent::config::resolve(args, &m, &config, explicit).map(|eff| {
+                print!("{}", troupe_agent::config::print(&eff, cli.json));
+                0
+            }),
+        );
+    };
+    let result = match cmd {
         Cmd::Bootstrap(args) => troupe_agent::bootstrap::run(args),
         Cmd::Renew(args) => troupe_agent::renew::run(args),
-        Cmd::Run(args) => troupe_agent::run::run(args),
+        Cmd::Run(args) => {
+            let m = matches
+                .subcommand_matches("run")
+                .expect("the run subcommand's matches");
+            troupe_agent::config::resolve(args, m, &config, explicit).and_then(|eff| {
+                if cli.print_config {
+                    print!("{}", troupe_agent::config::print(&eff, cli.json));
+                    return Ok(0);
+                }
+                troupe_agent::config::bootstrap_if_needed(&eff)?;
+                troupe_agent::run::run(eff.run)
+            })
+        }
         Cmd::Facts(args) => troupe_agent::facts::run(args),
         Cmd::Resource(args) => troupe_agent::resource::run(args),
         Cmd::Rollback(args) => troupe_agent::run::rollback(args),
         Cmd::Disable(args) => troupe_agent::run::disable(args),
         Cmd::Enable(args) => troupe_agent::run::enable(args),
         Cmd::Listen(args) => troupe_agent::orchestra::listen(args),
+        Cmd::PackageAssets { dir } => package_assets(&dir),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -119,4 +179,26 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `package-assets DIR` (hidden; scripts/package.sh runs it): shell
+/// completions (bash, zsh, fish) in DIR/completions and a man page for the
+/// command and every subcommand in DIR/man.
+fn package_assets(out: &std::path::Path) -> anyhow::Result<u8> {
+    use clap_complete::Shell;
+    // No `help` subcommand pages: every page has --help's text already.
+    fn no_help(cmd: clap::Command) -> clap::Command {
+        cmd.disable_help_subcommand(true).mut_subcommands(no_help)
+    }
+    let mut cmd = no_help(Cli::command());
+    cmd.build();
+    let name = cmd.get_name().to_owned();
+    let (man, comp) = (out.join("man"), out.join("completions"));
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&comp)?;
+    for sh in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(sh, &mut cmd, &name, &comp)?;
+    }
+    clap_mangen::generate_to(cmd, &man)?;
+    Ok(0)
 }

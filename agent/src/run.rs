@@ -45,7 +45,8 @@ pub struct Args {
     /// directories, links, users and groups via ROOT/etc/passwd, packages via
     /// dpkg/rpm --root, chosen by ROOT/etc/os-release; execs run chrooted;
     /// services are not managed there: reported as
-    /// `not managed under --root`, neither checked nor changed).
+    /// `not managed under --root`, neither checked nor changed). A relative
+    /// path is taken from the current directory.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
     /// State directory: catalog cache, reports, rollback bucket, lock.
@@ -72,6 +73,15 @@ pub struct Args {
     /// STATE/orchestration.toml; without that file every command is refused).
     #[arg(long)]
     pub no_listen: bool,
+    /// Daemon with --server: the command listener's trust and policy file
+    /// (default: STATE/orchestration.toml; the packaged agent.toml says
+    /// /etc/troupe/orchestration.toml).
+    #[arg(long, value_name = "FILE")]
+    pub orchestration: Option<PathBuf>,
+    /// More masters to try, in order, when --server fails (agent.toml's
+    /// `server` list).
+    #[arg(skip)]
+    pub more_servers: Vec<String>,
     /// Directory of external facts.
     #[arg(long, default_value = facts::DEFAULT_FACTS_DIR)]
     pub facts_dir: PathBuf,
@@ -179,13 +189,31 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         require_identity(&args.state, server)?;
         troupe_pki::tls::install_crypto_provider();
         let retry = crate::master_client::Retry::default();
-        let mut source =
-            crate::master_client::MasterClient::new(server, args.state.clone(), retry.clone())?
-                .with_environment(args.environment.clone());
-        let mut sink = crate::master_client::MasterClient::new(server, args.state.clone(), retry)?;
+        let client = |url: &str| {
+            crate::master_client::MasterClient::new(url, args.state.clone(), retry.clone())
+        };
+        let (mut source, mut sink): (Box<dyn CatalogSource>, Box<dyn ReportSink>) =
+            if args.more_servers.is_empty() {
+                (
+                    Box::new(client(server)?.with_environment(args.environment.clone())),
+                    Box::new(client(server)?),
+                )
+            } else {
+                let all: Vec<&String> = std::iter::once(server).chain(&args.more_servers).collect();
+                let mut sources = Vec::new();
+                let mut sinks = Vec::new();
+                for url in all {
+                    sources.push(client(url)?.with_environment(args.environment.clone()));
+                    sinks.push(client(url)?);
+                }
+                (
+                    Box::new(crate::server_list::ServerList(sources)),
+                    Box::new(crate::server_list::ServerList(sinks)),
+                )
+            };
         if args.once {
             source.before_run();
-            let r = run_once(&args, &mut source, Some(&mut sink))?;
+            let r = run_once(&args, source.as_mut(), Some(sink.as_mut()))?;
             return Ok(r.exit_code() as u8);
         }
         let _listener = if args.no_listen {
@@ -194,7 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             let listen = crate::orchestra::ListenArgs {
                 server: server.clone(),
                 state: args.state.clone(),
-                orchestration: None,
+                orchestration: args.orchestration.clone(),
                 facts_dir: args.facts_dir.clone(),
                 backoff_max: std::time::Duration::from_secs(60).into(),
             };
@@ -206,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 }
             }
         };
-        return daemon(&args, &mut source, Some(&mut sink));
+        return daemon(&args, source.as_mut(), Some(sink.as_mut()));
     }
     let mut source: Box<dyn CatalogSource> = match &args.catalog {
         Some(p) => Box::new(FileSource(p.clone())),
@@ -339,10 +367,13 @@ pub fn run_once(
         }
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "state opened");
-    let root = args.root.clone();
+    // A relative --root is taken from the current directory, as --state is.
+    let root = std::path::absolute(&args.root)
+        .with_context(|| format!("--root {}", args.root.display()))?;
     anyhow::ensure!(
-        root.is_absolute() && root.is_dir(),
-        "--root {} is not an existing absolute directory",
+        root.is_dir(),
+        "--root {} is not an existing directory (create it first: mkdir -p {})",
+        root.display(),
         root.display()
     );
     let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
@@ -543,6 +574,10 @@ pub struct RollbackArgs {
     /// List stored runs and how many files each changed.
     #[arg(long)]
     pub list: bool,
+    /// With --list: print a JSON array of {"run_id","started","file_changes",
+    /// "noop","from_cache","status"}.
+    #[arg(long, requires = "list")]
+    pub json: bool,
     #[arg(long, default_value = state::DEFAULT_STATE_DIR)]
     pub state: PathBuf,
 }
@@ -552,13 +587,32 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<u8> {
     let _lock = state::RunLock::acquire(&args.state)?;
     let st = State::open(&args.state)?;
     if args.list {
+        let mut rows = Vec::new();
         for id in st.run_ids()? {
             let n = st.changes(&id)?.map(|c| c.len()).unwrap_or(0);
-            let noop = st.report(&id)?.map(|r| r.noop).unwrap_or(false);
-            println!(
-                "{id}\t{n} file changes{}",
-                if noop { " (noop)" } else { "" }
-            );
+            let report = st.report(&id)?;
+            let noop = report.as_ref().is_some_and(|r| r.noop);
+            if args.json {
+                let status = report.as_ref().map(|r| match r.exit_code() {
+                    0 => "ok",
+                    2 => "changed",
+                    _ => "failed",
+                });
+                rows.push(serde_json::json!({
+                    "run_id": id, "file_changes": n, "noop": noop,
+                    "started": report.as_ref().map(|r| r.started.clone()),
+                    "from_cache": report.as_ref().map(|r| r.from_cache),
+                    "status": status,
+                }));
+            } else {
+                println!(
+                    "{id}\t{n} file changes{}",
+                    if noop { " (noop)" } else { "" }
+                );
+            }
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         return Ok(0);
     }

@@ -82,7 +82,7 @@ impl State {
         create_private_dir(dir)?;
         let path = dir.join("agent.redb");
         let fresh = !path.exists();
-        let db = Database::create(&path)
+        let db = troupe_base::redb_file::create_db(&path)
             .map_err(db_err)
             .with_context(|| format!("cannot open {}", path.display()))?;
         if !fresh && Self::has_tables(&db) {
@@ -532,27 +532,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent")?;
-    let name = path.file_name().context("path has no file name")?;
-    let tmp = dir.join(format!(".{}.troupe-new", name.to_string_lossy()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    if durable {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename onto {}", path.display()))?;
-    if durable {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    use troupe_base::fs::Atomic;
+    // Fixed temp names (`.NAME.troupe-new`): the run lock makes the agent
+    // the only writer, and a killed run's leftover is replaced next time.
+    let how = if durable {
+        Atomic::durable(mode)
+    } else {
+        Atomic::fast(mode)
+    };
+    troupe_base::fs::write_atomic(path, bytes, how.fixed_temp())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// RFC 3339 UTC time of now.

@@ -391,6 +391,18 @@ fn rollback_restores_previous_contents() {
     // Listing and unknown ids.
     let o = env.sub(&["rollback", "--list"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&r1.run_id));
+    let o = env.sub(&["rollback", "--list", "--json"]);
+    assert!(o.status.success());
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == r1.run_id.as_str())
+        .unwrap();
+    assert!(first["file_changes"].as_u64().unwrap() >= 1, "{runs}");
+    assert_eq!(first["noop"], false);
+    assert_eq!(first["status"], "changed");
     let o = env.sub(&["rollback", "no-such-run"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no stored run"));
@@ -776,4 +788,48 @@ fn big_batches_converge_and_a_failed_temp_write_fails_only_its_file() {
     let (code, r3, _) = env.run(&c, &[]);
     assert_eq!(code, 0);
     assert!(all_unchanged(&r3));
+}
+
+/// Issue 16: `--root` may be relative (like `--state`), and the first run
+/// into an empty root says which base directory to create.
+#[test]
+fn a_relative_root_works_and_an_empty_root_says_what_to_create() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("root")).unwrap();
+    let mut c = new_catalog();
+    let f = file(&mut c, "/etc/motd", b"managed\n", 0o644);
+    c.resources.push(f);
+    let cat = cwd.path().join("catalog.json");
+    std::fs::write(&cat, c.to_pretty_json()).unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_troupe-agent"))
+            .current_dir(cwd.path())
+            .args([
+                "run",
+                "--once",
+                "--output",
+                "json",
+                "--catalog",
+                "catalog.json",
+            ])
+            .args(["--root", "root", "--state", "state"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let report: troupe_catalog::report::Report = serde_json::from_slice(&out.stdout).unwrap();
+    let s = status_of(&report, "file[/etc/motd]");
+    assert!(
+        s.events[0].contains("mkdir -p ") && s.events[0].contains("root/etc"),
+        "{:?}",
+        s.events
+    );
+    std::fs::create_dir(cwd.path().join("root/etc")).unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        std::fs::read(cwd.path().join("root/etc/motd")).unwrap(),
+        b"managed\n"
+    );
 }

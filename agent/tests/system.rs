@@ -375,4 +375,90 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
     assert!(temps.is_empty(), "temp files left: {}", temps.len());
     let (code, r, _) = env.run(&c, &[]);
     assert_eq!(code, 0, "{:?}", r.counts());
+    // Nor a half-created state database (the next start removes those).
+    let creating: Vec<_> = std::fs::read_dir(env.state())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".creating-"))
+        .collect();
+    assert!(creating.is_empty(), "{creating:?}");
+}
+
+/// What a `kill -9` during redb's creation of `agent.redb` (the very first
+/// run) left before the fix: the grown file, the header without redb's
+/// magic number (written last), zeros after. Every later run refused it
+/// ("Not a redb database: magic number mismatch") and the agent was stuck.
+fn killed_state_db_creation(env: &Env) -> std::path::PathBuf {
+    let scratch = tempfile::tempdir().unwrap();
+    let real = scratch.path().join("real.redb");
+    drop(redb::Database::create(&real).unwrap());
+    let whole = std::fs::read(&real).unwrap();
+    let mut left = vec![0u8; whole.len()];
+    left[9..512].copy_from_slice(&whole[9..512]);
+    std::fs::create_dir_all(env.state()).unwrap();
+    let db = env.state().join("agent.redb");
+    std::fs::write(&db, left).unwrap();
+    db
+}
+
+#[test]
+fn a_run_killed_while_creating_its_state_database_does_not_stick() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    let f = file(&mut c, "/motd", b"hello\n", 0o644);
+    c.resources.push(f);
+    // A creation killed before the magic number, and one killed right
+    // after the temp file appeared (under the new scheme).
+    killed_state_db_creation(&env);
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = env
+        .state()
+        .join(format!(".agent.redb.creating-{dead_pid}-00"));
+    std::fs::write(&stale, b"").unwrap();
+    let (code, r, out) = env.run(&c, &[]);
+    assert_eq!(
+        code,
+        2,
+        "{:?} {}",
+        r.counts(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(env.p("/motd")).unwrap(), b"hello\n");
+    assert!(!stale.exists(), "the killed creation's temp file is left");
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{:?}", r.counts());
+}
+
+#[test]
+fn a_damaged_state_database_is_a_clear_error_and_kept() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    let f = file(&mut c, "/motd", b"hello\n", 0o644);
+    c.resources.push(f);
+    let (code, _, _) = env.run(&c, &[]);
+    assert_eq!(code, 2);
+    // Damaged later (not a half-created file): it holds reports.
+    let db = env.state().join("agent.redb");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..9].copy_from_slice(&[0; 9]);
+    std::fs::write(&db, &bytes).unwrap();
+    let out = env.cmd(
+        &["run", "--once", "--output", "json"],
+        &["--catalog", env.write_catalog(&c).to_str().unwrap()],
+        &[],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert_ne!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agent.redb"), "{err}");
+    assert!(err.contains("not a redb database"), "{err}");
+    assert!(err.contains("move it aside"), "{err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the database was changed"
+    );
 }

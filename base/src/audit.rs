@@ -43,7 +43,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::fs::write_atomic;
+use crate::fs::{Atomic, write_atomic};
 
 const DOMAIN: &[u8] = b"troupe-audit-v1\n";
 /// Longest accepted line.
@@ -259,7 +259,7 @@ fn write_head(path: &Path, head: &Head) -> Result<(), AuditError> {
         hash: head.hash_hex(),
     })
     .map_err(|e| AuditError::Encode(e.to_string()))?;
-    write_atomic(&hp, format!("{text}\n").as_bytes(), 0o640, false).map_err(io(&hp))
+    write_atomic(&hp, format!("{text}\n").as_bytes(), Atomic::durable(0o640)).map_err(io(&hp))
 }
 
 /// Compares the chain's end with the stored head.

@@ -9,9 +9,13 @@
 //! - [`audit`]: the append-only, hash-chained, fsync'd audit log and its
 //!   verifier (the agent's and master's command logs, the master's access
 //!   log, the certificate authority's log);
+//! - [`redb_file`]: creating a redb file so that a killed creation never
+//!   leaves one that cannot be opened (temp name, sync, link into place);
 //! - [`reopen`]: the redb handle that reopens itself after a failed write
 //!   (a full disk);
 //! - [`cli`]: the one-line error format both binaries print;
+//! - [`facts`]: flattened facts and the `--where FACT=VALUE` matcher that
+//!   `troupe nodes` and `troupe run`/`deploy` share;
 //! - `test_fs` (feature `test-fs`, dev-dependencies only): a small tmpfs
 //!   for tests that fill a disk.
 //!
@@ -23,7 +27,9 @@
 
 pub mod audit;
 pub mod cli;
+pub mod facts;
 pub mod fs;
+pub mod redb_file;
 pub mod reopen;
 #[cfg(any(test, feature = "test-fs"))]
 #[doc(hidden)]

@@ -203,7 +203,7 @@ pub type ReopeningDb = Reopening<redb::Database>;
 
 /// Opens (or creates) a redb file as a [`ReopeningDb`].
 pub fn open_db(path: &Path) -> Result<ReopeningDb, redb::DatabaseError> {
-    Reopening::open(path, |p: &Path| redb::Database::create(p))
+    Reopening::open(path, crate::redb_file::create_db)
 }
 
 #[cfg(test)]

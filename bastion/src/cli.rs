@@ -57,6 +57,9 @@ pub enum KeyCommand {
         /// line of this file instead of prompting on the terminal.
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
+        /// Print {"key_id","fingerprint","openssh"} as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List the ed25519 keys of the running ssh-agent (SSH_AUTH_SOCK) with
     /// their key ids, to sign with `--ssh-agent`.
@@ -83,6 +86,11 @@ pub enum AuditCommand {
     Verify {
         /// The audit log.
         file: PathBuf,
+        /// Print one JSON document: {"file","ok","records","head_seq",
+        /// "head_hash","head_lagging","torn_tail"} or, when verification
+        /// fails, {"file","ok":false,"error"} (exit status 1 either way).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -183,6 +191,7 @@ pub fn run_key(args: &KeyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         KeyCommand::Show {
             file,
             passphrase_file,
+            json,
         } => {
             let pub_path = public_path(file);
             let id = match std::fs::read_to_string(&pub_path) {
@@ -194,6 +203,15 @@ pub fn run_key(args: &KeyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     FileSigner::load(file, &pass)?.key_id().clone()
                 }
             };
+            if *json {
+                let doc = serde_json::json!({
+                    "key_id": id.to_string(),
+                    "fingerprint": id.openssh_fingerprint(),
+                    "openssh": id.openssh_public("troupe"),
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+                return Ok(());
+            }
             show_id(&id, out)
         }
         KeyCommand::Agent => {
@@ -242,10 +260,28 @@ fn not_a_chain(file: &Path) -> anyhow::Result<()> {
 /// Runs `troupe audit ...`. An error means verification failed.
 pub fn run_audit(args: &AuditArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &args.command {
-        AuditCommand::Verify { file } => {
-            not_a_chain(file)?;
-            let r = audit::verify(file)
-                .with_context(|| format!("{}: verification FAILED", file.display()))?;
+        AuditCommand::Verify { file, json } => {
+            let checked = not_a_chain(file).and_then(|()| {
+                audit::verify(file)
+                    .with_context(|| format!("{}: verification FAILED", file.display()))
+            });
+            if *json {
+                let doc = match &checked {
+                    Ok(r) => serde_json::json!({
+                        "file": file, "ok": true, "records": r.records,
+                        "head_seq": r.head.seq, "head_hash": r.head.hash_hex(),
+                        "head_lagging": r.head_lagging, "torn_tail": r.torn_tail,
+                    }),
+                    Err(e) => serde_json::json!({
+                        "file": file, "ok": false, "error": troupe_base::cli::one_line(e),
+                    }),
+                };
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+            }
+            let r = checked?;
+            if *json {
+                return Ok(());
+            }
             writeln!(
                 out,
                 "{}: OK, {} records, head {} {}",
@@ -388,5 +424,58 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let e = run_audit(&a, &mut Vec::new()).unwrap_err();
         assert!(format!("{e:#}").contains("line 2"), "{e:#}");
+    }
+
+    /// `--json` shapes (issue 16): audit verify, ok and failed; key show.
+    #[test]
+    fn audit_verify_and_key_show_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = audit::AuditLog::open(&path).unwrap();
+        log.append(&serde_json::json!({"action": "ping"})).unwrap();
+        drop(log);
+        let p = path.to_str().unwrap();
+        let Cmd::Audit(a) = Top::parse_from(["t", "audit", "verify", p, "--json"]).cmd else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        run_audit(&a, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["records"], 1);
+        assert_eq!(v["head_seq"], v["records"]);
+        assert_eq!(v["head_hash"].as_str().unwrap().len(), 64);
+        assert_eq!(v["file"], p);
+        std::fs::write(&path, b"{\"tampered\":1}\n").unwrap();
+        let mut out = Vec::new();
+        assert!(run_audit(&a, &mut out).is_err());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(v["error"].as_str().unwrap().contains("FAILED"), "{v}");
+
+        let key = dir.path().join("k.key");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "correct horse battery\n").unwrap();
+        let signer = FileSigner::generate().unwrap();
+        signer
+            .write_encrypted(&key, "correct horse battery")
+            .unwrap();
+        let Cmd::Key(k) =
+            Top::parse_from(["t", "key", "show", key.to_str().unwrap(), "--json"]).cmd
+        else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        run_key(&k, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["key_id"], signer.key_id().to_string());
+        assert!(
+            v["fingerprint"].as_str().unwrap().starts_with("SHA256:"),
+            "{v}"
+        );
+        assert!(
+            v["openssh"].as_str().unwrap().starts_with("ssh-ed25519 "),
+            "{v}"
+        );
     }
 }

@@ -11,10 +11,12 @@
 //! A health check is repeated (`retries`, `interval_secs`), each attempt
 //! its own signed command (`health.http`, `health.tcp` or a module
 //! action), until it passes or the attempts run out.
-//! A host that fails a step stops there, so it stays drained and in
-//! maintenance; the release stops once more hosts failed than
-//! `--max-failures` allows (0: the first failure), with a descriptive
-//! error. The same file is run against the disaster-recovery environment
+//! A host that fails a step stops there, left as the steps it completed
+//! made it (in maintenance, drained, services stopped: whatever is true);
+//! the release stops once more hosts failed than `--max-failures` allows
+//! (0: the first failure). Any failed host, stopped or not, makes the
+//! release exit 2, listing each failed host, its step, what it was left
+//! with and the exact `troupe run` commands that undo it. The same file is run against the disaster-recovery environment
 //! first and production second: `--environment dr`, then
 //! `--environment production` (each agent declares its environment and
 //! checks it again).
@@ -54,6 +56,75 @@ pub struct DeployArgs {
     /// Show the plan; run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print events as they happen, one JSON object a line (NDJSON):
+    /// `{"event":"matched"|"plan"|"batch"|"step_failed"|"host_ok"|"done",...}`
+    /// (fields in docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Writes one NDJSON event line and flushes it (a consumer sees it now).
+fn event(out: &mut dyn Write, v: serde_json::Value) -> Result<()> {
+    writeln!(out, "{v}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// What a host that stopped at step `failed` of `steps` is left with, and
+/// the `troupe run` commands that undo it (in the order to run them).
+/// Only steps that completed count: a host that failed entering maintenance
+/// is not in maintenance.
+pub fn left_behind(steps: &[Step], failed: usize) -> (Vec<String>, Vec<(String, String)>) {
+    let done = &steps[..failed.min(steps.len())];
+    let mut state = Vec::new();
+    let mut undo = Vec::new();
+    let ran = |f: &dyn Fn(&Step) -> bool| done.iter().any(f);
+    for s in done.iter().rev() {
+        match s {
+            Step::StopService { service }
+                if !ran(&|x| matches!(x, Step::StartService { service: t } if t == service)) =>
+            {
+                state.push(format!("{service} stopped"));
+                undo.push(("service.start".to_string(), format!("name={service}")));
+            }
+            Step::Drain { backend }
+                if !ran(&|x| matches!(x, Step::Restore { backend: b } if b == backend)) =>
+            {
+                state.push(format!("drained from {backend}"));
+                undo.push(("lb.restore".to_string(), format!("backend={backend}")));
+            }
+            Step::EnterMaintenance { .. } if !ran(&|x| matches!(x, Step::LeaveMaintenance)) => {
+                state.push("in maintenance".to_string());
+                undo.push(("maintenance.off".to_string(), String::new()));
+            }
+            _ => {}
+        }
+    }
+    state.reverse();
+    (state, undo)
+}
+
+/// The exact `troupe run` command for one undo step on `host`.
+fn undo_command(fleet: &crate::run_cli::FleetArgs, host: &str, action: &str, arg: &str) -> String {
+    let mut c = format!("troupe run {action}");
+    if !arg.is_empty() {
+        c.push(' ');
+        c.push_str(arg);
+    }
+    c.push_str(&format!(
+        " --name {host} --server {} --identity {}",
+        fleet.server,
+        fleet.identity.display()
+    ));
+    if let Some(k) = &fleet.signer.key {
+        c.push_str(&format!(" --key {}", k.display()));
+    } else if fleet.signer.ssh_agent {
+        c.push_str(" --ssh-agent");
+        if let Some(id) = &fleet.signer.key_id {
+            c.push_str(&format!(" --key-id {id}"));
+        }
+    }
+    c
 }
 
 const RELEASE_EXAMPLE: &str = "\
@@ -76,8 +147,10 @@ RELEASE.toml:
 Exit status:
   0   every host updated (--dry-run: the plan was shown)
   1   error: nothing was run (a bad manifest, key, identity or master)
-  2   the release stopped on failures (failed hosts stay drained and in
-      maintenance), or no host matched
+  2   some host failed (the release stopped, or finished within
+      --max-failures): each failed host is listed with its step, what it
+      was left with, and the `troupe run` commands that undo it; or no
+      host matched
   64  malformed command line
 
 Example:
@@ -139,16 +212,37 @@ pub fn run(args: DeployArgs) -> Result<u8> {
         .build()?;
     rt.block_on(async move {
         let channel = args.fleet.connect().await?;
-        let mut out = std::io::stdout();
+        let progress = crate::progress::Progress::new(!args.json);
+        progress.status("discovering the matching hosts".into());
+        let mut out = crate::progress::Out::new(&progress);
         let probe = crate::run_cli::sign(&mut *signer, "ping", &BTreeMap::new(), target, 60)?;
-        let (hosts, _) = crate::run_cli::submit(channel.clone(), probe, Duration::from_secs(30), true, |_| {}).await?;
-        writeln!(out, "release: {}", rel.title)?;
-        if let Some(e) = &args.fleet.environment {
-            writeln!(out, "environment: {e}")?;
+        let (hosts, found) = crate::run_cli::submit(channel.clone(), probe, Duration::from_secs(30), true, |_| {}).await?;
+        let json = args.json;
+        if json {
+            event(&mut out, serde_json::json!({
+                "event": "matched", "release": rel.title,
+                "environment": args.fleet.environment,
+                "hosts": hosts, "not_connected": found.no_answer,
+            }))?;
+        } else {
+            writeln!(out, "release: {}", rel.title)?;
+            if let Some(e) = &args.fleet.environment {
+                writeln!(out, "environment: {e}")?;
+            }
+            writeln!(out, "matched {} host(s): {}", hosts.len(), hosts.join(" "))?;
+            if !found.no_answer.is_empty() {
+                writeln!(
+                    out,
+                    "not connected now (their steps will get no answer): {}",
+                    found.no_answer.join(" ")
+                )?;
+            }
         }
-        writeln!(out, "matched {} host(s): {}", hosts.len(), hosts.join(" "))?;
         if hosts.is_empty() {
-            writeln!(out, "no connected host matched: nothing to deploy")?;
+            if !json {
+                writeln!(out, "no host matched: nothing to deploy")?;
+            }
+            progress.finish();
             return Ok(2);
         }
         let plan = release::plan(
@@ -159,6 +253,23 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                 failure_threshold: args.max_failures,
             },
         )?;
+        if args.dry_run && json {
+            for (i, p) in plan.phases.iter().enumerate() {
+                let steps = p
+                    .batches
+                    .first()
+                    .and_then(|b| b.first())
+                    .and_then(|h| plan.steps(i, h))
+                    .map(|hs| hs.steps.iter().map(describe).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                event(&mut out, serde_json::json!({
+                    "event": "plan", "package": p.package, "version": p.version,
+                    "batches": p.batches, "steps": steps,
+                }))?;
+            }
+            progress.finish();
+            return Ok(0);
+        }
         if args.dry_run {
             for (i, p) in plan.phases.iter().enumerate() {
                 writeln!(out, "package {} {}: {} batch(es)", p.package, p.version, p.batches.len())?;
@@ -170,6 +281,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     }
                 }
             }
+            progress.finish();
             return Ok(0);
         }
         let timeout = Duration::from(args.step_timeout);
@@ -178,31 +290,86 @@ pub fn run(args: DeployArgs) -> Result<u8> {
         let mut next = rollout.next_batch();
         loop {
             match next {
-                Next::Done => {
-                    writeln!(out, "release complete: {} host-package update(s)", rollout.completed())?;
-                    return Ok(0);
-                }
-                Next::Stopped { failures } => {
-                    writeln!(out, "release STOPPED after {} update(s):", rollout.completed())?;
+                Next::Done | Next::Stopped { .. } => {
+                    progress.finish();
+                    let stopped = matches!(next, Next::Stopped { .. });
+                    let failures = rollout.failures();
+                    let mut listed = Vec::new();
                     for f in &failures {
-                        let step = f.step.as_ref().map(describe).unwrap_or_else(|| "-".into());
+                        let steps = plan
+                            .phases
+                            .iter()
+                            .position(|p| p.package == f.package)
+                            .and_then(|i| plan.steps(i, &f.host))
+                            .map(|hs| hs.steps)
+                            .unwrap_or_default();
+                        let at = f.step.as_ref().and_then(|st| steps.iter().position(|x| x == st));
+                        let (left, undo) = match at {
+                            Some(i) => left_behind(&steps, i),
+                            None => (vec!["unknown (no answer)".to_string()], Vec::new()),
+                        };
+                        let undo: Vec<String> = undo
+                            .iter()
+                            .map(|(a, arg)| undo_command(&args.fleet, &f.host, a, arg))
+                            .collect();
+                        listed.push((f, left, undo));
+                    }
+                    if json {
+                        let fs: Vec<serde_json::Value> = listed
+                            .iter()
+                            .map(|(f, left, undo)| serde_json::json!({
+                                "host": f.host, "package": f.package,
+                                "step": f.step.as_ref().map(describe), "error": f.error,
+                                "left": left, "undo": undo,
+                            }))
+                            .collect();
+                        event(&mut out, serde_json::json!({
+                            "event": "done",
+                            "status": if stopped { "stopped" } else if failures.is_empty() { "complete" } else { "failed" },
+                            "completed": rollout.completed(),
+                            "failed_hosts": failures.len(),
+                            "failures": fs,
+                        }))?;
+                    } else if failures.is_empty() {
+                        writeln!(out, "release complete: {} host-package update(s)", rollout.completed())?;
+                    } else {
                         writeln!(
                             out,
-                            "  {} ({}): failed at step {step}: {} — left as it is (drained and in maintenance)",
-                            f.host, f.package, f.error
+                            "release {} after {} update(s); {} host(s) FAILED:",
+                            if stopped { "STOPPED" } else { "FINISHED WITH FAILURES" },
+                            rollout.completed(),
+                            failures.len()
                         )?;
+                        for (f, left, undo) in &listed {
+                            let step = f.step.as_ref().map(describe).unwrap_or_else(|| "-".into());
+                            let state = if left.is_empty() {
+                                "nothing to undo on it".to_string()
+                            } else {
+                                format!("left {}", left.join(", "))
+                            };
+                            writeln!(
+                                out,
+                                "  {} ({}): failed at step {step}: {} — {state}",
+                                f.host, f.package, f.error
+                            )?;
+                            for u in undo {
+                                writeln!(out, "      undo: {u}")?;
+                            }
+                        }
                     }
-                    return Ok(2);
+                    return Ok(if failures.is_empty() { 0 } else { 2 });
                 }
                 Next::Batch { phase, hosts } => {
                     let pkg = &plan.phases[phase];
-                    writeln!(
-                        out,
-                        "{} {}: {}",
-                        pkg.package,
-                        pkg.version,
-                        hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>().join(" ")
-                    )?;
+                    let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+                    if json {
+                        event(&mut out, serde_json::json!({
+                            "event": "batch", "package": pkg.package,
+                            "version": pkg.version, "hosts": names,
+                        }))?;
+                    } else {
+                        writeln!(out, "{} {}: {}", pkg.package, pkg.version, names.join(" "))?;
+                    }
                     // Hosts of a batch move in lockstep: each step is signed
                     // just before it runs (short command lifetimes), sent to
                     // every host still going, and a host that fails stops.
@@ -220,6 +387,14 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                             }
                         }
                         let Some(first) = going.first().map(|(_, s)| s.clone()) else { continue };
+                        progress.status(format!(
+                            "{} {}: step {}/{nsteps} {} on {} host(s)",
+                            pkg.package,
+                            pkg.version,
+                            i + 1,
+                            describe(&first),
+                            going.len()
+                        ));
                         // A health check is tried `1 + retries` times.
                         let (attempts, pause, step_timeout) = match &first {
                             Step::CheckHealth { check } => (
@@ -260,13 +435,23 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                                     },
                                 };
                                 let Some(error) = error else { continue };
+                                if json {
+                                    event(&mut out, serde_json::json!({
+                                        "event": "step_failed", "host": host,
+                                        "step": describe(&step), "attempt": attempt,
+                                        "attempts": attempts, "error": error,
+                                        "final": attempt >= attempts,
+                                    }))?;
+                                }
                                 if attempt < attempts {
-                                    writeln!(
-                                        out,
-                                        "  {host}: {} attempt {attempt}/{attempts} failed: {error}; again in {} s",
-                                        describe(&step),
-                                        pause.as_secs()
-                                    )?;
+                                    if !json {
+                                        writeln!(
+                                            out,
+                                            "  {host}: {} attempt {attempt}/{attempts} failed: {error}; again in {} s",
+                                            describe(&step),
+                                            pause.as_secs()
+                                        )?;
+                                    }
                                     again.push((host, step));
                                 } else {
                                     let error = if attempts > 1 {
@@ -274,7 +459,9 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                                     } else {
                                         error
                                     };
-                                    writeln!(out, "  {host}: FAILED at {}: {error}", describe(&step))?;
+                                    if !json {
+                                        writeln!(out, "  {host}: FAILED at {}: {error}", describe(&step))?;
+                                    }
                                     outcomes.insert(host, HostOutcome::Failed { step: i, error });
                                 }
                             }
@@ -288,7 +475,13 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     }
                     for hs in &hosts {
                         if !outcomes.contains_key(&hs.host) {
-                            writeln!(out, "  {}: ok", hs.host)?;
+                            if json {
+                                event(&mut out, serde_json::json!({
+                                    "event": "host_ok", "host": hs.host, "package": pkg.package,
+                                }))?;
+                            } else {
+                                writeln!(out, "  {}: ok", hs.host)?;
+                            }
                             outcomes.insert(hs.host.clone(), HostOutcome::Ok);
                         }
                     }
@@ -313,5 +506,59 @@ fn describe(s: &Step) -> String {
         Step::CheckHealth { check } => format!("check health ({})", check.describe()),
         Step::Restore { backend } => format!("restore in {backend}"),
         Step::LeaveMaintenance => "leave maintenance".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps() -> Vec<Step> {
+        vec![
+            Step::EnterMaintenance {
+                message: "m".into(),
+            },
+            Step::Drain {
+                backend: "be_web".into(),
+            },
+            Step::StopService {
+                service: "nginx".into(),
+            },
+            Step::UpdatePackage {
+                package: "nginx".into(),
+                version: "1".into(),
+            },
+            Step::StartService {
+                service: "nginx".into(),
+            },
+            Step::Restore {
+                backend: "be_web".into(),
+            },
+            Step::LeaveMaintenance,
+        ]
+    }
+
+    /// Issue 16 item 2: "drained and in maintenance" only when true.
+    #[test]
+    fn left_behind_says_only_what_is_true() {
+        let s = steps();
+        // Failed entering maintenance: nothing to undo.
+        assert_eq!(left_behind(&s, 0), (vec![], vec![]));
+        // Failed at the drain: in maintenance only.
+        let (left, undo) = left_behind(&s, 1);
+        assert_eq!(left, ["in maintenance"]);
+        assert_eq!(undo, [("maintenance.off".to_string(), String::new())]);
+        // Failed at the update: stopped, drained, in maintenance; undone in
+        // reverse order.
+        let (left, undo) = left_behind(&s, 3);
+        assert_eq!(
+            left,
+            ["in maintenance", "drained from be_web", "nginx stopped"]
+        );
+        let actions: Vec<&str> = undo.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(actions, ["service.start", "lb.restore", "maintenance.off"]);
+        // Failed leaving maintenance: restored and started already.
+        let (left, _) = left_behind(&s, 6);
+        assert_eq!(left, ["in maintenance"]);
     }
 }

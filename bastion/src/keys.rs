@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
-use troupe_base::fs::write_atomic;
+use troupe_base::fs::{Atomic, write_atomic};
 pub use troupe_command::keys::{KEY_ID_PREFIX, KeyError, KeyId, MIN_PASSPHRASE_LEN, Signer};
 
 /// A signer holding the private key in memory (loaded from a key file).
@@ -74,10 +74,12 @@ impl FileSigner {
             path: p.to_path_buf(),
             source: e,
         };
-        write_atomic(path, pem.as_bytes(), 0o600, true).map_err(|e| wr(path, e))?;
+        write_atomic(path, pem.as_bytes(), Atomic::durable(0o600).no_replace())
+            .map_err(|e| wr(path, e))?;
         let pub_path = public_path(path);
         let pub_text = format!("{}\n", self.id);
-        write_atomic(&pub_path, pub_text.as_bytes(), 0o644, false).map_err(|e| wr(&pub_path, e))?;
+        write_atomic(&pub_path, pub_text.as_bytes(), Atomic::durable(0o644))
+            .map_err(|e| wr(&pub_path, e))?;
         Ok(())
     }
 
@@ -306,8 +308,7 @@ mod tests {
         write_atomic(
             &path,
             b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n",
-            0o600,
-            true,
+            Atomic::durable(0o600).no_replace(),
         )
         .unwrap();
         assert!(matches!(

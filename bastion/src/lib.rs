@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod deploy_cli;
 pub mod keys;
+pub mod progress;
 pub mod release;
 pub mod run_cli;
 

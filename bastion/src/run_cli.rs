@@ -30,6 +30,8 @@ use troupe_command::{ArgValue, Command, Registry, Signer, TargetFilter};
 use troupe_proto::v1::orchestration_client::OrchestrationClient;
 use troupe_proto::v1::{CommandResult, SubmitRequest, SubmitSummary, submit_event};
 
+use crate::progress::Progress;
+
 /// What `troupe run` and `troupe deploy` share: the master, the bastion's
 /// identity and signing key, and which hosts to target.
 #[derive(clap::Args, Debug)]
@@ -227,6 +229,11 @@ pub struct RunArgs {
     /// modules/environments/production/files/troupe/actions.d`.
     #[arg(long, value_name = "MODULE=FILE|DIR")]
     pub module_actions: Vec<String>,
+    /// Print events as they happen, one JSON object a line (NDJSON):
+    /// `{"event":"matched"|"batch"|"result"|"summary",...}`; a result
+    /// carries the action's data (e.g. the facts) as JSON (docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 const RUN_HELP: &str = "\
@@ -258,6 +265,26 @@ pub async fn submit(
     wire: Vec<u8>,
     timeout: Duration,
     dry_run: bool,
+    on_result: impl FnMut(&CommandResult),
+) -> Result<(Vec<String>, SubmitSummary)> {
+    submit_progress(
+        channel,
+        wire,
+        timeout,
+        dry_run,
+        &Progress::default(),
+        on_result,
+    )
+    .await
+}
+
+/// [`submit`], counting answers on `progress` ("answered N/M").
+pub async fn submit_progress(
+    channel: Channel,
+    wire: Vec<u8>,
+    timeout: Duration,
+    dry_run: bool,
+    progress: &Progress,
     mut on_result: impl FnMut(&CommandResult),
 ) -> Result<(Vec<String>, SubmitSummary)> {
     let mut client = OrchestrationClient::new(channel);
@@ -275,8 +302,16 @@ pub async fn submit(
     while let Some(ev) = stream.next().await {
         let ev = ev.map_err(|s| submit_error("stream from the master", &s))?;
         match ev.event {
-            Some(submit_event::Event::Targets(t)) => targets = t.nodes,
-            Some(submit_event::Event::Result(r)) => on_result(&r),
+            Some(submit_event::Event::Targets(t)) => {
+                if !dry_run {
+                    progress.count(t.nodes.len() as u64, "");
+                }
+                targets = t.nodes
+            }
+            Some(submit_event::Event::Result(r)) => {
+                progress.suspend(|| on_result(&r));
+                progress.inc();
+            }
             Some(submit_event::Event::Summary(s)) => return Ok((targets, s)),
             None => {}
         }
@@ -303,7 +338,33 @@ pub(crate) fn sign(
     Ok(cmd.sign(signer)?.to_wire())
 }
 
-fn print_result(out: &mut dyn Write, r: &CommandResult) {
+/// The data a result carries (e.g. `facts`' facts, `package.status`'
+/// version), as JSON; `None` when there is none.
+fn result_data(r: &CommandResult) -> Option<serde_json::Value> {
+    if r.data_json.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_slice(&r.data_json).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&r.data_json).into_owned())
+    }))
+}
+
+/// One result: a line (and the action's data, indented), or with `json` one
+/// NDJSON event.
+fn print_result(out: &mut dyn Write, r: &CommandResult, json: bool) {
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "event": "result", "node": r.node, "status": r.status,
+                "message": r.message, "duration_ms": r.duration_ms,
+                "data": result_data(r),
+            })
+        );
+        let _ = out.flush();
+        return;
+    }
     let _ = writeln!(
         out,
         "{:<30} {:<14} {} ({} ms)",
@@ -312,7 +373,43 @@ fn print_result(out: &mut dyn Write, r: &CommandResult) {
         r.message.trim().replace('\n', " | "),
         r.duration_ms
     );
+    if let Some(data) = result_data(r).filter(|d| !d.is_null()) {
+        let text = serde_json::to_string_pretty(&data).unwrap_or_default();
+        for line in text.lines() {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
     let _ = out.flush();
+}
+
+fn print_matched(
+    out: &mut dyn Write,
+    matched: &[String],
+    offline: &[String],
+    json: bool,
+) -> Result<()> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"event": "matched", "hosts": matched, "not_connected": offline})
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "matched {} host(s): {}",
+        matched.len(),
+        matched.join(" ")
+    )?;
+    if !offline.is_empty() {
+        writeln!(
+            out,
+            "not connected now (no answer expected): {}",
+            offline.join(" ")
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs `troupe run`.
@@ -373,22 +470,27 @@ pub fn run(args: RunArgs) -> Result<u8> {
         if args.dry_run || args.batch.is_some() {
             // Discovery with a ping envelope: never relayed.
             let wire = sign(&mut *signer, "ping", &BTreeMap::new(), target.clone(), 60)?;
-            let (matched, _) = submit(channel.clone(), wire, timeout, true, |_| {}).await?;
-            writeln!(
-                out,
-                "matched {} host(s): {}",
-                matched.len(),
-                matched.join(" ")
-            )?;
+            let (matched, found) = submit(channel.clone(), wire, timeout, true, |_| {}).await?;
+            print_matched(&mut out, &matched, &found.no_answer, args.json)?;
             if args.dry_run {
                 return Ok(if matched.is_empty() { 2 } else { 0 });
             }
             totals.matched = matched.clone();
+            let progress = Progress::new(!args.json);
+            progress.count(matched.len() as u64, &args.action);
             let n = args.batch.unwrap_or(1) as usize;
             let batches: Vec<Vec<String>> = matched.chunks(n).map(<[String]>::to_vec).collect();
             let count = batches.len();
             for (i, hosts) in batches.into_iter().enumerate() {
-                writeln!(out, "batch {}/{}: {}", i + 1, count, hosts.join(" "))?;
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"event": "batch", "batch": i + 1, "of": count, "hosts": hosts})
+                    )?;
+                } else {
+                    writeln!(out, "batch {}/{}: {}", i + 1, count, hosts.join(" "))?;
+                }
                 let mut running = tokio::task::JoinSet::new();
                 for h in &hosts {
                     let t = TargetFilter {
@@ -407,8 +509,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 }
                 while let Some(j) = running.join_next().await {
                     let (host, r, got) = j?;
+                    progress.inc();
                     for g in &got {
-                        print_result(&mut out, g);
+                        progress.suspend(|| print_result(&mut out, g, args.json));
                         if g.status == "ok" {
                             totals.ok.push(g.node.clone());
                         } else {
@@ -418,28 +521,41 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     match r {
                         Ok((_, s)) => totals.no_answer.extend(s.no_answer),
                         Err(e) => {
-                            writeln!(out, "{host:<30} error          {e:#}")?;
+                            if args.json {
+                                writeln!(
+                                    out,
+                                    "{}",
+                                    serde_json::json!({"event": "result", "node": host, "status": "error", "message": format!("{e:#}"), "duration_ms": 0, "data": null})
+                                )?;
+                            } else {
+                                writeln!(out, "{host:<30} error          {e:#}")?;
+                            }
                             totals.not_ok.push(host);
                         }
                     }
                 }
                 let failed = totals.not_ok.len() + totals.no_answer.len();
                 if failed > args.max_failures as usize {
-                    writeln!(
-                        out,
-                        "stopping: {failed} host(s) failed (allowed: {})",
-                        args.max_failures
-                    )?;
+                    if !args.json {
+                        writeln!(
+                            out,
+                            "stopping: {failed} host(s) failed (allowed: {})",
+                            args.max_failures
+                        )?;
+                    }
                     break;
                 }
                 if i + 1 < count && !args.batch_sleep.is_zero() {
                     tokio::time::sleep(args.batch_sleep.into()).await;
                 }
             }
+            progress.finish();
         } else {
             let wire = sign(&mut *signer, &args.action, &cmd_args, target, args.ttl)?;
-            let (matched, summary) = submit(channel, wire, timeout, false, |r| {
-                print_result(&mut std::io::stdout(), r);
+            let json = args.json;
+            let progress = Progress::new(!json);
+            let (matched, summary) = submit_progress(channel, wire, timeout, false, &progress, |r| {
+                print_result(&mut std::io::stdout(), r, json);
                 if r.status == "ok" {
                     totals.ok.push(r.node.clone());
                 } else {
@@ -447,13 +563,33 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 }
             })
             .await?;
+            progress.finish();
             totals.matched = matched;
             totals.no_answer = summary.no_answer;
         }
-        print_summary(&mut out, &totals)?;
+        if args.json {
+            print_summary_json(&mut out, &totals)?;
+        } else {
+            print_summary(&mut out, &totals)?;
+        }
         let all_ok = !totals.matched.is_empty() && totals.ok.len() == totals.matched.len();
         Ok(if all_ok { 0 } else { 2 })
     })
+}
+
+fn print_summary_json(out: &mut dyn Write, t: &Totals) -> Result<()> {
+    let answered: std::collections::BTreeSet<&String> =
+        t.ok.iter().chain(&t.not_ok).chain(&t.no_answer).collect();
+    let not_run: Vec<&String> = t.matched.iter().filter(|h| !answered.contains(h)).collect();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({
+            "event": "summary", "matched": t.matched, "ok": t.ok,
+            "failed": t.not_ok, "no_answer": t.no_answer, "not_run": not_run,
+        })
+    )?;
+    Ok(())
 }
 
 fn print_summary(out: &mut dyn Write, t: &Totals) -> Result<()> {
@@ -471,7 +607,7 @@ fn print_summary(out: &mut dyn Write, t: &Totals) -> Result<()> {
         skipped
     )?;
     if t.matched.is_empty() {
-        writeln!(out, "no connected host matched")?;
+        writeln!(out, "no host matched")?;
     }
     if !t.not_ok.is_empty() {
         writeln!(out, "failed: {}", t.not_ok.join(" "))?;

@@ -207,18 +207,15 @@ impl TargetFilter {
     ) -> Result<Self, EnvelopeError> {
         let mut facts = BTreeMap::new();
         for w in wheres {
-            let (k, v) = w.split_once('=').ok_or_else(|| {
-                field(
-                    "target.facts",
-                    format!("--where {:?}: expected FACT=VALUE", clip(w)),
-                )
-            })?;
-            if facts.insert(k.to_string(), v.to_string()).is_some() {
+            let m: troupe_base::facts::FactMatch =
+                w.parse().map_err(|e: String| field("target.facts", e))?;
+            if facts.contains_key(&m.name) {
                 return Err(field(
                     "target.facts",
-                    format!("fact {} given twice", clip(k)),
+                    format!("fact {} given twice", clip(&m.name)),
                 ));
             }
+            facts.insert(m.name, m.value);
         }
         let t = Self {
             facts,
@@ -660,18 +657,7 @@ pub fn is_arg_name(s: &str) -> bool {
     !s.contains('.') && is_action_name(s)
 }
 
-/// Fact names: `[A-Za-z0-9_.:-]`, 1..=128 bytes (flattened: `os.family`).
-pub fn is_fact_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-}
-
-/// Fact values: at most 256 bytes, no control characters.
-pub fn is_fact_value(s: &str) -> bool {
-    s.len() <= 256 && !s.chars().any(char::is_control)
-}
+pub use troupe_base::facts::{is_fact_name, is_fact_value};
 
 /// Role names: `[A-Za-z0-9_.:-]`, 1..=128 bytes (`web`, `role::db`).
 pub fn is_role_name(s: &str) -> bool {

@@ -72,7 +72,7 @@ impl std::fmt::Debug for ReplayCache {
 impl ReplayCache {
     /// Opens (or creates) the cache file.
     pub fn open(path: &Path) -> Result<Self, ReplayStoreError> {
-        let db = Database::create(path).map_err(err("open"))?;
+        let db = troupe_base::redb_file::create_db(path).map_err(err("open"))?;
         let tx = db.begin_write().map_err(err("open"))?;
         tx.open_table(IDS).map_err(err("open"))?;
         tx.open_table(BY_EXPIRY).map_err(err("open"))?;

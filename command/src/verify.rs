@@ -190,47 +190,7 @@ impl HostContext {
     /// are, numbers and booleans in their JSON form, array items as `a.0`,
     /// `a.1`; nulls and entries with invalid names or values are left out.
     pub fn flatten_facts(facts: &serde_json::Value) -> BTreeMap<String, String> {
-        fn walk(
-            prefix: &str,
-            v: &serde_json::Value,
-            out: &mut BTreeMap<String, String>,
-            depth: usize,
-        ) {
-            if depth > 16 || out.len() >= 10_000 {
-                return;
-            }
-            let mut put = |text: String| {
-                if crate::envelope::is_fact_name(prefix) && crate::envelope::is_fact_value(&text) {
-                    out.insert(prefix.to_string(), text);
-                }
-            };
-            match v {
-                serde_json::Value::Null => {}
-                serde_json::Value::Bool(b) => put(b.to_string()),
-                serde_json::Value::Number(n) => put(n.to_string()),
-                serde_json::Value::String(s) => put(s.clone()),
-                serde_json::Value::Array(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        walk(&join(prefix, &i.to_string()), item, out, depth + 1);
-                    }
-                }
-                serde_json::Value::Object(map) => {
-                    for (k, item) in map {
-                        walk(&join(prefix, k), item, out, depth + 1);
-                    }
-                }
-            }
-        }
-        fn join(prefix: &str, k: &str) -> String {
-            if prefix.is_empty() {
-                k.to_string()
-            } else {
-                format!("{prefix}.{k}")
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk("", facts, &mut out, 0);
-        out
+        troupe_base::facts::flatten(facts)
     }
 }
 

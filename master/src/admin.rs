@@ -17,6 +17,7 @@
 //! {"op":"revoke","host":"web1"}  {"op":"clean","host":"web1"}
 //! {"op":"nodes","where":["os.family=Debian"],"role":"web"}
 //! {"op":"report","host":"web1","run":null}   {"op":"facts","host":"web1"}
+//! {"op":"report-list","host":"web1"}
 //! {"op":"env-status"}            {"op":"env-promote","env":"production"}
 //! ```
 //!
@@ -83,6 +84,9 @@ pub enum AdminRequest {
     Facts {
         host: String,
     },
+    ReportList {
+        host: String,
+    },
     EnvStatus,
     EnvPromote {
         env: String,
@@ -98,6 +102,7 @@ impl AdminRequest {
             AdminRequest::Nodes { .. }
                 | AdminRequest::Report { .. }
                 | AdminRequest::Facts { .. }
+                | AdminRequest::ReportList { .. }
                 | AdminRequest::EnvStatus
                 | AdminRequest::EnvPromote { .. }
         )
@@ -200,6 +205,13 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
                 run.as_deref().map(|r| format!(" {r}")).unwrap_or_default()
             ),
         },
+        AdminRequest::ReportList { host } => {
+            let runs = state.store.runs(host)?;
+            if runs.is_empty() {
+                anyhow::bail!("no report for {host}");
+            }
+            Ok(json!({"host": host, "runs": runs}))
+        }
         AdminRequest::Facts { host } => {
             crate::catalog_service::flush_checkins(state);
             match state.store.facts(host)? {

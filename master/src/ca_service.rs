@@ -149,7 +149,7 @@ impl Ca for CaService {
         &self,
         req: Request<RenewRequest>,
     ) -> Result<Response<CertificateStatus>, Status> {
-        let peer = peer_identity(&self.state, &req)?;
+        let peer = peer_identity(&self.state.ca, &req)?;
         let src = source(&req);
         let r = req.into_inner();
         let ca = self.state.ca.clone();

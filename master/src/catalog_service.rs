@@ -15,11 +15,9 @@
 use crate::state::MasterState;
 use crate::tls::peer_identity;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
-use troupe_catalog::Catalog;
 use troupe_catalog::report::Report;
 use troupe_proto::v1::catalog_server::{Catalog as CatalogRpc, CatalogServer};
 use troupe_proto::v1::reports_server::{Reports, ReportsServer};
@@ -40,57 +38,9 @@ pub const CACHE_ENTRIES: usize = 100_000;
 /// How long one compile may take before the request fails.
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A compiled catalog, ready to serve.
-pub struct Compiled {
-    pub hash: String,
-    pub json: Vec<u8>,
-    pub catalog: Catalog,
-    pub role: String,
-}
-
-/// What a cached catalog was compiled from; it is reused only when all of
-/// it matches.
-#[derive(Clone, PartialEq, Eq)]
-struct CacheKey {
-    facts: [u8; 32],
-    environment: String,
-    generation: u64,
-}
-
-/// A check-in waiting to be written.
-pub struct Checkin {
-    pub node: String,
-    pub facts: serde_json::Value,
-    pub environment: String,
-    pub role: String,
-    pub catalog_hash: String,
-    pub at: u64,
-}
-
-/// In-memory serving state: compiled catalogs, what each node was last
-/// served, check-ins not yet written.
-#[derive(Default)]
-pub struct CatalogCache {
-    /// Per node: the latest compiled catalog and what it was compiled from.
-    compiled: Mutex<HashMap<String, (CacheKey, Arc<Compiled>)>>,
-    served: Mutex<HashMap<String, Arc<Compiled>>>,
-    checkins: Mutex<HashMap<String, Checkin>>,
-}
-
-impl CatalogCache {
-    /// Takes the check-ins recorded since the last call.
-    pub fn drain_checkins(&self) -> Vec<Checkin> {
-        let mut g = lock(&self.checkins);
-        g.drain().map(|(_, c)| c).collect()
-    }
-    fn served(&self, node: &str) -> Option<Arc<Compiled>> {
-        lock(&self.served).get(node).cloned()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::catalog_cache::{CacheKey, lock};
+pub use crate::catalog_cache::{CatalogCache, Compiled};
+pub use crate::store::Checkin;
 
 /// Writes pending check-ins to the store (one transaction).
 pub fn flush_checkins(state: &MasterState) {
@@ -236,7 +186,7 @@ impl CatalogRpc for CatalogService {
     ) -> Result<Response<CatalogReply>, Status> {
         let st = &self.state;
         let result = async {
-            let peer = peer_identity(st, &req)?;
+            let peer = peer_identity(&st.ca, &req)?;
             let body = req.into_inner();
             let facts: serde_json::Value = serde_json::from_slice(&body.facts_json)
                 .map_err(|e| Status::invalid_argument(format!("facts are not valid JSON: {e}")))?;
@@ -296,7 +246,7 @@ impl CatalogRpc for CatalogService {
     ) -> Result<Response<ContentReply>, Status> {
         let st = &self.state;
         let result = async {
-            let peer = peer_identity(st, &req)?;
+            let peer = peer_identity(&st.ca, &req)?;
             let hash = req.into_inner().sha256;
             let Some(served) = st.catalogs.served(&peer.name) else {
                 return Err(Status::failed_precondition(
@@ -334,7 +284,7 @@ impl Reports for CatalogService {
     ) -> Result<Response<ReportReply>, Status> {
         let st = self.state.clone();
         let result = async {
-            let peer = peer_identity(&st, &req)?;
+            let peer = peer_identity(&st.ca, &req)?;
             let body = req.into_inner().report_json;
             let report: Report = serde_json::from_slice(&body)
                 .map_err(|e| Status::invalid_argument(format!("report is not valid: {e}")))?;

@@ -208,8 +208,12 @@ impl CodeManager {
         let Some(live) = g.live.clone() else {
             anyhow::bail!("no module tree is loaded");
         };
-        let version = staged.code_version().to_owned();
-        g.live = Some(Arc::new(live.with_environment(staged)));
+        let tree = live.with_environment(staged);
+        // The identity catalogs carry and `env status` shows: site + env.
+        let version = tree
+            .env_code_version(env)
+            .context("the promoted environment vanished")?;
+        g.live = Some(Arc::new(tree));
         g.generation += 1;
         Ok(version)
     }
@@ -228,11 +232,15 @@ impl CodeManager {
                         .collect()
                 })
                 .unwrap_or_default(),
-            staged: g
-                .staged
-                .iter()
-                .map(|(k, v)| (k.clone(), v.code_version().to_owned()))
-                .collect(),
+            // The version it will serve once promoted, as catalogs carry it.
+            staged: match &g.live {
+                Some(t) => g
+                    .staged
+                    .iter()
+                    .map(|(k, v)| (k.clone(), t.code_version_with(v)))
+                    .collect(),
+                None => BTreeMap::new(),
+            },
             hold: self.hold.iter().cloned().collect(),
             last_error: g.last_error.clone(),
             generation: g.generation,
@@ -283,6 +291,17 @@ mod tests {
             .unwrap();
         let body = cat.contents.values().next().unwrap().bytes().unwrap();
         String::from_utf8(body).unwrap()
+    }
+
+    fn catalog_version(m: &CodeManager, env: &str) -> String {
+        let opts = troupe_compiler::CompileOptions {
+            environment: Some(env.into()),
+            ..Default::default()
+        };
+        let t = m.current().unwrap();
+        t.compile("web1.example.com", &serde_json::json!({}), &opts)
+            .unwrap()
+            .code_version
     }
 
     // mtime granularity: make sure a rewrite changes the fingerprint even
@@ -343,8 +362,14 @@ mod tests {
         let st = m.status();
         assert!(st.staged.contains_key("production"));
         assert!(m.promote("development").is_err());
-        m.promote("production").unwrap();
+        let promoted = m.promote("production").unwrap();
         assert_eq!(motd(&m, "production"), "prod v2\n");
+        // One identity for a code generation (issue 16 item 4): what was
+        // staged, what promote printed, what status serves and what the
+        // catalogs carry are the same string.
+        assert_eq!(st.staged["production"], promoted);
+        assert_eq!(m.status().environments["production"], promoted);
+        assert_eq!(catalog_version(&m, "production"), promoted);
         assert!(m.status().staged.is_empty());
         let again = m.promote("production").unwrap_err().to_string();
         assert!(again.contains("nothing is staged"), "{again}");

@@ -22,9 +22,22 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use troupe_pki::{Authority, CaPolicy, util};
 
-/// Options of `troupe master`.
+/// Options of `troupe master`. Every one also has a key in the
+/// configuration file (see [`crate::config`]).
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Configuration file (default /etc/troupe/master.toml; a missing
+    /// default file means defaults). Precedence: flag > environment
+    /// (TROUPE_KEY) > file > default.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (every key, its value and where it
+    /// came from: flag, env, file or default) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// With --print-config: as JSON.
+    #[arg(long, requires = "print_config")]
+    pub json: bool,
     /// Data directory: CA, certificates, state database, admin socket.
     /// Created (mode 0700) if missing. The client commands (`troupe ca`,
     /// `nodes`, ...) use the same default.

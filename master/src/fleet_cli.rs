@@ -4,9 +4,11 @@
 
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::ca_cli::DataArg;
-use crate::store::{FactFilter, NodeRecord};
+use crate::store::{FactFilter, NodeRecord, RunEntry};
 use anyhow::{Result, bail};
 use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::Path;
 use troupe_catalog::report::{Report, Status};
 
@@ -27,14 +29,20 @@ pub struct NodesArgs {
     pub data: DataArg,
 }
 
-/// `troupe report HOST [RUN]`: one run report, the latest by default.
+/// `troupe report HOST [RUN]`: one run report, the latest by default;
+/// `troupe report HOST --list`: the node's run history.
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
     /// The node's certificate name, as `troupe nodes` lists it.
     pub host: String,
-    /// Run id (from `troupe nodes` or the agent's output).
+    /// Run id (from `troupe nodes`, `--list` or the agent's output).
+    #[arg(conflicts_with = "list")]
     pub run: Option<String>,
-    /// Print the report as JSON.
+    /// List the node's stored runs, oldest first: run id, start time,
+    /// status, changed/failed/skipped, catalog hash, from cache.
+    #[arg(long)]
+    pub list: bool,
+    /// Print the report (or with --list the runs) as JSON.
     #[arg(long)]
     pub json: bool,
     /// Also list unchanged resources.
@@ -49,6 +57,10 @@ pub struct ReportArgs {
 pub struct FactsArgs {
     /// The node's certificate name, as `troupe nodes` lists it.
     pub host: String,
+    /// Print JSON (the facts are always printed as one JSON object; the
+    /// flag is accepted like on every other command).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub data: DataArg,
 }
@@ -116,11 +128,7 @@ pub fn nodes(args: NodesArgs) -> Result<u8> {
     let v = ask(
         &args.data.data,
         AdminRequest::Nodes {
-            r#where: args
-                .filters
-                .iter()
-                .map(|f| format!("{}={}", f.path, f.value))
-                .collect(),
+            r#where: args.filters.iter().map(|f| f.to_string()).collect(),
             role: args.role.clone(),
         },
     )?;
@@ -128,43 +136,70 @@ pub fn nodes(args: NodesArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&v["nodes"])?);
         return Ok(0);
     }
+    let filtered = !args.filters.is_empty() || args.role.is_some();
+    write_nodes(&v, filtered, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// The `troupe nodes` table from the master's answer. Failed and skipped
+/// resources are separate columns: a skipped resource did not fail, it
+/// was not tried because something it needs failed.
+pub fn write_nodes(v: &serde_json::Value, filtered: bool, out: &mut dyn Write) -> Result<()> {
     let now = v["now"].as_u64().unwrap_or(0);
     let rows: Vec<NodeRow> = serde_json::from_value(v["nodes"].clone())?;
     if rows.is_empty() {
-        if args.filters.is_empty() && args.role.is_none() {
-            println!("(no nodes: none has checked in yet)");
+        if filtered {
+            writeln!(out, "(no node matches --where/--role)")?;
         } else {
-            println!("(no node matches --where/--role)");
+            writeln!(out, "(no nodes: none has checked in yet)")?;
         }
-        return Ok(0);
+        return Ok(());
     }
-    println!(
-        "{:<32} {:<12} {:<10} {:<12} {:<8} {:>7} {:>6} {:<6} LAST RUN",
-        "NODE", "ENVIRONMENT", "ROLE", "CHECK-IN", "STATUS", "CHANGED", "FAILED", "CACHED"
-    );
+    writeln!(
+        out,
+        "{:<32} {:<12} {:<10} {:<12} {:<8} {:>7} {:>6} {:>7} {:<6} LAST RUN",
+        "NODE",
+        "ENVIRONMENT",
+        "ROLE",
+        "CHECK-IN",
+        "STATUS",
+        "CHANGED",
+        "FAILED",
+        "SKIPPED",
+        "CACHED"
+    )?;
     for r in rows {
         let n = &r.node;
-        let (status, changed, failed, cached, run) = match &n.last_report {
+        let (status, changed, failed, skipped, cached, run) = match &n.last_report {
             Some(l) => (
                 l.status().to_owned(),
                 l.changed.to_string(),
-                (l.failed + l.skipped).to_string(),
+                l.failed.to_string(),
+                l.skipped.to_string(),
                 if l.from_cache { "yes" } else { "no" },
                 l.run_id.clone(),
             ),
-            None => ("-".into(), "-".into(), "-".into(), "-", "-".into()),
+            None => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-",
+                "-".into(),
+            ),
         };
         let checkin = if r.stale {
             format!("{} STALE", ago(now, n.last_checkin))
         } else {
             ago(now, n.last_checkin)
         };
-        println!(
-            "{:<32} {:<12} {:<10} {:<12} {:<8} {:>7} {:>6} {:<6} {}",
-            n.name, n.environment, n.role, checkin, status, changed, failed, cached, run
-        );
+        writeln!(
+            out,
+            "{:<32} {:<12} {:<10} {:<12} {:<8} {:>7} {:>6} {:>7} {:<6} {}",
+            n.name, n.environment, n.role, checkin, status, changed, failed, skipped, cached, run
+        )?;
     }
-    Ok(0)
+    Ok(())
 }
 
 /// Points at `troupe nodes` when the master knows nothing of a node.
@@ -178,6 +213,9 @@ fn unknown_node_hint(error: anyhow::Error) -> anyhow::Error {
 }
 
 pub fn report(args: ReportArgs) -> Result<u8> {
+    if args.list {
+        return report_list(&args);
+    }
     let v = ask(
         &args.data.data,
         AdminRequest::Report {
@@ -191,9 +229,113 @@ pub fn report(args: ReportArgs) -> Result<u8> {
         return Ok(0);
     }
     let r: Report = serde_json::from_value(v["report"].clone())?;
+    write_report(&r, args.all, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// `troupe report HOST --list`.
+fn report_list(args: &ReportArgs) -> Result<u8> {
+    let v = ask(
+        &args.data.data,
+        AdminRequest::ReportList {
+            host: args.host.clone(),
+        },
+    )
+    .map_err(unknown_node_hint)?;
+    let runs: Vec<RunEntry> = serde_json::from_value(v["runs"].clone())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?;
+    } else {
+        write_runs(&runs, &mut out)?;
+    }
+    Ok(0)
+}
+
+/// The run history table, oldest first.
+pub fn write_runs(runs: &[RunEntry], out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "{:<36} {:<25} {:<8} {:>7} {:>6} {:>7} {:<6} CATALOG",
+        "RUN", "STARTED", "STATUS", "CHANGED", "FAILED", "SKIPPED", "CACHED"
+    )?;
+    for r in runs {
+        writeln!(
+            out,
+            "{:<36} {:<25} {:<8} {:>7} {:>6} {:>7} {:<6} {}",
+            r.run_id,
+            r.started,
+            r.status,
+            r.changed,
+            r.failed,
+            r.skipped,
+            if r.from_cache { "yes" } else { "no" },
+            r.catalog_hash
+        )?;
+    }
+    Ok(())
+}
+
+/// The resource a skip goes back to: following "skipped: X was skipped"
+/// events to the resources that failed (or the skip's own reason).
+fn skip_causes(r: &Report) -> BTreeMap<String, Vec<String>> {
+    let by_id: BTreeMap<&str, &troupe_catalog::report::ResourceReport> =
+        r.resources.iter().map(|x| (x.id.0.as_str(), x)).collect();
+    // For each skipped resource, its root causes.
+    let mut causes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for res in r.resources.iter().filter(|x| x.status == Status::Skipped) {
+        let mut roots = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&troupe_catalog::report::ResourceReport> = vec![res];
+        while let Some(cur) = todo.pop() {
+            if !seen.insert(cur.id.0.as_str()) {
+                continue;
+            }
+            let mut followed = false;
+            for e in &cur.events {
+                let Some(rest) = e.strip_prefix("skipped: ") else {
+                    continue;
+                };
+                let id = rest
+                    .strip_suffix(" was skipped")
+                    .or_else(|| rest.strip_suffix(" failed"));
+                match id.and_then(|i| by_id.get(i)) {
+                    Some(up) if up.status == Status::Skipped => {
+                        todo.push(up);
+                        followed = true;
+                    }
+                    Some(up) => {
+                        roots.insert(format!("{} failed", up.id));
+                        followed = true;
+                    }
+                    None => {
+                        roots.insert(rest.to_owned());
+                        followed = true;
+                    }
+                }
+            }
+            if !followed && cur.id != res.id {
+                roots.insert(format!("{} was skipped", cur.id));
+            }
+        }
+        if roots.is_empty() {
+            roots.insert("no reason recorded".into());
+        }
+        for root in roots {
+            causes.entry(root).or_default().push(res.id.0.clone());
+        }
+    }
+    causes
+}
+
+/// A run report for a person: counts, then every resource that changed or
+/// failed with its events; skipped resources grouped under the failure
+/// that caused them, said once.
+pub fn write_report(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
     let (unchanged, changed, failed, skipped) = r.counts();
-    println!("run {} on {} ({})", r.run_id, r.node, r.started);
-    println!(
+    writeln!(out, "run {} on {} ({})", r.run_id, r.node, r.started)?;
+    writeln!(
+        out,
         "catalog {} from {} (environment {}, code {}){}",
         r.catalog_hash,
         if r.from_cache {
@@ -204,36 +346,45 @@ pub fn report(args: ReportArgs) -> Result<u8> {
         r.environment,
         r.code_version,
         if r.noop { ", noop" } else { "" }
-    );
+    )?;
     if !r.tags.is_empty() {
-        println!("partial run: only resources tagged {}", r.tags.join(", "));
+        writeln!(
+            out,
+            "partial run: only resources tagged {}",
+            r.tags.join(", ")
+        )?;
     }
     let pending = match r.noop_pending() {
         0 => String::new(),
         n => format!(", {n} would change (noop)"),
     };
-    println!(
+    writeln!(
+        out,
         "{} resources: {changed} changed{pending}, {failed} failed, {skipped} skipped, {unchanged} unchanged in {} ms",
         r.resources.len(),
         r.duration_ms
-    );
+    )?;
     for res in &r.resources {
-        if res.status == Status::Unchanged && !args.all {
-            continue;
-        }
         let tag = match res.status {
+            Status::Unchanged if !all => continue,
+            Status::Skipped => continue,
             Status::Unchanged => "unchanged",
             Status::Changed => "changed",
             Status::Failed => "FAILED",
-            Status::Skipped => "skipped",
             Status::Noop => "would change (noop)",
         };
-        println!("  {tag:<9} {}", res.id);
+        writeln!(out, "  {tag:<9} {}", res.id)?;
         for e in &res.events {
-            println!("            {e}");
+            writeln!(out, "            {e}")?;
         }
     }
-    Ok(0)
+    for (cause, ids) in skip_causes(r) {
+        writeln!(out, "  skipped   {} because {cause}:", ids.len())?;
+        for id in ids {
+            writeln!(out, "            {id}")?;
+        }
+    }
+    Ok(())
 }
 
 pub fn facts(args: FactsArgs) -> Result<u8> {
@@ -290,5 +441,155 @@ pub fn env(cmd: EnvCmd) -> Result<u8> {
             );
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_catalog::ResourceId;
+    use troupe_catalog::report::ResourceReport;
+
+    fn res(id: &str, status: Status, events: &[&str]) -> ResourceReport {
+        ResourceReport {
+            id: ResourceId(id.into()),
+            status,
+            events: events.iter().map(|e| e.to_string()).collect(),
+            diff: None,
+            refreshed: false,
+            duration_ms: 0,
+        }
+    }
+
+    /// One failure and three resources skipped behind it, in a chain.
+    fn chain_report() -> Report {
+        Report {
+            run_id: "r1".into(),
+            node: "web1.example.com".into(),
+            started: "2026-12-06T18:00:00Z".into(),
+            duration_ms: 5,
+            noop: false,
+            catalog_hash: "sha256:abc".into(),
+            environment: "production".into(),
+            code_version: "v1".into(),
+            from_cache: false,
+            tags: vec![],
+            resources: vec![
+                res("package[nginx]", Status::Failed, &["apt-get failed"]),
+                res(
+                    "file[/etc/nginx/nginx.conf]",
+                    Status::Skipped,
+                    &["skipped: package[nginx] failed"],
+                ),
+                res(
+                    "service[nginx]",
+                    Status::Skipped,
+                    &["skipped: file[/etc/nginx/nginx.conf] was skipped"],
+                ),
+                res(
+                    "exec[reload]",
+                    Status::Skipped,
+                    &["skipped: service[nginx] was skipped"],
+                ),
+                res("file[/etc/motd]", Status::Changed, &["content changed"]),
+            ],
+        }
+    }
+
+    /// Issue 16 item 5: failed and skipped are counted apart.
+    #[test]
+    fn nodes_shows_failed_and_skipped_apart() {
+        let rep = chain_report();
+        let node = NodeRecord {
+            name: "web1.example.com".into(),
+            last_checkin: 100,
+            environment: "production".into(),
+            role: "web".into(),
+            catalog_hash: "sha256:abc".into(),
+            last_report: Some(crate::store::ReportSummary {
+                run_id: rep.run_id.clone(),
+                started: rep.started.clone(),
+                received: 100,
+                changed: 1,
+                failed: 1,
+                skipped: 3,
+                noop: false,
+                from_cache: false,
+                duration_ms: 5,
+                exit_code: 6,
+            }),
+            report_seq: 1,
+        };
+        let v = serde_json::json!({"now": 110, "nodes": [{"node": node, "stale": false}]});
+        let mut out = Vec::new();
+        write_nodes(&v, false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+        // CHECK-IN is "10s ago": two words in the row, one in the header.
+        let at = |name: &str| row[col(name) + 1];
+        assert_eq!(at("FAILED"), "1", "{text}");
+        assert_eq!(at("SKIPPED"), "3", "{text}");
+        assert_eq!(at("CHANGED"), "1", "{text}");
+    }
+
+    /// Issue 16 item 5: a skipped resource's cause is said once, naming the
+    /// failure, not once per descendant.
+    #[test]
+    fn report_says_a_skip_cause_once() {
+        let mut out = Vec::new();
+        write_report(&chain_report(), false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("1 changed, 1 failed, 3 skipped, 0 unchanged"),
+            "{text}"
+        );
+        assert_eq!(text.matches("package[nginx] failed").count(), 1, "{text}");
+        assert!(
+            text.contains("skipped   3 because package[nginx] failed:"),
+            "{text}"
+        );
+        assert!(!text.contains("was skipped"), "{text}");
+        for id in [
+            "file[/etc/nginx/nginx.conf]",
+            "service[nginx]",
+            "exec[reload]",
+        ] {
+            assert_eq!(text.matches(id).count(), 1, "{id}: {text}");
+        }
+    }
+
+    #[test]
+    fn run_history_lists_every_run() {
+        let a = chain_report();
+        let mut b = chain_report();
+        b.run_id = "r2".into();
+        b.from_cache = true;
+        let runs: Vec<RunEntry> = [&a, &b].into_iter().map(RunEntry::of).collect();
+        let mut out = Vec::new();
+        write_runs(&runs, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("RUN "));
+        assert!(lines[1].starts_with("r1 "), "{text}");
+        assert!(lines[2].contains(" yes "), "{text}");
+        let j = serde_json::to_value(&runs[0]).unwrap();
+        for k in [
+            "run_id",
+            "started",
+            "status",
+            "changed",
+            "failed",
+            "skipped",
+            "catalog_hash",
+            "from_cache",
+        ] {
+            assert!(j.get(k).is_some(), "{k} missing: {j}");
+        }
+        assert_eq!(j["status"], "failed");
+        assert_eq!(j["skipped"], 3);
     }
 }

@@ -1,6 +1,6 @@
 //! `troupe`: the master daemon and the operator / bastion command line.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Troupe: configuration management and signed orchestration.
@@ -59,11 +59,21 @@ enum Cmd {
     Key(troupe_bastion::cli::KeyArgs),
     /// Audit-log tools: verify a hash-chained log.
     Audit(troupe_bastion::cli::AuditArgs),
+    /// The master's trusted command signers (DATA/signers.toml): add, list,
+    /// remove; a change applies to the next command.
+    #[command(subcommand)]
+    Signers(troupe_master::signers_cli::SignersCmd),
     /// Run a signed command on the matching hosts (from the bastion).
     Run(troupe_bastion::run_cli::RunArgs),
     /// Roll a release (RELEASE.toml) out host by host or batch by batch,
     /// stopping at the first failure.
     Deploy(troupe_bastion::deploy_cli::DeployArgs),
+    /// Write shell completions and man pages into DIR (for packaging).
+    #[command(hide = true)]
+    PackageAssets {
+        /// Output directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Exit status of a command line that does not parse (sysexits' EX_USAGE),
@@ -104,7 +114,10 @@ fn log_filter(arg: Option<String>) -> String {
 
 fn main() -> ExitCode {
     troupe_pki::tls::install_crypto_provider();
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed.
@@ -114,7 +127,18 @@ fn main() -> ExitCode {
     };
     troupe_master::logging::init(&log_filter(cli.log), cli.log_json);
     let result = match cli.cmd {
-        Cmd::Master(args) => troupe_master::daemon::run(args),
+        Cmd::Master(args) => {
+            let m = matches
+                .subcommand_matches("master")
+                .expect("the master subcommand's matches");
+            troupe_master::config::resolve(args, m).and_then(|(args, file)| {
+                if args.print_config {
+                    print!("{}", troupe_master::config::print(&file, args.json));
+                    return Ok(0);
+                }
+                troupe_master::daemon::run(args)
+            })
+        }
         Cmd::Ca(cmd) => troupe_master::ca_cli::run(cmd),
         Cmd::Nodes(args) => troupe_master::fleet_cli::nodes(args),
         Cmd::Report(args) => troupe_master::fleet_cli::report(args),
@@ -125,7 +149,9 @@ fn main() -> ExitCode {
         Cmd::Secret(cmd) => troupe_compiler::cli::secret(cmd),
         Cmd::Key(args) => troupe_bastion::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
         Cmd::Run(args) => troupe_bastion::run_cli::run(args),
+        Cmd::Signers(cmd) => troupe_master::signers_cli::run(cmd),
         Cmd::Deploy(args) => troupe_bastion::deploy_cli::run(args),
+        Cmd::PackageAssets { dir } => package_assets(&dir),
         Cmd::Audit(args) => {
             troupe_bastion::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
         }
@@ -137,4 +163,26 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `package-assets DIR` (hidden; scripts/package.sh runs it): shell
+/// completions (bash, zsh, fish) in DIR/completions and a man page for the
+/// command and every subcommand in DIR/man.
+fn package_assets(out: &std::path::Path) -> anyhow::Result<u8> {
+    use clap_complete::Shell;
+    // No `help` subcommand pages: every page has --help's text already.
+    fn no_help(cmd: clap::Command) -> clap::Command {
+        cmd.disable_help_subcommand(true).mut_subcommands(no_help)
+    }
+    let mut cmd = no_help(Cli::command());
+    cmd.build();
+    let name = cmd.get_name().to_owned();
+    let (man, comp) = (out.join("man"), out.join("completions"));
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&comp)?;
+    for sh in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(sh, &mut cmd, &name, &comp)?;
+    }
+    clap_mangen::generate_to(cmd, &man)?;
+    Ok(0)
 }

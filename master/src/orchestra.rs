@@ -14,11 +14,16 @@
 //!   missing or empty = every command refused). This is defence in depth:
 //!   each agent verifies again (signature, time window, replay, whitelist,
 //!   arguments, policy) and is the real gate. The master then resolves the
-//!   target filter against the connected agents (name glob, role and facts
-//!   from their hello; `limit` keeps the first N names in sorted order),
-//!   relays the envelope to each, and streams back the targets, each
-//!   result as it arrives, and a summary naming who did not answer within
-//!   the timeout.
+//!   target filter against every host it knows (certificate valid and
+//!   checked in: the role its classification gave it, its last facts and
+//!   environment) and every connected agent (hello facts fill in; the
+//!   hello role only for a host the master has not classified); `limit`
+//!   keeps the first N names in sorted order. It relays the envelope to
+//!   each matched host that is connected, and streams back the targets,
+//!   each result as it arrives, and a summary naming who did not answer
+//!   within the timeout, matched hosts that are not connected included (as
+//!   Choria's discovery does: never "1 matched, 1 ok" while a matching host
+//!   is down).
 //! - **Replays**: each envelope id is relayed once: ids are remembered in
 //!   `DATA/orchestration-relayed.redb` (durable, so also across restarts)
 //!   until the command expires plus the agents' largest clock-skew
@@ -78,6 +83,75 @@ const MAX_HELLO_FACTS: usize = 256 * 1024;
 const MAX_RESULT_DATA: usize = 1024 * 1024;
 /// Largest gRPC message of this service.
 const MAX_MESSAGE: usize = 2 * 1024 * 1024;
+
+/// What the master knows of a host from its check-ins: the role its
+/// classification gave it, its environment and its last facts (flattened).
+#[derive(Debug, Clone, Default)]
+pub struct KnownNode {
+    pub role: String,
+    pub environment: String,
+    pub facts: BTreeMap<String, String>,
+}
+
+/// Every host with a valid certificate that has checked in, as targeting
+/// sees it. Hosts whose certificate was revoked (or cleaned) are left out.
+/// An error fails the submission: targeting without the master's knowledge
+/// would silently leave hosts out.
+pub fn known_nodes(state: &MasterState) -> Result<BTreeMap<String, KnownNode>, String> {
+    crate::catalog_service::flush_checkins(state);
+    let signed: BTreeSet<String> = state
+        .ca
+        .list(troupe_pki::ListFilter::Default)
+        .map_err(|e| format!("cannot list certificates for targeting: {e}"))?
+        .into_iter()
+        .filter(|e| e.state == "signed")
+        .map(|e| e.host)
+        .collect();
+    let nodes = state
+        .store
+        .nodes()
+        .map_err(|e| format!("cannot read the node store for targeting: {e:#}"))?;
+    let mut out = BTreeMap::new();
+    for n in nodes.into_iter().filter(|n| signed.contains(&n.name)) {
+        let facts = state
+            .store
+            .facts(&n.name)
+            .map_err(|e| format!("cannot read the facts of {} for targeting: {e:#}", n.name))?
+            .map(|f| troupe_command::verify::HostContext::flatten_facts(&f))
+            .unwrap_or_default();
+        let k = KnownNode {
+            role: n.role,
+            environment: n.environment,
+            facts,
+        };
+        out.insert(n.name, k);
+    }
+    Ok(out)
+}
+
+/// The role and facts a target filter is matched against: what the master
+/// knows (classification role, last facts, environment), with what a
+/// connected agent said in its hello filling in (its facts are fresher; its
+/// role only when the master has none, e.g. a host that never checked in).
+fn target_view(
+    known: Option<&KnownNode>,
+    conn: Option<&AgentConn>,
+) -> (Option<String>, BTreeMap<String, String>) {
+    let mut facts = known.map(|k| k.facts.clone()).unwrap_or_default();
+    if let Some(k) = known
+        && !k.environment.is_empty()
+    {
+        facts.insert("environment".into(), k.environment.clone());
+    }
+    if let Some(c) = conn {
+        facts.extend(c.facts.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let role = known
+        .map(|k| k.role.clone())
+        .filter(|r| !r.is_empty())
+        .or_else(|| conn.and_then(|c| c.role.clone()));
+    (role, facts)
+}
 
 /// One connected agent.
 struct AgentConn {
@@ -280,13 +354,21 @@ impl Orchestra {
         Ok(sc)
     }
 
-    /// Connected agents matching the command's target filter, sorted, at
-    /// most `limit`.
+    /// Every host matching the command's target filter, sorted, at most
+    /// `limit`: the hosts the master knows (`known`: classification role
+    /// and last facts) and the connected agents. Returns the matched names,
+    /// and the connected ones with their streams; a matched host that is
+    /// not connected is one that will not answer.
+    #[allow(clippy::type_complexity)]
     fn resolve(
         &self,
         sc: &SignedCommand,
+        known: &BTreeMap<String, KnownNode>,
         ca: &troupe_pki::authority::Authority,
-    ) -> Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)> {
+    ) -> (
+        Vec<String>,
+        Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)>,
+    ) {
         let t = &sc.command().target;
         let mut agents = lock(&self.agents);
         // Identity is re-checked before every relayed command: a host whose
@@ -302,16 +384,23 @@ impl Orchestra {
                 cut(&n, &a);
             }
         }
-        let mut v: Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)> = agents
-            .iter()
-            .filter(|(name, a)| t.matches(name, a.role.as_deref(), &a.facts))
-            .map(|(n, a)| (n.clone(), a.tx.clone()))
+        let names: BTreeSet<&String> = known.keys().chain(agents.keys()).collect();
+        let mut matched: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                let (role, facts) = target_view(known.get(*name), agents.get(*name));
+                t.matches(name, role.as_deref(), &facts)
+            })
+            .cloned()
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(l) = t.limit {
-            v.truncate(l as usize);
+            matched.truncate(l as usize);
         }
-        v
+        let connected = matched
+            .iter()
+            .filter_map(|n| agents.get(n).map(|a| (n.clone(), a.tx.clone())))
+            .collect();
+        (matched, connected)
     }
 
     /// Remembers a submitted command id on disk until it expires (plus
@@ -409,7 +498,7 @@ impl Orchestration for OrchestraService {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let peer = crate::tls::peer_identity(&self.state, &req)?;
+        let peer = crate::tls::peer_identity(&self.state.ca, &req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -507,7 +596,7 @@ impl Orchestration for OrchestraService {
         &self,
         req: Request<SubmitRequest>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
-        let peer = crate::tls::peer_identity(&self.state, &req)?;
+        let peer = crate::tls::peer_identity(&self.state.ca, &req)?;
         let req = req.into_inner();
         let orch = self.orch.clone();
         let sc = match orch.check_signature(&req.envelope) {
@@ -549,8 +638,39 @@ impl Orchestration for OrchestraService {
                 Status::unavailable(text)
             });
         }
-        let targets = orch.resolve(&sc, &self.state.ca);
-        let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+        let known = {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || known_nodes(&state))
+                .await
+                .unwrap_or_else(|e| Err(format!("targeting task failed: {e}")))
+        };
+        let known = match known {
+            Ok(k) => k,
+            Err(msg) => {
+                tracing::error!(caller = %peer.name, "command not relayed: {msg}");
+                orch.audit(vec![orch.record(
+                    Some(&sc),
+                    &peer.name,
+                    None,
+                    "store_error",
+                    &msg,
+                )])
+                .await;
+                return Err(Status::unavailable(format!(
+                    "store_error: {msg}; nothing was relayed"
+                )));
+            }
+        };
+        let (names, targets) = orch.resolve(&sc, &known, &self.state.ca);
+        // Matched, known to the master, but not connected: no answer.
+        let offline: BTreeSet<String> = {
+            let connected: BTreeSet<&String> = targets.iter().map(|(n, _)| n).collect();
+            names
+                .iter()
+                .filter(|n| !connected.contains(n))
+                .cloned()
+                .collect()
+        };
         let timeout = Duration::from_secs(u64::from(match req.timeout_secs {
             0 => DEFAULT_TIMEOUT_SECS,
             t => t.min(MAX_TIMEOUT_SECS),
@@ -575,6 +695,8 @@ impl Orchestration for OrchestraService {
                 .send(Ok(SubmitEvent {
                     event: Some(submit_event::Event::Summary(SubmitSummary {
                         matched: names,
+                        // Known and matched, but not connected now.
+                        no_answer: offline.into_iter().collect(),
                         ..Default::default()
                     })),
                 }))
@@ -589,7 +711,7 @@ impl Orchestration for OrchestraService {
                 pending.insert(
                     id,
                     Pending {
-                        waiting: names.iter().cloned().collect(),
+                        waiting: targets.iter().map(|(n, _)| n.clone()).collect(),
                         tx: res_tx,
                     },
                 );
@@ -608,12 +730,13 @@ impl Orchestration for OrchestraService {
             .await;
             return Err(Status::already_exists(msg));
         }
-        orch.audit(orch.group(&sc, &peer.name, &names, "relayed"))
+        let relayed: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+        orch.audit(orch.group(&sc, &peer.name, &relayed, "relayed"))
             .await;
         let _ = ev_tx.send(Ok(targets_ev)).await;
-        tracing::info!(caller = %peer.name, action = %sc.command().action, targets = names.len(), "relaying a command");
+        tracing::info!(caller = %peer.name, action = %sc.command().action, targets = names.len(), offline = offline.len(), "relaying a command");
         let wire = sc.to_wire();
-        let mut undelivered = BTreeSet::new();
+        let mut undelivered = offline;
         for (name, tx) in &targets {
             let d = CommandDelivery {
                 envelope: wire.clone(),

@@ -3,7 +3,7 @@
 //! Later services (catalog, reports, orchestration) add their own fields
 //! here and their tonic services to [`crate::daemon::router`].
 
-use crate::catalog_service::CatalogCache;
+use crate::catalog_cache::CatalogCache;
 use crate::code::CodeManager;
 use crate::metrics::Metrics;
 use crate::store::NodeStore;

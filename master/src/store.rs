@@ -84,44 +84,57 @@ impl ReportSummary {
     }
 }
 
-/// A `--where` condition: a dotted fact path and the value it must equal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FactFilter {
-    pub path: String,
-    pub value: String,
+/// One line of a node's run history (`troupe report HOST --list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEntry {
+    pub run_id: String,
+    /// When the run started (the agent's clock, RFC 3339).
+    pub started: String,
+    /// `ok`, `changed` or `failed`, as `troupe nodes` says it.
+    pub status: String,
+    pub changed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub catalog_hash: String,
+    pub environment: String,
+    pub code_version: String,
+    pub from_cache: bool,
+    pub noop: bool,
+    pub duration_ms: u64,
 }
 
-impl std::str::FromStr for FactFilter {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('=') {
-            Some((p, v)) if !p.is_empty() => Ok(FactFilter {
-                path: p.trim().to_owned(),
-                value: v.trim().to_owned(),
-            }),
-            _ => Err(format!(
-                "expected FACT=VALUE (e.g. os.family=Debian), got {s:?}"
-            )),
+impl RunEntry {
+    pub fn of(r: &Report) -> RunEntry {
+        let s = ReportSummary::of(r, 0);
+        RunEntry {
+            run_id: r.run_id.clone(),
+            started: r.started.clone(),
+            status: s.status().to_owned(),
+            changed: s.changed,
+            failed: s.failed,
+            skipped: s.skipped,
+            catalog_hash: r.catalog_hash.clone(),
+            environment: r.environment.clone(),
+            code_version: r.code_version.clone(),
+            from_cache: r.from_cache,
+            noop: r.noop,
+            duration_ms: r.duration_ms,
         }
     }
 }
 
-impl FactFilter {
-    /// True when the fact at `path` (dotted, into nested objects) equals the
-    /// value: strings compare as-is, other JSON values by their JSON text.
-    pub fn matches(&self, facts: &serde_json::Value) -> bool {
-        let mut cur = facts;
-        for part in self.path.split('.') {
-            match cur.get(part) {
-                Some(v) => cur = v,
-                None => return false,
-            }
-        }
-        match cur {
-            serde_json::Value::String(s) => *s == self.value,
-            other => other.to_string() == self.value,
-        }
-    }
+/// A `--where` condition, the same one `troupe run --where` uses
+/// ([`troupe_base::facts`]: flattened facts, exact match).
+pub use troupe_base::facts::FactMatch as FactFilter;
+
+/// A check-in waiting to be written.
+pub struct Checkin {
+    pub node: String,
+    pub facts: serde_json::Value,
+    pub environment: String,
+    pub role: String,
+    pub catalog_hash: String,
+    pub at: u64,
 }
 
 /// The fleet store.
@@ -142,7 +155,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
 impl NodeStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, reports_per_node: usize) -> Result<NodeStore> {
-        let db = Reopening::open(path, |p: &Path| Database::create(p))
+        let db = Reopening::open(path, troupe_base::redb_file::create_db)
             .with_context(|| format!("cannot open the node store {}", path.display()))?;
         let store = NodeStore {
             db,
@@ -191,7 +204,7 @@ impl NodeStore {
         catalog_hash: &str,
         now: u64,
     ) -> Result<()> {
-        self.record_checkins(&[crate::catalog_service::Checkin {
+        self.record_checkins(&[Checkin {
             node: node.to_owned(),
             facts: facts.clone(),
             environment: environment.to_owned(),
@@ -202,11 +215,11 @@ impl NodeStore {
     }
 
     /// Records many check-ins in one transaction.
-    pub fn record_checkins(&self, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+    pub fn record_checkins(&self, batch: &[Checkin]) -> Result<()> {
         self.with(|db| Self::checkins_in(db, batch))
     }
 
-    fn checkins_in(db: &Database, batch: &[crate::catalog_service::Checkin]) -> Result<()> {
+    fn checkins_in(db: &Database, batch: &[Checkin]) -> Result<()> {
         let tx = db.begin_write()?;
         {
             let mut nodes = tx.open_table(NODES)?;
@@ -315,7 +328,8 @@ impl NodeStore {
             }
             if !filters.is_empty() {
                 let facts = self.facts(&n.name)?.unwrap_or(serde_json::Value::Null);
-                if !filters.iter().all(|f| f.matches(&facts)) {
+                let flat = troupe_base::facts::flatten(&facts);
+                if !filters.iter().all(|f| f.matches(&flat)) {
                     continue;
                 }
             }
@@ -348,6 +362,12 @@ impl NodeStore {
             }
             Ok(out)
         })
+    }
+
+    /// The node's run history, oldest first: one [`RunEntry`] per stored
+    /// report (`troupe report HOST --list`).
+    pub fn runs(&self, node: &str) -> Result<Vec<RunEntry>> {
+        Ok(self.reports(node)?.iter().map(RunEntry::of).collect())
     }
 
     /// One report by run id, or the latest when `run_id` is `None`.

@@ -7,7 +7,6 @@
 //! streams fed to `tonic`'s `serve_with_incoming`. The config is swapped
 //! atomically when the CRL changes.
 
-use crate::state::MasterState;
 use anyhow::{Context, Result};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -168,7 +167,7 @@ pub struct Peer {
 /// the CA's records (so a revocation also ends calls on connections opened
 /// before it). Every call other than the bootstrap ones must start here.
 #[allow(clippy::result_large_err)]
-pub fn peer_identity<T>(state: &MasterState, req: &Request<T>) -> Result<Peer, Status> {
+pub fn peer_identity<T>(ca: &Authority, req: &Request<T>) -> Result<Peer, Status> {
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("this call requires a client certificate"))?;
@@ -177,9 +176,7 @@ pub fn peer_identity<T>(state: &MasterState, req: &Request<T>) -> Result<Peer, S
         .ok_or_else(|| Status::unauthenticated("this call requires a client certificate"))?;
     let facts = util::cert_facts(leaf)
         .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-    state
-        .ca
-        .check_peer(&facts.cn, &facts.serial)
+    ca.check_peer(&facts.cn, &facts.serial)
         .map_err(|e| Status::unauthenticated(e.to_string()))?;
     Ok(Peer {
         name: facts.cn,

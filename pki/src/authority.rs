@@ -426,7 +426,7 @@ impl Authority {
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), key).map_err(cr)?;
         let db_path = dir.join("ca.redb");
-        let db = Reopening::open(&db_path, |p: &Path| redb::Database::create(p)).map_err(|e| {
+        let db = Reopening::open(&db_path, troupe_base::redb_file::create_db).map_err(|e| {
             CaError::Storage(StorageFailure::new(format!(
                 "{}: {e} (is another master using this data directory?)",
                 db_path.display()
@@ -661,7 +661,16 @@ impl Authority {
         p.subject_alt_names = vec![SanType::DnsName(host.try_into().map_err(cr)?)];
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // Both purposes, as Puppet's agent certificates: the host presents
+        // it to the master (clientAuth) and serves TLS with it, e.g. nginx
+        // in the `tls` profile (serverAuth); strict clients refuse a
+        // clientAuth-only certificate there ("unsuitable certificate
+        // purpose"). Agents still never take one for the master's:
+        // `tls::client_config` refuses any server leaf with clientAuth.
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         p.use_authority_key_identifier_extension = true;
         let t = now();
         let not_before = t.saturating_sub(300);

@@ -5,7 +5,9 @@
 //! redb), host-name validation, CSR parsing (pre-shared key in
 //! `pp_preshared_key` or `challengePassword`), one-time PSKs (stored only as
 //! hashes, compared in constant time), the rustls configurations for
-//! mutual TLS. Its redb state goes through `troupe_base::reopen`.
+//! mutual TLS, and the daemons' configuration files (trusted only when root
+//! or the daemon owns them and no one else may write them). Its redb state
+//! goes through `troupe_base::reopen`.
 //!
 //! It must never: log or return a private key or a PSK; copy an extension
 //! from a CSR into a certificate; trust an identity that does not come from a
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod config_file;
 pub mod csr;
 pub mod name;
 pub mod psk;

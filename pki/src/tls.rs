@@ -10,6 +10,12 @@
 //!   the server must present, in its chain, a CA certificate whose SHA-256
 //!   fingerprint equals the pinned one, and its leaf must verify under it.
 //!   No blind trust on first use.
+//!
+//! Both client configurations accept only the master's own certificate as
+//! the server: host certificates are valid for serverAuth too (a host serves
+//! TLS with its own certificate), so a leaf that carries clientAuth, which
+//! every host certificate does and the master's never does, is refused
+//! ([`MasterOnly`]) even though the CA signed it and its name matches.
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -82,7 +88,8 @@ pub fn client_config(
         .map_err(verr)?;
     let b = ClientConfig::builder_with_provider(p)
         .with_safe_default_protocol_versions()?
-        .with_webpki_verifier(verifier);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MasterOnly(verifier)));
     let mut cfg = match identity {
         Some((chain, key)) => b.with_client_auth_cert(chain, key)?,
         None => b.with_no_client_auth(),
@@ -119,7 +126,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let inner = WebPkiServerVerifier::builder_with_provider(roots(ca)?, self.provider.clone())
             .build()
             .map_err(verr)?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        MasterOnly(inner).verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -154,6 +161,74 @@ impl ServerCertVerifier for PinnedCaVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// True when the certificate's extended key usage names clientAuth (every
+/// host certificate); an unparsable certificate counts as one.
+pub fn is_client_cert(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return true;
+    };
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) => eku.value.client_auth,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// The CA's verdict on a server certificate (`0`), then: refused when the
+/// leaf is a host certificate (clientAuth), which may be valid for
+/// serverAuth but is never the master's.
+#[derive(Debug)]
+struct MasterOnly<V>(Arc<V>);
+
+impl<V: ServerCertVerifier> ServerCertVerifier for MasterOnly<V> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if is_client_cert(end_entity.as_ref()) {
+            return Err(rustls::Error::General(
+                "the server presented a host certificate (extended key usage clientAuth), \
+                 not the master's: refused"
+                    .into(),
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

@@ -3,8 +3,8 @@
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -16,37 +16,16 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory,
-/// fsync, rename, fsync of the directory). The file is created with `mode`
-/// from the start, so a private key is never readable by others, even briefly.
+/// Writes `bytes` to `path` atomically and durably (temp file in the same
+/// directory, fsync, rename, fsync of the directory), with exactly `mode`
+/// from the start, so a private key is never readable by others, even
+/// briefly ([`troupe_base::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let mut rnd = [0u8; 6];
-    getrandom::fill(&mut rnd).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", hex::encode(rnd)));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    troupe_base::fs::write_atomic(
+        path,
+        bytes,
+        troupe_base::fs::Atomic::durable(mode).exact_mode(),
+    )
 }
 
 /// Creates `dir` (and parents) and sets it to `mode`.

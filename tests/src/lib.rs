@@ -33,6 +33,7 @@
 
 pub mod cli;
 pub mod netns;
+pub mod nspawn;
 pub mod orch;
 pub mod tally;
 

@@ -91,6 +91,8 @@ fn delete_ns(ns: &str) {
 /// and removes temporary directories left by harness users whose process
 /// is gone (killed by a timeout, say).
 pub fn sweep_leftovers() {
+    // Booted hosts first: their overlays live in the directories below.
+    crate::nspawn::sweep_leftovers();
     if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let Some(name) = line.split_whitespace().next() else {

@@ -129,7 +129,17 @@ impl Fleet {
         extra: impl Fn(&AgentSpec, &std::path::Path) -> String,
     ) -> Fleet {
         troupe_pki::tls::install_crypto_provider();
-        let master = Master::start();
+        Fleet::start_on(Master::start(), specs, extra)
+    }
+
+    /// Like [`Fleet::start_with`] on a master already started (e.g. with a
+    /// module tree).
+    pub fn start_on(
+        master: Master,
+        specs: &[AgentSpec],
+        extra: impl Fn(&AgentSpec, &std::path::Path) -> String,
+    ) -> Fleet {
+        troupe_pki::tls::install_crypto_provider();
         let keys = master.root.path().join("keys");
         std::fs::create_dir_all(&keys).expect("keys dir");
         let alice = make_key(&keys, "alice");

@@ -134,6 +134,61 @@ version = "1.24.0-1"
     // web3: never touched.
     assert_eq!(calls("web3"), "");
     assert!(!f.state("web3").join("maintenance").exists());
+    // The failure says what web2 was left with, and how to undo it.
+    assert!(
+        out.stdout.contains("left in maintenance, nginx stopped"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("undo: troupe run service.start name=nginx --name web2"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("undo: troupe run maintenance.off --name web2"),
+        "{out:?}"
+    );
+
+    // Issue 16 item 2: with failures tolerated (--max-failures), a release
+    // in which a host failed still exits 2 and names it; --json streams
+    // one event a line.
+    let out = f.troupe(
+        "deploy",
+        &[&rel, "--role", "web", "--max-failures", "5", "--json"],
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events[0]["event"], "matched");
+    assert_eq!(
+        events[0]["hosts"],
+        serde_json::json!(["web1", "web2", "web3"])
+    );
+    let ok: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "host_ok")
+        .map(|e| e["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok, ["web1", "web3"], "{out:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "step_failed" && e["host"] == "web2" && e["final"] == true)
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["completed"], 2);
+    assert_eq!(done["failures"][0]["host"], "web2");
+    assert_eq!(done["failures"][0]["step"], "update nginx to 1.24.0-1");
+    assert_eq!(
+        done["failures"][0]["left"],
+        serde_json::json!(["in maintenance", "nginx stopped"])
+    );
     tally::fault(
         "deploy",
         "package update failed on host 2: release stopped there, host left in maintenance",

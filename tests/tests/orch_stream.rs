@@ -128,6 +128,14 @@ fn a_changed_configuration_takes_effect_without_a_restart() {
         .replace(&f.alice.id().to_string(), &f.mallory.id().to_string())
         .replace("role = \"web\"", "role = \"db\"");
     std::fs::write(&path, text).unwrap();
+    // The very next command is checked with the new file: no window in
+    // which the old one still answers (issue 16).
+    let by_name = TargetFilter {
+        name: Some("web1".into()),
+        ..Default::default()
+    };
+    let (_, results, _) = f.submit(f.sign(&f.alice, "ping", &[], by_name, 60));
+    assert_eq!(results["web1"].status, "unknown_signer");
     let role = |r: &str| TargetFilter {
         role: Some(r.into()),
         ..Default::default()

@@ -656,7 +656,7 @@ async fn package(
         Ok(Some(v)) => {
             if let Some(want) = version
                 && action != "package.status"
-                && !v.starts_with(want)
+                && !version_matches(debian, want, &v)
             {
                 return Outcome {
                     ok: false,
@@ -739,5 +739,36 @@ async fn haproxy(sock: &Path, backend: &str, server: &str, state: &str) -> Outco
         Ok(Ok(reply)) => Outcome::failed(format!("HAProxy refused: {reply}")),
         Ok(Err(e)) => Outcome::failed(format!("HAProxy socket {}: {e}", sock.display())),
         Err(_) => Outcome::failed(format!("HAProxy socket {} did not answer", sock.display())),
+    }
+}
+
+/// Whether the installed version `have` is the `want` a command asked for,
+/// as the package provider decides it (an epoch of 0 is none; with rpm a
+/// version without its release matches any release), never by string
+/// prefix (`1.2` is not `1.20`).
+fn version_matches(debian: bool, want: &str, have: &str) -> bool {
+    use crate::providers::package::{Manager, same_version};
+    same_version(
+        if debian { Manager::Dpkg } else { Manager::Rpm },
+        want,
+        have,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_matches;
+
+    #[test]
+    fn package_commands_compare_versions_as_the_provider_does() {
+        // A string prefix said yes to all of these.
+        assert!(!version_matches(true, "1.2", "1.20-1"));
+        assert!(!version_matches(true, "1.2", "1.2-1"));
+        assert!(!version_matches(false, "1.2", "1.20-1.el9"));
+        // The provider's rules: epoch 0 is none; rpm without a release.
+        assert!(version_matches(true, "1.2-1", "0:1.2-1"));
+        assert!(version_matches(true, "1.2-1", "1.2-1"));
+        assert!(version_matches(false, "1.2", "1.2-3.el9"));
+        assert!(!version_matches(false, "1.2-4.el9", "1.2-3.el9"));
     }
 }

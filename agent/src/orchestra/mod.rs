@@ -433,6 +433,10 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
     tracing::info!(server = %args.server, "command stream open");
     let mut poll = tokio::time::interval(CONFIG_POLL);
     poll.tick().await;
+    // What the verifier was last loaded from: checked again before every
+    // command, so a changed file applies to the very next command (the poll
+    // below only reconnects, to send a hello with the new role and facts).
+    let mut applied = stamp.clone();
     loop {
         let d = tokio::select! {
             d = inbound.next() => d,
@@ -446,6 +450,14 @@ async fn session(handler: &Arc<Handler>, args: &ListenArgs) -> Result<()> {
         };
         let Some(d) = d else { break };
         let d = d.map_err(|s| anyhow::anyhow!("{}", troupe_identity::status_message(&s)))?;
+        let now = config_stamp(args, dir.as_deref());
+        if now != applied {
+            tracing::info!("orchestration configuration changed: applying it before this command");
+            let h = handler.clone();
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || h.reload(&a)).await?;
+            applied = now;
+        }
         let h = handler.clone();
         let tx = tx.clone();
         tokio::spawn(async move {

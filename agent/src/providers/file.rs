@@ -41,6 +41,13 @@ fn parent_ok(ctx: &Ctx, p: &Path) -> anyhow::Result<()> {
     match fs::metadata(parent) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => anyhow::bail!("parent {} is not a directory", parent.display()),
+        Err(_) if ctx.root != Path::new("/") => anyhow::bail!(
+            "parent directory {} does not exist (declare it, or require the resource that creates it; \
+             converging into an empty --root {} needs its base directories first: mkdir -p {})",
+            parent.display(),
+            ctx.root.display(),
+            parent.display()
+        ),
         Err(_) => anyhow::bail!(
             "parent directory {} does not exist (declare it, or require the resource that creates it)",
             parent.display()

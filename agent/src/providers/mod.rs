@@ -20,6 +20,7 @@ pub mod file;
 pub mod inroot;
 pub mod package;
 pub mod service;
+mod systemd_state;
 
 use crate::source::ContentSource;
 use crate::state::{Bucket, FileChange};

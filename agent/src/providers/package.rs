@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use troupe_catalog::{Kind, PackageEnsure};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Manager {
+pub(crate) enum Manager {
     Dpkg,
     Rpm,
 }
@@ -116,7 +116,7 @@ fn parse_dpkg_query(out: &str) -> Vec<String> {
 /// rpm, a version pinned without its release (`1.2`) matches any release,
 /// and one pinned without an epoch matches whatever epoch is installed
 /// (that is what `dnf install NAME-1.2` would pick).
-fn same_version(m: Manager, want: &str, have: &str) -> bool {
+pub(crate) fn same_version(m: Manager, want: &str, have: &str) -> bool {
     let no_zero = |v: &'_ str| -> String { v.strip_prefix("0:").unwrap_or(v).to_owned() };
     let (want, have) = (no_zero(want), no_zero(have));
     if want == have {

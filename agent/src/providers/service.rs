@@ -118,7 +118,14 @@ fn action(i: Init, name: &str, what: &str) -> anyhow::Result<()> {
         Init::Systemd => cmd::argv(&["systemctl", what, "--", name]),
         Init::SysV => sysv(name, what),
     };
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(1))
+        .unwrap_or(0);
     cmd::check(&a)?;
+    if i == Init::Systemd && (what == "start" || what == "restart") {
+        super::systemd_state::verify_running(name, what, since)?;
+    }
     Ok(())
 }
 

@@ -117,6 +117,11 @@ pub enum CatalogCmd {
     },
     /// Show what changes for a host between two module trees or two
     /// environments. Exit status 0: no change, 2: changes.
+    ///
+    /// Sensitive resources are compared on every attribute and shown as
+    /// changed with the attribute names and content hashes, never the
+    /// values. A secret whose environment key is not in DATA/secrets is
+    /// compared by its ciphertext (a re-encrypted value shows as changed).
     Diff {
         #[command(flatten)]
         node: NodeArgs,
@@ -132,6 +137,12 @@ pub enum CatalogCmd {
         /// Environment after (default: the classified one).
         #[arg(long)]
         to_env: Option<String>,
+        /// Print one JSON document: {"host","changes":[{"id","action",
+        /// "sensitive","source","attributes":[{"name","old","new"}],
+        /// "content_diff"?}],"added","removed","changed",
+        /// "secrets_by_ciphertext"}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         tree: TreeArgs,
     },
@@ -163,12 +174,21 @@ pub struct LookupArgs {
     /// Use this environment instead of the classified one.
     #[arg(long)]
     pub env: Option<String>,
-    /// `first` (most specific level wins) or `deep` (merge tables across levels).
-    #[arg(long, default_value = "first", value_parser = ["first", "deep"])]
-    pub merge: String,
+    /// `first` (most specific level wins) or `deep` (merge tables across
+    /// levels). Default: the merge the tree declares for the key (a key
+    /// `PROFILE.PARAM` uses that parameter's `merge`, as a compile does),
+    /// else `first`. The merge used is said on stderr (in the header with
+    /// --explain, in the document with --json).
+    #[arg(long, value_parser = ["first", "deep"])]
+    pub merge: Option<String>,
     /// Show every level looked at and what it held.
     #[arg(long)]
     pub explain: bool,
+    /// Print one JSON document: {"key","node","environment","role",
+    /// "merge","merge_from","found","value","levels"?} (levels with
+    /// --explain: [{"level","path","outcome","at"?,"value"?}]).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub tree: TreeArgs,
 }
@@ -247,10 +267,21 @@ fn compile_node(
     env: Option<String>,
     data: &Path,
 ) -> anyhow::Result<Catalog> {
+    let secrets = SecretKeys::load_dir(data).map_err(|e| anyhow::anyhow!("{e}"))?;
+    compile_with(tree, node, facts, env, secrets)
+}
+
+fn compile_with(
+    tree: &ModuleTree,
+    node: &NodeArgs,
+    facts: &serde_json::Value,
+    env: Option<String>,
+    secrets: SecretKeys,
+) -> anyhow::Result<Catalog> {
     let opts = CompileOptions {
         environment: env,
         extensions: extensions(&node.extensions)?,
-        secrets: SecretKeys::load_dir(data).map_err(|e| anyhow::anyhow!("{e}"))?,
+        secrets,
     };
     tree.compile(&node.host, facts, &opts)
         .map_err(|e| anyhow::anyhow!("{}", e.render()))
@@ -366,9 +397,15 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             to,
             from_env,
             to_env,
+            json,
             tree,
         } => {
             let facts = read_facts(&node.facts)?;
+            // A preview never needs an environment's private key: without
+            // it, secrets are compared by ciphertext.
+            let keys = SecretKeys::load_dir(&tree.data)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_ciphertext_preview();
             let a_path = from.unwrap_or_else(|| tree.modules.clone());
             let b_path = to.unwrap_or_else(|| tree.modules.clone());
             let a_tree = load_tree(&a_path)?;
@@ -377,17 +414,43 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             } else {
                 Some(load_tree(&b_path)?)
             };
-            let a = compile_node(&a_tree, &node, &facts, from_env, &tree.data)
+            let a = compile_with(&a_tree, &node, &facts, from_env, keys.clone())
                 .context("compiling the old catalog")?;
-            let b = compile_node(
+            let b = compile_with(
                 b_tree.as_ref().unwrap_or(&a_tree),
                 &node,
                 &facts,
                 to_env,
-                &tree.data,
+                keys,
             )
             .context("compiling the new catalog")?;
+            let by_ciphertext: std::collections::BTreeSet<&str> = [&a, &b]
+                .into_iter()
+                .filter(|c| {
+                    String::from_utf8_lossy(&c.to_canonical_json())
+                        .contains(crate::secrets::CIPHERTEXT_MARK)
+                })
+                .map(|c| c.environment.as_str())
+                .collect();
             let (text, stats) = crate::diff::diff(&a, &b);
+            if json {
+                let doc = serde_json::json!({
+                    "host": node.host,
+                    "changes": crate::diff::changes(&a, &b),
+                    "added": stats.added,
+                    "removed": stats.removed,
+                    "changed": stats.changed,
+                    "secrets_by_ciphertext": by_ciphertext,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+                return Ok(if stats.is_empty() { 0 } else { 2 });
+            }
+            for env in &by_ciphertext {
+                writeln!(
+                    out,
+                    "note: the key of environment `{env}` is not loaded; its secrets are compared by ciphertext"
+                )?;
+            }
             if stats.is_empty() {
                 writeln!(out, "no changes for {}", node.host)?;
                 return Ok(0);
@@ -444,18 +507,81 @@ pub fn lookup_to(args: LookupArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     let view = t
         .data_view(&class, &facts, SecretKeys::new())
         .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
-    let merge = if args.merge == "deep" {
-        Merge::Deep
-    } else {
-        Merge::First
+    let env_tree = t
+        .environment(&class.environment)
+        .with_context(|| format!("environment `{}` does not exist", class.environment))?;
+    let (merge, merge_from) = match (&args.merge, env_tree.declared_merge(&args.key)) {
+        (Some(m), _) => (
+            if m == "deep" {
+                Merge::Deep
+            } else {
+                Merge::First
+            },
+            "--merge".to_owned(),
+        ),
+        (None, Some((m, profile, param))) => (
+            m,
+            format!("declared by parameter `{param}` of profile `{profile}`"),
+        ),
+        (None, None) => (Merge::First, "default".to_owned()),
     };
-    if args.explain {
+    let merge_name = match merge {
+        Merge::Deep => "deep",
+        Merge::First => "first",
+    };
+    let levels = args.explain.then(|| view.explain(&args.key));
+    let value = view.lookup_redacted(&args.key, merge);
+    if args.json {
+        let levels = levels.map(|ls| {
+            ls.iter()
+                .map(|tr| {
+                    let (path, skipped) = match &tr.path {
+                        Ok(p) => (serde_json::json!(p), None),
+                        Err(why) => (serde_json::Value::Null, Some(why.clone())),
+                    };
+                    let mut o = serde_json::json!({"level": tr.level, "path": path});
+                    let outcome = match &tr.outcome {
+                        Outcome::Skipped => "skipped",
+                        Outcome::NoFile => "no-file",
+                        Outcome::NotFound => "not-found",
+                        Outcome::Found { at, value } => {
+                            o["at"] = serde_json::json!(at);
+                            o["value"] = serde_json::from_str(value)
+                                .unwrap_or_else(|_| serde_json::json!(value));
+                            "found"
+                        }
+                    };
+                    o["outcome"] = serde_json::json!(outcome);
+                    if let Some(w) = skipped {
+                        o["why"] = serde_json::json!(w);
+                    }
+                    o
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut doc = serde_json::json!({
+            "key": args.key,
+            "node": class.certname,
+            "environment": class.environment,
+            "role": class.role,
+            "merge": merge_name,
+            "merge_from": merge_from,
+            "found": value.is_some(),
+            "value": value,
+        });
+        if let Some(l) = levels {
+            doc["levels"] = serde_json::json!(l);
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(if value.is_some() { 0 } else { 1 });
+    }
+    if let Some(levels) = &levels {
         writeln!(
             out,
-            "looking up `{}` for {} (environment {}, role {}, merge {})",
-            args.key, class.certname, class.environment, class.role, args.merge
+            "looking up `{}` for {} (environment {}, role {}, merge {merge_name}: {merge_from})",
+            args.key, class.certname, class.environment, class.role
         )?;
-        for (i, tr) in view.explain(&args.key).iter().enumerate() {
+        for (i, tr) in levels.iter().enumerate() {
             let path = match &tr.path {
                 Ok(p) => p.clone(),
                 Err(why) => why.clone(),
@@ -468,8 +594,11 @@ pub fn lookup_to(args: LookupArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
             };
             writeln!(out, "  {}. {:<10} {path}: {what}", i + 1, tr.level)?;
         }
+    } else {
+        // stdout stays the bare value for scripts; say the merge aside.
+        eprintln!("merge {merge_name} ({merge_from})");
     }
-    match view.lookup_redacted(&args.key, merge) {
+    match value {
         Some(v) => {
             if args.explain {
                 writeln!(out, "result: {v}")?;

@@ -2,12 +2,13 @@
 //! file system, no clock, no randomness; the same inputs give the same bytes.
 
 use crate::data::DataView;
+use crate::error::jinja_message;
 use crate::error::{Error, ErrorKind, Result, Span};
 use crate::secrets::SecretKeys;
 use crate::syntax::{N, V};
 use crate::tree::{
     EnvTree, Include, Matcher, ModuleTree, Profile, ResourceDecl, check_named_file, is_templated,
-    whole_expression,
+    trailing_number, whole_expression,
 };
 use minijinja::Value;
 use serde_json::Value as J;
@@ -78,26 +79,15 @@ pub fn valid_certname(s: &str) -> bool {
         })
 }
 
-/// The number at the end of a host name: `web4` → 4, `db-12` → 12.
-pub fn trailing_number(hostname: &str) -> Option<u64> {
-    let digits = hostname.len()
-        - hostname
-            .bytes()
-            .rev()
-            .take_while(u8::is_ascii_digit)
-            .count();
-    hostname[digits..].parse().ok()
-}
-
-pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+/// A loop key or item as an error shows it: its JSON form, clipped.
+fn loop_label(v: &Value) -> String {
+    let text = serde_json::to_string(v).unwrap_or_else(|_| v.to_string());
+    if text.chars().count() > 60 {
+        let cut: String = text.chars().take(57).collect();
+        format!("{cut}...")
+    } else {
+        text
     }
-    s
 }
 
 fn to_mj(j: &J) -> Value {
@@ -614,8 +604,11 @@ impl<'a> Compiler<'a> {
                             list.push(minijinja::context! { key => k, value => v });
                         }
                         for (i, item) in list.into_iter().enumerate() {
-                            let c = minijinja::context! { item => item.clone(), key => item.get_attr("key").unwrap_or_default(), value => item.get_attr("value").unwrap_or_default(), index => i, ..ctx.clone() };
-                            self.declare_one(profile, decl, &c)?;
+                            let key = item.get_attr("key").unwrap_or_default();
+                            let c = minijinja::context! { item => item.clone(), key => key.clone(), value => item.get_attr("value").unwrap_or_default(), index => i, ..ctx.clone() };
+                            self.declare_one(profile, decl, &c).map_err(|e| {
+                                e.in_context(&format!("for_each key {}", loop_label(&key)))
+                            })?;
                         }
                         return Ok(());
                     }
@@ -637,8 +630,10 @@ impl<'a> Compiler<'a> {
                     }
                 }
                 for (i, item) in list.into_iter().enumerate() {
+                    let label = loop_label(&item);
                     let c = minijinja::context! { item => item, index => i, ..ctx.clone() };
-                    self.declare_one(profile, decl, &c)?;
+                    self.declare_one(profile, decl, &c)
+                        .map_err(|e| e.in_context(&format!("for_each item {i}: {label}")))?;
                 }
                 Ok(())
             }

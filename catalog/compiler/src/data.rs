@@ -72,7 +72,7 @@ impl DataView {
             let path = if is_templated(&l.path) {
                 match env.jinja.render_str(&l.path, ctx.clone()) {
                     Ok(p) => Ok(p),
-                    Err(e) => Err(format!("skipped: {}", crate::compile::jinja_message(&e))),
+                    Err(e) => Err(format!("skipped: {}", crate::error::jinja_message(&e))),
                 }
             } else {
                 Ok(l.path.clone())

@@ -137,6 +137,12 @@ impl Error {
         self.0.help = Some(help.into());
         self
     }
+    /// Says where in a loop the error happened: `(CONTEXT)` after the
+    /// message.
+    pub(crate) fn in_context(mut self, context: &str) -> Error {
+        self.0.message = format!("{} ({context})", self.0.message);
+        self
+    }
     /// Adds a span only if the error has none yet.
     pub fn or_span(self, span: &Span) -> Error {
         if self.0.span.is_some() {
@@ -278,4 +284,16 @@ pub(crate) fn from_toml(file: &Arc<SourceFile>, e: &toml::de::Error) -> Error {
         Some(r) => err.with_span(&Span::new(file, r)),
         None => err.with_span(&Span::new(file, 0..0)),
     }
+}
+
+/// A template error and its causes on one line.
+pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }

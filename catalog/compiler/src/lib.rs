@@ -27,9 +27,10 @@ pub mod secrets;
 mod syntax;
 mod tree;
 
-pub use compile::{Classification, CompileOptions, trailing_number, valid_certname};
+pub use compile::{Classification, CompileOptions, valid_certname};
 pub use error::{Error, ErrorKind, Result, SourceFile, Span};
 pub use secrets::SecretKeys;
+pub use tree::trailing_number;
 pub use tree::{EnvTree, Merge, ModuleTree};
 
 #[cfg(test)]

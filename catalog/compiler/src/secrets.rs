@@ -23,7 +23,16 @@ pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct SecretKeys {
     keys: BTreeMap<String, Arc<age::x25519::Identity>>,
+    /// For previews (`troupe catalog diff`): a secret whose key is not
+    /// loaded becomes [`CIPHERTEXT_MARK`] + a hash of its ciphertext instead
+    /// of an error, so two catalogs can be compared without the private key.
+    ciphertext_preview: bool,
 }
+
+/// How a secret compiled without its key starts (see
+/// [`SecretKeys::with_ciphertext_preview`]); the rest is a hash of the
+/// ciphertext and `>`.
+pub const CIPHERTEXT_MARK: &str = "<secret ciphertext sha256:";
 
 impl fmt::Debug for SecretKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,6 +115,14 @@ impl SecretKeys {
             keys.insert_str(env, &text)?;
         }
         Ok(keys)
+    }
+    /// Compiles a secret whose key is not loaded to a stand-in naming its
+    /// ciphertext (never the value): the same ciphertext gives the same
+    /// stand-in, a re-encrypted or changed one a different stand-in. For
+    /// previews only: the master never serves such a catalog.
+    pub fn with_ciphertext_preview(mut self) -> SecretKeys {
+        self.ciphertext_preview = true;
+        self
     }
     pub fn has(&self, env: &str) -> bool {
         self.keys.contains_key(env)
@@ -240,6 +257,10 @@ pub fn encrypt_to_toml(
 /// Decrypts a base64 age ciphertext with `env`'s key. The caller marks every
 /// resource that uses the result sensitive.
 pub(crate) fn decrypt(keys: &SecretKeys, env: &str, b64: &str) -> Result<String> {
+    if keys.ciphertext_preview && !keys.has(env) {
+        let digest = troupe_catalog::sha256_hex(b64.trim().as_bytes());
+        return Ok(format!("{CIPHERTEXT_MARK}{}>", &digest[..16]));
+    }
     let id = keys.get(env).ok_or_else(|| {
         Error::new(
             ErrorKind::Secret,

@@ -470,11 +470,17 @@ impl ModuleTree {
     /// Content hash of what a catalog in `env` depends on (the site and that
     /// environment only): the `code_version` written into its catalogs.
     pub fn env_code_version(&self, env: &str) -> Option<String> {
-        let e = self.envs.get(env)?;
+        Some(self.code_version_with(self.envs.get(env)?))
+    }
+
+    /// The [`ModuleTree::env_code_version`] that `e` would have in this
+    /// tree (e.g. code staged for a held environment, before promotion):
+    /// the one identity of a code generation everywhere.
+    pub fn code_version_with(&self, e: &EnvTree) -> String {
         let mut h = Sha256::new();
         h.update(self.site.version.as_bytes());
         h.update(e.code_version.as_bytes());
-        Some(hex::encode(h.finalize()))
+        hex::encode(h.finalize())
     }
 
     pub fn root(&self) -> &Path {
@@ -643,7 +649,7 @@ fn new_jinja() -> minijinja::Environment<'static> {
     // template place other hosts in zones the way the site places nodes.
     env.add_filter("host_number", |name: &str| {
         let host = name.split('.').next().unwrap_or(name);
-        crate::compile::trailing_number(host)
+        trailing_number(host)
     });
     env.add_filter(
         "zone",
@@ -655,7 +661,7 @@ fn new_jinja() -> minijinja::Environment<'static> {
                 ));
             }
             let host = name.split('.').next().unwrap_or(name);
-            Ok(crate::compile::trailing_number(host).map(|n| n % zones))
+            Ok(trailing_number(host).map(|n| n % zones))
         },
     );
     env
@@ -846,6 +852,23 @@ impl EnvTree {
     pub fn profiles(&self) -> impl Iterator<Item = &str> {
         self.profiles.keys().map(String::as_str)
     }
+    /// The merge the tree declares for a data key: a key `P.N` (or below
+    /// it, `P.N.x`) is parameter `N` of profile `P`, which a compile looks
+    /// up with that parameter's `merge`. Returns it with the
+    /// `(profile, parameter)` that declares it.
+    pub fn declared_merge(&self, key: &str) -> Option<(Merge, String, String)> {
+        let parts: Vec<&str> = key.split('.').collect();
+        for i in 1..parts.len() {
+            let profile = parts[..i].join(".");
+            let Some(p) = self.profiles.get(&profile) else {
+                continue;
+            };
+            if let Some(param) = p.params.iter().find(|x| x.name == parts[i]) {
+                return Some((param.merge, profile, param.name.clone()));
+            }
+        }
+        None
+    }
 }
 
 fn template_load_error(src: &Arc<SourceFile>, e: &minijinja::Error) -> Error {
@@ -862,7 +885,7 @@ fn template_load_error(src: &Arc<SourceFile>, e: &minijinja::Error) -> Error {
     Error::at(
         ErrorKind::Template,
         &Span::new(src, offset..offset),
-        format!("template error: {}", crate::compile::jinja_message(e)),
+        format!("template error: {}", crate::error::jinja_message(e)),
     )
 }
 
@@ -907,7 +930,7 @@ fn parse_hierarchy(doc: &N, jinja: &minijinja::Environment<'static>) -> Result<V
             jinja.template_from_str(&path).map_err(|e| {
                 pv.err(
                     ErrorKind::Template,
-                    format!("template error: {}", crate::compile::jinja_message(&e)),
+                    format!("template error: {}", crate::error::jinja_message(&e)),
                 )
             })?;
         }
@@ -985,7 +1008,7 @@ pub(crate) fn check_template_syntax(n: &N, jinja: &minijinja::Environment<'stati
             res.map_err(|e| {
                 n.err(
                     ErrorKind::Template,
-                    format!("template error: {}", crate::compile::jinja_message(&e)),
+                    format!("template error: {}", crate::error::jinja_message(&e)),
                 )
             })
         }
@@ -1009,7 +1032,7 @@ pub(crate) fn check_expression(
             ErrorKind::Template,
             format!(
                 "{what}: invalid expression: {}",
-                crate::compile::jinja_message(&e)
+                crate::error::jinja_message(&e)
             ),
         )
     })
@@ -1323,4 +1346,15 @@ pub(crate) fn check_named_file(
         return Err(e);
     }
     Ok(())
+}
+
+/// The number at the end of a host name: `web4` → 4, `db-12` → 12.
+pub fn trailing_number(hostname: &str) -> Option<u64> {
+    let digits = hostname.len()
+        - hostname
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_digit)
+            .count();
+    hostname[digits..].parse().ok()
 }

@@ -425,3 +425,250 @@ fn secret_keygen_encrypt_and_compile() {
         .to_string();
     assert!(e.contains("readable by group or others"), "{e}");
 }
+
+/// Rewrites `file` in `tree` with `from` replaced by `to` (which must occur).
+fn edit(tree: &Path, file: &str, from: &str, to: &str) {
+    let p = tree.join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{file} has no `{from}`");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+}
+
+fn diff_args<'a>(from: &'a str, to: &'a str, f: &'a str, d: &'a str) -> Vec<&'a str> {
+    vec![
+        "diff",
+        "db1.example.com",
+        "--facts",
+        f,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--data",
+        d,
+    ]
+}
+
+/// Issue 16 item 1: a sensitive resource that changed (a new secret, a new
+/// mode, or becoming sensitive) is shown and counted as changed, with names
+/// and content hashes but never values; and a diff needs no private key.
+#[test]
+fn catalog_diff_counts_sensitive_changes_without_showing_them() {
+    let data = data_dir();
+    let d = s(data.path());
+    let f = facts_file("debian12");
+    let old = s(&common::modules());
+    let tree = common::scratch_tree();
+    let new = s(tree.path());
+    // A new secret value for the application role.
+    let recipient = troupe_compiler::secrets::parse_recipient(
+        &std::fs::read_to_string(tree.path().join("environments/production/secrets.pub")).unwrap(),
+    )
+    .unwrap();
+    let snippet = troupe_compiler::secrets::encrypt_to_toml(
+        &recipient,
+        "production",
+        b"example-db-password-rotated",
+    )
+    .unwrap();
+    let db = tree
+        .path()
+        .join("environments/production/data/roles/db.toml");
+    let text = std::fs::read_to_string(&db).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("app_password"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &db,
+        text.replace(&line, &format!("app_password = {snippet}")),
+    )
+    .unwrap();
+
+    let (code, text) = run_catalog(&diff_args(&old, &new, &f, &d));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("~ file[/etc/troupe-postgresql/app.sql] [sensitive]"),
+        "{text}"
+    );
+    assert!(text.contains("    content: \"sha256:"), "{text}");
+    assert!(text.contains("0 added, 0 removed, 1 changed"), "{text}");
+    assert!(
+        !text.contains("example-db-password"),
+        "secret leaked: {text}"
+    );
+    assert!(!text.contains("note:"), "{text}");
+
+    // Two changes, one of them in a sensitive resource's visible attribute,
+    // the other a resource becoming sensitive: three resources counted.
+    edit(
+        tree.path(),
+        "environments/production/profiles/postgresql.toml",
+        "[file.\"/etc/troupe-postgresql/app.sql\"]\ntemplate = \"postgresql/app.sql.j2\"\nmode = \"0600\"",
+        "[file.\"/etc/troupe-postgresql/app.sql\"]\ntemplate = \"postgresql/app.sql.j2\"\nmode = \"0400\"",
+    );
+    edit(
+        tree.path(),
+        "environments/production/profiles/banner.toml",
+        "[file.\"/etc/motd\"]\n",
+        "[file.\"/etc/motd\"]\nsensitive = true\n",
+    );
+    let (code, text) = run_catalog(&diff_args(&old, &new, &f, &d));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("~ file[/etc/motd] [sensitive]"), "{text}");
+    assert!(text.contains("    sensitive: false -> true"), "{text}");
+    assert!(text.contains("    mode: <sensitive> changed"), "{text}");
+    assert!(text.contains("0 added, 0 removed, 2 changed"), "{text}");
+    assert!(
+        !text.contains("example-db-password"),
+        "secret leaked: {text}"
+    );
+
+    // --json: one document with the same counts, values redacted.
+    let mut args = diff_args(&old, &new, &f, &d);
+    args.push("--json");
+    let (code, json) = run_catalog(&args);
+    assert_eq!(code, 2);
+    assert!(
+        !json.contains("example-db-password"),
+        "secret leaked: {json}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["host"], "db1.example.com");
+    assert_eq!(v["changed"], 2);
+    assert_eq!(v["added"], 0);
+    assert_eq!(v["removed"], 0);
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2);
+    let app = changes
+        .iter()
+        .find(|c| c["id"] == "file[/etc/troupe-postgresql/app.sql]")
+        .unwrap();
+    assert_eq!(app["action"], "changed");
+    assert_eq!(app["sensitive"], true);
+    let names: Vec<&str> = app["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["content", "mode"]);
+    let content = &app["attributes"][0];
+    assert!(content["old"].as_str().unwrap().starts_with("sha256:"));
+    assert_ne!(content["old"], content["new"]);
+    assert_eq!(app["attributes"][1]["new"], "<sensitive>");
+    assert!(v["secrets_by_ciphertext"].as_array().unwrap().is_empty());
+
+    // Without the private key: same ciphertext, no change; another
+    // ciphertext, a change; and the output says how it compared.
+    let no_keys = tempfile::tempdir().unwrap();
+    let nk = s(no_keys.path());
+    let (code, text) = run_catalog(&diff_args(&old, &old, &f, &nk));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("no changes for db1.example.com"), "{text}");
+    assert!(
+        text.contains("the key of environment `production` is not loaded"),
+        "{text}"
+    );
+    let (code, text) = run_catalog(&diff_args(&old, &new, &f, &nk));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("~ file[/etc/troupe-postgresql/app.sql] [sensitive]"),
+        "{text}"
+    );
+    assert!(text.contains("0 added, 0 removed, 2 changed"), "{text}");
+    assert!(!text.contains("<secret ciphertext"), "{text}");
+}
+
+fn run_lookup(args: &[&str]) -> (u8, String) {
+    let mut argv = vec!["lookup"];
+    argv.extend(args);
+    let l = Lookup::try_parse_from(argv).unwrap();
+    let mut out = Vec::new();
+    let code = cli::lookup_to(l.args, &mut out).unwrap();
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// Issue 16 item 6: lookup uses the merge the tree declares for the key
+/// (profile base's `packages` is `merge = "deep"`), as a compile does,
+/// unless --merge overrides it, and says which it used.
+#[test]
+fn lookup_uses_the_declared_merge() {
+    let m = s(&common::modules());
+    let f = facts_file("debian12");
+    let base = [
+        "base.packages",
+        "--node",
+        "web4.example.com",
+        "--facts",
+        &f,
+        "--modules",
+        &m,
+    ];
+    let (code, text) = run_lookup(&base);
+    assert_eq!(code, 0);
+    assert_eq!(
+        text.trim(),
+        r#"["logrotate","vim","ca-certificates","curl"]"#
+    );
+    // What the compiled catalog installs agrees.
+    let cat = common::shipped()
+        .compile(
+            "web4.example.com",
+            &common::facts("debian12"),
+            &common::opts(),
+        )
+        .unwrap();
+    for p in ["logrotate", "vim", "ca-certificates", "curl"] {
+        assert!(
+            cat.resources
+                .iter()
+                .any(|r| r.id.0 == format!("package[{p}]")),
+            "package[{p}] not in the catalog"
+        );
+    }
+    // --merge first overrides: the most specific level only.
+    let mut first = base.to_vec();
+    first.extend(["--merge", "first"]);
+    let (_, text) = run_lookup(&first);
+    assert_ne!(
+        text.trim(),
+        r#"["logrotate","vim","ca-certificates","curl"]"#
+    );
+    // --explain and --json say which merge was used and why.
+    let mut explain = base.to_vec();
+    explain.push("--explain");
+    let (_, text) = run_lookup(&explain);
+    assert!(
+        text.contains("merge deep: declared by parameter `packages` of profile `base`"),
+        "{text}"
+    );
+    let mut json = explain.clone();
+    json.push("--json");
+    let (code, text) = run_lookup(&json);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["merge"], "deep");
+    assert_eq!(v["found"], true);
+    assert_eq!(v["value"].as_array().unwrap().len(), 4);
+    assert_eq!(v["node"], "web4.example.com");
+    let levels = v["levels"].as_array().unwrap();
+    assert!(levels.iter().any(|l| l["outcome"] == "found"));
+    assert!(levels.iter().all(|l| l["level"].is_string()));
+    // A key no parameter declares: `first`, said as the default.
+    let (code, text) = run_lookup(&[
+        "nginx.worker_processes",
+        "--node",
+        "web1.example.com",
+        "--facts",
+        &f,
+        "--modules",
+        &m,
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["value"], 4);
+    assert_eq!(v["merge"], "first");
+}

@@ -671,3 +671,46 @@ fn user_membership_is_minimum_or_inclusive() {
         assert_eq!(m, Some(want), "{given}");
     }
 }
+
+/// Issue 16: a template error names the undefined variable, and an error
+/// in a `for_each` resource names the loop key or item it happened at.
+#[test]
+fn undefined_names_the_variable_and_the_loop_key() {
+    let d = scratch_tree();
+    write(
+        d.path(),
+        &format!("{P}/templates/undef.j2"),
+        "a\n{% for k, v in params.items|items %}value: {{ v.port }} {{ facts.no_such_fact }}\n{% endfor %}",
+    );
+    with_profile(
+        d.path(),
+        "t",
+        "[params]\nitems = { default = { a = { port = 1 } } }\n[file.\"/etc/x\"]\ntemplate = \"undef.j2\"\n",
+    );
+    let e = compile_err(d.path());
+    assert!(
+        e.to_string().contains("`facts.no_such_fact` is undefined"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("undef.j2:2"), "{e}");
+
+    let d = scratch_tree();
+    with_profile(
+        d.path(),
+        "t",
+        "[params]\nusers = { default = { alice = { uid = 1 }, bob = { } } }\n[file.\"/etc/u-{{ key }}\"]\nfor_each = \"params.users\"\ncontent = \"uid={{ value.uid }}\"\n",
+    );
+    let e = compile_err(d.path());
+    assert!(e.to_string().contains("`value.uid` is undefined"), "{e}");
+    assert!(e.to_string().contains("for_each key \"bob\""), "{e}");
+
+    let d = scratch_tree();
+    with_profile(
+        d.path(),
+        "t",
+        "[file.\"/etc/y-{{ item }}\"]\nfor_each = [\"a\", \"b\"]\ncontent = \"{{ item.nope }}\"\n",
+    );
+    let e = compile_err(d.path());
+    assert!(e.to_string().contains("`item.nope` is undefined"), "{e}");
+    assert!(e.to_string().contains("for_each item 0: \"a\""), "{e}");
+}

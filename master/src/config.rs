@@ -1,0 +1,231 @@
+//! `/etc/troupe/master.toml`: the master daemon's configuration file.
+//!
+//! Every `troupe master` flag has a key (the flag's name with `_` for `-`;
+//! `--data` is `data_dir`, `--server-name` is `server_names`, a list).
+//! Precedence: flag > environment (`TROUPE_KEY`, upper case; `TROUPE_DATA`
+//! for `data_dir`) > file > default; `troupe master --print-config
+//! [--json]` shows each effective value and where it came from. Unknown
+//! keys, and a file that others may write or a non-root user owns, are
+//! refused (see [`troupe_pki::config_file`]). Durations are strings like
+//! `"30m"` or whole seconds.
+
+use crate::daemon::Args;
+use anyhow::{Result, anyhow};
+use clap::parser::ValueSource;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use troupe_pki::config_file::{ConfigFile, Given};
+
+/// Where the master's configuration file is unless `--config` says
+/// otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/troupe/master.toml";
+
+/// Every key `master.toml` may hold.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "modules",
+    "hold",
+    "metrics_listen",
+    "run_interval",
+    "reports_keep",
+    "server_names",
+    "cert_ttl",
+    "code_poll",
+    "allow_agent_environment",
+    "compile_threads",
+    "shutdown_grace",
+];
+
+/// A duration in the file: `"30m"` (humantime) or whole seconds.
+#[derive(Debug, Clone, Copy)]
+struct Dur(humantime::Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Dur(std::time::Duration::from_secs(n).into())),
+            Raw::Text(t) => t.parse::<humantime::Duration>().map(Dur).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration ({e}); e.g. \"30m\", \"10s\" or a number of seconds"
+                ))
+            }),
+        }
+    }
+}
+
+fn given(m: &clap::ArgMatches, id: &str, env: Option<&'static str>) -> Given {
+    match m.value_source(id) {
+        Some(ValueSource::CommandLine) => Given::Flag,
+        Some(ValueSource::EnvVariable) => env.map_or(Given::No, Given::Env),
+        _ => Given::No,
+    }
+}
+
+/// Applies the configuration file (`args.config`, or the default one when
+/// it exists) and the environment to the parsed `troupe master` options.
+pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile)> {
+    let explicit = args.config.is_some();
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut f = ConfigFile::load(&path, explicit, KEYS).map_err(|e| anyhow!(e))?;
+    let e = |s: String| anyhow!(s);
+    args.listen = f
+        .resolve("listen", given(m, "listen", None), args.listen)
+        .map_err(e)?;
+    args.data = f
+        .resolve("data_dir", given(m, "data", Some("TROUPE_DATA")), args.data)
+        .map_err(e)?;
+    args.modules = f
+        .resolve("modules", given(m, "modules", None), args.modules)
+        .map_err(e)?;
+    args.hold = f
+        .resolve("hold", given(m, "hold", None), args.hold)
+        .map_err(e)?;
+    args.metrics_listen = f
+        .resolve(
+            "metrics_listen",
+            given(m, "metrics_listen", None),
+            args.metrics_listen,
+        )
+        .map_err(e)?;
+    args.run_interval = f
+        .resolve(
+            "run_interval",
+            given(m, "run_interval", None),
+            Dur(args.run_interval),
+        )
+        .map_err(e)?
+        .0;
+    args.reports_keep = f
+        .resolve(
+            "reports_keep",
+            given(m, "reports_keep", None),
+            args.reports_keep,
+        )
+        .map_err(e)?;
+    args.server_names = f
+        .resolve(
+            "server_names",
+            given(m, "server_names", None),
+            args.server_names,
+        )
+        .map_err(e)?;
+    args.cert_ttl = f
+        .resolve("cert_ttl", given(m, "cert_ttl", None), Dur(args.cert_ttl))
+        .map_err(e)?
+        .0;
+    args.code_poll = f
+        .resolve(
+            "code_poll",
+            given(m, "code_poll", None),
+            Dur(args.code_poll),
+        )
+        .map_err(e)?
+        .0;
+    args.allow_agent_environment = f
+        .resolve(
+            "allow_agent_environment",
+            given(m, "allow_agent_environment", None),
+            args.allow_agent_environment,
+        )
+        .map_err(e)?;
+    args.compile_threads = f
+        .resolve(
+            "compile_threads",
+            given(m, "compile_threads", None),
+            args.compile_threads,
+        )
+        .map_err(e)?;
+    args.shutdown_grace = f
+        .resolve(
+            "shutdown_grace",
+            given(m, "shutdown_grace", None),
+            Dur(args.shutdown_grace),
+        )
+        .map_err(e)?
+        .0;
+    if args.reports_keep == 0 {
+        anyhow::bail!("reports_keep: must be at least 1");
+    }
+    Ok((args, f))
+}
+
+/// `troupe master --print-config [--json]`.
+pub fn print(f: &ConfigFile, json: bool) -> String {
+    if json {
+        let mut s = serde_json::to_string_pretty(&f.to_json()).unwrap_or_default();
+        s.push('\n');
+        s
+    } else {
+        f.to_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[derive(clap::Parser)]
+    struct T {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn parse(argv: &[&str]) -> (Args, clap::ArgMatches) {
+        use clap::{CommandFactory, FromArgMatches};
+        let m = T::command().no_binary_name(true).get_matches_from(argv);
+        (T::from_arg_matches(&m).unwrap().a, m)
+    }
+
+    #[test]
+    fn keys_apply_flags_win_and_durations_parse() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("master.toml");
+        std::fs::write(
+            &p,
+            "listen = \"0.0.0.0:8141\"\ndata_dir = \"/srv/troupe\"\nrun_interval = \"5m\"\n\
+             code_poll = 3\nserver_names = [\"m.example.com\"]\nreports_keep = 7\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap(), "--reports-keep", "9"]);
+        let (a, f) = resolve(a, &m).unwrap();
+        assert_eq!(a.listen.to_string(), "0.0.0.0:8141");
+        assert_eq!(a.data, Path::new("/srv/troupe"));
+        assert_eq!(a.run_interval.as_secs(), 300);
+        assert_eq!(a.code_poll.as_secs(), 3);
+        assert_eq!(a.server_names, ["m.example.com"]);
+        assert_eq!(a.reports_keep, 9);
+        let j = f.to_json();
+        assert_eq!(j["settings"]["reports_keep"]["source"], "flag");
+        assert_eq!(j["settings"]["run_interval"]["value"], "5m");
+        assert_eq!(j["settings"]["shutdown_grace"]["source"], "default");
+
+        std::fs::write(&p, "run_interval = \"soon\"\n").unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let err = resolve(a, &m).unwrap_err().to_string();
+        assert!(
+            err.contains("run_interval") && err.contains("master.toml"),
+            "{err}"
+        );
+        std::fs::write(&p, "port = 8140\n").unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let err = resolve(a, &m).unwrap_err().to_string();
+        assert!(err.contains("unknown key `port`"), "{err}");
+    }
+}
