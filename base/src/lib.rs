@@ -34,3 +34,4 @@ pub mod reopen;
 #[cfg(any(test, feature = "test-fs"))]
 #[doc(hidden)]
 pub mod test_fs;
+pub mod trust;

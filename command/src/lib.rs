@@ -39,7 +39,9 @@ pub mod keys;
 pub mod policy;
 pub mod registry;
 pub mod replay;
-pub mod trust;
+/// The owner/mode rule for files that grant trust (lives in troupe-base,
+/// which the config-file loader shares).
+pub use troupe_base::trust;
 pub mod verify;
 
 pub use envelope::{ArgValue, Command, CommandId, SignedCommand, TargetFilter};

@@ -18,7 +18,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where an effective value came from.
@@ -79,56 +78,26 @@ pub fn env_name(key: &str) -> String {
     format!("TROUPE_{}", key.to_ascii_uppercase())
 }
 
-/// Refuses a file that grants trust when someone other than root or this
-/// process's user owns it, or when group or others may write it.
-pub fn check_trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "{}: refused: group or others may write it (mode {mode:04o}), and it says which \
-             master and CA to trust; run `chmod go-w {}`",
-            path.display(),
-            path.display()
-        ));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!(
-            "{}: refused: owned by uid {}, neither root nor this process's user (uid {me}); \
-             run `chown root: {}`",
-            path.display(),
-            meta.uid(),
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
 impl ConfigFile {
     /// Reads `path`. A missing file is an error when the path was given
     /// (`explicit`), and means "no file, defaults" otherwise. Keys not in
     /// `known` are refused, naming the key and the file.
     pub fn load(path: &Path, explicit: bool, known: &[&str]) -> Result<ConfigFile, String> {
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+        // The file says which master and CA to trust: the owner/mode rule
+        // for trust files (troupe_base::trust) applies, to the file and the
+        // directories above it, on the descriptor that is read.
+        let text = match troupe_base::trust::read_trusted_file(path, "config file") {
+            Ok(Some(text)) => text,
+            Ok(None) if !explicit => {
                 return Ok(ConfigFile {
                     path: path.to_path_buf(),
                     table: None,
                     entries: Vec::new(),
                 });
             }
-            Err(e) => return Err(format!("config file {}: {e}", path.display())),
+            Ok(None) => return Err(format!("config file {}: no such file", path.display())),
+            Err(e) => return Err(troupe_base::cli::one_line(&e)),
         };
-        if !meta.is_file() {
-            return Err(format!(
-                "config file {}: not a regular file",
-                path.display()
-            ));
-        }
-        check_trusted(path, &meta)?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("config file {}: {e}", path.display()))?;
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| format!("config file {}: {e}", path.display()))?;

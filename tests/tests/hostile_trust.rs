@@ -186,3 +186,83 @@ fn master_signer_list_others_could_write_is_refused() {
     let (t, _, _) = f.try_submit(wire, false).expect("sound signer list");
     assert_eq!(t, ["web1"]);
 }
+
+/// The daemons' own config files (agent.toml, master.toml) say which master
+/// and CA to trust: the same rule applies to them and to every directory
+/// above them, and nothing is started with a refused one.
+#[test]
+fn daemon_config_files_others_could_write_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    chmod(t.path(), 0o755);
+    let dir = t.path().join("etc-troupe");
+    std::fs::create_dir(&dir).unwrap();
+    for (bin, file, body) in [
+        (
+            agent_bin(),
+            "agent.toml",
+            "server = \"https://master.example:8140\"\n",
+        ),
+        (
+            troupe_tests::troupe_bin(),
+            "master.toml",
+            "listen = \"127.0.0.1:0\"\n",
+        ),
+    ] {
+        let p = dir.join(file);
+        std::fs::write(&p, body).unwrap();
+        // (what, file mode, dir mode, owner, expected words)
+        let cases: [(&str, u32, u32, Option<u32>, &str); 4] = [
+            ("group-writable", 0o664, 0o755, None, "chmod go-w"),
+            ("world-writable", 0o646, 0o755, None, "chmod go-w"),
+            (
+                "in a world-writable directory",
+                0o600,
+                0o777,
+                None,
+                "directory holding",
+            ),
+            (
+                "owned by another user",
+                0o600,
+                0o755,
+                Some(12345),
+                "owned by uid 12345",
+            ),
+        ];
+        for (what, mode, dmode, owner, words) in cases {
+            chmod(&p, mode);
+            chmod(&dir, dmode);
+            std::os::unix::fs::chown(&p, Some(owner.unwrap_or(0)), None).unwrap();
+            let mut cmd = std::process::Command::new(&bin);
+            if file == "master.toml" {
+                cmd.arg("master");
+            }
+            let out = cmd
+                .arg("--config")
+                .arg(&p)
+                .arg("--print-config")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let refused = out.status.code() == Some(1) && err.contains(words);
+            tally::hostile("trust-files", &format!("{file} {what}"), refused);
+            assert!(refused, "{file} {what}: {out:?}");
+            assert!(out.stdout.is_empty(), "{file} {what}: printed a config");
+        }
+        // The same file, root's and 0600 in a 0755 directory: accepted.
+        chmod(&p, 0o600);
+        chmod(&dir, 0o755);
+        std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+        let mut cmd = std::process::Command::new(&bin);
+        if file == "master.toml" {
+            cmd.arg("master");
+        }
+        let out = cmd
+            .arg("--config")
+            .arg(&p)
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{file}: {out:?}");
+    }
+}

@@ -8,8 +8,9 @@
 //! or others either, unless it has the sticky bit (as /tmp does: others
 //! cannot rename or remove what they do not own there). The file is checked
 //! on the descriptor it is read from, so what is checked is what is read.
-//! The agent (`troupe_agent::trust` re-exports this) and the master (its
-//! `signers.toml`) both use it.
+//! The agent (`troupe_agent::trust` and `troupe_command::trust` re-export
+//! this), the master (its `signers.toml`) and both daemons' config files
+//! (`troupe_pki::config_file`: agent.toml, master.toml) use it.
 
 use anyhow::{Context, Result, bail};
 use std::io::Read;
