@@ -248,7 +248,8 @@ fn not_a_chain(file: &Path) -> anyhow::Result<()> {
     {
         bail!(
             "{} is not a hash-chained audit log (its first line is no chain record and there is no {}): \
-             the chained logs are access-audit.log and orchestration-audit.log; \
+             the chained logs are access-audit.log, orchestration-audit.log and ca/audit.log \
+             (a CA log from before the chain was moved to ca/audit.log.plain-TIME); \
              if this is one, its head file is missing too",
             file.display(),
             head.display()

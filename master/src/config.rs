@@ -35,6 +35,9 @@ pub const KEYS: &[&str] = &[
     "allow_agent_environment",
     "compile_threads",
     "shutdown_grace",
+    "ca_audit_max_bytes",
+    "ca_audit_keep",
+    "ca_audit_refusal_window",
 ];
 
 /// A duration in the file: `"30m"` (humantime) or whole seconds.
@@ -159,6 +162,34 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
         )
         .map_err(e)?
         .0;
+    args.ca_audit_max_bytes = f
+        .resolve(
+            "ca_audit_max_bytes",
+            given(m, "ca_audit_max_bytes", None),
+            args.ca_audit_max_bytes,
+        )
+        .map_err(e)?;
+    args.ca_audit_keep = f
+        .resolve(
+            "ca_audit_keep",
+            given(m, "ca_audit_keep", None),
+            args.ca_audit_keep,
+        )
+        .map_err(e)?;
+    args.ca_audit_refusal_window = f
+        .resolve(
+            "ca_audit_refusal_window",
+            given(m, "ca_audit_refusal_window", None),
+            Dur(args.ca_audit_refusal_window),
+        )
+        .map_err(e)?
+        .0;
+    if args.ca_audit_max_bytes < 4096 {
+        anyhow::bail!("ca_audit_max_bytes: must be at least 4096");
+    }
+    if !(1..=1000).contains(&args.ca_audit_keep) {
+        anyhow::bail!("ca_audit_keep: must be between 1 and 1000");
+    }
     if args.reports_keep == 0 {
         anyhow::bail!("reports_keep: must be at least 1");
     }

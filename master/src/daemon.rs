@@ -92,6 +92,24 @@ pub struct Args {
     /// the master closes them (agents' command streams are closed then).
     #[arg(long, default_value = "10s")]
     pub shutdown_grace: humantime::Duration,
+    /// Rotate the CA's audit log (DATA/ca/audit.log) once it holds this
+    /// many bytes: it becomes audit.log.1 and a new hash chain starts whose
+    /// first record names the previous file's last hash.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub ca_audit_max_bytes: u64,
+    /// Rotated CA audit logs kept (audit.log.1 ... audit.log.N); the oldest
+    /// is deleted, so the CA's audit logs hold at most (N+1) x
+    /// --ca-audit-max-bytes.
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub ca_audit_keep: u32,
+    /// Refused certificate requests from one source address within this
+    /// window are written once, then counted: one `refuse_repeated` record
+    /// with the count follows when the window has closed (or at shutdown).
+    /// `0s` writes every refusal.
+    #[arg(long, default_value = "60s")]
+    pub ca_audit_refusal_window: humantime::Duration,
 }
 
 /// `--listen`: an IP and a port (a usage error otherwise, with an example).
@@ -223,6 +241,11 @@ async fn serve(args: Args) -> Result<()> {
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
     let policy = CaPolicy {
         cert_ttl_secs: args.cert_ttl.as_secs().max(60),
+        audit: troupe_pki::CaAuditLimits {
+            max_bytes: args.ca_audit_max_bytes,
+            keep: args.ca_audit_keep,
+            refusal_window_secs: args.ca_audit_refusal_window.as_secs(),
+        },
         ..CaPolicy::default()
     };
     let ca_dir = args.data.join("ca");
@@ -393,6 +416,7 @@ async fn serve(args: Args) -> Result<()> {
         t.abort();
     }
     crate::catalog_service::flush_checkins(&state);
+    state.ca.flush_audit();
     let _ = std::fs::remove_file(crate::admin::socket_path(&args.data));
     let _ = std::fs::remove_file(args.data.join("listen.addr"));
     result.context("serving gRPC")?;

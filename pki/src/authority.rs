@@ -9,7 +9,7 @@
 //! | `ca_crt.pem` | self-signed CA certificate |
 //! | `ca.redb` | PSK hashes, pending/rejected requests, issued certificates, CRL number |
 //! | `crl.pem` | current CRL (a copy for operators; the master serves it) |
-//! | `audit.log` | JSON lines: every PSK issued, sign, reject, revoke, clean, refusal |
+//! | `audit.log` | hash-chained JSON lines ([`troupe_base::audit`], head in `audit.log.head`): every PSK issued, sign, reject, revoke, clean, refusal (repeats per source counted, see [`crate::ca_audit`]); rotated to `audit.log.1`… |
 //!
 //! Every state change happens in one redb write transaction, under one
 //! mutex, so concurrent requests cannot both consume a PSK or both get a
@@ -21,6 +21,7 @@
 //! again and retries the transaction once ([`troupe_base::reopen`]), so it
 //! recovers by itself once space is freed, without a restart.
 
+use crate::ca_audit::{CaAudit, CaAuditLimits};
 use crate::csr::{CheckedCsr, CsrError, check_csr};
 use crate::name::{NameError, validate_host_name};
 use crate::psk::{self, PskError, PskRecord};
@@ -33,8 +34,6 @@ use rcgen::{
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use thiserror::Error;
@@ -61,6 +60,8 @@ pub struct CaPolicy {
     /// Most pending (or rejected, not yet cleaned) requests kept: a flood
     /// of unauthenticated CSRs cannot grow the CA's state without bound.
     pub max_pending: u64,
+    /// Rotation and refusal aggregation of `audit.log`.
+    pub audit: CaAuditLimits,
 }
 
 impl Default for CaPolicy {
@@ -70,6 +71,7 @@ impl Default for CaPolicy {
             ca_ttl_secs: 10 * 365 * 86_400,
             crl_ttl_secs: 7 * 86_400,
             max_pending: MAX_PENDING_REQUESTS,
+            audit: CaAuditLimits::default(),
         }
     }
 }
@@ -308,7 +310,7 @@ pub struct Authority {
     ca_pem: String,
     ca_not_after: u64,
     db: ReopeningDb,
-    audit: Mutex<std::fs::File>,
+    audit: Mutex<CaAudit>,
     write_lock: Mutex<()>,
     crl: RwLock<Crl>,
     policy: CaPolicy,
@@ -445,12 +447,8 @@ impl Authority {
             stopped,
             reopen_failed,
         )?;
-        let audit = std::fs::OpenOptions::new()
-            .create(true)
-            .mode(0o600)
-            .append(true)
-            .open(dir.join("audit.log"))
-            .map_err(io)?;
+        let audit = CaAudit::open(&dir.join("audit.log"), policy.audit)
+            .map_err(|e| CaError::Io(e.to_string()))?;
         let ca_pem = pem_encode("CERTIFICATE", &ca_der);
         let a = Authority {
             dir: dir.to_path_buf(),
@@ -496,21 +494,35 @@ impl Authority {
         vec![CertificateRevocationListDer::from(self.crl_der())]
     }
 
-    /// Appends one event to the audit log (fsynced). Never contains secrets.
+    /// Appends one event to the hash-chained audit log (fsynced), or, for a
+    /// repeated refusal from one source, counts it (see [`crate::ca_audit`]).
+    /// Never contains secrets.
     pub fn audit(&self, event: &str, host: &str, detail: serde_json::Value) {
-        let line = serde_json::json!({
-            "ts": util::fmt_time(now()),
-            "event": event,
-            "host": short(host),
-            "detail": detail,
-        });
-        tracing::info!(target: "troupe::audit", event, host = %short(host), %detail);
-        if let Ok(mut f) = self.audit.lock() {
-            let mut bytes = line.to_string().into_bytes();
-            bytes.push(b'\n');
-            if f.write_all(&bytes).and_then(|_| f.sync_data()).is_err() {
-                tracing::error!("could not write the CA audit log");
+        let mut a = match self.audit.lock() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        let shown = detail.to_string();
+        match a.record(now(), event, &short(host), detail) {
+            Ok(true) => {
+                tracing::info!(target: "troupe::audit", event, host = %short(host), detail = %shown)
             }
+            Ok(false) => {
+                tracing::debug!(target: "troupe::audit", event, host = %short(host), detail = %shown, "counted")
+            }
+            Err(e) => tracing::error!("could not write the CA audit log: {e}"),
+        }
+    }
+
+    /// Writes the pending counts of repeated refusals to the audit log (the
+    /// master calls this at shutdown; dropping the CA does it too).
+    pub fn flush_audit(&self) {
+        let mut a = match self.audit.lock() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = a.flush() {
+            tracing::error!("could not write the CA audit log: {e}");
         }
     }
 

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod ca_audit;
 pub mod config_file;
 pub mod csr;
 pub mod name;
@@ -26,6 +27,7 @@ pub mod util;
 pub use authority::{
     Authority, CaError, CaPolicy, IssuedCert, ListEntry, ListFilter, PollOutcome, SubmitOutcome,
 };
+pub use ca_audit::CaAuditLimits;
 pub use csr::{CheckedCsr, CsrError, build_csr, check_csr};
 pub use name::{NameError, validate_host_name};
 pub use psk::PskError;

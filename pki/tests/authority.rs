@@ -231,13 +231,16 @@ fn audit_log_records_decisions_without_secrets() {
     let events: Vec<String> = log
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+            // Hash-chained lines (troupe_base::audit): the event is the entry.
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["entry"]["event"]
                 .as_str()
                 .unwrap()
                 .to_string()
         })
         .collect();
     assert_eq!(events, ["psk-new", "refuse", "autosign", "revoke"]);
+    let v = troupe_base::audit::verify(&d.path().join("ca/audit.log")).unwrap();
+    assert_eq!(v.records, 4);
     assert!(!log.contains(&s));
 }
 

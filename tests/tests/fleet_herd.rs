@@ -88,6 +88,7 @@ fn two_hundred_hosts_bootstrap_at_once_and_each_gets_exactly_one_certificate() {
     let autosigned: Vec<String> = audit
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["record"]["entry"].clone())
         .filter(|v| v["event"] == "autosign")
         .map(|v| v["host"].as_str().unwrap_or_default().to_string())
         .collect();

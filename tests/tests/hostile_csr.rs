@@ -13,6 +13,16 @@ use troupe_pki::csr::{PP_PRESHARED_KEY_ARCS, encode_psk_extension_value};
 use troupe_proto::v1::SubmitCsrRequest;
 use troupe_tests::{Master, tally};
 
+/// A master that writes every refused request to the CA audit log (these
+/// tests count one `refuse` record per refusal; by default repeats from one
+/// address are aggregated, see hostile_ca_audit.rs).
+fn master() -> Master {
+    Master::start_with(troupe_tests::MasterOptions {
+        extra_args: vec!["--ca-audit-refusal-window".into(), "0s".into()],
+        ..Default::default()
+    })
+}
+
 /// A CSR for `web1` with exactly these extensions (OID arcs, DER value).
 fn csr_with(exts: &[(&[u64], Vec<u8>)]) -> Vec<u8> {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -84,7 +94,7 @@ fn der_len(out: &mut Vec<u8>, n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn csrs_with_garbage_huge_duplicate_and_conflicting_extensions_are_refused() {
-    let m = Master::start();
+    let m = master();
     let psk = m.psk("web1");
     let good = || encode_psk_extension_value(&psk);
 
@@ -338,7 +348,7 @@ fn openssl_csr_with_two_keys(m: &Master, psk: &str) -> Option<Vec<u8>> {
 async fn polls_with_hostile_names_or_keys_are_refused_or_learn_nothing() {
     use troupe_proto::v1::PollCertificateRequest;
     use troupe_proto::v1::certificate_status::State;
-    let m = Master::start();
+    let m = master();
     let before = m.list_all();
     let mut c = m.ca_client().await;
     let long = "a".repeat(300);
