@@ -277,6 +277,14 @@ impl Master {
         self.proc = None;
     }
 
+    /// Stops the master gracefully (SIGTERM) and waits until it has exited;
+    /// returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut p = self.proc.take()?;
+        run(Command::new("kill").args(["-TERM", &p.0.id().to_string()])).assert_success();
+        p.0.wait().ok().and_then(|s| s.code())
+    }
+
     /// Starts a stopped master again on the same port and data directory.
     pub fn resume(&mut self, opts: &MasterOptions) {
         assert!(self.proc.is_none(), "the master is running");

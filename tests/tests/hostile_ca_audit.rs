@@ -117,6 +117,23 @@ async fn refusal_flood_from_one_source_is_counted_in_one_record() {
     );
     assert!(bad.stderr.contains("tampered"), "{bad:?}");
     tally::hostile("ca-audit", "tampered count in the CA audit log", true);
+
+    // Repeats still counted when the master stops are written at shutdown.
+    let n = entries(&log).len();
+    flood(&m, 5).await;
+    assert_eq!(
+        entries(&log).len(),
+        n,
+        "repeats inside the window were written"
+    );
+    let mut m = m;
+    assert_eq!(m.terminate(), Some(0), "{}", m.log());
+    let after = entries(&log);
+    assert_eq!(after.len(), n + 1, "{after:#?}");
+    assert_eq!(after[n]["event"], "refuse_repeated");
+    assert_eq!(after[n]["detail"]["count"], 5);
+    verify(&log).assert_success();
+    tally::hostile("ca-audit", "counted refusals written at shutdown", true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
