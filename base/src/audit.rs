@@ -459,10 +459,24 @@ impl AuditLog {
         if buf.is_empty() {
             return Ok(head);
         }
-        self.file
+        // A failed append (a full disk) must leave no torn bytes: a later
+        // append would land after them, and the line they make together
+        // reads as tampering at the next open. Cut back to where it began.
+        let before = self.file.metadata().map_err(io(&self.path))?.len();
+        let written = self
+            .file
             .write_all(buf.as_bytes())
-            .map_err(io(&self.path))?;
-        self.file.sync_data().map_err(io(&self.path))?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = self
+                .file
+                .set_len(before)
+                .and_then(|()| self.file.sync_data())
+            {
+                tracing::error!(path = %self.path.display(), "audit log: cannot cut a failed append back: {cut}");
+            }
+            return Err(io(&self.path)(e));
+        }
         self.head = head;
         write_head(&self.path, &head)?;
         Ok(head)
