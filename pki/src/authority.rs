@@ -514,6 +514,32 @@ impl Authority {
         }
     }
 
+    /// Writes an audit record that must exist before the change it records
+    /// is committed (a certificate issued): if it cannot be written (disk
+    /// full), the change is refused, so no certificate is ever issued that
+    /// the audit log does not name.
+    fn audit_or_refuse(
+        &self,
+        event: &str,
+        host: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), CaError> {
+        let mut a = match self.audit.lock() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        let shown = detail.to_string();
+        match a.record(now(), event, &short(host), detail) {
+            Ok(_) => {
+                tracing::info!(target: "troupe::audit", event, host = %short(host), detail = %shown);
+                Ok(())
+            }
+            Err(e) => Err(CaError::Io(format!(
+                "cannot write the CA audit log, so nothing is issued: {e}"
+            ))),
+        }
+    }
+
     /// Writes the pending counts of repeated refusals to the audit log (the
     /// master calls this at shutdown; dropping the CA does it too).
     pub fn flush_audit(&self) {
@@ -780,6 +806,13 @@ impl Authority {
                 Self::store_cert(w, &rec)?;
                 let mut reqs = w.open_table(REQUESTS).map_err(st)?;
                 reqs.remove(host).map_err(st)?;
+                // Audited before the commit: a certificate the log cannot
+                // name is not issued (the transaction is aborted).
+                self.audit_or_refuse(
+                    "autosign",
+                    host,
+                    serde_json::json!({"serial": issued.serial, "source": source, "expires": util::fmt_time(issued.not_after)}),
+                )?;
                 Ok(SubmitOutcome::Signed(issued))
             } else {
                 let mut reqs = w.open_table(REQUESTS).map_err(st)?;
@@ -807,20 +840,28 @@ impl Authority {
                 put_json(&mut reqs, host, &rec)?;
                 Ok(SubmitOutcome::Pending)
             }
-        })?;
+        });
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) => {
+                // The commit failed; an autosign record may already be in
+                // the log: say that it did not take effect.
+                self.audit(
+                    "autosign-failed",
+                    host,
+                    serde_json::json!({"source": source, "error": e.to_string()}),
+                );
+                return Err(e);
+            }
+        };
         match decision {
             Ok(outcome) => {
-                match &outcome {
-                    SubmitOutcome::Signed(c) => self.audit(
-                        "autosign",
-                        host,
-                        serde_json::json!({"serial": c.serial, "source": source, "expires": util::fmt_time(c.not_after)}),
-                    ),
-                    SubmitOutcome::Pending => self.audit(
+                if let SubmitOutcome::Pending = &outcome {
+                    self.audit(
                         "pending",
                         host,
                         serde_json::json!({"source": source, "key": hex::encode(csr.spki_sha256)}),
-                    ),
+                    );
                 }
                 Ok(outcome)
             }

@@ -158,10 +158,12 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
         "{boot:?}"
     );
     let boot = boot.stderr.clone();
-    // An operator's PSK requests: the CA database, stopped by the failed
-    // CSR, is reopened by the next request; each request then either fails
-    // clearly (no room) or is stored whole (redb reused pages its file
-    // already had). Checked again after the restart.
+    // (The CSR is refused before its transaction commits: the CA writes
+    // the autosign record first, and cannot, so ca.redb is not stopped by
+    // it.) An operator's PSK requests either fail clearly (no room: the CA
+    // database is stopped and must be reopened once space is freed) or are
+    // stored whole (redb reused pages its file already had). Checked again
+    // after the restart.
     let mut psk_stored = Vec::new();
     let mut psk_err = String::new();
     for host in ["web4", "web5"] {
@@ -226,7 +228,11 @@ fn master_disk_full_gives_clear_errors_and_corrupts_no_store() {
     ping_until_answered(&m, "after space was freed, without a restart");
     assert!(m.running(), "no restart");
     let log = m.log();
+    let ca_stopped = psk_stored.iter().any(|(_, ok)| !ok);
     for file in ["nodes.redb", "ca.redb"] {
+        if file == "ca.redb" && !ca_stopped {
+            continue;
+        }
         assert!(
             log.lines()
                 .any(|l| l.contains("opened the store again") && l.contains(file)),
