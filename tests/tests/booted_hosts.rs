@@ -407,8 +407,8 @@ const INTERVAL: u64 = 5;
 ///    change arrives within one interval, each restarting nginx exactly
 ///    once.
 /// 3. Reboot: services come back enabled, the agent resumes with its
-///    certificate (the unit the role wrote), nothing re-bootstraps.
-/// 7. The orchestration listener is a systemd service (the role's unit);
+///    certificate (the package's unit), nothing re-bootstraps.
+/// 7. The orchestration listener is a systemd service (the package's unit);
 ///    a signed `service.restart` from a bastion really restarts nginx
 ///    (its main PID changes).
 #[test]
@@ -461,7 +461,11 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     let booted = t0.elapsed();
 
     // 1. The blank host: the agent package, its settings, a one-time key.
-    fleet.prepare_agent(&web, &m, &format!("--interval {INTERVAL} --no-listen"));
+    fleet.prepare_agent(
+        &web,
+        &m,
+        &[("interval", &INTERVAL.to_string()), ("splay", "0")],
+    );
 
     let start = Instant::now();
     web.sh_ok("systemctl enable --now troupe-agent");
@@ -555,8 +559,8 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
         "one restart for the change"
     );
 
-    // 3. Reboot: the agent resumes with its certificate from the unit the
-    // role wrote; nothing re-bootstraps.
+    // 3. Reboot: the agent resumes with its certificate, from the
+    // package's unit and the role's agent.toml; nothing re-bootstraps.
     let cert = std::fs::read(web.root.join("var/lib/troupe-agent/cert.pem")).unwrap();
     let signed_before = m.signed().len();
     web.reboot();
@@ -566,8 +570,13 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     assert_eq!(web.unit_prop("nginx", "ActiveState"), "active");
     assert_eq!(
         web.unit_prop("troupe-agent", "FragmentPath"),
-        "/etc/systemd/system/troupe-agent.service",
-        "the role's unit runs the agent now"
+        "/lib/systemd/system/troupe-agent.service",
+        "the package's unit runs the agent (the role writes none)"
+    );
+    let conf = web.sh_ok("cat /etc/troupe/agent.toml");
+    assert!(
+        conf.starts_with("# Managed by Troupe (profile troupe_agent)"),
+        "the role's agent.toml replaced the hand-written one: {conf}"
     );
     let r = next_report(&m, &web.fqdn, Some(&last), 60);
     // sysctl -p runs only when its file changes, so only chrony now.
@@ -584,20 +593,10 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     ));
     assert!(code.len() == 3 && code != "000", "{code}");
 
-    // 7. The orchestration listener runs as a systemd service (the role's
-    // unit); a signed service.restart really restarts nginx.
-    // (Right after a boot it may be waiting to retry the master:
-    // Restart=always, RestartSec=10 in the role's unit.)
-    let t = Instant::now();
-    while web.unit_prop("troupe-agent-listen", "ActiveState") != "active" {
-        assert!(
-            t.elapsed().as_secs() < 30,
-            "{}",
-            web.sh("systemctl status --no-pager -n 20 troupe-agent-listen")
-                .stdout
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    // 7. The orchestration listener runs in the package's troupe-agent
+    // service (agent.toml `orchestration = true`, with the role's
+    // orchestration.toml); a signed service.restart really restarts nginx.
+    assert_eq!(web.unit_prop("troupe-agent", "ActiveState"), "active");
     let bastion = fleet.net.tmp.path().join("bastion");
     let psk = m.psk("bastion");
     troupe_tests::run(

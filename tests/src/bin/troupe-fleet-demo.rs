@@ -88,7 +88,7 @@ fn main() {
 
     step("apt-get install troupe-agent (the fleet's repository), settings, one-time key");
     for h in &hosts {
-        fleet.prepare_agent(h, &m, "--interval 1800 --no-listen");
+        fleet.prepare_agent(h, &m, &[("splay", "0")]);
         // The application the release upgrades (its first version).
         h.sh_ok(&format!(
             "apt-get install -y -qq {APP}=1.0 >/dev/null && systemctl enable --now -q {APP}"
