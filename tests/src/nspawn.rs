@@ -585,6 +585,19 @@ impl Fleet {
     /// `settings` then sets further agent.toml keys as an admin would edit
     /// them (`("interval", "5")`: the package's line replaced, else added).
     pub fn prepare_agent(&self, b: &Booted, m: &NetMaster, settings: &[(&str, &str)]) {
+        let psk = m.psk(&b.fqdn);
+        self.prepare_agent_with(b, &m.fingerprint(), &psk, settings);
+    }
+
+    /// [`Fleet::prepare_agent`] for any master: its CA `fingerprint` and a
+    /// one-time key `psk` for `b`.
+    pub fn prepare_agent_with(
+        &self,
+        b: &Booted,
+        fingerprint: &str,
+        psk: &str,
+        settings: &[(&str, &str)],
+    ) {
         let (install, last) = readme_new_host();
         assert_eq!(
             last.trim(),
@@ -598,12 +611,11 @@ impl Fleet {
             );
             s.replace(from, to)
         };
-        let psk = m.psk(&b.fqdn);
-        let mut script = fill(install, "KEY-FROM-troupe-ca-psk-new", &psk);
+        let mut script = fill(install, "KEY-FROM-troupe-ca-psk-new", psk);
         script = fill(
             script,
             "FINGERPRINT-FROM-troupe-ca-fingerprint",
-            &m.fingerprint(),
+            fingerprint,
         );
         let apt = format!("apt install ./{}", self.repo.agent_deb);
         assert!(
@@ -622,7 +634,7 @@ impl Fleet {
         b.sh_ok("cd /srv/troupe-repo && bash -euo pipefail /root/install-agent.sh >/dev/null");
         // The package's own file, completed: what the agent will read.
         let eff = b.sh_ok("troupe-agent --print-config");
-        assert!(eff.contains(&m.fingerprint()), "{eff}");
+        assert!(eff.contains(fingerprint), "{eff}");
     }
 
     /// Cuts the host off the switch (its link goes down).

@@ -644,3 +644,137 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
         t0.elapsed()
     );
 }
+
+/// README's "Install on real hosts", every command as it stands, on two
+/// booted hosts: the master block on `troupe` (the troupe package from the
+/// fleet repository, master.toml edited where README says `$EDITOR`,
+/// `troupe master --print-config`, `systemctl enable --now troupe-master`
+/// running as the unprivileged troupe user, `troupe ca fingerprint`,
+/// `troupe ca psk new web4.example.com`), then the new-host block on
+/// `web4` with that fingerprint and key ([`Fleet::prepare_agent`] runs
+/// it from README.md): the agent joins the packaged master, deletes the
+/// key and converges from it.
+#[test]
+fn readme_install_on_real_hosts_joins_a_host_to_a_packaged_master() {
+    let t0 = Instant::now();
+    let Some(fleet) = Fleet::require() else {
+        return;
+    };
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("README.md"),
+    )
+    .unwrap();
+    let block = readme
+        .split("\n## Install on real hosts")
+        .nth(1)
+        .and_then(|s| s.split("On the master").nth(1))
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README's \"Install on real hosts\" has an \"On the master\" ```sh block");
+    let master = fleet.boot("troupe");
+    let web = fleet.boot("web4");
+    fleet.share_hosts(&[&master, &web]);
+    // A small module tree for the master to serve: one file on every host.
+    let tree = master.root.join("srv/modules");
+    let env = tree.join("environments/production");
+    for d in ["roles", "profiles", "data"] {
+        std::fs::create_dir_all(env.join(d)).unwrap();
+    }
+    let files = [
+        (
+            tree.join("site.toml"),
+            "default_environment = \"production\"\n[[node]]\nmatch = \"*\"\nrole = \"base\"\n",
+        ),
+        (
+            env.join("hierarchy.toml"),
+            "[[level]]\nname = \"common\"\npath = \"common.toml\"\n",
+        ),
+        (env.join("data/common.toml"), ""),
+        (env.join("roles/base.toml"), "include = [\"motd\"]\n"),
+        (
+            env.join("profiles/motd.toml"),
+            "[file.\"/etc/motd\"]\ncontent = \"managed by the packaged master\\n\"\nmode = \"0644\"\n",
+        ),
+    ];
+    for (p, body) in files {
+        std::fs::write(p, body).unwrap();
+    }
+    let deb = fleet.repo.agent_deb.replace("troupe-agent_", "troupe_");
+    let mut fingerprint = String::new();
+    let mut psk = String::new();
+    for line in block.lines() {
+        let cmd = line.split('#').next().unwrap().trim();
+        if cmd.is_empty() {
+            continue;
+        }
+        let out = if cmd.starts_with("apt install ") {
+            assert_eq!(cmd, format!("apt install ./target/packages/{deb}"));
+            master.sh_ok(&format!("cd /srv/troupe-repo && apt install ./{deb} 2>&1"))
+        } else if cmd == "$EDITOR /etc/troupe/master.toml" {
+            master.sh_ok(
+                "printf '%s\\n' 'modules = \"/srv/modules\"' \
+                 'server_names = [\"troupe.example.com\"]' >> /etc/troupe/master.toml",
+            )
+        } else if cmd == "troupe ca fingerprint" {
+            // The master creates its CA as it starts.
+            let t = Instant::now();
+            loop {
+                let o = master.sh(cmd);
+                if o.code == Some(0) || t.elapsed().as_secs() > 20 {
+                    break master.sh_ok(cmd);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        } else {
+            master.sh_ok(cmd)
+        };
+        if cmd == "troupe ca fingerprint" {
+            fingerprint = out.trim().to_string();
+        } else if cmd.starts_with("troupe ca psk new ") {
+            assert_eq!(cmd, format!("troupe ca psk new {}", web.fqdn));
+            psk = out.trim().to_string();
+        } else if cmd == "troupe master --print-config" {
+            assert!(out.contains("/srv/modules"), "{out}");
+        }
+    }
+    assert!(!fingerprint.is_empty() && !psk.is_empty());
+    assert_eq!(master.unit_prop("troupe-master", "ActiveState"), "active");
+    assert_eq!(master.unit_prop("troupe-master", "User"), "troupe");
+    let pid = master.unit_prop("troupe-master", "MainPID");
+    let uid = master.sh_ok(&format!("stat -c %U /proc/{pid}"));
+    assert_eq!(uid.trim(), "troupe", "the master runs unprivileged");
+
+    fleet.prepare_agent_with(&web, &fingerprint, &psk, &[("splay", "0")]);
+    let start = Instant::now();
+    web.sh_ok("systemctl enable --now troupe-agent");
+    let t = Instant::now();
+    while !web
+        .sh("cat /etc/motd")
+        .stdout
+        .contains("managed by the packaged master")
+    {
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "web4 never converged:\n{}\nmaster:\n{}",
+            web.sh("journalctl -u troupe-agent --no-pager -n 30").stdout,
+            master
+                .sh("journalctl -u troupe-master --no-pager -n 30")
+                .stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let converged = start.elapsed();
+    assert!(
+        !web.root.join("etc/troupe/psk").exists(),
+        "the one-time key is deleted after the join"
+    );
+    let list = master.sh_ok("troupe ca list");
+    assert!(list.contains(&web.fqdn), "{list}");
+    eprintln!(
+        "FIGURES README install on booted hosts: systemctl start -> converged {converged:.1?}; whole test {:.1?}",
+        t0.elapsed()
+    );
+}
