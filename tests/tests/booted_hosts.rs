@@ -747,7 +747,7 @@ fn readme_install_on_real_hosts_joins_a_host_to_a_packaged_master() {
     let uid = master.sh_ok(&format!("stat -c %U /proc/{pid}"));
     assert_eq!(uid.trim(), "troupe", "the master runs unprivileged");
 
-    fleet.prepare_agent_with(&web, &fingerprint, &psk, &[("splay", "0")]);
+    fleet.prepare_agent_with(&web, &fingerprint, &psk, &[]);
     let start = Instant::now();
     web.sh_ok("systemctl enable --now troupe-agent");
     let t = Instant::now();
