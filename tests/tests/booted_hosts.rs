@@ -650,7 +650,9 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
 /// fleet repository, master.toml edited where README says `$EDITOR`,
 /// `troupe master --print-config`, `systemctl enable --now troupe-master`
 /// running as the unprivileged troupe user, `troupe ca fingerprint`,
-/// `troupe ca psk new web4.example.com`), then the new-host block on
+/// `troupe ca psk new web4.example.com`, typed right after the start: the
+/// unit is Type=notify, so the master serves when systemctl returns), then
+/// the new-host block on
 /// `web4` with that fingerprint and key ([`Fleet::prepare_agent`] runs
 /// it from README.md): the agent joins the packaged master, deletes the
 /// key and converges from it.
@@ -718,23 +720,6 @@ fn readme_install_on_real_hosts_joins_a_host_to_a_packaged_master() {
                 "printf '%s\\n' 'modules = \"/srv/modules\"' \
                  'server_names = [\"troupe.example.com\"]' >> /etc/troupe/master.toml",
             )
-        } else if cmd.starts_with("troupe ca ") {
-            // KNOWN GAP: troupe-master.service is Type=simple (the master
-            // sends no sd_notify READY=1), so `systemctl enable --now`
-            // returns before the master has created its CA and opened its
-            // admin socket; a `troupe ca` command typed at once may find
-            // the CA locked and no socket yet. Retried here, up to 20 s.
-            let t = Instant::now();
-            loop {
-                let o = master.sh(cmd);
-                if o.code == Some(0) {
-                    break o.stdout;
-                }
-                if t.elapsed().as_secs() > 20 {
-                    break master.sh_ok(cmd);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
         } else {
             master.sh_ok(cmd)
         };
