@@ -7,9 +7,11 @@
 //! - scenario 4: the service provider against real systemd: start +
 //!   enable, nothing to do on a second run, a config change restarts once,
 //!   a unit-file change is followed by daemon-reload and one restart, stop
-//!   + disable, and units that do not start (203/EXEC; a start condition
+//!   and disable, and units that do not start (203/EXEC; a start condition
 //!   not met, as chrony in a container) fail their resource with systemd's
-//!   own words.
+//!   own words;
+//! - README's "Install on real hosts", every command as written: the
+//!   packaged master on one host, a new host joining it.
 //!
 //! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
