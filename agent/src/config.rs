@@ -295,12 +295,13 @@ fn read_psk(path: &Path) -> Result<Option<String>> {
 /// The first join, when the state directory has no certificate and
 /// `ca_fingerprint` is set: bootstraps against the first server with the
 /// key from `psk_file` (deleted once joined). Does nothing otherwise.
-pub fn bootstrap_if_needed(eff: &Effective) -> Result<()> {
+/// Whether it joined.
+pub fn bootstrap_if_needed(eff: &Effective) -> Result<bool> {
     let (Some(server), Some(fp)) = (eff.servers.first(), eff.ca_fingerprint.as_ref()) else {
-        return Ok(());
+        return Ok(false);
     };
     if has_identity(&eff.run.state) {
-        return Ok(());
+        return Ok(false);
     }
     let psk = match &eff.psk_file {
         Some(p) => read_psk(p)?,
@@ -343,7 +344,7 @@ pub fn bootstrap_if_needed(eff: &Effective) -> Result<()> {
             )
         })?;
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

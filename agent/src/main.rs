@@ -156,8 +156,11 @@ fn main() -> ExitCode {
                     print!("{}", troupe_agent::config::print(&eff, cli.json));
                     return Ok(0);
                 }
-                troupe_agent::config::bootstrap_if_needed(&eff)?;
-                troupe_agent::run::run(eff.run)
+                let just_joined = troupe_agent::config::bootstrap_if_needed(&eff)?;
+                troupe_agent::run::run(troupe_agent::run::Args {
+                    just_joined,
+                    ..eff.run
+                })
             })
         }
         Cmd::Facts(args) => troupe_agent::facts::run(args),

@@ -91,6 +91,11 @@ pub struct Args {
     /// Daemon: random extra delay (0..=SPLAY seconds) before each run.
     #[arg(long, default_value_t = 0)]
     pub splay: u64,
+    /// Set when this start just joined the master: the first run goes at
+    /// once (a new host converges when started, not up to SPLAY seconds
+    /// later); the splay spreads the later runs.
+    #[arg(skip)]
+    pub just_joined: bool,
     /// Restore every file this run changed when any resource fails.
     #[arg(long)]
     pub rollback_on_failure: bool,
@@ -258,8 +263,9 @@ fn daemon(
         "agent daemon started ({})",
         source.describe()
     );
+    let mut first = true;
     loop {
-        if args.splay > 0 {
+        if args.splay > 0 && !(first && args.just_joined) {
             std::thread::sleep(Duration::from_secs(fastrand::u64(0..=args.splay)));
         }
         source.before_run();
@@ -279,6 +285,7 @@ fn daemon(
             }
             Err(e) => tracing::warn!("run did not happen: {e:#}"),
         }
+        first = false;
         std::thread::sleep(Duration::from_secs(args.interval.max(1)));
     }
 }

@@ -374,6 +374,7 @@ async fn serve(args: Args) -> Result<()> {
         names = ?names,
         "troupe master listening"
     );
+    notify_ready();
     // Graceful shutdown: on SIGTERM/SIGINT stop accepting, let in-flight
     // requests finish, but never wait longer than the grace period (agents'
     // command streams are long-lived and would hold the master forever).
@@ -421,4 +422,29 @@ async fn serve(args: Args) -> Result<()> {
     let _ = std::fs::remove_file(args.data.join("listen.addr"));
     result.context("serving gRPC")?;
     Ok(())
+}
+
+/// Tells systemd the master serves (troupe-master.service is Type=notify):
+/// the CA, the admin socket and the listener are up, so `systemctl start`
+/// returns only now and a `troupe ca ...` typed next finds the master.
+/// Does nothing without `$NOTIFY_SOCKET` (not started by systemd).
+fn notify_ready() {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(b"READY=1", &addr)
+            }
+            None => sock.send_to(b"READY=1", &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!("could not tell systemd the master is ready (NOTIFY_SOCKET): {e}");
+    }
 }

@@ -107,6 +107,30 @@ pub fn image() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The README's "On a new host" commands: (all but the last line, the
+/// last line).
+fn readme_new_host() -> (String, String) {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    let section = text
+        .split("\n## Install on real hosts")
+        .nth(1)
+        .expect("README.md has no \"## Install on real hosts\" section");
+    let block = section
+        .split("On a new host")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README's \"Install on real hosts\" has no \"On a new host\" ```sh block");
+    let lines: Vec<&str> = block.trim_end().lines().collect();
+    let (last, rest) = lines.split_last().expect("an empty block");
+    let last = last.split('#').next().unwrap_or("").to_string();
+    (rest.iter().map(|l| format!("{l}\n")).collect(), last)
+}
+
 /// Removes unpacked images beside `tar` whose tarball is gone (an older
 /// recipe) and half-unpacked ones of dead processes.
 fn remove_stale_images(tar: &Path) {
@@ -222,6 +246,9 @@ pub fn sweep_leftovers() {
 /// internal repository is signed.
 pub struct Repo {
     pub dir: PathBuf,
+    /// The troupe-agent package's file name in `dir`
+    /// (`troupe-agent_VERSION_amd64.deb`).
+    pub agent_deb: String,
 }
 
 /// The in-house application (seed 001: "we packaged our in-house tools as
@@ -234,7 +261,8 @@ pub const APP_PORT: u16 = 9080;
 pub const APP_VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
 
 impl Repo {
-    /// Builds the repository in `dir`: the troupe agent package and the
+    /// Builds the repository in `dir`: the troupe and troupe-agent packages
+    /// (the real ones, see [`packages`]) and the
     /// in-house application in three versions, indexed with
     /// dpkg-scanpackages. What the shipped roles install (nginx, haproxy,
     /// ...) is already in the image, installed by debootstrap from Debian,
@@ -242,35 +270,28 @@ impl Repo {
     pub fn build(dir: &Path) -> Result<Repo, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let work = dir.join(".build");
-        // TEMPORARY until scripts/package.sh (issue 13) lands: a minimal
-        // troupe-agent package made here from the built binary, with the
-        // same package name, binary path and unit name as packaging/.
-        let agent = work.join("troupe-agent");
-        // Settings come from /etc/default/troupe-agent (a stand-in for
-        // issue 13's /etc/troupe/agent.toml): TROUPE_SERVER, TROUPE_NAME,
-        // TROUPE_CA_FINGERPRINT, TROUPE_AGENT_ARGS; the one-time key from
-        // /etc/troupe/psk. The first start joins (and deletes the key).
-        let unit = "[Unit]\nDescription=Troupe agent\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=simple\nEnvironmentFile=/etc/default/troupe-agent\nExecStartPre=/usr/lib/troupe-agent/join-if-needed\nExecStart=/usr/bin/troupe-agent run --state /var/lib/troupe-agent $TROUPE_AGENT_ARGS\nRestart=on-failure\nRestartSec=5\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n";
-        write(
-            &agent.join("lib/systemd/system/troupe-agent.service"),
-            unit,
-            0o644,
-        )?;
-        write(
-            &agent.join("usr/lib/troupe-agent/join-if-needed"),
-            "#!/bin/sh\n# Joins the master once: only while the state has no certificate.\nset -e\nstate=/var/lib/troupe-agent\n[ -e \"$state/cert.pem\" ] && exit 0\nTROUPE_PSK=\"$(cat /etc/troupe/psk)\" /usr/bin/troupe-agent bootstrap --server \"$TROUPE_SERVER\" \\\n  --name \"$TROUPE_NAME\" --ca-fingerprint \"$TROUPE_CA_FINGERPRINT\" --state \"$state\" \\\n  --poll-initial 200ms --retry-for 60s\nrm -f /etc/troupe/psk\n",
-            0o755,
-        )?;
-        let bin = agent.join("usr/bin/troupe-agent");
-        std::fs::create_dir_all(bin.parent().unwrap()).map_err(|e| e.to_string())?;
-        std::fs::copy(crate::agent_bin(), &bin).map_err(|e| format!("copy agent: {e}"))?;
-        control(
-            &agent,
-            "troupe-agent",
-            "0.1.0",
-            "Troupe agent (test-bed build)",
-        )?;
-        dpkg_deb(&agent, &dir.join("troupe-agent_0.1.0_amd64.deb"))?;
+        // The real troupe and troupe-agent packages of scripts/package.sh,
+        // built from the binaries under test (cached: see packages()).
+        let pkgs = packages()?;
+        let mut agent_deb = None;
+        for e in std::fs::read_dir(&pkgs).map_err(|e| format!("{}: {e}", pkgs.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".deb") {
+                continue;
+            }
+            std::fs::copy(e.path(), dir.join(&name))
+                .map_err(|e| format!("copying {name} into the repository: {e}"))?;
+            if name.starts_with("troupe-agent_") {
+                agent_deb = Some(name);
+            }
+        }
+        let agent_deb = agent_deb.ok_or_else(|| {
+            format!(
+                "scripts/package.sh made no troupe-agent .deb in {}",
+                pkgs.display()
+            )
+        })?;
 
         for v in APP_VERSIONS {
             let p = work.join(format!("{APP}-{v}"));
@@ -314,8 +335,81 @@ impl Repo {
         std::fs::write(dir.join("Packages"), &o.stdout).map_err(|e| e.to_string())?;
         Ok(Repo {
             dir: dir.to_path_buf(),
+            agent_deb,
         })
     }
+}
+
+/// The directory holding the packages `scripts/package.sh` builds from the
+/// binaries under test (`TROUPE_PACKAGE_BIN_DIR`, so no release build is
+/// needed; the script strips them): `troupe_VERSION_amd64.deb`,
+/// `troupe-agent_VERSION_amd64.deb` and the two .rpms.
+///
+/// Built once per set of inputs and cached under
+/// `BIN_DIR/booted-packages/KEY`, KEY hashing the two binaries' and the
+/// packaging sources' sizes and mtimes: about 10 s the first time, nothing
+/// after. Built under a temporary name and renamed, so concurrent tests
+/// never see a half-built set; older sets are removed.
+pub fn packages() -> Result<PathBuf, String> {
+    use std::hash::{Hash, Hasher};
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let bin_dir = crate::bin_dir();
+    let mut inputs = vec![bin_dir.join("troupe"), bin_dir.join("troupe-agent")];
+    inputs.push(workspace.join("scripts/package.sh"));
+    let mut stack = vec![workspace.join("packaging")];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                inputs.push(e.path());
+            }
+        }
+    }
+    inputs.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in &inputs {
+        let md = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        (p, md.len(), md.modified().ok()).hash(&mut h);
+    }
+    let cache = bin_dir.join("booted-packages");
+    let dir = cache.join(format!("{:016x}", h.finish()));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = cache.join(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let o = Command::new(workspace.join("scripts/package.sh"))
+        .env("TROUPE_PACKAGE_BIN_DIR", &bin_dir)
+        .env("TROUPE_PACKAGE_OUT", &tmp)
+        .output()
+        .map_err(|e| format!("scripts/package.sh: {e}"))?;
+    if !o.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(format!(
+            "scripts/package.sh failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test built the same set first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if let Ok(rd) = std::fs::read_dir(&cache) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = match name.strip_prefix("tmp-") {
+                Some(pid) => pid.parse::<u32>().is_ok_and(|p| !pid_alive(p)),
+                None => e.path() != dir,
+            };
+            if stale {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(dir)
 }
 
 fn write(p: &Path, body: &str, mode: u32) -> Result<(), String> {
@@ -326,11 +420,10 @@ fn write(p: &Path, body: &str, mode: u32) -> Result<(), String> {
 }
 
 fn control(root: &Path, name: &str, version: &str, what: &str) -> Result<(), String> {
-    let arch = if name == APP { "all" } else { "amd64" };
     write(
         &root.join("DEBIAN/control"),
         &format!(
-            "Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Troupe tests <tests@troupe.invalid>\nDepends: systemd\nDescription: {what}\n"
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Troupe tests <tests@troupe.invalid>\nDepends: systemd\nDescription: {what}\n"
         ),
         0o644,
     )?;
@@ -344,8 +437,7 @@ fn control(root: &Path, name: &str, version: &str, what: &str) -> Result<(), Str
 }
 
 fn dpkg_deb(root: &Path, out: &Path) -> Result<(), String> {
-    // No compression: the debug agent binary is ~40 MB and the package
-    // only ever crosses a bind mount.
+    // No compression: the package only ever crosses a bind mount.
     let o = Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Znone", "--build"])
         .arg(root)
@@ -481,25 +573,68 @@ impl Fleet {
         )
     }
 
-    /// Makes `b` a blank host ready to join `m`: the troupe-agent package
-    /// from the fleet's repository, its settings (`agent_args` for `run`)
-    /// and a one-time key. `systemctl enable --now troupe-agent` then
-    /// joins and converges.
-    pub fn prepare_agent(&self, b: &Booted, m: &NetMaster, agent_args: &str) {
-        b.sh_ok("apt-get update -qq && apt-get install -y -qq troupe-agent >/dev/null");
+    /// Makes `b` a blank host ready to join `m`, with the commands of the
+    /// README's "Install on real hosts", "On a new host", taken from
+    /// README.md itself and run as they stand (bash, as root), with only
+    /// the placeholders filled in: `apt install ./troupe-agent_*.deb` (in
+    /// the fleet repository's directory), the one-time key into
+    /// /etc/troupe/psk, `server`, `ca_fingerprint` and `psk_file` appended to
+    /// the package's /etc/troupe/agent.toml. Its last command, `systemctl
+    /// enable --now troupe-agent`, is left to the caller (which times it).
+    ///
+    /// `settings` then sets further agent.toml keys as an admin would edit
+    /// them (`("interval", "5")`: the package's line replaced, else added).
+    pub fn prepare_agent(&self, b: &Booted, m: &NetMaster, settings: &[(&str, &str)]) {
         let psk = m.psk(&b.fqdn);
-        std::fs::create_dir_all(b.root.join("etc/troupe")).unwrap();
-        std::fs::write(b.root.join("etc/troupe/psk"), format!("{psk}\n")).unwrap();
-        b.sh_ok("chmod 0600 /etc/troupe/psk");
-        std::fs::write(
-            b.root.join("etc/default/troupe-agent"),
-            format!(
-                "TROUPE_SERVER=https://troupe.example.com:8140\nTROUPE_NAME={}\nTROUPE_CA_FINGERPRINT={}\nTROUPE_AGENT_ARGS={agent_args}\n",
-                b.fqdn,
-                m.fingerprint()
-            ),
-        )
-        .unwrap();
+        self.prepare_agent_with(b, &m.fingerprint(), &psk, settings);
+    }
+
+    /// [`Fleet::prepare_agent`] for any master: its CA `fingerprint` and a
+    /// one-time key `psk` for `b`.
+    pub fn prepare_agent_with(
+        &self,
+        b: &Booted,
+        fingerprint: &str,
+        psk: &str,
+        settings: &[(&str, &str)],
+    ) {
+        let (install, last) = readme_new_host();
+        assert_eq!(
+            last.trim(),
+            "systemctl enable --now troupe-agent",
+            "README's \"On a new host\" no longer ends with starting the agent"
+        );
+        let fill = |s: String, from: &str, to: &str| {
+            assert!(
+                s.contains(from),
+                "README's \"On a new host\" has no {from}:\n{s}"
+            );
+            s.replace(from, to)
+        };
+        let mut script = fill(install, "KEY-FROM-troupe-ca-psk-new", psk);
+        script = fill(
+            script,
+            "FINGERPRINT-FROM-troupe-ca-fingerprint",
+            fingerprint,
+        );
+        let apt = format!("apt install ./{}", self.repo.agent_deb);
+        assert!(
+            script.contains(&apt),
+            "README's \"On a new host\" has no `{apt}`:\n{script}"
+        );
+        for (k, v) in settings {
+            script.push_str(&format!(
+                "if grep -q '^{k} = ' /etc/troupe/agent.toml; then sed -i 's|^{k} = .*|{k} = {v}|' /etc/troupe/agent.toml; else echo '{k} = {v}' >> /etc/troupe/agent.toml; fi\n"
+            ));
+        }
+        std::fs::write(b.root.join("root/install-agent.sh"), &script).unwrap();
+        // The fleet repository's index (the hosts' only apt source), as a
+        // real host has its sources' lists: the roles install from it.
+        b.sh_ok("apt-get update -qq");
+        b.sh_ok("cd /srv/troupe-repo && bash -euo pipefail /root/install-agent.sh >/dev/null");
+        // The package's own file, completed: what the agent will read.
+        let eff = b.sh_ok("troupe-agent --print-config");
+        assert!(eff.contains(fingerprint), "{eff}");
     }
 
     /// Cuts the host off the switch (its link goes down).

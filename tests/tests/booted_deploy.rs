@@ -58,10 +58,12 @@ fn version(h: &Booted) -> String {
 /// systemd with an orchestration config trusting `key_id`, HAProxy with
 /// its own server in be_app, the application 1.0 running.
 fn web_host(fleet: &Fleet, m: &NetMaster, h: &Booted, key_id: &str) {
-    fleet.prepare_agent(h, m, "--no-listen");
-    h.sh_ok(
-        "set -e; . /etc/default/troupe-agent; export TROUPE_SERVER TROUPE_NAME TROUPE_CA_FINGERPRINT; \
-         /usr/lib/troupe-agent/join-if-needed",
+    // The package's daemon runs the listener; `noop`: its runs change
+    // nothing, so the releases are the only change on these hosts.
+    fleet.prepare_agent(
+        h,
+        m,
+        &[("interval", "3600"), ("splay", "0"), ("noop", "true")],
     );
     std::fs::write(
         h.root.join("etc/troupe/orchestration.toml"),
@@ -71,14 +73,6 @@ fn web_host(fleet: &Fleet, m: &NetMaster, h: &Booted, key_id: &str) {
              [[rule]]\nname = \"releases\"\neffect = \"allow\"\nsigners = [\"ops\"]\n\
              actions = [\"ping\", \"maintenance.*\", \"lb.*\", \"package.*\", \"service.*\", \"health.*\"]\n"
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        h.root.join("etc/systemd/system/troupe-agent-listen.service"),
-        "[Unit]\nDescription=Troupe agent: signed orchestration commands\nAfter=network-online.target\n\n\
-         [Service]\nExecStart=/usr/bin/troupe-agent listen --server https://troupe.example.com:8140 \
-         --state /var/lib/troupe-agent --orchestration /etc/troupe/orchestration.toml\n\
-         Restart=always\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n",
     )
     .unwrap();
     std::fs::write(
@@ -92,8 +86,7 @@ fn web_host(fleet: &Fleet, m: &NetMaster, h: &Booted, key_id: &str) {
     h.sh_ok(&format!(
         "set -e; chmod 0640 /etc/troupe/orchestration.toml; \
          apt-get install -y -qq {APP}=1.0 >/dev/null; systemctl enable --now -q {APP}; \
-         systemctl restart haproxy; systemctl daemon-reload; \
-         systemctl enable --now -q troupe-agent-listen"
+         systemctl restart haproxy; systemctl enable --now -q troupe-agent"
     ));
 }
 

@@ -7,9 +7,11 @@
 //! - scenario 4: the service provider against real systemd: start +
 //!   enable, nothing to do on a second run, a config change restarts once,
 //!   a unit-file change is followed by daemon-reload and one restart, stop
-//!   + disable, and units that do not start (203/EXEC; a start condition
+//!   and disable, and units that do not start (203/EXEC; a start condition
 //!   not met, as chrony in a container) fail their resource with systemd's
-//!   own words.
+//!   own words;
+//! - README's "Install on real hosts", every command as written: the
+//!   packaged master on one host, a new host joining it.
 //!
 //! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
@@ -407,8 +409,8 @@ const INTERVAL: u64 = 5;
 ///    change arrives within one interval, each restarting nginx exactly
 ///    once.
 /// 3. Reboot: services come back enabled, the agent resumes with its
-///    certificate (the unit the role wrote), nothing re-bootstraps.
-/// 7. The orchestration listener is a systemd service (the role's unit);
+///    certificate (the package's unit), nothing re-bootstraps.
+/// 7. The orchestration listener is a systemd service (the package's unit);
 ///    a signed `service.restart` from a bastion really restarts nginx
 ///    (its main PID changes).
 #[test]
@@ -461,7 +463,11 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     let booted = t0.elapsed();
 
     // 1. The blank host: the agent package, its settings, a one-time key.
-    fleet.prepare_agent(&web, &m, &format!("--interval {INTERVAL} --no-listen"));
+    fleet.prepare_agent(
+        &web,
+        &m,
+        &[("interval", &INTERVAL.to_string()), ("splay", "0")],
+    );
 
     let start = Instant::now();
     web.sh_ok("systemctl enable --now troupe-agent");
@@ -555,8 +561,8 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
         "one restart for the change"
     );
 
-    // 3. Reboot: the agent resumes with its certificate from the unit the
-    // role wrote; nothing re-bootstraps.
+    // 3. Reboot: the agent resumes with its certificate, from the
+    // package's unit and the role's agent.toml; nothing re-bootstraps.
     let cert = std::fs::read(web.root.join("var/lib/troupe-agent/cert.pem")).unwrap();
     let signed_before = m.signed().len();
     web.reboot();
@@ -566,8 +572,13 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     assert_eq!(web.unit_prop("nginx", "ActiveState"), "active");
     assert_eq!(
         web.unit_prop("troupe-agent", "FragmentPath"),
-        "/etc/systemd/system/troupe-agent.service",
-        "the role's unit runs the agent now"
+        "/lib/systemd/system/troupe-agent.service",
+        "the package's unit runs the agent (the role writes none)"
+    );
+    let conf = web.sh_ok("cat /etc/troupe/agent.toml");
+    assert!(
+        conf.starts_with("# Managed by Troupe (profile troupe_agent)"),
+        "the role's agent.toml replaced the hand-written one: {conf}"
     );
     let r = next_report(&m, &web.fqdn, Some(&last), 60);
     // sysctl -p runs only when its file changes, so only chrony now.
@@ -584,20 +595,10 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     ));
     assert!(code.len() == 3 && code != "000", "{code}");
 
-    // 7. The orchestration listener runs as a systemd service (the role's
-    // unit); a signed service.restart really restarts nginx.
-    // (Right after a boot it may be waiting to retry the master:
-    // Restart=always, RestartSec=10 in the role's unit.)
-    let t = Instant::now();
-    while web.unit_prop("troupe-agent-listen", "ActiveState") != "active" {
-        assert!(
-            t.elapsed().as_secs() < 30,
-            "{}",
-            web.sh("systemctl status --no-pager -n 20 troupe-agent-listen")
-                .stdout
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    // 7. The orchestration listener runs in the package's troupe-agent
+    // service (agent.toml `orchestration = true`, with the role's
+    // orchestration.toml); a signed service.restart really restarts nginx.
+    assert_eq!(web.unit_prop("troupe-agent", "ActiveState"), "active");
     let bastion = fleet.net.tmp.path().join("bastion");
     let psk = m.psk("bastion");
     troupe_tests::run(
@@ -642,6 +643,132 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
          systemctl start -> converged {converged:.1?} ({n_resources} resources); drift repaired in \
          {repaired:.1?}; module change arrived in {arrived:.1?} (interval {INTERVAL} s); signed restart {signed_restart:.1?}; whole test {:.1?}",
         web.boot_times,
+        t0.elapsed()
+    );
+}
+
+/// README's "Install on real hosts", every command as it stands, on two
+/// booted hosts: the master block on `troupe` (the troupe package from the
+/// fleet repository, master.toml edited where README says `$EDITOR`,
+/// `troupe master --print-config`, `systemctl enable --now troupe-master`
+/// running as the unprivileged troupe user, `troupe ca fingerprint`,
+/// `troupe ca psk new web4.example.com`, typed right after the start: the
+/// unit is Type=notify, so the master serves when systemctl returns), then
+/// the new-host block on
+/// `web4` with that fingerprint and key ([`Fleet::prepare_agent`] runs
+/// it from README.md): the agent joins the packaged master, deletes the
+/// key and converges from it.
+#[test]
+fn readme_install_on_real_hosts_joins_a_host_to_a_packaged_master() {
+    let t0 = Instant::now();
+    let Some(fleet) = Fleet::require() else {
+        return;
+    };
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("README.md"),
+    )
+    .unwrap();
+    let block = readme
+        .split("\n## Install on real hosts")
+        .nth(1)
+        .and_then(|s| s.split("On the master").nth(1))
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README's \"Install on real hosts\" has an \"On the master\" ```sh block");
+    let master = fleet.boot("troupe");
+    let web = fleet.boot("web4");
+    fleet.share_hosts(&[&master, &web]);
+    // A small module tree for the master to serve: one file on every host.
+    let tree = master.root.join("srv/modules");
+    let env = tree.join("environments/production");
+    for d in ["roles", "profiles", "data"] {
+        std::fs::create_dir_all(env.join(d)).unwrap();
+    }
+    let files = [
+        (
+            tree.join("site.toml"),
+            "default_environment = \"production\"\n[[node]]\nmatch = \"*\"\nrole = \"base\"\n",
+        ),
+        (
+            env.join("hierarchy.toml"),
+            "[[level]]\nname = \"common\"\npath = \"common.toml\"\n",
+        ),
+        (env.join("data/common.toml"), ""),
+        (env.join("roles/base.toml"), "include = [\"motd\"]\n"),
+        (
+            env.join("profiles/motd.toml"),
+            "[file.\"/etc/motd\"]\ncontent = \"managed by the packaged master\\n\"\nmode = \"0644\"\n",
+        ),
+    ];
+    for (p, body) in files {
+        std::fs::write(p, body).unwrap();
+    }
+    let deb = fleet.repo.agent_deb.replace("troupe-agent_", "troupe_");
+    let mut fingerprint = String::new();
+    let mut psk = String::new();
+    for line in block.lines() {
+        let cmd = line.split('#').next().unwrap().trim();
+        if cmd.is_empty() {
+            continue;
+        }
+        let out = if cmd.starts_with("apt install ") {
+            assert_eq!(cmd, format!("apt install ./target/packages/{deb}"));
+            master.sh_ok(&format!("cd /srv/troupe-repo && apt install ./{deb} 2>&1"))
+        } else if cmd == "$EDITOR /etc/troupe/master.toml" {
+            master.sh_ok(
+                "printf '%s\\n' 'modules = \"/srv/modules\"' \
+                 'server_names = [\"troupe.example.com\"]' >> /etc/troupe/master.toml",
+            )
+        } else {
+            master.sh_ok(cmd)
+        };
+        if cmd == "troupe ca fingerprint" {
+            fingerprint = out.trim().to_string();
+        } else if cmd.starts_with("troupe ca psk new ") {
+            assert_eq!(cmd, format!("troupe ca psk new {}", web.fqdn));
+            psk = out.trim().to_string();
+        } else if cmd == "troupe master --print-config" {
+            assert!(out.contains("/srv/modules"), "{out}");
+        }
+    }
+    assert!(!fingerprint.is_empty() && !psk.is_empty());
+    assert_eq!(master.unit_prop("troupe-master", "ActiveState"), "active");
+    assert_eq!(master.unit_prop("troupe-master", "User"), "troupe");
+    let pid = master.unit_prop("troupe-master", "MainPID");
+    let uid = master.sh_ok(&format!("stat -c %U /proc/{pid}"));
+    assert_eq!(uid.trim(), "troupe", "the master runs unprivileged");
+
+    fleet.prepare_agent_with(&web, &fingerprint, &psk, &[]);
+    let start = Instant::now();
+    web.sh_ok("systemctl enable --now troupe-agent");
+    let t = Instant::now();
+    while !web
+        .sh("cat /etc/motd")
+        .stdout
+        .contains("managed by the packaged master")
+    {
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "web4 never converged:\n{}\nmaster:\n{}",
+            web.sh("journalctl -u troupe-agent --no-pager -n 30").stdout,
+            master
+                .sh("journalctl -u troupe-master --no-pager -n 30")
+                .stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let converged = start.elapsed();
+    assert!(
+        !web.root.join("etc/troupe/psk").exists(),
+        "the one-time key is deleted after the join"
+    );
+    let list = master.sh_ok("troupe ca list");
+    assert!(list.contains(&web.fqdn), "{list}");
+    eprintln!(
+        "FIGURES README install on booted hosts: systemctl start -> converged {converged:.1?}; whole test {:.1?}",
         t0.elapsed()
     );
 }

@@ -90,7 +90,7 @@ fn each_web_host_prefers_its_zones_app_host_and_fails_over() {
         ));
     }
     for w in webs {
-        fleet.prepare_agent(w, &m, "--interval 3600 --no-listen");
+        fleet.prepare_agent(w, &m, &[("interval", "3600"), ("splay", "0")]);
     }
     let start = Instant::now();
     for w in webs {

@@ -86,15 +86,15 @@ fn main() {
         );
     }
 
-    step("apt-get install troupe-agent (the fleet's repository), settings, one-time key");
+    step("README's \"On a new host\": apt install ./troupe-agent_*.deb, one-time key, agent.toml");
     for h in &hosts {
-        fleet.prepare_agent(h, &m, "--interval 1800 --no-listen");
+        fleet.prepare_agent(h, &m, &[("splay", "0")]);
         // The application the release upgrades (its first version).
         h.sh_ok(&format!(
             "apt-get install -y -qq {APP}=1.0 >/dev/null && systemctl enable --now -q {APP}"
         ));
         println!(
-            "{}: troupe-agent installed, /etc/troupe/psk written, {APP} 1.0 running",
+            "{}: troupe-agent package installed, /etc/troupe/psk and agent.toml written, {APP} 1.0 running",
             h.fqdn
         );
     }
