@@ -535,7 +535,7 @@ impl Authority {
                 Ok(())
             }
             Err(e) => Err(CaError::Io(format!(
-                "cannot write the CA audit log, so nothing is issued: {e}"
+                "cannot write the CA audit log (disk full?), so nothing is issued: {e}"
             ))),
         }
     }

@@ -23,7 +23,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// more after this pause, so a program that dies at once is caught.
 const RECHECK: Duration = Duration::from_millis(250);
 
-const PROPS: &str = "ActiveState,SubState,Result,ConditionResult,AssertResult,Type,ExecMainCode,ExecMainStatus,LoadState";
+const PROPS: &str = "ActiveState,SubState,Result,ConditionResult,AssertResult,Type,ExecMainCode,ExecMainStatus,LoadState,ExecStart";
 
 /// What one read of the unit's properties says.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +67,18 @@ pub(crate) fn judge(p: &HashMap<String, String>) -> Verdict {
         };
         if code.is_empty() || g("ExecMainStatus") == "0" && code == "exited" {
             String::new()
+        } else if code == "exited" && g("ExecMainStatus") == "203" {
+            // 203/EXEC: the program could not be run at all. The executor's
+            // own journal line naming it may not be written yet, so name
+            // it from the unit (ExecStart's path=).
+            let path = g("ExecStart")
+                .split_once("path=")
+                .and_then(|(_, rest)| rest.split([' ', ';']).next())
+                .unwrap_or("");
+            format!(
+                ", main process exited with status 203 (EXEC: systemd could not execute {})",
+                if path.is_empty() { "ExecStart" } else { path }
+            )
         } else {
             format!(", main process {code} with status {}", g("ExecMainStatus"))
         }
@@ -195,10 +207,11 @@ mod tests {
         assert!(w.contains("condition"), "{w}");
         // ExecStart missing: 203/EXEC.
         let Verdict::Failed(w) = v(
-            "Type=simple\nResult=exit-code\nExecMainCode=1\nExecMainStatus=203\nActiveState=failed\nSubState=failed\nConditionResult=yes\n",
+            "Type=simple\nResult=exit-code\nExecMainCode=1\nExecMainStatus=203\nActiveState=failed\nSubState=failed\nConditionResult=yes\nExecStart={ path=/nonexistent/x ; argv[]=/nonexistent/x -f ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }\n",
         ) else {
             panic!()
         };
+        assert!(w.contains("could not execute /nonexistent/x"), "{w}");
         assert!(
             w.contains("Result=exit-code") && w.contains("status 203"),
             "{w}"
