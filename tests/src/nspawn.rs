@@ -646,6 +646,41 @@ impl Fleet {
     pub fn reconnect(&self, b: &Booted) {
         self.net.reconnect(&b.host);
     }
+
+    /// A bastion identity (state dir) joined to the master with a PSK, from
+    /// the master's side of the switch: what `troupe deploy` signs from.
+    pub fn bootstrap_bastion(&self, m: &NetMaster) -> PathBuf {
+        let bastion = self.net.tmp.path().join("bastion");
+        let psk = m.psk("bastion");
+        crate::run(
+            self.net
+                .command(&m.host, &crate::agent_bin())
+                .args(["bootstrap", "--server", &m.url, "--name", "bastion"])
+                .args(["--ca-fingerprint", &m.fingerprint(), "--psk", &psk])
+                .arg("--state")
+                .arg(&bastion),
+        )
+        .assert_success();
+        bastion
+    }
+
+    /// Writes the release file of the in-house application at `version`
+    /// (HAProxy backend `backend`, health check on /health) and returns
+    /// its path.
+    pub fn app_release(&self, version: &str, backend: &str) -> PathBuf {
+        let rel = self.net.tmp.path().join(format!("release-{version}.toml"));
+        std::fs::write(
+            &rel,
+            format!(
+                "title = \"{APP} {version}\"\n[lb]\nbackend = \"{backend}\"\n\
+                 [health]\nhttp = \"http://127.0.0.1:{APP_PORT}/health\"\nexpect_status = 200\n\
+                 timeout_secs = 2\nretries = 2\ninterval_secs = 1\n\
+                 [[package]]\nname = \"{APP}\"\nversion = \"{version}\"\n"
+            ),
+        )
+        .unwrap();
+        rel
+    }
 }
 
 /// One booted host. Drop powers it off and removes it.

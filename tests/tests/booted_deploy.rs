@@ -121,30 +121,9 @@ fn rolling_release_of_the_in_house_package_and_a_bad_release_stopped() {
         web_host(&fleet, &m, h, &ops.key_id().to_string());
     }
     let ready = t0.elapsed();
-    let bastion = fleet.net.tmp.path().join("bastion");
-    let psk = m.psk("bastion");
-    troupe_tests::run(
-        fleet
-            .net
-            .command(&m.host, &troupe_tests::agent_bin())
-            .args(["bootstrap", "--server", &m.url, "--name", "bastion"])
-            .args(["--ca-fingerprint", &m.fingerprint(), "--psk", &psk])
-            .arg("--state")
-            .arg(&bastion),
-    )
-    .assert_success();
+    let bastion = fleet.bootstrap_bastion(&m);
     let deploy = |version: &str| {
-        let rel = fleet.net.tmp.path().join(format!("release-{version}.toml"));
-        std::fs::write(
-            &rel,
-            format!(
-                "title = \"{APP} {version}\"\n[lb]\nbackend = \"be_app\"\n\
-                 [health]\nhttp = \"http://127.0.0.1:{APP_PORT}/health\"\nexpect_status = 200\n\
-                 timeout_secs = 2\nretries = 2\ninterval_secs = 1\n\
-                 [[package]]\nname = \"{APP}\"\nversion = \"{version}\"\n"
-            ),
-        )
-        .unwrap();
+        let rel = fleet.app_release(version, "be_app");
         troupe_tests::run(
             fleet
                 .net

@@ -155,30 +155,9 @@ fn main() {
         );
     }
     step("troupe deploy: inhouse-app 1.0 -> 1.1, host by host (scenario 6)");
-    let bastion = fleet.net.tmp.path().join("bastion");
-    let psk = m.psk("bastion");
-    troupe_tests::run(
-        fleet
-            .net
-            .command(&m.host, &troupe_tests::agent_bin())
-            .args(["bootstrap", "--server", &m.url, "--name", "bastion"])
-            .args(["--ca-fingerprint", &m.fingerprint(), "--psk", &psk])
-            .arg("--state")
-            .arg(&bastion),
-    )
-    .assert_success();
+    let bastion = fleet.bootstrap_bastion(&m);
     let deploy = |version: &str| {
-        let rel = fleet.net.tmp.path().join(format!("release-{version}.toml"));
-        std::fs::write(
-            &rel,
-            format!(
-                "title = \"{APP} {version}\"\n[lb]\nbackend = \"app\"\n\
-                 [health]\nhttp = \"http://127.0.0.1:{APP_PORT}/health\"\nexpect_status = 200\n\
-                 timeout_secs = 2\nretries = 2\ninterval_secs = 1\n\
-                 [[package]]\nname = \"{APP}\"\nversion = \"{version}\"\n"
-            ),
-        )
-        .unwrap();
+        let rel = fleet.app_release(version, "app");
         println!("$ troupe deploy release-{version}.toml --role web");
         let t = Instant::now();
         let out = troupe_tests::run(
