@@ -664,6 +664,36 @@ impl Fleet {
         bastion
     }
 
+    /// Waits (60 s at most) until `n` web hosts answer a signed ping:
+    /// `troupe deploy` targets the hosts whose listener is attached now, and
+    /// a listener restarted by a converge reconnects. `keys` holds
+    /// `ops.key` and `ops.pass`.
+    pub fn wait_for_web_listeners(&self, m: &NetMaster, bastion: &Path, keys: &Path, n: usize) {
+        let want = format!("{n} matched, {n} ok");
+        let t = std::time::Instant::now();
+        loop {
+            let out = crate::run(
+                self.net
+                    .command(&m.host, &crate::troupe_bin())
+                    .args(["run", "ping", "--role", "web", "--server", &m.url])
+                    .arg("--identity")
+                    .arg(bastion)
+                    .arg("--key")
+                    .arg(keys.join("ops.key"))
+                    .arg("--passphrase-file")
+                    .arg(keys.join("ops.pass")),
+            );
+            if out.stdout.contains(&want) {
+                return;
+            }
+            assert!(
+                t.elapsed().as_secs() < 60,
+                "listeners not attached: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Writes the release file of the in-house application at `version`
     /// (HAProxy backend `backend`, health check on /health) and returns
     /// its path.

@@ -144,31 +144,7 @@ fn rolling_release_of_the_in_house_package_and_a_bad_release_stopped() {
         assert!(!drained(h));
     }
 
-    // `troupe deploy` targets the hosts whose listener is attached now: wait
-    // for all three (a listener restarted by a converge reconnects).
-    let t = Instant::now();
-    loop {
-        let out = troupe_tests::run(
-            fleet
-                .net
-                .command(&m.host, &troupe_tests::troupe_bin())
-                .args(["run", "ping", "--role", "web", "--server", &m.url])
-                .arg("--identity")
-                .arg(&bastion)
-                .arg("--key")
-                .arg(keys.join("ops.key"))
-                .arg("--passphrase-file")
-                .arg(keys.join("ops.pass")),
-        );
-        if out.stdout.contains("3 matched, 3 ok") {
-            break;
-        }
-        assert!(
-            t.elapsed().as_secs() < 60,
-            "listeners not attached: {out:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    fleet.wait_for_web_listeners(&m, &bastion, &keys, 3);
     // 1.0 -> 1.1, host by host.
     let t = Instant::now();
     let out = deploy("1.1");
