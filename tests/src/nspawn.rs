@@ -647,6 +647,24 @@ impl Fleet {
         self.net.reconnect(&b.host);
     }
 
+    /// A copy of the shipped module tree (modules/) in the fleet's temporary
+    /// directory, for a test to edit; returns its path.
+    pub fn copy_modules(&self) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("modules");
+        let modules = self.net.tmp.path().join("modules");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&modules)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "copying modules/");
+        modules
+    }
+
     /// A bastion identity (state dir) joined to the master with a PSK, from
     /// the master's side of the switch: what `troupe deploy` signs from.
     pub fn bootstrap_bastion(&self, m: &NetMaster) -> PathBuf {

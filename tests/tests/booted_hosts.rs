@@ -420,20 +420,7 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
         return;
     };
     // The shipped modules, with a short run interval for web1.
-    let modules = fleet.net.tmp.path().join("modules");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("modules");
-    assert!(
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(&modules)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let modules = fleet.copy_modules();
     let node_data = modules.join("environments/production/data/nodes/web1.example.com.toml");
     // A signing key for scenario 7, trusted by the master and, through the
     // role's orchestration.toml, by web1 for service.restart.

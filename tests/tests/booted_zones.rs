@@ -10,7 +10,6 @@
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use troupe_tests::nspawn::{APP, APP_PORT, Booted, Fleet, next_report};
 
@@ -54,20 +53,7 @@ fn each_web_host_prefers_its_zones_app_host_and_fails_over() {
     };
     // The shipped modules, with the app service behind every web host's
     // local HAProxy and a short interval.
-    let modules = fleet.net.tmp.path().join("modules");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("modules");
-    assert!(
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(&modules)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let modules = fleet.copy_modules();
     let web_data = modules.join("environments/production/data/roles/web.toml");
     let mut d = std::fs::read_to_string(&web_data).unwrap();
     d.push_str(&format!(

@@ -31,18 +31,7 @@ fn main() {
     };
     // The shipped modules plus, per web host, the in-house app behind its
     // local HAProxy (`listen app`, its own server) and a release key.
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("modules");
-    let modules = fleet.net.tmp.path().join("modules");
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(&modules)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "copying modules/");
+    let modules = fleet.copy_modules();
     let keys = fleet.net.tmp.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let ops = troupe_bastion::FileSigner::generate().unwrap();
