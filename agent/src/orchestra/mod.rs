@@ -867,9 +867,12 @@ mod tools_tests {
         std::fs::create_dir(&state).unwrap();
         let log = dir.path().join("calls.log");
         for (name, body) in [
-            ("dpkg-query", "printf 'install ok installed\\t9.9'"),
+            ("dpkg-query", "printf 'ii |9.9\\n'"),
             ("apt-get", "exit 0"),
-            ("systemctl", "exit 0"),
+            (
+                "systemctl",
+                "[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'; exit 0",
+            ),
         ] {
             let p = dir.path().join(name);
             std::fs::write(
@@ -925,15 +928,21 @@ mod tools_tests {
         };
         let r = send("package.update", &[("name", "nginx"), ("version", "9.9")]);
         assert_eq!(r.status, "ok", "{r:?}");
+        let r = send("package.install", &[("name", "nginx"), ("version", "9.10")]);
+        // The stand-in apt-get installs nothing: the version read back
+        // afterwards is still 9.9, and the command says so.
+        assert_eq!(r.status, "failed", "{r:?}");
+        assert!(r.message.contains("is at 9.9, not 9.10"), "{r:?}");
         let r = send("service.restart", &[("name", "nginx")]);
         assert_eq!(r.status, "ok", "{r:?}");
         let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.contains("dpkg-query -W -f"), "{calls}");
         assert!(
-            calls.contains(
-                "apt-get -y -q -o Dpkg::Options::=--force-confold install --only-upgrade nginx=9.9"
-            ),
+            calls.contains("apt-get install -y -q --allow-downgrades")
+                && calls.contains("-- nginx=9.10"),
             "{calls}"
         );
         assert!(calls.contains("systemctl restart -- nginx"), "{calls}");
+        assert!(calls.contains("systemctl show --property"), "{calls}");
     }
 }

@@ -81,6 +81,8 @@ pub struct Output {
     pub code: Option<i32>,
     /// stdout and stderr, interleaved per stream (stdout first).
     pub output: String,
+    /// Where stderr starts in `output` (a byte offset on a char boundary).
+    pub stderr_at: usize,
 }
 
 impl Output {
@@ -92,6 +94,14 @@ impl Output {
         let lines: Vec<&str> = self.output.trim_end().lines().collect();
         let start = lines.len().saturating_sub(6);
         lines[start..].join(" | ")
+    }
+    /// The command's stdout alone.
+    pub fn stdout(&self) -> &str {
+        self.output.get(..self.stderr_at).unwrap_or("")
+    }
+    /// The command's stderr alone.
+    pub fn stderr(&self) -> &str {
+        self.output.get(self.stderr_at..).unwrap_or("")
     }
     pub fn describe(&self) -> String {
         match self.code {
@@ -187,11 +197,13 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default()
     };
-    let mut b = take(&out_buf);
-    b.extend(take(&err_buf));
+    let mut output = String::from_utf8_lossy(&take(&out_buf)).into_owned();
+    let stderr_at = output.len();
+    output.push_str(&String::from_utf8_lossy(&take(&err_buf)));
     Ok(Output {
         code: status.code(),
-        output: String::from_utf8_lossy(&b).into_owned(),
+        output,
+        stderr_at,
     })
 }
 
