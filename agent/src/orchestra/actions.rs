@@ -240,38 +240,6 @@ async fn health_tcp(port: u16, timeout: Duration) -> Outcome {
     }
 }
 
-/// Most bytes of each output stream kept per step (the rest is counted).
-const MAX_OUTPUT: usize = 64 * 1024;
-
-/// Reads a pipe to the end, keeping the first [`MAX_OUTPUT`] bytes.
-async fn drain<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, usize) {
-    let Some(mut r) = r else {
-        return (Vec::new(), 0);
-    };
-    let mut kept = Vec::new();
-    let mut dropped = 0usize;
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len()).min(n);
-                kept.extend_from_slice(&buf[..room]);
-                dropped += n - room;
-            }
-        }
-    }
-    (kept, dropped)
-}
-
-fn text(bytes: &[u8], dropped: usize) -> String {
-    let mut s = String::from_utf8_lossy(bytes).into_owned();
-    if dropped > 0 {
-        s.push_str(&format!("\n[{dropped} more bytes not kept]"));
-    }
-    s
-}
-
 /// The last line of some output, clipped (for one-line messages).
 fn last_line(s: &str) -> String {
     let line = s.trim().lines().last().unwrap_or("").trim();
@@ -291,10 +259,13 @@ fn run_as(user: &str) -> Result<(u32, u32, String), String> {
     }
 }
 
-/// A module-declared action: each `[[action.run]]` argv in order, with a
-/// clean environment, stdin from /dev/null, in its own process group
-/// (killed as a whole at the timeout), optionally as another user; stops
-/// at the first step whose exit code is not in its `ok_exit`.
+/// A module-declared action: each `[[action.run]]` argv in order, run the
+/// providers' way ([`cmd::run`]: a clean environment, stdin from
+/// /dev/null, cwd `/`, its own process group killed as a whole at the
+/// timeout, output bounded; a process a step leaves running does not hold
+/// the action past a second), optionally as another user (with that
+/// user's groups); stops at the first step whose exit code is not in its
+/// `ok_exit`. The timeout covers all the steps together.
 async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> Outcome {
     let timeout = Duration::from_secs(u64::from(
         spec.timeout_secs.unwrap_or(DEFAULT_ACTION_TIMEOUT_SECS),
@@ -317,77 +288,39 @@ async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> 
                 };
             }
         };
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("LANG", "C.UTF-8")
-            .current_dir("/")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some((uid, gid, home)) = &user {
-            // std drops the supplementary groups when it changes the uid.
-            cmd.uid(*uid).gid(*gid).env("HOME", home);
-            if let Some(u) = &spec.user {
-                cmd.env("USER", u).env("LOGNAME", u);
-            }
-        }
         let program = argv[0].clone();
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome {
-                    ok: false,
-                    message: format!("{}: step {}: cannot run {program}: {e}", spec.name, i + 1),
-                    data: json!({ "steps": steps }),
-                };
-            }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (uid, gid) = match &user {
+            Some((u, g, _)) => (Some(*u), Some(*g)),
+            None => (None, None),
         };
-        let pgid = child.id();
-        let out = tokio::spawn(drain(child.stdout.take()));
-        let err = tokio::spawn(drain(child.stderr.take()));
-        let status = tokio::time::timeout_at(deadline, child.wait()).await;
-        let timed_out = status.is_err();
-        if timed_out {
-            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.wait().await;
-        }
-        // A background process of the step may still hold the pipes: wait
-        // for them until the deadline (at least 5 s), then kill the group.
-        let until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(5));
-        let mut outputs = Box::pin(async { (out.await, err.await) });
-        let (o, e) = match tokio::time::timeout_at(until, &mut outputs).await {
-            Ok(x) => x,
-            Err(_) => {
-                if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+        let ran = tokio::task::spawn_blocking(move || {
+            cmd::run(&cmd::Spec {
+                argv: &argv,
+                cwd: Some(Path::new("/")),
+                uid,
+                gid,
+                timeout: Some(left.max(Duration::from_millis(1))),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the step's task failed: {e}")));
+        let (o, timed_out) = match ran {
+            Ok(o) => (o, false),
+            Err(e) => match e.downcast::<cmd::TimedOut>() {
+                Ok(t) => (t.output, true),
+                Err(e) => {
+                    return Outcome {
+                        ok: false,
+                        message: format!("{}: step {} ({program}): {e:#}", spec.name, i + 1),
+                        data: json!({ "steps": steps }),
+                    };
                 }
-                tokio::time::timeout(Duration::from_secs(2), &mut outputs)
-                    .await
-                    .unwrap_or((Ok((Vec::new(), 0)), Ok((Vec::new(), 0))))
-            }
+            },
         };
-        let (o, od) = o.unwrap_or_default();
-        let (e, ed) = e.unwrap_or_default();
-        let (stdout, stderr) = (text(&o, od), text(&e, ed));
-        let code = match &status {
-            Ok(Ok(s)) => s.code().unwrap_or(-1),
-            _ => -1,
-        };
+        let code = if timed_out { -1 } else { o.code.unwrap_or(-1) };
+        let (stdout, stderr) = (o.stdout().to_owned(), o.stderr().to_owned());
         steps.push(json!({
             "program": program,
             "exit_code": code,
@@ -404,13 +337,6 @@ async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> 
                     i + 1,
                     timeout.as_secs()
                 ),
-                data: data(),
-            };
-        }
-        if let Ok(Err(e)) = &status {
-            return Outcome {
-                ok: false,
-                message: format!("{}: step {} ({program}): {e}", spec.name, i + 1),
                 data: data(),
             };
         }
@@ -481,7 +407,14 @@ async fn agent_run(ctx: &ExecContext, args: &BTreeMap<String, ArgValue>) -> Outc
     if let Some(e) = &env {
         argv.extend(["--environment", e.as_str()]);
     }
-    match run_argv(&argv, &[("NO_COLOR", "1")], Duration::from_secs(1800)).await {
+    // The run gets the commands' clean environment, and the listener's
+    // log filter.
+    let log = std::env::var("TROUPE_LOG").ok();
+    let mut vars = vec![("NO_COLOR", "1")];
+    if let Some(l) = &log {
+        vars.push(("TROUPE_LOG", l.as_str()));
+    }
+    match run_argv(&argv, &vars, Duration::from_secs(1800)).await {
         Ok((ok, code, out, err)) => {
             let data = json!({ "exit_code": code, "output": out, "errors": err });
             let msg = if out.is_empty() {

@@ -648,7 +648,7 @@ mod module_action_tests {
             std::fs::write(
                 &tool,
                 format!(
-                    "#!/bin/sh\nfor a; do echo \"[$a]\" >> {d}/args.log; done\necho \"PATH=$PATH HOME=${{HOME:-}} SECRET=${{SECRET:-}}\"\n[ \"$1\" = sleep ] && sleep 30\n[ \"$1\" = fail ] && {{ echo 'it broke' >&2; exit 3; }}\nexit 0\n"
+                    "#!/bin/sh\nfor a; do echo \"[$a]\" >> {d}/args.log; done\necho \"PATH=$PATH HOME=${{HOME:-}} SECRET=${{SECRET:-}}\"\n[ \"$1\" = sleep ] && {{ sleep 30 & echo $! > {d}/bg.pid; sleep 30; }}\n[ \"$1\" = fail ] && {{ echo 'it broke' >&2; exit 3; }}\nexit 0\n"
                 ),
             )
             .unwrap();
@@ -812,6 +812,25 @@ argv = ["{d}/tool"]
             r.message
         );
         assert!(start.elapsed() < Duration::from_secs(10));
+        // The step forked a child that sleeps on: killed with its group.
+        let pid: i32 = std::fs::read_to_string(t.dir.path().join("bg.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        });
+        assert!(gone, "the step's forked child {pid} outlived the timeout");
         let r = t.send("app.nouser", &[]);
         assert_eq!(r.status, "failed");
         assert!(r.message.contains("does not exist"), "{}", r.message);
