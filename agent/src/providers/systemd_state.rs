@@ -46,7 +46,7 @@ pub(crate) fn parse(out: &str) -> HashMap<String, String> {
 /// Judges one `systemctl show` reading.
 pub(crate) fn judge(p: &HashMap<String, String>) -> Verdict {
     let g = |k: &str| p.get(k).map(String::as_str).unwrap_or("");
-    if g("LoadState") != "" && g("LoadState") != "loaded" {
+    if !g("LoadState").is_empty() && g("LoadState") != "loaded" {
         return Verdict::Failed(format!("the unit is {} (LoadState)", g("LoadState")));
     }
     if g("ConditionResult") == "no" {
