@@ -611,6 +611,7 @@ mod tests {
                 "apt-get" => &mut t.apt_get,
                 "systemctl" => &mut t.systemctl,
                 "journalctl" => &mut t.journalctl,
+                "service" => &mut t.service,
                 other => panic!("no tool slot for {other}"),
             };
             *slot = Some(p);
@@ -795,6 +796,45 @@ mod tests {
         );
         let o = rt.block_on(service(&tools, "restart", "app"));
         assert!(o.ok && o.message.contains("running"), "{o:?}");
+    }
+
+    #[test]
+    fn an_init_script_leaving_its_daemon_on_stdout_does_not_hang_the_command() {
+        if Path::new("/run/systemd/system").is_dir() {
+            eprintln!("systemd runs here, so the init-script path is not taken; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pidfile = d.join("daemon.pid");
+        // `service app start`: the daemon keeps the script's stdout open.
+        let tools = fakes(
+            d,
+            &[(
+                "service",
+                &format!(
+                    "case $2 in start) sleep 30 & echo $! > {p}; echo Starting app;; \
+                     status) [ -f {p} ];; esac",
+                    p = pidfile.display()
+                ),
+            )],
+        );
+        let rt = rt();
+        let t = Instant::now();
+        let o = rt.block_on(service(&tools, "start", "app"));
+        let took = t.elapsed();
+        let o2 = rt.block_on(service(&tools, "status", "app"));
+        if let Ok(p) = std::fs::read_to_string(&pidfile) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.trim().parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Reading the output to its end waited for the daemon (30 s).
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert!(o.ok, "{o:?}");
+        assert!(o2.ok && o2.data["state"] == "active", "{o2:?}");
+        assert!(calls(d).contains("service app start"), "{}", calls(d));
     }
 
     fn alive(pid: i32) -> bool {
