@@ -65,6 +65,9 @@ fn web_host(fleet: &Fleet, m: &NetMaster, h: &Booted, key_id: &str) {
         m,
         &[("interval", "3600"), ("splay", "0"), ("noop", "true")],
     );
+    // HAProxy (and curl for the checks below) from the fleet repository:
+    // the image has neither, and these hosts' runs are noop.
+    h.sh_ok("apt-get install -y -qq haproxy curl >/dev/null");
     std::fs::write(
         h.root.join("etc/troupe/orchestration.toml"),
         format!(
