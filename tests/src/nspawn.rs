@@ -570,7 +570,7 @@ impl Fleet {
         match Fleet::new() {
             Ok(f) => Some(f),
             Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("booted hosts need root, systemd-nspawn and the Debian root: {e}")
+                panic!("booted hosts need root, systemd-nspawn and the booted image: {e}")
             }
             Err(e) => {
                 eprintln!("SKIPPED: booted hosts are not available here: {e}");

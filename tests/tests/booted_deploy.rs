@@ -9,7 +9,7 @@
 //! the first host, which stays drained and in maintenance, while the
 //! others still run 1.1.
 //!
-//! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
+//! Needs root, systemd-nspawn and the booted image of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 
 use std::path::Path;

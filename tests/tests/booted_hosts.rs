@@ -13,7 +13,7 @@
 //! - README's "Install on real hosts", every command as written: the
 //!   packaged master on one host, a new host joining it.
 //!
-//! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
+//! Needs root, systemd-nspawn and the booted image of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 //! Each test prints what it cost.
 

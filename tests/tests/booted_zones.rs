@@ -6,7 +6,7 @@
 //! `backup`, as HAProxy's stats socket shows. Stopping app1's service makes
 //! web1 fail over to the backups.
 //!
-//! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
+//! Needs root, systemd-nspawn and the booted image of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 
 use std::collections::HashMap;
