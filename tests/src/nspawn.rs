@@ -1006,6 +1006,17 @@ impl Booted {
         o.stdout
     }
 
+    /// Installs `packages` by apt from the fleet's repository (its only
+    /// source; the image has none of the roles' packages: nginx, haproxy,
+    /// curl, ... are installed this way, or by a role's run), reading its
+    /// index first; panics with apt's output on failure.
+    pub fn apt_install(&self, packages: &[&str]) {
+        self.sh_ok(&format!(
+            "apt-get update -qq && apt-get install -y -qq -- {} >/dev/null",
+            packages.join(" ")
+        ));
+    }
+
     /// `systemctl show -p PROP --value UNIT`.
     pub fn unit_prop(&self, unit: &str, prop: &str) -> String {
         self.sh_ok(&format!("systemctl show -p {prop} --value -- {unit}"))

@@ -67,7 +67,7 @@ fn web_host(fleet: &Fleet, m: &NetMaster, h: &Booted, key_id: &str) {
     );
     // HAProxy (and curl for the checks below) from the fleet repository:
     // the image has neither, and these hosts' runs are noop.
-    h.sh_ok("apt-get install -y -qq haproxy curl >/dev/null");
+    h.apt_install(&["haproxy", "curl"]);
     std::fs::write(
         h.root.join("etc/troupe/orchestration.toml"),
         format!(

@@ -169,7 +169,7 @@ fn a_booted_host_runs_systemd_reboots_keeps_its_changes_and_is_removed() {
     // repository, and its package starts it under the host's systemd.
     assert!(!installed(&h, "nginx"), "the image has no role package");
     h.sh_ok("apt-get update -qq && apt-cache policy inhouse-app | grep -q 1.2");
-    h.sh_ok("apt-get install -y -qq nginx >/dev/null");
+    h.apt_install(&["nginx"]);
     assert_eq!(h.sh_ok("systemctl is-active nginx").trim(), "active");
     assert_eq!(h.unit_prop("nginx", "UnitFileState"), "enabled");
 
@@ -552,7 +552,7 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     assert_eq!(web.unit_prop("nginx", "UnitFileState"), "enabled");
     // TLS with the host's own certificate, from another host (curl and
     // openssl from the fleet repository), against the Troupe CA only.
-    client.sh_ok("apt-get update -qq && apt-get install -y -qq curl openssl >/dev/null");
+    client.apt_install(&["curl", "openssl"]);
     std::fs::copy(
         m.data.join("ca/ca_crt.pem"),
         client.root.join("root/troupe-ca.pem"),
