@@ -25,7 +25,7 @@
 # with `debian-root.tar` and `debian-booted-root.tar` symlinks to the
 # current ones: the tests look there unless TROUPE_DEBIAN_ROOT (converge
 # test) or TROUPE_BOOTED_ROOT (booted hosts; its packages are the `.debs`
-# directory beside the tarball) say otherwise.
+# directory beside the tarball, or TROUPE_BOOTED_DEBS) say otherwise.
 #
 # Services never start inside the roots while they are built: a policy-rc.d
 # that refuses every action is written before any service package is

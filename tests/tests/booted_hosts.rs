@@ -515,7 +515,7 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
 
     let start = Instant::now();
     web.sh_ok("systemctl enable --now troupe-agent");
-    let report = next_report(&m, &web.fqdn, None, 300);
+    let report = next_report(&m, &web.fqdn, None, 480);
     let converged = start.elapsed();
     let n_resources = report["resources"].as_array().unwrap().len();
     only_container_limits(&report, WEB_EXPECTED_FAILURES);

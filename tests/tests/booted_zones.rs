@@ -83,7 +83,9 @@ fn each_web_host_prefers_its_zones_app_host_and_fails_over() {
         w.sh_ok("systemctl enable --now troupe-agent");
     }
     for w in webs {
-        let r = next_report(&m, &w.fqdn, None, 240);
+        // A first run installs the role's packages by apt: minutes on a
+        // busy 2-core machine, so a generous bound (a hang still fails).
+        let r = next_report(&m, &w.fqdn, None, 480);
         let bad: Vec<_> = r["resources"]
             .as_array()
             .unwrap()

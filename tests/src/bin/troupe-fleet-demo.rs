@@ -95,7 +95,7 @@ fn main() {
         h.sh_ok("systemctl enable --now troupe-agent");
     }
     for h in &hosts {
-        let r = next_report(&m, &h.fqdn, None, 180);
+        let r = next_report(&m, &h.fqdn, None, 480);
         let res = r["resources"].as_array().cloned().unwrap_or_default();
         let count = |s: &str| res.iter().filter(|x| x["status"] == s).count();
         println!(
