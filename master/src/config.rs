@@ -27,6 +27,8 @@ pub const KEYS: &[&str] = &[
     "modules",
     "hold",
     "metrics_listen",
+    "web_listen",
+    "viewers",
     "run_interval",
     "reports_keep",
     "server_names",
@@ -105,6 +107,12 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
             given(m, "metrics_listen", None),
             args.metrics_listen,
         )
+        .map_err(e)?;
+    args.web_listen = f
+        .resolve("web_listen", given(m, "web_listen", None), args.web_listen)
+        .map_err(e)?;
+    args.viewers = f
+        .resolve("viewers", given(m, "viewers", None), args.viewers)
         .map_err(e)?;
     args.run_interval = f
         .resolve(

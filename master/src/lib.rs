@@ -27,3 +27,4 @@ pub mod signers_cli;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod web;
