@@ -1,0 +1,131 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium`), with a
+//! master and real agents (issue 17): every page loads, a failed node's
+//! page shows its failing resource, and the live parts follow an agent
+//! run without a reload. Screenshots are kept in
+//! `target/dashboard-screenshots/`.
+
+use std::time::{Duration, Instant};
+use troupe_tests::web::{Browser, FAILING, SECRET, WebFleet, dump_dom, screenshot};
+
+#[test]
+fn pages_load_in_chromium_and_live_parts_update_without_reload() {
+    let t0 = Instant::now();
+    let f = WebFleet::start("127.0.0.1:0", &[], &["web1", "web2", "db1"]);
+    assert_eq!(f.converge("web1").code, Some(2));
+    assert_eq!(f.converge("web2").code, Some(2));
+    assert_eq!(f.converge("db1").code, Some(6));
+    let u = f.url();
+
+    // Every page loads and shows what it is about.
+    for (path, needles) in [
+        ("/", vec!["Fleet overview", "id=\"count-failed\"", FAILING]),
+        ("/nodes", vec!["data-node=\"web1\"", "data-node=\"db1\""]),
+        (
+            "/nodes?role=web&sort=name&order=desc",
+            vec!["data-node=\"web2\""],
+        ),
+        ("/nodes/db1", vec![FAILING, "res-failed", "days left"]),
+        ("/csrs", vec!["No request is waiting"]),
+        (
+            "/environments",
+            vec!["production", "The newest tree on disk loaded"],
+        ),
+        ("/orchestration", vec!["Orchestration history"]),
+        ("/audit", vec!["chain-intact"]),
+    ] {
+        let dom = dump_dom(&format!("{u}{path}"));
+        for n in needles {
+            assert!(dom.contains(n), "{path} lacks {n:?}:\n{dom}");
+        }
+        assert!(!dom.contains(SECRET), "{path} shows the secret");
+        // The script ran and its stream connected.
+        assert!(
+            dom.contains("data-live=\"connected\""),
+            "{path}: live part did not connect"
+        );
+    }
+    // The role filter really filters in the browser's view.
+    let dom = dump_dom(&format!("{u}/nodes?role=db"));
+    assert!(dom.contains("data-node=\"db1\"") && !dom.contains("data-node=\"web1\""));
+    // The failing resource is in db1's failing row, with its message.
+    let dom = dump_dom(&format!("{u}/nodes/db1"));
+    let row = dom
+        .split("<tr")
+        .find(|r| r.contains(FAILING))
+        .expect("a row for the failing resource");
+    assert!(
+        row.contains("res-failed") && row.contains("status failed"),
+        "{row}"
+    );
+    let t_pages = t0.elapsed();
+
+    for (path, name) in [
+        ("/", "overview.png"),
+        ("/nodes", "nodes.png"),
+        ("/nodes/db1", "node-db1-failed.png"),
+    ] {
+        screenshot(&format!("{u}{path}"), name);
+    }
+
+    // Live: the overview and web2's page follow web2's next run (a
+    // failure) without a reload.
+    let t_live = Instant::now();
+    let mut b = Browser::open(&format!("{u}/"));
+    b.wait_for(
+        "document.body.getAttribute('data-live') === 'connected' && \
+         Number(document.body.getAttribute('data-live-updates')) >= 1",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        b.eval("document.getElementById('count-failed').textContent"),
+        "1"
+    );
+    b.eval("window.__sameDocument = 'yes'");
+    let mut p = Browser::open(&format!("{u}/nodes/web2"));
+    p.wait_for(
+        "document.body.getAttribute('data-live') === 'connected'",
+        Duration::from_secs(20),
+    );
+    p.eval("window.__sameDocument = 'yes'");
+    // web2's root loses /srv: its document root now fails.
+    std::fs::remove_dir_all(f.root("web2").join("srv")).unwrap();
+    let root = f.m.root.path().join("roots/web2");
+    let out =
+        f.m.agent_cmd("web2", "run", &["--once", "--root", root.to_str().unwrap()]);
+    assert_eq!(out.code.map(|c| c & 4), Some(4), "{}", out.stderr);
+    b.wait_for(
+        "document.getElementById('count-failed').textContent === '2'",
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        b.eval("window.__sameDocument"),
+        "yes",
+        "the page was reloaded"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('count-failed').getAttribute('data-initial')"),
+        "1",
+        "the server-rendered count was 1"
+    );
+    p.wait_for(
+        "document.querySelector('[data-node-status=\"web2\"]').textContent === 'failed'",
+        Duration::from_secs(15),
+    );
+    assert_eq!(p.eval("window.__sameDocument"), "yes");
+    let hint = p.eval("document.querySelector('[data-node-run]').textContent");
+    assert!(
+        hint.as_str()
+            .unwrap()
+            .contains("new since this page loaded"),
+        "{hint}"
+    );
+    drop(b);
+    drop(p);
+    screenshot(&format!("{u}/"), "overview-after-failure.png");
+    eprintln!(
+        "chromium: pages {:.1}s, live {:.1}s, total {:.1}s",
+        t_pages.as_secs_f64(),
+        t_live.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
