@@ -274,10 +274,7 @@ fn chromium_cmd(profile: &Path) -> Command {
 /// its scripts ran.
 pub fn dump_dom(url: &str) -> String {
     let profile = tempfile::tempdir().expect("profile");
-    let out = run(chromium_cmd(profile.path())
-        .arg("--virtual-time-budget=2000")
-        .arg("--dump-dom")
-        .arg(url));
+    let out = run(chromium_cmd(profile.path()).arg("--dump-dom").arg(url));
     assert!(
         out.success() && out.stdout.contains("</html>"),
         "chromium --dump-dom {url} failed:\n{}\n{}",
@@ -418,6 +415,43 @@ impl Browser {
             serde_json::json!({"expression": expr, "returnByValue": true}),
         );
         r["result"]["value"].clone()
+    }
+
+    /// Loads `url` in the page and waits until it has loaded and its live
+    /// part is connected; returns the DOM (`outerHTML`).
+    pub fn goto(&mut self, url: &str) -> String {
+        let s = self.session.clone();
+        self.call(Some(&s), "Page.navigate", serde_json::json!({"url": url}));
+        let want = serde_json::to_string(url).expect("json");
+        self.wait_for(
+            &format!(
+                "location.href === {want} && document.readyState === 'complete' && \
+                 document.body.getAttribute('data-live') === 'connected'"
+            ),
+            Duration::from_secs(20),
+        );
+        self.eval("document.documentElement.outerHTML")
+            .as_str()
+            .expect("outerHTML")
+            .to_owned()
+    }
+
+    /// A PNG of the page, kept in [`screenshot_dir`] as `name`.
+    pub fn screenshot(&mut self, name: &str) -> PathBuf {
+        use base64::Engine;
+        let s = self.session.clone();
+        let r = self.call(
+            Some(&s),
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().expect("data"))
+            .expect("base64");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "no image");
+        let file = screenshot_dir().join(name);
+        std::fs::write(&file, png).expect("screenshot");
+        file
     }
 
     /// Waits until `expr` evaluates to true.
