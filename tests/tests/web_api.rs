@@ -233,6 +233,34 @@ fn api_filters_queries_status_codes_and_no_secret() {
     .stdout;
     assert!(body.contains("event: fleet"), "{body}");
     assert!(!body.contains(SECRET));
+
+    // Audit logs with their chain status: intact, then a tampered record
+    // shows as broken.
+    let chain = |name: &str| {
+        let a = get(&format!("{u}/api/v1/audit")).json();
+        a["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} log in {a}"))
+            .clone()
+    };
+    let ca = chain("ca");
+    assert_eq!(ca["chain"], "intact", "{ca}");
+    assert!(ca["verify"]["records"].as_u64().unwrap() >= 6, "{ca}");
+    let newest = &ca["recent"][0];
+    assert!(newest["seq"].as_u64().unwrap() >= 6, "{ca}");
+    assert!(newest["time"].as_str().unwrap().starts_with("20"), "{ca}");
+    assert!(newest["entry"].is_object(), "{ca}");
+    let log = f.m.data.join("ca/audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"web2\""));
+    std::fs::write(&log, text.replacen("\"web2\"", "\"web9\"", 1)).unwrap();
+    let ca = chain("ca");
+    assert_eq!(ca["chain"], "broken", "{ca}");
+    let page = get(&format!("{u}/audit")).body;
+    assert!(page.contains("chain-broken"), "{page}");
 }
 
 #[test]

@@ -615,7 +615,14 @@ fn tail(path: &std::path::Path, n: usize) -> Vec<Value> {
         .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .take(n)
-        .map(|mut v| {
+        .map(|line| {
+            // A line is {"record": {"seq","time_ms","prev","entry"}, "hash"}.
+            let mut v = match line {
+                Value::Object(mut m) if m.contains_key("record") => {
+                    m.remove("record").unwrap_or(Value::Null)
+                }
+                other => other,
+            };
             if let Some(ms) = v.get("time_ms").and_then(Value::as_u64) {
                 v["time"] = troupe_pki::util::fmt_time(ms / 1000).into();
             }
@@ -656,14 +663,21 @@ pub fn audit(st: &MasterState, records: usize) -> Value {
 /// Orchestration history from `DATA/orchestration-audit.log`: commands
 /// (newest first) with their fan-out and results grouped by command id.
 pub fn orchestration(st: &MasterState, limit: usize) -> Value {
-    let path = st.data_dir.join(crate::orchestra::AUDIT_FILE);
-    let records = tail(&path, 5000);
+    orchestration_from(&st.data_dir.join(crate::orchestra::AUDIT_FILE), limit)
+}
+
+fn orchestration_from(path: &std::path::Path, limit: usize) -> Value {
+    let records = tail(path, 5000);
     let mut order: Vec<String> = Vec::new();
     let mut by_id: HashMap<String, Value> = HashMap::new();
     // Oldest first, so the first record of a command opens it.
     for r in records.iter().rev() {
         let e = &r["entry"];
-        let id = e["id"].to_string();
+        // A command that could not be decoded has no id: its own group.
+        let id = match &e["id"] {
+            Value::Null => format!("record-{}", r["seq"]),
+            v => v.to_string(),
+        };
         let entry = by_id.entry(id.clone()).or_insert_with(|| {
             order.push(id.clone());
             json!({
@@ -703,6 +717,53 @@ pub fn orchestration(st: &MasterState, limit: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orchestration_history_groups_records_by_command() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("orchestration-audit.log");
+        let mut log = troupe_base::audit::AuditLog::open(&path).unwrap();
+        let cmd = |id: Value, outcome: &str, nodes: Vec<&str>| {
+            json!({"kind": "command", "id": id, "signer": "alice", "action": "service.restart",
+                   "args": {"name": "nginx"}, "outcome": outcome, "detail": "",
+                   "caller": "bastion1", "nodes": nodes})
+        };
+        log.append(&cmd(json!("aa"), "relayed", vec!["web1", "web2"]))
+            .unwrap();
+        log.append(&cmd(json!(null), "bad_signature", vec![]))
+            .unwrap();
+        log.append(&cmd(json!("bb"), "relayed", vec!["db1"]))
+            .unwrap();
+        log.append(&cmd(json!("aa"), "ok", vec!["web1"])).unwrap();
+        log.append(&cmd(json!("aa"), "no_answer", vec!["web2"]))
+            .unwrap();
+        drop(log);
+        let h = orchestration_from(&path, 10);
+        let c = h["commands"].as_array().unwrap();
+        let ids: Vec<&Value> = c.iter().map(|c| &c["id"]).collect();
+        // Newest command first; the undecodable one stands alone.
+        assert_eq!(ids, [&json!("bb"), &Value::Null, &json!("aa")], "{h}");
+        let outcomes: Vec<&str> = c[2]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["relayed", "ok", "no_answer"]);
+        assert_eq!(c[2]["records"][2]["nodes"], json!(["web2"]));
+        assert_eq!(c[2]["caller"], "bastion1");
+        assert_eq!(
+            orchestration_from(&path, 1)["commands"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            orchestration_from(&d.path().join("none"), 5),
+            json!({"commands": []})
+        );
+    }
 
     #[test]
     fn rfc3339_to_unix() {
