@@ -92,7 +92,7 @@ impl NodeRow {
         }
     }
 
-    fn from_cache(&self) -> bool {
+    fn is_from_cache(&self) -> bool {
         self.rec.last_report.as_ref().is_some_and(|r| r.from_cache)
     }
 
@@ -105,7 +105,7 @@ impl NodeRow {
             "environment": r.environment,
             "status": self.status(),
             "stale": self.stale,
-            "from_cache": self.from_cache(),
+            "from_cache": self.is_from_cache(),
             "last_checkin": r.last_checkin,
             "last_checkin_time": troupe_pki::util::fmt_time(r.last_checkin),
             "catalog_hash": r.catalog_hash,
@@ -155,7 +155,7 @@ impl Fields for NodeRow {
             "environment" => r.environment.clone().into(),
             "status" => self.status().into(),
             "stale" => self.stale.into(),
-            "from_cache" => self.from_cache().into(),
+            "from_cache" => self.is_from_cache().into(),
             "last_checkin" => r.last_checkin.into(),
             "catalog_hash" => r.catalog_hash.clone().into(),
             _ => return None,
@@ -285,7 +285,7 @@ impl Counts {
             _ => self.unreported += 1,
         }
         self.stale += usize::from(n.stale);
-        self.from_cache += usize::from(n.from_cache());
+        self.from_cache += usize::from(n.is_from_cache());
     }
 }
 
@@ -301,13 +301,12 @@ pub fn node(st: &MasterState, host: &str) -> Result<Option<Value>> {
     let reports = st.store.reports(host)?;
     let last = reports
         .iter()
-        .filter(|r| {
+        .rfind(|r| {
             row.rec
                 .last_report
                 .as_ref()
                 .is_none_or(|l| l.run_id == r.run_id)
         })
-        .next_back()
         .or(reports.last());
     let mut runs: Vec<RunEntry> = reports.iter().map(RunEntry::of).collect();
     runs.reverse();
