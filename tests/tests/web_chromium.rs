@@ -65,6 +65,23 @@ fn pages_load_in_chromium_and_live_parts_update_without_reload() {
     // The role filter really filters in the browser's view.
     let dom = b.goto(&format!("{u}/nodes?role=db"));
     assert!(dom.contains("data-node=\"db1\"") && !dom.contains("data-node=\"web1\""));
+    // A fact from the form, sorting by a column, a bad query explained.
+    let dom = b.goto(&format!("{u}/nodes?fact=kernel.name%3DLinux&role=web"));
+    assert!(dom.contains("data-node=\"web2\"") && !dom.contains("data-node=\"db1\""));
+    let dom = b.goto(&format!("{u}/nodes?sort=status&order=desc"));
+    let (db, web) = (
+        dom.find("data-node=\"db1\""),
+        dom.find("data-node=\"web1\""),
+    );
+    assert!(
+        db.is_some() && db < web,
+        "failed sorts after changed, descending"
+    );
+    let dom = b.goto(&format!("{u}/nodes?query=colour%3Dred"));
+    assert!(
+        dom.contains("id=\"query-error\"") && dom.contains("unknown field"),
+        "{dom}"
+    );
     let t_pages = t0.elapsed();
 
     // Live: the overview and web2's page follow web2's next run (a
