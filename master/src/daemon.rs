@@ -124,7 +124,7 @@ pub struct Args {
 }
 
 /// `--listen`: an IP and a port (a usage error otherwise, with an example).
-fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+pub(crate) fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
     s.parse().map_err(|_| {
         let hint = if s.parse::<std::net::IpAddr>().is_ok() {
             "the port is missing"
