@@ -300,6 +300,7 @@ async fn serve(args: Args) -> Result<()> {
         run_interval_secs: args.run_interval.as_secs().max(1),
         access_audit: std::sync::Mutex::new(access_audit),
         identities: tokio::sync::watch::channel(0).0,
+        events: Arc::new(crate::events::Events::new(&args.data)),
     });
     let admin = crate::admin::serve(state.clone()).await?;
 

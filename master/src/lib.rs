@@ -19,6 +19,7 @@ pub mod catalog_service;
 pub mod code;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod fleet_cli;
 pub mod logging;
 pub mod metrics;
