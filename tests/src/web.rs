@@ -189,6 +189,28 @@ impl WebFleet {
     }
 }
 
+/// Appends records to release `id`'s log in the master's store
+/// (`DATA/deploys/ID.jsonl`, one `{"seq","by","received","record"}` a
+/// line), as the master does when a bastion sends them.
+pub fn append_deploy_records(data: &Path, id: &str, first_seq: u64, records: &[serde_json::Value]) {
+    let dir = data.join("deploys");
+    std::fs::create_dir_all(&dir).expect("deploys dir");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{id}.jsonl")))
+        .expect("release log");
+    for (i, r) in records.iter().enumerate() {
+        let line = serde_json::json!({
+            "seq": first_seq + i as u64,
+            "by": "bastion1",
+            "received": "2026-12-06T22:00:00.000Z",
+            "record": r,
+        });
+        writeln!(f, "{line}").expect("append");
+    }
+}
+
 /// An HTTP answer.
 pub struct Answer {
     pub status: u16,

@@ -4,7 +4,7 @@
 //! non-loopback dashboard (HTTPS, client certificates named in `viewers`).
 
 use std::time::Duration;
-use troupe_tests::web::{FAILING, SECRET, WebFleet, curl, get};
+use troupe_tests::web::{FAILING, SECRET, WebFleet, append_deploy_records, curl, get};
 use troupe_tests::{run, troupe_bin, wait_until};
 
 fn names(v: &serde_json::Value) -> Vec<String> {
@@ -100,6 +100,9 @@ fn api_filters_queries_status_codes_and_no_secret() {
         ("/api/v1/nodes?sort=size", "sort=size"),
         ("/api/v1/events?latest=maybe", "expected true or false"),
         ("/api/v1/reports?query=fact.x%3D1", "unknown field"),
+        ("/api/v1/fleet-events?kind=nope", "not an event kind"),
+        ("/api/v1/fleet-events?colour=red", "unknown parameter"),
+        ("/api/v1/fleet-events?since=soon", "sequence number"),
     ] {
         let a = get(&format!("{u}{path}"));
         assert_eq!(a.status, 400, "{path}: {}", a.body);
@@ -160,6 +163,41 @@ fn api_filters_queries_status_codes_and_no_secret() {
         "3 files and a directory changed on each web host: {ev}"
     );
 
+    // Deploy history from the master's release logs.
+    let t = "2026-12-06T22:00:00.000Z";
+    append_deploy_records(
+        &f.m.data,
+        "20261206T220000Z-aaaaaa",
+        0,
+        &[
+            serde_json::json!({"record": "started", "title": "openssl", "packages":
+                [{"name": "openssl", "version": "3.0.15", "batches": [["web1", "web2"]]}],
+                "not_connected": [], "time": t}),
+            serde_json::json!({"record": "host_failed", "host": "web2", "package": "openssl",
+                "step": "package.install", "error": "failed: held", "left": [], "undo": [], "time": t}),
+            serde_json::json!({"record": "aborted", "reason": "web2 failed", "completed": 1,
+                "failed_hosts": 1, "time": t}),
+        ],
+    );
+    let d = get(&format!("{u}/api/v1/deploys")).json();
+    let d0 = &d["deploys"][0];
+    assert_eq!(
+        (
+            d0["id"].as_str(),
+            d0["status"].as_str(),
+            d0["planned"].as_u64()
+        ),
+        (Some("20261206T220000Z-aaaaaa"), Some("aborted"), Some(2)),
+        "{d}"
+    );
+    let one = get(&format!("{u}/api/v1/deploys/20261206T220000Z-aaaaaa")).json();
+    assert_eq!(one["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(one["failed_hosts"], 1);
+    assert_eq!(get(&format!("{u}/api/v1/deploys/nope")).status, 404);
+    assert_eq!(get(&format!("{u}/api/v1/deploys/..%2Fx")).status, 400);
+    let page = get(&format!("{u}/deploys/20261206T220000Z-aaaaaa"));
+    assert!(page.body.contains("failed: held"), "{}", page.body);
+
     // Overview counts are exact.
     let o = get(&format!("{u}/api/v1/overview")).json();
     assert_eq!(o["nodes"]["total"], 3);
@@ -201,6 +239,7 @@ fn api_filters_queries_status_codes_and_no_secret() {
         "/environments",
         "/orchestration",
         "/audit",
+        "/deploys",
         "/api/v1",
         "/api/v1/overview",
         "/api/v1/nodes",
@@ -212,6 +251,8 @@ fn api_filters_queries_status_codes_and_no_secret() {
         "/api/v1/environments",
         "/api/v1/orchestration",
         "/api/v1/audit",
+        "/api/v1/deploys",
+        "/api/v1/fleet-events",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -4,8 +4,11 @@
 //! run without a reload. Screenshots are kept in
 //! `target/dashboard-screenshots/`.
 
+use serde_json::json;
 use std::time::{Duration, Instant};
-use troupe_tests::web::{Browser, FAILING, SECRET, WebFleet, dump_dom, screenshot};
+use troupe_tests::web::{
+    Browser, FAILING, SECRET, WebFleet, append_deploy_records, dump_dom, screenshot,
+};
 
 #[test]
 fn pages_load_in_chromium_and_live_parts_update_without_reload() {
@@ -137,8 +140,75 @@ fn pages_load_in_chromium_and_live_parts_update_without_reload() {
         "{hint}"
     );
     b.screenshot("overview-after-failure.png");
-    drop(b);
     drop(p);
+
+    // Live deploy progress: a running release's page follows the records
+    // the master stores, without a reload.
+    let id = "20261206T220000Z-0a1b2c";
+    let t = "2026-12-06T22:00:00.000Z";
+    let step = |host: &str| {
+        json!({"record": "step", "host": host, "package": "nginx", "step": "package.install",
+               "attempt": 1, "result": "ok", "started": t, "duration_ms": 120})
+    };
+    append_deploy_records(
+        &f.m.data,
+        id,
+        0,
+        &[
+            json!({"record": "started", "title": "nginx 1.24 everywhere", "environment": "production",
+                   "packages": [{"name": "nginx", "version": "1.24", "batches": [["web1"], ["web2"]]}],
+                   "not_connected": [], "time": t}),
+            json!({"record": "package_started", "package": "nginx", "version": "1.24", "hosts": 2, "time": t}),
+            step("web1"),
+        ],
+    );
+    let dom = b.goto(&format!("{u}/deploys"));
+    assert!(
+        dom.contains(id) && dom.contains("nginx 1.24 everywhere"),
+        "{dom}"
+    );
+    let dom = b.goto(&format!("{u}/deploys/{id}"));
+    assert!(dom.contains("data-deploy-status=\"{id}\"".replace("{id}", id).as_str()));
+    assert_eq!(
+        b.eval(&format!(
+            "document.querySelector('[data-deploy-status=\"{id}\"]').textContent"
+        )),
+        "running"
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('#deploy-log tbody tr').length"),
+        3
+    );
+    b.eval("window.__sameDocument = 'deploy'");
+    append_deploy_records(
+        &f.m.data,
+        id,
+        3,
+        &[
+            step("web2"),
+            json!({"record": "package_done", "package": "nginx", "version": "1.24",
+                   "ok": ["web1", "web2"], "failed": [], "time": t}),
+            json!({"record": "finished", "status": "complete", "completed": 2, "failed_hosts": 0, "time": t}),
+        ],
+    );
+    b.wait_for(
+        &format!(
+            "document.querySelector('[data-deploy-status=\"{id}\"]').textContent === 'complete' && \
+             document.querySelectorAll('#deploy-log tbody tr').length === 6"
+        ),
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        b.eval("window.__sameDocument"),
+        "deploy",
+        "the page was reloaded"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('deploy-progress').value"),
+        2
+    );
+    b.screenshot("deploy-complete.png");
+    drop(b);
     eprintln!(
         "chromium: pages {:.1}s, live {:.1}s, total {:.1}s",
         t_pages.as_secs_f64(),

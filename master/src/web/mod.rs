@@ -24,6 +24,7 @@
 //! is not in `viewers` read anything.
 
 pub mod data;
+pub mod deploys;
 pub mod pages;
 pub mod query;
 
@@ -228,6 +229,8 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/environments", get(pages::environments))
         .route("/orchestration", get(pages::orchestration))
         .route("/audit", get(pages::audit))
+        .route("/deploys", get(pages::deploys))
+        .route("/deploys/{id}", get(pages::deploy))
         .route("/static/style.css", get(pages::css))
         .route("/static/app.js", get(pages::js))
         .route("/api/v1", get(api_index))
@@ -242,6 +245,9 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .route("/api/v1/environments", get(api_environments))
         .route("/api/v1/orchestration", get(api_orchestration))
         .route("/api/v1/audit", get(api_audit))
+        .route("/api/v1/deploys", get(deploys::api_list))
+        .route("/api/v1/deploys/{id}", get(deploys::api_one))
+        .route("/api/v1/fleet-events", get(deploys::api_fleet_events))
         .route("/api/v1/stream", get(api_stream))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(web.clone(), access))
@@ -486,6 +492,9 @@ async fn api_index() -> Response {
             "/api/v1/environments",
             "/api/v1/orchestration",
             "/api/v1/audit",
+            "/api/v1/deploys",
+            "/api/v1/deploys/ID",
+            "/api/v1/fleet-events?kind=run_failed,csr_pending&node=HOST&release=ID&since=SEQ&limit=N",
             "/api/v1/stream (text/event-stream)",
         ],
         "docs": "docs/api.md",
@@ -645,7 +654,18 @@ pub fn snapshot(st: &MasterState) -> Result<Value> {
     if let Value::Object(m) = &mut o {
         m.remove("now");
     }
-    Ok(json!({"overview": o, "nodes": nodes}))
+    let last_event = st
+        .events
+        .recent(&crate::events::EventQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .last()
+        .map(|e| e.seq);
+    Ok(
+        json!({"overview": o, "nodes": nodes, "deploys": deploys::snapshot(st),
+              "last_event": last_event}),
+    )
 }
 
 /// `GET /api/v1/stream`: server-sent events. A `fleet` event with the

@@ -27,6 +27,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("audit.html", include_str!("templates/audit.html")),
     ("error.html", include_str!("templates/error.html")),
+    ("deploys.html", include_str!("templates/deploys.html")),
+    ("deploy.html", include_str!("templates/deploy.html")),
 ];
 
 const CSS: &str = include_str!("static/style.css");
@@ -98,7 +100,14 @@ pub async fn overview(State(web): State<Arc<Web>>) -> Response {
             20,
         )
         .map_err(ApiError::internal)?;
-        Ok(json!({"page": "overview", "o": o, "failing": failing}))
+        let recent = super::deploys::fleet_events(
+            st,
+            &crate::events::EventQuery {
+                limit: 15,
+                ..Default::default()
+            },
+        );
+        Ok(json!({"page": "overview", "o": o, "failing": failing, "recent": recent["events"]}))
     })
     .await
 }
@@ -222,6 +231,20 @@ pub async fn orchestration(State(web): State<Arc<Web>>) -> Response {
 pub async fn audit(State(web): State<Arc<Web>>) -> Response {
     page(web, "audit.html", |st| {
         Ok(json!({"page": "audit", "a": data::audit(st, 20)}))
+    })
+    .await
+}
+
+pub async fn deploys(State(web): State<Arc<Web>>) -> Response {
+    page(web, "deploys.html", |st| {
+        Ok(json!({"page": "deploys", "d": super::deploys::list(st, 200)?}))
+    })
+    .await
+}
+
+pub async fn deploy(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Response {
+    page(web, "deploy.html", move |st| {
+        Ok(json!({"page": "deploys", "r": super::deploys::one(st, &id)?}))
     })
     .await
 }
