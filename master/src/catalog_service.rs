@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use troupe_catalog::report::Report;
+use troupe_proto::error_code::{self, ErrorCode};
 use troupe_proto::v1::catalog_server::{Catalog as CatalogRpc, CatalogServer};
 use troupe_proto::v1::reports_server::{Reports, ReportsServer};
 use troupe_proto::v1::{
@@ -107,13 +108,18 @@ impl CatalogService {
     ) -> Result<Arc<Compiled>, Status> {
         let st = &self.state;
         let Some(code) = &st.code else {
-            return Err(Status::failed_precondition(
+            return Err(error_code::status(
+                tonic::Code::FailedPrecondition,
+                ErrorCode::NoModuleTree,
                 "this master serves no catalogs (started without --modules)",
             ));
         };
-        let tree = code
-            .current()
-            .map_err(|e| Status::unavailable(format!("no module tree is loaded: {e}")))?;
+        let tree = code.current().map_err(|e| {
+            error_code::with_code(
+                Status::unavailable(format!("no module tree is loaded: {e}")),
+                ErrorCode::Unavailable,
+            )
+        })?;
         let (stable, facts_hash) = stable_facts(facts).map_err(Status::invalid_argument)?;
         let mut key = CacheKey {
             facts: facts_hash,
@@ -133,11 +139,12 @@ impl CatalogService {
             st.metrics.catalog_cache_hits.inc();
             return Ok(c.clone());
         }
-        let _slot = st
-            .compile_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("the master is shutting down"))?;
+        let _slot = st.compile_slots.acquire().await.map_err(|_| {
+            error_code::with_code(
+                Status::unavailable("the master is shutting down"),
+                ErrorCode::Unavailable,
+            )
+        })?;
         let mut opts = troupe_compiler::CompileOptions {
             environment,
             extensions: Default::default(),
@@ -177,9 +184,11 @@ impl CatalogService {
                 // The node's catalog does not compile: the agent keeps its
                 // cached catalog; the operator sees the full error here.
                 tracing::warn!(node, "catalog does not compile: {e}");
-                return Err(Status::failed_precondition(format!(
-                    "the catalog for {node} does not compile: {e}"
-                )));
+                return Err(error_code::status(
+                    tonic::Code::FailedPrecondition,
+                    ErrorCode::CompileFailed,
+                    format!("the catalog for {node} does not compile: {e}"),
+                ));
             }
             Ok(Ok(Ok(x))) => x,
         };

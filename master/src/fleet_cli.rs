@@ -140,11 +140,7 @@ fn ask(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
             data.display()
         ),
     };
-    if resp.ok {
-        Ok(resp.result.unwrap_or_default())
-    } else {
-        bail!("{}", resp.error.unwrap_or_else(|| "unknown error".into()))
-    }
+    resp.into_result()
 }
 
 #[derive(Deserialize)]
@@ -244,11 +240,17 @@ pub fn write_nodes(v: &serde_json::Value, filtered: bool, out: &mut dyn Write) -
     Ok(())
 }
 
-/// Points at `troupe nodes` when the master knows nothing of a node.
-fn unknown_node_hint(error: anyhow::Error) -> anyhow::Error {
-    let text = error.to_string();
-    if text.starts_with("no report") || text.starts_with("no facts known") {
-        anyhow::anyhow!("{text}; `troupe nodes` lists the nodes that have checked in")
+/// Points at `troupe nodes` when the master knows nothing of a node (by
+/// the answer's error code, never its wording).
+pub(crate) fn unknown_node_hint(error: anyhow::Error) -> anyhow::Error {
+    if troupe_base::error_code::code_of(&error)
+        == Some(troupe_base::error_code::ErrorCode::NotFound)
+    {
+        let text = error.to_string();
+        troupe_base::error_code::error(
+            troupe_base::error_code::ErrorCode::NotFound,
+            format!("{text}; `troupe nodes` lists the nodes that have checked in"),
+        )
     } else {
         error
     }
@@ -602,6 +604,18 @@ fn write_promote_summary(v: &serde_json::Value, out: &mut dyn Write) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_node_hint_follows_the_code() {
+        use troupe_base::error_code::{ErrorCode, error};
+        let e = error(ErrorCode::NotFound, "web9 is a stranger");
+        assert_eq!(
+            unknown_node_hint(e).to_string(),
+            "web9 is a stranger; `troupe nodes` lists the nodes that have checked in"
+        );
+        let e = anyhow::anyhow!("no report for web9");
+        assert_eq!(unknown_node_hint(e).to_string(), "no report for web9");
+    }
     use troupe_catalog::ResourceId;
     use troupe_catalog::report::ResourceReport;
 

@@ -50,6 +50,8 @@ pub struct MasterState {
     /// their peer's certificate against the CA and end when it is no
     /// longer valid.
     pub identities: tokio::sync::watch::Sender<u64>,
+    /// The event bus, its sinks, and the release logs (`DATA/deploys/`).
+    pub events: Arc<crate::events::Events>,
 }
 
 /// One refused request in the access audit log.
