@@ -231,11 +231,13 @@ impl CodeManager {
         if let Some(want) = expect {
             let now = live.code_version_with(&staged);
             if now != want {
-                anyhow::bail!(
-                    "the code staged for `{env}` changed since it was shown ({:.12}, now {:.12}): nothing promoted; run `troupe env promote {env}` again to see the new changes",
-                    want,
-                    now
-                );
+                return Err(troupe_base::error_code::error(
+                    troupe_base::error_code::ErrorCode::Conflict,
+                    format!(
+                        "the code staged for `{env}` changed since it was shown ({:.12}, now {:.12}): nothing promoted; run `troupe env promote {env}` again to see the new changes",
+                        want, now
+                    ),
+                ));
             }
         }
         g.staged.remove(env);

@@ -10,9 +10,10 @@
 //! sensitive resources never leave the master, only names and hashes.
 
 use crate::state::MasterState;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
+use troupe_base::error_code::{ErrorCode, error};
 use troupe_compiler::ModuleTree;
 use troupe_compiler::env_diff::DiffNode;
 
@@ -25,19 +26,33 @@ pub fn run(
     staged: bool,
 ) -> Result<serde_json::Value> {
     let Some(code) = &state.code else {
-        bail!("this master serves no module tree (started without --modules)");
+        return Err(error(
+            ErrorCode::NoModuleTree,
+            "this master serves no module tree (started without --modules)",
+        ));
     };
-    let serving = code
-        .current()
-        .map_err(|e| anyhow::anyhow!("no module tree is loaded: {e}"))?;
+    let serving = code.current().map_err(|e| {
+        error(
+            ErrorCode::Unavailable,
+            format!("no module tree is loaded: {e}"),
+        )
+    })?;
     let Some(from_version) = serving.env_code_version(env) else {
-        bail!(
-            "environment `{env}` does not exist (environments: {})",
-            serving.environments().collect::<Vec<_>>().join(", ")
-        );
+        return Err(error(
+            ErrorCode::NotFound,
+            format!(
+                "environment `{env}` does not exist (environments: {})",
+                serving.environments().collect::<Vec<_>>().join(", ")
+            ),
+        ));
     };
     let (new, what): (Arc<ModuleTree>, String) = match (to, staged) {
-        (Some(_), true) => bail!("give --to DIR or --staged, not both"),
+        (Some(_), true) => {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                "give --to DIR or --staged, not both",
+            ));
+        }
         (Some(dir), false) => {
             let t = ModuleTree::load(dir)
                 .map_err(|e| anyhow::anyhow!("{}", e.render()))
@@ -46,14 +61,19 @@ pub fn run(
         }
         (None, true) => match code.staged_tree(env) {
             Some(t) => (t, "the staged code".into()),
-            None => bail!(
-                "nothing is staged for environment `{env}`: it already serves the newest code{}",
-                if code.status().hold.iter().any(|h| h == env) {
-                    ""
-                } else {
-                    " (it is not on hold: its code goes live as soon as it loads)"
-                }
-            ),
+            None => {
+                return Err(error(
+                    ErrorCode::NotFound,
+                    format!(
+                        "nothing is staged for environment `{env}`: it already serves the newest code{}",
+                        if code.status().hold.iter().any(|h| h == env) {
+                            ""
+                        } else {
+                            " (it is not on hold: its code goes live as soon as it loads)"
+                        }
+                    ),
+                ));
+            }
         },
         (None, false) => match code.staged_tree(env) {
             Some(t) => (t, "the staged code".into()),
@@ -71,7 +91,10 @@ pub fn run(
         },
     };
     let Some(to_version) = new.env_code_version(env) else {
-        bail!("environment `{env}` does not exist in {what}");
+        return Err(error(
+            ErrorCode::NotFound,
+            format!("environment `{env}` does not exist in {what}"),
+        ));
     };
     // The nodes of the environment, with their last stable facts.
     crate::catalog_service::flush_checkins(state);
