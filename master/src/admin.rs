@@ -18,7 +18,8 @@
 //! {"op":"nodes","where":["os.family=Debian"],"role":"web"}
 //! {"op":"report","host":"web1","run":null}   {"op":"facts","host":"web1"}
 //! {"op":"report-list","host":"web1"}
-//! {"op":"env-status"}            {"op":"env-promote","env":"production"}
+//! {"op":"env-status"}            {"op":"env-promote","env":"production","expect":null}
+//! {"op":"env-diff","env":"production","to":"/srv/modules-next","staged":false}
 //! ```
 //!
 //! The fleet requests (nodes, report, facts, env-*) need the running master.
@@ -94,6 +95,17 @@ pub enum AdminRequest {
     EnvStatus,
     EnvPromote {
         env: String,
+        /// Promote only if the staged code is still this version (what
+        /// the operator confirmed after `env diff`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+    },
+    EnvDiff {
+        env: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<PathBuf>,
+        #[serde(default)]
+        staged: bool,
     },
 }
 
@@ -109,6 +121,7 @@ impl AdminRequest {
                 | AdminRequest::ReportList { .. }
                 | AdminRequest::EnvStatus
                 | AdminRequest::EnvPromote { .. }
+                | AdminRequest::EnvDiff { .. }
         )
     }
 }
@@ -272,9 +285,12 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
                 "this master serves no module tree (started without --modules)",
             )),
         },
-        AdminRequest::EnvPromote { env } => match &state.code {
+        AdminRequest::EnvDiff { env, to, staged } => {
+            crate::env_diff::run(state, env, to.as_ref(), *staged)
+        }
+        AdminRequest::EnvPromote { env, expect } => match &state.code {
             Some(c) => {
-                let v = c.promote(env)?;
+                let v = c.promote_expecting(env, expect.as_deref())?;
                 tracing::info!(env = %env, version = %v, "promoted staged code");
                 Ok(json!({"env": env, "version": v}))
             }
@@ -409,7 +425,13 @@ pub fn call(data_dir: &Path, req: &AdminRequest) -> Result<Option<AdminResponse>
             return Err(e).with_context(|| format!("connecting to {}", path.display()));
         }
     };
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // A fleet-wide diff compiles every node twice: give it longer.
+    let secs = if matches!(req, AdminRequest::EnvDiff { .. }) {
+        900
+    } else {
+        60
+    };
+    s.set_read_timeout(Some(Duration::from_secs(secs)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)?;

@@ -121,13 +121,20 @@ impl CatalogService {
             )
         })?;
         let (stable, facts_hash) = stable_facts(facts).map_err(Status::invalid_argument)?;
-        let key = CacheKey {
+        let mut key = CacheKey {
             facts: facts_hash,
             environment: environment.clone().unwrap_or_default(),
             generation: code.status().generation,
+            fleet: None,
         };
+        // A catalog that used fleet() is current only under the same fleet
+        // snapshot; the others do not depend on it.
+        let fleet_now = st.catalogs.fleet.generation();
         if let Some((k, c)) = lock(&st.catalogs.compiled).get(node)
-            && *k == key
+            && k.facts == key.facts
+            && k.environment == key.environment
+            && k.generation == key.generation
+            && k.fleet.is_none_or(|g| Some(g) == fleet_now)
         {
             st.metrics.catalog_cache_hits.inc();
             return Ok(c.clone());
@@ -138,19 +145,35 @@ impl CatalogService {
                 ErrorCode::Unavailable,
             )
         })?;
-        let opts = troupe_compiler::CompileOptions {
+        let mut opts = troupe_compiler::CompileOptions {
             environment,
             extensions: Default::default(),
             secrets: st.secrets.clone(),
+            fleet: None,
         };
         let node_owned = node.to_owned();
         let started = Instant::now();
+        let state = self.state.clone();
         let job = tokio::task::spawn_blocking(move || {
             let class = tree.classify(&node_owned, &opts.extensions, &stable)?;
-            let cat = tree.compile(&node_owned, &stable, &opts)?;
-            Ok::<_, troupe_compiler::Error>((class.role, cat))
+            let snapshot = state.catalogs.fleet.snapshot(&state);
+            opts.fleet = snapshot.as_ref().ok().cloned();
+            let (cat, info) = tree.compile_with_info(&node_owned, &stable, &opts)?;
+            let fleet = match (&snapshot, info.used_fleet) {
+                (_, false) => None,
+                (Ok(s), true) => Some(s.generation),
+                (Err(e), true) => {
+                    return Err(troupe_compiler::Error::new(
+                        troupe_compiler::ErrorKind::Facts,
+                        format!(
+                            "this catalog asks for fleet data, which the master cannot read: {e}"
+                        ),
+                    ));
+                }
+            };
+            Ok::<_, troupe_compiler::Error>((class.role, cat, fleet))
         });
-        let (role, catalog) = match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
+        let (role, catalog, fleet) = match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(
                     "compiling the catalog took too long",
@@ -169,6 +192,7 @@ impl CatalogService {
             }
             Ok(Ok(Ok(x))) => x,
         };
+        key.fleet = fleet;
         st.metrics
             .compile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -219,6 +243,14 @@ impl CatalogRpc for CatalogService {
             };
             let compiled = self.compile(&peer.name, &facts, environment).await?;
             lock(&st.catalogs.served).insert(peer.name.clone(), compiled.clone());
+            if let Ok((stable, _)) = stable_facts(&facts) {
+                st.catalogs.fleet.observe(
+                    &peer.name,
+                    &compiled.role,
+                    &compiled.catalog.environment,
+                    &stable,
+                );
+            }
             lock(&st.catalogs.checkins).insert(
                 peer.name.clone(),
                 Checkin {
