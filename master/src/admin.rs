@@ -227,6 +227,7 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
             Some(c) => {
                 let v = c.promote(env)?;
                 tracing::info!(env = %env, version = %v, "promoted staged code");
+                crate::events::hooks::code_promoted(state, env, &v);
                 Ok(json!({"env": env, "version": v}))
             }
             None => anyhow::bail!("this master serves no module tree (started without --modules)"),
