@@ -24,6 +24,8 @@ pub(crate) struct CacheKey {
     pub(crate) facts: [u8; 32],
     pub(crate) environment: String,
     pub(crate) generation: u64,
+    /// The fleet snapshot's generation, for a catalog that used `fleet()`.
+    pub(crate) fleet: Option<u64>,
 }
 
 /// In-memory serving state: compiled catalogs, what each node was last
@@ -34,6 +36,8 @@ pub struct CatalogCache {
     pub(crate) compiled: Mutex<HashMap<String, (CacheKey, Arc<Compiled>)>>,
     pub(crate) served: Mutex<HashMap<String, Arc<Compiled>>>,
     pub(crate) checkins: Mutex<HashMap<String, Checkin>>,
+    /// What templates' `fleet()` sees.
+    pub fleet: crate::fleet_data::FleetData,
 }
 
 impl CatalogCache {

@@ -70,6 +70,8 @@ impl MasterState {
             tracing::error!("could not reload the TLS configuration with the new CRL: {e:#}");
         }
         self.identities.send_modify(|g| *g = g.wrapping_add(1));
+        // A revoked or cleaned host leaves the fleet data.
+        self.catalogs.fleet.invalidate();
     }
 
     /// Records a refused request from an authenticated node (asking for
