@@ -8,8 +8,10 @@
 # certificate, checked by curl from its neighbour against the Troupe CA.
 #
 # NEEDS ROOT (network namespaces, overlay mounts, systemd-nspawn), the
-# packages systemd-container and dpkg-dev, and the cached Debian root of
-# scripts/debian-root.sh (built here if missing: a few minutes, once).
+# packages systemd-container and dpkg-dev, and the cached booted image and
+# role packages of scripts/debian-root.sh (built here if missing: a few
+# minutes, once). The hosts install nginx, haproxy, ... from the fleet's own
+# repository; nothing is fetched from outside while the demo runs.
 # No traffic leaves the demo's namespaces; everything is removed at the end.
 # The quick demo without root is ./scripts/demo.sh.
 set -euo pipefail
@@ -24,8 +26,8 @@ for t in systemd-nspawn nsenter dpkg-scanpackages; do
     exit 1
   }
 done
-TROUPE_DEBIAN_ROOT="${TROUPE_DEBIAN_ROOT:-$(./scripts/debian-root.sh)}"
-export TROUPE_DEBIAN_ROOT
+TROUPE_BOOTED_ROOT="${TROUPE_BOOTED_ROOT:-$(./scripts/debian-root.sh --booted)}"
+export TROUPE_BOOTED_ROOT
 cargo build --workspace --bins --quiet
 export TROUPE_LOG=${TROUPE_LOG:-warn}
 exec ./target/debug/troupe-fleet-demo

@@ -165,7 +165,9 @@ async fn fetch_pinned_ca(channel: Channel, pin: [u8; 32]) -> Result<(Vec<u8>, St
     let resp = CaClient::new(channel)
         .get_ca_certificate(Empty {})
         .await
-        .map_err(|s| anyhow!("fetching the CA certificate: {}", status_message(&s)))?
+        .map_err(|s| {
+            anyhow::Error::new(identity::CallError::new("fetching the CA certificate", &s))
+        })?
         .into_inner();
     let der = CertificateDer::from_pem_slice(resp.pem.as_bytes())
         .context("the master sent an unreadable CA certificate")?;
@@ -380,27 +382,10 @@ fn transient_status(s: &tonic::Status) -> bool {
 }
 
 /// True when a connect error is the network's or a down master's (not a
-/// TLS, certificate or fingerprint failure, nor a bad --server).
+/// TLS, certificate or fingerprint failure, nor a bad --server), by the
+/// kind the connector classified (see `identity::ConnectFailure`).
 fn transient_connect(e: &anyhow::Error) -> bool {
-    let m = format!("{e:#}").to_lowercase();
-    let verdict = ["certificate", "fingerprint", "--server", "alert", "verif"]
-        .iter()
-        .any(|p| m.contains(p));
-    !verdict
-        || [
-            "connection refused",
-            "connection reset",
-            "connection aborted",
-            "no route to host",
-            "network is unreachable",
-            "timed out",
-            "broken pipe",
-            "unexpected eof",
-            "handshake eof",
-            "connection closed",
-        ]
-        .iter()
-        .any(|p| m.contains(p))
+    identity::connect_failure(e).is_some_and(identity::ConnectFailure::is_transient)
 }
 
 /// What one successful try brings: the CA (DER, PEM), the CRL (PEM), the
@@ -436,13 +421,12 @@ async fn submit(
         Ok(c) => c,
         Err(e) => {
             if transient_connect(&e) {
-                let text = format!("{e:#}");
-                return Err(Try::Transient(match identity::connect_hint(&text) {
-                    Some(hint) => anyhow!("{text}; {hint}"),
+                return Err(Try::Transient(match identity::connect_hint(&e) {
+                    Some(hint) => anyhow!("{e:#}; {hint}"),
                     None => e,
                 }));
             }
-            if format!("{e:#}").contains("fingerprint") {
+            if identity::connect_failure(&e) == Some(identity::ConnectFailure::PinMismatch) {
                 return Err(Try::Final(fingerprint_mismatch(args, pin).await));
             }
             return Err(Try::Final(
@@ -451,9 +435,9 @@ async fn submit(
         }
     };
     // On this fresh, verified connection a failed call (not a bad answer)
-    // is a broken connection: both helpers say "fetching the ...: " then.
+    // is a broken connection: both helpers return a `CallError` then.
     let broken = |e: anyhow::Error| {
-        if e.to_string().starts_with("fetching the ") {
+        if e.downcast_ref::<identity::CallError>().is_some() {
             Try::Transient(e)
         } else {
             Try::Final(e)

@@ -2,7 +2,9 @@
 //!
 //! Owns everything that runs on a managed host: bootstrap (key pair, CSR with
 //! the PSK, pinned CA), certificate renewal, facts, converging a catalog with
-//! idempotent providers, reports, the local catalog cache and rollback.
+//! idempotent providers, reports, the local catalog cache and rollback;
+//! and the orchestration listener, whose built-in `package.*`/`service.*`
+//! actions call those same providers.
 //!
 //! It must never: contain the catalog compiler (it depends on the catalog
 //! model only); trust a CA it has not pinned by fingerprint; leave a

@@ -194,13 +194,16 @@ impl MasterClient {
     }
 }
 
-/// Transport-level failures (worth retrying), as opposed to answers.
+/// Transport-level failures (worth retrying), as opposed to answers. A
+/// status carrying a Troupe error code is the master's answer: retried only
+/// when that code says the master cannot answer now (`unavailable`).
 fn is_transport(s: &tonic::Status) -> bool {
     use tonic::Code;
+    use troupe_proto::error_code::{ErrorCode, code_of};
     matches!(
         s.code(),
         Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
-    ) && !s.message().contains("does not compile")
+    ) && matches!(code_of(s), None | Some(ErrorCode::Unavailable))
 }
 
 impl CatalogSource for MasterClient {
@@ -311,5 +314,14 @@ mod tests {
         assert!(!is_transport(&tonic::Status::failed_precondition(
             "the catalog for x does not compile"
         )));
+        // The code decides, not the words.
+        use troupe_proto::error_code::{ErrorCode, with_code};
+        let answer = with_code(tonic::Status::unknown("reworded"), ErrorCode::CompileFailed);
+        assert!(!is_transport(&answer));
+        let busy = with_code(
+            tonic::Status::unavailable("the master is shutting down"),
+            ErrorCode::Unavailable,
+        );
+        assert!(is_transport(&busy));
     }
 }

@@ -326,7 +326,7 @@ fn obtain_catalog(
         Err(e) => {
             // What to check when the master could not be reached at all.
             let why = troupe_base::cli::one_line(&e);
-            let hint = troupe_identity::connect_hint(&why)
+            let hint = troupe_identity::connect_hint(&e)
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
             tracing::warn!(

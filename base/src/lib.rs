@@ -14,6 +14,8 @@
 //! - [`reopen`]: the redb handle that reopens itself after a failed write
 //!   (a full disk);
 //! - [`cli`]: the one-line error format both binaries print;
+//! - [`error_code`]: the typed error codes carried next to error messages
+//!   on the admin socket and gRPC, so programs branch on codes, never text;
 //! - [`facts`]: flattened facts and the `--where FACT=VALUE` matcher that
 //!   `troupe nodes` and `troupe run`/`deploy` share;
 //! - `test_fs` (feature `test-fs`, dev-dependencies only): a small tmpfs
@@ -27,6 +29,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod error_code;
 pub mod facts;
 pub mod fs;
 pub mod redb_file;

@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod deploy_cli;
+pub mod deploy_record;
 pub mod keys;
 pub mod progress;
 pub mod release;

@@ -156,33 +156,25 @@ fn parse_where(s: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Says what to check when the master cannot be reached at all.
+/// Says what to check when the master cannot be reached at all (by the
+/// connection failure's kind, see [`troupe_identity::ConnectFailure`]).
 fn connect_hint(e: anyhow::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
-    let lower = text.to_lowercase();
-    let hint = if lower.contains("connection refused") {
-        "nothing listens there: is the master running, and is the port in --server right?"
-    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
-        "what answers there does not speak TLS: give the master's gRPC port (`troupe master --listen`, 8140 by default)"
-    } else if lower.contains("invalid peer certificate") {
-        "the server's certificate is not from the CA this identity trusts: is --server this identity's master?"
-    } else {
-        return e;
-    };
-    anyhow::anyhow!("{text}; {hint}")
+    match troupe_identity::connect_hint(&e) {
+        Some(hint) => anyhow::anyhow!("{e:#}; {hint}"),
+        None => e,
+    }
 }
 
 /// What a failed Submit says: a connection closed during the TLS
 /// handshake is the master refusing the bastion's certificate, not the
 /// command.
 fn submit_error(what: &str, s: &tonic::Status) -> anyhow::Error {
-    let msg = troupe_identity::status_message(s);
-    if msg.contains("the master closed the TLS connection") {
+    if troupe_identity::closed_by_master(s) {
         return anyhow::anyhow!(
             "the master closed the TLS connection: the bastion's certificate may be revoked or expired, or the master stopped (`troupe ca list --all` on the master shows the certificate's state)"
         );
     }
-    anyhow::anyhow!("{what}: {msg}")
+    anyhow::anyhow!("{what}: {}", troupe_identity::status_message(s))
 }
 
 /// Options of `troupe run`.

@@ -96,22 +96,155 @@ pub fn parse_server(url: &str) -> Result<ServerAddr> {
     })
 }
 
+/// Why a connection to the master failed before any answer, classified
+/// from the typed io and rustls errors where the connector meets them (so
+/// callers branch on this, never on the error text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// `--server` is not a usable address.
+    BadAddress,
+    /// Nothing listens there (TCP connection refused).
+    Refused,
+    /// The network failed: unreachable, reset, closed during the handshake.
+    Network,
+    /// What answers does not speak TLS.
+    NotTls,
+    /// The server's certificate does not verify under the trusted CA.
+    UntrustedServer,
+    /// The server did not present the CA with the pinned fingerprint.
+    PinMismatch,
+    /// The server presented a host certificate, not the master's.
+    NotMaster,
+    /// The server ended the handshake with an alert (it refused this
+    /// client's certificate, or the protocol).
+    AlertReceived,
+    /// Another TLS failure (no common protocol, a bad signature...).
+    Tls,
+    /// Anything else (e.g. the connect timeout).
+    Other,
+}
+
+impl ConnectFailure {
+    fn of_tcp(e: &std::io::Error) -> ConnectFailure {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            ConnectFailure::Refused
+        } else {
+            ConnectFailure::Network
+        }
+    }
+
+    fn of_tls(e: &std::io::Error) -> ConnectFailure {
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+            return ConnectFailure::Network;
+        };
+        match tls {
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => ConnectFailure::NotTls,
+            rustls::Error::InvalidCertificate(_) => ConnectFailure::UntrustedServer,
+            rustls::Error::AlertReceived(_) => ConnectFailure::AlertReceived,
+            rustls::Error::General(m) if m == troupe_pki::tls::PIN_MISMATCH => {
+                ConnectFailure::PinMismatch
+            }
+            rustls::Error::General(m) if m == troupe_pki::tls::HOST_CERT_AS_SERVER => {
+                ConnectFailure::NotMaster
+            }
+            _ => ConnectFailure::Tls,
+        }
+    }
+
+    /// True when trying again later may succeed (a down master, a broken
+    /// network), false for a verdict (a wrong certificate or address).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::Refused
+                | ConnectFailure::Network
+                | ConnectFailure::NotTls
+                | ConnectFailure::Other
+        )
+    }
+
+    /// What to check, for the failures an operator can act on.
+    pub fn hint(self) -> Option<&'static str> {
+        match self {
+            ConnectFailure::Refused => Some(
+                "nothing listens there: is the master running, and is the port in --server right?",
+            ),
+            ConnectFailure::NotTls => Some(
+                "what answers there does not speak TLS: give the master's gRPC port \
+                 (`troupe master --listen`, 8140 by default)",
+            ),
+            ConnectFailure::UntrustedServer => Some(
+                "the server's certificate is not from the CA this identity trusts: \
+                 is --server this identity's master?",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to the master that failed: the message an operator reads
+/// (unchanged from before the classification) and its [`ConnectFailure`].
+#[derive(Debug)]
+pub struct ConnectError {
+    pub failure: ConnectFailure,
+    message: String,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// The [`ConnectFailure`] of the first [`ConnectError`] in `e`'s chain.
+pub fn connect_failure(e: &anyhow::Error) -> Option<ConnectFailure> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ConnectError>())
+        .map(|c| c.failure)
+}
+
 /// Opens a gRPC channel to `server` over TLS with the given rustls config.
 /// (tonic's own TLS settings cannot carry a CRL or a pinned-CA verifier, so
-/// the TLS handshake happens in this connector.)
+/// the TLS handshake happens in this connector.) A failure is an `anyhow`
+/// error holding a [`ConnectError`] ([`connect_failure`] reads its kind).
 pub async fn connect_with(config: ClientConfig, server: &str) -> Result<Channel> {
-    let addr = parse_server(server)?;
+    let addr = parse_server(server).map_err(|e| {
+        anyhow::Error::new(ConnectError {
+            failure: ConnectFailure::BadAddress,
+            message: format!("{e:#}"),
+        })
+    })?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target = addr.authority.clone();
     let name = addr.server_name.clone();
+    // The connector's last failure, classified from the typed errors it
+    // meets (tonic passes them on only as text).
+    let failure = Arc::new(std::sync::Mutex::new(None::<ConnectFailure>));
+    let seen = failure.clone();
     let service = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
         let connector = connector.clone();
         let target = target.clone();
         let name = name.clone();
+        let seen = seen.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(&target).await?;
+            let note = |f: ConnectFailure| {
+                if let Ok(mut g) = seen.lock() {
+                    *g = Some(f);
+                }
+            };
+            let tcp = tokio::net::TcpStream::connect(&target)
+                .await
+                .inspect_err(|e| {
+                    note(ConnectFailure::of_tcp(e));
+                })?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
+            let tls = connector.connect(name, tcp).await.inspect_err(|e| {
+                note(ConnectFailure::of_tls(e));
+            })?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
@@ -125,10 +258,13 @@ pub async fn connect_with(config: ClientConfig, server: &str) -> Result<Channel>
         // call's deadline expires.
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
-    endpoint
-        .connect_with_connector(service)
-        .await
-        .map_err(|e| anyhow!("cannot reach the master at {server}: {}", error_chain(&e)))
+    endpoint.connect_with_connector(service).await.map_err(|e| {
+        let kind = failure.lock().ok().and_then(|g| *g);
+        anyhow::Error::new(ConnectError {
+            failure: kind.unwrap_or(ConnectFailure::Other),
+            message: format!("cannot reach the master at {server}: {}", error_chain(&e)),
+        })
+    })
 }
 
 /// Flattens an error and its sources into one line (tonic's transport
@@ -146,6 +282,89 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// True when a call failed because the connection was closed under it
+/// (during or right after the TLS handshake: how a master refuses a
+/// revoked, expired or foreign client certificate), not by an answer.
+///
+/// A status that carries a Troupe error code is an answer, never this.
+/// The cause sits in the status' source chain as hyper and io errors that
+/// tonic passes on boxed; io error kinds and rustls alerts are read by
+/// type, hyper's "connection closed" / "operation was canceled" only as
+/// text (hyper's error type is not reachable from here).
+pub fn closed_by_master(s: &tonic::Status) -> bool {
+    if troupe_proto::error_code::code_of(s).is_some()
+        || !matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        )
+    {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof) {
+                return true;
+            }
+            if io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|t| matches!(t, rustls::Error::AlertReceived(_)))
+            {
+                return true;
+            }
+        }
+        if let Some(rustls::Error::AlertReceived(_)) = e.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    let mut text = s.message().to_lowercase();
+    if let Some(src) = std::error::Error::source(s) {
+        text.push(' ');
+        text.push_str(&error_chain(src).to_lowercase());
+    }
+    [
+        "broken pipe",
+        "connection reset",
+        "connection closed",
+        "operation was canceled",
+        "alert",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+/// A gRPC call that failed, kept typed: the gRPC code and the Troupe
+/// error code, with the line an operator reads (`WHAT: status message`).
+#[derive(Debug)]
+pub struct CallError {
+    pub grpc: tonic::Code,
+    pub code: Option<troupe_proto::error_code::ErrorCode>,
+    message: String,
+}
+
+impl CallError {
+    /// The error for a failed call doing `what` (e.g. "fetching the CRL").
+    pub fn new(what: &str, s: &tonic::Status) -> CallError {
+        CallError {
+            grpc: s.code(),
+            code: troupe_proto::error_code::code_of(s),
+            message: format!("{what}: {}", status_message(s)),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CallError {}
+
 /// Explains a failed gRPC call, including transport-level causes.
 pub fn status_message(s: &tonic::Status) -> String {
     let mut msg = s.message().to_string();
@@ -155,21 +374,7 @@ pub fn status_message(s: &tonic::Status) -> String {
     if msg.trim().is_empty() {
         msg = format!("{:?}", s.code());
     }
-    let lower = msg.to_lowercase();
-    if matches!(
-        s.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    ) && [
-        "broken pipe",
-        "connection reset",
-        "connection closed",
-        "operation was canceled",
-        "alert",
-        "unexpected eof",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
-    {
+    if closed_by_master(s) {
         msg.push_str(
             "; the master closed the TLS connection: this host's certificate may be \
              revoked, expired or not issued by the master's CA",
@@ -353,7 +558,7 @@ pub async fn fetch_crl(channel: Channel, ca_der: &[u8]) -> Result<String> {
     let resp = client
         .get_crl(troupe_proto::v1::Empty {})
         .await
-        .map_err(|s| anyhow!("fetching the CRL: {}", status_message(&s)))?
+        .map_err(|s| anyhow::Error::new(CallError::new("fetching the CRL", &s)))?
         .into_inner();
     let der = CertificateRevocationListDer::from_pem_slice(resp.pem.as_bytes())
         .context("the master sent an unreadable CRL")?;
@@ -362,26 +567,64 @@ pub async fn fetch_crl(channel: Channel, ca_der: &[u8]) -> Result<String> {
 }
 
 /// What to check when a connection to the master failed before any
-/// answer, for an error text from [`connect_with`]: nothing listening,
-/// something that is not TLS, a server not from the trusted CA. `None`
-/// when the text gives no such clue.
-pub fn connect_hint(text: &str) -> Option<&'static str> {
-    let lower = text.to_lowercase();
-    if lower.contains("connection refused") {
-        Some("nothing listens there: is the master running, and is the port in --server right?")
-    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
-        Some(
-            "what answers there does not speak TLS: give the master's gRPC port \
-             (`troupe master --listen`, 8140 by default)",
-        )
-    } else {
-        None
-    }
+/// answer, from the [`ConnectError`] in `e`'s chain: nothing listening,
+/// something that is not TLS, a server not from the trusted CA. `None` for
+/// other errors.
+pub fn connect_hint(e: &anyhow::Error) -> Option<&'static str> {
+    connect_failure(e).and_then(ConnectFailure::hint)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connect failure's kind comes from the typed io/rustls errors the
+    /// connector met; the message an operator reads is unchanged.
+    #[tokio::test]
+    async fn connect_failures_are_classified_by_type() {
+        troupe_pki::tls::install_crypto_provider();
+        let cfg = || troupe_pki::tls::pinned_client_config([7; 32]).unwrap();
+        // Nothing listens: bind a port, then free it.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = connect_with(cfg(), &format!("127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert_eq!(connect_failure(&e), Some(ConnectFailure::Refused), "{e:#}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot reach the master at 127.0.0.1:"),
+            "{e}"
+        );
+        assert!(
+            connect_hint(&e)
+                .unwrap()
+                .starts_with("nothing listens there")
+        );
+        // Something that answers in plain HTTP, not TLS.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let e = connect_with(cfg(), &addr.to_string()).await.unwrap_err();
+        assert_eq!(connect_failure(&e), Some(ConnectFailure::NotTls), "{e:#}");
+        assert!(ConnectFailure::NotTls.is_transient());
+        // A bad --server is a verdict, not worth a retry.
+        let e = connect_with(cfg(), "http://x").await.unwrap_err();
+        assert_eq!(connect_failure(&e), Some(ConnectFailure::BadAddress));
+        assert!(!ConnectFailure::BadAddress.is_transient());
+        assert!(!ConnectFailure::PinMismatch.is_transient());
+        // Errors not from the connector carry no kind and no hint.
+        assert_eq!(connect_hint(&anyhow!("connection refused")), None);
+    }
 
     #[test]
     fn server_urls() {

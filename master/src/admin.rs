@@ -18,12 +18,16 @@
 //! {"op":"nodes","where":["os.family=Debian"],"role":"web"}
 //! {"op":"report","host":"web1","run":null}   {"op":"facts","host":"web1"}
 //! {"op":"report-list","host":"web1"}
-//! {"op":"env-status"}            {"op":"env-promote","env":"production"}
+//! {"op":"env-status"}            {"op":"env-promote","env":"production","expect":null}
+//! {"op":"env-diff","env":"production","to":"/srv/modules-next","staged":false}
 //! ```
 //!
 //! The fleet requests (nodes, report, facts, env-*) need the running master.
 //!
-//! Answers: `{"ok":true,"result":{...}}` or `{"ok":false,"error":"..."}`.
+//! Answers: `{"ok":true,"result":{...}}` or
+//! `{"ok":false,"error":"...","code":"..."}`: `error` is for people, `code`
+//! (a [`troupe_base::error_code::ErrorCode`] name, documented in
+//! `docs/json.md`) for programs; the CLI branches on `code` only.
 //! When no master is running (no socket, or nobody listening), the CLI
 //! opens the CA directly and applies the same [`handle`] function.
 
@@ -36,7 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use troupe_pki::{Authority, ListFilter};
+use troupe_base::error_code::{self, ErrorCode, code_of};
+use troupe_pki::{Authority, CaError, ListFilter};
 
 /// Largest request line accepted on the socket.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -90,6 +95,17 @@ pub enum AdminRequest {
     EnvStatus,
     EnvPromote {
         env: String,
+        /// Promote only if the staged code is still this version (what
+        /// the operator confirmed after `env diff`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+    },
+    EnvDiff {
+        env: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<PathBuf>,
+        #[serde(default)]
+        staged: bool,
     },
 }
 
@@ -105,6 +121,7 @@ impl AdminRequest {
                 | AdminRequest::ReportList { .. }
                 | AdminRequest::EnvStatus
                 | AdminRequest::EnvPromote { .. }
+                | AdminRequest::EnvDiff { .. }
         )
     }
 }
@@ -117,6 +134,9 @@ pub struct AdminResponse {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of error (`None` from a master older than the codes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 impl AdminResponse {
@@ -125,13 +145,38 @@ impl AdminResponse {
             ok: true,
             result: Some(v),
             error: None,
+            code: None,
         }
     }
-    fn err(e: impl std::fmt::Display) -> Self {
+    fn err(code: ErrorCode, e: impl std::fmt::Display) -> Self {
         AdminResponse {
             ok: false,
             result: None,
             error: Some(e.to_string()),
+            code: Some(code),
+        }
+    }
+    /// The error answer for `e`, coded by the [`Coded`] or [`CaError`] in
+    /// its chain (else `unclassified`).
+    fn from_error(e: &anyhow::Error) -> Self {
+        let code = code_of(e)
+            .or_else(|| {
+                e.chain()
+                    .find_map(|c| c.downcast_ref::<CaError>())
+                    .map(CaError::code)
+            })
+            .unwrap_or(ErrorCode::Unclassified);
+        AdminResponse::err(code, format!("{e:#}"))
+    }
+    /// The answer as an error carrying its code (`Ok` for a success).
+    pub fn into_result(self) -> Result<serde_json::Value> {
+        if self.ok {
+            Ok(self.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(error_code::error(
+                self.code.unwrap_or(ErrorCode::Unclassified),
+                self.error.unwrap_or_else(|| "unknown error".into()),
+            ))
         }
     }
     /// True when the request changed the CRL (the TLS config must reload).
@@ -164,11 +209,16 @@ pub fn handle(ca: &Authority, req: &AdminRequest) -> AdminResponse {
             ca.revoke(host).map(|s| json!({"host": host, "serials": s}))
         }
         AdminRequest::Clean { host } => ca.clean(host).map(|s| json!({"host": host, "serials": s})),
-        _ => return AdminResponse::err("this request needs the running master"),
+        _ => {
+            return AdminResponse::err(
+                ErrorCode::NeedsMaster,
+                "this request needs the running master",
+            );
+        }
     };
     match r {
         Ok(v) => AdminResponse::ok(v),
-        Err(e) => AdminResponse::err(e),
+        Err(e) => AdminResponse::err(e.code(), e),
     }
 }
 
@@ -183,7 +233,7 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
                 .iter()
                 .map(|w| {
                     w.parse::<crate::store::FactFilter>()
-                        .map_err(anyhow::Error::msg)
+                        .map_err(|e| error_code::error(ErrorCode::InvalidArgument, e))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let nodes = state.store.query(&filters, role.as_deref())?;
@@ -200,15 +250,21 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
         }
         AdminRequest::Report { host, run } => match state.store.report(host, run.as_deref())? {
             Some(r) => Ok(json!({"report": r})),
-            None => anyhow::bail!(
-                "no report{} for {host}",
-                run.as_deref().map(|r| format!(" {r}")).unwrap_or_default()
-            ),
+            None => Err(error_code::error(
+                ErrorCode::NotFound,
+                format!(
+                    "no report{} for {host}",
+                    run.as_deref().map(|r| format!(" {r}")).unwrap_or_default()
+                ),
+            )),
         },
         AdminRequest::ReportList { host } => {
             let runs = state.store.runs(host)?;
             if runs.is_empty() {
-                anyhow::bail!("no report for {host}");
+                return Err(error_code::error(
+                    ErrorCode::NotFound,
+                    format!("no report for {host}"),
+                ));
             }
             Ok(json!({"host": host, "runs": runs}))
         }
@@ -216,26 +272,41 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
             crate::catalog_service::flush_checkins(state);
             match state.store.facts(host)? {
                 Some(f) => Ok(json!({"facts": f})),
-                None => anyhow::bail!("no facts known for {host} (it has not checked in)"),
+                None => Err(error_code::error(
+                    ErrorCode::NotFound,
+                    format!("no facts known for {host} (it has not checked in)"),
+                )),
             }
         }
         AdminRequest::EnvStatus => match &state.code {
             Some(c) => Ok(json!({"code": c.status()})),
-            None => anyhow::bail!("this master serves no module tree (started without --modules)"),
+            None => Err(error_code::error(
+                ErrorCode::NoModuleTree,
+                "this master serves no module tree (started without --modules)",
+            )),
         },
-        AdminRequest::EnvPromote { env } => match &state.code {
+        AdminRequest::EnvDiff { env, to, staged } => {
+            crate::env_diff::run(state, env, to.as_ref(), *staged)
+        }
+        AdminRequest::EnvPromote { env, expect } => match &state.code {
             Some(c) => {
-                let v = c.promote(env)?;
+                let v = c.promote_expecting(env, expect.as_deref())?;
                 tracing::info!(env = %env, version = %v, "promoted staged code");
                 Ok(json!({"env": env, "version": v}))
             }
-            None => anyhow::bail!("this master serves no module tree (started without --modules)"),
+            None => Err(error_code::error(
+                ErrorCode::NoModuleTree,
+                "this master serves no module tree (started without --modules)",
+            )),
         },
-        _ => anyhow::bail!("not a fleet request"),
+        _ => Err(error_code::error(
+            ErrorCode::InvalidArgument,
+            "not a fleet request",
+        )),
     })();
     match r {
         Ok(v) => AdminResponse::ok(v),
-        Err(e) => AdminResponse::err(format!("{e:#}")),
+        Err(e) => AdminResponse::from_error(&e),
     }
 }
 
@@ -283,9 +354,12 @@ async fn serve_one(
 ) -> Result<()> {
     let uid = stream.peer_cred()?.uid();
     if uid != owner && uid != 0 {
-        let resp = AdminResponse::err(format!(
-            "uid {uid} may not administer this CA (only the data directory's owner or root)"
-        ));
+        let resp = AdminResponse::err(
+            ErrorCode::PermissionDenied,
+            format!(
+                "uid {uid} may not administer this CA (only the data directory's owner or root)"
+            ),
+        );
         stream
             .write_all(serde_json::to_string(&resp)?.as_bytes())
             .await?;
@@ -297,10 +371,16 @@ async fn serve_one(
         tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line)).await
     };
     let resp = match read {
-        Err(_) => AdminResponse::err("timed out reading the request"),
-        Ok(Err(e)) => AdminResponse::err(format!("reading the request: {e}")),
+        Err(_) => AdminResponse::err(ErrorCode::InvalidArgument, "timed out reading the request"),
+        Ok(Err(e)) => AdminResponse::err(
+            ErrorCode::InvalidArgument,
+            format!("reading the request: {e}"),
+        ),
         Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(line.trim()) {
-            Err(e) => AdminResponse::err(format!("malformed admin request: {e}")),
+            Err(e) => AdminResponse::err(
+                ErrorCode::InvalidArgument,
+                format!("malformed admin request: {e}"),
+            ),
             Ok(req) => {
                 let st = state.clone();
                 let r2 = req.clone();
@@ -312,7 +392,7 @@ async fn serve_one(
                     }
                 })
                 .await
-                .unwrap_or_else(|_| AdminResponse::err("admin task failed"));
+                .unwrap_or_else(|_| AdminResponse::err(ErrorCode::Internal, "admin task failed"));
                 if AdminResponse::crl_changed(&req, &resp) {
                     state.reload_crl();
                 }
@@ -345,7 +425,13 @@ pub fn call(data_dir: &Path, req: &AdminRequest) -> Result<Option<AdminResponse>
             return Err(e).with_context(|| format!("connecting to {}", path.display()));
         }
     };
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // A fleet-wide diff compiles every node twice: give it longer.
+    let secs = if matches!(req, AdminRequest::EnvDiff { .. }) {
+        900
+    } else {
+        60
+    };
+    s.set_read_timeout(Some(Duration::from_secs(secs)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)?;
@@ -394,6 +480,7 @@ mod tests {
             },
         );
         assert!(!r.ok);
+        assert_eq!(r.code, Some(ErrorCode::NoPendingRequest));
         assert!(r.error.unwrap().contains("no pending certificate request"));
         let r = handle(
             &ca,
@@ -402,6 +489,32 @@ mod tests {
                 ttl_secs: 60,
             },
         );
+        assert_eq!(r.code, Some(ErrorCode::InvalidArgument));
         assert!(r.error.unwrap().contains("upper-case"));
+        let r = handle(&ca, &AdminRequest::EnvStatus);
+        assert_eq!(r.code, Some(ErrorCode::NeedsMaster));
+    }
+
+    #[test]
+    fn error_answers_carry_a_code_field() {
+        let r = AdminResponse::err(
+            ErrorCode::NoValidCertificate,
+            "host \"x\" has no valid certificate",
+        );
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"ok":false,"error":"host \"x\" has no valid certificate","code":"no_valid_certificate"}"#
+        );
+        // An answer from a master without codes still reads.
+        let old: AdminResponse = serde_json::from_str(r#"{"ok":false,"error":"x"}"#).unwrap();
+        let e = old.into_result().unwrap_err();
+        assert_eq!(code_of(&e), Some(ErrorCode::Unclassified));
+        assert_eq!(e.to_string(), "x");
+        // A CA error deep in a chain keeps its code.
+        let e = anyhow::Error::new(CaError::NoPending("web1".into())).context("signing");
+        assert_eq!(
+            AdminResponse::from_error(&e).code,
+            Some(ErrorCode::NoPendingRequest)
+        );
     }
 }

@@ -7,6 +7,7 @@
 use crate::admin::{self, AdminRequest, AdminResponse};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
+use troupe_base::error_code::{self, ErrorCode, code_of};
 use troupe_pki::{Authority, CaPolicy, ListEntry, ListFilter};
 
 /// The master's data directory.
@@ -108,17 +109,22 @@ fn parse_psk_ttl(s: &str) -> std::result::Result<humantime::Duration, String> {
     Ok(d)
 }
 
-/// Adds what to do next to the CA's refusals an operator meets most.
-fn hint(host: &str, error: anyhow::Error) -> anyhow::Error {
+/// Adds what to do next to the CA's refusals an operator meets most,
+/// chosen by the answer's error code (never its wording).
+pub(crate) fn hint(host: &str, error: anyhow::Error) -> anyhow::Error {
     let text = error.to_string();
-    if text.contains("no pending certificate request") {
-        anyhow::anyhow!(
-            "{text}; `troupe ca list --pending` shows the requests waiting (an agent sends one with `troupe-agent bootstrap --name {host}`)"
-        )
-    } else if text.contains("has no valid certificate") {
-        anyhow::anyhow!("{text}; `troupe ca list --all` shows what the CA knows about it")
-    } else {
-        error
+    match code_of(&error) {
+        Some(ErrorCode::NoPendingRequest) => error_code::error(
+            ErrorCode::NoPendingRequest,
+            format!(
+                "{text}; `troupe ca list --pending` shows the requests waiting (an agent sends one with `troupe-agent bootstrap --name {host}`)"
+            ),
+        ),
+        Some(ErrorCode::NoValidCertificate) => error_code::error(
+            ErrorCode::NoValidCertificate,
+            format!("{text}; `troupe ca list --all` shows what the CA knows about it"),
+        ),
+        _ => error,
     }
 }
 
@@ -160,11 +166,7 @@ fn send(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
             admin::handle(&ca, &req)
         }
     };
-    if resp.ok {
-        Ok(resp.result.unwrap_or(serde_json::Value::Null))
-    } else {
-        bail!("{}", resp.error.unwrap_or_else(|| "unknown error".into()))
-    }
+    resp.into_result()
 }
 
 fn print_list(entries: &[ListEntry]) {
@@ -294,4 +296,34 @@ pub fn run(cmd: CaCmd) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_follow_the_code_not_the_wording() {
+        // Reworded message, same code: the hint is still added.
+        let e = error_code::error(ErrorCode::NoPendingRequest, "nothing waits for web1");
+        let h = hint("web1", e).to_string();
+        assert!(
+            h.starts_with("nothing waits for web1; `troupe ca list --pending`"),
+            "{h}"
+        );
+        let e = error_code::error(ErrorCode::NoValidCertificate, "web1: none valid");
+        assert!(
+            hint("web1", e)
+                .to_string()
+                .ends_with("`troupe ca list --all` shows what the CA knows about it")
+        );
+        // The old wording without the code: no hint (text decides nothing).
+        let e = anyhow::anyhow!("no pending certificate request for \"web1\"");
+        assert_eq!(
+            hint("web1", e).to_string(),
+            "no pending certificate request for \"web1\""
+        );
+        let e = error_code::error(ErrorCode::Revoked, "no pending certificate request");
+        assert_eq!(code_of(&hint("web1", e)), Some(ErrorCode::Revoked));
+    }
 }

@@ -31,9 +31,15 @@ pub fn server(state: Arc<MasterState>) -> CaServer<CaService> {
         .max_encoding_message_size(troupe_proto::MAX_MESSAGE_BYTES)
 }
 
-/// Maps a CA error to a gRPC status with a clear message. Internal
-/// failures are logged in full and reported vaguely.
+/// Maps a CA error to a gRPC status with a clear message and its typed
+/// code (`troupe-error-code`). Internal failures are logged in full and
+/// reported vaguely.
 pub fn status_of(e: CaError) -> Status {
+    let code = e.code();
+    troupe_proto::error_code::with_code(status_text(e), code)
+}
+
+fn status_text(e: CaError) -> Status {
     match &e {
         CaError::Csr(CsrError::TooLarge(_)) => Status::resource_exhausted(e.to_string()),
         CaError::Csr(_) | CaError::Name(_) => Status::invalid_argument(e.to_string()),

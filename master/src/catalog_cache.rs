@@ -99,6 +99,8 @@ pub(crate) struct CacheKey {
     pub(crate) facts: [u8; 32],
     pub(crate) environment: String,
     pub(crate) generation: u64,
+    /// The fleet snapshot's generation, for a catalog that used `fleet()`.
+    pub(crate) fleet: Option<u64>,
 }
 
 struct Entry {
@@ -122,6 +124,8 @@ struct Inner {
 pub struct CatalogCache {
     inner: Mutex<Inner>,
     pub(crate) checkins: Mutex<HashMap<String, Checkin>>,
+    /// What templates' `fleet()` sees.
+    pub fleet: crate::fleet_data::FleetData,
 }
 
 impl Default for CatalogCache {
@@ -155,6 +159,7 @@ impl CatalogCache {
                 clock: 0,
             }),
             checkins: Mutex::default(),
+            fleet: Default::default(),
         }
     }
 
@@ -183,13 +188,25 @@ impl CatalogCache {
         }
     }
 
-    /// The cached catalog of `node` when it was compiled from `key`.
-    pub(crate) fn get(&self, node: &str, key: &CacheKey) -> Option<Arc<Compiled>> {
+    /// The cached catalog of `node` when it was compiled from `key`'s
+    /// facts, environment and code (and, for a catalog that used
+    /// `fleet()`, under the fleet snapshot `fleet_now`).
+    pub(crate) fn get(
+        &self,
+        node: &str,
+        key: &CacheKey,
+        fleet_now: Option<u64>,
+    ) -> Option<Arc<Compiled>> {
         let mut g = lock(&self.inner);
         g.clock += 1;
         let now = g.clock;
         let e = g.nodes.get_mut(node)?;
-        if e.key != *key {
+        let k = &e.key;
+        if !(k.facts == key.facts
+            && k.environment == key.environment
+            && k.generation == key.generation
+            && k.fleet.is_none_or(|g| Some(g) == fleet_now))
+        {
             return None;
         }
         e.used = now;
@@ -352,6 +369,7 @@ mod tests {
             facts: [n; 32],
             environment: String::new(),
             generation: 1,
+            fleet: None,
         }
     }
 
@@ -407,7 +425,10 @@ mod tests {
             let body = format!("{i:04}").repeat(256); // 1 KiB, distinct
             put(&cache, &format!("n{i}"), &[body.as_bytes()]);
             // n0 is used on every round, so it is never the least recent.
-            assert!(cache.get("n0", &key(1)).is_some(), "n0 evicted at {i}");
+            assert!(
+                cache.get("n0", &key(1), None).is_some(),
+                "n0 evicted at {i}"
+            );
             let s = cache.stats();
             assert!(s.bytes <= limit as usize, "{} > {limit} after {i}", s.bytes);
             assert!(cache.served(&format!("n{i}")).is_some());
@@ -434,8 +455,8 @@ mod tests {
         assert!(a.body(&troupe_catalog::sha256_hex(b"old a")).is_none());
         assert!(a.body(&troupe_catalog::sha256_hex(b"new a")).is_some());
         // A different key misses; the same key hits.
-        assert!(cache.get("a", &key(2)).is_none());
-        assert_eq!(cache.get("a", &key(1)).unwrap().hash, a.hash);
+        assert!(cache.get("a", &key(2), None).is_none());
+        assert_eq!(cache.get("a", &key(1), None).unwrap().hash, a.hash);
     }
 
     #[test]

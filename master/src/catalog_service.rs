@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use troupe_catalog::report::Report;
+use troupe_proto::error_code::{self, ErrorCode};
 use troupe_proto::v1::catalog_server::{Catalog as CatalogRpc, CatalogServer};
 use troupe_proto::v1::reports_server::{Reports, ReportsServer};
 use troupe_proto::v1::{
@@ -110,45 +111,71 @@ impl CatalogService {
     ) -> Result<(Arc<Compiled>, Option<Vec<u8>>), Status> {
         let st = &self.state;
         let Some(code) = &st.code else {
-            return Err(Status::failed_precondition(
+            return Err(error_code::status(
+                tonic::Code::FailedPrecondition,
+                ErrorCode::NoModuleTree,
                 "this master serves no catalogs (started without --modules)",
             ));
         };
-        let tree = code
-            .current()
-            .map_err(|e| Status::unavailable(format!("no module tree is loaded: {e}")))?;
+        let tree = code.current().map_err(|e| {
+            error_code::with_code(
+                Status::unavailable(format!("no module tree is loaded: {e}")),
+                ErrorCode::Unavailable,
+            )
+        })?;
         let (stable, facts_hash) = stable_facts(facts).map_err(Status::invalid_argument)?;
-        let key = CacheKey {
+        let mut key = CacheKey {
             facts: facts_hash,
             environment: environment.clone().unwrap_or_default(),
             generation: code.status().generation,
+            fleet: None,
         };
-        // The cache holds no JSON: a hit serves only an agent that holds
-        // the catalog already; any other gets it compiled again.
-        if let Some(c) = st.catalogs.get(node, &key)
+        // A catalog that used fleet() is current only under the same fleet
+        // snapshot; the others do not depend on it. The cache holds no
+        // JSON: a hit serves only an agent that holds the catalog already;
+        // any other gets it compiled again.
+        let fleet_now = st.catalogs.fleet.generation();
+        if let Some(c) = st.catalogs.get(node, &key, fleet_now)
             && c.hash == have_hash
         {
             st.metrics.catalog_cache_hits.inc();
             return Ok((c, None));
         }
-        let _slot = st
-            .compile_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("the master is shutting down"))?;
-        let opts = troupe_compiler::CompileOptions {
+        let _slot = st.compile_slots.acquire().await.map_err(|_| {
+            error_code::with_code(
+                Status::unavailable("the master is shutting down"),
+                ErrorCode::Unavailable,
+            )
+        })?;
+        let mut opts = troupe_compiler::CompileOptions {
             environment,
             extensions: Default::default(),
             secrets: st.secrets.clone(),
+            fleet: None,
         };
         let node_owned = node.to_owned();
         let started = Instant::now();
+        let state = self.state.clone();
         let job = tokio::task::spawn_blocking(move || {
             let class = tree.classify(&node_owned, &opts.extensions, &stable)?;
-            let cat = tree.compile(&node_owned, &stable, &opts)?;
-            Ok::<_, troupe_compiler::Error>((class.role, cat))
+            let snapshot = state.catalogs.fleet.snapshot(&state);
+            opts.fleet = snapshot.as_ref().ok().cloned();
+            let (cat, info) = tree.compile_with_info(&node_owned, &stable, &opts)?;
+            let fleet = match (&snapshot, info.used_fleet) {
+                (_, false) => None,
+                (Ok(s), true) => Some(s.generation),
+                (Err(e), true) => {
+                    return Err(troupe_compiler::Error::new(
+                        troupe_compiler::ErrorKind::Facts,
+                        format!(
+                            "this catalog asks for fleet data, which the master cannot read: {e}"
+                        ),
+                    ));
+                }
+            };
+            Ok::<_, troupe_compiler::Error>((class.role, cat, fleet))
         });
-        let (role, catalog) = match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
+        let (role, catalog, fleet) = match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
             Err(_) => {
                 return Err(Status::deadline_exceeded(
                     "compiling the catalog took too long",
@@ -159,12 +186,15 @@ impl CatalogService {
                 // The node's catalog does not compile: the agent keeps its
                 // cached catalog; the operator sees the full error here.
                 tracing::warn!(node, "catalog does not compile: {e}");
-                return Err(Status::failed_precondition(format!(
-                    "the catalog for {node} does not compile: {e}"
-                )));
+                return Err(error_code::status(
+                    tonic::Code::FailedPrecondition,
+                    ErrorCode::CompileFailed,
+                    format!("the catalog for {node} does not compile: {e}"),
+                ));
             }
             Ok(Ok(Ok(x))) => x,
         };
+        key.fleet = fleet;
         st.metrics
             .compile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -210,6 +240,14 @@ impl CatalogRpc for CatalogService {
             let (compiled, json) = self
                 .compile(&peer.name, &facts, environment, &body.have_hash)
                 .await?;
+            if let Ok((stable, _)) = stable_facts(&facts) {
+                st.catalogs.fleet.observe(
+                    &peer.name,
+                    &compiled.role,
+                    &compiled.environment,
+                    &stable,
+                );
+            }
             lock(&st.catalogs.checkins).insert(
                 peer.name.clone(),
                 Checkin {

@@ -192,22 +192,53 @@ impl CodeManager {
         Reload::Failed(error)
     }
 
+    /// The module tree directory (`--modules`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The live tree with `env`'s staged code in place: what serving would
+    /// be after `promote(env)` (`None` when nothing is staged for it).
+    pub fn staged_tree(&self, env: &str) -> Option<Arc<ModuleTree>> {
+        let g = self.read();
+        let staged = g.staged.get(env)?.clone();
+        Some(Arc::new(g.live.as_ref()?.with_environment(staged)))
+    }
+
     /// Makes the staged code of a held environment live.
     pub fn promote(&self, env: &str) -> Result<String> {
+        self.promote_expecting(env, None)
+    }
+
+    /// [`CodeManager::promote`], refused when the staged code is no longer
+    /// `expect` (the code version a confirmation was given for: newer code
+    /// was staged since).
+    pub fn promote_expecting(&self, env: &str, expect: Option<&str>) -> Result<String> {
         let mut g = self.write();
         if !self.hold.contains(env) {
             anyhow::bail!(
                 "environment `{env}` is not on hold: its code goes live as soon as it loads"
             );
         }
-        let Some(staged) = g.staged.remove(env) else {
+        let Some(live) = g.live.clone() else {
+            anyhow::bail!("no module tree is loaded");
+        };
+        let Some(staged) = g.staged.get(env).cloned() else {
             anyhow::bail!(
                 "nothing is staged for environment `{env}`: it already serves the newest code"
             );
         };
-        let Some(live) = g.live.clone() else {
-            anyhow::bail!("no module tree is loaded");
-        };
+        if let Some(want) = expect {
+            let now = live.code_version_with(&staged);
+            if now != want {
+                anyhow::bail!(
+                    "the code staged for `{env}` changed since it was shown ({:.12}, now {:.12}): nothing promoted; run `troupe env promote {env}` again to see the new changes",
+                    want,
+                    now
+                );
+            }
+        }
+        g.staged.remove(env);
         let tree = live.with_environment(staged);
         // The identity catalogs carry and `env status` shows: site + env.
         let version = tree

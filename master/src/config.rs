@@ -27,6 +27,8 @@ pub const KEYS: &[&str] = &[
     "modules",
     "hold",
     "metrics_listen",
+    "web_listen",
+    "viewers",
     "run_interval",
     "reports_keep",
     "server_names",
@@ -106,6 +108,19 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
             given(m, "metrics_listen", None),
             args.metrics_listen,
         )
+        .map_err(e)?;
+    let web_listen: Option<String> = f
+        .resolve(
+            "web_listen",
+            given(m, "web_listen", None),
+            args.web_listen.map(|a| a.to_string()),
+        )
+        .map_err(e)?;
+    args.web_listen = web_listen
+        .map(|w| crate::daemon::parse_listen(&w).map_err(|why| anyhow!("web_listen {w:?}: {why}")))
+        .transpose()?;
+    args.viewers = f
+        .resolve("viewers", given(m, "viewers", None), args.viewers)
         .map_err(e)?;
     args.run_interval = f
         .resolve(
@@ -230,6 +245,31 @@ mod tests {
         use clap::{CommandFactory, FromArgMatches};
         let m = T::command().no_binary_name(true).get_matches_from(argv);
         (T::from_arg_matches(&m).unwrap().a, m)
+    }
+
+    #[test]
+    fn web_listen_and_viewers() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("master.toml");
+        std::fs::write(&p, "web_listen = \"0.0.0.0:8150\"\nviewers = [\"alice\"]\n").unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap();
+        assert_eq!(a.web_listen.unwrap().to_string(), "0.0.0.0:8150");
+        assert_eq!(a.viewers, ["alice"]);
+        let (a, m) = parse(&[
+            "--config",
+            p.to_str().unwrap(),
+            "--web-listen",
+            "127.0.0.1:9",
+        ]);
+        assert_eq!(resolve(a, &m).unwrap().0.web_listen.unwrap().port(), 9);
+        std::fs::write(&p, "web_listen = \"localhost:8150\"\n").unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let err = resolve(a, &m).unwrap_err().to_string();
+        assert!(
+            err.contains("web_listen") && err.contains("IP:PORT"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,6 +75,17 @@ pub struct Args {
     /// address, e.g. 127.0.0.1:9140. Off unless given.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Serve the read-only dashboard and JSON API (`/api/v1/...`) on this
+    /// address, e.g. 127.0.0.1:8150. Off unless given. Plain HTTP on a
+    /// loopback address only; on any other address HTTPS, open only to
+    /// client certificates from this CA whose name is in --viewer.
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_listen)]
+    pub web_listen: Option<std::net::SocketAddr>,
+    /// A certificate name (from this CA) allowed to use the dashboard over
+    /// HTTPS (repeatable; key `viewers` in master.toml). Needed when
+    /// --web-listen is not a loopback address.
+    #[arg(long = "viewer", value_name = "NAME")]
+    pub viewers: Vec<String>,
     /// Let agents ask for a catalog from another environment than the one
     /// the site classifies them in (off: such requests are refused).
     #[arg(long)]
@@ -120,7 +131,7 @@ pub struct Args {
 }
 
 /// `--listen`: an IP and a port (a usage error otherwise, with an example).
-fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+pub(crate) fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
     s.parse().map_err(|_| {
         let hint = if s.parse::<std::net::IpAddr>().is_ok() {
             "the port is missing"
@@ -234,6 +245,8 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 async fn serve(args: Args) -> Result<()> {
+    // A dashboard that could not be served safely stops the start first.
+    crate::web::check_config(args.web_listen, &args.viewers)?;
     // The module tree first: a master that cannot serve catalogs refuses
     // to start before it creates or changes anything.
     let code = match &args.modules {
@@ -294,6 +307,7 @@ async fn serve(args: Args) -> Result<()> {
         run_interval_secs: args.run_interval.as_secs().max(1),
         access_audit: std::sync::Mutex::new(access_audit),
         identities: tokio::sync::watch::channel(0).0,
+        events: Arc::new(crate::events::Events::new(&args.data)),
     });
     let admin = crate::admin::serve(state.clone()).await?;
 
@@ -353,6 +367,17 @@ async fn serve(args: Args) -> Result<()> {
             )))
         }
     };
+    let web_task = match args.web_listen {
+        None => None,
+        Some(addr) => Some(crate::web::serve(state.clone(), addr, &args.viewers).await?),
+    };
+    if let Some((addr, _)) = &web_task {
+        util::write_atomic(
+            &args.data.join("web.addr"),
+            format!("{addr}\n").as_bytes(),
+            0o644,
+        )?;
+    }
 
     // Keep the CRL fresh: regenerate it daily (it is valid for a week).
     let crl_state = state.clone();
@@ -423,10 +448,14 @@ async fn serve(args: Args) -> Result<()> {
     if let Some(t) = metrics_task {
         t.abort();
     }
+    if let Some((_, t)) = web_task {
+        t.abort();
+    }
     crate::catalog_service::flush_checkins(&state);
     state.ca.flush_audit();
     let _ = std::fs::remove_file(crate::admin::socket_path(&args.data));
     let _ = std::fs::remove_file(args.data.join("listen.addr"));
+    let _ = std::fs::remove_file(args.data.join("web.addr"));
     result.context("serving gRPC")?;
     Ok(())
 }

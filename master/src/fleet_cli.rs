@@ -81,9 +81,51 @@ pub enum EnvCmd {
     },
     /// Make the staged code of a held environment live (see
     /// `troupe master --hold ENV`).
+    ///
+    /// First shows what would change on the environment's nodes (the
+    /// summary of `troupe env diff ENV --staged`) and asks for `yes` on
+    /// the terminal; the promotion is refused if newer code was staged
+    /// meanwhile. Without a terminal it refuses unless --yes is given.
     Promote {
         /// The held environment, e.g. `production`.
         env: String,
+        /// Promote without showing the diff or asking (for scripts).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Show what new code would change on every node of an environment
+    /// (like octocatalog-diff): each node checked in to ENV is compiled with
+    /// its last facts against the code serving ENV and against the new
+    /// code; per node the resources added, removed and changed, then a
+    /// summary.
+    ///
+    /// The new code: --to DIR (a module tree), --staged (the code staged
+    /// for a held ENV), or by default the staged code if there is some,
+    /// else the module tree on disk. Sensitive resources are compared on
+    /// every attribute and shown by name and content hash, never by value;
+    /// no private key is needed (without it secrets compare by
+    /// ciphertext).
+    ///
+    /// Exit status: 0 nothing changes and every node compiles; 2 some node
+    /// changes or does not compile with the new code; 1 error.
+    Diff {
+        /// The environment, e.g. `production`.
+        env: String,
+        /// The new code: a module tree directory (read by the master).
+        #[arg(long, value_name = "DIR", conflicts_with = "staged")]
+        to: Option<std::path::PathBuf>,
+        /// The new code: what is staged for the held environment.
+        #[arg(long)]
+        staged: bool,
+        /// Print one JSON document: {"environment","from_version",
+        /// "to_version","to","summary":{"nodes","nodes_changed",
+        /// "nodes_failing","added","removed","modified"},"nodes":[{"node",
+        /// "status","added","removed","changed","changes","text",
+        /// "old_error"?,"new_error"?}],"secrets_by_ciphertext"}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         data: DataArg,
     },
@@ -98,11 +140,7 @@ fn ask(data: &Path, req: AdminRequest) -> Result<serde_json::Value> {
             data.display()
         ),
     };
-    if resp.ok {
-        Ok(resp.result.unwrap_or_default())
-    } else {
-        bail!("{}", resp.error.unwrap_or_else(|| "unknown error".into()))
-    }
+    resp.into_result()
 }
 
 #[derive(Deserialize)]
@@ -202,11 +240,17 @@ pub fn write_nodes(v: &serde_json::Value, filtered: bool, out: &mut dyn Write) -
     Ok(())
 }
 
-/// Points at `troupe nodes` when the master knows nothing of a node.
-fn unknown_node_hint(error: anyhow::Error) -> anyhow::Error {
-    let text = error.to_string();
-    if text.starts_with("no report") || text.starts_with("no facts known") {
-        anyhow::anyhow!("{text}; `troupe nodes` lists the nodes that have checked in")
+/// Points at `troupe nodes` when the master knows nothing of a node (by
+/// the answer's error code, never its wording).
+pub(crate) fn unknown_node_hint(error: anyhow::Error) -> anyhow::Error {
+    if troupe_base::error_code::code_of(&error)
+        == Some(troupe_base::error_code::ErrorCode::NotFound)
+    {
+        let text = error.to_string();
+        troupe_base::error_code::error(
+            troupe_base::error_code::ErrorCode::NotFound,
+            format!("{text}; `troupe nodes` lists the nodes that have checked in"),
+        )
     } else {
         error
     }
@@ -433,20 +477,145 @@ pub fn env(cmd: EnvCmd) -> Result<u8> {
             }
             Ok(0)
         }
-        EnvCmd::Promote { env, data } => {
-            let v = ask(&data.data, AdminRequest::EnvPromote { env: env.clone() })?;
+        EnvCmd::Promote { env, yes, data } => {
+            use std::io::IsTerminal;
+            let expect = if yes {
+                None
+            } else {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "refusing to promote `{env}` without confirmation: there is no terminal to ask on; \
+                         review `troupe env diff {env} --staged`, then run `troupe env promote {env} --yes`"
+                    );
+                }
+                let v = ask(
+                    &data.data,
+                    AdminRequest::EnvDiff {
+                        env: env.clone(),
+                        to: None,
+                        staged: true,
+                    },
+                )?;
+                let mut out = std::io::stdout().lock();
+                write_promote_summary(&v, &mut out)?;
+                write!(
+                    out,
+                    "promote `{env}` to {:.12}? type yes to go on: ",
+                    v["to_version"].as_str().unwrap_or("?")
+                )?;
+                out.flush()?;
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != "yes" {
+                    bail!("not promoted: the answer was not `yes`");
+                }
+                v["to_version"].as_str().map(str::to_owned)
+            };
+            let v = ask(
+                &data.data,
+                AdminRequest::EnvPromote {
+                    env: env.clone(),
+                    expect,
+                },
+            )?;
             println!(
                 "{env}: now serving {}",
                 v["version"].as_str().unwrap_or("?")
             );
             Ok(0)
         }
+        EnvCmd::Diff {
+            env,
+            to,
+            staged,
+            json,
+            data,
+        } => {
+            // The master reads DIR: send it an absolute path.
+            let to = match to {
+                Some(d) => Some(
+                    std::fs::canonicalize(&d)
+                        .map_err(|e| anyhow::anyhow!("--to {}: {e}", d.display()))?,
+                ),
+                None => None,
+            };
+            let v = ask(&data.data, AdminRequest::EnvDiff { env, to, staged })?;
+            let code = if v["summary"]["nodes_changed"].as_u64() == Some(0)
+                && v["summary"]["nodes_failing"].as_u64() == Some(0)
+            {
+                0
+            } else {
+                2
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", write_env_diff(&v));
+            }
+            Ok(code)
+        }
     }
+}
+
+/// `troupe env diff`'s text: what serves, what is compared, then each
+/// node's changes and the summary.
+pub fn write_env_diff(v: &serde_json::Value) -> String {
+    format!(
+        "environment {}: serving {:.12}, compared with {} ({:.12})\n{}",
+        v["environment"].as_str().unwrap_or("?"),
+        v["from_version"].as_str().unwrap_or("?"),
+        v["to"].as_str().unwrap_or("?"),
+        v["to_version"].as_str().unwrap_or("?"),
+        troupe_compiler::env_diff::render(v)
+    )
+}
+
+/// What `troupe env promote` shows before asking: the summary and the
+/// nodes that change, without the per-resource detail.
+fn write_promote_summary(v: &serde_json::Value, out: &mut dyn Write) -> Result<()> {
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let status = n["status"].as_str().unwrap_or("?");
+        if status == "unchanged" {
+            continue;
+        }
+        writeln!(
+            out,
+            "  {:<32} {status}: {} added, {} removed, {} changed",
+            n["node"].as_str().unwrap_or("?"),
+            n["added"],
+            n["removed"],
+            n["changed"]
+        )?;
+    }
+    let text = troupe_compiler::env_diff::render(&serde_json::json!({
+        "environment": v["environment"],
+        "summary": v["summary"],
+        "secrets_by_ciphertext": v["secrets_by_ciphertext"],
+    }));
+    write!(out, "{text}")?;
+    writeln!(
+        out,
+        "(the details: `troupe env diff {} --staged`)",
+        v["environment"].as_str().unwrap_or("ENV")
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_node_hint_follows_the_code() {
+        use troupe_base::error_code::{ErrorCode, error};
+        let e = error(ErrorCode::NotFound, "web9 is a stranger");
+        assert_eq!(
+            unknown_node_hint(e).to_string(),
+            "web9 is a stranger; `troupe nodes` lists the nodes that have checked in"
+        );
+        let e = anyhow::anyhow!("no report for web9");
+        assert_eq!(unknown_node_hint(e).to_string(), "no report for web9");
+    }
     use troupe_catalog::ResourceId;
     use troupe_catalog::report::ResourceReport;
 

@@ -96,6 +96,7 @@ Exit status:
   1   error: the message says what is wrong; a refused command changes nothing
   2   a result to act on: run/deploy: some host failed, refused or did not
       answer, or no host matched; catalog diff: the catalogs differ;
+      env diff: some node changes or does not compile with the new code;
       env status: the newest module tree does not load
   64  usage error: unknown option, missing or malformed argument
 

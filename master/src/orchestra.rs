@@ -57,6 +57,7 @@ use troupe_base::reopen::Reopening;
 use troupe_command::replay::{Recorded, ReplayCache};
 use troupe_command::verify::CommandAudit;
 use troupe_command::{Registry, SignedCommand, TrustedSigners};
+use troupe_proto::error_code::{self, ErrorCode};
 use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
 use troupe_proto::v1::{
     AgentMessage, CommandDelivery, CommandResult, SubmitEvent, SubmitRequest, SubmitSummary,
@@ -611,7 +612,10 @@ impl Orchestration for OrchestraService {
                     &msg,
                 )])
                 .await;
-                return Err(Status::permission_denied(format!("{code}: {msg}")));
+                return Err(error_code::with_code(
+                    Status::permission_denied(format!("{code}: {msg}")),
+                    ErrorCode::PermissionDenied,
+                ));
             }
         };
         let id = sc.command().id.0;
@@ -633,9 +637,9 @@ impl Orchestration for OrchestraService {
                 .await;
             let text = format!("{code}: {msg}");
             return Err(if code == "replayed" {
-                Status::already_exists(text)
+                error_code::with_code(Status::already_exists(text), ErrorCode::Conflict)
             } else {
-                Status::unavailable(text)
+                error_code::with_code(Status::unavailable(text), ErrorCode::Unavailable)
             });
         }
         let known = {
@@ -656,9 +660,10 @@ impl Orchestration for OrchestraService {
                     &msg,
                 )])
                 .await;
-                return Err(Status::unavailable(format!(
-                    "store_error: {msg}; nothing was relayed"
-                )));
+                return Err(error_code::with_code(
+                    Status::unavailable(format!("store_error: {msg}; nothing was relayed")),
+                    ErrorCode::Unavailable,
+                ));
             }
         };
         let (names, targets) = orch.resolve(&sc, &known, &self.state.ca);
@@ -728,7 +733,10 @@ impl Orchestration for OrchestraService {
                 msg,
             )])
             .await;
-            return Err(Status::already_exists(msg));
+            return Err(error_code::with_code(
+                Status::already_exists(msg),
+                ErrorCode::Conflict,
+            ));
         }
         let relayed: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
         orch.audit(orch.group(&sc, &peer.name, &relayed, "relayed"))

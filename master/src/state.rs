@@ -50,6 +50,8 @@ pub struct MasterState {
     /// their peer's certificate against the CA and end when it is no
     /// longer valid.
     pub identities: tokio::sync::watch::Sender<u64>,
+    /// The event bus, its sinks, and the release logs (`DATA/deploys/`).
+    pub events: Arc<crate::events::Events>,
 }
 
 /// One refused request in the access audit log.
@@ -68,6 +70,8 @@ impl MasterState {
             tracing::error!("could not reload the TLS configuration with the new CRL: {e:#}");
         }
         self.identities.send_modify(|g| *g = g.wrapping_add(1));
+        // A revoked or cleaned host leaves the fleet data.
+        self.catalogs.fleet.invalidate();
     }
 
     /// Records a refused request from an authenticated node (asking for

@@ -176,8 +176,10 @@ pub fn peer_identity<T>(ca: &Authority, req: &Request<T>) -> Result<Peer, Status
         .ok_or_else(|| Status::unauthenticated("this call requires a client certificate"))?;
     let facts = util::cert_facts(leaf)
         .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-    ca.check_peer(&facts.cn, &facts.serial)
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    ca.check_peer(&facts.cn, &facts.serial).map_err(|e| {
+        let code = e.code();
+        troupe_proto::error_code::with_code(Status::unauthenticated(e.to_string()), code)
+    })?;
     Ok(Peer {
         name: facts.cn,
         serial: facts.serial,

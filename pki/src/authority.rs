@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use thiserror::Error;
+use troupe_base::error_code::ErrorCode;
 use troupe_base::reopen::{Reopening, ReopeningDb};
 
 const PSKS: TableDefinition<&str, &[u8]> = TableDefinition::new("psks");
@@ -130,6 +131,24 @@ impl CaError {
             self,
             CaError::Storage(_) | CaError::Io(_) | CaError::Crypto(_)
         )
+    }
+
+    /// The typed code carried to clients (admin socket, gRPC metadata).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CaError::Csr(CsrError::TooLarge(_)) | CaError::TooManyPending(_) => {
+                ErrorCode::LimitExceeded
+            }
+            CaError::Csr(_) | CaError::Name(_) => ErrorCode::InvalidArgument,
+            CaError::Psk(_) => ErrorCode::PermissionDenied,
+            CaError::AlreadyCertified { .. } => ErrorCode::AlreadyCertified,
+            CaError::RevokedHost(_) | CaError::PeerNotValid(_) => ErrorCode::Revoked,
+            CaError::PendingConflict(_) => ErrorCode::Conflict,
+            CaError::NoPending(_) => ErrorCode::NoPendingRequest,
+            CaError::NoValidCert(_) => ErrorCode::NoValidCertificate,
+            CaError::UnknownHost(_) => ErrorCode::NotFound,
+            CaError::Storage(_) | CaError::Io(_) | CaError::Crypto(_) => ErrorCode::Internal,
+        }
     }
 }
 

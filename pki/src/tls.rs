@@ -98,6 +98,16 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// The verifier's refusal when the server shows no CA with the pinned
+/// fingerprint (`rustls::Error::General` carries only text: clients compare
+/// with this constant to tell the case, see `troupe_identity::ConnectError`).
+pub const PIN_MISMATCH: &str =
+    "the server did not present a CA certificate with the pinned fingerprint";
+
+/// The refusal of a server leaf that is a host certificate (clientAuth).
+pub const HOST_CERT_AS_SERVER: &str = "the server presented a host certificate (extended key usage clientAuth), \
+     not the master's: refused";
+
 /// Verifies the server against a CA known only by its SHA-256 fingerprint.
 #[derive(Debug)]
 struct PinnedCaVerifier {
@@ -117,12 +127,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let ca = intermediates
             .iter()
             .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the server did not present a CA certificate with the pinned fingerprint"
-                        .into(),
-                )
-            })?;
+            .ok_or_else(|| rustls::Error::General(PIN_MISMATCH.into()))?;
         let inner = WebPkiServerVerifier::builder_with_provider(roots(ca)?, self.provider.clone())
             .build()
             .map_err(verr)?;
@@ -200,11 +205,7 @@ impl<V: ServerCertVerifier> ServerCertVerifier for MasterOnly<V> {
             now,
         )?;
         if is_client_cert(end_entity.as_ref()) {
-            return Err(rustls::Error::General(
-                "the server presented a host certificate (extended key usage clientAuth), \
-                 not the master's: refused"
-                    .into(),
-            ));
+            return Err(rustls::Error::General(HOST_CERT_AS_SERVER.into()));
         }
         Ok(ok)
     }

@@ -36,6 +36,7 @@ pub mod netns;
 pub mod nspawn;
 pub mod orch;
 pub mod tally;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

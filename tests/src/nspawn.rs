@@ -1,12 +1,13 @@
 //! Booted hosts: systemd-nspawn containers running a real systemd as PID 1,
 //! each in its own network namespace from [`crate::netns`].
 //!
-//! - The image is the cached Debian 12 root of `scripts/debian-root.sh`
-//!   (`TROUPE_DEBIAN_ROOT`, else `/var/cache/troupe/debian-root.tar`),
-//!   unpacked once next to the tarball (`<tarball>.d/`, keyed by its name)
-//!   and used read-only as the lower layer of one overlay per host, so a
-//!   host starts from the image in milliseconds and its changes stay in its
-//!   own upper directory.
+//! - The image is the booted hosts' cached Debian 12 root of
+//!   `scripts/debian-root.sh` (`TROUPE_BOOTED_ROOT`, else
+//!   `/var/cache/troupe/debian-booted-root.tar`): systemd, apt and little
+//!   else, none of the packages the roles install. It is unpacked once next
+//!   to the tarball (`<tarball>.d/`, keyed by its name) and used read-only
+//!   as the lower layer of one overlay per host, so a host starts from the
+//!   image in milliseconds and its changes stay in its own upper directory.
 //! - [`Fleet::boot`] boots one: `systemd-nspawn -D ROOT -b --register=no
 //!   --keep-unit --network-namespace-path=/run/netns/NS` (the machine has no
 //!   systemd as PID 1, so nothing can be registered with machined), then
@@ -19,7 +20,11 @@
 //!   again (a reboot keeps the upper layer), [`Fleet::cut_off`].
 //! - The fleet's apt repository ([`Repo`]) is bind-mounted read-only into
 //!   every host at `/srv/troupe-repo`, and it is the only apt source there:
-//!   no package is ever fetched from outside.
+//!   it holds the troupe packages, the in-house application and the role
+//!   packages with their dependencies (fetched once by
+//!   `scripts/debian-root.sh`, [`role_packages`]), so the roles install
+//!   nginx, haproxy, ... by apt from it and no package is ever fetched from
+//!   outside.
 //!
 //! Everything is removed on drop, also after a panic: hosts are powered off
 //! (killed after 20 s), their overlays unmounted, their directories deleted.
@@ -54,18 +59,57 @@ pub const CONTAINER_LIMITS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where the booted image comes from: `TROUPE_BOOTED_ROOT` (a tarball or
+/// an unpacked directory), else the cache's current one.
+fn image_source() -> PathBuf {
+    std::env::var_os("TROUPE_BOOTED_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/troupe/debian-booted-root.tar"))
+}
+
+/// The role packages fetched with the booted image (a directory of .debs
+/// and their `Packages` index): `TROUPE_BOOTED_DEBS`, else the `.debs`
+/// directory beside the image's tarball (`X.tar` -> `X.debs`).
+pub fn role_packages() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("TROUPE_BOOTED_DEBS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let src = image_source();
+            let tar = std::fs::canonicalize(&src).map_err(|e| {
+                format!(
+                    "no booted image at {} ({e}): run scripts/debian-root.sh (as root) first",
+                    src.display()
+                )
+            })?;
+            let name = tar.to_string_lossy();
+            let Some(stem) = name.strip_suffix(".tar") else {
+                return Err(format!(
+                    "{} is not a tarball: set TROUPE_BOOTED_DEBS to its role packages' directory",
+                    tar.display()
+                ));
+            };
+            PathBuf::from(format!("{stem}.debs"))
+        }
+    };
+    if !dir.join("Packages").is_file() {
+        return Err(format!(
+            "no role packages (Packages index) in {}: run scripts/debian-root.sh (as root)",
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
 /// The unpacked image (a directory used read-only as every host's lower
 /// layer). Errors say what is missing.
 pub fn image() -> Result<PathBuf, String> {
-    let src = std::env::var_os("TROUPE_DEBIAN_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/troupe/debian-root.tar"));
+    let src = image_source();
     if src.is_dir() {
         return Ok(src);
     }
     let tar = std::fs::canonicalize(&src).map_err(|e| {
         format!(
-            "no Debian root at {} ({e}): run scripts/debian-root.sh (as root) first",
+            "no booted image at {} ({e}): run scripts/debian-root.sh (as root) first",
             src.display()
         )
     })?;
@@ -262,11 +306,12 @@ pub const APP_VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
 
 impl Repo {
     /// Builds the repository in `dir`: the troupe and troupe-agent packages
-    /// (the real ones, see [`packages`]) and the
-    /// in-house application in three versions, indexed with
-    /// dpkg-scanpackages. What the shipped roles install (nginx, haproxy,
-    /// ...) is already in the image, installed by debootstrap from Debian,
-    /// so the hosts' apt finds it installed and never needs a source for it.
+    /// (the real ones, see [`packages`]) and the in-house application in
+    /// three versions, indexed with dpkg-scanpackages; and, in `debian/`,
+    /// what the shipped roles install (nginx, haproxy, ... and their
+    /// dependencies: [`role_packages`], hard-linked, with their index
+    /// made once by `scripts/debian-root.sh`). The image has none of those,
+    /// so the hosts' apt installs them from here.
     pub fn build(dir: &Path) -> Result<Repo, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let work = dir.join(".build");
@@ -332,7 +377,35 @@ impl Repo {
                 String::from_utf8_lossy(&o.stderr)
             ));
         }
-        std::fs::write(dir.join("Packages"), &o.stdout).map_err(|e| e.to_string())?;
+        let mut index = o.stdout;
+        // The role packages, after the scan (which would read them all
+        // again): linked into debian/, their index's paths moved with them.
+        let debs = role_packages()?;
+        let sub = dir.join("debian");
+        std::fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
+        for e in std::fs::read_dir(&debs).map_err(|e| format!("{}: {e}", debs.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let name = e.file_name();
+            if !name.to_string_lossy().ends_with(".deb") {
+                continue;
+            }
+            let to = sub.join(&name);
+            if std::fs::hard_link(e.path(), &to).is_err() {
+                std::fs::copy(e.path(), &to)
+                    .map_err(|err| format!("{} -> {}: {err}", e.path().display(), to.display()))?;
+            }
+        }
+        let role_index = std::fs::read_to_string(debs.join("Packages"))
+            .map_err(|e| format!("{}/Packages: {e}", debs.display()))?;
+        if !index.is_empty() && !index.ends_with(b"\n\n") {
+            index.push(b'\n');
+        }
+        index.extend_from_slice(
+            role_index
+                .replace("\nFilename: ./", "\nFilename: ./debian/")
+                .as_bytes(),
+        );
+        std::fs::write(dir.join("Packages"), &index).map_err(|e| e.to_string())?;
         Ok(Repo {
             dir: dir.to_path_buf(),
             agent_deb,
@@ -423,7 +496,7 @@ fn control(root: &Path, name: &str, version: &str, what: &str) -> Result<(), Str
     write(
         &root.join("DEBIAN/control"),
         &format!(
-            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Troupe tests <tests@troupe.invalid>\nDepends: systemd\nDescription: {what}\n"
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Troupe tests <tests@troupe.invalid>\nDepends: systemd, python3\nDescription: {what}\n"
         ),
         0o644,
     )?;
@@ -497,7 +570,7 @@ impl Fleet {
         match Fleet::new() {
             Ok(f) => Some(f),
             Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("booted hosts need root, systemd-nspawn and the Debian root: {e}")
+                panic!("booted hosts need root, systemd-nspawn and the booted image: {e}")
             }
             Err(e) => {
                 eprintln!("SKIPPED: booted hosts are not available here: {e}");
@@ -931,6 +1004,17 @@ impl Booted {
             o.stderr
         );
         o.stdout
+    }
+
+    /// Installs `packages` by apt from the fleet's repository (its only
+    /// source; the image has none of the roles' packages: nginx, haproxy,
+    /// curl, ... are installed this way, or by a role's run), reading its
+    /// index first; panics with apt's output on failure.
+    pub fn apt_install(&self, packages: &[&str]) {
+        self.sh_ok(&format!(
+            "apt-get update -qq && apt-get install -y -qq -- {} >/dev/null",
+            packages.join(" ")
+        ));
     }
 
     /// `systemctl show -p PROP --value UNIT`.

@@ -9,7 +9,7 @@
 //! the first host, which stays drained and in maintenance, while the
 //! others still run 1.1.
 //!
-//! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
+//! Needs root, systemd-nspawn and the booted image of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 
 use std::path::Path;
@@ -65,6 +65,9 @@ fn web_host(fleet: &Fleet, m: &NetMaster, h: &Booted, key_id: &str) {
         m,
         &[("interval", "3600"), ("splay", "0"), ("noop", "true")],
     );
+    // HAProxy (and curl for the checks below) from the fleet repository:
+    // the image has neither, and these hosts' runs are noop.
+    h.apt_install(&["haproxy", "curl"]);
     std::fs::write(
         h.root.join("etc/troupe/orchestration.toml"),
         format!(

@@ -13,7 +13,7 @@
 //! - README's "Install on real hosts", every command as written: the
 //!   packaged master on one host, a new host joining it.
 //!
-//! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
+//! Needs root, systemd-nspawn and the booted image of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 //! Each test prints what it cost.
 
@@ -113,6 +113,42 @@ fn starts(h: &Booted, unit: &str) -> usize {
         .count()
 }
 
+/// Whether dpkg has `pkg` installed on `h`.
+fn installed(h: &Booted, pkg: &str) -> bool {
+    h.sh(&format!("dpkg-query -W -f '${{db:Status-Status}}' {pkg}"))
+        .stdout
+        == "installed"
+}
+
+/// Asserts apt installed `pkg` on `h` during this host's life (its
+/// history.log) from the fleet's repository, the only origin apt knows
+/// for it (`apt-cache policy`).
+fn installed_by_apt_from_the_fleet_repository(h: &Booted, pkg: &str) {
+    let history = h.sh_ok("cat /var/log/apt/history.log");
+    assert!(
+        history.lines().any(|l| l.starts_with("Install: ")
+            && l.contains(&format!(" {pkg}:amd64 ("))
+            || l.starts_with(&format!("Install: {pkg}:amd64 ("))),
+        "apt's history has no install of {pkg}:\n{history}"
+    );
+    let policy = h.sh_ok(&format!("apt-cache policy {pkg}"));
+    let lines: Vec<&str> = policy.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("*** "))
+        .unwrap_or_else(|| panic!("{pkg}: no installed version in:\n{policy}"));
+    assert!(
+        lines
+            .get(at + 1)
+            .is_some_and(|l| l.contains("file:/srv/troupe-repo ./ Packages")),
+        "{pkg}'s installed version is not the fleet repository's:\n{policy}"
+    );
+    assert!(
+        !policy.contains("http:") && !policy.contains("https:"),
+        "{pkg}: an origin outside the fleet:\n{policy}"
+    );
+}
+
 #[test]
 fn a_booted_host_runs_systemd_reboots_keeps_its_changes_and_is_removed() {
     let t0 = Instant::now();
@@ -123,15 +159,19 @@ fn a_booted_host_runs_systemd_reboots_keeps_its_changes_and_is_removed() {
     let root = h.root.clone();
     assert_eq!(h.sh_ok("cat /proc/1/comm").trim(), "systemd");
     assert_eq!(h.sh_ok("hostname").trim(), "bed1.example.com");
-    // Services of the image were started by its systemd.
-    assert_eq!(h.sh_ok("systemctl is-active nginx").trim(), "active");
     // Its own network: its address, and nothing but the switch.
     let addr = h.sh_ok("ip -4 -o addr show dev eth0");
     assert!(addr.contains(&h.host.ip.to_string()), "{addr}");
     let routes = h.sh_ok("ip route");
     assert!(!routes.contains("default"), "no way out: {routes}");
-    // The fleet repository is the only apt source, and it works.
+    // The fleet repository is the only apt source, and it works: the
+    // image has no nginx; apt installs it (and what it needs) from the
+    // repository, and its package starts it under the host's systemd.
+    assert!(!installed(&h, "nginx"), "the image has no role package");
     h.sh_ok("apt-get update -qq && apt-cache policy inhouse-app | grep -q 1.2");
+    h.apt_install(&["nginx"]);
+    assert_eq!(h.sh_ok("systemctl is-active nginx").trim(), "active");
+    assert_eq!(h.unit_prop("nginx", "UnitFileState"), "enabled");
 
     // A change survives a clean reboot, which is a new systemd.
     h.sh_ok("echo kept > /etc/bed-marker");
@@ -175,7 +215,8 @@ fn service_provider_against_real_systemd() {
     let h = fleet.boot("svc1");
     let booted = t0.elapsed();
     // The agent comes from the fleet's repository, as a package.
-    h.sh_ok("apt-get update -qq && apt-get install -y -qq troupe-agent >/dev/null");
+    // curl for the checks, chrony for a unit systemd skips (below).
+    h.sh_ok("apt-get update -qq && apt-get install -y -qq troupe-agent curl chrony >/dev/null");
     assert!(h.root.join("usr/bin/troupe-agent").exists());
 
     let conf = "/etc/inhouse-app.conf";
@@ -396,6 +437,17 @@ fn only_container_limits(report: &serde_json::Value, expected: &[&str]) {
 
 const INTERVAL: u64 = 5;
 
+/// Packages the `web` role installs (of its 17): the image has none, the
+/// first run installs them from the fleet's repository.
+const ROLE_PACKAGES: &[&str] = &[
+    "nginx",
+    "haproxy",
+    "fail2ban",
+    "ufw",
+    "chrony",
+    "openssh-server",
+];
+
 /// Scenarios 1, 2 and 3 on one host (one setup, about a third of the
 /// cost of three):
 ///
@@ -456,20 +508,51 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
         &[("interval", &INTERVAL.to_string()), ("splay", "0")],
     );
 
+    // Blank: none of what the roles install is there before the run.
+    for pkg in ROLE_PACKAGES {
+        assert!(!installed(&web, pkg), "{pkg} is in the image");
+    }
+
     let start = Instant::now();
     web.sh_ok("systemctl enable --now troupe-agent");
-    let report = next_report(&m, &web.fqdn, None, 180);
+    let report = next_report(&m, &web.fqdn, None, 480);
     let converged = start.elapsed();
     let n_resources = report["resources"].as_array().unwrap().len();
     only_container_limits(&report, WEB_EXPECTED_FAILURES);
+    // The run installed them, by apt, from the fleet's repository.
+    for pkg in ROLE_PACKAGES {
+        installed_by_apt_from_the_fleet_repository(&web, pkg);
+    }
+    let mut slowest: Vec<(u64, String)> = report["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["duration_ms"].as_u64().unwrap_or(0),
+                r["id"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.cmp(a));
+    let installs: u64 = slowest
+        .iter()
+        .filter(|(_, id)| id.starts_with("package["))
+        .map(|(ms, _)| ms)
+        .sum();
+    eprintln!(
+        "FIGURES first run on web1: package installs {installs} ms in all; slowest resources (ms): {:?}",
+        &slowest[..slowest.len().min(8)]
+    );
     assert!(
         !web.root.join("etc/troupe/psk").exists(),
         "the one-time key is deleted after the join"
     );
     assert_eq!(web.unit_prop("nginx", "ActiveState"), "active");
     assert_eq!(web.unit_prop("nginx", "UnitFileState"), "enabled");
-    // TLS with the host's own certificate, from another host, against the
-    // Troupe CA only.
+    // TLS with the host's own certificate, from another host (curl and
+    // openssl from the fleet repository), against the Troupe CA only.
+    client.apt_install(&["curl", "openssl"]);
     std::fs::copy(
         m.data.join("ca/ca_crt.pem"),
         client.root.join("root/troupe-ca.pem"),

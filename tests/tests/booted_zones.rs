@@ -6,7 +6,7 @@
 //! `backup`, as HAProxy's stats socket shows. Stopping app1's service makes
 //! web1 fail over to the backups.
 //!
-//! Needs root, systemd-nspawn and the Debian root of scripts/debian-root.sh
+//! Needs root, systemd-nspawn and the booted image of scripts/debian-root.sh
 //! (.ci/run prepares it); skipped with a message elsewhere, fails under CI.
 
 use std::collections::HashMap;
@@ -83,7 +83,9 @@ fn each_web_host_prefers_its_zones_app_host_and_fails_over() {
         w.sh_ok("systemctl enable --now troupe-agent");
     }
     for w in webs {
-        let r = next_report(&m, &w.fqdn, None, 240);
+        // A first run installs the role's packages by apt: minutes on a
+        // busy 2-core machine, so a generous bound (a hang still fails).
+        let r = next_report(&m, &w.fqdn, None, 480);
         let bad: Vec<_> = r["resources"]
             .as_array()
             .unwrap()

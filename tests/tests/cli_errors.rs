@@ -44,6 +44,7 @@ const TROUPE_COMMANDS: &[&[&str]] = &[
     &["facts"],
     &["env", "status"],
     &["env", "promote"],
+    &["env", "diff"],
     &["key", "new"],
     &["key", "show"],
     &["key", "agent"],
@@ -271,7 +272,7 @@ fn operator_mistakes_name_the_problem_and_change_nothing() {
         &["no facts known for web9.example", "`troupe nodes` lists"],
     );
     refused(
-        &ca(&["env", "promote", "nosuch"]),
+        &ca(&["env", "promote", "nosuch", "--yes"]),
         "troupe",
         &["serves no module tree", "--modules"],
     );

@@ -22,6 +22,9 @@ fn script(path: &Path, body: &str) {
 
 /// Fake dpkg-query / apt-get / systemctl for one agent, keeping the
 /// "installed version" in STATE/fake/version and a log of every call.
+/// dpkg-query answers in the package provider's format (`-f
+/// '${db:Status-Abbrev}|${Version}\n'`); apt-get installs its last
+/// argument (`NAME=VERSION`).
 fn tools(spec: &AgentSpec, state: &Path) -> String {
     let d = state.join("fake");
     std::fs::create_dir_all(&d).unwrap();
@@ -31,7 +34,7 @@ fn tools(spec: &AgentSpec, state: &Path) -> String {
     script(
         &d.join("dpkg-query"),
         &format!(
-            "echo \"dpkg-query $*\" >> {log}\nprintf 'install ok installed\\t%s' \"$(cat {v})\"",
+            "echo \"dpkg-query $*\" >> {log}\nprintf 'ii |%s\\n' \"$(cat {v})\"",
             log = log.display(),
             v = v.display()
         ),
@@ -49,9 +52,14 @@ fn tools(spec: &AgentSpec, state: &Path) -> String {
         )
     };
     script(&d.join("apt-get"), &apt);
+    // After a start, the agent reads the unit's state back (as the service
+    // provider does): this one is running.
     script(
         &d.join("systemctl"),
-        &format!("echo \"systemctl $*\" >> {}", log.display()),
+        &format!(
+            "echo \"systemctl $*\" >> {}\n[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'\nexit 0",
+            log.display()
+        ),
     );
     format!(
         r#"

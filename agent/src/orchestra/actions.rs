@@ -3,6 +3,11 @@
 //! (never a shell), with a timeout, and its arguments have already passed
 //! the action's typed schema in the verifier (and again when the argv is
 //! built).
+//!
+//! `package.*` and `service.*` are the package and service providers'
+//! own code (one implementation with converging), with the configured
+//! `[tools]`; programs run through `providers::cmd` (own process group,
+//! killed as a whole at the timeout).
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -11,6 +16,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use troupe_command::registry::{ActionSpec, DEFAULT_ACTION_TIMEOUT_SECS};
 use troupe_command::{ArgValue, Verified};
+
+use super::config::Tools;
+use crate::providers::package as pkg;
+use crate::providers::{Ctx, cmd};
 
 /// The maintenance marker in the state directory (JSON: message, since,
 /// by), readable by monitoring.
@@ -27,7 +36,7 @@ pub struct ExecContext {
     pub facts_dir: PathBuf,
     pub haproxy_socket: Option<PathBuf>,
     /// Program paths from the configuration (else the system's).
-    pub tools: super::config::Tools,
+    pub tools: Tools,
     /// The master (for `agent.run`), when the listener knows it.
     pub server: Option<String>,
     /// `--root` for `agent.run` (from the configuration), else `/`.
@@ -231,38 +240,6 @@ async fn health_tcp(port: u16, timeout: Duration) -> Outcome {
     }
 }
 
-/// Most bytes of each output stream kept per step (the rest is counted).
-const MAX_OUTPUT: usize = 64 * 1024;
-
-/// Reads a pipe to the end, keeping the first [`MAX_OUTPUT`] bytes.
-async fn drain<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> (Vec<u8>, usize) {
-    let Some(mut r) = r else {
-        return (Vec::new(), 0);
-    };
-    let mut kept = Vec::new();
-    let mut dropped = 0usize;
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len()).min(n);
-                kept.extend_from_slice(&buf[..room]);
-                dropped += n - room;
-            }
-        }
-    }
-    (kept, dropped)
-}
-
-fn text(bytes: &[u8], dropped: usize) -> String {
-    let mut s = String::from_utf8_lossy(bytes).into_owned();
-    if dropped > 0 {
-        s.push_str(&format!("\n[{dropped} more bytes not kept]"));
-    }
-    s
-}
-
 /// The last line of some output, clipped (for one-line messages).
 fn last_line(s: &str) -> String {
     let line = s.trim().lines().last().unwrap_or("").trim();
@@ -282,10 +259,13 @@ fn run_as(user: &str) -> Result<(u32, u32, String), String> {
     }
 }
 
-/// A module-declared action: each `[[action.run]]` argv in order, with a
-/// clean environment, stdin from /dev/null, in its own process group
-/// (killed as a whole at the timeout), optionally as another user; stops
-/// at the first step whose exit code is not in its `ok_exit`.
+/// A module-declared action: each `[[action.run]]` argv in order, run the
+/// providers' way ([`cmd::run`]: a clean environment, stdin from
+/// /dev/null, cwd `/`, its own process group killed as a whole at the
+/// timeout, output bounded; a process a step leaves running does not hold
+/// the action past a second), optionally as another user (with that
+/// user's groups); stops at the first step whose exit code is not in its
+/// `ok_exit`. The timeout covers all the steps together.
 async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> Outcome {
     let timeout = Duration::from_secs(u64::from(
         spec.timeout_secs.unwrap_or(DEFAULT_ACTION_TIMEOUT_SECS),
@@ -308,77 +288,39 @@ async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> 
                 };
             }
         };
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("LANG", "C.UTF-8")
-            .current_dir("/")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some((uid, gid, home)) = &user {
-            // std drops the supplementary groups when it changes the uid.
-            cmd.uid(*uid).gid(*gid).env("HOME", home);
-            if let Some(u) = &spec.user {
-                cmd.env("USER", u).env("LOGNAME", u);
-            }
-        }
         let program = argv[0].clone();
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome {
-                    ok: false,
-                    message: format!("{}: step {}: cannot run {program}: {e}", spec.name, i + 1),
-                    data: json!({ "steps": steps }),
-                };
-            }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (uid, gid) = match &user {
+            Some((u, g, _)) => (Some(*u), Some(*g)),
+            None => (None, None),
         };
-        let pgid = child.id();
-        let out = tokio::spawn(drain(child.stdout.take()));
-        let err = tokio::spawn(drain(child.stderr.take()));
-        let status = tokio::time::timeout_at(deadline, child.wait()).await;
-        let timed_out = status.is_err();
-        if timed_out {
-            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.wait().await;
-        }
-        // A background process of the step may still hold the pipes: wait
-        // for them until the deadline (at least 5 s), then kill the group.
-        let until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(5));
-        let mut outputs = Box::pin(async { (out.await, err.await) });
-        let (o, e) = match tokio::time::timeout_at(until, &mut outputs).await {
-            Ok(x) => x,
-            Err(_) => {
-                if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+        let ran = tokio::task::spawn_blocking(move || {
+            cmd::run(&cmd::Spec {
+                argv: &argv,
+                cwd: Some(Path::new("/")),
+                uid,
+                gid,
+                timeout: Some(left.max(Duration::from_millis(1))),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the step's task failed: {e}")));
+        let (o, timed_out) = match ran {
+            Ok(o) => (o, false),
+            Err(e) => match e.downcast::<cmd::TimedOut>() {
+                Ok(t) => (t.output, true),
+                Err(e) => {
+                    return Outcome {
+                        ok: false,
+                        message: format!("{}: step {} ({program}): {e:#}", spec.name, i + 1),
+                        data: json!({ "steps": steps }),
+                    };
                 }
-                tokio::time::timeout(Duration::from_secs(2), &mut outputs)
-                    .await
-                    .unwrap_or((Ok((Vec::new(), 0)), Ok((Vec::new(), 0))))
-            }
+            },
         };
-        let (o, od) = o.unwrap_or_default();
-        let (e, ed) = e.unwrap_or_default();
-        let (stdout, stderr) = (text(&o, od), text(&e, ed));
-        let code = match &status {
-            Ok(Ok(s)) => s.code().unwrap_or(-1),
-            _ => -1,
-        };
+        let code = if timed_out { -1 } else { o.code.unwrap_or(-1) };
+        let (stdout, stderr) = (o.stdout().to_owned(), o.stderr().to_owned());
         steps.push(json!({
             "program": program,
             "exit_code": code,
@@ -395,13 +337,6 @@ async fn module_action(spec: &ActionSpec, args: &BTreeMap<String, ArgValue>) -> 
                     i + 1,
                     timeout.as_secs()
                 ),
-                data: data(),
-            };
-        }
-        if let Ok(Err(e)) = &status {
-            return Outcome {
-                ok: false,
-                message: format!("{}: step {} ({program}): {e}", spec.name, i + 1),
                 data: data(),
             };
         }
@@ -472,7 +407,14 @@ async fn agent_run(ctx: &ExecContext, args: &BTreeMap<String, ArgValue>) -> Outc
     if let Some(e) = &env {
         argv.extend(["--environment", e.as_str()]);
     }
-    match run_argv(&argv, &[("NO_COLOR", "1")], Duration::from_secs(1800)).await {
+    // The run gets the commands' clean environment, and the listener's
+    // log filter.
+    let log = std::env::var("TROUPE_LOG").ok();
+    let mut vars = vec![("NO_COLOR", "1")];
+    if let Some(l) = &log {
+        vars.push(("TROUPE_LOG", l.as_str()));
+    }
+    match run_argv(&argv, &vars, Duration::from_secs(1800)).await {
         Ok((ok, code, out, err)) => {
             let data = json!({ "exit_code": code, "output": out, "errors": err });
             let msg = if out.is_empty() {
@@ -509,27 +451,33 @@ fn remove_marker(path: &Path, done: &str) -> Outcome {
     }
 }
 
-/// Runs a program (argv only) with a timeout; returns (success, stdout,
-/// stderr).
+/// Runs a program (argv only) the providers' way ([`cmd::run`]: its own
+/// process group, killed as a whole at the timeout; a process it leaves
+/// behind holding its output does not hang the command); returns
+/// (success, exit code, stdout, stderr), each clipped to its last 2000
+/// characters.
 async fn run_argv(
     argv: &[&str],
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<(bool, i32, String, String), String> {
-    let (prog, rest) = argv.split_first().ok_or("empty argv")?;
-    let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(rest)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(timeout, cmd.output())
-        .await
-        .map_err(|_| format!("{prog} did not finish within {} s", timeout.as_secs()))?
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
-    let clip = |b: &[u8]| -> String {
-        let s = String::from_utf8_lossy(b);
+    let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let o = tokio::task::spawn_blocking(move || {
+        cmd::run(&cmd::Spec {
+            argv: &argv,
+            env: Some(&env),
+            timeout: Some(timeout),
+            ..Default::default()
+        })
+    })
+    .await
+    .map_err(|e| format!("the command's task failed: {e}"))?
+    .map_err(|e| format!("{e:#}"))?;
+    let clip = |s: &str| -> String {
         let s = s.trim();
         s.chars()
             .rev()
@@ -540,182 +488,77 @@ async fn run_argv(
             .collect()
     };
     Ok((
-        out.status.success(),
-        out.status.code().unwrap_or(-1),
-        clip(&out.stdout),
-        clip(&out.stderr),
+        o.ok(),
+        o.code.unwrap_or(-1),
+        clip(o.stdout()),
+        clip(o.stderr()),
     ))
 }
 
-/// The configured path of a program, else the first of the system
-/// directories holding it.
-fn tool(configured: &Option<PathBuf>, prog: &str) -> Option<String> {
-    if let Some(p) = configured {
-        return Some(p.to_string_lossy().into_owned());
+/// A content source for provider contexts that manage no files.
+struct NoContents;
+
+impl crate::source::ContentSource for NoContents {
+    fn get(&self, sha256: &str) -> anyhow::Result<std::borrow::Cow<'_, [u8]>> {
+        anyhow::bail!("no file content {sha256} here: a command manages no files")
     }
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
-        .iter()
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.exists())
-        .map(|p| p.to_string_lossy().into_owned())
 }
 
-async fn package(
-    tools: &super::config::Tools,
-    action: &str,
-    name: &str,
-    version: Option<&str>,
-) -> Outcome {
-    let dpkg_query = tool(&tools.dpkg_query, "dpkg-query");
-    let rpm = tool(&tools.rpm, "rpm");
-    let debian = dpkg_query.is_some();
-    let dq = dpkg_query.clone().unwrap_or_default();
-    let rq = rpm.clone().unwrap_or_default();
-    let status = || async {
-        if debian {
-            run_argv(
-                &[&dq, "-W", "-f", "${Status}\t${Version}", name],
-                &[],
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|(ok, _, out, _)| {
-                let (st, ver) = out.split_once('\t').unwrap_or((&out, ""));
-                if ok && st.ends_with(" installed") {
-                    Some(ver.to_string())
-                } else {
-                    None
-                }
-            })
-        } else {
-            run_argv(
-                &[&rq, "-q", "--qf", "%{VERSION}-%{RELEASE}", name],
-                &[],
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|(ok, _, out, _)| ok.then_some(out))
-        }
+/// `package.status|install|update` through the package provider (one
+/// implementation with converging: name checks, versions compared by the
+/// package manager's rules, apt's wait for a held dpkg lock, rpm/dnf),
+/// with the configured tools.
+async fn package(tools: &Tools, action: &str, name: &str, version: Option<&str>) -> Outcome {
+    let verb = match action {
+        "package.status" => pkg::Verb::Status,
+        "package.install" => pkg::Verb::Install,
+        _ => pkg::Verb::Update,
     };
-    if !debian && rpm.is_none() {
-        return Outcome::failed("no supported package manager (dpkg or rpm) on this host");
-    }
-    if action != "package.status" {
-        let spec = match (version, debian) {
-            (Some(v), true) => format!("{name}={v}"),
-            (Some(v), false) => format!("{name}-{v}"),
-            (None, _) => name.to_string(),
-        };
-        let Some(installer) = (if debian {
-            tool(&tools.apt_get, "apt-get")
-        } else {
-            tool(&tools.dnf, "dnf")
-        }) else {
-            return Outcome::failed("no apt-get or dnf on this host");
-        };
-        let mut argv: Vec<&str> = if debian {
-            vec![
-                &installer,
-                "-y",
-                "-q",
-                "-o",
-                "Dpkg::Options::=--force-confold",
-                "install",
-            ]
-        } else {
-            vec![
-                &installer,
-                "-y",
-                "-q",
-                if action == "package.update" {
-                    "upgrade"
-                } else {
-                    "install"
-                },
-            ]
-        };
-        if debian && action == "package.update" {
-            argv.push("--only-upgrade");
-        }
-        argv.push(&spec);
-        match run_argv(
-            &argv,
-            &[("DEBIAN_FRONTEND", "noninteractive")],
-            Duration::from_secs(900),
-        )
-        .await
-        {
-            Ok((true, _, _, _)) => {}
-            Ok((false, code, _, err)) => {
-                return Outcome::failed(format!("{} exited with {code}: {err}", argv[0]));
-            }
-            Err(e) => return Outcome::failed(e),
-        }
-    }
-    match status().await {
-        Ok(Some(v)) => {
-            if let Some(want) = version
-                && action != "package.status"
-                && !version_matches(debian, want, &v)
-            {
-                return Outcome {
-                    ok: false,
-                    message: format!("{name} is at {v}, not {want}"),
-                    data: json!({ "name": name, "version": v }),
-                };
-            }
-            Outcome::ok(format!("{name} {v}"), json!({ "name": name, "version": v }))
-        }
-        Ok(None) if action == "package.status" => Outcome::ok(
+    let (tools, n, ver) = (tools.clone(), name.to_owned(), version.map(str::to_owned));
+    let done = tokio::task::spawn_blocking(move || {
+        let contents = NoContents;
+        let mut ctx = Ctx::new(Path::new("/"), false, "", &contents, None);
+        ctx.tools = tools;
+        pkg::command(&mut ctx, verb, &n, ver.as_deref())
+    })
+    .await;
+    let done = match done {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Outcome::failed(format!("{action} {name}: {e:#}")),
+        Err(e) => return Outcome::failed(format!("{action} {name}: the task failed: {e}")),
+    };
+    if done.versions.is_empty() {
+        // Only a status gets here: install and update fail instead.
+        return Outcome::ok(
             format!("{name} is not installed"),
             json!({ "name": name, "version": null }),
-        ),
-        Ok(None) => Outcome::failed(format!("{name} is not installed after {action}")),
-        Err(e) => Outcome::failed(e),
+        );
     }
+    let v = done.versions.join(", ");
+    let data = json!({ "name": name, "version": v, "changed": !done.events.is_empty() });
+    let msg = match (verb, done.events.is_empty()) {
+        (pkg::Verb::Status, _) => format!("{name} {v}"),
+        (_, true) => format!("{name} {v} (already; nothing to do)"),
+        (_, false) => format!("{name} {v}: {}", done.events.join(", ")),
+    };
+    Outcome::ok(msg, data)
 }
 
-async fn service(tools: &super::config::Tools, verb: &str, name: &str) -> Outcome {
-    let systemctl = if tools.systemctl.is_some() || Path::new("/run/systemd/system").exists() {
-        tool(&tools.systemctl, "systemctl")
-    } else {
-        None
-    };
-    let systemd = systemctl.is_some();
-    let sc = systemctl.unwrap_or_default();
-    let Some(svc) = (if systemd {
-        Some(String::new())
-    } else {
-        tool(&tools.service, "service")
-    }) else {
-        return Outcome::failed("neither systemctl nor service on this host");
-    };
-    let argv: Vec<&str> = match (systemd, verb) {
-        (true, "status") => vec![&sc, "is-active", "--", name],
-        (true, v) => vec![&sc, v, "--", name],
-        (false, v) => vec![&svc, name, v],
-    };
-    match run_argv(&argv, &[], Duration::from_secs(120)).await {
-        Ok((ok, code, out, err)) if verb == "status" => {
-            let state = if systemd {
-                out.clone()
-            } else if ok {
-                "active".into()
-            } else {
-                "inactive".into()
-            };
-            let _ = (code, err);
-            Outcome::ok(
-                format!("{name} is {state}"),
-                json!({ "name": name, "state": state }),
-            )
-        }
-        Ok((true, _, _, _)) => Outcome::ok(format!("{name}: {verb} done"), json!({ "name": name })),
-        Ok((false, code, _, err)) => Outcome::failed(format!(
-            "{} {verb} {name} exited with {code}: {err}",
-            argv[0]
-        )),
-        Err(e) => Outcome::failed(e),
+/// `service.status|start|stop|restart` through the service provider:
+/// under systemd a start/restart is checked against the unit's real state
+/// (a failed unit, or one skipped by a condition, fails the command with
+/// systemd's own words); the init-script path is the provider's too.
+async fn service(tools: &Tools, verb: &str, name: &str) -> Outcome {
+    let (t, v, n) = (tools.clone(), verb.to_owned(), name.to_owned());
+    match tokio::task::spawn_blocking(move || crate::providers::service::command(&t, &v, &n)).await
+    {
+        Ok(Ok(state)) if verb == "status" => Outcome::ok(
+            format!("{name} is {state}"),
+            json!({ "name": name, "state": state }),
+        ),
+        Ok(Ok(done)) => Outcome::ok(format!("{name}: {done}"), json!({ "name": name })),
+        Ok(Err(e)) => Outcome::failed(format!("service.{verb} {name}: {e:#}")),
+        Err(e) => Outcome::failed(format!("service.{verb} {name}: the task failed: {e}")),
     }
 }
 
@@ -742,33 +585,293 @@ async fn haproxy(sock: &Path, backend: &str, server: &str, state: &str) -> Outco
     }
 }
 
-/// Whether the installed version `have` is the `want` a command asked for,
-/// as the package provider decides it (an epoch of 0 is none; with rpm a
-/// version without its release matches any release), never by string
-/// prefix (`1.2` is not `1.20`).
-fn version_matches(debian: bool, want: &str, have: &str) -> bool {
-    use crate::providers::package::{Manager, same_version};
-    same_version(
-        if debian { Manager::Dpkg } else { Manager::Rpm },
-        want,
-        have,
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::version_matches;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    /// Stand-in programs in `dir` (each logs its argv to DIR/calls.log),
+    /// configured as this agent's tools.
+    fn fakes(dir: &Path, progs: &[(&str, &str)]) -> Tools {
+        let mut t = Tools::default();
+        for (name, body) in progs {
+            let p = dir.join(name);
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\necho \"{name} $*\" >> {}/calls.log\n{body}\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let slot = match *name {
+                "dpkg-query" => &mut t.dpkg_query,
+                "apt-get" => &mut t.apt_get,
+                "systemctl" => &mut t.systemctl,
+                "journalctl" => &mut t.journalctl,
+                "service" => &mut t.service,
+                other => panic!("no tool slot for {other}"),
+            };
+            *slot = Some(p);
+        }
+        t
+    }
+
+    /// dpkg-query answering in the provider's format from DIR/version
+    /// (absent: not installed); apt-get that installs NAME=VERSION into
+    /// it, waiting for DIR/lock like apt does for the dpkg lock: only as
+    /// long as `-o DPkg::Lock::Timeout=N` says (0 without it: fails at
+    /// once with apt's "Could not get lock").
+    fn package_fakes(dir: &Path) -> Tools {
+        let d = dir.display();
+        fakes(
+            dir,
+            &[
+                (
+                    "dpkg-query",
+                    &format!(
+                        "[ -f {d}/version ] || {{ echo \"dpkg-query: no packages found matching $5\" >&2; exit 1; }}\nprintf 'ii |%s\\n' \"$(cat {d}/version)\""
+                    ),
+                ),
+                (
+                    "apt-get",
+                    &format!(
+                        "wait=0\nfor a; do case $a in DPkg::Lock::Timeout=*) wait=${{a#*=}};; esac; last=$a; done\n\
+                         exec 9>{d}/lock\n\
+                         flock -w \"$wait\" 9 || {{ echo \"E: Could not get lock {d}/lock. It is held by process 1 (unattended-upgr)\" >&2; exit 100; }}\n\
+                         printf '%s' \"${{last#*=}}\" > {d}/version"
+                    ),
+                ),
+            ],
+        )
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn calls(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("calls.log")).unwrap_or_default()
+    }
 
     #[test]
     fn package_commands_compare_versions_as_the_provider_does() {
-        // A string prefix said yes to all of these.
-        assert!(!version_matches(true, "1.2", "1.20-1"));
-        assert!(!version_matches(true, "1.2", "1.2-1"));
-        assert!(!version_matches(false, "1.2", "1.20-1.el9"));
-        // The provider's rules: epoch 0 is none; rpm without a release.
-        assert!(version_matches(true, "1.2-1", "0:1.2-1"));
-        assert!(version_matches(true, "1.2-1", "1.2-1"));
-        assert!(version_matches(false, "1.2", "1.2-3.el9"));
-        assert!(!version_matches(false, "1.2-4.el9", "1.2-3.el9"));
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let tools = package_fakes(d);
+        let rt = rt();
+        std::fs::write(d.join("version"), "1.20-1").unwrap();
+        // A string prefix said 1.20-1 was the 1.2 asked for.
+        let o = rt.block_on(package(&tools, "package.install", "nginx", Some("1.2-1")));
+        assert!(o.ok, "{o:?}");
+        assert!(calls(d).contains("-- nginx=1.2-1"), "{}", calls(d));
+        assert_eq!(o.data["version"], "1.2-1");
+        assert_eq!(o.data["changed"], true);
+        // An epoch of 0 is none: already there, nothing runs.
+        std::fs::remove_file(d.join("calls.log")).unwrap();
+        let o = rt.block_on(package(&tools, "package.update", "nginx", Some("0:1.2-1")));
+        assert!(o.ok && o.data["changed"] == false, "{o:?}");
+        assert!(!calls(d).contains("apt-get"), "{}", calls(d));
+        // Installed but not the version asked for afterwards: failed.
+        std::fs::write(d.join("apt-get"), "#!/bin/sh\nexit 0\n").unwrap();
+        let o = rt.block_on(package(&tools, "package.install", "nginx", Some("1.2")));
+        assert!(!o.ok && o.message.contains("is at 1.2-1, not 1.2"), "{o:?}");
+        // update never installs; status says "not installed".
+        std::fs::remove_file(d.join("version")).unwrap();
+        let o = rt.block_on(package(&tools, "package.update", "nginx", Some("1.2-1")));
+        assert!(!o.ok && o.message.contains("not installed"), "{o:?}");
+        let o = rt.block_on(package(&tools, "package.status", "nginx", None));
+        assert!(o.ok && o.data["version"].is_null(), "{o:?}");
+        // A pattern is not a package name (the provider's check).
+        let o = rt.block_on(package(&tools, "package.status", "ngin*", None));
+        assert!(!o.ok && o.message.contains("invalid package name"), "{o:?}");
+    }
+
+    #[test]
+    fn package_install_waits_for_a_held_dpkg_lock_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let tools = package_fakes(d);
+        // unattended-upgrades holds the dpkg lock for 2 s.
+        let lock = d.join("lock");
+        let mut holder = std::process::Command::new("flock")
+            .arg(&lock)
+            .args(["sleep", "2"])
+            .spawn()
+            .unwrap();
+        let held = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !std::process::Command::new("flock")
+                .args(["-n"])
+                .arg(&lock)
+                .arg("true")
+                .status()
+                .unwrap()
+                .success()
+        });
+        assert!(held, "the test could not take the lock");
+        let t = Instant::now();
+        let o = rt().block_on(package(
+            &tools,
+            "package.install",
+            "nginx",
+            Some("1.24.0-1"),
+        ));
+        let took = t.elapsed();
+        holder.wait().unwrap();
+        // Before the actions used the provider, apt-get ran without
+        // DPkg::Lock::Timeout and failed at once: "Could not get lock".
+        assert!(o.ok, "{o:?}");
+        assert!(
+            took >= Duration::from_millis(1000),
+            "did not wait: {took:?}"
+        );
+        assert_eq!(o.data["version"], "1.24.0-1");
+        assert!(calls(d).contains("DPkg::Lock::Timeout=300"), "{}", calls(d));
+    }
+
+    /// systemctl that answers `show` with `props`, and a journal line.
+    fn systemd_fakes(dir: &Path, props: &str) -> Tools {
+        fakes(
+            dir,
+            &[
+                (
+                    "systemctl",
+                    &format!(
+                        "case $1 in show) printf '{props}';; is-active) echo failed; exit 3;; esac"
+                    ),
+                ),
+                (
+                    "journalctl",
+                    "echo 'app.service: Failed to locate executable /usr/sbin/app: No such file or directory'",
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_restart_that_systemd_failed_or_skipped_is_reported_failed_in_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let rt = rt();
+        let tools = systemd_fakes(
+            d,
+            "Type=simple\\nResult=exit-code\\nActiveState=failed\\nSubState=failed\\nExecMainCode=1\\nExecMainStatus=203\\nConditionResult=yes\\nLoadState=loaded\\n",
+        );
+        let o = rt.block_on(service(&tools, "restart", "app"));
+        assert!(!o.ok, "{o:?}");
+        assert!(!o.message.contains("restart done"), "{o:?}");
+        assert!(o.message.contains("ActiveState=failed"), "{o:?}");
+        assert!(o.message.contains("status 203"), "{o:?}");
+        assert!(
+            o.message
+                .contains("Failed to locate executable /usr/sbin/app"),
+            "{o:?}"
+        );
+        assert!(
+            calls(d).contains("systemctl restart -- app"),
+            "{}",
+            calls(d)
+        );
+        let o = rt.block_on(service(&tools, "status", "app"));
+        assert!(o.ok && o.data["state"] == "failed", "{o:?}");
+        // chrony in a container: skipped by a condition, start returned 0.
+        let dir2 = tempfile::tempdir().unwrap();
+        let tools = systemd_fakes(
+            dir2.path(),
+            "Type=forking\\nResult=success\\nActiveState=inactive\\nSubState=dead\\nConditionResult=no\\nLoadState=loaded\\n",
+        );
+        let o = rt.block_on(service(&tools, "start", "app"));
+        assert!(!o.ok && o.message.contains("condition"), "{o:?}");
+        // A unit that runs: done.
+        let dir3 = tempfile::tempdir().unwrap();
+        let tools = systemd_fakes(
+            dir3.path(),
+            "Type=notify\\nResult=success\\nActiveState=active\\nSubState=running\\nConditionResult=yes\\nLoadState=loaded\\n",
+        );
+        let o = rt.block_on(service(&tools, "restart", "app"));
+        assert!(o.ok && o.message.contains("running"), "{o:?}");
+    }
+
+    #[test]
+    fn an_init_script_leaving_its_daemon_on_stdout_does_not_hang_the_command() {
+        if Path::new("/run/systemd/system").is_dir() {
+            eprintln!("systemd runs here, so the init-script path is not taken; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pidfile = d.join("daemon.pid");
+        // `service app start`: the daemon keeps the script's stdout open.
+        let tools = fakes(
+            d,
+            &[(
+                "service",
+                &format!(
+                    "case $2 in start) sleep 30 & echo $! > {p}; echo Starting app;; \
+                     status) [ -f {p} ];; esac",
+                    p = pidfile.display()
+                ),
+            )],
+        );
+        let rt = rt();
+        let t = Instant::now();
+        let o = rt.block_on(service(&tools, "start", "app"));
+        let took = t.elapsed();
+        let o2 = rt.block_on(service(&tools, "status", "app"));
+        if let Ok(p) = std::fs::read_to_string(&pidfile) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.trim().parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Reading the output to its end waited for the daemon (30 s).
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert!(o.ok, "{o:?}");
+        assert!(o2.ok && o2.data["state"] == "active", "{o2:?}");
+        assert!(calls(d).contains("service app start"), "{}", calls(d));
+    }
+
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_command_that_forks_is_killed_with_its_whole_group_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 60 & echo $! > {}; sleep 60", pidfile.display());
+        let t = Instant::now();
+        let r = rt().block_on(run_argv(
+            &["sh", "-c", &script],
+            &[],
+            Duration::from_secs(1),
+        ));
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let e = r.unwrap_err();
+        assert!(e.contains("timed out after 1 s"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive(pid)
+        });
+        assert!(gone, "the forked child {pid} outlived the timeout");
     }
 }

@@ -24,7 +24,8 @@
 //!
 //! [tools]                                   # optional: absolute paths of the
 //! systemctl = "/usr/local/bin/systemctl"    # programs actions run (dpkg_query,
-//!                                           # apt_get, rpm, dnf, systemctl, service)
+//!                                           # dpkg, apt_get, apt_cache, rpm, dnf,
+//!                                           # systemctl, journalctl, service)
 //!
 //! [modules.mysql]                           # extra actions a module declares
 //! [[modules.mysql.action]]
@@ -65,18 +66,9 @@ pub struct OrchestraConfig {
     pub converge_root: Option<PathBuf>,
 }
 
-/// Paths of the programs the actions run (default: found in the usual
-/// system directories).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tools {
-    pub dpkg_query: Option<PathBuf>,
-    pub apt_get: Option<PathBuf>,
-    pub rpm: Option<PathBuf>,
-    pub dnf: Option<PathBuf>,
-    pub systemctl: Option<PathBuf>,
-    pub service: Option<PathBuf>,
-}
+/// Paths of the programs the package and service actions run (the
+/// providers' own tool table).
+pub use crate::providers::Tools;
 
 impl Default for OrchestraConfig {
     fn default() -> Self {
@@ -188,17 +180,7 @@ impl OrchestraConfig {
             None => Tools::default(),
             Some(v) => v.clone().try_into().map_err(|e| anyhow!("tools: {e}"))?,
         };
-        for p in [
-            &tools.dpkg_query,
-            &tools.apt_get,
-            &tools.rpm,
-            &tools.dnf,
-            &tools.systemctl,
-            &tools.service,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for p in tools.configured() {
             if !p.is_absolute() {
                 bail!("tools: {} is not an absolute path", p.display());
             }

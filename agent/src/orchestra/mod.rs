@@ -648,7 +648,7 @@ mod module_action_tests {
             std::fs::write(
                 &tool,
                 format!(
-                    "#!/bin/sh\nfor a; do echo \"[$a]\" >> {d}/args.log; done\necho \"PATH=$PATH HOME=${{HOME:-}} SECRET=${{SECRET:-}}\"\n[ \"$1\" = sleep ] && sleep 30\n[ \"$1\" = fail ] && {{ echo 'it broke' >&2; exit 3; }}\nexit 0\n"
+                    "#!/bin/sh\nfor a; do echo \"[$a]\" >> {d}/args.log; done\necho \"PATH=$PATH HOME=${{HOME:-}} SECRET=${{SECRET:-}}\"\n[ \"$1\" = sleep ] && {{ sleep 30 & echo $! > {d}/bg.pid; sleep 30; }}\n[ \"$1\" = fail ] && {{ echo 'it broke' >&2; exit 3; }}\nexit 0\n"
                 ),
             )
             .unwrap();
@@ -812,6 +812,25 @@ argv = ["{d}/tool"]
             r.message
         );
         assert!(start.elapsed() < Duration::from_secs(10));
+        // The step forked a child that sleeps on: killed with its group.
+        let pid: i32 = std::fs::read_to_string(t.dir.path().join("bg.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        });
+        assert!(gone, "the step's forked child {pid} outlived the timeout");
         let r = t.send("app.nouser", &[]);
         assert_eq!(r.status, "failed");
         assert!(r.message.contains("does not exist"), "{}", r.message);
@@ -867,9 +886,12 @@ mod tools_tests {
         std::fs::create_dir(&state).unwrap();
         let log = dir.path().join("calls.log");
         for (name, body) in [
-            ("dpkg-query", "printf 'install ok installed\\t9.9'"),
+            ("dpkg-query", "printf 'ii |9.9\\n'"),
             ("apt-get", "exit 0"),
-            ("systemctl", "exit 0"),
+            (
+                "systemctl",
+                "[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'; exit 0",
+            ),
         ] {
             let p = dir.path().join(name);
             std::fs::write(
@@ -925,15 +947,21 @@ mod tools_tests {
         };
         let r = send("package.update", &[("name", "nginx"), ("version", "9.9")]);
         assert_eq!(r.status, "ok", "{r:?}");
+        let r = send("package.install", &[("name", "nginx"), ("version", "9.10")]);
+        // The stand-in apt-get installs nothing: the version read back
+        // afterwards is still 9.9, and the command says so.
+        assert_eq!(r.status, "failed", "{r:?}");
+        assert!(r.message.contains("is at 9.9, not 9.10"), "{r:?}");
         let r = send("service.restart", &[("name", "nginx")]);
         assert_eq!(r.status, "ok", "{r:?}");
         let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.contains("dpkg-query -W -f"), "{calls}");
         assert!(
-            calls.contains(
-                "apt-get -y -q -o Dpkg::Options::=--force-confold install --only-upgrade nginx=9.9"
-            ),
+            calls.contains("apt-get install -y -q --allow-downgrades")
+                && calls.contains("-- nginx=9.10"),
             "{calls}"
         );
         assert!(calls.contains("systemctl restart -- nginx"), "{calls}");
+        assert!(calls.contains("systemctl show --property"), "{calls}");
     }
 }

@@ -81,6 +81,8 @@ pub struct Output {
     pub code: Option<i32>,
     /// stdout and stderr, interleaved per stream (stdout first).
     pub output: String,
+    /// Where stderr starts in `output` (a byte offset on a char boundary).
+    pub stderr_at: usize,
 }
 
 impl Output {
@@ -93,6 +95,14 @@ impl Output {
         let start = lines.len().saturating_sub(6);
         lines[start..].join(" | ")
     }
+    /// The command's stdout alone.
+    pub fn stdout(&self) -> &str {
+        self.output.get(..self.stderr_at).unwrap_or("")
+    }
+    /// The command's stderr alone.
+    pub fn stderr(&self) -> &str {
+        self.output.get(self.stderr_at..).unwrap_or("")
+    }
     pub fn describe(&self) -> String {
         match self.code {
             Some(c) => format!("exit code {c}"),
@@ -100,6 +110,27 @@ impl Output {
         }
     }
 }
+
+/// The error of a command killed at its timeout (`downcast_ref` tells it
+/// from a command that could not run), with what it wrote until then.
+#[derive(Debug)]
+pub struct TimedOut {
+    pub program: String,
+    pub secs: u64,
+    pub output: Output,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} timed out after {} s and was killed",
+            self.program, self.secs
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// Runs a command to completion (or its timeout, default 300 s).
 pub fn run(spec: &Spec) -> anyhow::Result<Output> {
@@ -173,26 +204,37 @@ pub fn run(spec: &Spec) -> anyhow::Result<Output> {
             let _ = child.kill();
             let _ = child.wait();
             wait_for_eof(&done_rx, shown);
-            anyhow::bail!(
-                "{shown:?} timed out after {} s and was killed",
-                timeout.as_secs()
-            );
+            return Err(TimedOut {
+                program: shown.to_owned(),
+                secs: timeout.as_secs(),
+                output: collect(None, &out_buf, &err_buf),
+            }
+            .into());
         }
         std::thread::sleep(sleep);
         sleep = (sleep * 2).min(Duration::from_millis(20));
     };
     wait_for_eof(&done_rx, shown);
-    let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+    Ok(collect(status.code(), &out_buf, &err_buf))
+}
+
+type Buf = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// The output read so far from both pipes.
+fn collect(code: Option<i32>, out: &Buf, err: &Buf) -> Output {
+    let take = |b: &Buf| {
         b.lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default()
     };
-    let mut b = take(&out_buf);
-    b.extend(take(&err_buf));
-    Ok(Output {
-        code: status.code(),
-        output: String::from_utf8_lossy(&b).into_owned(),
-    })
+    let mut output = String::from_utf8_lossy(&take(out)).into_owned();
+    let stderr_at = output.len();
+    output.push_str(&String::from_utf8_lossy(&take(err)));
+    Output {
+        code,
+        output,
+        stderr_at,
+    }
 }
 
 /// How long output pipes may stay open after the command ended: a process

@@ -32,6 +32,69 @@ use troupe_catalog::{Kind, Resource};
 
 pub use account::Accounts;
 
+/// Paths of the programs the package and service providers run, for the
+/// ones configured (orchestration.toml `[tools]`); any other is found on
+/// the commands' fixed PATH. A converge run configures none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tools {
+    pub dpkg_query: Option<PathBuf>,
+    pub dpkg: Option<PathBuf>,
+    pub apt_get: Option<PathBuf>,
+    pub apt_cache: Option<PathBuf>,
+    pub rpm: Option<PathBuf>,
+    pub dnf: Option<PathBuf>,
+    pub systemctl: Option<PathBuf>,
+    pub journalctl: Option<PathBuf>,
+    pub service: Option<PathBuf>,
+}
+
+impl Tools {
+    /// Every configured path (to check that each is absolute).
+    pub fn configured(&self) -> impl Iterator<Item = &PathBuf> {
+        [
+            &self.dpkg_query,
+            &self.dpkg,
+            &self.apt_get,
+            &self.apt_cache,
+            &self.rpm,
+            &self.dnf,
+            &self.systemctl,
+            &self.journalctl,
+            &self.service,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn slot(&self, prog: &str) -> Option<&PathBuf> {
+        match prog {
+            "dpkg-query" => self.dpkg_query.as_ref(),
+            "dpkg" => self.dpkg.as_ref(),
+            "apt-get" => self.apt_get.as_ref(),
+            "apt-cache" => self.apt_cache.as_ref(),
+            "rpm" => self.rpm.as_ref(),
+            "dnf" | "yum" => self.dnf.as_ref(),
+            "systemctl" => self.systemctl.as_ref(),
+            "journalctl" => self.journalctl.as_ref(),
+            "service" => self.service.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// argv[0] for `prog`: its configured path, else the bare name.
+    pub fn path(&self, prog: &str) -> String {
+        self.slot(prog)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| prog.to_owned())
+    }
+
+    /// Whether `prog` is configured here.
+    pub fn has(&self, prog: &str) -> bool {
+        self.slot(prog).is_some()
+    }
+}
+
 /// What one provider call did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -158,6 +221,8 @@ pub struct Ctx<'a> {
     pub current: usize,
     /// Local package files to install from (`--package-dir`).
     pub package_dir: Option<PathBuf>,
+    /// Program paths (orchestration actions; a converge run sets none).
+    pub tools: Tools,
     /// Resolves paths inside `root` (None for `/`; the error when the root
     /// cannot be opened).
     resolver: Result<Option<inroot::RootResolver>, String>,
@@ -198,6 +263,7 @@ impl<'a> Ctx<'a> {
             accounts: None,
             current: 0,
             package_dir: None,
+            tools: Tools::default(),
         }
     }
 

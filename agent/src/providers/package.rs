@@ -19,11 +19,18 @@ pub(crate) enum Manager {
     Rpm,
 }
 
-fn manager(ctx: &Ctx) -> anyhow::Result<Manager> {
+pub(crate) fn manager(ctx: &Ctx) -> anyhow::Result<Manager> {
     match ctx.os_family.as_str() {
         "Debian" => return Ok(Manager::Dpkg),
         "RedHat" => return Ok(Manager::Rpm),
         _ => {}
+    }
+    // Configured tools (orchestration `[tools]`) say which family this is.
+    if ctx.tools.has("dpkg-query") || ctx.tools.has("apt-get") {
+        return Ok(Manager::Dpkg);
+    }
+    if ctx.tools.has("rpm") || ctx.tools.has("dnf") {
+        return Ok(Manager::Rpm);
     }
     if Path::new("/usr/bin/dpkg").exists() {
         Ok(Manager::Dpkg)
@@ -47,10 +54,10 @@ fn root_arg(ctx: &Ctx, flag: &str) -> Vec<String> {
 
 /// Versions of the installed instances of `name` (empty: not installed).
 /// More than one for multi-arch/multilib packages or kernels.
-fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Vec<String>> {
     match m {
         Manager::Dpkg => {
-            let mut a = vec!["dpkg-query".to_owned()];
+            let mut a = vec![ctx.tools.path("dpkg-query")];
             if ctx.in_root() {
                 a.push(format!(
                     "--admindir={}",
@@ -74,7 +81,7 @@ fn installed(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Vec<String>> {
             Ok(parse_dpkg_query(&o.output))
         }
         Manager::Rpm => {
-            let mut a = vec!["rpm".to_owned()];
+            let mut a = vec![ctx.tools.path("rpm")];
             a.extend(root_arg(ctx, "--root"));
             a.extend(cmd::argv(&[
                 "-q",
@@ -155,7 +162,9 @@ fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
                 !ctx.in_root(),
                 "cannot look up the latest version of {name} under --root: apt has no root option (give a --package-dir)"
             );
-            let o = cmd::check(&cmd::argv(&["apt-cache", "policy", "--", name]))?;
+            let mut a = vec![ctx.tools.path("apt-cache")];
+            a.extend(cmd::argv(&["policy", "--", name]));
+            let o = cmd::check(&a)?;
             Ok(o.output
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("Candidate:"))
@@ -166,7 +175,7 @@ fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
             if let Some(f) = local_file(ctx, m, name, None)? {
                 return Ok(Some(f.1));
             }
-            let mut a = vec![dnf(name)?.to_owned()];
+            let mut a = vec![dnf(ctx, name)?];
             a.extend(root_arg(ctx, "--installroot"));
             a.extend(cmd::argv(&[
                 "-q",
@@ -183,11 +192,13 @@ fn candidate(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<Option<String>
     }
 }
 
-fn dnf(name: &str) -> anyhow::Result<&'static str> {
-    if Path::new("/usr/bin/dnf").exists() {
-        Ok("dnf")
+fn dnf(ctx: &Ctx, name: &str) -> anyhow::Result<String> {
+    if ctx.tools.has("dnf") {
+        Ok(ctx.tools.path("dnf"))
+    } else if Path::new("/usr/bin/dnf").exists() {
+        Ok("dnf".into())
     } else if Path::new("/usr/bin/yum").exists() {
-        Ok("yum")
+        Ok("yum".into())
     } else {
         anyhow::bail!(
             "neither dnf nor yum is installed, so {name} cannot come from the repositories; \
@@ -243,7 +254,7 @@ fn local_file(
     let mut best: Option<(PathBuf, String)> = None;
     for f in found {
         best = match best {
-            Some(b) if !newer(m, &f.1, &b.1)? => Some(b),
+            Some(b) if !newer(&ctx.tools, m, &f.1, &b.1)? => Some(b),
             _ => Some(f),
         };
     }
@@ -253,7 +264,7 @@ fn local_file(
 /// Whether version `a` is newer than `b`, asked of the package manager
 /// itself (`dpkg --compare-versions`, rpm's own `rpm.vercmp`). Spawns a
 /// process: only called when versions differ and order matters.
-fn newer(m: Manager, a: &str, b: &str) -> anyhow::Result<bool> {
+fn newer(tools: &super::Tools, m: Manager, a: &str, b: &str) -> anyhow::Result<bool> {
     let ok = |v: &str| {
         !v.is_empty()
             && v.bytes()
@@ -263,7 +274,13 @@ fn newer(m: Manager, a: &str, b: &str) -> anyhow::Result<bool> {
     match m {
         Manager::Dpkg => {
             let o = cmd::run(&cmd::Spec {
-                argv: &cmd::argv(&["dpkg", "--compare-versions", a, "gt", b]),
+                argv: &[
+                    tools.path("dpkg"),
+                    "--compare-versions".into(),
+                    a.into(),
+                    "gt".into(),
+                    b.into(),
+                ],
                 ..Default::default()
             })?;
             match o.code {
@@ -275,7 +292,7 @@ fn newer(m: Manager, a: &str, b: &str) -> anyhow::Result<bool> {
         Manager::Rpm => {
             // Both checked above: no quote can reach the Lua string.
             let expr = format!("%{{lua: print(rpm.vercmp('{a}', '{b}'))}}");
-            let o = cmd::check(&["rpm".to_owned(), "--eval".to_owned(), expr])?;
+            let o = cmd::check(&[tools.path("rpm"), "--eval".to_owned(), expr])?;
             match o.output.trim() {
                 "1" => Ok(true),
                 "0" | "-1" => Ok(false),
@@ -320,7 +337,7 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
             // it. (apt's candidate is lower only when pinned so on purpose.)
             if m == Manager::Rpm {
                 for c in &versions {
-                    if newer(m, without_epoch(c), &cand)? {
+                    if newer(&ctx.tools, m, without_epoch(c), &cand)? {
                         return Ok(out);
                     }
                 }
@@ -344,6 +361,83 @@ pub fn package(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
         );
     }
     Ok(out)
+}
+
+/// A package command of the orchestration listener (`package.status`,
+/// `package.install`, `package.update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Status,
+    /// Installs it when missing; with a version, to that version (up or
+    /// down), as `ensure => VERSION` does.
+    Install,
+    /// An installed package to the version given, else to the
+    /// repositories' latest (`ensure => latest`); never installs one.
+    Update,
+}
+
+/// What a package command found or did.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    /// Installed versions afterwards (empty: not installed).
+    pub versions: Vec<String>,
+    /// What changed (the provider's own events); empty: nothing.
+    pub events: Vec<String>,
+}
+
+/// The package commands, through this provider (the converge code path:
+/// name checks, version comparison by the package manager's rules, apt's
+/// dpkg-lock wait, rpm/dnf, `--package-dir`), then the version installed
+/// is read back and checked against the one asked for.
+pub(crate) fn command(
+    ctx: &mut Ctx,
+    verb: Verb,
+    name: &str,
+    version: Option<&str>,
+) -> anyhow::Result<Done> {
+    let m = manager(ctx)?;
+    valid_package_name(m, name)?;
+    let mut done = Done::default();
+    if verb != Verb::Status {
+        if verb == Verb::Update {
+            anyhow::ensure!(
+                !installed(ctx, m, name)?.is_empty(),
+                "{name} is not installed, and package.update only updates an installed \
+                 package; nothing was done (package.install installs it)"
+            );
+        }
+        let ensure = match (verb, version) {
+            (_, Some(v)) => PackageEnsure::Version(v.to_owned()),
+            (Verb::Update, None) => PackageEnsure::Latest,
+            _ => PackageEnsure::Present,
+        };
+        let out = package(
+            ctx,
+            &Kind::Package {
+                name: name.to_owned(),
+                ensure,
+            },
+        )?;
+        done.events = out.events;
+    }
+    done.versions = installed(ctx, m, name)?;
+    if verb != Verb::Status {
+        anyhow::ensure!(
+            !done.versions.is_empty(),
+            "{name} is not installed after the {}",
+            if verb == Verb::Install {
+                "install"
+            } else {
+                "update"
+            }
+        );
+        if let Some(want) = version
+            && !done.versions.iter().any(|v| same_version(m, want, v))
+        {
+            anyhow::bail!("{name} is at {}, not {want}", done.versions.join(", "));
+        }
+    }
+    Ok(done)
 }
 
 /// A plain package name (dpkg: with an optional `:ARCH`). dpkg-query, rpm
@@ -375,14 +469,14 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
         let f = file.to_string_lossy().into_owned();
         let a = match m {
             Manager::Dpkg => {
-                let mut a = vec!["dpkg".to_owned()];
+                let mut a = vec![ctx.tools.path("dpkg")];
                 a.extend(root_arg(ctx, "--root"));
                 a.extend(["--force-confold".into(), "--install".into(), f]);
                 dpkg_check(&a)?;
                 return Ok(());
             }
             Manager::Rpm => {
-                let mut a = vec!["rpm".to_owned()];
+                let mut a = vec![ctx.tools.path("rpm")];
                 a.extend(root_arg(ctx, "--root"));
                 a.push("-U".into());
                 if version.is_some() {
@@ -412,7 +506,7 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
             );
             let mut env = std::collections::BTreeMap::new();
             env.insert("DEBIAN_FRONTEND".to_owned(), "noninteractive".to_owned());
-            let a = apt_install_argv(&spec);
+            let a = apt_install_argv(&ctx.tools.path("apt-get"), &spec);
             let o = cmd::run(&cmd::Spec {
                 argv: &a,
                 env: Some(&env),
@@ -427,7 +521,7 @@ fn install(ctx: &Ctx, m: Manager, name: &str, version: Option<&str>) -> anyhow::
             );
         }
         Manager::Rpm => {
-            let mut a = vec![dnf(name)?.to_owned(), "-y".into()];
+            let mut a = vec![dnf(ctx, name)?, "-y".into()];
             a.extend(root_arg(ctx, "--installroot"));
             a.extend(["install".into(), spec]);
             cmd::check(&a)?;
@@ -494,9 +588,9 @@ fn dpkg_check_waiting(argv: &[String], wait: std::time::Duration) -> anyhow::Res
 
 /// `apt-get install` without prompts: answers yes, keeps changed config
 /// files, and waits for a held dpkg lock instead of failing at once.
-fn apt_install_argv(spec: &str) -> Vec<String> {
+fn apt_install_argv(apt_get: &str, spec: &str) -> Vec<String> {
     let mut a = cmd::argv(&[
-        "apt-get",
+        apt_get,
         "install",
         "-y",
         "-q",
@@ -518,14 +612,14 @@ fn apt_install_argv(spec: &str) -> Vec<String> {
 fn remove(ctx: &Ctx, m: Manager, name: &str) -> anyhow::Result<()> {
     let a = match m {
         Manager::Dpkg => {
-            let mut a = vec!["dpkg".to_owned()];
+            let mut a = vec![ctx.tools.path("dpkg")];
             a.extend(root_arg(ctx, "--root"));
             a.extend(["--remove".into(), name.to_owned()]);
             dpkg_check(&a)?;
             return Ok(());
         }
         Manager::Rpm => {
-            let mut a = vec!["rpm".to_owned()];
+            let mut a = vec![ctx.tools.path("rpm")];
             a.extend(root_arg(ctx, "--root"));
             a.extend(["-e".into(), name.to_owned()]);
             a
@@ -559,7 +653,7 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
     }
     let argv = match m {
         Manager::Dpkg => {
-            let mut a = vec!["dpkg-query".to_owned()];
+            let mut a = vec![ctx.tools.path("dpkg-query")];
             if ctx.in_root() {
                 a.push(format!(
                     "--admindir={}",
@@ -574,7 +668,7 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
             a
         }
         Manager::Rpm => {
-            let mut a = vec!["rpm".to_owned()];
+            let mut a = vec![ctx.tools.path("rpm")];
             a.extend(root_arg(ctx, "--root"));
             a.extend(cmd::argv(&[
                 "-qa",
@@ -682,17 +776,18 @@ mod tests {
     #[test]
     fn versions_are_ordered_by_the_package_managers_themselves() {
         use Manager::*;
+        let t = crate::providers::Tools::default();
         for (m, tool) in [(Dpkg, "/usr/bin/dpkg"), (Rpm, "/usr/bin/rpm")] {
             if !Path::new(tool).exists() {
                 continue;
             }
-            assert!(newer(m, "1.10-1", "1.9-1").unwrap(), "{m:?}");
-            assert!(!newer(m, "1.9-1", "1.10-1").unwrap(), "{m:?}");
-            assert!(!newer(m, "1.0~rc1-1", "1.0-1").unwrap(), "{m:?}");
-            assert!(!newer(m, "1.0-1", "1.0-1").unwrap(), "{m:?}");
-            assert!(newer(m, "1:1.0-1", "2.0-1").unwrap(), "{m:?}");
+            assert!(newer(&t, m, "1.10-1", "1.9-1").unwrap(), "{m:?}");
+            assert!(!newer(&t, m, "1.9-1", "1.10-1").unwrap(), "{m:?}");
+            assert!(!newer(&t, m, "1.0~rc1-1", "1.0-1").unwrap(), "{m:?}");
+            assert!(!newer(&t, m, "1.0-1", "1.0-1").unwrap(), "{m:?}");
+            assert!(newer(&t, m, "1:1.0-1", "2.0-1").unwrap(), "{m:?}");
             // Nothing that could break out of rpm's Lua string.
-            assert!(newer(m, "1') os.exit(0) print('", "1").is_err());
+            assert!(newer(&t, m, "1') os.exit(0) print('", "1").is_err());
         }
     }
 
@@ -700,7 +795,7 @@ mod tests {
     fn apt_waits_for_a_held_dpkg_lock_and_never_prompts() {
         // Without DPkg::Lock::Timeout, apt-get fails at once when
         // unattended-upgrades holds the lock ("Could not get lock").
-        let a = apt_install_argv("nginx=1.2");
+        let a = apt_install_argv("apt-get", "nginx=1.2");
         let opts: Vec<&str> = a
             .windows(2)
             .filter(|w| w[0] == "-o")

@@ -10,7 +10,7 @@
 //! a failure: converging an image or a chroot is expected to leave services
 //! to the system that boots it; nothing is claimed about the service's state.
 
-use super::{Ctx, Outcome, cmd};
+use super::{Ctx, Outcome, Tools, cmd};
 use std::path::Path;
 use troupe_catalog::{Kind, ServiceState};
 
@@ -20,42 +20,51 @@ enum Init {
     SysV,
 }
 
-fn init() -> Init {
-    if Path::new("/run/systemd/system").is_dir() {
+/// systemd when it is the running init (or its `systemctl` is configured).
+fn init(tools: &Tools) -> Init {
+    if tools.has("systemctl") || Path::new("/run/systemd/system").is_dir() {
         Init::Systemd
     } else {
         Init::SysV
     }
 }
 
-fn running(i: Init, name: &str) -> anyhow::Result<bool> {
+fn running(t: &Tools, i: Init, name: &str) -> anyhow::Result<bool> {
     match i {
-        Init::Systemd => cmd::succeeds(&cmd::argv(&[
-            "systemctl",
-            "is-active",
-            "--quiet",
-            "--",
-            name,
-        ])),
-        Init::SysV => cmd::succeeds(&sysv(name, "status")),
+        Init::Systemd => cmd::succeeds(&[
+            t.path("systemctl"),
+            "is-active".into(),
+            "--quiet".into(),
+            "--".into(),
+            name.into(),
+        ]),
+        Init::SysV => cmd::succeeds(&sysv(t, name, "status")),
     }
 }
 
-fn sysv(name: &str, action: &str) -> Vec<String> {
+fn sysv(t: &Tools, name: &str, action: &str) -> Vec<String> {
     let script = format!("/etc/init.d/{name}");
-    if Path::new("/usr/sbin/service").exists() || Path::new("/sbin/service").exists() {
-        cmd::argv(&["service", name, action])
+    if t.has("service")
+        || Path::new("/usr/sbin/service").exists()
+        || Path::new("/sbin/service").exists()
+    {
+        vec![t.path("service"), name.into(), action.into()]
     } else {
         vec![script, action.to_owned()]
     }
 }
 
 /// Whether the service's boot-time state differs from `want`.
-fn enable_differs(i: Init, name: &str, want: bool) -> anyhow::Result<bool> {
+fn enable_differs(t: &Tools, i: Init, name: &str, want: bool) -> anyhow::Result<bool> {
     match i {
         Init::Systemd => {
             let o = cmd::run(&cmd::Spec {
-                argv: &cmd::argv(&["systemctl", "is-enabled", "--", name]),
+                argv: &[
+                    t.path("systemctl"),
+                    "is-enabled".into(),
+                    "--".into(),
+                    name.into(),
+                ],
                 ..Default::default()
             })?;
             unit_enable_differs(name, &o.output, want)
@@ -113,10 +122,10 @@ fn sysv_enabled(name: &str) -> anyhow::Result<bool> {
     }
 }
 
-fn action(i: Init, name: &str, what: &str) -> anyhow::Result<()> {
+fn action(t: &Tools, i: Init, name: &str, what: &str) -> anyhow::Result<()> {
     let a = match i {
-        Init::Systemd => cmd::argv(&["systemctl", what, "--", name]),
-        Init::SysV => sysv(name, what),
+        Init::Systemd => vec![t.path("systemctl"), what.into(), "--".into(), name.into()],
+        Init::SysV => sysv(t, name, what),
     };
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -124,20 +133,20 @@ fn action(i: Init, name: &str, what: &str) -> anyhow::Result<()> {
         .unwrap_or(0);
     cmd::check(&a)?;
     if i == Init::Systemd && (what == "start" || what == "restart") {
-        super::systemd_state::verify_running(name, what, since)?;
+        super::systemd_state::verify_running(t, name, what, since)?;
     }
     Ok(())
 }
 
-fn set_enabled(i: Init, name: &str, on: bool) -> anyhow::Result<()> {
+fn set_enabled(t: &Tools, i: Init, name: &str, on: bool) -> anyhow::Result<()> {
     match i {
         Init::Systemd => {
-            cmd::check(&cmd::argv(&[
-                "systemctl",
-                if on { "enable" } else { "disable" },
-                "--",
-                name,
-            ]))?;
+            cmd::check(&[
+                t.path("systemctl"),
+                if on { "enable" } else { "disable" }.into(),
+                "--".into(),
+                name.into(),
+            ])?;
         }
         Init::SysV => {
             if Path::new("/usr/sbin/update-rc.d").exists() {
@@ -177,28 +186,29 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
     if ctx.in_root() {
         return Ok(not_managed_in_root(ctx, name, *ensure, *enable, refresh));
     }
-    let i = init();
+    let t = &ctx.tools;
+    let i = init(t);
     let mut out = Outcome::default();
     let mut started = false;
-    let is_running = running(i, name)?;
+    let is_running = running(t, i, name)?;
     match ensure {
         Some(ServiceState::Running) if !is_running => {
             out.change("started");
             started = true;
             if !ctx.noop {
-                action(i, name, "start")?;
+                action(t, i, name, "start")?;
             }
         }
         Some(ServiceState::Stopped) if is_running => {
             out.change("stopped");
             if !ctx.noop {
-                action(i, name, "stop")?;
+                action(t, i, name, "stop")?;
             }
         }
         _ => {}
     }
     if let Some(on) = enable
-        && enable_differs(i, name, *on)?
+        && enable_differs(t, i, name, *on)?
     {
         out.change(if *on {
             "enabled at boot"
@@ -206,7 +216,7 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
             "disabled at boot"
         });
         if !ctx.noop {
-            set_enabled(i, name, *on)?;
+            set_enabled(t, i, name, *on)?;
         }
     }
     let will_run = match ensure {
@@ -218,10 +228,63 @@ pub fn service(ctx: &mut Ctx, kind: &Kind, refresh: bool) -> anyhow::Result<Outc
         out.refreshed = true;
         out.change("restarted (refresh)");
         if !ctx.noop {
-            action(i, name, "restart")?;
+            action(t, i, name, "restart")?;
         }
     }
     Ok(out)
+}
+
+/// A service command of the orchestration listener (`service.status`,
+/// `.start`, `.stop`, `.restart`), through this provider: the same init
+/// detection, commands and process handling (process group killed at the
+/// timeout, an init script's daemon holding stdout does not hang it) and,
+/// under systemd, the unit's real state read back after start/restart, so
+/// a unit that failed or was skipped by a condition fails the command with
+/// systemd's own words. Returns the state for `status`, else what was done.
+pub(crate) fn command(tools: &Tools, verb: &str, name: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !name.is_empty() && !name.starts_with('-') && !name.contains(['/', '\0', '\n']),
+        "invalid service name {name:?}"
+    );
+    let i = init(tools);
+    match verb {
+        "status" => Ok(match i {
+            Init::Systemd => {
+                // is-active exits non-zero for anything but active: the
+                // state is its output (active, inactive, failed, ...).
+                let o = cmd::run(&cmd::Spec {
+                    argv: &[
+                        tools.path("systemctl"),
+                        "is-active".into(),
+                        "--".into(),
+                        name.into(),
+                    ],
+                    ..Default::default()
+                })?;
+                match o.output.split_whitespace().next() {
+                    Some(state) => state.to_owned(),
+                    None => {
+                        anyhow::bail!("systemctl is-active {name} said nothing ({})", o.describe())
+                    }
+                }
+            }
+            Init::SysV => {
+                if running(tools, i, name)? {
+                    "active".into()
+                } else {
+                    "inactive".into()
+                }
+            }
+        }),
+        "start" | "stop" | "restart" => {
+            action(tools, i, name, verb)?;
+            Ok(match (i, verb) {
+                (Init::Systemd, "start" | "restart") => format!("{verb} done, the unit is running"),
+                _ => format!("{verb} done"),
+            })
+        }
+        other => anyhow::bail!("unknown service command {other:?}"),
+    }
 }
 
 /// The outcome of a service resource under `--root`: nothing checked,
@@ -278,7 +341,8 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
         "services are not managed under --root (no init system runs for {}): inspect them on the booted system",
         ctx.root.display()
     );
-    let i = init();
+    let t = &ctx.tools;
+    let i = init(t);
     let names: Vec<String> = match name {
         Some(n) => {
             anyhow::ensure!(
@@ -290,13 +354,13 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
         None => match i {
             Init::Systemd => {
                 let o = cmd::run(&cmd::Spec {
-                    argv: &cmd::argv(&[
-                        "systemctl",
-                        "list-unit-files",
-                        "--type=service",
-                        "--no-legend",
-                        "--plain",
-                    ]),
+                    argv: &[
+                        t.path("systemctl"),
+                        "list-unit-files".into(),
+                        "--type=service".into(),
+                        "--no-legend".into(),
+                        "--plain".into(),
+                    ],
                     ..Default::default()
                 })?;
                 anyhow::ensure!(o.ok(), "systemctl list-unit-files failed: {}", o.tail());
@@ -326,7 +390,12 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
         let enable = match i {
             Init::Systemd => {
                 let o = cmd::run(&cmd::Spec {
-                    argv: &cmd::argv(&["systemctl", "is-enabled", "--", &n]),
+                    argv: &[
+                        t.path("systemctl"),
+                        "is-enabled".into(),
+                        "--".into(),
+                        n.clone(),
+                    ],
                     ..Default::default()
                 })?;
                 match o.output.split_whitespace().next().unwrap_or("") {
@@ -339,7 +408,7 @@ pub(crate) fn inspect(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Vec<Kind>
             }
             Init::SysV => sysv_enabled(&n).ok(),
         };
-        let ensure = if running(i, &n)? {
+        let ensure = if running(t, i, &n)? {
             ServiceState::Running
         } else {
             ServiceState::Stopped

@@ -9,7 +9,7 @@
 //! and fails the resource with systemd's own words (its journal lines for
 //! the unit since the start) instead of reporting "started" on every run.
 
-use super::cmd;
+use super::{Tools, cmd};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ pub(crate) fn parse(out: &str) -> HashMap<String, String> {
 /// Judges one `systemctl show` reading.
 pub(crate) fn judge(p: &HashMap<String, String>) -> Verdict {
     let g = |k: &str| p.get(k).map(String::as_str).unwrap_or("");
-    if g("LoadState") != "" && g("LoadState") != "loaded" {
+    if !g("LoadState").is_empty() && g("LoadState") != "loaded" {
         return Verdict::Failed(format!("the unit is {} (LoadState)", g("LoadState")));
     }
     if g("ConditionResult") == "no" {
@@ -99,9 +99,16 @@ pub(crate) fn judge(p: &HashMap<String, String>) -> Verdict {
     }
 }
 
-fn show(name: &str) -> anyhow::Result<HashMap<String, String>> {
+fn show(t: &Tools, name: &str) -> anyhow::Result<HashMap<String, String>> {
     let o = cmd::run(&cmd::Spec {
-        argv: &cmd::argv(&["systemctl", "show", "--property", PROPS, "--", name]),
+        argv: &[
+            t.path("systemctl"),
+            "show".into(),
+            "--property".into(),
+            PROPS.into(),
+            "--".into(),
+            name.into(),
+        ],
         ..Default::default()
     })?;
     anyhow::ensure!(o.ok(), "systemctl show {name} failed: {}", o.output.trim());
@@ -110,9 +117,10 @@ fn show(name: &str) -> anyhow::Result<HashMap<String, String>> {
 
 /// systemd's journal lines about the unit since `since` (epoch seconds),
 /// the last few, joined; empty when the journal has nothing.
-fn journal(name: &str, since: u64) -> String {
+fn journal(t: &Tools, name: &str, since: u64) -> String {
+    let journalctl = t.path("journalctl");
     let argv = cmd::argv(&[
-        "journalctl",
+        &journalctl,
         "--no-pager",
         "--output=cat",
         "--lines=4",
@@ -139,11 +147,11 @@ fn journal(name: &str, since: u64) -> String {
 /// Fails unless unit `name` is running after `systemctl WHAT` returned.
 /// `since` (epoch seconds, taken before the action) bounds the journal
 /// lines quoted in the error.
-pub(crate) fn verify_running(name: &str, what: &str, since: u64) -> anyhow::Result<()> {
+pub(crate) fn verify_running(t: &Tools, name: &str, what: &str, since: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE;
     let mut rechecked = false;
     loop {
-        let p = show(name)?;
+        let p = show(t, name)?;
         match judge(&p) {
             Verdict::Up => {
                 let simple = matches!(
@@ -164,11 +172,11 @@ pub(crate) fn verify_running(name: &str, what: &str, since: u64) -> anyhow::Resu
                 SETTLE.as_secs(),
                 p.get("ActiveState").map(String::as_str).unwrap_or("?"),
                 p.get("SubState").map(String::as_str).unwrap_or("?"),
-                or_none(journal(name, since))
+                or_none(journal(t, name, since))
             ),
             Verdict::Failed(why) => anyhow::bail!(
                 "systemctl {what} {name} returned, but {why}; systemd says: {} (see systemctl status {name})",
-                or_none(journal(name, since))
+                or_none(journal(t, name, since))
             ),
         }
     }

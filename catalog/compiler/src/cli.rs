@@ -3,11 +3,12 @@
 //! `troupe secret keygen|encrypt|pubkey`.
 
 use crate::data::Outcome;
-use crate::{CompileOptions, Merge, ModuleTree, SecretKeys};
+use crate::{CompileOptions, FleetSnapshot, Merge, ModuleTree, SecretKeys};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use troupe_catalog::{Blob, Catalog, Kind};
 
 #[cfg(test)]
@@ -114,6 +115,12 @@ pub enum CatalogCmd {
         /// Print decrypted secrets (the exact catalog an agent receives).
         #[arg(long)]
         show_secrets: bool,
+        /// Fleet data for templates' `fleet()`: a snapshot file
+        /// `{"generation": N, "nodes": [{"name", "role", "environment",
+        /// "facts": {...}}]}` (see modules/README.md). Without it fleet()
+        /// returns an empty list (a note on stderr says so).
+        #[arg(long, value_name = "FILE")]
+        fleet: Option<PathBuf>,
     },
     /// Show what changes for a host between two module trees or two
     /// environments. Exit status 0: no change, 2: changes.
@@ -143,6 +150,10 @@ pub enum CatalogCmd {
         /// "secrets_by_ciphertext"}.
         #[arg(long)]
         json: bool,
+        /// Fleet data for templates' `fleet()` (both sides), as for
+        /// `catalog compile --fleet`.
+        #[arg(long, value_name = "FILE")]
+        fleet: Option<PathBuf>,
         #[command(flatten)]
         tree: TreeArgs,
     },
@@ -260,15 +271,13 @@ fn extensions(list: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn compile_node(
-    tree: &ModuleTree,
-    node: &NodeArgs,
-    facts: &serde_json::Value,
-    env: Option<String>,
-    data: &Path,
-) -> anyhow::Result<Catalog> {
-    let secrets = SecretKeys::load_dir(data).map_err(|e| anyhow::anyhow!("{e}"))?;
-    compile_with(tree, node, facts, env, secrets)
+fn read_fleet(path: Option<&Path>) -> anyhow::Result<Option<Arc<FleetSnapshot>>> {
+    path.map(|p| {
+        FleetSnapshot::from_file(p)
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("{}", e.render()))
+    })
+    .transpose()
 }
 
 fn compile_with(
@@ -277,14 +286,24 @@ fn compile_with(
     facts: &serde_json::Value,
     env: Option<String>,
     secrets: SecretKeys,
+    fleet: Option<Arc<FleetSnapshot>>,
 ) -> anyhow::Result<Catalog> {
+    let given = fleet.is_some();
     let opts = CompileOptions {
         environment: env,
         extensions: extensions(&node.extensions)?,
         secrets,
+        fleet,
     };
-    tree.compile(&node.host, facts, &opts)
-        .map_err(|e| anyhow::anyhow!("{}", e.render()))
+    let (cat, info) = tree
+        .compile_with_info(&node.host, facts, &opts)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    if info.used_fleet && !given {
+        eprintln!(
+            "note: this catalog asks for fleet data (fleet()) and none was given: it lists no other nodes (pass --fleet FILE)"
+        );
+    }
+    Ok(cat)
 }
 
 /// Replaces the values of sensitive resources for display: file bodies,
@@ -369,10 +388,13 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             env,
             json,
             show_secrets,
+            fleet,
         } => {
             let t = load_tree(&tree.modules)?;
             let facts = read_facts(&node.facts)?;
-            let cat = compile_node(&t, &node, &facts, env, &tree.data)?;
+            let fleet = read_fleet(fleet.as_deref())?;
+            let secrets = SecretKeys::load_dir(&tree.data).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cat = compile_with(&t, &node, &facts, env, secrets, fleet)?;
             let shown = if show_secrets {
                 cat.clone()
             } else {
@@ -398,9 +420,11 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             from_env,
             to_env,
             json,
+            fleet,
             tree,
         } => {
             let facts = read_facts(&node.facts)?;
+            let fleet = read_fleet(fleet.as_deref())?;
             // A preview never needs an environment's private key: without
             // it, secrets are compared by ciphertext.
             let keys = SecretKeys::load_dir(&tree.data)
@@ -414,14 +438,22 @@ pub fn catalog_to(cmd: CatalogCmd, out: &mut dyn Write) -> anyhow::Result<u8> {
             } else {
                 Some(load_tree(&b_path)?)
             };
-            let a = compile_with(&a_tree, &node, &facts, from_env, keys.clone())
-                .context("compiling the old catalog")?;
+            let a = compile_with(
+                &a_tree,
+                &node,
+                &facts,
+                from_env,
+                keys.clone(),
+                fleet.clone(),
+            )
+            .context("compiling the old catalog")?;
             let b = compile_with(
                 b_tree.as_ref().unwrap_or(&a_tree),
                 &node,
                 &facts,
                 to_env,
                 keys,
+                fleet,
             )
             .context("compiling the new catalog")?;
             let by_ciphertext: std::collections::BTreeSet<&str> = [&a, &b]

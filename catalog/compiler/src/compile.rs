@@ -30,6 +30,17 @@ pub struct CompileOptions {
     /// Private keys by environment; a secret is decrypted only when a
     /// catalog uses it.
     pub secrets: SecretKeys,
+    /// What templates' `fleet()` sees (none: an empty fleet).
+    pub fleet: Option<Arc<crate::fleet::FleetSnapshot>>,
+}
+
+/// What a compile depended on besides the tree, the facts and the options'
+/// environment (see [`ModuleTree::compile_with_info`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompileInfo {
+    /// A template or condition called `fleet()`: the catalog depends on
+    /// the fleet snapshot.
+    pub used_fleet: bool,
 }
 
 /// What the site says about a node.
@@ -247,6 +258,19 @@ impl ModuleTree {
 
     /// Classifies and compiles a node's catalog.
     pub fn compile(&self, certname: &str, facts: &J, opts: &CompileOptions) -> Result<Catalog> {
+        self.compile_with_info(certname, facts, opts)
+            .map(|(c, _)| c)
+    }
+
+    /// [`ModuleTree::compile`], also saying what the catalog depended on
+    /// (whether it used the fleet data: the master then keys its cache on
+    /// the snapshot's generation).
+    pub fn compile_with_info(
+        &self,
+        certname: &str,
+        facts: &J,
+        opts: &CompileOptions,
+    ) -> Result<(Catalog, CompileInfo)> {
         let mut class = self.classify(certname, &opts.extensions, facts)?;
         if let Some(e) = &opts.environment {
             let Some(tree) = self.envs.get(e) else {
@@ -263,7 +287,7 @@ impl ModuleTree {
             }
             class.environment = e.clone();
         }
-        self.compile_classified(&class, facts, opts)
+        self.compile_classified_with_info(&class, facts, opts)
     }
 
     /// Compiles for an already classified node.
@@ -273,6 +297,16 @@ impl ModuleTree {
         facts: &J,
         opts: &CompileOptions,
     ) -> Result<Catalog> {
+        self.compile_classified_with_info(class, facts, opts)
+            .map(|(c, _)| c)
+    }
+
+    fn compile_classified_with_info(
+        &self,
+        class: &Classification,
+        facts: &J,
+        opts: &CompileOptions,
+    ) -> Result<(Catalog, CompileInfo)> {
         let env = self.envs.get(&class.environment).ok_or_else(|| {
             Error::new(
                 ErrorKind::Classification,
@@ -283,12 +317,23 @@ impl ModuleTree {
         let code_version = self
             .env_code_version(&class.environment)
             .unwrap_or_default();
-        let compiler = Compiler::new(env.clone(), class, &facts, opts.secrets.clone())?;
+        let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fleet = Value::from_object(crate::fleet::FleetFn {
+            snapshot: opts.fleet.clone(),
+            environment: class.environment.clone(),
+            zones: class.zones,
+            used: used.clone(),
+        });
+        let compiler = Compiler::new(env.clone(), class, &facts, opts.secrets.clone(), fleet)?;
         let data = compiler.data.clone();
         // An error message may quote a value: never let it quote a secret.
-        compiler
+        let cat = compiler
             .run(code_version)
-            .map_err(|e| e.scrub(&data.plaintexts()))
+            .map_err(|e| e.scrub(&data.plaintexts()))?;
+        let info = CompileInfo {
+            used_fleet: used.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        Ok((cat, info))
     }
 
     /// The data view of a node (for `troupe lookup`).
@@ -305,18 +350,24 @@ impl ModuleTree {
             )
         })?;
         let facts = trusted_facts(facts, &class.certname, &BTreeMap::new())?;
-        let base = base_context(&facts, class, None);
+        let base = base_context(&facts, class, None, None);
         DataView::new(env.clone(), &base, secrets)
     }
 }
 
-fn base_context(facts: &J, class: &Classification, data: Option<&Arc<DataView>>) -> Value {
+fn base_context(
+    facts: &J,
+    class: &Classification,
+    data: Option<&Arc<DataView>>,
+    fleet: Option<&Value>,
+) -> Value {
     let lookup = data.map(|d| Value::from_object(crate::data::LookupFn(d.clone())));
     minijinja::context! {
         facts => to_mj(facts),
         trusted => to_mj(&facts["trusted"]),
         node => to_mj(&class.node_value()),
         lookup => lookup,
+        fleet => fleet.cloned(),
     }
 }
 
@@ -357,10 +408,11 @@ impl<'a> Compiler<'a> {
         class: &'a Classification,
         facts: &J,
         keys: SecretKeys,
+        fleet: Value,
     ) -> Result<Self> {
-        let pre = base_context(facts, class, None);
+        let pre = base_context(facts, class, None, None);
         let data = DataView::new(env.clone(), &pre, keys)?;
-        let base = base_context(facts, class, Some(&data));
+        let base = base_context(facts, class, Some(&data), Some(&fleet));
         Ok(Compiler {
             env,
             class,

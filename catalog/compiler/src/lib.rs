@@ -22,13 +22,16 @@ mod compile;
 pub mod data;
 mod define;
 pub mod diff;
+pub mod env_diff;
 mod error;
+pub mod fleet;
 pub mod secrets;
 mod syntax;
 mod tree;
 
-pub use compile::{Classification, CompileOptions, valid_certname};
+pub use compile::{Classification, CompileInfo, CompileOptions, valid_certname};
 pub use error::{Error, ErrorKind, Result, SourceFile, Span};
+pub use fleet::{FleetNode, FleetSnapshot};
 pub use secrets::SecretKeys;
 pub use tree::trailing_number;
 pub use tree::{EnvTree, Merge, ModuleTree};

@@ -672,3 +672,69 @@ fn lookup_uses_the_declared_merge() {
     assert_eq!(v["value"], 4);
     assert_eq!(v["merge"], "first");
 }
+
+/// `catalog compile --fleet FILE` (issue 19 item 6): the snapshot feeds
+/// fleet(); a bad file is refused with the reason; `catalog diff --fleet`
+/// compiles both sides with it.
+#[test]
+fn catalog_compile_with_a_fleet_snapshot() {
+    let data = data_dir();
+    let d = s(data.path());
+    let f = facts_file("debian12");
+    let m = s(&common::modules());
+    let fleet = s(&common::tests_dir().join("fleet.json"));
+    let (code, text) = run_catalog(&[
+        "compile",
+        "web4.example.com",
+        "--facts",
+        &f,
+        "--modules",
+        &m,
+        "--data",
+        &d,
+        "--json",
+        "--fleet",
+        &fleet,
+    ]);
+    assert_eq!(code, 0);
+    let cat = troupe_catalog::Catalog::from_json(text.as_bytes()).unwrap();
+    let cfg = cat
+        .contents
+        .values()
+        .filter_map(|b| b.bytes())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .find(|t| t.contains("listen postgresql"))
+        .unwrap();
+    assert!(
+        cfg.contains("server db1.example.com db1.example.com:5432 check\n"),
+        "{cfg}"
+    );
+    assert!(cfg.contains("server db3.example.com db3.example.com:5432 check backup\n"));
+
+    let bad = common::tests_dir().join("facts/debian12.json");
+    let mut argv = vec!["catalog", "compile", "web4.example.com", "--facts", &f];
+    let bad = s(&bad);
+    argv.extend(["--modules", &m, "--data", &d, "--fleet", &bad]);
+    let c = Catalog::try_parse_from(argv).unwrap();
+    let e = cli::catalog_to(c.cmd, &mut Vec::new()).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("is not a fleet snapshot"),
+        "{e:#}"
+    );
+
+    let (code, text) = run_catalog(&[
+        "diff",
+        "web4.example.com",
+        "--facts",
+        &f,
+        "--from",
+        &m,
+        "--to",
+        &m,
+        "--data",
+        &d,
+        "--fleet",
+        &fleet,
+    ]);
+    assert_eq!(code, 0, "{text}");
+}

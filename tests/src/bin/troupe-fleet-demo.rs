@@ -1,6 +1,7 @@
 //! The booted-fleet demo (scripts/fleet-demo.sh runs it; needs root):
-//! three blank Debian 12 hosts booted with systemd-nspawn on a private
-//! switch, a master serving the shipped modules, the troupe-agent package
+//! three blank Debian 12 hosts (no nginx, haproxy, ...: the role installs
+//! them by apt from the fleet's repository) booted with systemd-nspawn on a
+//! private switch, a master serving the shipped modules, the troupe-agent package
 //! from the fleet's own apt repository, `systemctl enable --now
 //! troupe-agent` on all three at once, and the time from that start to
 //! each host's converged `web` role; then each host's nginx is checked over
@@ -94,7 +95,7 @@ fn main() {
         h.sh_ok("systemctl enable --now troupe-agent");
     }
     for h in &hosts {
-        let r = next_report(&m, &h.fqdn, None, 180);
+        let r = next_report(&m, &h.fqdn, None, 480);
         let res = r["resources"].as_array().cloned().unwrap_or_default();
         let count = |s: &str| res.iter().filter(|x| x["status"] == s).count();
         println!(
@@ -113,6 +114,25 @@ fn main() {
                 .map(|(_, w)| format!("expected in a container: {w}"))
                 .unwrap_or_else(|| format!("UNEXPECTED: {}", x["events"]));
             println!("    failed {id}: {why}");
+        }
+    }
+
+    step("what the role installed, by apt, from the fleet's repository (the image had none of it)");
+    for h in &hosts {
+        let p = h.sh("apt-cache policy nginx haproxy fail2ban");
+        // "pkg:", "  Installed: V", ..., "*** V 500", "     500 ORIGIN Packages"
+        let mut pkg = String::new();
+        let mut version = String::new();
+        let mut lines = p.stdout.lines();
+        while let Some(l) = lines.next() {
+            if !l.starts_with(' ') {
+                pkg = l.trim_end_matches(':').to_string();
+            } else if let Some(v) = l.trim_start().strip_prefix("Installed: ") {
+                version = v.to_string();
+            } else if l.trim_start().starts_with("*** ") {
+                let origin = lines.next().unwrap_or("").trim();
+                println!("{}: {pkg} {version} from {origin}", h.fqdn);
+            }
         }
     }
 

@@ -32,9 +32,19 @@ pub fn keys() -> SecretKeys {
     k
 }
 
+/// The fleet the shipped roles are compiled against (tests/fleet.json):
+/// db1-3 and web1-6 in production, a development db, an lb.
+pub fn fleet() -> std::sync::Arc<troupe_compiler::FleetSnapshot> {
+    std::sync::Arc::new(
+        troupe_compiler::FleetSnapshot::from_file(&tests_dir().join("fleet.json"))
+            .unwrap_or_else(|e| panic!("{}", e.render())),
+    )
+}
+
 pub fn opts() -> CompileOptions {
     CompileOptions {
         secrets: keys(),
+        fleet: Some(fleet()),
         ..Default::default()
     }
 }

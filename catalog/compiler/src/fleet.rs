@@ -1,0 +1,255 @@
+//! Fleet data in the compiler (the job exported resources and PuppetDB
+//! queries do in Puppet): a template asks for the known nodes of a role or
+//! environment with the facts it names,
+//!
+//! ```jinja
+//! {% for h in fleet(role="db", facts=["networking.ip"]) %}
+//!   server {{ h.name }} {{ h.facts["networking.ip"] }}:5432 check
+//! {% endfor %}
+//! ```
+//!
+//! and gets a list sorted by name. The master gives the compiler a
+//! [`FleetSnapshot`] (from its store: classification and last stable facts
+//! of every host with a valid certificate that checked in);
+//! `troupe catalog compile --fleet FILE` reads one from a file. A node never
+//! sees more of another node than its name, role, environment, number,
+//! zone and the facts the query names.
+
+use crate::error::{Error, ErrorKind, Result};
+use minijinja::value::{Kwargs, Value, from_args};
+use serde_json::Value as J;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Most facts one `fleet()` query may name.
+pub const MAX_QUERY_FACTS: usize = 32;
+
+/// One known node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetNode {
+    /// The certname.
+    pub name: String,
+    /// The role its classification gave it.
+    pub role: String,
+    /// Its environment.
+    pub environment: String,
+    /// Its last facts (a JSON object; volatile facts left out).
+    #[serde(default = "empty_object")]
+    pub facts: J,
+}
+
+fn empty_object() -> J {
+    J::Object(Default::default())
+}
+
+/// What the compiler knows of the fleet: nodes sorted by name, and a
+/// generation that changes whenever the content does (the master puts it
+/// in the cache key of the catalogs that used it).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSnapshot {
+    #[serde(default)]
+    pub generation: u64,
+    pub nodes: Vec<FleetNode>,
+}
+
+impl FleetSnapshot {
+    /// A snapshot of `nodes` (sorted by name here; names must be valid
+    /// certnames and unique, facts JSON objects).
+    pub fn new(generation: u64, mut nodes: Vec<FleetNode>) -> Result<FleetSnapshot> {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for (i, n) in nodes.iter().enumerate() {
+            if !crate::valid_certname(&n.name) {
+                return Err(Error::new(
+                    ErrorKind::Facts,
+                    format!("fleet node `{}`: not a valid certname", n.name),
+                ));
+            }
+            if i > 0 && nodes[i - 1].name == n.name {
+                return Err(Error::new(
+                    ErrorKind::Facts,
+                    format!("fleet node `{}` is listed twice", n.name),
+                ));
+            }
+            if !n.facts.is_object() {
+                return Err(Error::new(
+                    ErrorKind::Facts,
+                    format!("fleet node `{}`: facts must be a JSON object", n.name),
+                ));
+            }
+        }
+        Ok(FleetSnapshot { generation, nodes })
+    }
+
+    /// Reads a snapshot file (`troupe catalog compile --fleet FILE`):
+    /// `{"generation": 1, "nodes": [{"name", "role", "environment",
+    /// "facts": {...}}]}` (generation optional).
+    pub fn from_file(path: &Path) -> Result<FleetSnapshot> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read the fleet snapshot {}: {e}", path.display()),
+            )
+        })?;
+        let s: FleetSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Facts,
+                format!("{} is not a fleet snapshot: {e}", path.display()),
+            )
+            .with_help(
+                "expected {\"generation\": N, \"nodes\": [{\"name\": \"db1.example.com\", \"role\": \"db\", \"environment\": \"production\", \"facts\": {...}}]}",
+            )
+        })?;
+        FleetSnapshot::new(s.generation, s.nodes).map_err(|e| {
+            Error::new(
+                ErrorKind::Facts,
+                format!("{}: {}", path.display(), e.message()),
+            )
+        })
+    }
+}
+
+/// A fact path a query may name: dotted segments of letters, digits, `_`
+/// and `-`.
+fn valid_fact_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 128
+        && p.split('.').all(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+fn fact_at<'a>(facts: &'a J, path: &str) -> Option<&'a J> {
+    path.split('.').try_fold(facts, |v, k| v.get(k))
+}
+
+fn invalid(msg: String) -> minijinja::Error {
+    minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg)
+}
+
+/// The `fleet(role=none, environment=node.environment, facts=[])` function
+/// templates call.
+#[derive(Debug)]
+pub(crate) struct FleetFn {
+    pub(crate) snapshot: Option<Arc<FleetSnapshot>>,
+    /// The querying node's environment (the default) and zone count.
+    pub(crate) environment: String,
+    pub(crate) zones: u64,
+    /// Set by every call: the catalog depends on the fleet data.
+    pub(crate) used: Arc<AtomicBool>,
+}
+
+impl minijinja::value::Object for FleetFn {
+    fn call(
+        self: &Arc<Self>,
+        _state: &mut minijinja::State<'_, '_>,
+        args: &[Value],
+    ) -> std::result::Result<Value, minijinja::Error> {
+        self.used.store(true, Ordering::Relaxed);
+        let (positional, kwargs): (Option<String>, Kwargs) = from_args(args)?;
+        let role: Option<String> = match positional {
+            Some(r) => Some(r),
+            None => kwargs.get("role")?,
+        };
+        let environment: Option<String> = kwargs.get("environment")?;
+        let facts: Option<Vec<String>> = kwargs.get("facts")?;
+        kwargs.assert_all_used().map_err(|e| {
+            invalid(format!(
+                "fleet(): {e} (arguments: role, environment, facts)"
+            ))
+        })?;
+        let environment = environment.unwrap_or_else(|| self.environment.clone());
+        let facts = facts.unwrap_or_default();
+        if facts.len() > MAX_QUERY_FACTS {
+            return Err(invalid(format!(
+                "fleet(): at most {MAX_QUERY_FACTS} facts per query, {} asked",
+                facts.len()
+            )));
+        }
+        if let Some(bad) = facts.iter().find(|f| !valid_fact_path(f)) {
+            return Err(invalid(format!(
+                "fleet(): `{bad}` is not a fact path (dotted names such as `networking.ip`)"
+            )));
+        }
+        let Some(snap) = &self.snapshot else {
+            return Ok(Value::from(Vec::<Value>::new()));
+        };
+        let mut out = Vec::new();
+        for n in &snap.nodes {
+            if n.environment != environment || role.as_ref().is_some_and(|r| *r != n.role) {
+                continue;
+            }
+            let hostname = n.name.split('.').next().unwrap_or(&n.name);
+            let mut entry = serde_json::json!({
+                "name": n.name,
+                "hostname": hostname,
+                "role": n.role,
+                "environment": n.environment,
+            });
+            if let Some(num) = crate::tree::trailing_number(hostname) {
+                entry["number"] = J::from(num);
+                entry["zone"] = J::from(num % self.zones.max(1));
+            }
+            let chosen: serde_json::Map<String, J> = facts
+                .iter()
+                .map(|f| (f.clone(), fact_at(&n.facts, f).cloned().unwrap_or(J::Null)))
+                .collect();
+            entry["facts"] = J::Object(chosen);
+            out.push(Value::from(minijinja::value::Serde(entry)));
+        }
+        Ok(Value::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, role: &str, env: &str, facts: J) -> FleetNode {
+        FleetNode {
+            name: name.into(),
+            role: role.into(),
+            environment: env.into(),
+            facts,
+        }
+    }
+
+    #[test]
+    fn snapshot_sorts_and_refuses_bad_entries() {
+        let s = FleetSnapshot::new(
+            3,
+            vec![
+                node("db2.example.com", "db", "production", serde_json::json!({})),
+                node("db1.example.com", "db", "production", serde_json::json!({})),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.nodes[0].name, "db1.example.com");
+        let twice = vec![
+            node("db1.example.com", "db", "production", serde_json::json!({})),
+            node("db1.example.com", "db", "production", serde_json::json!({})),
+        ];
+        let e = FleetSnapshot::new(1, twice).unwrap_err();
+        assert!(e.message().contains("listed twice"), "{e}");
+        let bad = vec![node("DB1", "db", "production", serde_json::json!({}))];
+        assert!(FleetSnapshot::new(1, bad).is_err());
+        let bad = vec![node("db1", "db", "production", serde_json::json!([1]))];
+        assert!(FleetSnapshot::new(1, bad).is_err());
+    }
+
+    #[test]
+    fn fact_paths() {
+        assert!(valid_fact_path("networking.ip"));
+        assert!(valid_fact_path("os.release.major"));
+        for bad in ["", ".", "a..b", "a.", "a b", "a/b", "{{x}}"] {
+            assert!(!valid_fact_path(bad), "{bad}");
+        }
+        let f = serde_json::json!({"networking": {"ip": "10.0.0.1"}});
+        assert_eq!(fact_at(&f, "networking.ip"), Some(&J::from("10.0.0.1")));
+        assert_eq!(fact_at(&f, "networking.nope"), None);
+    }
+}

@@ -1,0 +1,348 @@
+//! Events: what happened on the fleet that a person may want to hear about
+//! (a node's run failed or recovered, a node went stale, a CSR waits, a
+//! certificate is about to expire, code was promoted or failed to load, a
+//! command was refused, a release started, moved on, failed on a host,
+//! finished or was aborted).
+//!
+//! - [`Event`]: one event, the JSON shape of docs/json.md ("Events").
+//! - [`Events`]: the master's bus, held in `MasterState::events`. [`Events::emit`]
+//!   never blocks and never fails: it stamps the event, keeps it in a
+//!   bounded ring of recent events ([`Events::recent`], for the HTTP API and
+//!   the dashboard), broadcasts it to live subscribers ([`Events::subscribe`],
+//!   for server-sent events), and hands it to each configured sink's bounded
+//!   queue (`sinks`: webhook, email, exec), dropping and counting it when a
+//!   queue is full. A slow or dead sink therefore never delays a run, a CSR
+//!   or a deploy.
+//! - [`deploys`]: the release logs of `troupe deploy`, stored under
+//!   `DATA/deploys/`.
+//!
+//! Events are emitted where they happen: report intake
+//! (`catalog_service`), the CA service (CSR pending), the code poller and
+//! the admin socket (code), orchestration (refusals, deploy records), and a
+//! scan task (`scan`: stale nodes, expiring certificates).
+
+pub mod config;
+pub mod deploys;
+pub mod scan;
+pub mod sinks;
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::broadcast;
+
+/// How many recent events the master keeps in memory.
+pub const RECENT_EVENTS: usize = 1000;
+/// Live subscribers that fall this far behind lose the oldest events
+/// (they see `RecvError::Lagged`).
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// What happened. The JSON name is the snake_case of the variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A node's run reported failures (its previous run had none, or it is
+    /// its first report).
+    RunFailed,
+    /// A node's run succeeded after a failed one.
+    RunRecovered,
+    /// A node missed its check-ins (3 run intervals).
+    NodeStale,
+    /// A certificate request waits for an operator (`troupe ca sign`).
+    CsrPending,
+    /// A host certificate expires within `events.cert_expiry_days`.
+    CertExpiring,
+    /// Staged code was promoted in a held environment (`troupe env promote`).
+    CodePromoted,
+    /// The module tree failed to load (the previous code keeps serving).
+    CodeLoadFailed,
+    /// A signed command was refused (by an agent's policy, or by the
+    /// master: unknown signer, bad signature, ...).
+    CommandRefused,
+    /// `troupe deploy` started a release.
+    DeployStarted,
+    /// A release started a package.
+    DeployPackageStarted,
+    /// One step of a release on one host (not sent to sinks unless a sink
+    /// names it: there are many).
+    DeployStep,
+    /// A host failed in a release.
+    DeployHostFailed,
+    /// A release finished a package.
+    DeployPackageDone,
+    /// A release ran to its end.
+    DeployFinished,
+    /// A release stopped before its end.
+    DeployAborted,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 15] = [
+        EventKind::RunFailed,
+        EventKind::RunRecovered,
+        EventKind::NodeStale,
+        EventKind::CsrPending,
+        EventKind::CertExpiring,
+        EventKind::CodePromoted,
+        EventKind::CodeLoadFailed,
+        EventKind::CommandRefused,
+        EventKind::DeployStarted,
+        EventKind::DeployPackageStarted,
+        EventKind::DeployStep,
+        EventKind::DeployHostFailed,
+        EventKind::DeployPackageDone,
+        EventKind::DeployFinished,
+        EventKind::DeployAborted,
+    ];
+
+    /// The snake_case name (`run_failed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunFailed => "run_failed",
+            EventKind::RunRecovered => "run_recovered",
+            EventKind::NodeStale => "node_stale",
+            EventKind::CsrPending => "csr_pending",
+            EventKind::CertExpiring => "cert_expiring",
+            EventKind::CodePromoted => "code_promoted",
+            EventKind::CodeLoadFailed => "code_load_failed",
+            EventKind::CommandRefused => "command_refused",
+            EventKind::DeployStarted => "deploy_started",
+            EventKind::DeployPackageStarted => "deploy_package_started",
+            EventKind::DeployStep => "deploy_step",
+            EventKind::DeployHostFailed => "deploy_host_failed",
+            EventKind::DeployPackageDone => "deploy_package_done",
+            EventKind::DeployFinished => "deploy_finished",
+            EventKind::DeployAborted => "deploy_aborted",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether an event of this kind is bad news (chat sinks mark it).
+    pub fn is_bad(self) -> bool {
+        matches!(
+            self,
+            EventKind::RunFailed
+                | EventKind::NodeStale
+                | EventKind::CertExpiring
+                | EventKind::CodeLoadFailed
+                | EventKind::CommandRefused
+                | EventKind::DeployHostFailed
+                | EventKind::DeployAborted
+        )
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event (docs/json.md, "Events").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in this master's event sequence (from 1, restarts with
+    /// the master; 0 until emitted).
+    #[serde(default)]
+    pub seq: u64,
+    pub kind: EventKind,
+    /// When it happened, RFC 3339 in UTC.
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// A release id (`troupe deploy log ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// One human line, e.g. "web1: run failed (2 resources failed)".
+    pub text: String,
+    /// Details by kind (docs/json.md); an object, `{}` when none.
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// An event of `kind` saying `text`, now.
+    pub fn new(kind: EventKind, text: impl Into<String>) -> Event {
+        Event {
+            seq: 0,
+            kind,
+            time: now_rfc3339(),
+            node: None,
+            release: None,
+            environment: None,
+            text: text.into(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    pub fn node(mut self, node: impl Into<String>) -> Event {
+        self.node = Some(node.into());
+        self
+    }
+
+    pub fn release(mut self, id: impl Into<String>) -> Event {
+        self.release = Some(id.into());
+        self
+    }
+
+    pub fn environment(mut self, env: impl Into<String>) -> Event {
+        self.environment = Some(env.into());
+        self
+    }
+
+    pub fn data(mut self, data: serde_json::Value) -> Event {
+        self.data = data;
+        self
+    }
+}
+
+/// Now, RFC 3339 in UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Which recent events to list ([`Events::recent`]).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<EventKind>,
+    pub node: Option<String>,
+    pub release: Option<String>,
+    /// Only events with a larger `seq`.
+    pub since: Option<u64>,
+    /// At most this many, the newest (0: no limit).
+    pub limit: usize,
+}
+
+/// The master's event bus (see the module documentation).
+pub struct Events {
+    seq: AtomicU64,
+    recent: Mutex<VecDeque<Event>>,
+    live: broadcast::Sender<Event>,
+    sinks: sinks::Sinks,
+    /// The release logs (`DATA/deploys/`).
+    pub deploys: deploys::DeployStore,
+}
+
+impl Events {
+    /// A bus with no sinks (tests, or no `[events]` in master.toml),
+    /// keeping release logs under `data_dir/deploys/`.
+    pub fn new(data_dir: &std::path::Path) -> Events {
+        Events::with_sinks(data_dir, sinks::Sinks::none())
+    }
+
+    /// A bus that hands every event to `sinks`.
+    pub fn with_sinks(data_dir: &std::path::Path, sinks: sinks::Sinks) -> Events {
+        Events {
+            seq: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+            live: broadcast::channel(BROADCAST_CAPACITY).0,
+            sinks,
+            deploys: deploys::DeployStore::new(data_dir.join(deploys::DEPLOYS_DIR)),
+        }
+    }
+
+    /// Publishes an event: numbered, kept in the recent ring, broadcast,
+    /// queued for each sink whose filter takes it. Never blocks.
+    pub fn emit(&self, mut event: Event) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            event.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        tracing::info!(kind = %event.kind, seq = event.seq, "event: {}", event.text);
+        // No subscriber is not an error.
+        let _ = self.live.send(event.clone());
+        self.sinks.offer(&event, &self.deploys);
+    }
+
+    /// Live events from now on. A subscriber that falls behind by more
+    /// than 1024 events gets `Lagged` and then the newer ones.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// Recent events matching `q`, oldest first.
+    pub fn recent(&self, q: &EventQuery) -> Vec<Event> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Event> = recent
+            .iter()
+            .filter(|e| q.kinds.is_empty() || q.kinds.contains(&e.kind))
+            .filter(|e| q.node.is_none() || e.node == q.node)
+            .filter(|e| q.release.is_none() || e.release == q.release)
+            .filter(|e| q.since.is_none_or(|s| e.seq > s))
+            .cloned()
+            .collect();
+        if q.limit > 0 && out.len() > q.limit {
+            out.drain(..out.len() - q.limit);
+        }
+        out
+    }
+
+    /// The configured sinks (their names and counters).
+    pub fn sinks(&self) -> &sinks::Sinks {
+        &self.sinks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_by_name() {
+        for k in EventKind::ALL {
+            let j = serde_json::to_string(&k).unwrap();
+            assert_eq!(j, format!("\"{}\"", k.as_str()));
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("run-failed"), None);
+    }
+
+    #[tokio::test]
+    async fn the_bus_numbers_keeps_and_broadcasts() {
+        let d = tempfile::tempdir().unwrap();
+        let bus = Events::new(d.path());
+        let mut rx = bus.subscribe();
+        for i in 0..(RECENT_EVENTS + 5) {
+            bus.emit(Event::new(EventKind::RunFailed, format!("n{i}")).node(format!("n{i}")));
+        }
+        bus.emit(Event::new(EventKind::NodeStale, "late").node("x"));
+        let got = rx.recv().await.unwrap();
+        assert_eq!((got.seq, got.text.as_str()), (1, "n0"));
+        let all = bus.recent(&EventQuery::default());
+        assert_eq!(all.len(), RECENT_EVENTS);
+        assert_eq!(all.last().unwrap().seq, RECENT_EVENTS as u64 + 6);
+        let stale = bus.recent(&EventQuery {
+            kinds: vec![EventKind::NodeStale],
+            ..Default::default()
+        });
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].node.as_deref(), Some("x"));
+        let last2 = bus.recent(&EventQuery {
+            limit: 2,
+            ..Default::default()
+        });
+        assert_eq!(last2.len(), 2);
+        assert_eq!(last2[1].text, "late");
+        let since = bus.recent(&EventQuery {
+            since: Some(RECENT_EVENTS as u64 + 4),
+            ..Default::default()
+        });
+        assert_eq!(since.len(), 2);
+        let j = serde_json::to_value(&stale[0]).unwrap();
+        assert_eq!(j["kind"], "node_stale");
+        assert!(j.get("release").is_none());
+        assert!(j["time"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,2 @@
+//! The periodic scan for events no request causes: stale nodes, expiring
+//! certificates.
