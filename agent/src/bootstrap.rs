@@ -643,6 +643,10 @@ async fn wait_for_operator(
     let started = Instant::now();
     let max: Duration = args.poll_max.into();
     let mut delay: Duration = Duration::from(args.poll_initial).min(max);
+    let waiting = crate::waiting::Waiting::start(format!(
+        "waiting for an operator to sign {} (`troupe ca sign {}` on the master)",
+        args.name, args.name
+    ));
     loop {
         if let Some(w) = args.wait
             && started.elapsed() + delay > Duration::from(w)
@@ -665,17 +669,19 @@ async fn wait_for_operator(
         {
             Ok(r) => r.into_inner(),
             Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
-                tracing::warn!(
-                    "polling the master failed ({}); retrying",
-                    status_message(&s)
-                );
+                waiting.suspend(|| {
+                    tracing::warn!(
+                        "polling the master failed ({}); retrying",
+                        status_message(&s)
+                    )
+                });
                 continue;
             }
             Err(s) => bail!("polling the master: {}", status_message(&s)),
         };
         match State::try_from(resp.state) {
             Ok(State::Signed) => return Ok(resp),
-            Ok(State::Pending) => tracing::info!("still pending"),
+            Ok(State::Pending) => waiting.still(),
             Ok(State::Rejected) => {
                 *held = false;
                 bail!(

@@ -30,5 +30,6 @@ pub mod run;
 pub mod server_list;
 pub mod source;
 pub mod state;
+pub mod waiting;
 /// The owner/mode rule for files that grant trust (in troupe-command).
 pub use troupe_command::trust;

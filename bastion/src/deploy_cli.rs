@@ -20,7 +20,16 @@
 //! first and production second: `--environment dr`, then
 //! `--environment production` (each agent declares its environment and
 //! checks it again).
+//!
+//! Before anything runs, the plan (title, packages in order with their
+//! versions, the hosts of each batch) is printed and `yes` must be typed
+//! on the terminal (`--yes` for CI; no terminal and no `--yes`: refused).
+//! Each release gets an id ([`crate::deploy_record`]); its records (the
+//! plan, every step on every host with its result and timing, failures,
+//! the end) are signed and sent to the master, which keeps the log
+//! (`troupe deploy log ID` on the master) and raises events from it.
 
+use crate::deploy_record::{DeployRecord, now_rfc3339};
 use crate::release::{self, HostOutcome, Next, PlanOptions, Release, Step};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -31,7 +40,6 @@ use troupe_command::{Signer, TargetFilter};
 
 /// Options of `troupe deploy`.
 #[derive(clap::Args, Debug)]
-#[command(after_long_help = RELEASE_EXAMPLE)]
 pub struct DeployArgs {
     /// The release manifest (title, ordered packages and versions; see the
     /// example below). Checked before anything is signed or sent: unknown
@@ -56,6 +64,11 @@ pub struct DeployArgs {
     /// Show the plan; run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Go ahead without asking (CI, scripts). Without it, the plan is
+    /// shown and `yes` must be typed on the terminal; with no terminal,
+    /// the deploy is refused.
+    #[arg(long)]
+    pub yes: bool,
     /// Print events as they happen, one JSON object a line (NDJSON):
     /// `{"event":"matched"|"plan"|"batch"|"step_failed"|"host_ok"|"done",...}`
     /// (fields in docs/json.md).
@@ -127,7 +140,8 @@ fn undo_command(fleet: &crate::run_cli::FleetArgs, host: &str, action: &str, arg
     c
 }
 
-const RELEASE_EXAMPLE: &str = "\
+/// `troupe deploy --help`'s closing text (the manifest, exit statuses).
+pub const RELEASE_EXAMPLE: &str = "\
 RELEASE.toml:
   title = \"nginx 1.24.0 with openssl 3.0.11\"
   [lb]                        # optional: drain/restore in HAProxy
@@ -152,6 +166,11 @@ Exit status:
       was left with, and the `troupe run` commands that undo it; or no
       host matched
   64  malformed command line
+
+The plan is printed first and `yes` must be typed (--yes in CI; without a
+terminal and without --yes the deploy is refused). Each release gets an id;
+its full log is kept on the master: `troupe deploy log ID` there
+(`troupe deploy log --list` for every release).
 
 Example:
   troupe deploy RELEASE.toml --environment dr --role web --batch 2 --dry-run \\
@@ -205,12 +224,23 @@ pub fn run(args: DeployArgs) -> Result<u8> {
         .with_context(|| format!("reading {}", args.release.display()))?;
     let rel = Release::from_toml(&text).with_context(|| format!("{}", args.release.display()))?;
     let target = args.fleet.target()?;
-    let mut signer = args.fleet.signer.open()?;
+    use std::io::IsTerminal;
+    if !args.dry_run && !args.yes && !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "not deploying without a confirmation: there is no terminal to ask on; give --yes \
+             to deploy without asking (CI), or --dry-run to see the plan"
+        );
+    }
+    let mut signer_box = args.fleet.signer.open()?;
+    let signer: &mut dyn Signer = &mut *signer_box;
+    let mut recorder_owned = crate::deploy_record::Recorder::new();
+    let recorder = &mut recorder_owned;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let args = &args;
+    let result = rt.block_on(async move {
         let channel = args.fleet.connect().await?;
         let progress = crate::progress::Progress::new(!args.json);
         progress.status("discovering the matching hosts".into());
@@ -253,6 +283,18 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                 failure_threshold: args.max_failures,
             },
         )?;
+        let planned: Vec<crate::deploy_record::PlannedPackage> = plan
+            .phases
+            .iter()
+            .map(|p| crate::deploy_record::PlannedPackage {
+                name: p.package.clone(),
+                version: p.version.clone(),
+                batches: p.batches.clone(),
+            })
+            .collect();
+        if !json {
+            print_plan(&mut out, &rel.title, &planned)?;
+        }
         if args.dry_run && json {
             for (i, p) in plan.phases.iter().enumerate() {
                 let steps = p
@@ -284,6 +326,34 @@ pub fn run(args: DeployArgs) -> Result<u8> {
             progress.finish();
             return Ok(0);
         }
+        if json {
+            for p in &planned {
+                event(&mut out, serde_json::json!({
+                    "event": "plan", "package": p.name, "version": p.version,
+                    "batches": p.batches,
+                }))?;
+            }
+        }
+        if !args.yes {
+            confirm(&progress, &rel.title, &planned)?;
+        }
+        recorder.connect(channel.clone());
+        if json {
+            event(&mut out, serde_json::json!({"event": "release", "id": recorder.id}))?;
+        } else {
+            writeln!(out, "release id: {} (its log: `troupe deploy log {}` on the master)", recorder.id, recorder.id)?;
+        }
+        recorder
+            .send(&mut *signer, DeployRecord::Started {
+                title: rel.title.clone(),
+                environment: args.fleet.environment.clone(),
+                packages: planned.clone(),
+                not_connected: found.no_answer.clone(),
+                time: now_rfc3339(),
+            })
+            .await;
+        let mut current: Option<usize> = None;
+        let (mut phase_ok, mut phase_failed) = (Vec::<String>::new(), Vec::<String>::new());
         let timeout = Duration::from(args.step_timeout);
         let ttl = troupe_command::envelope::MAX_TTL_SECS;
         let mut rollout = plan.rollout();
@@ -294,6 +364,29 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     progress.finish();
                     let stopped = matches!(next, Next::Stopped { .. });
                     let failures = rollout.failures();
+                    if let Some(prev) = current.take() {
+                        let p = &plan.phases[prev];
+                        recorder.send(&mut *signer, DeployRecord::PackageDone {
+                            package: p.package.clone(), version: p.version.clone(),
+                            ok: std::mem::take(&mut phase_ok), failed: std::mem::take(&mut phase_failed),
+                            time: now_rfc3339(),
+                        }).await;
+                    }
+                    let end = if stopped {
+                        DeployRecord::Aborted {
+                            reason: format!(
+                                "stopped: {} host(s) failed, more than --max-failures {} allows",
+                                failures.len(), args.max_failures
+                            ),
+                            completed: rollout.completed(), failed_hosts: failures.len(), time: now_rfc3339(),
+                        }
+                    } else {
+                        DeployRecord::Finished {
+                            status: if failures.is_empty() { "complete" } else { "failed" }.into(),
+                            completed: rollout.completed(), failed_hosts: failures.len(), time: now_rfc3339(),
+                        }
+                    };
+                    recorder.send(&mut *signer, end).await;
                     let mut listed = Vec::new();
                     for f in &failures {
                         let steps = plan
@@ -361,6 +454,21 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                 }
                 Next::Batch { phase, hosts } => {
                     let pkg = &plan.phases[phase];
+                    if current != Some(phase) {
+                        if let Some(prev) = current {
+                            let p = &plan.phases[prev];
+                            recorder.send(&mut *signer, DeployRecord::PackageDone {
+                                package: p.package.clone(), version: p.version.clone(),
+                                ok: std::mem::take(&mut phase_ok), failed: std::mem::take(&mut phase_failed),
+                                time: now_rfc3339(),
+                            }).await;
+                        }
+                        current = Some(phase);
+                        recorder.send(&mut *signer, DeployRecord::PackageStarted {
+                            package: pkg.package.clone(), version: pkg.version.clone(),
+                            hosts: pkg.batches.iter().map(Vec::len).sum(), time: now_rfc3339(),
+                        }).await;
+                    }
                     let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
                     if json {
                         event(&mut out, serde_json::json!({
@@ -415,13 +523,19 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                                 let ch = channel.clone();
                                 let (host, step) = (host.clone(), step.clone());
                                 set.spawn(async move {
+                                    let started = now_rfc3339();
+                                    let t0 = std::time::Instant::now();
                                     let r = run_step(ch, wire, step_timeout, &host).await;
-                                    (host, step, r)
+                                    (host, step, r, started, t0.elapsed())
                                 });
                             }
                             let mut again = Vec::new();
                             while let Some(j) = set.join_next().await {
-                                let (host, step, r) = j?;
+                                let (host, step, r, started, took) = j?;
+                                let code = match &r {
+                                    Err(_) => "error".to_string(),
+                                    Ok(x) => x.status.clone(),
+                                };
                                 let error = match r {
                                     Err(e) => Some(e),
                                     Ok(r) if r.status != "ok" => Some(format!("{}: {}", r.status, r.message)),
@@ -434,6 +548,17 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                                         _ => None,
                                     },
                                 };
+                                recorder.send(&mut *signer, DeployRecord::Step {
+                                    host: host.clone(), package: pkg.package.clone(), step: describe(&step),
+                                    attempt,
+                                    result: match (&error, code.as_str()) {
+                                        (None, _) => "ok".into(),
+                                        (Some(_), "ok") => "failed".into(),
+                                        (Some(_), c) => c.to_string(),
+                                    },
+                                    message: error.clone().unwrap_or_default(),
+                                    started, duration_ms: took.as_millis() as u64,
+                                }).await;
                                 let Some(error) = error else { continue };
                                 if json {
                                     event(&mut out, serde_json::json!({
@@ -462,6 +587,18 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                                     if !json {
                                         writeln!(out, "  {host}: FAILED at {}: {error}", describe(&step))?;
                                     }
+                                    let (left, undo) = hosts
+                                        .iter()
+                                        .find(|h| h.host == host)
+                                        .map(|h| left_behind(&h.steps, i))
+                                        .unwrap_or_default();
+                                    recorder.send(&mut *signer, DeployRecord::HostFailed {
+                                        host: host.clone(), package: pkg.package.clone(), step: describe(&step),
+                                        error: error.clone(), left,
+                                        undo: undo.iter().map(|(a, arg)| undo_command(&args.fleet, &host, a, arg)).collect(),
+                                        time: now_rfc3339(),
+                                    }).await;
+                                    phase_failed.push(host.clone());
                                     outcomes.insert(host, HostOutcome::Failed { step: i, error });
                                 }
                             }
@@ -482,6 +619,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                             } else {
                                 writeln!(out, "  {}: ok", hs.host)?;
                             }
+                            phase_ok.push(hs.host.clone());
                             outcomes.insert(hs.host.clone(), HostOutcome::Ok);
                         }
                     }
@@ -492,7 +630,76 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                 }
             }
         }
-    })
+    });
+    // An error after the release started (the master gone, a signing
+    // failure): its log ends with `aborted`.
+    if let Err(e) = &result
+        && recorder_owned.open()
+    {
+        let reason = format!("error: {}", troupe_base::cli::one_line(e));
+        rt.block_on(recorder_owned.send(
+            &mut *signer_box,
+            DeployRecord::Aborted {
+                reason,
+                completed: 0,
+                failed_hosts: 0,
+                time: now_rfc3339(),
+            },
+        ));
+    }
+    result
+}
+
+/// The plan: title, packages in order with their versions, the hosts of
+/// each batch.
+fn print_plan(
+    out: &mut dyn Write,
+    title: &str,
+    packages: &[crate::deploy_record::PlannedPackage],
+) -> Result<()> {
+    writeln!(out, "plan for release {title:?}:")?;
+    for (i, p) in packages.iter().enumerate() {
+        writeln!(out, "  {}. {} {}", i + 1, p.name, p.version)?;
+        for (b, hosts) in p.batches.iter().enumerate() {
+            writeln!(out, "       batch {}: {}", b + 1, hosts.join(" "))?;
+        }
+    }
+    Ok(())
+}
+
+/// Asks for `yes` on the terminal; anything else stops the release before
+/// anything is sent.
+fn confirm(
+    progress: &crate::progress::Progress,
+    title: &str,
+    packages: &[crate::deploy_record::PlannedPackage],
+) -> Result<()> {
+    let mut hosts: Vec<&String> = packages
+        .iter()
+        .flat_map(|p| p.batches.iter().flatten())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    let answer = progress.suspend(|| -> std::io::Result<String> {
+        let mut err = std::io::stderr();
+        write!(
+            err,
+            "Deploy {title:?}: {} package(s) to {} host(s)? Type yes to go on: ",
+            packages.len(),
+            hosts.len()
+        )?;
+        err.flush()?;
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line)
+    })?;
+    if answer.trim() != "yes" {
+        anyhow::bail!(
+            "not confirmed (the answer was {:?}, not yes): nothing was run",
+            answer.trim()
+        );
+    }
+    Ok(())
 }
 
 fn describe(s: &Step) -> String {

@@ -161,6 +161,97 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// Sends a release's records to the master, in order, each signed.
+/// Never fails the release: a record the master does not take is reported
+/// once on stderr and the release goes on (its log on the master then has
+/// a gap, or is missing when even `started` was not stored).
+pub struct Recorder {
+    channel: Option<tonic::transport::Channel>,
+    /// The release id.
+    pub id: String,
+    seq: u64,
+    ended: bool,
+    warned: bool,
+}
+
+impl Recorder {
+    /// A recorder for a new release id (nothing sent until [`Self::connect`]).
+    pub fn new() -> Recorder {
+        Recorder {
+            channel: None,
+            id: new_release_id(),
+            seq: 0,
+            ended: false,
+            warned: false,
+        }
+    }
+
+    /// Records go over `channel` from now on.
+    pub fn connect(&mut self, channel: tonic::transport::Channel) {
+        self.channel = Some(channel);
+    }
+
+    /// Whether `started` was sent and no end yet.
+    pub fn open(&self) -> bool {
+        self.seq > 0 && !self.ended
+    }
+
+    /// Signs and sends one record (at most 10 s).
+    pub async fn send(&mut self, signer: &mut dyn troupe_command::Signer, record: DeployRecord) {
+        let Some(channel) = self.channel.clone() else {
+            return;
+        };
+        if self.ended {
+            return;
+        }
+        self.ended = record.is_end();
+        let seq = self.seq;
+        self.seq += 1;
+        let r = async {
+            let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+            let sig = signer
+                .sign(&signing_bytes(&self.id, seq, &json))
+                .map_err(|e| format!("signing: {e}"))?;
+            let req = troupe_proto::v1::DeployRecordRequest {
+                release: self.id.clone(),
+                seq,
+                record_json: json,
+                key_id: signer.key_id().to_string(),
+                signature: sig.to_bytes().to_vec(),
+            };
+            let mut client =
+                troupe_proto::v1::orchestration_client::OrchestrationClient::new(channel);
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                client.record_deploy(req),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(s)) => Err(troupe_identity::status_message(&s)),
+                Err(_) => Err("no answer within 10 s".to_string()),
+            }
+        }
+        .await;
+        if let Err(e) = r
+            && !self.warned
+        {
+            self.warned = true;
+            eprintln!(
+                "troupe: warning: the master did not store the release log ({} record of release {}): {e}; the release goes on",
+                record.name(),
+                self.id
+            );
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

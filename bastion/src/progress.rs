@@ -23,7 +23,8 @@ impl Progress {
         Progress(Some(bar))
     }
 
-    /// Counting answers: `answered N/M` with a bar.
+    /// Counting answers: `WHAT answered N/M` with a bar (an empty `what`
+    /// keeps the one set before).
     pub fn count(&self, total: u64, what: &str) {
         if let Some(b) = &self.0 {
             b.set_length(total);
@@ -33,7 +34,9 @@ impl Progress {
             ) {
                 b.set_style(style.progress_chars("=> "));
             }
-            b.set_message(what.to_string());
+            if !what.is_empty() {
+                b.set_message(what.to_string());
+            }
         }
     }
 

@@ -546,6 +546,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             let wire = sign(&mut *signer, &args.action, &cmd_args, target, args.ttl)?;
             let json = args.json;
             let progress = Progress::new(!json);
+            // Names the action on the bar; the count comes with the targets.
+            progress.count(0, &args.action);
             let (matched, summary) = submit_progress(channel, wire, timeout, false, &progress, |r| {
                 print_result(&mut std::io::stdout(), r, json);
                 if r.status == "ok" {

@@ -292,6 +292,7 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
             Some(c) => {
                 let v = c.promote_expecting(env, expect.as_deref())?;
                 tracing::info!(env = %env, version = %v, "promoted staged code");
+                crate::events::hooks::code_promoted(state, env, &v);
                 Ok(json!({"env": env, "version": v}))
             }
             None => Err(error_code::error(

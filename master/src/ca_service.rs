@@ -105,6 +105,7 @@ impl Ca for CaService {
         req: Request<SubmitCsrRequest>,
     ) -> Result<Response<CertificateStatus>, Status> {
         let src = source(&req);
+        let src_text = src.clone();
         let r = req.into_inner();
         let ca = self.state.ca.clone();
         let name = r.name.clone();
@@ -113,13 +114,16 @@ impl Ca for CaService {
             SubmitOutcome::Signed(c) => {
                 status(State::Signed, c.pem, "signed with the pre-shared key")
             }
-            SubmitOutcome::Pending => status(
-                State::Pending,
-                String::new(),
-                format!(
-                    "no pre-shared key: the request waits for an operator to run `troupe ca sign {name}` on the master"
-                ),
-            ),
+            SubmitOutcome::Pending => {
+                crate::events::hooks::csr_pending(&self.state, &name, &src_text);
+                status(
+                    State::Pending,
+                    String::new(),
+                    format!(
+                        "no pre-shared key: the request waits for an operator to run `troupe ca sign {name}` on the master"
+                    ),
+                )
+            }
         }))
     }
 

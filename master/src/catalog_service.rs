@@ -341,7 +341,12 @@ impl Reports for CatalogService {
             }
             let node = peer.name.clone();
             let stored = tokio::task::spawn_blocking(move || {
-                st.store.add_report(&node, &report, unix_now())
+                let before = crate::events::hooks::last_run_failed(&st, &node);
+                let stored = st.store.add_report(&node, &report, unix_now());
+                if let Ok(true) = stored {
+                    crate::events::hooks::report_stored(&st, &node, before, &report);
+                }
+                stored
             })
             .await
             .map_err(|_| Status::internal("the report task failed"))?

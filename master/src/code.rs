@@ -406,6 +406,39 @@ mod tests {
         assert!(again.contains("nothing is staged"), "{again}");
     }
 
+    /// Issue 19 item 4: a promotion confirmed for one staged version is
+    /// refused when other code was staged since; staged_tree is what
+    /// promote would serve.
+    #[test]
+    fn promote_refuses_code_staged_after_the_confirmation() {
+        let d = tempfile::tempdir().unwrap();
+        tree(d.path());
+        let m = CodeManager::new(d.path().into(), ["production".to_string()]);
+        assert!(m.staged_tree("production").is_none());
+        let p = d.path().join("environments/production/profiles/motd.toml");
+        write_env(d.path(), "production", "prod v2");
+        touch_later(&p);
+        assert!(matches!(m.reload_if_changed(), Reload::Swapped(_)));
+        let shown = m.status().staged["production"].clone();
+        let staged = m.staged_tree("production").unwrap();
+        assert_eq!(staged.env_code_version("production").unwrap(), shown);
+        // Newer code is staged before the operator says yes.
+        write_env(d.path(), "production", "prod v3");
+        let f = fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(10))
+            .unwrap();
+        assert!(matches!(m.reload_if_changed(), Reload::Swapped(_)));
+        let e = m
+            .promote_expecting("production", Some(&shown))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("changed since it was shown"), "{e}");
+        assert_eq!(motd(&m, "production"), "prod v1\n", "nothing promoted");
+        let now = m.status().staged["production"].clone();
+        assert_eq!(m.promote_expecting("production", Some(&now)).unwrap(), now);
+        assert_eq!(motd(&m, "production"), "prod v3\n");
+    }
+
     #[test]
     fn a_missing_tree_refuses_catalogs_with_the_reason() {
         let d = tempfile::tempdir().unwrap();

@@ -41,6 +41,7 @@ pub const KEYS: &[&str] = &[
     "ca_audit_max_bytes",
     "ca_audit_keep",
     "ca_audit_refusal_window",
+    "events",
 ];
 
 /// A duration in the file: `"30m"` (humantime) or whole seconds.
@@ -207,6 +208,11 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
         )
         .map_err(e)?
         .0;
+    // A table (sinks, filters), in the file only (see crate::events::config).
+    args.events = f.resolve("events", Given::No, args.events).map_err(e)?;
+    args.events
+        .check()
+        .map_err(|m| anyhow!("config file {}: {m}", f.path().display()))?;
     if args.ca_audit_max_bytes < 4096 {
         anyhow::bail!("ca_audit_max_bytes: must be at least 4096");
     }

@@ -128,6 +128,10 @@ pub struct Args {
     /// `0s` writes every refusal.
     #[arg(long, default_value = "60s")]
     pub ca_audit_refusal_window: humantime::Duration,
+    /// The `[events]` table of master.toml (sinks: webhook, email, exec;
+    /// see crate::events::config). File only.
+    #[arg(skip)]
+    pub events: crate::events::config::EventsConfig,
 }
 
 /// `--listen`: an IP and a port (a usage error otherwise, with an example).
@@ -292,6 +296,9 @@ async fn serve(args: Args) -> Result<()> {
         .compile_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let sinks = crate::events::sinks::Sinks::start(&args.events, &args.data, metrics.clone())
+        .map_err(|e| anyhow::anyhow!("events: {e}"))?;
     let state = Arc::new(MasterState {
         data_dir: args.data.clone(),
         modules: args.modules.clone(),
@@ -299,7 +306,7 @@ async fn serve(args: Args) -> Result<()> {
         tls: tls.clone(),
         code,
         store: Arc::new(store),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
+        metrics,
         catalogs: crate::catalog_cache::CatalogCache::new(args.catalog_cache_bytes),
         compile_slots: tokio::sync::Semaphore::new(threads),
         secrets,
@@ -307,13 +314,14 @@ async fn serve(args: Args) -> Result<()> {
         run_interval_secs: args.run_interval.as_secs().max(1),
         access_audit: std::sync::Mutex::new(access_audit),
         identities: tokio::sync::watch::channel(0).0,
-        events: Arc::new(crate::events::Events::new(&args.data)),
+        events: Arc::new(crate::events::Events::with_sinks(&args.data, sinks)),
     });
     let admin = crate::admin::serve(state.clone()).await?;
 
     // Pick up module changes without a restart.
     let code_task = state.code.clone().map(|code| {
         let metrics = state.metrics.clone();
+        let ev_state = state.clone();
         let poll = args.code_poll.as_secs_f64().max(0.2);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(poll));
@@ -326,6 +334,7 @@ async fn serve(args: Args) -> Result<()> {
                     }
                     Ok(crate::code::Reload::Failed(e)) => {
                         metrics.code_load_failures.inc();
+                        crate::events::hooks::code_load_failed(&ev_state, &e.to_string(), code.status().live_version.as_deref());
                         if code.status().live_version.is_some() {
                             tracing::error!("the changed module tree does not load; the previous one keeps serving: {e}")
                         } else {
@@ -337,6 +346,11 @@ async fn serve(args: Args) -> Result<()> {
             }
         })
     });
+    let scan_task = crate::events::scan::spawn(
+        state.clone(),
+        args.events.scan_interval.0,
+        args.events.cert_expiry_days,
+    );
     // Write check-ins in batches (one transaction a second).
     let flush_state = state.clone();
     let flush_task = tokio::spawn(async move {
@@ -441,6 +455,7 @@ async fn serve(args: Args) -> Result<()> {
     };
     admin.abort();
     crl_task.abort();
+    scan_task.abort();
     flush_task.abort();
     if let Some(t) = code_task {
         t.abort();

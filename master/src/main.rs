@@ -67,13 +67,27 @@ enum Cmd {
     Run(troupe_bastion::run_cli::RunArgs),
     /// Roll a release (RELEASE.toml) out host by host or batch by batch,
     /// stopping at the first failure.
-    Deploy(troupe_bastion::deploy_cli::DeployArgs),
+    Deploy(DeployCli),
     /// Write shell completions and man pages into DIR (for packaging).
     #[command(hide = true)]
     PackageAssets {
         /// Output directory.
         dir: std::path::PathBuf,
     },
+}
+
+/// `troupe deploy RELEASE.toml ...`, or `troupe deploy log ...`.
+#[derive(clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_long_help = troupe_bastion::deploy_cli::RELEASE_EXAMPLE
+)]
+struct DeployCli {
+    #[command(subcommand)]
+    sub: Option<troupe_master::events::cli::DeploySub>,
+    #[command(flatten)]
+    run: Option<troupe_bastion::deploy_cli::DeployArgs>,
 }
 
 /// Exit status of a command line that does not parse (sysexits' EX_USAGE),
@@ -151,7 +165,13 @@ fn main() -> ExitCode {
         Cmd::Key(args) => troupe_bastion::cli::run_key(&args, &mut std::io::stdout()).map(|()| 0),
         Cmd::Run(args) => troupe_bastion::run_cli::run(args),
         Cmd::Signers(cmd) => troupe_master::signers_cli::run(cmd),
-        Cmd::Deploy(args) => troupe_bastion::deploy_cli::run(args),
+        Cmd::Deploy(DeployCli { sub: Some(sub), .. }) => troupe_master::events::cli::run(sub),
+        Cmd::Deploy(DeployCli {
+            run: Some(args), ..
+        }) => troupe_bastion::deploy_cli::run(args),
+        Cmd::Deploy(_) => Err(anyhow::anyhow!(
+            "give a release file (troupe deploy RELEASE.toml ...) or `troupe deploy log`"
+        )),
         Cmd::PackageAssets { dir } => package_assets(&dir),
         Cmd::Audit(args) => {
             troupe_bastion::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)

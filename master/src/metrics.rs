@@ -19,6 +19,27 @@ pub struct RequestLabels {
     pub outcome: String,
 }
 
+/// Labels of the event counters: the event kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Labels of the event sink counters: the sink's name and what became of
+/// an event (`delivered`, `failed` after its retries, `dropped` on a full
+/// queue).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+    pub outcome: String,
+}
+
+/// Labels of the failed-attempt counter: the sink's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkNameLabels {
+    pub sink: String,
+}
+
 /// Every metric the master exports.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +61,12 @@ pub struct Metrics {
     pub nodes: Gauge,
     /// Module trees that failed to load (the previous one kept serving).
     pub code_load_failures: Counter,
+    /// Events emitted, by kind (`crate::events`).
+    pub events: Family<KindLabels, Counter>,
+    /// Events per sink by outcome.
+    pub event_sink_events: Family<SinkLabels, Counter>,
+    /// Failed delivery attempts per sink (retries included).
+    pub event_sink_attempt_failures: Family<SinkNameLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -65,6 +92,9 @@ impl Metrics {
             nodes_stale: Gauge::default(),
             nodes: Gauge::default(),
             code_load_failures: Counter::default(),
+            events: Family::default(),
+            event_sink_events: Family::default(),
+            event_sink_attempt_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -108,7 +138,46 @@ impl Metrics {
             "Module trees that failed to load",
             m.code_load_failures.clone(),
         );
+        registry.register("events", "Events emitted, by kind", m.events.clone());
+        registry.register(
+            "event_sink_events",
+            "Events per sink: delivered, failed (after retries) or dropped (queue full)",
+            m.event_sink_events.clone(),
+        );
+        registry.register(
+            "event_sink_attempt_failures",
+            "Failed event delivery attempts per sink, retries included",
+            m.event_sink_attempt_failures.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one emitted event.
+    pub fn event(&self, kind: &str) {
+        self.events
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts what became of one event at one sink.
+    pub fn sink(&self, sink: &str, outcome: &str) {
+        self.event_sink_events
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failed delivery attempt.
+    pub fn sink_attempt_failed(&self, sink: &str) {
+        self.event_sink_attempt_failures
+            .get_or_create(&SinkNameLabels {
+                sink: sink.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one request.

@@ -593,6 +593,17 @@ impl Orchestration for OrchestraService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn record_deploy(
+        &self,
+        req: Request<troupe_proto::v1::DeployRecordRequest>,
+    ) -> Result<Response<troupe_proto::v1::DeployRecordReply>, Status> {
+        let peer = crate::tls::peer_identity(&self.state.ca, &req)?;
+        let r =
+            crate::events::record::record_deploy(&self.state, &peer.name, req.into_inner()).await;
+        self.state.count("RecordDeploy", &r);
+        r.map(Response::new)
+    }
+
     async fn submit(
         &self,
         req: Request<SubmitRequest>,
@@ -604,6 +615,15 @@ impl Orchestration for OrchestraService {
             Ok(sc) => sc,
             Err((sc, code, msg)) => {
                 tracing::warn!(caller = %peer.name, code, "command refused: {msg}");
+                let action = sc.as_ref().map(|s| s.command().action.to_string());
+                crate::events::hooks::command_refused(
+                    &self.state,
+                    &peer.name,
+                    action.as_deref(),
+                    None,
+                    code,
+                    &msg,
+                );
                 orch.audit(vec![orch.record(
                     sc.as_deref(),
                     &peer.name,
@@ -765,6 +785,7 @@ impl Orchestration for OrchestraService {
         let caller_serial = peer.serial;
         let mut identities = self.state.identities.subscribe();
         let ca = self.state.ca.clone();
+        let ev_state = self.state.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + timeout;
             let mut answered = BTreeSet::new();
@@ -809,6 +830,16 @@ impl Orchestration for OrchestraService {
                     oks.push(r.node.clone());
                 } else {
                     not_ok += 1;
+                    if crate::events::hooks::is_refusal(&r.status) {
+                        crate::events::hooks::command_refused(
+                            &ev_state,
+                            &caller,
+                            Some(&sc.command().action.to_string()),
+                            Some(&r.node),
+                            &r.status,
+                            &r.message,
+                        );
+                    }
                     others.push((r.node.clone(), r.status.clone(), r.message.clone()));
                 }
                 let _ = ev_tx

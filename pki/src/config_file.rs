@@ -199,9 +199,12 @@ impl ConfigFile {
             self.path.display(),
             if self.found() { "read" } else { "not found" }
         );
+        // Tables (master.toml's `[events]`) are one long line: they set no
+        // column width.
         let width = self
             .entries
             .iter()
+            .filter(|e| !e.value.is_object())
             .map(|e| e.key.len() + toml_text(&e.value).map_or(8, |v| v.len()) + 3)
             .max()
             .unwrap_or(0);

@@ -133,7 +133,7 @@ fn rolling_release_of_the_in_house_package_and_a_bad_release_stopped() {
                 .command(&m.host, &troupe_tests::troupe_bin())
                 .arg("deploy")
                 .arg(&rel)
-                .args(["--role", "web", "--server", &m.url])
+                .args(["--yes", "--role", "web", "--server", &m.url])
                 .arg("--identity")
                 .arg(&bastion)
                 .arg("--key")

@@ -552,7 +552,7 @@ fn bastion_mistakes_are_refused_before_anything_is_sent() {
     .unwrap();
     let deploy = |extra: &[&str]| {
         let mut c = Command::new(troupe_bin());
-        c.arg("deploy").arg(&rel).args(extra);
+        c.arg("deploy").arg(&rel).arg("--yes").args(extra);
         c.args(["--server", &url, "--identity", &bastion, "--key", &key]);
         c.args(["--passphrase-file", &pass]);
         run(&mut c)

@@ -109,7 +109,7 @@ version = "1.24.0-1"
         |h: &str| std::fs::read_to_string(f.state(h).join("fake/calls.log")).unwrap_or_default();
     assert_eq!(calls("web1"), "", "a dry run runs nothing");
 
-    let out = f.troupe("deploy", &[&rel, "--role", "web"]);
+    let out = f.troupe("deploy", &[&rel, "--yes", "--role", "web"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stdout.contains("release STOPPED"), "{out:?}");
     assert!(
@@ -163,7 +163,15 @@ version = "1.24.0-1"
     // one event a line.
     let out = f.troupe(
         "deploy",
-        &[&rel, "--role", "web", "--max-failures", "5", "--json"],
+        &[
+            &rel,
+            "--yes",
+            "--role",
+            "web",
+            "--max-failures",
+            "5",
+            "--json",
+        ],
     );
     assert_eq!(out.code, Some(2), "{out:?}");
     let events: Vec<serde_json::Value> = out
@@ -295,7 +303,7 @@ interval_secs = 1
     )
     .unwrap();
     let rel = rel.to_string_lossy().into_owned();
-    let out = f.troupe("deploy", &[&rel, "--role", "app"]);
+    let out = f.troupe("deploy", &[&rel, "--yes", "--role", "app"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stdout.contains("release STOPPED"), "{out:?}");
     assert!(
@@ -352,7 +360,7 @@ interval_secs = 1
         "title = \"t\"\n[health]\nhttp = \"http://10.0.0.1/\"\n[[package]]\nname = \"nginx\"\nversion = \"1\"\n",
     )
     .unwrap();
-    let out = f.troupe("deploy", &[&rel, "--role", "app"]);
+    let out = f.troupe("deploy", &[&rel, "--yes", "--role", "app"]);
     assert!(
         !out.success() && out.stderr.contains("health.http"),
         "{out:?}"
@@ -387,7 +395,7 @@ fn the_same_release_goes_to_dr_first_then_production() {
     out.assert_success();
     assert!(out.stdout.contains("matched 2 host(s): dr1 dr2"), "{out:?}");
 
-    let out = f.troupe("deploy", &[&rel, "--environment", "dr"]);
+    let out = f.troupe("deploy", &[&rel, "--yes", "--environment", "dr"]);
     out.assert_success();
     assert!(out.stdout.contains("environment: dr"), "{out:?}");
     assert!(out.stdout.contains("matched 2 host(s): dr1 dr2"), "{out:?}");
@@ -397,7 +405,7 @@ fn the_same_release_goes_to_dr_first_then_production() {
     assert_eq!(version("prod2"), "1.22.1-9", "production untouched");
     assert_eq!(f.agent_audit("prod1"), "", "production received nothing");
 
-    let out = f.troupe("deploy", &[&rel, "--environment", "production"]);
+    let out = f.troupe("deploy", &[&rel, "--yes", "--environment", "production"]);
     out.assert_success();
     assert!(
         out.stdout.contains("matched 2 host(s): prod1 prod2"),

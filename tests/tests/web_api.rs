@@ -198,6 +198,27 @@ fn api_filters_queries_status_codes_and_no_secret() {
     let page = get(&format!("{u}/deploys/20261206T220000Z-aaaaaa"));
     assert!(page.body.contains("failed: held"), "{}", page.body);
 
+    // A pending certificate request shows on the API and the page.
+    let waiting = troupe_tests::Proc(
+        f.m.bootstrap_command("web9", None)
+            .env("TROUPE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(20), "the pending request", || {
+        get(&format!("{u}/api/v1/csrs")).json()["pending"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|c| c["host"] == "web9"))
+    });
+    assert!(get(&format!("{u}/csrs")).body.contains("web9"));
+    assert_eq!(
+        get(&format!("{u}/api/v1/overview")).json()["csrs_pending"],
+        1
+    );
+    drop(waiting);
+
     // Overview counts are exact.
     let o = get(&format!("{u}/api/v1/overview")).json();
     assert_eq!(o["nodes"]["total"], 3);

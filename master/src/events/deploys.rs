@@ -99,10 +99,21 @@ pub enum DeployError {
 }
 
 /// What the store remembers of an open release.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Open {
     last_seq: u64,
     ended: bool,
+    title: String,
+    environment: Option<String>,
+}
+
+fn meta_of(r: &DeployRecord) -> Option<(String, Option<String>)> {
+    match r {
+        DeployRecord::Started {
+            title, environment, ..
+        } => Some((title.clone(), environment.clone())),
+        _ => None,
+    }
 }
 
 /// The release logs (see the module documentation).
@@ -151,22 +162,28 @@ impl DeployStore {
             return Err(DeployError::StartSeq);
         }
         let state = match open.get(id) {
-            Some(s) => Some(*s),
+            Some(s) => Some(s.clone()),
             None => match std::fs::metadata(&path) {
                 Ok(_) => {
                     let entries = read_entries(&path).map_err(io)?;
+                    let (title, environment) = entries
+                        .first()
+                        .and_then(|e| meta_of(&e.record))
+                        .unwrap_or_default();
                     let s = Open {
                         last_seq: entries.last().map_or(0, |e| e.seq),
                         ended: entries.iter().any(|e| e.record.is_end()),
+                        title,
+                        environment,
                     };
-                    open.insert(id.to_string(), s);
+                    open.insert(id.to_string(), s.clone());
                     Some(s)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(io(e)),
             },
         };
-        match state {
+        match &state {
             None if !starting => return Err(DeployError::Unknown(id.to_string())),
             Some(_) if starting => {
                 // A resent `started` (seq 0) changes nothing.
@@ -211,14 +228,33 @@ impl DeployStore {
         }
         file.write_all(&line).map_err(io)?;
         file.sync_data().map_err(io)?;
+        let (title, environment) = match (meta_of(record), &state) {
+            (Some(m), _) => m,
+            (None, Some(s)) => (s.title.clone(), s.environment.clone()),
+            (None, None) => Default::default(),
+        };
         open.insert(
             id.to_string(),
             Open {
                 last_seq: seq,
                 ended: record.is_end(),
+                title,
+                environment,
             },
         );
         Ok(true)
+    }
+
+    /// A release's title and environment (from memory once it was
+    /// written or read by this store).
+    pub fn meta(&self, id: &str) -> Option<(String, Option<String>)> {
+        if let Some(s) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Some((s.title.clone(), s.environment.clone()));
+        }
+        self.read(id)
+            .ok()
+            .flatten()
+            .map(|l| (l.title, l.environment))
     }
 
     /// Deletes the oldest logs beyond `keep` (ids sort by start time).

@@ -21,8 +21,11 @@
 //! the admin socket (code), orchestration (refusals, deploy records), and a
 //! scan task (`scan`: stale nodes, expiring certificates).
 
+pub mod cli;
 pub mod config;
 pub mod deploys;
+pub mod hooks;
+pub mod record;
 pub mod scan;
 pub mod sinks;
 
@@ -227,6 +230,8 @@ pub struct Events {
     recent: Mutex<VecDeque<Event>>,
     live: broadcast::Sender<Event>,
     sinks: sinks::Sinks,
+    /// Keys of events raised recently ([`Events::first_in`]).
+    raised: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The release logs (`DATA/deploys/`).
     pub deploys: deploys::DeployStore,
 }
@@ -245,6 +250,7 @@ impl Events {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
             live: broadcast::channel(BROADCAST_CAPACITY).0,
             sinks,
+            raised: Mutex::new(std::collections::HashMap::new()),
             deploys: deploys::DeployStore::new(data_dir.join(deploys::DEPLOYS_DIR)),
         }
     }
@@ -287,6 +293,25 @@ impl Events {
             out.drain(..out.len() - q.limit);
         }
         out
+    }
+
+    /// True when `key` was not raised within the last `secs` seconds (and
+    /// remembers it now): for events that would otherwise repeat (a CSR
+    /// resubmitted, a certificate expiring every scan).
+    pub fn first_in(&self, key: &str, secs: u64) -> bool {
+        let now = std::time::Instant::now();
+        let window = std::time::Duration::from_secs(secs);
+        let mut raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
+        if raised.len() > 10_000 {
+            raised.retain(|_, t| now.duration_since(*t) < window);
+        }
+        match raised.get(key) {
+            Some(t) if now.duration_since(*t) < window => false,
+            _ => {
+                raised.insert(key.to_string(), now);
+                true
+            }
+        }
     }
 
     /// The configured sinks (their names and counters).

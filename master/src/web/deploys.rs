@@ -62,28 +62,51 @@ pub fn one(st: &MasterState, id: &str) -> Result<Value, ApiError> {
     }
 }
 
-/// What the live stream says about releases: the 20 newest, by id, with
-/// their status and progress.
-pub fn snapshot(st: &MasterState) -> Value {
-    match list(st, 20) {
-        Ok(v) => {
-            let m: serde_json::Map<String, Value> = v["deploys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|d| {
-                    (
-                        d["id"].as_str().unwrap_or_default().to_owned(),
-                        json!({"status": d["status"], "completed": d["completed"],
-                               "planned": d["planned"], "steps": d["steps"],
-                               "failed_hosts": d["failed_hosts"]}),
-                    )
-                })
-                .collect();
-            Value::Object(m)
+/// Release summaries for the live stream, by id, with the log file's
+/// length and mtime they were read at.
+pub type Cache = std::sync::Mutex<
+    std::collections::HashMap<String, (u64, Option<std::time::SystemTime>, Value)>,
+>;
+
+/// Releases the live stream follows: the newest.
+const LIVE_RELEASES: usize = 10;
+
+/// What the live stream says about releases: the newest
+/// [`LIVE_RELEASES`], by id, with their status and progress. A log is
+/// read again only when its file changed (length or mtime).
+pub fn snapshot(st: &MasterState, cache: &Cache) -> Value {
+    let store = &st.events.deploys;
+    let Ok(ids) = store.ids() else {
+        return json!({});
+    };
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let keep: Vec<&String> = ids.iter().rev().take(LIVE_RELEASES).collect();
+    cache.retain(|id, _| keep.contains(&id));
+    let mut out = serde_json::Map::new();
+    for id in keep {
+        let meta = std::fs::metadata(store.dir().join(format!("{id}.jsonl"))).ok();
+        let (len, mtime) = (
+            meta.as_ref().map_or(0, |m| m.len()),
+            meta.as_ref().and_then(|m| m.modified().ok()),
+        );
+        let fresh = cache
+            .get(id)
+            .is_some_and(|(l, t, _)| *l == len && *t == mtime);
+        if !fresh {
+            let Ok(Some(log)) = store.read(id) else {
+                continue;
+            };
+            let s = log.summary();
+            let v = json!({"status": s.status, "completed": log.completed,
+                           "planned": planned(&log), "steps": s.steps,
+                           "entries": log.entries.len(), "failed_hosts": s.failed_hosts});
+            cache.insert(id.clone(), (len, mtime, v));
         }
-        Err(_) => json!({}),
+        if let Some((_, _, v)) = cache.get(id) {
+            out.insert(id.clone(), v.clone());
+        }
     }
+    Value::Object(out)
 }
 
 pub async fn api_list(

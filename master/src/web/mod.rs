@@ -74,6 +74,12 @@ pub struct Web {
     pub tls: bool,
     pub viewers: BTreeSet<String>,
     pages: pages::Pages,
+    /// The latest [`snapshot`] (JSON text), computed once a second by one
+    /// task while some stream is open, shared by every stream.
+    live: tokio::sync::watch::Sender<Arc<String>>,
+    /// Release summaries by id, with the log's length and mtime they were
+    /// read at: a release log is read again only when it changed.
+    pub deploy_cache: deploys::Cache,
 }
 
 /// Who is on the other end of a TLS connection: its verified client
@@ -192,7 +198,10 @@ pub async fn serve(
         viewers: viewers.iter().cloned().collect(),
         pages: pages::Pages::new()?,
         state: state.clone(),
+        live: tokio::sync::watch::channel(Arc::new(String::new())).0,
+        deploy_cache: Default::default(),
     });
+    tokio::spawn(follow_fleet(web.clone()));
     let app = router(web);
     let task = if tls {
         let l = TlsListener::new(listener, state.tls.clone())?;
@@ -629,9 +638,11 @@ async fn api_audit(State(web): State<Arc<Web>>) -> Result<Response, ApiError> {
     Ok(json_ok(v))
 }
 
-/// What the live parts of the pages follow: the overview counts and each
-/// node's status and last run.
-pub fn snapshot(st: &MasterState) -> Result<Value> {
+/// What the live parts of the pages follow: the overview counts, each
+/// node's status and last run, each recent release's progress and the
+/// newest fleet event's number.
+pub fn snapshot(web: &Web) -> Result<Value> {
+    let st = &web.state;
     let overview = data::overview(st)?;
     let rows = data::node_rows(st, false)?;
     let nodes: serde_json::Map<String, Value> = rows
@@ -663,9 +674,43 @@ pub fn snapshot(st: &MasterState) -> Result<Value> {
         .last()
         .map(|e| e.seq);
     Ok(
-        json!({"overview": o, "nodes": nodes, "deploys": deploys::snapshot(st),
+        json!({"overview": o, "nodes": nodes, "deploys": deploys::snapshot(st, &web.deploy_cache),
               "last_event": last_event}),
     )
+}
+
+async fn compute(web: &Arc<Web>) -> Option<Arc<String>> {
+    let w = web.clone();
+    match tokio::task::spawn_blocking(move || snapshot(&w)).await {
+        Ok(Ok(v)) => Some(Arc::new(v.to_string())),
+        Ok(Err(e)) => {
+            tracing::warn!("dashboard: live snapshot: {e:#}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// One task for every stream: while a stream is open, computes the
+/// snapshot once a second and publishes it when it changed.
+async fn follow_fleet(web: Arc<Web>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if web.live.receiver_count() == 0 {
+            continue;
+        }
+        if let Some(snap) = compute(&web).await {
+            web.live.send_if_modified(|cur| {
+                let changed = **cur != *snap;
+                if changed {
+                    *cur = snap;
+                }
+                changed
+            });
+        }
+    }
 }
 
 /// `GET /api/v1/stream`: server-sent events. A `fleet` event with the
@@ -673,39 +718,46 @@ pub fn snapshot(st: &MasterState) -> Result<Value> {
 /// comment every 15 s to keep proxies from closing the stream.
 async fn api_stream(State(web): State<Arc<Web>>) -> Response {
     use axum::response::sse::{KeepAlive, Sse};
-    let stream = async_stream(web);
-    Sse::new(stream)
+    Sse::new(fleet_stream(web))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-fn async_stream(
+fn fleet_stream(
     web: Arc<Web>,
 ) -> impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
 {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut follow = web.live.subscribe();
     tokio::spawn(async move {
-        let mut last = String::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let event = |s: &str| axum::response::sse::Event::default().event("fleet").data(s);
+        // A fresh snapshot first (the shared one may be old when no
+        // stream was open), then every change.
+        let mut last = match compute(&web).await {
+            Some(s) => s,
+            None => follow.borrow_and_update().clone(),
+        };
+        follow.mark_unchanged();
+        if !last.is_empty() && tx.send(Ok(event(&last))).await.is_err() {
+            return;
+        }
         loop {
-            tick.tick().await;
-            let snap = match blocking(&web, |st| snapshot(st).map_err(ApiError::internal)).await {
-                Ok(v) => v.to_string(),
-                Err(_) => continue,
-            };
-            if snap == last {
-                if tx.is_closed() {
-                    break;
+            tokio::select! {
+                changed = follow.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = follow.borrow_and_update().clone();
+                    if snap == last {
+                        continue;
+                    }
+                    if tx.send(Ok(event(&snap))).await.is_err() {
+                        break;
+                    }
+                    last = snap;
                 }
-                continue;
+                _ = tx.closed() => break,
             }
-            let ev = axum::response::sse::Event::default()
-                .event("fleet")
-                .data(snap.clone());
-            if tx.send(Ok(ev)).await.is_err() {
-                break;
-            }
-            last = snap;
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)

@@ -175,7 +175,7 @@ fn main() {
                 .command(&m.host, &troupe_tests::troupe_bin())
                 .arg("deploy")
                 .arg(&rel)
-                .args(["--role", "web", "--server", &m.url])
+                .args(["--yes", "--role", "web", "--server", &m.url])
                 .arg("--identity")
                 .arg(&bastion)
                 .arg("--key")

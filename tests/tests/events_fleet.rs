@@ -1,0 +1,547 @@
+//! Issue 17, events and the deploy workflow, end to end: a master whose
+//! master.toml sends events to a real HTTP receiver in this test, a real
+//! SMTP server with STARTTLS (Debian's python3-aiosmtpd) and a webhook
+//! that never answers; real agents. Each event kind is caused the way it
+//! happens in production (a CSR without a key, failing and recovering
+//! runs, a node going quiet, short certificates, code staged, promoted
+//! and broken, a command refused by an agent's policy, a release that
+//! fails on a host and one that completes) and must arrive at the
+//! receiver with its content; the release logs are read back with
+//! `troupe deploy log`, the end of each release arrives by mail with its
+//! full log, and the dead webhook delays nothing and is counted in the
+//! metrics.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use troupe_tests::orch::{AgentSpec, Fleet};
+use troupe_tests::{Master, MasterOptions, run, wait_until};
+
+type Got = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver: every POST body (JSON) is kept; answers 200.
+fn receiver() -> (String, Got) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/t0k3n", l.local_addr().unwrap());
+    let got: Got = Arc::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s);
+            let (mut len, mut first) = (0usize, String::new());
+            r.read_line(&mut first).ok();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if r.read_exact(&mut body).is_ok() && first.starts_with("POST /hooks/t0k3n ") {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    g.lock().unwrap().push(v);
+                }
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+/// A webhook that accepts connections and never answers.
+fn dead() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    url
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// aiosmtpd with STARTTLS required and a certificate for localhost signed
+/// by a CA of the test's own; messages land in DIR/mail/new.
+fn smtp(dir: &Path) -> (troupe_tests::Proc, u16) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_p.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_p, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("smtp-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("smtp-cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("smtp-key.pem"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let child = Command::new("/usr/bin/python3")
+        .args(["-m", "aiosmtpd", "-n", "-l"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tlscert")
+        .arg(dir.join("smtp-cert.pem"))
+        .arg("--tlskey")
+        .arg(dir.join("smtp-key.pem"))
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(dir.join("mail"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m aiosmtpd (apt-get install python3-aiosmtpd)");
+    let p = troupe_tests::Proc(child);
+    wait_until(
+        Duration::from_secs(20),
+        "aiosmtpd listening (python3-aiosmtpd)",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    (p, port)
+}
+
+fn mails(dir: &Path) -> String {
+    let mut all = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir.join("mail/new")) {
+        for e in rd.flatten() {
+            all.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all.join("\n----\n").replace("=\r\n", "").replace("=\n", "")
+}
+
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Stand-in package and service tools (as in orch_deploy.rs): web2's
+/// apt-get fails.
+fn tools(spec: &AgentSpec, state: &Path) -> String {
+    let d = state.join("fake");
+    std::fs::create_dir_all(&d).unwrap();
+    let v = d.join("version");
+    std::fs::write(&v, "1.22.1-9").unwrap();
+    script(
+        &d.join("dpkg-query"),
+        &format!(
+            "printf 'install ok installed\\t%s' \"$(cat {})\"",
+            v.display()
+        ),
+    );
+    let apt = if spec.name == "web2" {
+        "echo 'E: Unable to fetch some archives' >&2\nexit 100".to_string()
+    } else {
+        format!(
+            "for a; do last=$a; done\necho \"${{last#*=}}\" | tr -d '\\n' > {}",
+            v.display()
+        )
+    };
+    script(&d.join("apt-get"), &apt);
+    script(&d.join("systemctl"), "true");
+    format!(
+        r#"
+[[rule]]
+name = "deploy"
+effect = "allow"
+signers = ["alice"]
+actions = ["package.*", "service.*"]
+
+[tools]
+dpkg_query = "{d}/dpkg-query"
+apt_get = "{d}/apt-get"
+systemctl = "{d}/systemctl"
+"#,
+        d = d.display()
+    )
+}
+
+fn kinds(got: &Got) -> Vec<String> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn find(got: &Got, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut out = None;
+    wait_until(Duration::from_secs(30), what, || {
+        out = got.lock().unwrap().iter().find(|v| f(v)).cloned();
+        out.is_some()
+    });
+    out.unwrap()
+}
+
+#[test]
+fn every_event_reaches_real_receivers_and_releases_are_logged_and_mailed() {
+    troupe_pki::tls::install_crypto_provider();
+    let work = tempfile::tempdir().unwrap();
+    let (url, got) = receiver();
+    let dead_url = dead();
+    let (_smtp, smtp_port) = smtp(work.path());
+    let metrics_port = free_port();
+    let tree = work.path().join("modules");
+    troupe_tests::netns::write_tree(&tree, "hello", 1, 1);
+    let conf_dir = work.path().join("etc");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conf = conf_dir.join("master.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[events]
+scan_interval = "1s"
+cert_expiry_days = 14
+
+[[events.webhook]]
+name = "chat"
+url = "{url}"
+kinds = ["*"]
+
+[[events.webhook]]
+name = "dead"
+url = "{dead_url}"
+timeout = "2s"
+retries = 3
+retry_delay = "1s"
+
+[[events.email]]
+name = "mail"
+server = "localhost"
+port = {smtp_port}
+from = "troupe@example.com"
+to = ["ops@example.com"]
+ca_file = "{ca}"
+kinds = ["deploy_finished", "deploy_aborted"]
+"#,
+            ca = work.path().join("smtp-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let master = Master::start_with(MasterOptions {
+        modules: Some(tree.clone()),
+        extra_args: [
+            "--config",
+            conf.to_str().unwrap(),
+            "--hold",
+            "production",
+            "--code-poll",
+            "200ms",
+            "--run-interval",
+            "1s",
+            "--cert-ttl",
+            "2d",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    });
+    let f = Fleet::start_on(
+        master,
+        &[
+            AgentSpec::new("web1").role("web"),
+            AgentSpec::new("web2").role("web"),
+            AgentSpec::new("db1").role("db"),
+        ],
+        tools,
+    );
+    let m = &f.master;
+
+    // --print-config hides the webhook's token.
+    let pc = run(Command::new(troupe_tests::troupe_bin())
+        .args(["master", "--print-config", "--json", "--config"])
+        .arg(&conf));
+    pc.assert_success();
+    assert!(!pc.stdout.contains("t0k3n"), "{}", pc.stdout);
+
+    // cert_expiring: every certificate lasts 2 days.
+    let e = find(&got, "cert_expiring for web1", |v| {
+        v["kind"] == "cert_expiring" && v["node"] == "web1"
+    });
+    assert_eq!(e["data"]["days_left"], 1, "{e}");
+
+    // csr_pending: a request without a key.
+    let (_k, csr) = troupe_tests::make_csr("newhost", None);
+    f.block_on(async {
+        let mut ca = m.ca_client().await;
+        ca.submit_csr(troupe_proto::v1::SubmitCsrRequest {
+            name: "newhost".into(),
+            csr,
+        })
+        .await
+        .unwrap();
+    });
+    let e = find(&got, "csr_pending", |v| v["kind"] == "csr_pending");
+    assert_eq!(e["node"], "newhost");
+    assert!(
+        e["text"]
+            .as_str()
+            .unwrap()
+            .contains("troupe ca sign newhost"),
+        "{e}"
+    );
+
+    // run_failed, then run_recovered: web1 converges into a sandbox whose
+    // /etc is a file (so /etc/motd cannot be written), then a good one.
+    let sandbox = work.path().join("root-web1");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    std::fs::write(sandbox.join("etc"), "not a directory").unwrap();
+    let agent_run = || {
+        run(Command::new(troupe_tests::agent_bin())
+            .args(["run", "--once", "--server", &m.url, "--state"])
+            .arg(m.agent_state("web1"))
+            .arg("--root")
+            .arg(&sandbox))
+    };
+    let out = agent_run();
+    assert!(matches!(out.code, Some(4 | 6)), "{out:?}");
+    let e = find(&got, "run_failed", |v| v["kind"] == "run_failed");
+    assert_eq!(e["node"], "web1");
+    assert_eq!(e["environment"], "production");
+    assert!(e["data"]["failed"].as_u64().unwrap() >= 1, "{e}");
+    std::fs::remove_file(sandbox.join("etc")).unwrap();
+    let out = agent_run();
+    assert!(out.code == Some(2) || out.code == Some(0), "{out:?}");
+    let e = find(&got, "run_recovered", |v| v["kind"] == "run_recovered");
+    assert_eq!(e["node"], "web1");
+    // node_stale: web1 checks in no more (run interval 1s: stale after 3).
+    let e = find(&got, "node_stale", |v| v["kind"] == "node_stale");
+    assert_eq!(e["node"], "web1");
+
+    // code_promoted: production is held; a change is staged, then promoted.
+    std::fs::write(
+        tree.join("environments/production/data/common.toml"),
+        "[motd]\nbanner = \"hello again\"\n",
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(20), "staged code promoted", || {
+        run(Command::new(troupe_tests::troupe_bin())
+            .args(["env", "promote", "production", "--data"])
+            .arg(&m.data))
+        .success()
+    });
+    let e = find(&got, "code_promoted", |v| v["kind"] == "code_promoted");
+    assert_eq!(e["environment"], "production");
+    // code_load_failed: a broken site file.
+    std::fs::write(tree.join("site.toml"), "[[node]\n").unwrap();
+    let e = find(&got, "code_load_failed", |v| {
+        v["kind"] == "code_load_failed"
+    });
+    assert!(
+        e["data"]["error"].as_str().unwrap().contains("site.toml"),
+        "{e}"
+    );
+
+    // command_refused: maintenance.on is denied by policy on role db.
+    let out = f.troupe_run(&["maintenance.on", "message=x", "--role", "db"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let e = find(&got, "command_refused", |v| v["kind"] == "command_refused");
+    assert_eq!(e["node"], "db1");
+    assert_eq!(e["data"]["code"], "policy_denied");
+
+    // A release without --yes and without a terminal: refused, nothing run.
+    let rel = work.path().join("release.toml");
+    std::fs::write(
+        &rel,
+        "title = \"nginx 1.24\"\n[[package]]\nname = \"nginx\"\nversion = \"1.24.0-1\"\n",
+    )
+    .unwrap();
+    let rel = rel.to_str().unwrap();
+    let out = f.troupe("deploy", &[rel, "--role", "web"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("--yes"), "{out:?}");
+    assert!(!std::fs::exists(m.data.join("deploys")).unwrap());
+
+    // A release that fails on web2 (aborted), then one on web1 only
+    // (finished). The dead webhook delays neither.
+    let t = Instant::now();
+    let out = f.troupe("deploy", &[rel, "--yes", "--role", "web"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stdout.contains("plan for release \"nginx 1.24\":"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("1. nginx 1.24.0-1"), "{out:?}");
+    assert!(out.stdout.contains("batch 1: web1"), "{out:?}");
+    assert!(out.stdout.contains("batch 2: web2"), "{out:?}");
+    let id1 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("release id: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no release id: {out:?}"))
+        .to_string();
+    let out = f.troupe("deploy", &[rel, "--yes", "--name", "web1", "--json"]);
+    out.assert_success();
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "two releases took {:?}: a dead webhook held them up",
+        t.elapsed()
+    );
+    let id2 = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "release")
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no release event: {out:?}"));
+    for kind in [
+        "deploy_started",
+        "deploy_package_started",
+        "deploy_host_failed",
+        "deploy_package_done",
+        "deploy_aborted",
+    ] {
+        find(&got, kind, |v| {
+            v["kind"] == kind && v["release"] == id1.as_str()
+        });
+    }
+    let e = find(&got, "deploy_host_failed", |v| {
+        v["kind"] == "deploy_host_failed"
+    });
+    assert_eq!(e["node"], "web2");
+    assert_eq!(e["data"]["step"], "update nginx to 1.24.0-1");
+    assert!(
+        e["data"]["undo"][0]
+            .as_str()
+            .unwrap()
+            .contains("--name web2"),
+        "{e}"
+    );
+    let e = find(&got, "deploy_finished", |v| {
+        v["kind"] == "deploy_finished" && v["release"] == id2.as_str()
+    });
+    assert_eq!(e["data"]["status"], "complete");
+    find(&got, "deploy_step", |v| {
+        v["kind"] == "deploy_step" && v["node"] == "web1"
+    });
+
+    // The logs, on the master.
+    let log = |args: &[&str]| {
+        run(Command::new(troupe_tests::troupe_bin())
+            .args(["deploy", "log"])
+            .args(args)
+            .arg("--data")
+            .arg(&m.data))
+    };
+    let out = log(&["--list", "--json"]);
+    out.assert_success();
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], id2.as_str());
+    assert_eq!(list[0]["status"], "complete");
+    assert_eq!(list[1]["id"], id1.as_str());
+    assert_eq!(list[1]["status"], "aborted");
+    assert_eq!(list[1]["failed_hosts"], 1);
+    assert_eq!(list[1]["by"], "bastion");
+    let out = log(&[&id1, "--json"]);
+    out.assert_success();
+    let l: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let steps: Vec<&serde_json::Value> = l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["record"]["record"] == "step")
+        .collect();
+    assert!(steps.len() >= 4, "{l}");
+    for s in &steps {
+        assert!(
+            s["record"]["host"].is_string() && s["record"]["duration_ms"].is_u64(),
+            "{s}"
+        );
+        assert!(
+            s["record"]["started"].as_str().unwrap().ends_with('Z'),
+            "{s}"
+        );
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["record"]["host"] == "web2" && s["record"]["result"] == "failed")
+    );
+    let out = log(&[&id1]);
+    out.assert_success();
+    assert!(out.stdout.contains("status: aborted"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("web2 FAILED (nginx) at update nginx to 1.24.0-1"),
+        "{}",
+        out.stdout
+    );
+    let out = log(&["20990101T000000Z-000000"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("--list"), "{out:?}");
+
+    // Mail at the end of each release, with its full log, over STARTTLS.
+    wait_until(Duration::from_secs(30), "two mails", || {
+        let all = mails(work.path());
+        all.contains(&id1) && all.contains(&id2)
+    });
+    let all = mails(work.path());
+    assert!(all.contains("ABORTED"), "{all}");
+    assert!(
+        all.contains("web2 FAILED (nginx) at update nginx to 1.24.0-1"),
+        "{all}"
+    );
+    assert!(all.contains("finished: complete"), "{all}");
+
+    // Every kind that has a real cause reached the receiver.
+    let seen = kinds(&got);
+    for k in [
+        "run_failed",
+        "run_recovered",
+        "node_stale",
+        "csr_pending",
+        "cert_expiring",
+        "code_promoted",
+        "code_load_failed",
+        "command_refused",
+        "deploy_started",
+        "deploy_package_started",
+        "deploy_step",
+        "deploy_host_failed",
+        "deploy_package_done",
+        "deploy_finished",
+        "deploy_aborted",
+    ] {
+        assert!(seen.iter().any(|s| s == k), "{k} never arrived: {seen:?}");
+    }
+    // The dead webhook's failures are counted.
+    wait_until(
+        Duration::from_secs(30),
+        "dead webhook failures in the metrics",
+        || {
+            let mut s = match std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
+                Ok(s) => s,
+                Err(_) => return false,
+            };
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            body.lines().any(|l| {
+                l.starts_with("troupe_event_sink_attempt_failures_total{sink=\"dead\"}")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        >= 1
+            })
+        },
+    );
+}
