@@ -290,12 +290,14 @@ fn daemon(
     }
 }
 
-/// Gets the catalog: from the source, else from the cache.
+/// Gets the catalog: from the source, else from the cache. With a fresh
+/// catalog comes its hash (computed while encoding it for the cache, so
+/// the run does not encode it again).
 fn obtain_catalog(
     st: &State,
     source: &mut dyn CatalogSource,
     facts: &serde_json::Value,
-) -> anyhow::Result<(Catalog, bool)> {
+) -> anyhow::Result<(Catalog, Option<String>, bool)> {
     let cached_hash = st.cached_hash()?;
     let load_cached = || -> anyhow::Result<Option<Catalog>> {
         match st.cached_catalog()? {
@@ -308,15 +310,18 @@ fn obtain_catalog(
     match source.fetch(facts, cached_hash.as_deref()) {
         Ok(Fetched::Catalog(cat)) => {
             let cat = *cat;
-            let hash = cat.hash();
+            // Encoded once: Catalog::hash is the hash of these bytes.
+            let json = cat.to_canonical_json();
+            let hash = format!("sha256:{}", troupe_catalog::sha256_hex(&json));
             if cached_hash.as_ref() != Some(&hash) {
-                st.cache_catalog(&cat.to_canonical_json(), &hash)?;
+                st.cache_catalog(&json, &hash)?;
             }
-            Ok((cat, false))
+            Ok((cat, Some(hash), false))
         }
         Ok(Fetched::Unchanged) => Ok((
             load_cached()?
                 .context("the source said the catalog is unchanged, but none is cached")?,
+            None,
             false,
         )),
         Err(e) if !source.cache_fallback() => Err(e.context(format!(
@@ -334,7 +339,7 @@ fn obtain_catalog(
                 source.describe()
             );
             match load_cached()? {
-                Some(c) => Ok((c, true)),
+                Some(c) => Ok((c, None, true)),
                 None => Err(anyhow::anyhow!(
                     "no catalog: the source failed and there is no cached catalog: {why}{hint}"
                 )),
@@ -385,7 +390,8 @@ pub fn run_once(
     );
     let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "facts gathered");
-    let (catalog, from_cache) = obtain_catalog(&st, source, &facts)?;
+    let (catalog, catalog_hash, from_cache) = obtain_catalog(&st, source, &facts)?;
+    let catalog_hash = catalog_hash.unwrap_or_else(|| catalog.hash());
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "catalog ready");
     // Under --root the target is the root: its os-release chooses the
     // package tools (a Rocky image converged from a Debian host uses rpm).
@@ -441,15 +447,20 @@ pub fn run_once(
         started,
         duration_ms: t0.elapsed().as_millis() as u64,
         noop: args.noop,
-        catalog_hash: catalog.hash(),
+        catalog_hash,
         environment: catalog.environment.clone(),
         code_version: catalog.code_version.clone(),
         from_cache,
         tags: args.tags.clone(),
         resources,
     };
+    // The catalog and its bodies are not needed any more: free them before
+    // the report is encoded and stored, so the two never peak together.
+    let changes = std::mem::take(&mut ctx.changes);
+    drop(ctx);
+    drop(catalog);
     let queue = sink.is_some();
-    st.save_run(&report, &ctx.changes, queue, args.keep_reports)?;
+    st.save_run(&report, &changes, queue, args.keep_reports)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "report stored");
     if let Some(sink) = sink {
         deliver(&st, sink);

@@ -7,7 +7,9 @@
 //!
 //! Compiled catalogs are cached by (node, stable facts, code version): when
 //! the agent already holds the current catalog the reply is "unchanged"
-//! without resending it. Volatile facts ([`VOLATILE_FACTS`]) are stored for
+//! without resending it. The cache ([`crate::catalog_cache`]) is bounded in
+//! bytes and keeps no catalog JSON: an agent that lacks the current catalog
+//! gets a fresh compile. Volatile facts ([`VOLATILE_FACTS`]) are stored for
 //! the inventory but are not given to the compiler, so they neither defeat
 //! the cache nor make catalogs flap. Compiles run on blocking threads,
 //! bounded by a semaphore; check-ins are written to the store in batches.
@@ -33,14 +35,11 @@ pub const MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
 /// Facts that change on every run: kept in the inventory, hidden from the
 /// compiler.
 pub const VOLATILE_FACTS: &[&str] = &["uptime_seconds"];
-/// Nodes whose compiled catalog is kept in memory before the cache is
-/// emptied (one entry per node: only its latest catalog can be current).
-pub const CACHE_ENTRIES: usize = 100_000;
 /// How long one compile may take before the request fails.
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 use crate::catalog_cache::{CacheKey, lock};
-pub use crate::catalog_cache::{CatalogCache, Compiled};
+pub use crate::catalog_cache::{CacheStats, CatalogCache, Compiled, DEFAULT_CACHE_BYTES};
 pub use crate::store::Checkin;
 
 /// Writes pending check-ins to the store (one transaction).
@@ -100,12 +99,16 @@ impl CatalogService {
         self.state.audit_refusal(node, what, why);
     }
 
+    /// The node's current catalog, and its canonical JSON unless the agent
+    /// already holds it (`have_hash`): from the cache when it was compiled
+    /// from the same facts, environment and code, else compiled now.
     async fn compile(
         &self,
         node: &str,
         facts: &serde_json::Value,
         environment: Option<String>,
-    ) -> Result<Arc<Compiled>, Status> {
+        have_hash: &str,
+    ) -> Result<(Arc<Compiled>, Option<Vec<u8>>), Status> {
         let st = &self.state;
         let Some(code) = &st.code else {
             return Err(error_code::status(
@@ -128,16 +131,15 @@ impl CatalogService {
             fleet: None,
         };
         // A catalog that used fleet() is current only under the same fleet
-        // snapshot; the others do not depend on it.
+        // snapshot; the others do not depend on it. The cache holds no
+        // JSON: a hit serves only an agent that holds the catalog already;
+        // any other gets it compiled again.
         let fleet_now = st.catalogs.fleet.generation();
-        if let Some((k, c)) = lock(&st.catalogs.compiled).get(node)
-            && k.facts == key.facts
-            && k.environment == key.environment
-            && k.generation == key.generation
-            && k.fleet.is_none_or(|g| Some(g) == fleet_now)
+        if let Some(c) = st.catalogs.get(node, &key, fleet_now)
+            && c.hash == have_hash
         {
             st.metrics.catalog_cache_hits.inc();
-            return Ok(c.clone());
+            return Ok((c, None));
         }
         let _slot = st.compile_slots.acquire().await.map_err(|_| {
             error_code::with_code(
@@ -196,18 +198,12 @@ impl CatalogService {
         st.metrics
             .compile_seconds
             .observe(started.elapsed().as_secs_f64());
-        let compiled = Arc::new(Compiled {
-            hash: catalog.hash(),
-            json: catalog.to_canonical_json(),
-            catalog,
-            role,
-        });
-        let mut cache = lock(&st.catalogs.compiled);
-        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(node) {
-            cache.clear();
-        }
-        cache.insert(node.to_owned(), (key, compiled.clone()));
-        Ok(compiled)
+        // Encoded once: the hash is that of these bytes (Catalog::hash).
+        let json = catalog.to_canonical_json();
+        let hash = format!("sha256:{}", troupe_catalog::sha256_hex(&json));
+        let unchanged = hash == have_hash;
+        let compiled = st.catalogs.insert(node, key, hash, role, catalog);
+        Ok((compiled, (!unchanged).then_some(json)))
     }
 }
 
@@ -241,13 +237,14 @@ impl CatalogRpc for CatalogService {
             } else {
                 Some(body.environment)
             };
-            let compiled = self.compile(&peer.name, &facts, environment).await?;
-            lock(&st.catalogs.served).insert(peer.name.clone(), compiled.clone());
+            let (compiled, json) = self
+                .compile(&peer.name, &facts, environment, &body.have_hash)
+                .await?;
             if let Ok((stable, _)) = stable_facts(&facts) {
                 st.catalogs.fleet.observe(
                     &peer.name,
                     &compiled.role,
-                    &compiled.catalog.environment,
+                    &compiled.environment,
                     &stable,
                 );
             }
@@ -256,25 +253,27 @@ impl CatalogRpc for CatalogService {
                 Checkin {
                     node: peer.name.clone(),
                     facts,
-                    environment: compiled.catalog.environment.clone(),
+                    environment: compiled.environment.clone(),
                     role: compiled.role.clone(),
                     catalog_hash: compiled.hash.clone(),
                     at: unix_now(),
                 },
             );
-            if body.have_hash == compiled.hash {
-                st.metrics.catalogs_unchanged.inc();
-                return Ok(CatalogReply {
-                    unchanged: true,
-                    catalog_json: Vec::new(),
+            match json {
+                None => {
+                    st.metrics.catalogs_unchanged.inc();
+                    Ok(CatalogReply {
+                        unchanged: true,
+                        catalog_json: Vec::new(),
+                        catalog_hash: compiled.hash.clone(),
+                    })
+                }
+                Some(catalog_json) => Ok(CatalogReply {
+                    unchanged: false,
+                    catalog_json,
                     catalog_hash: compiled.hash.clone(),
-                });
+                }),
             }
-            Ok(CatalogReply {
-                unchanged: false,
-                catalog_json: compiled.json.clone(),
-                catalog_hash: compiled.hash.clone(),
-            })
         }
         .await;
         st.count("GetCatalog", &result);
@@ -294,7 +293,7 @@ impl CatalogRpc for CatalogService {
                     "fetch your catalog before its file contents",
                 ));
             };
-            match served.catalog.contents.get(&hash).and_then(|b| b.bytes()) {
+            match served.body(&hash) {
                 Some(data) => Ok(ContentReply { data }),
                 None => {
                     // Quoted (escaped) and cut short: the string is the

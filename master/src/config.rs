@@ -36,6 +36,7 @@ pub const KEYS: &[&str] = &[
     "code_poll",
     "allow_agent_environment",
     "compile_threads",
+    "catalog_cache_bytes",
     "shutdown_grace",
     "ca_audit_max_bytes",
     "ca_audit_keep",
@@ -168,6 +169,13 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
             "compile_threads",
             given(m, "compile_threads", None),
             args.compile_threads,
+        )
+        .map_err(e)?;
+    args.catalog_cache_bytes = f
+        .resolve(
+            "catalog_cache_bytes",
+            given(m, "catalog_cache_bytes", None),
+            args.catalog_cache_bytes,
         )
         .map_err(e)?;
     args.shutdown_grace = f

@@ -99,6 +99,13 @@ pub struct Args {
     /// Catalog compiles that may run at once (default: one per core).
     #[arg(long)]
     pub compile_threads: Option<usize>,
+    /// Memory the compiled-catalog cache may use, in bytes (default 256
+    /// MiB, about 100,000 nodes of typical roles). File bodies that nodes
+    /// share are held once. Past the bound the least recently used nodes'
+    /// catalogs are dropped and compiled again at their next check-in.
+    /// 0 caches nothing (every check-in compiles).
+    #[arg(long, default_value_t = crate::catalog_cache::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
+    pub catalog_cache_bytes: u64,
     /// On SIGTERM, how long in-flight requests may take to finish before
     /// the master closes them (agents' command streams are closed then).
     #[arg(long, default_value = "10s")]
@@ -300,7 +307,7 @@ async fn serve(args: Args) -> Result<()> {
         code,
         store: Arc::new(store),
         metrics,
-        catalogs: Default::default(),
+        catalogs: crate::catalog_cache::CatalogCache::new(args.catalog_cache_bytes),
         compile_slots: tokio::sync::Semaphore::new(threads),
         secrets,
         allow_agent_environment: args.allow_agent_environment,
