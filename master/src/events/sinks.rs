@@ -680,7 +680,7 @@ mod tests {
         let cfg: EventsConfig = toml::from_str(&toml).unwrap();
         let metrics = Arc::new(Metrics::new());
         let sinks = Sinks::start(&cfg, d.path(), metrics.clone()).unwrap();
-        assert_eq!(sinks.names(), ["chat", "flaky", "dead", "hook", "mail"]);
+        assert_eq!(sinks.names(), ["chat", "flaky", "dead", "mail", "hook"]);
         let bus = Events::with_sinks(d.path(), sinks);
         // A release log for the mail at its end.
         use troupe_bastion::deploy_record::{DeployRecord, PlannedPackage};
