@@ -169,9 +169,19 @@ fn main() -> ExitCode {
         Cmd::Deploy(DeployCli {
             run: Some(args), ..
         }) => troupe_bastion::deploy_cli::run(args),
-        Cmd::Deploy(_) => Err(anyhow::anyhow!(
-            "give a release file (troupe deploy RELEASE.toml ...) or `troupe deploy log`"
-        )),
+        // clap leaves an optional flattened group empty when its first
+        // argument is a positional; read the release arguments directly.
+        Cmd::Deploy(_) => match matches
+            .subcommand_matches("deploy")
+            .filter(|m| m.contains_id("release"))
+            .map(<troupe_bastion::deploy_cli::DeployArgs as clap::FromArgMatches>::from_arg_matches)
+        {
+            Some(Ok(args)) => troupe_bastion::deploy_cli::run(args),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            None => Err(anyhow::anyhow!(
+                "give a release file (troupe deploy RELEASE.toml ...) or `troupe deploy log`"
+            )),
+        },
         Cmd::PackageAssets { dir } => package_assets(&dir),
         Cmd::Audit(args) => {
             troupe_bastion::cli::run_audit(&args, &mut std::io::stdout()).map(|()| 0)
