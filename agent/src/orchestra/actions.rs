@@ -837,17 +837,7 @@ mod tests {
         assert!(calls(d).contains("service app start"), "{}", calls(d));
     }
 
-    fn alive(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
-    }
+    use crate::providers::cmd::tests::alive;
 
     #[test]
     fn a_command_that_forks_is_killed_with_its_whole_group_at_the_timeout() {

@@ -321,7 +321,7 @@ pub fn argv(parts: &[&str]) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sh(script: &str, timeout: u64) -> anyhow::Result<Output> {
@@ -333,7 +333,8 @@ mod tests {
         })
     }
 
-    fn alive(pid: i32) -> bool {
+    /// Whether `pid` runs (the orchestration tests use it too).
+    pub(crate) fn alive(pid: i32) -> bool {
         // A zombie waiting for its new parent counts as gone.
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| {
