@@ -738,6 +738,32 @@ impl Fleet {
         modules
     }
 
+    /// A release signing key `ops`: DIR/keys/ops.key (encrypted with
+    /// `orch::PASSPHRASE`) and DIR/keys/ops.pass; returns the keys
+    /// directory and the signer (for its key id).
+    pub fn ops_key(&self) -> (PathBuf, troupe_bastion::FileSigner) {
+        let keys = self.net.tmp.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let ops = troupe_bastion::FileSigner::generate().unwrap();
+        ops.write_encrypted(&keys.join("ops.key"), crate::orch::PASSPHRASE)
+            .unwrap();
+        std::fs::write(
+            keys.join("ops.pass"),
+            format!("{}\n", crate::orch::PASSPHRASE),
+        )
+        .unwrap();
+        (keys, ops)
+    }
+
+    /// The master trusts `ops` (its DATA/signers.toml names only that key).
+    pub fn trust_ops(&self, m: &NetMaster, ops: &troupe_bastion::FileSigner) {
+        std::fs::write(
+            m.data.join("signers.toml"),
+            format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
+        )
+        .unwrap();
+    }
+
     /// A bastion identity (state dir) joined to the master with a PSK, from
     /// the master's side of the switch: what `troupe deploy` signs from.
     pub fn bootstrap_bastion(&self, m: &NetMaster) -> PathBuf {

@@ -19,7 +19,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 use troupe_tests::nspawn::{APP, Fleet};
-use troupe_tests::orch::PASSPHRASE;
 
 #[test]
 fn signed_service_and_package_commands_go_through_the_providers() {
@@ -32,17 +31,8 @@ fn signed_service_and_package_commands_go_through_the_providers() {
         .unwrap()
         .join("modules");
     let m = fleet.start_master(&modules);
-    let keys = fleet.net.tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_bastion::FileSigner::generate().unwrap();
-    ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
-        .unwrap();
-    std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();
-    std::fs::write(
-        m.data.join("signers.toml"),
-        format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
-    )
-    .unwrap();
+    let (keys, ops) = fleet.ops_key();
+    fleet.trust_ops(&m, &ops);
     let h = fleet.boot("web1");
     fleet.share_hosts(&[&h]);
     // The package's daemon runs the listener; `noop`: its runs change

@@ -16,7 +16,6 @@ use std::path::Path;
 use std::time::Instant;
 use troupe_tests::netns::NetMaster;
 use troupe_tests::nspawn::{APP, APP_PORT, Booted, Fleet};
-use troupe_tests::orch::PASSPHRASE;
 
 const HAPROXY_CFG: &str = "global
     stats socket /run/haproxy/admin.sock mode 660 level admin
@@ -104,17 +103,8 @@ fn rolling_release_of_the_in_house_package_and_a_bad_release_stopped() {
         .unwrap()
         .join("modules");
     let m = fleet.start_master(&modules);
-    let keys = fleet.net.tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_bastion::FileSigner::generate().unwrap();
-    ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
-        .unwrap();
-    std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();
-    std::fs::write(
-        m.data.join("signers.toml"),
-        format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
-    )
-    .unwrap();
+    let (keys, ops) = fleet.ops_key();
+    fleet.trust_ops(&m, &ops);
     let hosts: Vec<Booted> = ["web1", "web2", "web3"]
         .iter()
         .map(|n| fleet.boot(n))

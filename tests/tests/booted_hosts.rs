@@ -22,7 +22,6 @@ use std::time::Instant;
 use troupe_catalog::report::{Report, Status};
 use troupe_catalog::{Catalog, Ensure, Kind, PackageEnsure, Resource, ResourceId, ServiceState};
 use troupe_tests::nspawn::{APP, APP_PORT, Booted, Fleet, next_report};
-use troupe_tests::orch::PASSPHRASE;
 
 fn res(kind: Kind) -> Resource {
     Resource {
@@ -476,12 +475,7 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
     let node_data = modules.join("environments/production/data/nodes/web1.example.com.toml");
     // A signing key for scenario 7, trusted by the master and, through the
     // role's orchestration.toml, by web1 for service.restart.
-    let keys = fleet.net.tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_bastion::FileSigner::generate().unwrap();
-    ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
-        .unwrap();
-    std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();
+    let (keys, ops) = fleet.ops_key();
     let mut d = std::fs::read_to_string(&node_data).unwrap();
     d.push_str(&format!(
         "\n[troupe_agent]\ninterval = {INTERVAL}\nsplay = 0\n\n[[troupe_agent.signers]]\nname = \"ops\"\nkey = \"{}\"\n\n[[troupe_agent.rules]]\nname = \"test restarts\"\neffect = \"allow\"\nsigners = [\"ops\"]\nactions = [\"service.restart\"]\n",
@@ -491,11 +485,7 @@ fn blank_host_to_web_role_keeps_pulling_survives_a_reboot_and_obeys_signed_comma
 
     let m = fleet.start_master(&modules);
     let mhost = m.host.clone();
-    std::fs::write(
-        m.data.join("signers.toml"),
-        format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
-    )
-    .unwrap();
+    fleet.trust_ops(&m, &ops);
     let mut web = fleet.boot("web1");
     let client = fleet.boot("client1");
     fleet.share_hosts(&[&web, &client]);

@@ -14,7 +14,6 @@
 
 use std::time::Instant;
 use troupe_tests::nspawn::{APP, APP_PORT, CONTAINER_LIMITS, Fleet, next_report};
-use troupe_tests::orch::PASSPHRASE;
 
 fn step(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
@@ -33,12 +32,7 @@ fn main() {
     // The shipped modules plus, per web host, the in-house app behind its
     // local HAProxy (`listen app`, its own server) and a release key.
     let modules = fleet.copy_modules();
-    let keys = fleet.net.tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let ops = troupe_bastion::FileSigner::generate().unwrap();
-    ops.write_encrypted(&keys.join("ops.key"), PASSPHRASE)
-        .unwrap();
-    std::fs::write(keys.join("ops.pass"), format!("{PASSPHRASE}\n")).unwrap();
+    let (keys, ops) = fleet.ops_key();
     for n in ["web1", "web2", "web3"] {
         let f = modules.join(format!(
             "environments/production/data/nodes/{n}.example.com.toml"
@@ -56,11 +50,7 @@ fn main() {
     }
     step("a master on the fleet's switch, serving the shipped modules");
     let m = fleet.start_master(&modules);
-    std::fs::write(
-        m.data.join("signers.toml"),
-        format!("[[signer]]\nname = \"ops\"\nkey = \"{}\"\n", ops.key_id()),
-    )
-    .unwrap();
+    fleet.trust_ops(&m, &ops);
     println!("troupe.example.com at {}", m.url);
 
     step("three blank hosts booted (systemd-nspawn, real systemd as PID 1)");
