@@ -172,6 +172,8 @@ pub struct Recorder {
     seq: u64,
     ended: bool,
     warned: bool,
+    /// The bastion's own sinks ([`crate::deploy_events`]), if configured.
+    pub local: Option<crate::deploy_events::LocalEvents>,
 }
 
 impl Recorder {
@@ -183,6 +185,7 @@ impl Recorder {
             seq: 0,
             ended: false,
             warned: false,
+            local: None,
         }
     }
 
@@ -207,6 +210,9 @@ impl Recorder {
         self.ended = record.is_end();
         let seq = self.seq;
         self.seq += 1;
+        if let Some(l) = &mut self.local {
+            l.record(seq, &record);
+        }
         let r = async {
             let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
             let sig = signer
