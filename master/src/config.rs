@@ -313,4 +313,57 @@ mod tests {
         let err = resolve(a, &m).unwrap_err().to_string();
         assert!(err.contains("unknown key `port`"), "{err}");
     }
+
+    /// The packaged /etc/troupe/master.toml with every commented example
+    /// turned on (`#key = ...`, `#[table]`) is a valid configuration: the
+    /// dashboard, the viewers and the three kinds of event sinks.
+    #[test]
+    fn the_packaged_master_toml_parses_with_its_examples_on() {
+        let packaged = include_str!("../../packaging/etc/master.toml");
+        let mut on = String::new();
+        let mut turned = 0;
+        for line in packaged.lines() {
+            let example = line.strip_prefix('#').filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    })
+            });
+            match example {
+                Some(l) => {
+                    on.push_str(l);
+                    turned += 1;
+                }
+                None => on.push_str(line),
+            }
+            on.push('\n');
+        }
+        assert!(turned > 20, "{on}");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("master.toml");
+        std::fs::write(&p, &on).unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap_or_else(|e| panic!("{e:#}\n{on}"));
+        assert_eq!(a.web_listen.unwrap().to_string(), "127.0.0.1:8150");
+        assert_eq!(a.viewers, ["alice-laptop"]);
+        let ev = &a.events;
+        assert_eq!(ev.cert_expiry_days, 14);
+        assert_eq!(ev.webhook.len(), 1);
+        assert!(ev.webhook[0].url.starts_with("https://chat.example.com/"));
+        assert!(
+            ev.webhook[0]
+                .kinds
+                .takes(crate::events::EventKind::DeployAborted)
+        );
+        assert_eq!(ev.email.len(), 1);
+        assert_eq!(ev.email[0].to, ["ops@example.com"]);
+        assert_eq!(ev.exec.len(), 1);
+        assert_eq!(ev.exec[0].argv[0], "/usr/local/bin/page-oncall");
+        // As shipped (every example commented out): no sink.
+        std::fs::write(&p, packaged).unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap();
+        assert!(a.events.webhook.is_empty() && a.events.email.is_empty());
+        assert!(a.web_listen.is_none());
+    }
 }
