@@ -688,6 +688,7 @@ mod tests {
                 exit_code: 6,
             }),
             report_seq: 1,
+            disabled: None,
         };
         let v = serde_json::json!({"now": 110, "nodes": [{"node": node, "stale": false}]});
         let mut out = Vec::new();

@@ -108,6 +108,7 @@ async fn phase(agents: &mut [Agent], secs: u64, recompile: bool) -> (u64, Vec<Du
                         have.clone()
                     },
                     environment: String::new(),
+                    ..Default::default()
                 };
                 let t = Instant::now();
                 match client.get_catalog(req).await {
@@ -173,6 +174,7 @@ async fn fleet_node(
             facts_json: facts_json.clone(),
             have_hash: String::new(),
             environment: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|e| format!("{host}: first check-in: {e}"))?
@@ -186,6 +188,7 @@ async fn fleet_node(
             facts_json,
             have_hash: r.catalog_hash.clone(),
             environment: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|e| format!("{host}: second check-in: {e}"))?
@@ -354,6 +357,7 @@ fn main() {
                     facts_json: serde_json::to_vec(&a.facts).unwrap(),
                     have_hash: String::new(),
                     environment: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_or_else(|e| panic!("first check-in failed: {e}\n{}", m.log()))

@@ -157,7 +157,7 @@ pub async fn nodes(
             "page": "nodes",
             "nodes": rows.iter().map(|r| r.json()).collect::<Vec<_>>(),
             "roles": roles, "environments": envs,
-            "statuses": ["changed", "failed", "unchanged", "unreported"],
+            "statuses": ["changed", "failed", "unchanged", "unreported", "disabled"],
             "params": params, "error": error,
             "sort": sort, "order": order, "base": base,
         }))
