@@ -634,6 +634,9 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                             } else {
                                 writeln!(out, "  {}: ok", hs.host)?;
                             }
+                            recorder.send(&mut *signer, DeployRecord::HostDone {
+                                host: hs.host.clone(), package: pkg.package.clone(), time: now_rfc3339(),
+                            }).await;
                             phase_ok.push(hs.host.clone());
                             outcomes.insert(hs.host.clone(), HostOutcome::Ok);
                         }

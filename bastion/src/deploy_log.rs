@@ -87,6 +87,7 @@ pub fn fold(id: &str, entries: Vec<DeployEntry>) -> Option<DeployLog> {
         failed_hosts: 0,
         entries: Vec::new(),
     };
+    let mut done = std::collections::HashSet::new();
     for e in &entries {
         match &e.record {
             DeployRecord::Finished {
@@ -111,8 +112,19 @@ pub fn fold(id: &str, entries: Vec<DeployEntry>) -> Option<DeployLog> {
                 log.failed_hosts = *failed_hosts;
                 log.ended = Some(time.clone());
             }
-            DeployRecord::PackageDone { ok, .. } if log.ended.is_none() => {
-                log.completed += ok.len();
+            DeployRecord::HostDone { host, package, .. } if log.ended.is_none() => {
+                if done.insert((package.as_str(), host.as_str())) {
+                    log.completed += 1;
+                }
+            }
+            // Hosts a host_done did not count yet (logs of bastions that
+            // send none).
+            DeployRecord::PackageDone { ok, package, .. } if log.ended.is_none() => {
+                for h in ok {
+                    if done.insert((package.as_str(), h.as_str())) {
+                        log.completed += 1;
+                    }
+                }
             }
             DeployRecord::HostFailed { .. } if log.ended.is_none() => log.failed_hosts += 1,
             _ => {}
@@ -242,6 +254,11 @@ impl DeployLog {
                     }
                     l
                 }
+                DeployRecord::HostDone {
+                    host,
+                    package,
+                    time,
+                } => format!("{time} {host}: {package} done"),
                 DeployRecord::PackageDone {
                     package,
                     version,
@@ -345,6 +362,13 @@ pub fn event_of(
             serde_json::json!({ "package": package, "step": step, "error": error,
                 "left": left, "undo": undo }),
         ),
+        // Progress, counted as a step (sinks take it only when named).
+        DeployRecord::HostDone { host, package, .. } => (
+            EventKind::DeployStep,
+            format!("release {title}: {host}: {package} done"),
+            Some(host.clone()),
+            serde_json::json!({ "package": package, "step": "done", "result": "ok" }),
+        ),
         DeployRecord::PackageDone {
             package,
             version,
@@ -394,4 +418,82 @@ pub fn event_of(
         e = e.environment(env);
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, record: DeployRecord) -> DeployEntry {
+        DeployEntry {
+            seq,
+            by: "bastion".into(),
+            received: "2026-12-07T01:00:00.000Z".into(),
+            record,
+        }
+    }
+
+    /// Progress moves as each host finishes (host_done), counted once
+    /// when the package's end repeats it; logs without host_done count
+    /// at the package's end.
+    #[test]
+    fn hosts_count_as_they_finish_and_once() {
+        let t = || "2026-12-07T01:00:00.000Z".to_string();
+        let started = entry(
+            0,
+            DeployRecord::Started {
+                title: "nginx".into(),
+                environment: None,
+                packages: vec![PlannedPackage {
+                    name: "nginx".into(),
+                    version: "1".into(),
+                    batches: vec![vec!["web1".into()], vec!["web2".into()]],
+                }],
+                not_connected: vec![],
+                time: t(),
+            },
+        );
+        let done = |seq, h: &str| {
+            entry(
+                seq,
+                DeployRecord::HostDone {
+                    host: h.into(),
+                    package: "nginx".into(),
+                    time: t(),
+                },
+            )
+        };
+        let pkg_done = |seq| {
+            entry(
+                seq,
+                DeployRecord::PackageDone {
+                    package: "nginx".into(),
+                    version: "1".into(),
+                    ok: vec!["web1".into(), "web2".into()],
+                    failed: vec![],
+                    time: t(),
+                },
+            )
+        };
+        let log = fold("r", vec![started.clone(), done(1, "web1")]).unwrap();
+        assert_eq!((log.status.as_str(), log.completed), ("running", 1));
+        let log = fold(
+            "r",
+            vec![
+                started.clone(),
+                done(1, "web1"),
+                done(2, "web2"),
+                pkg_done(3),
+            ],
+        )
+        .unwrap();
+        assert_eq!(log.completed, 2);
+        assert!(
+            log.to_text().contains("web2: nginx done"),
+            "{}",
+            log.to_text()
+        );
+        let log = fold("r", vec![started, pkg_done(1)]).unwrap();
+        assert_eq!(log.completed, 2);
+    }
 }

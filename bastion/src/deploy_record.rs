@@ -76,6 +76,13 @@ pub enum DeployRecord {
         undo: Vec<String>,
         time: String,
     },
+    /// A host went through every step of a package (live progress: the
+    /// package's hosts are counted as they finish, not at its end).
+    HostDone {
+        host: String,
+        package: String,
+        time: String,
+    },
     /// Every batch of a package ran (or the release stopped in it).
     PackageDone {
         package: String,
@@ -110,6 +117,7 @@ impl DeployRecord {
             DeployRecord::PackageStarted { .. } => "package_started",
             DeployRecord::Step { .. } => "step",
             DeployRecord::HostFailed { .. } => "host_failed",
+            DeployRecord::HostDone { .. } => "host_done",
             DeployRecord::PackageDone { .. } => "package_done",
             DeployRecord::Finished { .. } => "finished",
             DeployRecord::Aborted { .. } => "aborted",
