@@ -448,6 +448,13 @@ kinds = ["deploy_finished", "deploy_aborted"]
     assert!(out.stdout.contains("1. nginx 1.24.0-1"), "{out:?}");
     assert!(out.stdout.contains("batch 1: web1"), "{out:?}");
     assert!(out.stdout.contains("batch 2: web2"), "{out:?}");
+    // web1 is stale (no check-in since its runs above) but attached: it is
+    // targeted, and no host is left out.
+    assert!(
+        out.stdout.contains("matched 2 host(s): web1 web2"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("left out"), "{out:?}");
     let id1 = out
         .stdout
         .lines()
