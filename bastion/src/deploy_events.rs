@@ -154,12 +154,25 @@ impl LocalEvents {
                 received: now_rfc3339(),
                 record: record.clone(),
             });
+        let kept = self.kept.clone();
         let mut ev = event_of(
             &self.id,
             &self.by,
             &self.title,
             self.environment.as_deref(),
             record,
+            |host, step| {
+                let entries = kept.entries.lock().unwrap_or_else(|p| p.into_inner());
+                entries.iter().rev().find_map(|e| match &e.record {
+                    DeployRecord::Step {
+                        host: h,
+                        step: s,
+                        result,
+                        ..
+                    } if h == host && s == step && result != "ok" => Some(result.clone()),
+                    _ => None,
+                })
+            },
         );
         ev.seq = seq + 1;
         self.sinks.offer(&ev);

@@ -6,7 +6,8 @@
 
 use crate::deploy_record::{DeployRecord, PlannedPackage};
 use serde::{Deserialize, Serialize};
-use troupe_events::{Event, EventKind};
+use troupe_base::error_code::ErrorCode;
+use troupe_events::{Event, EventKind, status_code};
 
 /// One stored line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,13 +286,17 @@ impl DeployLog {
 }
 
 /// The event a record of release `id` raises (`by`: who sent it; `title`,
-/// `environment`: the release's, from its `started` record).
+/// `environment`: the release's, from its `started` record). A failure
+/// carries its typed error code (ADR 0008); for `host_failed`, that of
+/// the failing step's result, which `failed_step(host, step)` finds in the
+/// release's earlier records (called for that record only).
 pub fn event_of(
     id: &str,
     by: &str,
     title: &str,
     environment: Option<&str>,
     r: &DeployRecord,
+    failed_step: impl FnOnce(&str, &str) -> Option<String>,
 ) -> Event {
     let (kind, text, node, data) = match r {
         DeployRecord::Started {
@@ -410,7 +415,21 @@ pub fn event_of(
             serde_json::json!({ "reason": reason, "completed": completed, "failed_hosts": failed_hosts }),
         ),
     };
+    let code = match r {
+        DeployRecord::Step { result, .. } => status_code(result),
+        DeployRecord::HostFailed { host, step, .. } => Some(
+            failed_step(host, step)
+                .and_then(|res| status_code(&res))
+                .unwrap_or(ErrorCode::Failed),
+        ),
+        DeployRecord::Finished { status, .. } if status != "complete" => Some(ErrorCode::Failed),
+        DeployRecord::Aborted { .. } => Some(ErrorCode::Failed),
+        _ => None,
+    };
     let mut e = Event::new(kind, text).release(id).data(data);
+    if let Some(c) = code {
+        e = e.code(c);
+    }
     if let Some(n) = node {
         e = e.node(n);
     }

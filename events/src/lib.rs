@@ -25,6 +25,7 @@ pub mod config;
 pub mod sinks;
 
 use serde::{Deserialize, Serialize};
+use troupe_base::error_code::ErrorCode;
 
 /// What happened. The JSON name is the snake_case of the variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -149,6 +150,12 @@ pub struct Event {
     pub release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// For an event a refusal or a failure caused (a command refused, code
+    /// that failed to load, a run or a release step that failed): what it
+    /// is, as a typed error code (ADR 0008, docs/json.md "Error codes"),
+    /// for programs to branch on instead of `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     /// One human line, e.g. "web1: run failed (2 resources failed)".
     pub text: String,
     /// Details by kind (docs/json.md); an object, `{}` when none.
@@ -165,6 +172,7 @@ impl Event {
             node: None,
             release: None,
             environment: None,
+            code: None,
             text: text.into(),
             data: serde_json::json!({}),
         }
@@ -185,10 +193,36 @@ impl Event {
         self
     }
 
+    pub fn code(mut self, code: ErrorCode) -> Event {
+        self.code = Some(code);
+        self
+    }
+
     pub fn data(mut self, data: serde_json::Value) -> Event {
         self.data = data;
         self
     }
+}
+
+/// The typed error code (ADR 0008) of a command answer's status or a
+/// release step's result: the agent's refusal codes (`policy_denied`,
+/// `unknown_signer`, ...; `troupe_command::verify::Refusal::code`), the
+/// master's (`no_signers`, `replayed`, ...), `failed` (the action ran and
+/// failed), `error`/`timeout`/`no_answer` (no answer came). `None` for `ok`.
+pub fn status_code(status: &str) -> Option<ErrorCode> {
+    Some(match status {
+        "ok" => return None,
+        "failed" => ErrorCode::Failed,
+        "policy_denied" | "unknown_signer" | "no_signers" | "bad_signature" | "expired"
+        | "not_yet_valid" | "ttl_too_long" => ErrorCode::PermissionDenied,
+        "malformed" | "bad_argument" | "unknown_action" | "not_targeted" => {
+            ErrorCode::InvalidArgument
+        }
+        "replayed" => ErrorCode::Conflict,
+        "error" | "timeout" | "no_answer" | "replay_store_error" | "audit_error"
+        | "store_error" => ErrorCode::Unavailable,
+        _ => ErrorCode::Unclassified,
+    })
 }
 
 /// Now, RFC 3339 in UTC with milliseconds.

@@ -4,8 +4,13 @@
 
 use super::{Event, EventKind};
 use crate::state::MasterState;
+use troupe_base::error_code::ErrorCode;
 use troupe_bastion::deploy_record::DeployRecord;
 use troupe_catalog::report::{Report, Status};
+
+/// The typed error code of a command answer's status or a release step's
+/// result ([`troupe_events::status_code`]).
+pub use troupe_events::status_code;
 
 /// Whether `node`'s last stored run failed (`None`: no run stored).
 /// Called before a new report is stored.
@@ -48,9 +53,12 @@ pub fn report_stored(state: &MasterState, node: &str, before: Option<bool>, r: &
         ),
         _ => format!("{node}: run recovered ({changed} resource(s) changed)"),
     };
+    let mut e = Event::new(kind, text);
+    if kind == EventKind::RunFailed {
+        e = e.code(ErrorCode::Failed);
+    }
     state.events.emit(
-        Event::new(kind, text)
-            .node(node)
+        e.node(node)
             .environment(r.environment.clone())
             .data(serde_json::json!({
                 "run_id": r.run_id,
@@ -87,10 +95,12 @@ pub fn code_load_failed(state: &MasterState, error: &str, serving: Option<&str>)
         None => "module code failed to load; no catalogs are served until it does".to_string(),
     };
     state.events.emit(
-        Event::new(EventKind::CodeLoadFailed, text).data(serde_json::json!({
-            "error": error,
-            "serving": serving,
-        })),
+        Event::new(EventKind::CodeLoadFailed, text)
+            .code(ErrorCode::CompileFailed)
+            .data(serde_json::json!({
+                "error": error,
+                "serving": serving,
+            })),
     );
 }
 
@@ -122,12 +132,14 @@ pub fn command_refused(
         Some(n) => format!("{n}: {what} from {caller} refused: {code}: {message}"),
         None => format!("master: {what} from {caller} refused: {code}: {message}"),
     };
-    let mut e = Event::new(EventKind::CommandRefused, text).data(serde_json::json!({
-        "caller": caller,
-        "action": action,
-        "code": code,
-        "message": message,
-    }));
+    let mut e = Event::new(EventKind::CommandRefused, text)
+        .code(status_code(code).unwrap_or(ErrorCode::Unclassified))
+        .data(serde_json::json!({
+            "caller": caller,
+            "action": action,
+            "code": code,
+            "message": message,
+        }));
     if let Some(n) = node {
         e = e.node(n);
     }
@@ -149,5 +161,21 @@ pub fn deploy_record(state: &MasterState, id: &str, by: &str, r: &DeployRecord) 
         &title,
         environment.as_deref(),
         r,
+        |host, step| failed_step_result(state, id, host, step),
     ));
+}
+
+/// The result of the last step record of release `id` on `host` named
+/// `step` that did not succeed (`failed`, `policy_denied`, `error`, ...).
+fn failed_step_result(state: &MasterState, id: &str, host: &str, step: &str) -> Option<String> {
+    let log = state.events.deploys.read(id).ok().flatten()?;
+    log.entries.iter().rev().find_map(|e| match &e.record {
+        DeployRecord::Step {
+            host: h,
+            step: s,
+            result,
+            ..
+        } if h == host && s == step && result != "ok" => Some(result.clone()),
+        _ => None,
+    })
 }

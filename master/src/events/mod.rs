@@ -153,6 +153,7 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_base::error_code::ErrorCode;
 
     #[test]
     fn kinds_round_trip_by_name() {
@@ -162,6 +163,57 @@ mod tests {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("run-failed"), None);
+    }
+
+    #[test]
+    fn refusals_and_failures_carry_a_typed_code() {
+        use hooks::status_code;
+        assert_eq!(status_code("ok"), None);
+        assert_eq!(status_code("failed"), Some(ErrorCode::Failed));
+        // Every refusal code an agent (`Refusal::code`) or the master gives
+        // maps to a specific code, never `unclassified`.
+        for c in [
+            "malformed",
+            "ttl_too_long",
+            "unknown_signer",
+            "no_signers",
+            "bad_signature",
+            "not_yet_valid",
+            "expired",
+            "replayed",
+            "not_targeted",
+            "unknown_action",
+            "bad_argument",
+            "policy_denied",
+            "replay_store_error",
+            "audit_error",
+            "error",
+            "timeout",
+            "no_answer",
+        ] {
+            let code = status_code(c).unwrap();
+            assert_ne!(code, ErrorCode::Unclassified, "{c}");
+        }
+        assert_eq!(
+            status_code("policy_denied"),
+            Some(ErrorCode::PermissionDenied)
+        );
+        assert_eq!(
+            status_code("bad_argument"),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(status_code("replayed"), Some(ErrorCode::Conflict));
+        assert_eq!(status_code("timeout"), Some(ErrorCode::Unavailable));
+        assert_eq!(
+            status_code("from_a_newer_agent"),
+            Some(ErrorCode::Unclassified)
+        );
+        let e = Event::new(EventKind::CommandRefused, "x").code(ErrorCode::PermissionDenied);
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["code"], "permission_denied");
+        assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
+        let j = serde_json::to_value(Event::new(EventKind::RunRecovered, "y")).unwrap();
+        assert!(j.get("code").is_none(), "{j}");
     }
 
     #[tokio::test]
