@@ -311,6 +311,12 @@ kinds = ["deploy_finished", "deploy_aborted"]
         .find(|v| v["kind"] == "deploy_host_failed")
         .unwrap();
     assert_eq!(failed["node"], "web2");
+    // The same typed error codes as the master's events (ADR 0008).
+    assert_eq!(failed["code"], "failed", "{failed}");
+    assert!(
+        seen.iter()
+            .any(|v| v["kind"] == "deploy_aborted" && v["code"] == "failed")
+    );
     assert!(
         failed["text"]
             .as_str()
