@@ -34,6 +34,8 @@ pub const KEYS: &[&str] = &[
     "server_names",
     "cert_ttl",
     "code_poll",
+    "git_poll",
+    "git_site_branch",
     "allow_agent_environment",
     "compile_threads",
     "catalog_cache_bytes",
@@ -157,6 +159,17 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
         )
         .map_err(e)?
         .0;
+    args.git_poll = f
+        .resolve("git_poll", given(m, "git_poll", None), Dur(args.git_poll))
+        .map_err(e)?
+        .0;
+    args.git_site_branch = f
+        .resolve(
+            "git_site_branch",
+            given(m, "git_site_branch", None),
+            args.git_site_branch,
+        )
+        .map_err(e)?;
     args.allow_agent_environment = f
         .resolve(
             "allow_agent_environment",
