@@ -319,10 +319,9 @@ impl CodeManager {
         g.generation += 1;
         if let Some(c) = staged.commit {
             g.commits.insert(env.to_owned(), c);
-            let commits = g.commits.clone();
             drop(g);
             if let Some(git) = &self.git {
-                git.save_serving(&commits);
+                git.save_serving(|| self.read().commits.clone());
             }
         }
         Ok(version)

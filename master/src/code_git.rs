@@ -110,6 +110,8 @@ pub struct GitSource {
     poll_secs: u64,
     /// One sync at a time (the poll and `troupe env sync`).
     lock: Mutex<()>,
+    /// One writer of `serving.json` at a time (sync, promote).
+    save_lock: Mutex<()>,
 }
 
 /// Sync state kept with the code (`Inner::git`).
@@ -120,6 +122,9 @@ pub(crate) struct GitState {
     last_sync_error: Option<String>,
     /// Environment → (commit, why it does not load).
     failed: BTreeMap<String, (String, String)>,
+    /// Environments of `failed` whose commit loaded but did not fit with
+    /// the others (e.g. no site yet): tried again at every sync.
+    retry: BTreeSet<String>,
     /// Branch → why it is not an environment.
     skipped: BTreeMap<String, String>,
     /// Environments whose branch is gone (still serving).
@@ -481,8 +486,11 @@ impl GitSource {
     }
 
     /// Records the commits served, so a restart serves them again.
-    pub(crate) fn save_serving(&self, commits: &BTreeMap<String, String>) {
-        let doc = serde_json::json!({"serving": commits});
+    /// `commits` is read under the writer's lock, so the file never goes
+    /// back to an older state than a concurrent writer saved.
+    pub(crate) fn save_serving(&self, commits: impl FnOnce() -> BTreeMap<String, String>) {
+        let _one = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let doc = serde_json::json!({"serving": commits()});
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         if let Err(e) = troupe_base::fs::write_atomic(
             &self.serving_file(),
@@ -589,6 +597,7 @@ impl CodeManager {
             site_branch: opts.site_branch,
             poll_secs: opts.poll.as_secs(),
             lock: Mutex::new(()),
+            save_lock: Mutex::new(()),
         };
         // Leftovers of a sync that was killed.
         if let Ok(rd) = std::fs::read_dir(src.checkouts()) {
@@ -632,21 +641,23 @@ impl CodeManager {
             return;
         }
         let mut envs = BTreeMap::new();
+        let mut restored = BTreeMap::new();
         let mut site = None;
         for (env, commit) in &serving {
             match git.load(env, commit) {
                 Ok((t, s)) => {
+                    restored.insert(env.clone(), commit.clone());
                     envs.insert(env.clone(), t);
                     if s.is_some() {
                         site = s;
                     }
                 }
                 Err(e) => {
+                    // Its branch's newest commit serves after the sync.
                     tracing::error!(
                         "cannot serve {env} at commit {commit} again (from {}): {e}",
                         git.serving_file().display()
                     );
-                    return;
                 }
             }
         }
@@ -662,7 +673,7 @@ impl CodeManager {
             Ok(t) => {
                 let mut g = self.write();
                 g.live = Some(Arc::new(t));
-                g.commits = serving;
+                g.commits = restored;
                 g.generation += 1;
             }
             Err(e) => tracing::error!("the commits served before do not load together: {e}"),
@@ -733,6 +744,7 @@ impl CodeManager {
             new_failures: Vec::new(),
         };
         let mut failed = prev.failed.clone();
+        let mut retry = BTreeSet::new();
         let mut loaded = Vec::new();
         let mut unstage = Vec::new();
         for (env, commit) in &heads {
@@ -766,6 +778,7 @@ impl CodeManager {
             if let Some((c, e)) = prev.failed.get(env)
                 && c == commit
                 && only.is_none()
+                && !prev.retry.contains(env)
             {
                 report
                     .environments
@@ -923,6 +936,7 @@ impl CodeManager {
                     new_commits = g.commits.clone();
                     for (env, commit, _) in &went_live {
                         failed.insert(env.clone(), (commit.clone(), e.clone()));
+                        retry.insert(env.clone());
                     }
                     report.new_failures.push(e.clone());
                     if let Some(d) = &drop_env {
@@ -993,7 +1007,9 @@ impl CodeManager {
         st.last_attempt = Some(now());
         st.last_sync = st.last_attempt;
         st.last_sync_error = None;
+        retry.retain(|e| failed.contains_key(e));
         st.failed = failed;
+        st.retry = retry;
         st.skipped = skipped;
         st.removed = removed;
         st.branches = heads;
@@ -1005,10 +1021,9 @@ impl CodeManager {
                 keep.insert(format!("{e}.{c}"));
             }
         }
-        let commits_now = g.commits.clone();
         drop(g);
         if commits_moved {
-            git.save_serving(&commits_now);
+            git.save_serving(|| self.read().commits.clone());
         }
         if swapped {
             for (e, s) in &report.environments {
@@ -1297,6 +1312,32 @@ mod tests {
         assert_eq!(after.commits, before.commits);
         assert!(after.git.unwrap().last_sync_error.is_some());
         assert_eq!(motd(&m, "production"), "prod v1\n");
+    }
+
+    /// The site branch does not load at first: nothing serves (the other
+    /// branches load but have no site); once it is fixed, every branch
+    /// serves without having to move.
+    #[test]
+    fn a_broken_site_branch_holds_back_nothing_after_it_is_fixed() {
+        let repo = Repo::new();
+        repo.commit("production", "prod v1");
+        repo.break_it("production");
+        let d1 = repo.commit("development", "dev v1");
+        let data = tempfile::tempdir().unwrap();
+        let m = manager(&repo.url(), data.path(), &["production"]);
+        let err = m.current().unwrap_err();
+        assert!(err.contains("motd.toml"), "{err}");
+        let st = m.status();
+        assert_eq!(st.live_version, None);
+        assert!(st.git.unwrap().failed.contains_key("development"));
+        repo.commit("production", "prod v2");
+        let rep = m.sync(None).unwrap();
+        assert_eq!(rep.environments["production"].action, "added");
+        assert_eq!(rep.environments["development"].action, "added");
+        assert_eq!(motd(&m, "production"), "prod v2\n");
+        assert_eq!(motd(&m, "development"), "dev v1\n");
+        assert_eq!(m.status().commits["development"], d1);
+        assert_eq!(m.status().last_error, None);
     }
 
     #[test]
