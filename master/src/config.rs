@@ -314,6 +314,20 @@ mod tests {
         assert_eq!(j["settings"]["run_interval"]["value"], "5m");
         assert_eq!(j["settings"]["shutdown_grace"]["source"], "default");
 
+        std::fs::write(
+            &p,
+            "modules = \"git+file:///srv/m.git\"\ngit_poll = 0\ngit_site_branch = \"main\"\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap();
+        assert_eq!(a.git_poll.as_secs(), 0);
+        assert_eq!(a.git_site_branch, "main");
+        assert_eq!(
+            crate::code_git::git_url(a.modules.as_deref().unwrap()),
+            Some("file:///srv/m.git")
+        );
+
         std::fs::write(&p, "run_interval = \"soon\"\n").unwrap();
         let (a, m) = parse(&["--config", p.to_str().unwrap()]);
         let err = resolve(a, &m).unwrap_err().to_string();

@@ -248,4 +248,29 @@ fn git_branches_are_environments_with_a_master() {
     );
     assert_eq!(st["commits"]["development"], d2.as_str());
     assert!(f.m.log().contains("does not load"), "{}", f.m.log());
+
+    // 6. A restart serves the same commits (production stays promoted,
+    //    development on its last good commit), and with a poll the next
+    //    good commit serves without `env sync`.
+    let mut f = f;
+    let opts = MasterOptions {
+        modules: Some(PathBuf::from(&url)),
+        extra_args: ["--hold", "production", "--git-poll", "1s"]
+            .map(String::from)
+            .to_vec(),
+    };
+    f.m.restart(&opts);
+    let st = f.status();
+    assert_eq!(st["commits"]["production"], p2.as_str());
+    assert_eq!(st["commits"]["development"], d2.as_str());
+    assert_eq!(
+        st["git"]["failed"]["development"]["commit"],
+        broken.as_str()
+    );
+    let d3 = repo.commit("development", "dev v3");
+    troupe_tests::wait_until(std::time::Duration::from_secs(20), "the poll", || {
+        f.status()["commits"]["development"] == d3.as_str()
+    });
+    assert_eq!(f.motd("dev1"), "dev v3\n");
+    assert!(f.status()["git"]["failed"].as_object().unwrap().is_empty());
 }
