@@ -789,8 +789,10 @@ impl CodeManager {
                 Ok((t, s)) => loaded.push((env.clone(), commit.clone(), t, s)),
                 Err(e) => {
                     tracing::error!(
-                        "environment {env}: commit {commit:.12} does not load; {} keeps serving: {e}",
-                        serving.map_or("nothing".to_string(), |c| format!("{c:.12}"))
+                        "environment {env}: commit {commit:.12} does not load; {}: {e}",
+                        serving.map_or("it is not served until a commit loads".to_string(), |c| {
+                            format!("{c:.12} keeps serving")
+                        })
                     );
                     failed.insert(env.clone(), (commit.clone(), e.clone()));
                     report
@@ -1028,7 +1030,12 @@ impl CodeManager {
         if swapped {
             for (e, s) in &report.environments {
                 if matches!(s.action, "added" | "updated" | "removed") {
-                    tracing::info!(env = %e, commit = ?s.commit, "git: {}", s.action);
+                    tracing::info!(
+                        env = %e,
+                        commit = s.commit.as_deref().unwrap_or("-"),
+                        "git: {}",
+                        s.action
+                    );
                 }
             }
         }

@@ -663,7 +663,12 @@ pub fn write_env_sync(v: &serde_json::Value) -> String {
                 ),
                 "unstaged" => format!("unstaged: the branch is back at {commit}, which serves"),
                 "failed" => format!(
-                    "FAILED: commit {commit} does not load; {serving} keeps serving: {}",
+                    "FAILED: commit {commit} does not load; {}: {}",
+                    if e["serving"].is_string() {
+                        format!("{serving} keeps serving")
+                    } else {
+                        "not served until a commit loads".to_string()
+                    },
                     e["error"].as_str().unwrap_or("?")
                 ),
                 "branch-removed" => format!(
