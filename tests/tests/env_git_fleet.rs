@@ -273,4 +273,36 @@ fn git_branches_are_environments_with_a_master() {
     });
     assert_eq!(f.motd("dev1"), "dev v3\n");
     assert!(f.status()["git"]["failed"].as_object().unwrap().is_empty());
+
+    // 7. A deleted branch keeps its environment serving (listed as
+    //    removed) until `troupe env sync ENV` names it.
+    let q = repo.commit("qa", "qa v1");
+    troupe_tests::wait_until(std::time::Duration::from_secs(20), "qa", || {
+        f.status()["commits"]["qa"] == q.as_str()
+    });
+    repo.git(&["checkout", "-q", "production"]);
+    repo.git(&["branch", "-D", "qa"]);
+    troupe_tests::wait_until(std::time::Duration::from_secs(20), "qa removed", || {
+        f.status()["git"]["removed"] == serde_json::json!(["qa"])
+    });
+    let st = f.status();
+    assert_eq!(st["commits"]["qa"], q.as_str());
+    assert!(st["environments"]["qa"].is_string());
+    let text = f.troupe(&["env", "status"]);
+    assert!(
+        text.stdout
+            .contains("(branch removed: `troupe env sync qa` removes it)"),
+        "{}",
+        text.stdout
+    );
+    let s = f.troupe(&["env", "sync", "qa"]);
+    assert_eq!(s.code, Some(0), "{s:#?}");
+    assert!(
+        s.stdout.contains("qa               removed"),
+        "{}",
+        s.stdout
+    );
+    let st = f.status();
+    assert!(st["environments"].get("qa").is_none(), "{st}");
+    assert!(st["commits"].get("qa").is_none(), "{st}");
 }
