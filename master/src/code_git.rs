@@ -1347,6 +1347,52 @@ mod tests {
         assert_eq!(m.status().last_error, None);
     }
 
+    /// A branch cannot reach outside its checkout through a symlink, and
+    /// a killed sync's half-written checkout is removed at start, never
+    /// served.
+    #[test]
+    fn symlinks_out_and_leftovers_of_a_killed_sync_are_never_served() {
+        let repo = Repo::new();
+        repo.commit("production", "prod v1");
+        let d1 = repo.commit("development", "dev v1");
+        let data = tempfile::tempdir().unwrap();
+        let m = manager(&repo.url(), data.path(), &[]);
+        // A data file that is a link to a file outside the checkout.
+        fs::create_dir_all(repo.dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", repo.dir.path().join("data/common.toml"))
+            .unwrap();
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "link out"]);
+        let rep = m.sync(None).unwrap();
+        let dev = &rep.environments["development"];
+        assert_eq!(dev.action, "failed");
+        assert!(
+            dev.error
+                .as_deref()
+                .unwrap()
+                .contains("outside the module tree"),
+            "{dev:?}"
+        );
+        assert_eq!(motd(&m, "development"), "dev v1\n");
+        assert_eq!(m.status().commits["development"], d1);
+        drop(m);
+        // A sync killed mid-checkout leaves a temp directory (here with
+        // another motd): the next start removes it and serves the
+        // recorded commits.
+        let tmp = data
+            .path()
+            .join(format!("git/checkouts/.tmp-development.{d1}-4242"));
+        fs::create_dir_all(tmp.join("environments/development/profiles")).unwrap();
+        fs::write(
+            tmp.join("environments/development/profiles/motd.toml"),
+            "[file.\"/etc/motd\"]\ncontent = \"half\\n\"\n",
+        )
+        .unwrap();
+        let m = manager(&repo.url(), data.path(), &[]);
+        assert!(!tmp.exists());
+        assert_eq!(motd(&m, "development"), "dev v1\n");
+    }
+
     #[test]
     fn urls_are_checked_and_credentials_redacted() {
         assert_eq!(
