@@ -14,6 +14,11 @@
 //!   [`CodeManager::promote`] (`troupe env promote production`). The site
 //!   file (classification) is shared by all environments and applies at
 //!   once.
+//! - With `modules = "git+URL"` the environments are the branches of a git
+//!   repository instead, synced by [`CodeManager::sync`]
+//!   ([`crate::code_git`]); the same hold/promote rule applies, the staged
+//!   code ([`Staged`]) then carries its commit and, for the site branch,
+//!   the site.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
