@@ -17,7 +17,7 @@
 //! - With `modules = "git+URL"` the environments are the branches of a git
 //!   repository instead, synced by [`CodeManager::sync`]
 //!   ([`crate::code_git`]); the same hold/promote rule applies, the staged
-//!   code ([`Staged`]) then carries its commit and, for the site branch,
+//!   code (`Staged`) then carries its commit and, for the site branch,
 //!   the site.
 
 use anyhow::{Context, Result};
