@@ -102,6 +102,13 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
     args.modules = f
         .resolve("modules", given(m, "modules", None), args.modules)
         .map_err(e)?;
+    // A git URL's user name and password are never printed.
+    if let Some(url) = args.modules.as_deref().and_then(crate::code_git::git_url) {
+        let shown = format!("git+{}", crate::code_git::redact(url));
+        if shown != format!("git+{url}") {
+            f.show_as("modules", serde_json::Value::String(shown));
+        }
+    }
     args.hold = f
         .resolve("hold", given(m, "hold", None), args.hold)
         .map_err(e)?;
@@ -327,6 +334,22 @@ mod tests {
             crate::code_git::git_url(a.modules.as_deref().unwrap()),
             Some("file:///srv/m.git")
         );
+        // A password in the URL is used, never printed.
+        std::fs::write(
+            &p,
+            "modules = \"git+https://deploy:s3cret@git.example.com/m.git\"\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, f) = resolve(a, &m).unwrap();
+        assert!(a.modules.unwrap().to_str().unwrap().contains("s3cret"));
+        for shown in [print(&f, false), print(&f, true)] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains("git+https://***@git.example.com/m.git"),
+                "{shown}"
+            );
+        }
 
         std::fs::write(&p, "run_interval = \"soon\"\n").unwrap();
         let (a, m) = parse(&["--config", p.to_str().unwrap()]);
