@@ -88,6 +88,16 @@ fn receivers(rt: &tokio::runtime::Runtime) -> (String, String, Got) {
     })
 }
 
+/// Kills the SMTP server when the test ends, failed or not.
+struct Smtp(std::process::Child);
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// aiosmtpd on a free port with STARTTLS required and a CA-signed
 /// certificate for localhost, delivering into a maildir.
 fn smtp_server(dir: &Path) -> (std::process::Child, u16, PathBuf) {
@@ -184,7 +194,8 @@ fn deploy_events_reach_the_bastions_own_sinks_and_a_dead_one_blocks_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (url, dead_url, got) = receivers(&rt);
     let dir = tempfile::tempdir().unwrap();
-    let (mut smtp, port, maildir) = smtp_server(dir.path());
+    let (smtp, port, maildir) = smtp_server(dir.path());
+    let _smtp = Smtp(smtp);
     let hook_out = dir.path().join("hook.jsonl");
     let cfg = dir.path().join("bastion.toml");
     std::fs::write(
@@ -376,6 +387,4 @@ kinds = ["deploy_finished", "deploy_aborted"]
             .arg(&f.master.data),
     );
     assert!(log.stdout.contains("status: aborted"), "{log:?}");
-    let _ = smtp.kill();
-    let _ = smtp.wait();
 }
