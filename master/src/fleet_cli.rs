@@ -12,7 +12,10 @@ use std::io::Write;
 use std::path::Path;
 use troupe_catalog::report::{Report, Status};
 
-/// `troupe nodes`: every node with its last check-in and run.
+/// `troupe nodes`: every node with its last check-in and run. STATUS is
+/// the last run's (failed, changed, unchanged), or `disabled` while the
+/// node's last check-in said its runs are disabled (`troupe-agent
+/// disable`; the reason is in `--json` and on the dashboard).
 #[derive(clap::Args, Debug)]
 pub struct NodesArgs {
     /// Only nodes whose facts match, e.g. `os.family=Debian` (repeatable;
@@ -248,6 +251,13 @@ pub fn write_nodes(v: &serde_json::Value, filtered: bool, out: &mut dyn Write) -
                 "-",
                 "-".into(),
             ),
+        };
+        // Runs disabled on the host (`troupe-agent disable`): the last
+        // report's status is old news; its counts stay for reference.
+        let status = if n.disabled.is_some() {
+            "disabled".to_owned()
+        } else {
+            status
         };
         let checkin = if r.stale {
             format!("{} STALE", ago(now, n.last_checkin))
@@ -834,6 +844,24 @@ mod tests {
         assert_eq!(at("FAILED"), "1", "{text}");
         assert_eq!(at("SKIPPED"), "3", "{text}");
         assert_eq!(at("CHANGED"), "1", "{text}");
+        assert_eq!(at("STATUS"), "failed", "{text}");
+
+        // A node whose runs are disabled says so, whatever its last run was.
+        let mut node = node;
+        node.disabled = Some(crate::store::DisabledMark {
+            reason: "kernel upgrade".into(),
+            since: "2026-12-07T00:00:00Z".into(),
+        });
+        let v = serde_json::json!({"now": 110, "nodes": [{"node": node, "stale": false}]});
+        let mut out = Vec::new();
+        write_nodes(&v, false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(at_in(&row, col("STATUS")), "disabled", "{text}");
+    }
+
+    fn at_in<'a>(row: &[&'a str], col: usize) -> &'a str {
+        row[col + 1]
     }
 
     /// Issue 16 item 5: a skipped resource's cause is said once, naming the
