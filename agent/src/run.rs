@@ -461,7 +461,8 @@ pub fn run_once(
     };
     // The catalog and its bodies are not needed any more: free them before
     // the report is encoded and stored, so the two never peak together.
-    let changes = std::mem::take(&mut ctx.changes);
+    let mut changes = std::mem::take(&mut ctx.changes);
+    changes.shrink_to_fit();
     drop(ctx);
     drop(catalog);
     let queue = sink.is_some();

@@ -658,6 +658,63 @@ mod tests {
         }
     }
 
+    fn catalog(node: &str) -> troupe_catalog::Catalog {
+        let mut c = troupe_catalog::Catalog::new(node, "production", "v1");
+        let body = c.add_content(b"hello\n");
+        let kind = troupe_catalog::Kind::File {
+            path: "/etc/motd".into(),
+            ensure: troupe_catalog::Ensure::Present,
+            content: Some(body),
+            mode: Some(0o644),
+            owner: None,
+            group: None,
+            validate: None,
+        };
+        c.resources.push(troupe_catalog::Resource {
+            id: kind.id(),
+            kind,
+            requires: vec![],
+            notify: vec![],
+            sensitive: false,
+            source: None,
+            tags: vec![],
+            noop: false,
+        });
+        c
+    }
+
+    #[test]
+    fn the_cached_catalog_moves_from_the_database_to_canonical_catalog_json() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        assert_eq!(st.cached_catalog().unwrap(), None);
+        // What an agent before catalog.json left: the catalog in redb.
+        let old = catalog("old.example");
+        {
+            let tx = st.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(CATALOG).unwrap();
+                t.insert("last", old.to_canonical_json().as_slice())
+                    .unwrap();
+                t.insert("last_hash", old.hash().as_bytes()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert_eq!(st.cached_catalog().unwrap(), Some(old.to_canonical_json()));
+        // A new catalog given as pretty JSON is cached canonical.
+        let new = catalog("new.example");
+        let lazy = LazyCatalog::from_json(new.to_pretty_json().into_bytes()).unwrap();
+        st.cache_catalog(&lazy).unwrap();
+        let file = std::fs::read(d.path().join(CATALOG_FILE)).unwrap();
+        assert_eq!(file, new.to_canonical_json());
+        assert_eq!(st.cached_hash().unwrap(), Some(new.hash()));
+        assert_eq!(st.cached_catalog().unwrap(), Some(file));
+        let tx = st.db.begin_read().unwrap();
+        let t = tx.open_table(CATALOG).unwrap();
+        assert!(t.get("last").unwrap().is_none(), "the old copy is dropped");
+        assert!(!d.path().join(".catalog.json.troupe-new").exists());
+    }
+
     #[test]
     fn pruning_removes_exactly_the_blobs_no_retained_journal_needs() {
         let d = tempfile::tempdir().unwrap();
