@@ -34,6 +34,8 @@ pub const KEYS: &[&str] = &[
     "server_names",
     "cert_ttl",
     "code_poll",
+    "git_poll",
+    "git_site_branch",
     "allow_agent_environment",
     "compile_threads",
     "catalog_cache_bytes",
@@ -100,6 +102,13 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
     args.modules = f
         .resolve("modules", given(m, "modules", None), args.modules)
         .map_err(e)?;
+    // A git URL's user name and password are never printed.
+    if let Some(url) = args.modules.as_deref().and_then(crate::code_git::git_url) {
+        let shown = format!("git+{}", crate::code_git::redact(url));
+        if shown != format!("git+{url}") {
+            f.show_as("modules", serde_json::Value::String(shown));
+        }
+    }
     args.hold = f
         .resolve("hold", given(m, "hold", None), args.hold)
         .map_err(e)?;
@@ -157,6 +166,17 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
         )
         .map_err(e)?
         .0;
+    args.git_poll = f
+        .resolve("git_poll", given(m, "git_poll", None), Dur(args.git_poll))
+        .map_err(e)?
+        .0;
+    args.git_site_branch = f
+        .resolve(
+            "git_site_branch",
+            given(m, "git_site_branch", None),
+            args.git_site_branch,
+        )
+        .map_err(e)?;
     args.allow_agent_environment = f
         .resolve(
             "allow_agent_environment",
@@ -300,6 +320,36 @@ mod tests {
         assert_eq!(j["settings"]["reports_keep"]["source"], "flag");
         assert_eq!(j["settings"]["run_interval"]["value"], "5m");
         assert_eq!(j["settings"]["shutdown_grace"]["source"], "default");
+
+        std::fs::write(
+            &p,
+            "modules = \"git+file:///srv/m.git\"\ngit_poll = 0\ngit_site_branch = \"main\"\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap();
+        assert_eq!(a.git_poll.as_secs(), 0);
+        assert_eq!(a.git_site_branch, "main");
+        assert_eq!(
+            crate::code_git::git_url(a.modules.as_deref().unwrap()),
+            Some("file:///srv/m.git")
+        );
+        // A password in the URL is used, never printed.
+        std::fs::write(
+            &p,
+            "modules = \"git+https://deploy:s3cret@git.example.com/m.git\"\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, f) = resolve(a, &m).unwrap();
+        assert!(a.modules.unwrap().to_str().unwrap().contains("s3cret"));
+        for shown in [print(&f, false), print(&f, true)] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains("git+https://***@git.example.com/m.git"),
+                "{shown}"
+            );
+        }
 
         std::fs::write(&p, "run_interval = \"soon\"\n").unwrap();
         let (a, m) = parse(&["--config", p.to_str().unwrap()]);

@@ -554,6 +554,9 @@ pub fn environments(st: &MasterState) -> Value {
                         "serving": v,
                         "staged": s.staged.get(env),
                         "held": s.hold.contains(env),
+                        // Git-backed environments: the commits.
+                        "commit": s.commits.get(env),
+                        "staged_commit": s.staged_commits.get(env),
                     })
                 })
                 .collect();
