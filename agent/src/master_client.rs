@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::Channel;
-use troupe_catalog::Catalog;
+use troupe_catalog::LazyCatalog;
 use troupe_catalog::report::Report;
 use troupe_identity::Identity;
 use troupe_proto::v1::catalog_client::CatalogClient;
@@ -276,7 +276,7 @@ impl CatalogSource for MasterClient {
             }
             return Ok(Fetched::Unchanged);
         }
-        let cat = Catalog::from_json(&reply.catalog_json)
+        let cat = LazyCatalog::from_json(reply.catalog_json)
             .context("the master sent an invalid catalog")?;
         if cat.hash() != reply.catalog_hash {
             anyhow::bail!("the catalog the master sent does not match its announced hash");

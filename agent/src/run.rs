@@ -16,7 +16,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use troupe_catalog::Catalog;
+use troupe_catalog::LazyCatalog;
 use troupe_catalog::report::{Report, Status};
 
 /// How the run is shown on stdout.
@@ -290,19 +290,18 @@ fn daemon(
     }
 }
 
-/// Gets the catalog: from the source, else from the cache. With a fresh
-/// catalog comes its hash (computed while encoding it for the cache, so
-/// the run does not encode it again).
+/// Gets the catalog: from the source, else from the cache; and whether it
+/// came from the cache.
 fn obtain_catalog(
     st: &State,
     source: &mut dyn CatalogSource,
     facts: &serde_json::Value,
-) -> anyhow::Result<(Catalog, Option<String>, bool)> {
+) -> anyhow::Result<(LazyCatalog, bool)> {
     let cached_hash = st.cached_hash()?;
-    let load_cached = || -> anyhow::Result<Option<Catalog>> {
+    let load_cached = || -> anyhow::Result<Option<LazyCatalog>> {
         match st.cached_catalog()? {
-            Some((bytes, _)) => Ok(Some(
-                Catalog::from_json(&bytes).context("the cached catalog is invalid")?,
+            Some(bytes) => Ok(Some(
+                LazyCatalog::from_json(bytes).context("the cached catalog is invalid")?,
             )),
             None => Ok(None),
         }
@@ -310,20 +309,31 @@ fn obtain_catalog(
     match source.fetch(facts, cached_hash.as_deref()) {
         Ok(Fetched::Catalog(cat)) => {
             let cat = *cat;
-            // Encoded once: Catalog::hash is the hash of these bytes.
-            let json = cat.to_canonical_json();
-            let hash = format!("sha256:{}", troupe_catalog::sha256_hex(&json));
-            if cached_hash.as_ref() != Some(&hash) {
-                st.cache_catalog(&json, &hash)?;
+            if cached_hash.as_deref() != Some(cat.hash()) {
+                st.cache_catalog(&cat)?;
             }
-            Ok((cat, Some(hash), false))
+            Ok((cat, false))
         }
-        Ok(Fetched::Unchanged) => Ok((
-            load_cached()?
-                .context("the source said the catalog is unchanged, but none is cached")?,
-            None,
-            false,
-        )),
+        Ok(Fetched::Unchanged) => {
+            let cat = load_cached()?
+                .context("the source said the catalog is unchanged, but none is cached")?;
+            if cached_hash.as_deref() == Some(cat.hash()) {
+                return Ok((cat, false));
+            }
+            // catalog.json was replaced but its hash not recorded (a crash
+            // in between): ask for the catalog whole.
+            drop(cat);
+            match source.fetch(facts, None)? {
+                Fetched::Catalog(cat) => {
+                    st.cache_catalog(&cat)?;
+                    Ok((*cat, false))
+                }
+                Fetched::Unchanged => anyhow::bail!(
+                    "the source said the catalog is unchanged, but the cached one is not the \
+                     one it means"
+                ),
+            }
+        }
         Err(e) if !source.cache_fallback() => Err(e.context(format!(
             "no catalog from {} (this run does not fall back to the cached catalog)",
             source.describe()
@@ -339,7 +349,7 @@ fn obtain_catalog(
                 source.describe()
             );
             match load_cached()? {
-                Some(c) => Ok((c, None, true)),
+                Some(c) => Ok((c, true)),
                 None => Err(anyhow::anyhow!(
                     "no catalog: the source failed and there is no cached catalog: {why}{hint}"
                 )),
@@ -391,8 +401,8 @@ pub fn run_once(
     );
     let facts = facts::gather(&args.facts_dir, Duration::from_secs(10));
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "facts gathered");
-    let (catalog, catalog_hash, from_cache) = obtain_catalog(&st, source, &facts)?;
-    let catalog_hash = catalog_hash.unwrap_or_else(|| catalog.hash());
+    let (catalog, from_cache) = obtain_catalog(&st, source, &facts)?;
+    let catalog_hash = catalog.hash().to_owned();
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "catalog ready");
     // Under --root the target is the root: its os-release chooses the
     // package tools (a Rocky image converged from a Debian host uses rpm).
@@ -410,15 +420,10 @@ pub fn run_once(
     ctx.package_dir = args.package_dir.clone();
     if !args.tags.is_empty()
         && !catalog
-            .resources
-            .iter()
-            .any(|r| engine::selected(r, &args.tags))
+            .resources()
+            .any(|r| engine::selected(&r, &args.tags))
     {
-        let mut known: Vec<&str> = catalog
-            .resources
-            .iter()
-            .flat_map(|r| r.tags.iter().map(String::as_str))
-            .collect();
+        let mut known: Vec<String> = catalog.resources().flat_map(|r| r.tags).collect();
         known.sort_unstable();
         known.dedup();
         tracing::warn!(
@@ -457,7 +462,8 @@ pub fn run_once(
     };
     // The catalog and its bodies are not needed any more: free them before
     // the report is encoded and stored, so the two never peak together.
-    let changes = std::mem::take(&mut ctx.changes);
+    let mut changes = std::mem::take(&mut ctx.changes);
+    changes.shrink_to_fit();
     drop(ctx);
     drop(catalog);
     let queue = sink.is_some();

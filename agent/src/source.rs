@@ -5,13 +5,13 @@
 use anyhow::Context;
 use std::borrow::Cow;
 use std::path::PathBuf;
-use troupe_catalog::Catalog;
+use troupe_catalog::LazyCatalog;
 use troupe_catalog::report::Report;
 
 /// What a catalog source returned.
 pub enum Fetched {
-    /// A new catalog (already validated) and its canonical bytes.
-    Catalog(Box<Catalog>),
+    /// A new catalog (already validated), kept as its JSON.
+    Catalog(Box<LazyCatalog>),
     /// The source says the agent's cached catalog (by hash) is current.
     Unchanged,
 }
@@ -55,7 +55,7 @@ impl CatalogSource for FileSource {
     ) -> anyhow::Result<Fetched> {
         let bytes =
             std::fs::read(&self.0).with_context(|| format!("cannot read {}", self.0.display()))?;
-        let cat = Catalog::from_json(&bytes)
+        let cat = LazyCatalog::from_json(bytes)
             .with_context(|| format!("catalog {} is invalid", self.0.display()))?;
         Ok(Fetched::Catalog(Box::new(cat)))
     }
@@ -65,27 +65,26 @@ impl CatalogSource for FileSource {
 /// the master by hash later).
 pub trait ContentSource {
     fn get(&self, sha256: &str) -> anyhow::Result<Cow<'_, [u8]>>;
+    /// An upper bound of the body's size without fetching it, when the
+    /// source knows one cheaply.
+    fn len_bound(&self, _sha256: &str) -> Option<usize> {
+        None
+    }
 }
 
 /// Bodies from the catalog's own content table (hashes were checked when
-/// the catalog was decoded).
-pub struct CatalogContents<'a>(pub &'a Catalog);
+/// the catalog was decoded), each decoded when asked for.
+pub struct CatalogContents<'a>(pub &'a LazyCatalog);
 
 impl ContentSource for CatalogContents<'_> {
     fn get(&self, sha256: &str) -> anyhow::Result<Cow<'_, [u8]>> {
-        let blob = self
-            .0
-            .contents
-            .get(sha256)
-            .with_context(|| format!("content {sha256} is not in the catalog"))?;
-        match blob {
-            troupe_catalog::Blob::Utf8(s) => Ok(Cow::Borrowed(s.as_bytes())),
-            troupe_catalog::Blob::Base64(_) => {
-                Ok(Cow::Owned(blob.bytes().with_context(|| {
-                    format!("content {sha256} is not valid base64")
-                })?))
-            }
-        }
+        self.0
+            .content(sha256)
+            .map(Cow::Owned)
+            .with_context(|| format!("content {sha256} is not in the catalog"))
+    }
+    fn len_bound(&self, sha256: &str) -> Option<usize> {
+        self.0.content_len_bound(sha256)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The agent's state directory (`--state DIR`):
 //!
 //! ```text
-//! DIR/agent.redb            catalog cache, reports, rollback journals (and how many refer
-//!                           to each bucket blob), unsent-report queue
+//! DIR/agent.redb            the cached catalog's hash, reports, rollback journals (and how
+//!                           many refer to each bucket blob), unsent-report queue
+//! DIR/catalog.json          the last good catalog (canonical JSON; written atomically)
 //! DIR/agent.lock            flock held during a run (released by the kernel on a crash)
 //! DIR/disabled              present = runs are disabled; JSON {reason, since}
 //! DIR/last_run_summary.json small summary of the last run, for monitoring
@@ -17,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use troupe_catalog::LazyCatalog;
 use troupe_catalog::report::Report;
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
@@ -27,6 +29,9 @@ const UNSENT: TableDefinition<&str, ()> = TableDefinition::new("unsent");
 /// Kept in the same transactions as CHANGES, so pruning a journal knows at
 /// once which blobs nothing needs any more, without reading the others.
 const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("blob_refs");
+
+/// The cached catalog, in the state directory.
+pub const CATALOG_FILE: &str = "catalog.json";
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/troupe-agent";
@@ -141,35 +146,63 @@ impl State {
             .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
 
-    /// The cached catalog bytes and hash, if any.
-    pub fn cached_catalog(&self) -> anyhow::Result<Option<(Vec<u8>, String)>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(CATALOG).map_err(db_err)?;
-        let body = t.get("last").map_err(db_err)?.map(|v| v.value().to_vec());
-        let hash = t
-            .get("last_hash")
-            .map_err(db_err)?
-            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
-        Ok(body.zip(hash))
+    /// Where the cached catalog is kept.
+    pub fn catalog_path(&self) -> PathBuf {
+        self.dir.join(CATALOG_FILE)
     }
 
-    /// Stores `body` (canonical JSON) as the last good catalog unless it is
-    /// already the cached one.
-    pub fn cache_catalog(&self, body: &[u8], hash: &str) -> anyhow::Result<()> {
-        {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(CATALOG).map_err(db_err)?;
-            if let Some(h) = t.get("last_hash").map_err(db_err)?
-                && h.value() == hash.as_bytes()
-            {
-                return Ok(());
-            }
+    /// The cached catalog's bytes, if any: `catalog.json`, or where agents
+    /// before it kept them (in the database).
+    pub fn cached_catalog(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let path = self.catalog_path();
+        match std::fs::read(&path) {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(CATALOG).map_err(db_err)?;
+        Ok(t.get("last").map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Stores `cat` (its canonical JSON) as the last good catalog unless it
+    /// is already the cached one. Streamed to `catalog.json` (temp file,
+    /// fsync, rename, fsync of the directory), then its hash recorded: the
+    /// catalog is never held twice in memory, nor written into the database
+    /// (whose pages for one big value take twice its size while written).
+    pub fn cache_catalog(&self, cat: &LazyCatalog) -> anyhow::Result<()> {
+        let hash = cat.hash();
+        if self.cached_hash()?.as_deref() == Some(hash) {
+            return Ok(());
+        }
+        let path = self.catalog_path();
+        let tmp = self.dir.join(format!(".{CATALOG_FILE}.troupe-new"));
+        let res = (|| -> std::io::Result<()> {
+            let _ = std::fs::remove_file(&tmp);
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+            cat.write_canonical(&mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
+        // A crash here leaves the new file with the old hash: a run told
+        // "unchanged" for the old hash finds they differ and fetches again.
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(CATALOG).map_err(db_err)?;
-            t.insert("last", body).map_err(db_err)?;
             t.insert("last_hash", hash.as_bytes()).map_err(db_err)?;
+            t.remove("last").map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(())
@@ -185,8 +218,6 @@ impl State {
         queue: bool,
         keep: usize,
     ) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(report)?;
-        let ch = serde_json::to_vec(changes)?;
         let tx = self.db.begin_write().map_err(db_err)?;
         // Blobs whose last retained journal was pruned here.
         let mut orphans: Vec<String> = Vec::new();
@@ -195,17 +226,16 @@ impl State {
             let mut chg = tx.open_table(CHANGES).map_err(db_err)?;
             let mut unsent = tx.open_table(UNSENT).map_err(db_err)?;
             let mut refs = tx.open_table(BLOB_REFS).map_err(db_err)?;
-            reports
-                .insert(report.run_id.as_str(), body.as_slice())
-                .map_err(db_err)?;
+            insert_json(&mut reports, report.run_id.as_str(), report)?;
             if !changes.is_empty() {
                 let replaced = chg
-                    .insert(report.run_id.as_str(), ch.as_slice())
+                    .remove(report.run_id.as_str())
                     .map_err(db_err)?
                     .map(|v| blobs_of(v.value()));
                 if let Some(old) = replaced {
                     orphans.extend(unref(&mut refs, old)?);
                 }
+                insert_json(&mut chg, report.run_id.as_str(), changes)?;
                 add_refs(&mut refs, blob_names(changes))?;
             }
             if queue {
@@ -333,6 +363,33 @@ impl State {
         }
         Ok(keep)
     }
+}
+
+/// Stores `value` as JSON under `key`, encoded straight into the
+/// database's page (measured first): a big report is never also held as a
+/// separate buffer.
+fn insert_json<T: Serialize + ?Sized>(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> anyhow::Result<()> {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, value)?;
+    let mut slot = table.insert_reserve(key, n.0).map_err(db_err)?;
+    let mut buf: &mut [u8] = slot.as_mut();
+    serde_json::to_writer(&mut buf, value)?;
+    anyhow::ensure!(buf.is_empty(), "a value encoded to another length twice");
+    Ok(())
 }
 
 type RefTable<'t> = redb::Table<'t, &'static str, u64>;
@@ -599,6 +656,63 @@ mod tests {
                 gid: 0,
             },
         }
+    }
+
+    fn catalog(node: &str) -> troupe_catalog::Catalog {
+        let mut c = troupe_catalog::Catalog::new(node, "production", "v1");
+        let body = c.add_content(b"hello\n");
+        let kind = troupe_catalog::Kind::File {
+            path: "/etc/motd".into(),
+            ensure: troupe_catalog::Ensure::Present,
+            content: Some(body),
+            mode: Some(0o644),
+            owner: None,
+            group: None,
+            validate: None,
+        };
+        c.resources.push(troupe_catalog::Resource {
+            id: kind.id(),
+            kind,
+            requires: vec![],
+            notify: vec![],
+            sensitive: false,
+            source: None,
+            tags: vec![],
+            noop: false,
+        });
+        c
+    }
+
+    #[test]
+    fn the_cached_catalog_moves_from_the_database_to_canonical_catalog_json() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        assert_eq!(st.cached_catalog().unwrap(), None);
+        // What an agent before catalog.json left: the catalog in redb.
+        let old = catalog("old.example");
+        {
+            let tx = st.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(CATALOG).unwrap();
+                t.insert("last", old.to_canonical_json().as_slice())
+                    .unwrap();
+                t.insert("last_hash", old.hash().as_bytes()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert_eq!(st.cached_catalog().unwrap(), Some(old.to_canonical_json()));
+        // A new catalog given as pretty JSON is cached canonical.
+        let new = catalog("new.example");
+        let lazy = LazyCatalog::from_json(new.to_pretty_json().into_bytes()).unwrap();
+        st.cache_catalog(&lazy).unwrap();
+        let file = std::fs::read(d.path().join(CATALOG_FILE)).unwrap();
+        assert_eq!(file, new.to_canonical_json());
+        assert_eq!(st.cached_hash().unwrap(), Some(new.hash()));
+        assert_eq!(st.cached_catalog().unwrap(), Some(file));
+        let tx = st.db.begin_read().unwrap();
+        let t = tx.open_table(CATALOG).unwrap();
+        assert!(t.get("last").unwrap().is_none(), "the old copy is dropped");
+        assert!(!d.path().join(".catalog.json.troupe-new").exists());
     }
 
     #[test]

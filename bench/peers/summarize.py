@@ -21,10 +21,14 @@ def load(id_):
             if len(p) == 4 and not line.startswith("Command"):
                 rows.append([float(x) for x in p])
     foreign = float("nan")
+    load = "?"
     try:
-        for tok in open(os.path.join(res, id_ + ".env")).read().split():
+        env = open(os.path.join(res, id_ + ".env")).read()
+        for tok in env.split():
             if tok.startswith("foreign_pct="):
                 foreign = float(tok.split("=")[1])
+        if 'loadavg="' in env:
+            load = env.split('loadavg="')[1].split('"')[0]
     except OSError:
         pass
     cpu = [r[1] + r[2] for r in rows]
@@ -32,7 +36,7 @@ def load(id_):
     return {"n": len(wall), "wall": statistics.median(wall), "min": min(wall), "max": max(wall),
             "cpu": statistics.median(cpu) if cpu else float("nan"),
             "rss": statistics.median(rss) if rss else float("nan"),
-            "rssmax": max(rss) if rss else float("nan"), "foreign": foreign}
+            "rssmax": max(rss) if rss else float("nan"), "foreign": foreign, "load": load}
 
 
 order = {"troupe": 0, "cfengine": 1, "puppet": 2, "ansible": 3}
@@ -63,11 +67,13 @@ for i in sorted(data, key=key):
         tool, n, sc, d["n"], d["wall"], d["min"], d["max"], d["cpu"], d["rss"], d["rssmax"], d["foreign"]))
 
 print()
-print("| N | scenario | troupe wall / RSS | cf-agent wall / RSS (same run) | troupe ÷ cf-agent |")
-print("|---|---|---|---|---|")
+# Every run counts: "worst" is troupe's slowest run over cf-agent's fastest.
+print("| N | scenario | troupe wall median (min–max) / RSS max | cf-agent wall median (min–max) / RSS max (same run) | troupe ÷ cf-agent median | worst (troupe max ÷ cf-agent min) | load avg troupe / cf-agent |")
+print("|---|---|---|---|---|---|---|")
 for n in sorted({int(i.split("-")[1]) for i in data if i.startswith("troupe-")}):
     for sc in ("first", "noop", "drift"):
         t, c = data.get("troupe-%d-%s" % (n, sc)), data.get("cfengine-%d-%s" % (n, sc))
         if t and c:
-            print("| %d | %s | %.3f s / %.1f MB | %.3f s / %.1f MB | %.2fx |" % (
-                n, sc, t["wall"], t["rss"], c["wall"], c["rss"], t["wall"] / c["wall"]))
+            print("| %d | %s | %.3f s (%.3f–%.3f) / %.1f MB | %.3f s (%.3f–%.3f) / %.1f MB | %.2fx | %.2fx | %s / %s |" % (
+                n, sc, t["wall"], t["min"], t["max"], t["rssmax"], c["wall"], c["min"], c["max"], c["rssmax"],
+                t["wall"] / c["wall"], t["max"] / c["min"], t["load"], c["load"]))

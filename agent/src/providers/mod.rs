@@ -112,6 +112,10 @@ impl Outcome {
     }
 }
 
+/// Most files staged before they are committed: bounds what a big first
+/// run holds in memory (paths, small bodies) to a few hundred KB.
+pub const MAX_BATCH_FILES: usize = 4096;
+
 /// Most threads that write a batch's temp files.
 pub const WRITE_THREADS: usize = 4;
 
@@ -204,7 +208,10 @@ pub struct Ctx<'a> {
     pub bucket: Option<&'a Bucket>,
     /// Rollback journal of this run.
     pub changes: Vec<FileChange>,
-    journaled: HashSet<PathBuf>,
+    /// Hashes of the paths journaled in this run (a hit is checked against
+    /// `changes`): a set of paths would hold every path twice.
+    journaled: HashSet<u64>,
+    path_hasher: std::hash::RandomState,
     last_noted: Option<PathBuf>,
     /// Host paths of every file/directory/symlink in the catalog (purge).
     pub managed: HashSet<PathBuf>,
@@ -255,6 +262,7 @@ impl<'a> Ctx<'a> {
             bucket,
             changes: Vec::new(),
             journaled: HashSet::new(),
+            path_hasher: std::hash::RandomState::new(),
             last_noted: None,
             managed: HashSet::new(),
             staged: Vec::new(),
@@ -374,7 +382,8 @@ impl<'a> Ctx<'a> {
         if self.noop {
             return Ok(());
         }
-        if !self.journaled.insert(path.to_owned()) {
+        let h = std::hash::BuildHasher::hash_one(&self.path_hasher, path);
+        if !self.journaled.insert(h) && self.changes.iter().any(|c| c.path == path) {
             return Ok(()); // the first state of this run is what rollback restores
         }
         if absent == Some(true) {

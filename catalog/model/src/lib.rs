@@ -13,7 +13,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod lazy;
 pub mod report;
+
+pub use lazy::LazyCatalog;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -862,6 +865,122 @@ mod tests {
         c.validate().unwrap();
     }
 
+    /// Every input of the tests above, and more: the lazy decode accepts
+    /// and refuses exactly as the whole decode does.
+    fn cases() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut push = |c: &Catalog| out.push(serde_json::to_vec(c).unwrap());
+        let ok = sample();
+        push(&ok);
+        let mut c = sample();
+        c.resources.push(dir("/etc/app"));
+        push(&c);
+        let mut c = sample();
+        c.resources[1]
+            .requires
+            .push(ResourceId::new("package", "x"));
+        push(&c);
+        let mut c = sample();
+        c.resources.swap(0, 1);
+        push(&c);
+        let mut c = sample();
+        c.resources[1]
+            .notify
+            .push(ResourceId::new("directory", "/etc/app"));
+        push(&c);
+        let mut c = sample();
+        c.resources[0]
+            .notify
+            .push(ResourceId::new("file", "/etc/app/app.conf"));
+        push(&c);
+        let mut c = sample();
+        c.resources[0]
+            .notify
+            .push(ResourceId::new("file", "/nowhere"));
+        push(&c);
+        let mut c = sample();
+        c.contents.clear();
+        push(&c);
+        let mut c = sample();
+        for v in c.contents.values_mut() {
+            *v = Blob::Utf8("evil\n".into());
+        }
+        push(&c);
+        let mut c = sample();
+        c.resources[0].id = ResourceId::new("directory", "/elsewhere");
+        push(&c);
+        let mut c = sample();
+        c.resources.push(dir("/etc/app/app.conf"));
+        push(&c);
+        let mut c = sample();
+        c.resources.push(dir("/etc//app"));
+        push(&c);
+        let mut c = sample();
+        c.format = 99;
+        push(&c);
+        let mut c = sample();
+        c.add_content(&(0..=255u8).collect::<Vec<u8>>());
+        push(&c);
+        let text = String::from_utf8(sample().to_canonical_json()).unwrap();
+        for evil in [
+            text.replacen("\"format\":1", "\"format\":1,\"extra\":true", 1),
+            text.replacen("\"type\":\"file\"", "\"type\":\"file\",\"setuid\":true", 1),
+            text.replacen("\"encoding\":\"utf8\"", "\"encoding\":\"utf9\"", 1),
+            text.replacen("\"mode\":420", "\"mode\":\"420\"", 1),
+            sample().to_pretty_json(),
+            sample()
+                .to_pretty_json()
+                .replacen("\"mode\": 420", "\"mode\": -1", 1),
+            "{\"format\":1}".into(),
+            "[]".into(),
+            "".into(),
+        ] {
+            out.push(evil.into_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn lazy_decode_accepts_and_refuses_as_the_whole_decode() {
+        for bytes in cases() {
+            let whole = Catalog::from_json(&bytes);
+            let lazy = LazyCatalog::from_json(bytes.clone());
+            let text = String::from_utf8_lossy(&bytes);
+            match (&whole, &lazy) {
+                (Ok(c), Ok(l)) => {
+                    assert_eq!(l.hash(), c.hash(), "{text}");
+                    let rs: Vec<Resource> = l.resources().collect();
+                    assert_eq!(rs, c.resources, "{text}");
+                    for (k, v) in &c.contents {
+                        assert_eq!(l.content(k), v.bytes(), "{text}");
+                    }
+                    assert_eq!(l.content(&"0".repeat(64)), None);
+                    let mut canon = Vec::new();
+                    l.write_canonical(&mut canon).unwrap();
+                    assert_eq!(canon, c.to_canonical_json(), "{text}");
+                    assert_eq!(
+                        (l.node.as_str(), l.code_version.as_str()),
+                        ("web1.example", "abc")
+                    );
+                    for (i, r) in c.resources.iter().enumerate() {
+                        let want: Vec<u32> = r
+                            .requires
+                            .iter()
+                            .map(|d| c.resources.iter().position(|x| &x.id == d).unwrap() as u32)
+                            .collect();
+                        assert_eq!(l.requires_of(i), want.as_slice());
+                        let by: Vec<usize> = (0..c.resources.len())
+                            .filter(|&j| c.resources[j].notify.contains(&r.id))
+                            .collect();
+                        assert_eq!(l.notifiers_of(i).collect::<Vec<_>>(), by);
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{text}"),
+                _ => panic!("whole {whole:?} lazy {lazy:?}: {text}"),
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn base64_roundtrips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -871,6 +990,7 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = Catalog::from_json(&bytes);
+            let _ = LazyCatalog::from_json(bytes);
         }
 
         #[test]
