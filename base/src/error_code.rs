@@ -54,6 +54,10 @@ pub enum ErrorCode {
     Unavailable,
     /// The master's own failure (see its log).
     Internal,
+    /// Carried out on a host and failed there: a run's resources, a
+    /// command's action, a release step (the message says why). Carried by
+    /// events (`run_failed`, `deploy_host_failed`, ...), not by refusals.
+    Failed,
     /// No specific code: read the message. Also what an unknown code from a
     /// newer peer reads as.
     #[serde(other)]
@@ -62,7 +66,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::NotFound,
         ErrorCode::NoPendingRequest,
         ErrorCode::NoValidCertificate,
@@ -77,6 +81,7 @@ impl ErrorCode {
         ErrorCode::CompileFailed,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Failed,
         ErrorCode::Unclassified,
     ];
 
@@ -97,6 +102,7 @@ impl ErrorCode {
             ErrorCode::CompileFailed => "compile_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Failed => "failed",
             ErrorCode::Unclassified => "unclassified",
         }
     }

@@ -253,6 +253,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                 "event": "matched", "release": rel.title,
                 "environment": args.fleet.environment,
                 "hosts": hosts, "not_connected": found.no_answer,
+                "left_out": crate::run_cli::left_out_json(&crate::run_cli::left_out(&found)),
             }))?;
         } else {
             writeln!(out, "release: {}", rel.title)?;
@@ -267,6 +268,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                     found.no_answer.join(" ")
                 )?;
             }
+            crate::run_cli::print_left_out(&mut out, &crate::run_cli::left_out(&found))?;
         }
         if hosts.is_empty() {
             if !json {

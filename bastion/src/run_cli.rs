@@ -248,6 +248,32 @@ pub struct Totals {
     pub ok: Vec<String>,
     pub not_ok: Vec<String>,
     pub no_answer: Vec<String>,
+    /// Connected hosts left out because the master classified them with
+    /// another role than the one their agent declares: (host, why).
+    pub left_out: Vec<(String, String)>,
+}
+
+/// The master's left-out hosts as (host, why).
+pub(crate) fn left_out(s: &SubmitSummary) -> Vec<(String, String)> {
+    s.left_out
+        .iter()
+        .map(|l| (l.node.clone(), l.reason.clone()))
+        .collect()
+}
+
+/// Lines saying which connected hosts were left out and why.
+pub(crate) fn print_left_out(out: &mut dyn Write, left: &[(String, String)]) -> Result<()> {
+    for (host, why) in left {
+        writeln!(out, "left out: {host}: {why}")?;
+    }
+    Ok(())
+}
+
+/// `left_out` as JSON: `[{"node","reason"}]`.
+pub(crate) fn left_out_json(left: &[(String, String)]) -> serde_json::Value {
+    left.iter()
+        .map(|(n, r)| serde_json::json!({"node": n, "reason": r}))
+        .collect()
 }
 
 /// Submits one signed envelope and calls `on_result` for each host's
@@ -378,13 +404,15 @@ fn print_matched(
     out: &mut dyn Write,
     matched: &[String],
     offline: &[String],
+    left: &[(String, String)],
     json: bool,
 ) -> Result<()> {
     if json {
         writeln!(
             out,
             "{}",
-            serde_json::json!({"event": "matched", "hosts": matched, "not_connected": offline})
+            serde_json::json!({"event": "matched", "hosts": matched, "not_connected": offline,
+                               "left_out": left_out_json(left)})
         )?;
         return Ok(());
     }
@@ -401,7 +429,7 @@ fn print_matched(
             offline.join(" ")
         )?;
     }
-    Ok(())
+    print_left_out(out, left)
 }
 
 /// Runs `troupe run`.
@@ -463,7 +491,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             // Discovery with a ping envelope: never relayed.
             let wire = sign(&mut *signer, "ping", &BTreeMap::new(), target.clone(), 60)?;
             let (matched, found) = submit(channel.clone(), wire, timeout, true, |_| {}).await?;
-            print_matched(&mut out, &matched, &found.no_answer, args.json)?;
+            totals.left_out = left_out(&found);
+            print_matched(&mut out, &matched, &found.no_answer, &totals.left_out, args.json)?;
             if args.dry_run {
                 return Ok(if matched.is_empty() { 2 } else { 0 });
             }
@@ -559,6 +588,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             .await?;
             progress.finish();
             totals.matched = matched;
+            totals.left_out = left_out(&summary);
             totals.no_answer = summary.no_answer;
         }
         if args.json {
@@ -581,6 +611,7 @@ fn print_summary_json(out: &mut dyn Write, t: &Totals) -> Result<()> {
         serde_json::json!({
             "event": "summary", "matched": t.matched, "ok": t.ok,
             "failed": t.not_ok, "no_answer": t.no_answer, "not_run": not_run,
+            "left_out": left_out_json(&t.left_out),
         })
     )?;
     Ok(())
@@ -609,5 +640,5 @@ fn print_summary(out: &mut dyn Write, t: &Totals) -> Result<()> {
     if !t.no_answer.is_empty() {
         writeln!(out, "no answer: {}", t.no_answer.join(" "))?;
     }
-    Ok(())
+    print_left_out(out, &t.left_out)
 }

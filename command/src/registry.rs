@@ -857,14 +857,10 @@ impl Registry {
     /// The built-in actions.
     pub fn builtin() -> Self {
         let pkg = || arg("name", ArgType::PackageName, true, "package name");
-        let ver = || {
-            arg(
-                "version",
-                ArgType::Version,
-                false,
-                "exact version (default: latest)",
-            )
-        };
+        // Without a version, install leaves an installed package alone and
+        // installs the repository's candidate otherwise; update moves an
+        // installed package to the candidate (it never installs one).
+        let ver = |help| arg("version", ArgType::Version, false, help);
         let svc = || arg("name", ArgType::ServiceName, true, "systemd unit name");
         let msg = |req| {
             arg(
@@ -911,8 +907,26 @@ impl Registry {
                 "installed version of a package",
                 vec![pkg()],
             ),
-            action("package.install", "install a package", vec![pkg(), ver()]),
-            action("package.update", "update a package", vec![pkg(), ver()]),
+            action(
+                "package.install",
+                "install a package",
+                vec![
+                    pkg(),
+                    ver(
+                        "exact version (default: the repository's candidate; an installed package is left alone)",
+                    ),
+                ],
+            ),
+            action(
+                "package.update",
+                "update a package",
+                vec![
+                    pkg(),
+                    ver(
+                        "exact version (default: the repository's candidate; a missing package is not installed)",
+                    ),
+                ],
+            ),
             action("service.status", "state of a service", vec![svc()]),
             action("service.start", "start a service", vec![svc()]),
             action("service.stop", "stop a service", vec![svc()]),

@@ -18,7 +18,9 @@
 //!   checked in: the role its classification gave it, its last facts and
 //!   environment) and every connected agent (hello facts fill in; the
 //!   hello role only for a host the master has not classified); `limit`
-//!   keeps the first N names in sorted order. It relays the envelope to
+//!   keeps the first N names in sorted order. A connected agent that only
+//!   its own declared role would have matched (the master classified it
+//!   otherwise) is named in the summary's `left_out` with the reason. It relays the envelope to
 //!   each matched host that is connected, and streams back the targets,
 //!   each result as it arrives, and a summary naming who did not answer
 //!   within the timeout, matched hosts that are not connected included (as
@@ -60,8 +62,8 @@ use troupe_command::{Registry, SignedCommand, TrustedSigners};
 use troupe_proto::error_code::{self, ErrorCode};
 use troupe_proto::v1::orchestration_server::{Orchestration, OrchestrationServer};
 use troupe_proto::v1::{
-    AgentMessage, CommandDelivery, CommandResult, SubmitEvent, SubmitRequest, SubmitSummary,
-    SubmitTargets, agent_message, submit_event,
+    AgentMessage, CommandDelivery, CommandResult, LeftOut, SubmitEvent, SubmitRequest,
+    SubmitSummary, SubmitTargets, agent_message, submit_event,
 };
 
 /// The master's trusted signers file, in the data directory.
@@ -152,6 +154,27 @@ fn target_view(
         .filter(|r| !r.is_empty())
         .or_else(|| conn.and_then(|c| c.role.clone()));
     (role, facts)
+}
+
+/// Why a connected agent the filter does not match would have matched by
+/// the role it declares in its hello: the master classified it with
+/// another role, and for a classified host targeting follows the master.
+/// `None` when the declared role would not make it match either.
+fn left_out_reason(
+    t: &troupe_command::TargetFilter,
+    name: &str,
+    known: Option<&KnownNode>,
+    conn: &AgentConn,
+) -> Option<String> {
+    let classified = known.map(|k| k.role.as_str()).filter(|r| !r.is_empty())?;
+    let declared = conn.role.as_deref().filter(|r| *r != classified)?;
+    let (_, facts) = target_view(known, Some(conn));
+    t.matches(name, Some(declared), &facts).then(|| {
+        format!(
+            "its agent declares role {declared}, but the master classified it {classified} \
+             (site.toml); targeting follows the master's classification"
+        )
+    })
 }
 
 /// One connected agent.
@@ -358,8 +381,10 @@ impl Orchestra {
     /// Every host matching the command's target filter, sorted, at most
     /// `limit`: the hosts the master knows (`known`: classification role
     /// and last facts) and the connected agents. Returns the matched names,
-    /// and the connected ones with their streams; a matched host that is
-    /// not connected is one that will not answer.
+    /// the connected ones with their streams (a matched host that is not
+    /// connected is one that will not answer), and the connected agents
+    /// left out only because the master classified them with another role
+    /// than the one they declare (see [`left_out_reason`]).
     #[allow(clippy::type_complexity)]
     fn resolve(
         &self,
@@ -369,6 +394,7 @@ impl Orchestra {
     ) -> (
         Vec<String>,
         Vec<(String, mpsc::Sender<Result<CommandDelivery, Status>>)>,
+        Vec<LeftOut>,
     ) {
         let t = &sc.command().target;
         let mut agents = lock(&self.agents);
@@ -397,11 +423,21 @@ impl Orchestra {
         if let Some(l) = t.limit {
             matched.truncate(l as usize);
         }
+        let left_out = agents
+            .iter()
+            .filter(|(name, _)| !matched.contains(name))
+            .filter_map(|(name, a)| {
+                left_out_reason(t, name, known.get(name), a).map(|reason| LeftOut {
+                    node: name.clone(),
+                    reason,
+                })
+            })
+            .collect();
         let connected = matched
             .iter()
             .filter_map(|n| agents.get(n).map(|a| (n.clone(), a.tx.clone())))
             .collect();
-        (matched, connected)
+        (matched, connected, left_out)
     }
 
     /// Remembers a submitted command id on disk until it expires (plus
@@ -686,7 +722,7 @@ impl Orchestration for OrchestraService {
                 ));
             }
         };
-        let (names, targets) = orch.resolve(&sc, &known, &self.state.ca);
+        let (names, targets, left_out) = orch.resolve(&sc, &known, &self.state.ca);
         // Matched, known to the master, but not connected: no answer.
         let offline: BTreeSet<String> = {
             let connected: BTreeSet<&String> = targets.iter().map(|(n, _)| n).collect();
@@ -722,6 +758,7 @@ impl Orchestration for OrchestraService {
                         matched: names,
                         // Known and matched, but not connected now.
                         no_answer: offline.into_iter().collect(),
+                        left_out,
                         ..Default::default()
                     })),
                 }))
@@ -862,6 +899,7 @@ impl Orchestration for OrchestraService {
                         no_answer,
                         ok,
                         not_ok,
+                        left_out,
                     })),
                 }))
                 .await;

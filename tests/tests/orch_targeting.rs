@@ -102,7 +102,17 @@ fn targeting_uses_what_the_master_knows_and_counts_the_absent() {
         !out.stderr.contains('\u{1b}') && !out.stdout.contains('\u{1b}'),
         "{out:?}"
     );
-    assert!(!out.stdout.contains("db1"), "db1 is not web here: {out:?}");
+    // db1 is not web here: it gets nothing, and the operator is told why
+    // it was left out although its agent says `web`.
+    let db1: Vec<&str> = out.stdout.lines().filter(|l| l.contains("db1")).collect();
+    assert_eq!(
+        db1,
+        [
+            "left out: db1: its agent declares role web, but the master classified it base \
+          (site.toml); targeting follows the master's classification"
+        ],
+        "{out:?}"
+    );
 
     // Discovery says who is not connected.
     let out = f.troupe_run(&["ping", "--role", "web", "--dry-run"]);
@@ -116,6 +126,38 @@ fn targeting_uses_what_the_master_knows_and_counts_the_absent() {
             .contains("not connected now (no answer expected): web2"),
         "{out:?}"
     );
+    assert!(
+        out.stdout
+            .contains("left out: db1: its agent declares role web"),
+        "{out:?}"
+    );
+    // A release's plan says the same.
+    let rel = tree.path().join("release.toml");
+    std::fs::write(
+        &rel,
+        "title = \"t\"\n[[package]]\nname = \"nginx\"\nversion = \"1.24.0-1\"\n",
+    )
+    .unwrap();
+    let out = f.troupe(
+        "deploy",
+        &[rel.to_str().unwrap(), "--role", "web", "--dry-run"],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("matched 2 host(s): web1 web2"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "left out: db1: its agent declares role web, but the master classified it base"
+        ),
+        "{out:?}"
+    );
+    // Targeted by the role the master gave it, db1 matches and is not
+    // "left out".
+    let out = f.troupe_run(&["ping", "--role", "base", "--dry-run"]);
+    assert!(out.stdout.contains("matched 1 host(s): db1"), "{out:?}");
+    assert!(!out.stdout.contains("left out"), "{out:?}");
 
     // --json: NDJSON, a result per host and a summary.
     let out = f.troupe_run(&["ping", "--role", "web", "--json"]);
@@ -133,6 +175,14 @@ fn targeting_uses_what_the_master_knows_and_counts_the_absent() {
     assert_eq!(summary["matched"], serde_json::json!(["web1", "web2"]));
     assert_eq!(summary["ok"], serde_json::json!(["web1"]));
     assert_eq!(summary["no_answer"], serde_json::json!(["web2"]));
+    assert_eq!(summary["left_out"][0]["node"], "db1", "{summary}");
+    assert!(
+        summary["left_out"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("classified it base"),
+        "{summary}"
+    );
 
     // `troupe run facts` prints the facts, not only "facts gathered".
     let out = f.troupe_run(&["facts", "--name", "web1"]);

@@ -108,10 +108,20 @@ fn api_filters_queries_status_codes_and_no_secret() {
         assert_eq!(a.status, 400, "{path}: {}", a.body);
         let e = a.json()["error"].as_str().unwrap().to_owned();
         assert!(e.contains(needle), "{path}: {e}");
+        // The typed error code (docs/json.md "Error codes") beside it.
+        assert_eq!(a.json()["code"], "invalid_argument", "{path}: {}", a.body);
     }
     let a = get(&format!("{u}/api/v1/nodes/nope"));
     assert_eq!(a.status, 404);
     assert!(a.json()["error"].as_str().unwrap().contains("nope"));
+    assert_eq!(a.json()["code"], "not_found", "{}", a.body);
+    let a = get(&format!("{u}/api/v1/deploys/20990101T000000Z-000000"));
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (404, Some("not_found")),
+        "{}",
+        a.body
+    );
     assert_eq!(
         get(&format!("{u}/api/v1/nodes/db1/reports/nope")).status,
         404
@@ -121,6 +131,7 @@ fn api_filters_queries_status_codes_and_no_secret() {
         let a = curl(&format!("{u}/api/v1/nodes"), &["-X", m]).unwrap();
         assert_eq!(a.status, 405, "{m}");
         assert!(a.body.contains("read-only"), "{}", a.body);
+        assert_eq!(a.json()["code"], "invalid_argument", "{}", a.body);
     }
 
     // A node: its failing resource, run history, certificate.
@@ -379,10 +390,12 @@ fn a_non_loopback_dashboard_needs_https_and_a_viewer_certificate() {
     let a = curl(&url, &["--cacert", ca]).unwrap();
     assert_eq!(a.status, 403, "{}", a.body);
     assert!(a.body.contains("client certificate"), "{}", a.body);
+    assert_eq!(a.json()["code"], "permission_denied", "{}", a.body);
     // A certificate from this CA, not in viewers: 403.
     let a = with_cert("bob").unwrap();
     assert_eq!(a.status, 403, "{}", a.body);
     assert!(a.body.contains("\\\"bob\\\" is not a viewer"), "{}", a.body);
+    assert_eq!(a.json()["code"], "permission_denied", "{}", a.body);
     // A viewer: 200, with the data.
     let a = with_cert("alice").unwrap();
     assert_eq!(a.status, 200, "{}", a.body);

@@ -100,6 +100,12 @@ fn pages_load_in_chromium_and_live_parts_update_without_reload() {
         b.eval("document.getElementById('count-failed').textContent"),
         "1"
     );
+    // The recent events list has no run_failed of web2 yet (its first run
+    // changed things and failed nothing).
+    assert_eq!(
+        b.eval("document.getElementById('recent-events').textContent.indexOf('web2: run failed')"),
+        -1
+    );
     b.eval("window.__sameDocument = 'yes'");
     let mut p = Browser::open(&format!("{u}/nodes/web2"));
     p.wait_for(
@@ -115,6 +121,13 @@ fn pages_load_in_chromium_and_live_parts_update_without_reload() {
     assert_eq!(out.code.map(|c| c & 4), Some(4), "{}", out.stderr);
     b.wait_for(
         "document.getElementById('count-failed').textContent === '2'",
+        Duration::from_secs(15),
+    );
+    // ... and its recent events list gains web2's run_failed, on top.
+    b.wait_for(
+        "(function () { var tr = document.querySelector('#recent-events tbody tr.live'); \
+         return !!tr && tr.textContent.indexOf('run_failed') >= 0 && \
+         tr.textContent.indexOf('web2: run failed') >= 0; })()",
         Duration::from_secs(15),
     );
     assert_eq!(

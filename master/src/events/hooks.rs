@@ -4,8 +4,30 @@
 
 use super::{Event, EventKind};
 use crate::state::MasterState;
+use troupe_base::error_code::ErrorCode;
 use troupe_bastion::deploy_record::DeployRecord;
 use troupe_catalog::report::{Report, Status};
+
+/// The typed error code (ADR 0008) of a command answer's status or a
+/// release step's result: the agent's refusal codes (`policy_denied`,
+/// `unknown_signer`, ...; `troupe_command::verify::Refusal::code`), the
+/// master's (`no_signers`, `replayed`, ...), `failed` (the action ran and
+/// failed), `error`/`timeout`/`no_answer` (no answer came). `None` for `ok`.
+pub fn status_code(status: &str) -> Option<ErrorCode> {
+    Some(match status {
+        "ok" => return None,
+        "failed" => ErrorCode::Failed,
+        "policy_denied" | "unknown_signer" | "no_signers" | "bad_signature" | "expired"
+        | "not_yet_valid" | "ttl_too_long" => ErrorCode::PermissionDenied,
+        "malformed" | "bad_argument" | "unknown_action" | "not_targeted" => {
+            ErrorCode::InvalidArgument
+        }
+        "replayed" => ErrorCode::Conflict,
+        "error" | "timeout" | "no_answer" | "replay_store_error" | "audit_error"
+        | "store_error" => ErrorCode::Unavailable,
+        _ => ErrorCode::Unclassified,
+    })
+}
 
 /// Whether `node`'s last stored run failed (`None`: no run stored).
 /// Called before a new report is stored.
@@ -48,9 +70,12 @@ pub fn report_stored(state: &MasterState, node: &str, before: Option<bool>, r: &
         ),
         _ => format!("{node}: run recovered ({changed} resource(s) changed)"),
     };
+    let mut e = Event::new(kind, text);
+    if kind == EventKind::RunFailed {
+        e = e.code(ErrorCode::Failed);
+    }
     state.events.emit(
-        Event::new(kind, text)
-            .node(node)
+        e.node(node)
             .environment(r.environment.clone())
             .data(serde_json::json!({
                 "run_id": r.run_id,
@@ -87,10 +112,12 @@ pub fn code_load_failed(state: &MasterState, error: &str, serving: Option<&str>)
         None => "module code failed to load; no catalogs are served until it does".to_string(),
     };
     state.events.emit(
-        Event::new(EventKind::CodeLoadFailed, text).data(serde_json::json!({
-            "error": error,
-            "serving": serving,
-        })),
+        Event::new(EventKind::CodeLoadFailed, text)
+            .code(ErrorCode::CompileFailed)
+            .data(serde_json::json!({
+                "error": error,
+                "serving": serving,
+            })),
     );
 }
 
@@ -122,12 +149,14 @@ pub fn command_refused(
         Some(n) => format!("{n}: {what} from {caller} refused: {code}: {message}"),
         None => format!("master: {what} from {caller} refused: {code}: {message}"),
     };
-    let mut e = Event::new(EventKind::CommandRefused, text).data(serde_json::json!({
-        "caller": caller,
-        "action": action,
-        "code": code,
-        "message": message,
-    }));
+    let mut e = Event::new(EventKind::CommandRefused, text)
+        .code(status_code(code).unwrap_or(ErrorCode::Unclassified))
+        .data(serde_json::json!({
+            "caller": caller,
+            "action": action,
+            "code": code,
+            "message": message,
+        }));
     if let Some(n) = node {
         e = e.node(n);
     }
@@ -253,7 +282,22 @@ pub fn deploy_record(state: &MasterState, id: &str, by: &str, r: &DeployRecord) 
             serde_json::json!({ "reason": reason, "completed": completed, "failed_hosts": failed_hosts }),
         ),
     };
+    let code = match r {
+        DeployRecord::Step { result, .. } => status_code(result),
+        // What the host's failing step answered (the step record before it).
+        DeployRecord::HostFailed { host, step, .. } => Some(
+            failed_step_result(state, id, host, step)
+                .and_then(|res| status_code(&res))
+                .unwrap_or(ErrorCode::Failed),
+        ),
+        DeployRecord::Finished { status, .. } if status != "complete" => Some(ErrorCode::Failed),
+        DeployRecord::Aborted { .. } => Some(ErrorCode::Failed),
+        _ => None,
+    };
     let mut e = Event::new(kind, text).release(id).data(data);
+    if let Some(c) = code {
+        e = e.code(c);
+    }
     if let Some(n) = node {
         e = e.node(n);
     }
@@ -261,4 +305,19 @@ pub fn deploy_record(state: &MasterState, id: &str, by: &str, r: &DeployRecord) 
         e = e.environment(env);
     }
     state.events.emit(e);
+}
+
+/// The result of the last step record of release `id` on `host` named
+/// `step` that did not succeed (`failed`, `policy_denied`, `error`, ...).
+fn failed_step_result(state: &MasterState, id: &str, host: &str, step: &str) -> Option<String> {
+    let log = state.events.deploys.read(id).ok().flatten()?;
+    log.entries.iter().rev().find_map(|e| match &e.record {
+        DeployRecord::Step {
+            host: h,
+            step: s,
+            result,
+            ..
+        } if h == host && s == step && result != "ok" => Some(result.clone()),
+        _ => None,
+    })
 }

@@ -34,6 +34,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::broadcast;
+use troupe_base::error_code::ErrorCode;
 
 /// How many recent events the master keeps in memory.
 pub const RECENT_EVENTS: usize = 1000;
@@ -164,6 +165,12 @@ pub struct Event {
     pub release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// For an event a refusal or a failure caused (a command refused, code
+    /// that failed to load, a run or a release step that failed): what it
+    /// is, as a typed error code (ADR 0008, docs/json.md "Error codes"),
+    /// for programs to branch on instead of `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     /// One human line, e.g. "web1: run failed (2 resources failed)".
     pub text: String,
     /// Details by kind (docs/json.md); an object, `{}` when none.
@@ -180,6 +187,7 @@ impl Event {
             node: None,
             release: None,
             environment: None,
+            code: None,
             text: text.into(),
             data: serde_json::json!({}),
         }
@@ -197,6 +205,11 @@ impl Event {
 
     pub fn environment(mut self, env: impl Into<String>) -> Event {
         self.environment = Some(env.into());
+        self
+    }
+
+    pub fn code(mut self, code: ErrorCode) -> Event {
+        self.code = Some(code);
         self
     }
 
@@ -332,6 +345,57 @@ mod tests {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(EventKind::parse("run-failed"), None);
+    }
+
+    #[test]
+    fn refusals_and_failures_carry_a_typed_code() {
+        use hooks::status_code;
+        assert_eq!(status_code("ok"), None);
+        assert_eq!(status_code("failed"), Some(ErrorCode::Failed));
+        // Every refusal code an agent (`Refusal::code`) or the master gives
+        // maps to a specific code, never `unclassified`.
+        for c in [
+            "malformed",
+            "ttl_too_long",
+            "unknown_signer",
+            "no_signers",
+            "bad_signature",
+            "not_yet_valid",
+            "expired",
+            "replayed",
+            "not_targeted",
+            "unknown_action",
+            "bad_argument",
+            "policy_denied",
+            "replay_store_error",
+            "audit_error",
+            "error",
+            "timeout",
+            "no_answer",
+        ] {
+            let code = status_code(c).unwrap();
+            assert_ne!(code, ErrorCode::Unclassified, "{c}");
+        }
+        assert_eq!(
+            status_code("policy_denied"),
+            Some(ErrorCode::PermissionDenied)
+        );
+        assert_eq!(
+            status_code("bad_argument"),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(status_code("replayed"), Some(ErrorCode::Conflict));
+        assert_eq!(status_code("timeout"), Some(ErrorCode::Unavailable));
+        assert_eq!(
+            status_code("from_a_newer_agent"),
+            Some(ErrorCode::Unclassified)
+        );
+        let e = Event::new(EventKind::CommandRefused, "x").code(ErrorCode::PermissionDenied);
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["code"], "permission_denied");
+        assert_eq!(serde_json::from_value::<Event>(j).unwrap(), e);
+        let j = serde_json::to_value(Event::new(EventKind::RunRecovered, "y")).unwrap();
+        assert!(j.get("code").is_none(), "{j}");
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use troupe_base::error_code::ErrorCode;
 
 /// Most rows an API list returns unless `limit=` asks for fewer.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -263,10 +264,26 @@ pub fn router(web: Arc<Web>) -> axum::Router {
         .with_state(web)
 }
 
-/// An answer in the API's error shape (or a plain page for HTML routes).
+/// An answer in the API's error shape (or a plain page for HTML routes):
+/// `{"error": MESSAGE, "code": CODE, "status": HTTP}`, `code` one of the
+/// typed error codes (ADR 0008, docs/json.md "Error codes").
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    pub code: ErrorCode,
+}
+
+/// The error code an HTTP status means when nothing more specific is
+/// known.
+fn code_for(status: StatusCode) -> ErrorCode {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => ErrorCode::InvalidArgument,
+        StatusCode::FORBIDDEN => ErrorCode::PermissionDenied,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        StatusCode::INTERNAL_SERVER_ERROR => ErrorCode::Internal,
+        _ => ErrorCode::Unclassified,
+    }
 }
 
 impl ApiError {
@@ -274,7 +291,13 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            code: code_for(status),
         }
+    }
+    /// The same answer with a more specific code.
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
+        self.code = code;
+        self
     }
     pub fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -289,7 +312,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            axum::Json(json!({"error": self.message, "status": self.status.as_u16()})),
+            axum::Json(json!({"error": self.message, "code": self.code,
+                              "status": self.status.as_u16()})),
         )
             .into_response()
     }
@@ -303,9 +327,9 @@ fn is_api(path: &str) -> bool {
 /// client certificate from this CA, still valid, whose name is a viewer.
 async fn access(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
     let api = is_api(req.uri().path());
-    let refuse = |status: StatusCode, msg: String| -> Response {
+    let refuse_coded = |status: StatusCode, code: ErrorCode, msg: String| -> Response {
         if api {
-            ApiError::new(status, msg).into_response()
+            ApiError::new(status, msg).with_code(code).into_response()
         } else {
             (
                 status,
@@ -315,6 +339,7 @@ async fn access(State(web): State<Arc<Web>>, req: Request, next: Next) -> Respon
                 .into_response()
         }
     };
+    let refuse = |status: StatusCode, msg: String| refuse_coded(status, code_for(status), msg);
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -356,8 +381,9 @@ async fn access(State(web): State<Arc<Web>>, req: Request, next: Next) -> Respon
         match tokio::task::spawn_blocking(move || ca.check_peer(&n2, &s2)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                return refuse(
+                return refuse_coded(
                     StatusCode::FORBIDDEN,
+                    e.code(),
                     format!("certificate {name:?} is no longer valid: {e}"),
                 );
             }

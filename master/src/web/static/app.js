@@ -1,7 +1,10 @@
 // Troupe dashboard live parts: one EventSource on /api/v1/stream. Each
 // `fleet` event carries the overview counts and every node's status; the
 // elements marked data-count, data-node-status, data-node-run and
-// data-node-checkin are updated in place, without a reload.
+// data-node-checkin are updated in place, without a reload. Its
+// `last_event` (the newest fleet event's number) brings the overview's
+// "Recent events" table (data-fleet-events) up to date from
+// /api/v1/fleet-events?since=N.
 (function () {
   "use strict";
   if (!window.EventSource) return;
@@ -56,6 +59,47 @@
       table.setAttribute("data-steps", String(Math.max(have, log.entries.length)));
     });
   }
+  // The recent fleet events table: rows newest first, at most N.
+  function refreshEvents(table, last) {
+    if (last === undefined || last === null) return;
+    var have = Number(table.getAttribute("data-last-seq") || 0);
+    if (last === have || table.getAttribute("data-fetching") === "yes") return;
+    // A smaller number than shown: the master restarted, its events count from 1.
+    var since = last > have ? have : 0;
+    table.setAttribute("data-fetching", "yes");
+    var keep = Number(table.getAttribute("data-fleet-events")) || 15;
+    fetch("/api/v1/fleet-events?since=" + since + "&limit=" + keep).then(function (res) {
+      return res.ok ? res.json() : null;
+    }).then(function (r) {
+      table.setAttribute("data-fetching", "no");
+      if (!r || !r.events) return;
+      var tbody = table.tBodies[0];
+      var top = since;
+      each("#" + table.id + " tr.none", function (tr) { tr.parentNode.removeChild(tr); });
+      for (var i = r.events.length - 1; i >= 0; i--) {
+        var e = r.events[i], tr = document.createElement("tr");
+        var when = document.createElement("td"); when.textContent = e.time; tr.appendChild(when);
+        var kind = document.createElement("td"), span = document.createElement("span");
+        span.className = "status " + e.kind; span.textContent = e.kind;
+        kind.appendChild(span); tr.appendChild(kind);
+        var what = document.createElement("td");
+        [["node", "/nodes/"], ["release", "/deploys/"]].forEach(function (p) {
+          if (!e[p[0]]) return;
+          var a = document.createElement("a");
+          a.href = p[1] + encodeURIComponent(e[p[0]]); a.textContent = e[p[0]];
+          what.appendChild(a); what.appendChild(document.createTextNode(": "));
+        });
+        what.appendChild(document.createTextNode(e.text));
+        tr.appendChild(what);
+        tr.setAttribute("data-seq", e.seq);
+        tr.className = "live";
+        tbody.insertBefore(tr, tbody.firstChild);
+        if (e.seq > top) top = e.seq;
+      }
+      while (tbody.rows.length > keep) tbody.deleteRow(tbody.rows.length - 1);
+      table.setAttribute("data-last-seq", String(top));
+    }, function () { table.setAttribute("data-fetching", "no"); });
+  }
   var es = new EventSource("/api/v1/stream");
   es.onopen = function () { body.setAttribute("data-live", "connected"); };
   es.onerror = function () { body.setAttribute("data-live", "reconnecting"); };
@@ -101,6 +145,7 @@
       if (r) { el.max = r.planned || 1; el.value = r.completed; }
     });
     each("[data-deploy-log]", function (table) { refreshLog(table, deploys); });
+    each("[data-fleet-events]", function (table) { refreshEvents(table, d.last_event); });
     body.setAttribute("data-live-updates", String(Number(body.getAttribute("data-live-updates") || 0) + 1));
   });
 })();
