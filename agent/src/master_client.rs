@@ -211,6 +211,32 @@ impl CatalogSource for MasterClient {
         format!("master:{}", self.server)
     }
 
+    fn checkin_disabled(&mut self, reason: &str, since: &str) {
+        let disabled_json = serde_json::to_vec(&serde_json::json!({
+            "reason": reason,
+            "since": since,
+        }))
+        .unwrap_or_default();
+        // One attempt: a disabled host's run is not worth waiting for.
+        let attempts = std::mem::replace(&mut self.retry.attempts, 1);
+        let r = self.with_retry("the disabled check-in", |ch| {
+            let req = CatalogRequest {
+                facts_json: b"{}".to_vec(),
+                have_hash: String::new(),
+                environment: String::new(),
+                disabled_json: disabled_json.clone(),
+            };
+            async move { CatalogClient::new(ch).get_catalog(req).await }
+        });
+        self.retry.attempts = attempts;
+        if let Err(e) = r {
+            tracing::warn!(
+                "could not tell {} that runs are disabled: {e:#}",
+                self.server
+            );
+        }
+    }
+
     fn before_run(&mut self) {
         // A fresh connection per run: the daemon's runs are far apart, and a
         // connection kept from the last one may be dead (network cut, master
@@ -232,6 +258,7 @@ impl CatalogSource for MasterClient {
                 facts_json: facts_json.clone(),
                 have_hash: have.clone(),
                 environment: env.clone(),
+                disabled_json: Vec::new(),
             };
             async move {
                 CatalogClient::new(ch)

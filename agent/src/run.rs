@@ -359,6 +359,7 @@ pub fn run_once(
     let started = state::now_rfc3339();
     state::create_private_dir(&args.state)?;
     if let Some(d) = state::disabled(&args.state) {
+        source.checkin_disabled(&d.reason, &d.since);
         anyhow::bail!(
             "runs are disabled since {}: {} (troupe-agent enable --state {})",
             d.since,

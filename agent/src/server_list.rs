@@ -62,6 +62,12 @@ impl CatalogSource for ServerList {
     fn fetch(&mut self, facts: &serde_json::Value, cached_hash: Option<&str>) -> Result<Fetched> {
         self.each(|c| c.fetch(facts, cached_hash))
     }
+
+    fn checkin_disabled(&mut self, reason: &str, since: &str) {
+        for c in &mut self.0 {
+            c.checkin_disabled(reason, since);
+        }
+    }
 }
 
 impl ReportSink for ServerList {

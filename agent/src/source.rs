@@ -35,6 +35,10 @@ pub trait CatalogSource {
     fn cache_fallback(&self) -> bool {
         true
     }
+    /// Runs are disabled (`troupe-agent disable`): tell the master, which
+    /// shows the node as disabled rather than stale. A source without a
+    /// master does nothing; a failure is only logged.
+    fn checkin_disabled(&mut self, _reason: &str, _since: &str) {}
 }
 
 /// A catalog JSON file as written by `Catalog::to_canonical_json`.

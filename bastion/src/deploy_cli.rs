@@ -74,6 +74,12 @@ pub struct DeployArgs {
     /// (fields in docs/json.md).
     #[arg(long)]
     pub json: bool,
+    /// The bastion's configuration file: its `[events]` table (the syntax
+    /// of master.toml's) sends this release's events to webhooks, email
+    /// (the full log at the end) and exec hooks from the bastion. Default
+    /// /etc/troupe/bastion.toml when it exists.
+    #[arg(long, env = "TROUPE_BASTION_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Writes one NDJSON event line and flushes it (a consumer sees it now).
@@ -170,7 +176,9 @@ Exit status:
 The plan is printed first and `yes` must be typed (--yes in CI; without a
 terminal and without --yes the deploy is refused). Each release gets an id;
 its full log is kept on the master: `troupe deploy log ID` there
-(`troupe deploy log --list` for every release).
+(`troupe deploy log --list` for every release). Sinks in the [events] table
+of /etc/troupe/bastion.toml (--config) get the release's events from the
+bastion too: chat webhooks, email (the full log at the end), exec hooks.
 
 Example:
   troupe deploy RELEASE.toml --environment dr --role web --batch 2 --dry-run \\
@@ -231,6 +239,7 @@ pub fn run(args: DeployArgs) -> Result<u8> {
              to deploy without asking (CI), or --dry-run to see the plan"
         );
     }
+    let bastion_cfg = crate::deploy_events::BastionConfig::load(args.config.as_deref())?;
     let mut signer_box = args.fleet.signer.open()?;
     let signer: &mut dyn Signer = &mut *signer_box;
     let mut recorder_owned = crate::deploy_record::Recorder::new();
@@ -340,6 +349,12 @@ pub fn run(args: DeployArgs) -> Result<u8> {
             confirm(&progress, &rel.title, &planned)?;
         }
         recorder.connect(channel.clone());
+        if let Some(cfg) = &bastion_cfg.events {
+            let by = troupe_identity::Identity::load(&args.fleet.identity)
+                .map(|i| i.name)
+                .unwrap_or_else(|_| "bastion".to_string());
+            recorder.local = crate::deploy_events::LocalEvents::start(cfg, &recorder.id, &by)?;
+        }
         if json {
             event(&mut out, serde_json::json!({"event": "release", "id": recorder.id}))?;
         } else {
@@ -621,6 +636,9 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                             } else {
                                 writeln!(out, "  {}: ok", hs.host)?;
                             }
+                            recorder.send(&mut *signer, DeployRecord::HostDone {
+                                host: hs.host.clone(), package: pkg.package.clone(), time: now_rfc3339(),
+                            }).await;
                             phase_ok.push(hs.host.clone());
                             outcomes.insert(hs.host.clone(), HostOutcome::Ok);
                         }
@@ -648,6 +666,11 @@ pub fn run(args: DeployArgs) -> Result<u8> {
                 time: now_rfc3339(),
             },
         ));
+    }
+    if let Some(local) = recorder_owned.local.take() {
+        for w in rt.block_on(local.finish(crate::deploy_events::FINISH_WAIT)) {
+            eprintln!("troupe: warning: {w}; the release's result stands");
+        }
     }
     result
 }

@@ -76,6 +76,13 @@ pub enum DeployRecord {
         undo: Vec<String>,
         time: String,
     },
+    /// A host went through every step of a package (live progress: the
+    /// package's hosts are counted as they finish, not at its end).
+    HostDone {
+        host: String,
+        package: String,
+        time: String,
+    },
     /// Every batch of a package ran (or the release stopped in it).
     PackageDone {
         package: String,
@@ -110,6 +117,7 @@ impl DeployRecord {
             DeployRecord::PackageStarted { .. } => "package_started",
             DeployRecord::Step { .. } => "step",
             DeployRecord::HostFailed { .. } => "host_failed",
+            DeployRecord::HostDone { .. } => "host_done",
             DeployRecord::PackageDone { .. } => "package_done",
             DeployRecord::Finished { .. } => "finished",
             DeployRecord::Aborted { .. } => "aborted",
@@ -172,6 +180,8 @@ pub struct Recorder {
     seq: u64,
     ended: bool,
     warned: bool,
+    /// The bastion's own sinks ([`crate::deploy_events`]), if configured.
+    pub local: Option<crate::deploy_events::LocalEvents>,
 }
 
 impl Recorder {
@@ -183,6 +193,7 @@ impl Recorder {
             seq: 0,
             ended: false,
             warned: false,
+            local: None,
         }
     }
 
@@ -207,6 +218,9 @@ impl Recorder {
         self.ended = record.is_end();
         let seq = self.seq;
         self.seq += 1;
+        if let Some(l) = &mut self.local {
+            l.record(seq, &record);
+        }
         let r = async {
             let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
             let sig = signer

@@ -10,6 +10,9 @@
 //! - [`run_cli`], [`deploy_cli`]: `troupe run` and `troupe deploy` (sign
 //!   each command just before it is sent, submit it to the master over
 //!   mutual TLS with the bastion's `troupe-identity`, print results);
+//! - [`deploy_log`], [`deploy_events`]: a release's log as text and its
+//!   events, delivered to sinks configured on the bastion
+//!   (`/etc/troupe/bastion.toml`, `[events]`, through `troupe-events`);
 //! - [`cli`]: `troupe key ...`, `troupe audit verify`, and the signer
 //!   options `run` and `deploy` share.
 //!
@@ -22,6 +25,8 @@
 
 pub mod cli;
 pub mod deploy_cli;
+pub mod deploy_events;
+pub mod deploy_log;
 pub mod deploy_record;
 pub mod keys;
 pub mod progress;

@@ -20,6 +20,7 @@
 //! {"op":"report-list","host":"web1"}
 //! {"op":"env-status"}            {"op":"env-promote","env":"production","expect":null}
 //! {"op":"env-diff","env":"production","to":"/srv/modules-next","staged":false}
+//! {"op":"env-sync","env":null}   (git-backed environments: fetch and sync)
 //! ```
 //!
 //! The fleet requests (nodes, report, facts, env-*) need the running master.
@@ -107,6 +108,12 @@ pub enum AdminRequest {
         #[serde(default)]
         staged: bool,
     },
+    /// Git-backed environments: fetch now and sync every environment (or
+    /// only `env`).
+    EnvSync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<String>,
+    },
 }
 
 impl AdminRequest {
@@ -122,6 +129,7 @@ impl AdminRequest {
                 | AdminRequest::EnvStatus
                 | AdminRequest::EnvPromote { .. }
                 | AdminRequest::EnvDiff { .. }
+                | AdminRequest::EnvSync { .. }
         )
     }
 }
@@ -288,6 +296,24 @@ pub fn handle_fleet(state: &MasterState, req: &AdminRequest) -> AdminResponse {
         AdminRequest::EnvDiff { env, to, staged } => {
             crate::env_diff::run(state, env, to.as_ref(), *staged)
         }
+        AdminRequest::EnvSync { env } => match &state.code {
+            Some(c) => {
+                let rep = c.sync(env.as_deref())?;
+                if !rep.new_failures.is_empty() {
+                    state.metrics.code_load_failures.inc();
+                    crate::events::hooks::code_load_failed(
+                        state,
+                        &rep.new_failures.join("\n"),
+                        c.status().live_version.as_deref(),
+                    );
+                }
+                Ok(serde_json::to_value(&rep)?)
+            }
+            None => Err(error_code::error(
+                ErrorCode::NoModuleTree,
+                "this master serves no module tree (started without --modules)",
+            )),
+        },
         AdminRequest::EnvPromote { env, expect } => match &state.code {
             Some(c) => {
                 let v = c.promote_expecting(env, expect.as_deref())?;
@@ -427,7 +453,10 @@ pub fn call(data_dir: &Path, req: &AdminRequest) -> Result<Option<AdminResponse>
         }
     };
     // A fleet-wide diff compiles every node twice: give it longer.
-    let secs = if matches!(req, AdminRequest::EnvDiff { .. }) {
+    let secs = if matches!(
+        req,
+        AdminRequest::EnvDiff { .. } | AdminRequest::EnvSync { .. }
+    ) {
         900
     } else {
         60

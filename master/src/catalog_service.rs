@@ -42,6 +42,32 @@ use crate::catalog_cache::{CacheKey, lock};
 pub use crate::catalog_cache::{CacheStats, CatalogCache, Compiled, DEFAULT_CACHE_BYTES};
 pub use crate::store::Checkin;
 
+/// The `disabled_json` of a check-in: `{"reason": "...", "since": "..."}`,
+/// at most 4 KiB; the reason cut to 500 characters for display.
+fn disabled_mark(json: &[u8]) -> Result<crate::store::DisabledMark, Status> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        reason: String,
+        since: String,
+    }
+    if json.len() > 4096 {
+        return Err(Status::invalid_argument(
+            "disabled_json: larger than 4096 bytes",
+        ));
+    }
+    let r: Raw = serde_json::from_slice(json).map_err(|e| {
+        Status::invalid_argument(format!(
+            "disabled_json: not {{\"reason\": ..., \"since\": ...}} ({e})"
+        ))
+    })?;
+    let clean =
+        |s: String, n: usize| -> String { s.chars().filter(|c| !c.is_control()).take(n).collect() };
+    Ok(crate::store::DisabledMark {
+        reason: clean(r.reason, 500),
+        since: clean(r.since, 64),
+    })
+}
+
 /// Writes pending check-ins to the store (one transaction).
 pub fn flush_checkins(state: &MasterState) {
     let batch = state.catalogs.drain_checkins();
@@ -217,6 +243,27 @@ impl CatalogRpc for CatalogService {
         let result = async {
             let peer = peer_identity(&st.ca, &req)?;
             let body = req.into_inner();
+            if !body.disabled_json.is_empty() {
+                // Runs are disabled on the host: a check-in only.
+                let mark = disabled_mark(&body.disabled_json)?;
+                lock(&st.catalogs.checkins).insert(
+                    peer.name.clone(),
+                    Checkin {
+                        node: peer.name.clone(),
+                        facts: serde_json::Value::Null,
+                        environment: String::new(),
+                        role: String::new(),
+                        catalog_hash: String::new(),
+                        at: unix_now(),
+                        disabled: Some(mark),
+                    },
+                );
+                return Ok(CatalogReply {
+                    unchanged: true,
+                    catalog_json: Vec::new(),
+                    catalog_hash: String::new(),
+                });
+            }
             let facts: serde_json::Value = serde_json::from_slice(&body.facts_json)
                 .map_err(|e| Status::invalid_argument(format!("facts are not valid JSON: {e}")))?;
             if !facts.is_object() {
@@ -257,6 +304,7 @@ impl CatalogRpc for CatalogService {
                     role: compiled.role.clone(),
                     catalog_hash: compiled.hash.clone(),
                     at: unix_now(),
+                    disabled: None,
                 },
             );
             match json {

@@ -14,6 +14,11 @@
 //!   [`CodeManager::promote`] (`troupe env promote production`). The site
 //!   file (classification) is shared by all environments and applies at
 //!   once.
+//! - With `modules = "git+URL"` the environments are the branches of a git
+//!   repository instead, synced by [`CodeManager::sync`]
+//!   ([`crate::code_git`]); the same hold/promote rule applies, the staged
+//!   code (`Staged`) then carries its commit and, for the site branch,
+//!   the site.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -55,12 +60,43 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-struct Inner {
-    live: Option<Arc<ModuleTree>>,
-    staged: BTreeMap<String, Arc<EnvTree>>,
-    fingerprint: Option<String>,
-    last_error: Option<String>,
-    generation: u64,
+pub(crate) struct Inner {
+    pub(crate) live: Option<Arc<ModuleTree>>,
+    pub(crate) staged: BTreeMap<String, Staged>,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) generation: u64,
+    /// Git-backed environments: environment → the commit it serves.
+    pub(crate) commits: BTreeMap<String, String>,
+    /// Git-backed environments: sync state (`None` for a directory).
+    pub(crate) git: Option<crate::code_git::GitState>,
+}
+
+/// New code for a held environment, waiting for `troupe env promote`.
+#[derive(Clone)]
+pub(crate) struct Staged {
+    pub(crate) env: Arc<EnvTree>,
+    /// The site that comes with it (git: the site branch's new commit).
+    pub(crate) site: Option<Arc<troupe_compiler::Site>>,
+    /// The commit it was checked out from (git only).
+    pub(crate) commit: Option<String>,
+}
+
+impl Staged {
+    /// `live` with this code in place: what serving is after promotion.
+    pub(crate) fn apply(&self, live: &ModuleTree) -> ModuleTree {
+        if let Some(site) = &self.site {
+            let mut envs: BTreeMap<String, Arc<EnvTree>> = live
+                .environments()
+                .filter_map(|e| Some((e.to_owned(), live.environment(e)?.clone())))
+                .collect();
+            envs.insert(self.env.name().to_owned(), self.env.clone());
+            if let Ok(t) = ModuleTree::assemble(live.root().to_owned(), site.clone(), envs) {
+                return t;
+            }
+        }
+        live.with_environment(self.env.clone())
+    }
 }
 
 /// What `troupe env status` shows.
@@ -78,6 +114,17 @@ pub struct CodeStatus {
     pub last_error: Option<String>,
     /// Bumped at every swap of the live tree.
     pub generation: u64,
+    /// `dir` or `git`.
+    pub source: &'static str,
+    /// Git-backed: environment → commit served.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub commits: BTreeMap<String, String>,
+    /// Git-backed: held environment → commit staged for promotion.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub staged_commits: BTreeMap<String, String>,
+    /// Git-backed: the repository and its last sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::code_git::GitStatus>,
 }
 
 /// What a reload did.
@@ -95,9 +142,12 @@ pub enum Reload {
 
 /// The module code of a master.
 pub struct CodeManager {
-    dir: PathBuf,
-    hold: BTreeSet<String>,
-    inner: RwLock<Inner>,
+    pub(crate) dir: PathBuf,
+    pub(crate) hold: BTreeSet<String>,
+    pub(crate) inner: RwLock<Inner>,
+    /// Set when the environments are branches of a git repository
+    /// (`modules = "git+URL"`, see [`crate::code_git`]).
+    pub(crate) git: Option<crate::code_git::GitSource>,
 }
 
 impl CodeManager {
@@ -114,16 +164,19 @@ impl CodeManager {
                 fingerprint: None,
                 last_error: None,
                 generation: 0,
+                commits: BTreeMap::new(),
+                git: None,
             }),
+            git: None,
         };
         m.reload_if_changed();
         m
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -141,6 +194,10 @@ impl CodeManager {
 
     /// Loads the tree again if anything on disk changed.
     pub fn reload_if_changed(&self) -> Reload {
+        if self.git.is_some() {
+            // Branches are fetched by `sync` (git_poll, `troupe env sync`).
+            return Reload::Unchanged;
+        }
         let before = match fingerprint(&self.dir) {
             Ok(f) => f,
             Err(e) => return self.fail(None, format!("{e:#}")),
@@ -167,7 +224,14 @@ impl CodeManager {
                     continue;
                 };
                 if old.code_version() != fresh.code_version() {
-                    staged.insert(env.clone(), fresh.clone());
+                    staged.insert(
+                        env.clone(),
+                        Staged {
+                            env: fresh.clone(),
+                            site: None,
+                            commit: None,
+                        },
+                    );
                     tree = tree.with_environment(old.clone());
                 }
             }
@@ -192,9 +256,19 @@ impl CodeManager {
         Reload::Failed(error)
     }
 
-    /// The module tree directory (`--modules`).
+    /// The module tree directory (`--modules`); for git-backed
+    /// environments the repository's address (credentials redacted).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The module tree directory on disk, `None` for git-backed
+    /// environments (their code is the branches' commits).
+    pub fn disk_dir(&self) -> Option<&Path> {
+        match self.git {
+            Some(_) => None,
+            None => Some(&self.dir),
+        }
     }
 
     /// The live tree with `env`'s staged code in place: what serving would
@@ -202,7 +276,7 @@ impl CodeManager {
     pub fn staged_tree(&self, env: &str) -> Option<Arc<ModuleTree>> {
         let g = self.read();
         let staged = g.staged.get(env)?.clone();
-        Some(Arc::new(g.live.as_ref()?.with_environment(staged)))
+        Some(Arc::new(staged.apply(g.live.as_ref()?)))
     }
 
     /// Makes the staged code of a held environment live.
@@ -228,8 +302,9 @@ impl CodeManager {
                 "nothing is staged for environment `{env}`: it already serves the newest code"
             );
         };
+        let tree = staged.apply(&live);
         if let Some(want) = expect {
-            let now = live.code_version_with(&staged);
+            let now = tree.env_code_version(env).unwrap_or_default();
             if now != want {
                 return Err(troupe_base::error_code::error(
                     troupe_base::error_code::ErrorCode::Conflict,
@@ -241,13 +316,19 @@ impl CodeManager {
             }
         }
         g.staged.remove(env);
-        let tree = live.with_environment(staged);
         // The identity catalogs carry and `env status` shows: site + env.
         let version = tree
             .env_code_version(env)
             .context("the promoted environment vanished")?;
         g.live = Some(Arc::new(tree));
         g.generation += 1;
+        if let Some(c) = staged.commit {
+            g.commits.insert(env.to_owned(), c);
+            drop(g);
+            if let Some(git) = &self.git {
+                git.save_serving(|| self.read().commits.clone());
+            }
+        }
         Ok(version)
     }
 
@@ -270,13 +351,24 @@ impl CodeManager {
                 Some(t) => g
                     .staged
                     .iter()
-                    .map(|(k, v)| (k.clone(), t.code_version_with(v)))
+                    .filter_map(|(k, v)| Some((k.clone(), v.apply(t).env_code_version(k)?)))
                     .collect(),
                 None => BTreeMap::new(),
             },
             hold: self.hold.iter().cloned().collect(),
             last_error: g.last_error.clone(),
             generation: g.generation,
+            source: if self.git.is_some() { "git" } else { "dir" },
+            commits: g.commits.clone(),
+            staged_commits: g
+                .staged
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.commit.clone()?)))
+                .collect(),
+            git: match (&self.git, &g.git) {
+                (Some(src), Some(st)) => Some(src.status(st)),
+                _ => None,
+            },
         }
     }
 }

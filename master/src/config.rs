@@ -34,6 +34,8 @@ pub const KEYS: &[&str] = &[
     "server_names",
     "cert_ttl",
     "code_poll",
+    "git_poll",
+    "git_site_branch",
     "allow_agent_environment",
     "compile_threads",
     "catalog_cache_bytes",
@@ -101,6 +103,13 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
     args.modules = f
         .resolve("modules", given(m, "modules", None), args.modules)
         .map_err(e)?;
+    // A git URL's user name and password are never printed.
+    if let Some(url) = args.modules.as_deref().and_then(crate::code_git::git_url) {
+        let shown = format!("git+{}", crate::code_git::redact(url));
+        if shown != format!("git+{url}") {
+            f.show_as("modules", serde_json::Value::String(shown));
+        }
+    }
     args.hold = f
         .resolve("hold", given(m, "hold", None), args.hold)
         .map_err(e)?;
@@ -158,6 +167,17 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
         )
         .map_err(e)?
         .0;
+    args.git_poll = f
+        .resolve("git_poll", given(m, "git_poll", None), Dur(args.git_poll))
+        .map_err(e)?
+        .0;
+    args.git_site_branch = f
+        .resolve(
+            "git_site_branch",
+            given(m, "git_site_branch", None),
+            args.git_site_branch,
+        )
+        .map_err(e)?;
     args.allow_agent_environment = f
         .resolve(
             "allow_agent_environment",
@@ -311,6 +331,36 @@ mod tests {
         assert_eq!(j["settings"]["run_interval"]["value"], "5m");
         assert_eq!(j["settings"]["shutdown_grace"]["source"], "default");
 
+        std::fs::write(
+            &p,
+            "modules = \"git+file:///srv/m.git\"\ngit_poll = 0\ngit_site_branch = \"main\"\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap();
+        assert_eq!(a.git_poll.as_secs(), 0);
+        assert_eq!(a.git_site_branch, "main");
+        assert_eq!(
+            crate::code_git::git_url(a.modules.as_deref().unwrap()),
+            Some("file:///srv/m.git")
+        );
+        // A password in the URL is used, never printed.
+        std::fs::write(
+            &p,
+            "modules = \"git+https://deploy:s3cret@git.example.com/m.git\"\n",
+        )
+        .unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, f) = resolve(a, &m).unwrap();
+        assert!(a.modules.unwrap().to_str().unwrap().contains("s3cret"));
+        for shown in [print(&f, false), print(&f, true)] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains("git+https://***@git.example.com/m.git"),
+                "{shown}"
+            );
+        }
+
         std::fs::write(&p, "run_interval = \"soon\"\n").unwrap();
         let (a, m) = parse(&["--config", p.to_str().unwrap()]);
         let err = resolve(a, &m).unwrap_err().to_string();
@@ -322,5 +372,66 @@ mod tests {
         let (a, m) = parse(&["--config", p.to_str().unwrap()]);
         let err = resolve(a, &m).unwrap_err().to_string();
         assert!(err.contains("unknown key `port`"), "{err}");
+    }
+
+    /// The packaged /etc/troupe/master.toml with every commented example
+    /// turned on (`#key = ...`, `#[table]`; of alternatives for one key,
+    /// the first) is a valid configuration: the dashboard, the viewers and
+    /// the three kinds of event sinks.
+    #[test]
+    fn the_packaged_master_toml_parses_with_its_examples_on() {
+        let packaged = include_str!("../../packaging/etc/master.toml");
+        let mut on = String::new();
+        let mut turned = 0;
+        let mut table = String::new();
+        let mut seen = std::collections::HashSet::new();
+        for line in packaged.lines() {
+            let example = line.strip_prefix('#').filter(|l| {
+                if l.starts_with('[') {
+                    table = l.to_string();
+                    return true;
+                }
+                l.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty()
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && (table.starts_with("[[") || seen.insert(format!("{table}.{k}")))
+                })
+            });
+            match example {
+                Some(l) => {
+                    on.push_str(l);
+                    turned += 1;
+                }
+                None => on.push_str(line),
+            }
+            on.push('\n');
+        }
+        assert!(turned > 20, "{on}");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("master.toml");
+        std::fs::write(&p, &on).unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap_or_else(|e| panic!("{e:#}\n{on}"));
+        assert_eq!(a.web_listen.unwrap().to_string(), "127.0.0.1:8150");
+        assert_eq!(a.viewers, ["alice-laptop"]);
+        let ev = &a.events;
+        assert_eq!(ev.cert_expiry_days, 14);
+        assert_eq!(ev.webhook.len(), 1);
+        assert!(ev.webhook[0].url.starts_with("https://chat.example.com/"));
+        assert!(
+            ev.webhook[0]
+                .kinds
+                .takes(crate::events::EventKind::DeployAborted)
+        );
+        assert_eq!(ev.email.len(), 1);
+        assert_eq!(ev.email[0].to, ["ops@example.com"]);
+        assert_eq!(ev.exec.len(), 1);
+        assert_eq!(ev.exec[0].argv[0], "/usr/local/bin/page-oncall");
+        // As shipped (every example commented out): no sink.
+        std::fs::write(&p, packaged).unwrap();
+        let (a, m) = parse(&["--config", p.to_str().unwrap()]);
+        let (a, _) = resolve(a, &m).unwrap();
+        assert!(a.events.webhook.is_empty() && a.events.email.is_empty());
+        assert!(a.web_listen.is_none());
     }
 }

@@ -53,8 +53,21 @@ pub struct Args {
     /// stop the master (the CA and reports keep working): catalogs are
     /// refused with the load error until a good tree appears; later changes
     /// that do not load are refused while the last good tree keeps serving.
-    #[arg(long)]
+    ///
+    /// `git+URL` (e.g. git+file:///srv/modules.git, git+https://...,
+    /// git+ssh://...): every branch of that git repository is an
+    /// environment, fetched every --git-poll and by `troupe env sync`
+    /// (see modules/README.md, "Environments from git").
+    #[arg(long, value_name = "DIR|git+URL")]
     pub modules: Option<PathBuf>,
+    /// With `--modules git+URL`: how often to fetch the repository
+    /// (e.g. 1m); 0 fetches only at start and on `troupe env sync`.
+    #[arg(long, default_value = "1m")]
+    pub git_poll: humantime::Duration,
+    /// With `--modules git+URL`: the branch whose root holds site.toml
+    /// (the classification shared by all environments).
+    #[arg(long, default_value = "production", value_name = "BRANCH")]
+    pub git_site_branch: String,
     /// Names (DNS or IP) agents use to reach this master; they go in the
     /// master's TLS certificate. Default: the listen IP (unless
     /// unspecified), 127.0.0.1, localhost and this host's name.
@@ -160,7 +173,40 @@ pub(crate) fn parse_listen(s: &str) -> std::result::Result<std::net::SocketAddr,
 /// does not load is logged loudly, and the master starts without it: the
 /// CA and report intake must not depend on module code, and agents
 /// converge from their cached catalogs meanwhile.
-fn load_code(dir: &std::path::Path, hold: &[String]) -> Result<crate::code::CodeManager> {
+fn load_code(args: &Args, dir: &std::path::Path) -> Result<crate::code::CodeManager> {
+    let hold = &args.hold;
+    if let Some(url) = crate::code_git::git_url(dir) {
+        let m = crate::code::CodeManager::new_git(
+            crate::code_git::GitOptions {
+                url: url.to_owned(),
+                dir: args.data.join("git"),
+                site_branch: args.git_site_branch.clone(),
+                poll: args.git_poll.into(),
+            },
+            hold.iter().cloned(),
+        )?;
+        let st = m.status();
+        match &st.live_version {
+            Some(v) => {
+                tracing::info!(version = %v, repository = %m.dir().display(), "git environments loaded")
+            }
+            None => tracing::error!(
+                "{}: no environment loads yet; the master starts without code and refuses catalogs until a sync works (the CA and reports work): {}",
+                m.dir().display(),
+                st.git
+                    .as_ref()
+                    .and_then(|g| g.last_sync_error.clone())
+                    .or(st.last_error.clone())
+                    .unwrap_or_default()
+            ),
+        }
+        for env in hold {
+            if st.live_version.is_some() && !st.environments.contains_key(env) {
+                tracing::warn!("--hold {env}: there is no branch {env:?} yet");
+            }
+        }
+        return Ok(m);
+    }
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => anyhow::bail!("--modules {}: not a directory", dir.display()),
@@ -260,7 +306,13 @@ async fn serve(args: Args) -> Result<()> {
     // The module tree first: a master that cannot serve catalogs refuses
     // to start before it creates or changes anything.
     let code = match &args.modules {
-        Some(dir) => Some(Arc::new(load_code(dir, &args.hold)?)),
+        Some(dir) => {
+            if crate::code_git::git_url(dir).is_some() {
+                util::ensure_private_dir(&args.data, 0o700)
+                    .with_context(|| format!("creating data directory {}", args.data.display()))?;
+            }
+            Some(Arc::new(load_code(&args, dir)?))
+        }
         None if !args.hold.is_empty() => anyhow::bail!(
             "--hold {}: there is no module tree to hold environments of (give --modules DIR)",
             args.hold.join(", ")
@@ -356,6 +408,52 @@ async fn serve(args: Args) -> Result<()> {
             }
         })
     });
+    // Git-backed environments: fetch every --git-poll (0: only on
+    // `troupe env sync`).
+    let git_task = match state.code.clone() {
+        Some(code) if code.disk_dir().is_none() && args.git_poll.as_secs() > 0 => {
+            let metrics = state.metrics.clone();
+            let ev_state = state.clone();
+            let every = Duration::from(args.git_poll);
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // the first sync ran at start
+                // A fetch failing the same way at every poll is one event.
+                let mut last_fetch_error: Option<String> = None;
+                loop {
+                    tick.tick().await;
+                    let c = code.clone();
+                    let r = tokio::task::spawn_blocking(move || c.sync(None)).await;
+                    let failed = match r {
+                        Ok(Ok(rep)) => {
+                            last_fetch_error = None;
+                            rep.new_failures
+                        }
+                        Ok(Err(e)) => {
+                            let e = format!("{e:#}");
+                            if last_fetch_error.as_deref() == Some(e.as_str()) {
+                                vec![]
+                            } else {
+                                tracing::error!("{e}");
+                                last_fetch_error = Some(e.clone());
+                                vec![e]
+                            }
+                        }
+                        Err(_) => vec![],
+                    };
+                    if !failed.is_empty() {
+                        metrics.code_load_failures.inc();
+                        crate::events::hooks::code_load_failed(
+                            &ev_state,
+                            &failed.join("\n"),
+                            code.status().live_version.as_deref(),
+                        );
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
     let scan_task = crate::events::scan::spawn(
         state.clone(),
         args.events.scan_interval.0,
@@ -468,6 +566,9 @@ async fn serve(args: Args) -> Result<()> {
     scan_task.abort();
     flush_task.abort();
     if let Some(t) = code_task {
+        t.abort();
+    }
+    if let Some(t) = git_task {
         t.abort();
     }
     if let Some(t) = metrics_task {

@@ -78,14 +78,21 @@ pub fn run(
         (None, false) => match code.staged_tree(env) {
             Some(t) => (t, "the staged code".into()),
             None => {
-                let t = ModuleTree::load(code.dir())
+                let Some(dir) = code.disk_dir() else {
+                    return Err(error(
+                        ErrorCode::NotFound,
+                        format!(
+                            "nothing is staged for environment `{env}`: it serves the newest commit of its branch that loads \
+                             (`troupe env sync {env}` fetches; give --to DIR to compare with a module tree)"
+                        ),
+                    ));
+                };
+                let t = ModuleTree::load(dir)
                     .map_err(|e| anyhow::anyhow!("{}", e.render()))
-                    .with_context(|| {
-                        format!("the module tree {} does not load", code.dir().display())
-                    })?;
+                    .with_context(|| format!("the module tree {} does not load", dir.display()))?;
                 (
                     Arc::new(t),
-                    format!("the module tree on disk ({})", code.dir().display()),
+                    format!("the module tree on disk ({})", dir.display()),
                 )
             }
         },

@@ -12,7 +12,10 @@ use std::io::Write;
 use std::path::Path;
 use troupe_catalog::report::{Report, Status};
 
-/// `troupe nodes`: every node with its last check-in and run.
+/// `troupe nodes`: every node with its last check-in and run. STATUS is
+/// the last run's (failed, changed, unchanged), or `disabled` while the
+/// node's last check-in said its runs are disabled (`troupe-agent
+/// disable`; the reason is in `--json` and on the dashboard).
 #[derive(clap::Args, Debug)]
 pub struct NodesArgs {
     /// Only nodes whose facts match, e.g. `os.family=Debian` (repeatable;
@@ -74,6 +77,29 @@ pub enum EnvCmd {
     /// Exits 2 when the newest tree does not load.
     Status {
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Git-backed environments (`modules = "git+URL"`): fetch the
+    /// repository now and bring each environment to its branch's newest
+    /// commit (or only ENV).
+    ///
+    /// An environment that is not held serves the new commit at once; a
+    /// held one stages it for `troupe env promote`. A commit that does not
+    /// load is reported and the old one keeps serving. A branch whose name
+    /// is not an environment name is skipped. An environment whose branch
+    /// is gone keeps serving until it is named here: `troupe env sync ENV`
+    /// removes it (refused while it is held).
+    ///
+    /// Exit status: 0 synced; 2 some environment's new commit does not
+    /// load; 1 error (the fetch failed: nothing changed).
+    Sync {
+        /// Only this environment (branch).
+        env: Option<String>,
+        /// Print JSON: {"url","environments":{ENV:{"action","commit",
+        /// "serving","error"?}},"skipped":{BRANCH:REASON},"generation"}.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -225,6 +251,13 @@ pub fn write_nodes(v: &serde_json::Value, filtered: bool, out: &mut dyn Write) -
                 "-",
                 "-".into(),
             ),
+        };
+        // Runs disabled on the host (`troupe-agent disable`): the last
+        // report's status is old news; its counts stay for reference.
+        let status = if n.disabled.is_some() {
+            "disabled".to_owned()
+        } else {
+            status
         };
         let checkin = if r.stale {
             format!("{} STALE", ago(now, n.last_checkin))
@@ -453,29 +486,90 @@ pub fn env(cmd: EnvCmd) -> Result<u8> {
                 return Ok(0);
             }
             println!("module tree {}", c["dir"].as_str().unwrap_or("?"));
+            let git = &c["git"];
+            if git.is_object() {
+                println!(
+                    "  last sync {}{}",
+                    git["last_sync"]
+                        .as_u64()
+                        .map(troupe_pki::util::fmt_time)
+                        .unwrap_or_else(|| "never".into()),
+                    match git["poll_secs"].as_u64() {
+                        Some(0) | None => " (polling off: `troupe env sync`)".to_string(),
+                        Some(s) => format!(" (every {s}s)"),
+                    }
+                );
+                if let Some(e) = git["last_sync_error"].as_str() {
+                    println!("  the last fetch FAILED (the code serving is unchanged): {e}");
+                }
+            }
             if let Some(obj) = c["environments"].as_object() {
                 for (env, ver) in obj {
                     let held = c["hold"]
                         .as_array()
                         .is_some_and(|h| h.iter().any(|x| x == env.as_str()));
                     let staged = c["staged"][env].as_str();
+                    let commit = c["commits"][env]
+                        .as_str()
+                        .map(|s| format!(" commit {s:.12}"))
+                        .unwrap_or_default();
+                    let staged_commit = c["staged_commits"][env]
+                        .as_str()
+                        .map(|s| format!(" commit {s:.12}"))
+                        .unwrap_or_default();
                     println!(
-                        "  {env:<16} serving {:.12}{}{}",
+                        "  {env:<16} serving {:.12}{commit}{}{}{}",
                         ver.as_str().unwrap_or("?"),
                         if held { "  (held)" } else { "" },
                         staged
-                            .map(|s| format!("  staged {s:.12}: `troupe env promote {env}`"))
-                            .unwrap_or_default()
+                            .map(|s| format!(
+                                "  staged {s:.12}{staged_commit}: `troupe env promote {env}`"
+                            ))
+                            .unwrap_or_default(),
+                        if git["removed"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|x| x == env.as_str()))
+                        {
+                            format!("  (branch removed: `troupe env sync {env}` removes it)")
+                        } else {
+                            String::new()
+                        }
                     );
                 }
             }
+            if let Some(sk) = git["skipped"].as_object() {
+                for why in sk.values() {
+                    println!("  {}", why.as_str().unwrap_or("?"));
+                }
+            }
+            if git.is_object() && git["last_sync_error"].is_string() && c["last_error"].is_null() {
+                return Ok(2);
+            }
             if let Some(e) = c["last_error"].as_str() {
+                if git.is_object() {
+                    println!(
+                        "the newest commit of a branch does NOT load (the previous one keeps serving):\n{e}"
+                    );
+                    return Ok(2);
+                }
                 println!(
                     "the newest tree on disk does NOT load (the previous one keeps serving):\n{e}"
                 );
                 return Ok(2);
             }
             Ok(0)
+        }
+        EnvCmd::Sync { env, json, data } => {
+            let v = ask(&data.data, AdminRequest::EnvSync { env })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", write_env_sync(&v));
+            }
+            let failed = v["environments"]
+                .as_object()
+                .is_some_and(|o| o.values().any(|e| e["action"] == "failed"));
+            Ok(if failed { 2 } else { 0 })
         }
         EnvCmd::Promote { env, yes, data } => {
             use std::io::IsTerminal;
@@ -555,6 +649,53 @@ pub fn env(cmd: EnvCmd) -> Result<u8> {
             Ok(code)
         }
     }
+}
+
+/// `troupe env sync`'s text: one line per environment, then the skipped
+/// branches.
+pub fn write_env_sync(v: &serde_json::Value) -> String {
+    let mut out = format!("fetched {}\n", v["url"].as_str().unwrap_or("?"));
+    let short = |x: &serde_json::Value| {
+        x.as_str()
+            .map(|s| s.chars().take(12).collect::<String>())
+            .unwrap_or_else(|| "nothing".into())
+    };
+    if let Some(envs) = v["environments"].as_object() {
+        for (env, e) in envs {
+            let commit = short(&e["commit"]);
+            let serving = short(&e["serving"]);
+            let line = match e["action"].as_str().unwrap_or("?") {
+                "unchanged" => format!("unchanged at {commit}"),
+                "added" => format!("added: serving {commit}"),
+                "updated" => format!("updated: serving {commit}"),
+                "staged" => format!(
+                    "staged {commit} (held; {serving} keeps serving until `troupe env promote {env}`)"
+                ),
+                "unstaged" => format!("unstaged: the branch is back at {commit}, which serves"),
+                "failed" => format!(
+                    "FAILED: commit {commit} does not load; {}: {}",
+                    if e["serving"].is_string() {
+                        format!("{serving} keeps serving")
+                    } else {
+                        "not served until a commit loads".to_string()
+                    },
+                    e["error"].as_str().unwrap_or("?")
+                ),
+                "branch-removed" => format!(
+                    "branch removed: still serving {serving} (`troupe env sync {env}` removes the environment)"
+                ),
+                "removed" => "removed (its branch is gone)".to_string(),
+                other => other.to_string(),
+            };
+            out.push_str(&format!("  {env:<16} {line}\n"));
+        }
+    }
+    if let Some(sk) = v["skipped"].as_object() {
+        for why in sk.values() {
+            out.push_str(&format!("  {}\n", why.as_str().unwrap_or("?")));
+        }
+    }
+    out
 }
 
 /// `troupe env diff`'s text: what serves, what is compared, then each
@@ -688,6 +829,7 @@ mod tests {
                 exit_code: 6,
             }),
             report_seq: 1,
+            disabled: None,
         };
         let v = serde_json::json!({"now": 110, "nodes": [{"node": node, "stale": false}]});
         let mut out = Vec::new();
@@ -702,6 +844,24 @@ mod tests {
         assert_eq!(at("FAILED"), "1", "{text}");
         assert_eq!(at("SKIPPED"), "3", "{text}");
         assert_eq!(at("CHANGED"), "1", "{text}");
+        assert_eq!(at("STATUS"), "failed", "{text}");
+
+        // A node whose runs are disabled says so, whatever its last run was.
+        let mut node = node;
+        node.disabled = Some(crate::store::DisabledMark {
+            reason: "kernel upgrade".into(),
+            since: "2026-12-07T00:00:00Z".into(),
+        });
+        let v = serde_json::json!({"now": 110, "nodes": [{"node": node, "stale": false}]});
+        let mut out = Vec::new();
+        write_nodes(&v, false, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(at_in(&row, col("STATUS")), "disabled", "{text}");
+    }
+
+    fn at_in<'a>(row: &[&'a str], col: usize) -> &'a str {
+        row[col + 1]
     }
 
     /// Issue 16 item 5: a skipped resource's cause is said once, naming the

@@ -17,6 +17,7 @@ pub mod ca_service;
 pub mod catalog_cache;
 pub mod catalog_service;
 pub mod code;
+pub mod code_git;
 pub mod config;
 pub mod daemon;
 pub mod env_diff;

@@ -100,6 +100,8 @@ Environment:
                    and env (as --data; default /var/lib/troupe)
   TROUPE_SERVER    run, deploy: the master's URL (as --server)
   TROUPE_IDENTITY  run, deploy: the bastion's identity directory (as --identity)
+  TROUPE_BASTION_CONFIG  deploy: the bastion's configuration file, its
+                   [events] sinks (as --config; default /etc/troupe/bastion.toml)
   SSH_AUTH_SOCK    run, deploy --ssh-agent, key agent: the ssh-agent to sign with
   TROUPE_MODULES   catalog, lookup, secret: the module tree (as --modules;
                    default ./modules)

@@ -44,6 +44,18 @@ pub struct NodeRecord {
     pub last_report: Option<ReportSummary>,
     /// Next report sequence number.
     pub report_seq: u64,
+    /// Runs are disabled on the node (`troupe-agent disable`), as its last
+    /// check-in said; cleared by its next ordinary check-in or report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<DisabledMark>,
+}
+
+/// Why and since when a node's runs are disabled (its agent's words).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisabledMark {
+    pub reason: String,
+    /// RFC 3339, the agent's clock.
+    pub since: String,
 }
 
 /// The parts of a report `troupe nodes` shows.
@@ -142,6 +154,9 @@ pub struct Checkin {
     pub role: String,
     pub catalog_hash: String,
     pub at: u64,
+    /// A check-in of a host whose runs are disabled: only `at` and this
+    /// are recorded (facts, classification and catalog stay as they were).
+    pub disabled: Option<DisabledMark>,
 }
 
 /// The fleet store.
@@ -232,6 +247,7 @@ impl NodeStore {
             role: role.to_owned(),
             catalog_hash: catalog_hash.to_owned(),
             at: now,
+            disabled: None,
         }])
     }
 
@@ -254,6 +270,11 @@ impl NodeStore {
                     },
                 };
                 rec.last_checkin = c.at;
+                rec.disabled = c.disabled.clone();
+                if c.disabled.is_some() {
+                    nodes.insert(c.node.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
+                    continue;
+                }
                 rec.environment = c.environment.clone();
                 rec.role = c.role.clone();
                 rec.catalog_hash = c.catalog_hash.clone();
@@ -313,6 +334,8 @@ impl NodeStore {
                     .is_none_or(|l| l.started <= report.started);
                 if newer {
                     rec.last_report = Some(ReportSummary::of(report, now));
+                    // A run happened: runs are not disabled (any more).
+                    rec.disabled = None;
                 }
                 let excess = keys.len().saturating_sub(self.reports_per_node);
                 for seq in keys.iter().take(excess) {

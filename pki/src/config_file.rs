@@ -168,6 +168,15 @@ impl ConfigFile {
         Ok(value)
     }
 
+    /// Shows `key` as `value` in `--print-config` instead of what was
+    /// resolved (a URL's password must not be printed). The setting itself
+    /// is unchanged.
+    pub fn show_as(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.key == key) {
+            e.value = value;
+        }
+    }
+
     /// The settings resolved so far, in order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries

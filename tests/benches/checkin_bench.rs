@@ -108,6 +108,7 @@ async fn phase(agents: &mut [Agent], secs: u64, recompile: bool) -> (u64, Vec<Du
                         have.clone()
                     },
                     environment: String::new(),
+                    ..Default::default()
                 };
                 let t = Instant::now();
                 match client.get_catalog(req).await {
@@ -161,6 +162,7 @@ async fn fleet_checkin(
             facts_json: node.facts_json.clone(),
             have_hash: node.have.clone(),
             environment: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|e| format!("{host}: check-in: {e}"))?
@@ -491,6 +493,7 @@ fn main() {
                     facts_json: serde_json::to_vec(&a.facts).unwrap(),
                     have_hash: String::new(),
                     environment: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_or_else(|e| panic!("first check-in failed: {e}\n{}", m.log()))
@@ -524,6 +527,7 @@ fn main() {
                         facts_json: serde_json::to_vec(&a.facts).unwrap(),
                         have_hash: a.have.clone(),
                         environment: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .unwrap_or_else(|e| panic!("check-in failed: {e}\n{}", m.log()))

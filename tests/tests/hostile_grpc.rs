@@ -270,6 +270,7 @@ async fn every_service_bounds_its_messages_and_refuses_malformed_ones() {
                 facts_json: json.clone(),
                 have_hash: String::new(),
                 environment: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -283,6 +284,26 @@ async fn every_service_bounds_its_messages_and_refuses_malformed_ones() {
             .unwrap_err();
         assert_status(&s, Code::InvalidArgument, "report is not valid", what);
         tally::hostile("protobuf", &format!("SubmitReport {what}"), true);
+    }
+    // A disabled check-in whose mark is not the expected object.
+    for (what, json) in hostile_json.iter().filter(|(_, j)| !j.is_empty()).chain([&(
+        "a mark over 4 KiB",
+        format!("{{\"reason\":\"{}\",\"since\":\"x\"}}", "r".repeat(5000)).into_bytes(),
+    )]) {
+        let s = CatalogClient::new(ch.clone())
+            .get_catalog(troupe_proto::v1::CatalogRequest {
+                facts_json: b"{}".to_vec(),
+                disabled_json: json.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_status(&s, Code::InvalidArgument, "disabled_json", what);
+        tally::hostile(
+            "protobuf",
+            &format!("GetCatalog disabled mark {what}"),
+            true,
+        );
     }
     let s = ReportsClient::new(ch.clone())
         .submit_report(troupe_proto::v1::ReportRequest {

@@ -441,3 +441,83 @@ fn a_non_loopback_dashboard_needs_https_and_a_viewer_certificate() {
         with_cert("alice").map_or(true, |a| a.status != 200)
     });
 }
+
+/// Issue 17: "disabled" on the overview and in the API. An agent whose
+/// runs are disabled (`troupe-agent disable REASON`) checks in saying so
+/// instead of running; the master counts it as disabled (not stale, not
+/// its last run's status) with the reason, until a run happens again.
+#[test]
+fn a_disabled_agent_is_counted_disabled_until_it_runs_again() {
+    let f = WebFleet::start("127.0.0.1:0", &[], &["web1", "web2"]);
+    for h in ["web1", "web2"] {
+        let out = f.converge(h);
+        assert_eq!(out.code, Some(2), "{h}: {}", out.stderr);
+    }
+    let u = f.url();
+    let overview = || get(&format!("{u}/api/v1/overview")).json();
+    assert_eq!(overview()["nodes"]["changed"], 2);
+    assert_eq!(overview()["nodes"]["disabled"], 0);
+
+    let state = f.m.agent_state("web1");
+    run(std::process::Command::new(troupe_tests::agent_bin())
+        .args(["disable", "kernel upgrade tonight (CHG-42)", "--state"])
+        .arg(&state))
+    .assert_success();
+    // Disabling alone tells nobody; the next (refused) run checks in.
+    assert_eq!(overview()["nodes"]["disabled"], 0);
+    let out = f.converge("web1");
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("runs are disabled"), "{out:?}");
+
+    let o = overview();
+    assert_eq!(o["nodes"]["disabled"], 1, "{o}");
+    assert_eq!(o["nodes"]["changed"], 1, "{o}");
+    assert_eq!(o["nodes"]["stale"], 0, "{o}");
+    assert_eq!(o["nodes"]["total"], 2, "{o}");
+    assert_eq!(o["by_role"]["web"]["disabled"], 1, "{o}");
+    let nodes = get(&format!("{u}/api/v1/nodes?status=disabled")).json();
+    assert_eq!(names(&nodes), ["web1"]);
+    let n = get(&format!("{u}/api/v1/nodes/web1")).json();
+    let row = if n["node"].is_object() {
+        &n["node"]
+    } else {
+        &n
+    };
+    assert_eq!(row["status"], "disabled", "{n}");
+    assert_eq!(row["disabled"]["reason"], "kernel upgrade tonight (CHG-42)");
+    assert!(row["disabled"]["since"].as_str().unwrap().ends_with('Z'));
+    // Its last report is still the one of its last run.
+    assert!(row["last_report"]["changed"].as_u64().unwrap() > 0, "{n}");
+    let q = get(&format!(
+        "{u}/api/v1/nodes?query={}",
+        enc("disabled = true")
+    ))
+    .json();
+    assert_eq!(names(&q), ["web1"]);
+    // The overview page and the node page say so.
+    let page = get(&format!("{u}/")).body;
+    assert!(
+        page.contains(r#"id="count-disabled" data-count="nodes.disabled" data-initial="1""#),
+        "{page}"
+    );
+    let page = get(&format!("{u}/nodes/web1")).body;
+    assert!(page.contains("Runs are disabled on this node"), "{page}");
+    assert!(page.contains("kernel upgrade tonight (CHG-42)"), "{page}");
+
+    // Enabled again: the next run clears it.
+    run(std::process::Command::new(troupe_tests::agent_bin())
+        .args(["enable", "--state"])
+        .arg(&state))
+    .assert_success();
+    let out = f.converge("web1");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let o = overview();
+    assert_eq!(o["nodes"]["disabled"], 0, "{o}");
+    assert_eq!(o["nodes"]["unchanged"], 1, "{o}");
+    assert!(
+        get(&format!("{u}/api/v1/nodes?status=disabled")).json()["nodes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

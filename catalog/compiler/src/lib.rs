@@ -34,7 +34,7 @@ pub use error::{Error, ErrorKind, Result, SourceFile, Span};
 pub use fleet::{FleetNode, FleetSnapshot};
 pub use secrets::SecretKeys;
 pub use tree::trailing_number;
-pub use tree::{EnvTree, Merge, ModuleTree};
+pub use tree::{EnvTree, Merge, ModuleTree, Site};
 
 #[cfg(test)]
 mod tests {

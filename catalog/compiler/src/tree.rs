@@ -447,6 +447,43 @@ impl ModuleTree {
         hex::encode(h.finalize())
     }
 
+    /// Builds a tree from a site and environments loaded apart (git-backed
+    /// environments: each branch is checked out and loaded on its own, the
+    /// site comes from one of them). Refused like [`ModuleTree::load`]
+    /// when there is no environment or the site's default one is missing.
+    pub fn assemble(
+        root: PathBuf,
+        site: Arc<Site>,
+        envs: BTreeMap<String, Arc<EnvTree>>,
+    ) -> Result<ModuleTree> {
+        if envs.is_empty() {
+            return Err(Error::new(ErrorKind::Io, "there is no environment"));
+        }
+        if !envs.contains_key(&site.default_environment) {
+            return Err(Error::new(
+                ErrorKind::Classification,
+                format!(
+                    "site.toml: default_environment `{}` is not an environment (environments: {})",
+                    site.default_environment,
+                    envs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let mut tree = ModuleTree {
+            root,
+            site,
+            envs,
+            code_version: String::new(),
+        };
+        tree.code_version = tree.compute_version();
+        Ok(tree)
+    }
+
+    /// The site (classification) this tree compiles with.
+    pub fn site(&self) -> &Arc<Site> {
+        &self.site
+    }
+
     /// Replaces (or adds) one environment, e.g. to promote staged code,
     /// leaving the others as they are.
     pub fn with_environment(&self, env: Arc<EnvTree>) -> ModuleTree {
@@ -491,6 +528,23 @@ impl ModuleTree {
     }
     pub fn environment(&self, name: &str) -> Option<&Arc<EnvTree>> {
         self.envs.get(name)
+    }
+}
+
+impl Site {
+    /// Loads `DIR/site.toml` alone (git-backed environments keep it in a
+    /// branch).
+    pub fn load(dir: &Path) -> Result<Site> {
+        let root = dir.canonicalize().map_err(|e| io_err(dir, e))?;
+        load_site(&root)
+    }
+    /// The environment of a node no rule places.
+    pub fn default_environment(&self) -> &str {
+        &self.default_environment
+    }
+    /// Content hash of the site file.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 }
 

@@ -11,12 +11,13 @@
 //! [`KEEP_RELEASES`] logs are kept (the oldest are deleted when a release
 //! starts).
 
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use troupe_bastion::deploy_record::{DeployRecord, PlannedPackage, valid_release_id};
+use troupe_bastion::deploy_record::{DeployRecord, valid_release_id};
+
+pub use troupe_bastion::deploy_log::{DeployEntry, DeployLog, DeploySummary, fold};
 
 pub use troupe_bastion::deploy_record;
 
@@ -26,58 +27,6 @@ pub const DEPLOYS_DIR: &str = "deploys";
 pub const KEEP_RELEASES: usize = 500;
 /// Largest release log (bytes); records beyond it are refused.
 pub const MAX_LOG_BYTES: u64 = 64 << 20;
-
-/// One stored line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeployEntry {
-    pub seq: u64,
-    /// The certificate name of the bastion that sent it.
-    pub by: String,
-    /// When the master stored it (RFC 3339).
-    pub received: String,
-    pub record: DeployRecord,
-}
-
-/// A release's whole log (`troupe deploy log ID --json`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeployLog {
-    pub id: String,
-    pub title: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
-    pub by: String,
-    pub started: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended: Option<String>,
-    /// `running` (no end recorded yet), `complete`, `failed` (finished with
-    /// failures within --max-failures) or `aborted`.
-    pub status: String,
-    pub packages: Vec<PlannedPackage>,
-    /// Host-package updates that completed.
-    pub completed: usize,
-    pub failed_hosts: usize,
-    /// Every record in order.
-    pub entries: Vec<DeployEntry>,
-}
-
-/// One line of `troupe deploy log --list`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeploySummary {
-    pub id: String,
-    pub title: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
-    pub by: String,
-    pub started: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended: Option<String>,
-    pub status: String,
-    pub packages: usize,
-    pub hosts: usize,
-    pub steps: usize,
-    pub failed_steps: usize,
-    pub failed_hosts: usize,
-}
 
 /// Why a record was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -354,214 +303,10 @@ fn cut_torn_tail(path: &Path, file: &mut std::fs::File) -> std::io::Result<()> {
     file.set_len(keep as u64)
 }
 
-fn fold(id: &str, entries: Vec<DeployEntry>) -> Option<DeployLog> {
-    let first = entries.first()?;
-    let DeployRecord::Started {
-        title,
-        environment,
-        packages,
-        time,
-        ..
-    } = &first.record
-    else {
-        return None;
-    };
-    let mut log = DeployLog {
-        id: id.to_string(),
-        title: title.clone(),
-        environment: environment.clone(),
-        by: first.by.clone(),
-        started: time.clone(),
-        ended: None,
-        status: "running".into(),
-        packages: packages.clone(),
-        completed: 0,
-        failed_hosts: 0,
-        entries: Vec::new(),
-    };
-    for e in &entries {
-        match &e.record {
-            DeployRecord::Finished {
-                status,
-                completed,
-                failed_hosts,
-                time,
-            } => {
-                log.status = status.clone();
-                log.completed = *completed;
-                log.failed_hosts = *failed_hosts;
-                log.ended = Some(time.clone());
-            }
-            DeployRecord::Aborted {
-                completed,
-                failed_hosts,
-                time,
-                ..
-            } => {
-                log.status = "aborted".into();
-                log.completed = *completed;
-                log.failed_hosts = *failed_hosts;
-                log.ended = Some(time.clone());
-            }
-            DeployRecord::PackageDone { ok, .. } if log.ended.is_none() => {
-                log.completed += ok.len();
-            }
-            DeployRecord::HostFailed { .. } if log.ended.is_none() => log.failed_hosts += 1,
-            _ => {}
-        }
-    }
-    log.entries = entries;
-    Some(log)
-}
-
-impl DeployLog {
-    pub fn summary(&self) -> DeploySummary {
-        let steps = self
-            .entries
-            .iter()
-            .filter(|e| matches!(e.record, DeployRecord::Step { .. }));
-        let failed_steps = steps
-            .clone()
-            .filter(|e| matches!(&e.record, DeployRecord::Step { result, .. } if result != "ok"))
-            .count();
-        let mut hosts: Vec<&String> = self
-            .packages
-            .iter()
-            .flat_map(|p| p.batches.iter().flatten())
-            .collect();
-        hosts.sort();
-        hosts.dedup();
-        DeploySummary {
-            id: self.id.clone(),
-            title: self.title.clone(),
-            environment: self.environment.clone(),
-            by: self.by.clone(),
-            started: self.started.clone(),
-            ended: self.ended.clone(),
-            status: self.status.clone(),
-            packages: self.packages.len(),
-            hosts: hosts.len(),
-            steps: steps.count(),
-            failed_steps,
-            failed_hosts: self.failed_hosts,
-        }
-    }
-
-    /// The log as text (`troupe deploy log ID`, the email at the end): a
-    /// header, the plan, then every record, one line each.
-    pub fn to_text(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        let _ = writeln!(s, "release {}: {}", self.id, self.title);
-        if let Some(e) = &self.environment {
-            let _ = writeln!(s, "environment: {e}");
-        }
-        let _ = writeln!(s, "by: {}", self.by);
-        let _ = writeln!(s, "started: {}", self.started);
-        if let Some(t) = &self.ended {
-            let _ = writeln!(s, "ended: {t}");
-        }
-        let _ = writeln!(
-            s,
-            "status: {} ({} update(s) completed, {} host(s) failed)",
-            self.status, self.completed, self.failed_hosts
-        );
-        let _ = writeln!(s, "plan:");
-        for p in &self.packages {
-            let _ = writeln!(s, "  {} {}", p.name, p.version);
-            for (i, b) in p.batches.iter().enumerate() {
-                let _ = writeln!(s, "    batch {}: {}", i + 1, b.join(" "));
-            }
-        }
-        let _ = writeln!(s, "log:");
-        for e in &self.entries {
-            let line = match &e.record {
-                DeployRecord::Started {
-                    time,
-                    not_connected,
-                    ..
-                } => {
-                    if not_connected.is_empty() {
-                        format!("{time} started")
-                    } else {
-                        format!(
-                            "{time} started (not connected: {})",
-                            not_connected.join(" ")
-                        )
-                    }
-                }
-                DeployRecord::PackageStarted {
-                    package,
-                    version,
-                    hosts,
-                    time,
-                } => format!("{time} package {package} {version}: {hosts} host(s)"),
-                DeployRecord::Step {
-                    host,
-                    step,
-                    attempt,
-                    result,
-                    message,
-                    started,
-                    duration_ms,
-                    ..
-                } => {
-                    let mut l = format!("{started} {host}: {step}");
-                    if *attempt > 1 {
-                        let _ = write!(l, " (attempt {attempt})");
-                    }
-                    let _ = write!(l, ": {result} in {duration_ms} ms");
-                    if !message.is_empty() {
-                        let _ = write!(l, ": {message}");
-                    }
-                    l
-                }
-                DeployRecord::HostFailed {
-                    host,
-                    package,
-                    step,
-                    error,
-                    left,
-                    undo,
-                    time,
-                } => {
-                    let mut l = format!("{time} {host} FAILED ({package}) at {step}: {error}");
-                    if !left.is_empty() {
-                        let _ = write!(l, "; left {}", left.join(", "));
-                    }
-                    for u in undo {
-                        let _ = write!(l, "\n    undo: {u}");
-                    }
-                    l
-                }
-                DeployRecord::PackageDone {
-                    package,
-                    version,
-                    ok,
-                    failed,
-                    time,
-                } => format!(
-                    "{time} package {package} {version} done: {} ok, {} failed{}",
-                    ok.len(),
-                    failed.len(),
-                    if failed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", failed.join(" "))
-                    }
-                ),
-                DeployRecord::Finished { status, time, .. } => format!("{time} finished: {status}"),
-                DeployRecord::Aborted { reason, time, .. } => format!("{time} ABORTED: {reason}"),
-            };
-            let _ = writeln!(s, "  {line}");
-        }
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_bastion::deploy_record::PlannedPackage;
 
     fn started() -> DeployRecord {
         DeployRecord::Started {

@@ -8,26 +8,9 @@ use troupe_base::error_code::ErrorCode;
 use troupe_bastion::deploy_record::DeployRecord;
 use troupe_catalog::report::{Report, Status};
 
-/// The typed error code (ADR 0008) of a command answer's status or a
-/// release step's result: the agent's refusal codes (`policy_denied`,
-/// `unknown_signer`, ...; `troupe_command::verify::Refusal::code`), the
-/// master's (`no_signers`, `replayed`, ...), `failed` (the action ran and
-/// failed), `error`/`timeout`/`no_answer` (no answer came). `None` for `ok`.
-pub fn status_code(status: &str) -> Option<ErrorCode> {
-    Some(match status {
-        "ok" => return None,
-        "failed" => ErrorCode::Failed,
-        "policy_denied" | "unknown_signer" | "no_signers" | "bad_signature" | "expired"
-        | "not_yet_valid" | "ttl_too_long" => ErrorCode::PermissionDenied,
-        "malformed" | "bad_argument" | "unknown_action" | "not_targeted" => {
-            ErrorCode::InvalidArgument
-        }
-        "replayed" => ErrorCode::Conflict,
-        "error" | "timeout" | "no_answer" | "replay_store_error" | "audit_error"
-        | "store_error" => ErrorCode::Unavailable,
-        _ => ErrorCode::Unclassified,
-    })
-}
+/// The typed error code of a command answer's status or a release step's
+/// result ([`troupe_events::status_code`]).
+pub use troupe_events::status_code;
 
 /// Whether `node`'s last stored run failed (`None`: no run stored).
 /// Called before a new report is stored.
@@ -172,139 +155,14 @@ pub fn is_refusal(status: &str) -> bool {
 /// A release record was stored: its event.
 pub fn deploy_record(state: &MasterState, id: &str, by: &str, r: &DeployRecord) {
     let (title, environment) = state.events.deploys.meta(id).unwrap_or_default();
-    let (kind, text, node, data) = match r {
-        DeployRecord::Started {
-            packages,
-            not_connected,
-            ..
-        } => {
-            let mut hosts: Vec<&String> = packages
-                .iter()
-                .flat_map(|p| p.batches.iter().flatten())
-                .collect();
-            hosts.sort();
-            hosts.dedup();
-            let pk: Vec<String> = packages
-                .iter()
-                .map(|p| format!("{} {}", p.name, p.version))
-                .collect();
-            (
-                EventKind::DeployStarted,
-                format!(
-                    "release {title} started by {by}: {} on {} host(s)",
-                    pk.join(", "),
-                    hosts.len()
-                ),
-                None,
-                serde_json::json!({ "by": by, "title": title, "packages": packages, "not_connected": not_connected }),
-            )
-        }
-        DeployRecord::PackageStarted {
-            package,
-            version,
-            hosts,
-            ..
-        } => (
-            EventKind::DeployPackageStarted,
-            format!("release {title}: {package} {version} on {hosts} host(s)"),
-            None,
-            serde_json::json!({ "package": package, "version": version, "hosts": hosts }),
-        ),
-        DeployRecord::Step {
-            host,
-            package,
-            step,
-            attempt,
-            result,
-            message,
-            duration_ms,
-            ..
-        } => (
-            EventKind::DeployStep,
-            format!("release {title}: {host}: {step}: {result}"),
-            Some(host.clone()),
-            serde_json::json!({ "package": package, "step": step, "attempt": attempt,
-                "result": result, "message": message, "duration_ms": duration_ms }),
-        ),
-        DeployRecord::HostFailed {
-            host,
-            package,
-            step,
-            error,
-            left,
-            undo,
-            ..
-        } => (
-            EventKind::DeployHostFailed,
-            format!("release {title}: {host} FAILED ({package}) at {step}: {error}"),
-            Some(host.clone()),
-            serde_json::json!({ "package": package, "step": step, "error": error,
-                "left": left, "undo": undo }),
-        ),
-        DeployRecord::PackageDone {
-            package,
-            version,
-            ok,
-            failed,
-            ..
-        } => (
-            EventKind::DeployPackageDone,
-            format!(
-                "release {title}: {package} {version} done on {} host(s), {} failed",
-                ok.len(),
-                failed.len()
-            ),
-            None,
-            serde_json::json!({ "package": package, "version": version, "ok": ok, "failed": failed }),
-        ),
-        DeployRecord::Finished {
-            status,
-            completed,
-            failed_hosts,
-            ..
-        } => (
-            EventKind::DeployFinished,
-            format!(
-                "release {title} finished: {status} ({completed} update(s), {failed_hosts} host(s) failed)"
-            ),
-            None,
-            serde_json::json!({ "status": status, "completed": completed, "failed_hosts": failed_hosts }),
-        ),
-        DeployRecord::Aborted {
-            reason,
-            completed,
-            failed_hosts,
-            ..
-        } => (
-            EventKind::DeployAborted,
-            format!("release {title} ABORTED: {reason} ({completed} update(s) done)"),
-            None,
-            serde_json::json!({ "reason": reason, "completed": completed, "failed_hosts": failed_hosts }),
-        ),
-    };
-    let code = match r {
-        DeployRecord::Step { result, .. } => status_code(result),
-        // What the host's failing step answered (the step record before it).
-        DeployRecord::HostFailed { host, step, .. } => Some(
-            failed_step_result(state, id, host, step)
-                .and_then(|res| status_code(&res))
-                .unwrap_or(ErrorCode::Failed),
-        ),
-        DeployRecord::Finished { status, .. } if status != "complete" => Some(ErrorCode::Failed),
-        DeployRecord::Aborted { .. } => Some(ErrorCode::Failed),
-        _ => None,
-    };
-    let mut e = Event::new(kind, text).release(id).data(data);
-    if let Some(c) = code {
-        e = e.code(c);
-    }
-    if let Some(n) = node {
-        e = e.node(n);
-    }
-    if let Some(env) = environment {
-        e = e.environment(env);
-    }
-    state.events.emit(e);
+    state.events.emit(troupe_bastion::deploy_log::event_of(
+        id,
+        by,
+        &title,
+        environment.as_deref(),
+        r,
+        |host, step| failed_step_result(state, id, host, step),
+    ));
 }
 
 /// The result of the last step record of release `id` on `host` named

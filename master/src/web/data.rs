@@ -24,6 +24,7 @@ pub static NODE_SCHEMA: Schema = Schema {
         "status",
         "stale",
         "from_cache",
+        "disabled",
         "last_checkin",
         "catalog_hash",
         "report.run_id",
@@ -80,9 +81,13 @@ pub struct NodeRow {
 }
 
 impl NodeRow {
-    /// `failed`, `changed`, `unchanged` from the last report, or
-    /// `unreported` when the master has none.
+    /// `disabled` when the node's last check-in said its runs are
+    /// disabled; else `failed`, `changed`, `unchanged` from the last
+    /// report, or `unreported` when the master has none.
     pub fn status(&self) -> &'static str {
+        if self.rec.disabled.is_some() {
+            return "disabled";
+        }
         match &self.rec.last_report {
             None => "unreported",
             Some(r) => match r.status() {
@@ -106,6 +111,7 @@ impl NodeRow {
             "status": self.status(),
             "stale": self.stale,
             "from_cache": self.is_from_cache(),
+            "disabled": r.disabled.as_ref().map(|d| json!({"reason": d.reason, "since": d.since})),
             "last_checkin": r.last_checkin,
             "last_checkin_time": troupe_pki::util::fmt_time(r.last_checkin),
             "catalog_hash": r.catalog_hash,
@@ -156,6 +162,7 @@ impl Fields for NodeRow {
             "status" => self.status().into(),
             "stale" => self.stale.into(),
             "from_cache" => self.is_from_cache().into(),
+            "disabled" => r.disabled.is_some().into(),
             "last_checkin" => r.last_checkin.into(),
             "catalog_hash" => r.catalog_hash.clone().into(),
             _ => return None,
@@ -260,10 +267,11 @@ pub fn overview(st: &MasterState) -> Result<Value> {
     }))
 }
 
-/// Node counts by status. `changed`, `failed`, `unchanged` and
-/// `unreported` split the nodes by their last report; `stale` and
+/// Node counts by status. `disabled` (runs disabled on the node, as its
+/// last check-in said), then `changed`, `failed`, `unchanged` and
+/// `unreported` by the last report split the nodes; `stale` and
 /// `from_cache` are counted besides (a stale node is also in one of
-/// those four).
+/// those five).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Counts {
     pub total: usize,
@@ -271,6 +279,7 @@ pub struct Counts {
     pub failed: usize,
     pub unchanged: usize,
     pub unreported: usize,
+    pub disabled: usize,
     pub stale: usize,
     pub from_cache: usize,
 }
@@ -282,6 +291,7 @@ impl Counts {
             "changed" => self.changed += 1,
             "failed" => self.failed += 1,
             "unchanged" => self.unchanged += 1,
+            "disabled" => self.disabled += 1,
             _ => self.unreported += 1,
         }
         self.stale += usize::from(n.stale);
@@ -554,6 +564,9 @@ pub fn environments(st: &MasterState) -> Value {
                         "serving": v,
                         "staged": s.staged.get(env),
                         "held": s.hold.contains(env),
+                        // Git-backed environments: the commits.
+                        "commit": s.commits.get(env),
+                        "staged_commit": s.staged_commits.get(env),
                     })
                 })
                 .collect();

@@ -157,7 +157,7 @@ pub async fn nodes(
             "page": "nodes",
             "nodes": rows.iter().map(|r| r.json()).collect::<Vec<_>>(),
             "roles": roles, "environments": envs,
-            "statuses": ["changed", "failed", "unchanged", "unreported"],
+            "statuses": ["changed", "failed", "unchanged", "unreported", "disabled"],
             "params": params, "error": error,
             "sort": sort, "order": order, "base": base,
         }))
@@ -277,5 +277,33 @@ mod tests {
         assert!(html.contains("&lt;script&gt;x&lt;"), "{html}");
         assert!(!html.contains("<script>x"), "{html}");
         assert_eq!(enc("os.family=Debian 12"), "os.family%3DDebian%2012");
+    }
+
+    #[test]
+    fn git_environments_show_their_commits() {
+        let p = Pages::new().unwrap();
+        let t = p.env.get_template("environments.html").unwrap();
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let html = t
+            .render(minijinja::value::Serde(
+                json!({"page": "environments", "e": {
+                "modules": "git+file:///srv/m.git", "generation": 3,
+                "environments": [
+                    {"name": "production", "serving": "v1", "staged": "v2", "held": true,
+                     "commit": a, "staged_commit": b},
+                    {"name": "testing", "serving": "v3", "held": false},
+                ]}}),
+            ))
+            .unwrap();
+        assert!(
+            html.contains(&format!("title=\"{a}\">{}</code>", &a[..12])),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!("title=\"{b}\">{}</code>", &b[..12])),
+            "{html}"
+        );
+        assert!(html.contains("troupe env promote production"), "{html}");
+        assert_eq!(html.matches("class=\"commit\"").count(), 2, "{html}");
     }
 }

@@ -233,6 +233,7 @@ pub async fn get_catalog(
             facts_json: serde_json::to_vec(facts).unwrap(),
             have_hash: String::new(),
             environment: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
