@@ -45,6 +45,19 @@ const CREATING: &str = ".creating-";
 /// not exist (see the module documentation). A drop-in replacement for
 /// `redb::Database::create`.
 pub fn create_db(path: &Path) -> Result<Database, DatabaseError> {
+    create_db_with(path, &Database::builder())
+}
+
+/// [`create_db`] with redb's cache bounded to `cache_bytes` (redb's
+/// default is 1 GiB, which a long-running process fills with every page it
+/// ever read or wrote).
+pub fn create_db_with_cache(path: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
+    let mut b = Database::builder();
+    b.set_cache_size(cache_bytes);
+    create_db_with(path, &b)
+}
+
+fn create_db_with(path: &Path, builder: &redb::Builder) -> Result<Database, DatabaseError> {
     let (dir, name) = split(path).map_err(storage)?;
     remove_stale_creations(&dir, &name);
     match fs::symlink_metadata(path) {
@@ -63,7 +76,7 @@ pub fn create_db(path: &Path) -> Result<Database, DatabaseError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(path, &dir, &name)?,
         Err(e) => return Err(storage(e)),
     }
-    Database::create(path)
+    builder.create(path)
 }
 
 fn storage(e: io::Error) -> DatabaseError {

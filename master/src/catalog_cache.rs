@@ -29,12 +29,27 @@ const ENTRY_OVERHEAD: usize = 160;
 /// Bytes charged per shared body on top of its data.
 const BODY_OVERHEAD: usize = 128;
 
+/// Bodies at least this long are kept deflated when that saves a quarter.
+const DEFLATE_MIN: usize = 512;
+/// zlib's level 6 trade-off is made for archives; configuration text
+/// gains little past level 3, and a compile pays for it.
+const DEFLATE_LEVEL: u8 = 3;
+
 /// A file body, held once however many cached catalogs reference it.
+/// Bodies are cold: an agent fetches one only after a new catalog, and
+/// only when its own copy differs. So a large one is kept deflated
+/// (rendered configuration text shrinks 4-10x) and inflated per request.
 pub struct Body {
     /// Lowercase hex SHA-256 of the bytes.
     pub sha256: String,
+    data: Stored,
+}
+
+enum Stored {
     /// The body as the catalog's content table holds it.
-    pub blob: Blob,
+    Plain(Blob),
+    /// The bytes, deflated (raw DEFLATE), and their length.
+    Deflated { deflated: Box<[u8]>, len: usize },
 }
 
 /// Bytes charged for one shared body: its data, its hash (twice: the
@@ -44,10 +59,53 @@ fn body_bytes(b: &Body) -> usize {
 }
 
 impl Body {
-    fn data_len(&self) -> usize {
-        match &self.blob {
+    fn new(sha256: String, blob: Blob) -> Body {
+        let len = match &blob {
             Blob::Utf8(s) | Blob::Base64(s) => s.len(),
+        };
+        if len >= DEFLATE_MIN
+            && let Some(bytes) = blob.bytes()
+        {
+            let deflated = miniz_oxide::deflate::compress_to_vec(&bytes, DEFLATE_LEVEL);
+            if deflated.len() <= bytes.len() - bytes.len() / 4 {
+                return Body {
+                    sha256,
+                    data: Stored::Deflated {
+                        deflated: deflated.into_boxed_slice(),
+                        len: bytes.len(),
+                    },
+                };
+            }
         }
+        Body {
+            sha256,
+            data: Stored::Plain(blob),
+        }
+    }
+
+    /// Bytes held for the body's data.
+    fn data_len(&self) -> usize {
+        match &self.data {
+            Stored::Plain(Blob::Utf8(s) | Blob::Base64(s)) => s.len(),
+            Stored::Deflated { deflated, .. } => deflated.len(),
+        }
+    }
+
+    /// The body's bytes (`None` for a malformed base64 body).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        match &self.data {
+            Stored::Plain(b) => b.bytes(),
+            Stored::Deflated { deflated, len } => {
+                miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, *len)
+                    .ok()
+                    .filter(|v| v.len() == *len)
+            }
+        }
+    }
+
+    /// Whether the body is held deflated.
+    pub fn is_deflated(&self) -> bool {
+        matches!(self.data, Stored::Deflated { .. })
     }
 }
 
@@ -71,7 +129,7 @@ impl Compiled {
             .bodies
             .binary_search_by(|b| b.sha256.as_str().cmp(sha256))
             .ok()?;
-        self.bodies[i].blob.bytes()
+        self.bodies[i].bytes()
     }
 
     /// How many bodies it references.
@@ -226,24 +284,40 @@ impl CatalogCache {
         role: String,
         catalog: Catalog,
     ) -> Arc<Compiled> {
+        // BTreeMap: the bodies come sorted by hash. Bodies the table lacks
+        // are prepared (deflated) outside the lock, so compiles on other
+        // threads do not wait for that.
+        let known: Vec<Option<Arc<Body>>> = {
+            let g = lock(&self.inner);
+            catalog
+                .contents
+                .keys()
+                .map(|h| g.bodies.get(h).cloned())
+                .collect()
+        };
+        let prepared: Vec<Arc<Body>> = catalog
+            .contents
+            .into_iter()
+            .zip(known)
+            .map(|((sha256, blob), k)| k.unwrap_or_else(|| Arc::new(Body::new(sha256, blob))))
+            .collect();
         let mut g = lock(&self.inner);
         let inner = &mut *g;
         if let Some(old) = inner.nodes.remove(node) {
             inner.bytes -= old.bytes;
             inner.release(old.compiled);
         }
-        // BTreeMap: the bodies come sorted by hash.
-        let mut bodies: Vec<Arc<Body>> = Vec::with_capacity(catalog.contents.len());
+        let mut bodies: Vec<Arc<Body>> = Vec::with_capacity(prepared.len());
         let mut fresh: Vec<usize> = Vec::new();
         let mut new_bytes = 0usize;
-        for (sha256, blob) in catalog.contents {
-            match inner.bodies.get(&sha256) {
-                Some(b) => bodies.push(b.clone()),
+        for b in prepared {
+            match inner.bodies.get(&b.sha256) {
+                // Held already (maybe added by another compile meanwhile).
+                Some(held) => bodies.push(held.clone()),
                 None => {
-                    let b = Body { sha256, blob };
                     new_bytes += body_bytes(&b);
                     fresh.push(bodies.len());
-                    bodies.push(Arc::new(b));
+                    bodies.push(b);
                 }
             }
         }
@@ -381,6 +455,48 @@ mod tests {
         c
     }
 
+    /// `len` bytes no compressor shrinks (SHA-256 chained from `seed`).
+    fn noise(seed: usize, len: usize) -> Vec<u8> {
+        use sha2::Digest;
+        let mut out = Vec::with_capacity(len + 32);
+        let mut h: [u8; 32] = sha2::Sha256::digest(seed.to_le_bytes()).into();
+        while out.len() < len {
+            out.extend_from_slice(&h);
+            h = sha2::Sha256::digest(h).into();
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn large_bodies_are_held_deflated_and_served_whole() {
+        let cache = CatalogCache::new(DEFAULT_CACHE_BYTES);
+        // A rendered config: 400 backend lines, 12 KiB.
+        let conf: String = (0..400)
+            .map(|i| format!("    server web{i} web{i}.example.com:80 check\n"))
+            .collect();
+        let rnd = noise(1, 4096);
+        let c = put(&cache, "lb1", &[conf.as_bytes(), &rnd, b"short"]);
+        let by = |b: &[u8]| {
+            let h = troupe_catalog::sha256_hex(b);
+            c.bodies.iter().find(|x| x.sha256 == h).unwrap().clone()
+        };
+        assert!(by(conf.as_bytes()).is_deflated());
+        assert!(!by(&rnd).is_deflated(), "incompressible: kept as is");
+        assert!(!by(b"short").is_deflated());
+        for b in [conf.as_bytes(), &rnd[..], &b"short"[..]] {
+            assert_eq!(c.body(&troupe_catalog::sha256_hex(b)).unwrap(), b);
+        }
+        // Charged for what is held: the config's deflated size.
+        let s = cache.stats();
+        assert!(
+            s.bytes < conf.len() / 3 + rnd.len() + 2048,
+            "{} bytes charged for a {} byte config",
+            s.bytes,
+            conf.len()
+        );
+    }
+
     fn put(cache: &CatalogCache, node: &str, bodies: &[&[u8]]) -> Arc<Compiled> {
         let c = catalog(node, bodies);
         let hash = c.hash();
@@ -422,8 +538,8 @@ mod tests {
         let limit = 64 * 1024;
         let cache = CatalogCache::new(limit);
         for i in 0..1000 {
-            let body = format!("{i:04}").repeat(256); // 1 KiB, distinct
-            put(&cache, &format!("n{i}"), &[body.as_bytes()]);
+            let body = noise(i, 1024); // 1 KiB, distinct, incompressible
+            put(&cache, &format!("n{i}"), &[&body]);
             // n0 is used on every round, so it is never the least recent.
             assert!(
                 cache.get("n0", &key(1), None).is_some(),
@@ -464,7 +580,7 @@ mod tests {
         let cache = CatalogCache::new(4096);
         put(&cache, "small", &[b"x"]);
         let before = cache.stats();
-        let big = vec![b'b'; 8192];
+        let big = noise(7, 8192);
         let c = put(&cache, "big", &[&big]);
         assert_eq!(c.body(&troupe_catalog::sha256_hex(&big)).unwrap(), big);
         assert!(cache.served("big").is_none());

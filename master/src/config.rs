@@ -39,6 +39,7 @@ pub const KEYS: &[&str] = &[
     "allow_agent_environment",
     "compile_threads",
     "catalog_cache_bytes",
+    "node_store_cache_bytes",
     "shutdown_grace",
     "ca_audit_max_bytes",
     "ca_audit_keep",
@@ -198,6 +199,13 @@ pub fn resolve(mut args: Args, m: &clap::ArgMatches) -> Result<(Args, ConfigFile
             args.catalog_cache_bytes,
         )
         .map_err(e)?;
+    args.node_store_cache_bytes = f
+        .resolve(
+            "node_store_cache_bytes",
+            given(m, "node_store_cache_bytes", None),
+            args.node_store_cache_bytes,
+        )
+        .map_err(e)?;
     args.shutdown_grace = f
         .resolve(
             "shutdown_grace",
@@ -305,7 +313,8 @@ mod tests {
         std::fs::write(
             &p,
             "listen = \"0.0.0.0:8141\"\ndata_dir = \"/srv/troupe\"\nrun_interval = \"5m\"\n\
-             code_poll = 3\nserver_names = [\"m.example.com\"]\nreports_keep = 7\n",
+             code_poll = 3\nserver_names = [\"m.example.com\"]\nreports_keep = 7\n\
+             node_store_cache_bytes = 1048576\n",
         )
         .unwrap();
         let (a, m) = parse(&["--config", p.to_str().unwrap(), "--reports-keep", "9"]);
@@ -316,6 +325,7 @@ mod tests {
         assert_eq!(a.code_poll.as_secs(), 3);
         assert_eq!(a.server_names, ["m.example.com"]);
         assert_eq!(a.reports_keep, 9);
+        assert_eq!(a.node_store_cache_bytes, 1 << 20);
         let j = f.to_json();
         assert_eq!(j["settings"]["reports_keep"]["source"], "flag");
         assert_eq!(j["settings"]["run_interval"]["value"], "5m");

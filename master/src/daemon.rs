@@ -119,6 +119,12 @@ pub struct Args {
     /// 0 caches nothing (every check-in compiles).
     #[arg(long, default_value_t = crate::catalog_cache::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
     pub catalog_cache_bytes: u64,
+    /// Memory the node store (DATA/nodes.redb: check-ins, facts, reports)
+    /// may use to cache its pages, in bytes (default 32 MiB). Pages past it
+    /// are read again from the file (usually from the kernel's page cache);
+    /// 0 caches none.
+    #[arg(long, default_value_t = crate::store::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
+    pub node_store_cache_bytes: u64,
     /// On SIGTERM, how long in-flight requests may take to finish before
     /// the master closes them (agents' command streams are closed then).
     #[arg(long, default_value = "10s")]
@@ -339,7 +345,11 @@ async fn serve(args: Args) -> Result<()> {
         args.server_names.clone()
     };
     let tls = Arc::new(ServerTls::new(&ca, &names, &args.data)?);
-    let store = crate::store::NodeStore::open(&args.data.join("nodes.redb"), args.reports_keep)?;
+    let store = crate::store::NodeStore::open_with_cache(
+        &args.data.join("nodes.redb"),
+        args.reports_keep,
+        args.node_store_cache_bytes,
+    )?;
     let secrets = troupe_compiler::SecretKeys::load_dir(&args.data)
         .map_err(|e| anyhow::anyhow!("loading secret keys: {e}"))?;
     let access_audit = troupe_base::audit::AuditLog::open(&args.data.join("access-audit.log"))

@@ -67,15 +67,23 @@ impl FleetData {
             // this check-in (pending ones are flushed first).
             return;
         };
-        let entry = FleetNode {
+        // Most check-ins change nothing: compare in place, copy nothing.
+        let at = cur.nodes.binary_search_by(|n| n.name.as_str().cmp(node));
+        if let Ok(i) = at {
+            let n = &cur.nodes[i];
+            if n.role == role && n.environment == environment && n.facts == *facts {
+                return;
+            }
+        }
+        let entry = Arc::new(FleetNode {
             name: node.to_owned(),
             role: role.to_owned(),
             environment: environment.to_owned(),
             facts: facts.clone(),
-        };
+        });
+        // The nodes are shared: this copies one pointer per node.
         let mut nodes = cur.nodes.clone();
-        match nodes.binary_search_by(|n| n.name.as_str().cmp(node)) {
-            Ok(i) if nodes[i] == entry => return,
+        match at {
             Ok(i) => nodes[i] = entry,
             Err(i) => nodes.insert(i, entry),
         }
@@ -142,7 +150,9 @@ mod tests {
         );
         assert_eq!(f.generation(), None);
         f.lock().generation = 1;
-        f.lock().snapshot = Some(Arc::new(FleetSnapshot::new(1, vec![]).unwrap()));
+        f.lock().snapshot = Some(Arc::new(
+            FleetSnapshot::new(1, Vec::<FleetNode>::new()).unwrap(),
+        ));
         let facts = serde_json::json!({"networking": {"ip": "10.0.0.2"}});
         f.observe("db2.example.com", "db", "production", &facts);
         assert_eq!(f.generation(), Some(2));
@@ -164,8 +174,13 @@ mod tests {
             ["db1.example.com", "db2.example.com"],
             "sorted by name"
         );
+        let before = f.lock().snapshot.clone().unwrap();
         f.observe("db1.example.com", "web", "production", &facts);
         assert_eq!(f.generation(), Some(4));
+        // The new snapshot shares the nodes that did not change.
+        let after = f.lock().snapshot.clone().unwrap();
+        assert!(Arc::ptr_eq(&before.nodes[1], &after.nodes[1]));
+        assert!(!Arc::ptr_eq(&before.nodes[0], &after.nodes[0]));
         f.invalidate();
         assert_eq!(f.generation(), None);
     }

@@ -21,6 +21,13 @@ const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 /// (node, sequence number) -> report JSON.
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
 
+/// Default bound of the store's page cache (`node_store_cache_bytes`):
+/// 32 MiB. redb's own default (1 GiB) lets the master's memory grow with
+/// every node's facts and reports it ever read or wrote; the store's hot
+/// part (node records, recent facts) fits in this at 10,000 nodes, and a
+/// page not cached costs a read from the page cache of the kernel.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+
 /// Reports kept per node unless configured otherwise.
 pub const DEFAULT_REPORTS_PER_NODE: usize = 50;
 
@@ -168,10 +175,24 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
 }
 
 impl NodeStore {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`, its page cache bounded to
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path, reports_per_node: usize) -> Result<NodeStore> {
-        let db = Reopening::open(path, troupe_base::redb_file::create_db)
-            .with_context(|| format!("cannot open the node store {}", path.display()))?;
+        NodeStore::open_with_cache(path, reports_per_node, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store at `path`; redb keeps at most
+    /// `cache_bytes` of its pages in memory (`node_store_cache_bytes`).
+    pub fn open_with_cache(
+        path: &Path,
+        reports_per_node: usize,
+        cache_bytes: u64,
+    ) -> Result<NodeStore> {
+        let cache = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
+        let db = Reopening::open(path, move |p: &Path| {
+            troupe_base::redb_file::create_db_with_cache(p, cache)
+        })
+        .with_context(|| format!("cannot open the node store {}", path.display()))?;
         let store = NodeStore {
             db,
             reports_per_node: reports_per_node.max(1),

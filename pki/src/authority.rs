@@ -404,6 +404,11 @@ fn short(s: &str) -> String {
     s.chars().take(300).collect()
 }
 
+/// Memory the CA's database may use to cache its pages (redb's default,
+/// 1 GiB, would keep every certificate ever read: ~3 KB per host). The
+/// per-request lookups (a host's certificate state) are a small hot set.
+const DB_CACHE_BYTES: usize = 16 << 20;
+
 impl Authority {
     /// Opens the CA in `dir`, creating key, certificate and database on
     /// first use.
@@ -447,7 +452,10 @@ impl Authority {
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(ca_der.clone()), key).map_err(cr)?;
         let db_path = dir.join("ca.redb");
-        let db = Reopening::open(&db_path, troupe_base::redb_file::create_db).map_err(|e| {
+        let db = Reopening::open(&db_path, |p: &Path| {
+            troupe_base::redb_file::create_db_with_cache(p, DB_CACHE_BYTES)
+        })
+        .map_err(|e| {
             CaError::Storage(StorageFailure::new(format!(
                 "{}: {e} (is another master using this data directory?)",
                 db_path.display()

@@ -200,6 +200,20 @@ impl Master {
             .prefix("troupe-test-")
             .tempdir()
             .expect("tempdir");
+        Master::start_at(root, opts)
+    }
+
+    /// Like [`Master::start_with`], with everything under a temporary
+    /// directory in `parent` (e.g. a tmpfs for a benchmark's bulk setup).
+    pub fn start_in(parent: &Path, opts: MasterOptions) -> Master {
+        let root = tempfile::Builder::new()
+            .prefix("troupe-test-")
+            .tempdir_in(parent)
+            .expect("tempdir");
+        Master::start_at(root, opts)
+    }
+
+    fn start_at(root: tempfile::TempDir, opts: MasterOptions) -> Master {
         let data = root.path().join("master");
         let log_path = root.path().join("master.log");
         let mut m = Master {

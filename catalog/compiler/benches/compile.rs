@@ -185,6 +185,14 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
 }
 
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`):
+/// finer than [`cpu_seconds`] (USER_HZ ticks), and also immune to time
+/// spent waiting for a core.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 fn facts() -> serde_json::Value {
     serde_json::json!({
         "hostname": "bench1", "fqdn": "bench1.example.com",
@@ -193,7 +201,16 @@ fn facts() -> serde_json::Value {
     })
 }
 
-fn run(label: &str, w: &Workload, compare: bool) {
+/// What [`run`] measured for one workload.
+struct Figures {
+    resources: usize,
+    /// Thread CPU time per compile, median of the timed runs, ms.
+    cpu_ms: f64,
+    /// Fastest compile (wall), ms.
+    min_ms: f64,
+}
+
+fn run(label: &str, w: &Workload, compare: bool) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_tree(w, dir.path());
     let t0 = Instant::now();
@@ -231,15 +248,26 @@ fn run(label: &str, w: &Workload, compare: bool) {
     }
     let budget = Duration::from_secs(2);
     let mut times = Vec::new();
+    let mut thread_ns = Vec::new();
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     while start.elapsed() < budget || times.len() < 10 {
         let t = Instant::now();
+        let ns = thread_cpu_ns();
         let c = tree.compile("bench1.example.com", &facts, &opts).unwrap();
-        times.push(t.elapsed());
+        // The drop is part of a compile's cost (the master drops each
+        // catalog after encoding it).
         assert_eq!(c.resources.len(), resources);
-        std::hint::black_box(c);
+        drop(c);
+        if let Some((a, b)) = ns.zip(thread_cpu_ns()) {
+            thread_ns.push(b.saturating_sub(a));
+        }
+        times.push(t.elapsed());
     }
+    thread_ns.sort();
+    let thread_cpu_ms = thread_ns
+        .get(thread_ns.len() / 2)
+        .map_or(f64::NAN, |&n| n as f64 / 1e6);
     let cpu_ms = cpu0
         .zip(cpu_seconds())
         .map(|(a, b)| (b - a) * 1000.0 / times.len() as f64);
@@ -301,6 +329,11 @@ fn run(label: &str, w: &Workload, compare: bool) {
         );
     }
     println!(
+        "   per resource:            {:8.3} us thread CPU (median), {:.3} us fastest wall",
+        thread_cpu_ms * 1000.0 / resources as f64,
+        min_ms * 1000.0 / resources as f64
+    );
+    println!(
         "   catalogs per second:     {:8.0} (1 thread)",
         1000.0 / mean_ms
     );
@@ -312,6 +345,11 @@ fn run(label: &str, w: &Workload, compare: bool) {
             290.0 / mean_ms,
             610.0 / mean_ms
         );
+    }
+    Figures {
+        resources,
+        cpu_ms: thread_cpu_ms,
+        min_ms,
     }
 }
 
@@ -331,7 +369,54 @@ fn main() {
         println!("bench smoke test: ok (run `cargo bench -p troupe-compiler` for figures)");
         return;
     }
-    run("peers' workload N=1000", &w1, true);
-    let w10 = from_generator(9090).unwrap_or_else(|| synthetic(9090));
-    run("10k resources (N=9090)", &w10, false);
+    // TROUPE_BENCH_SIZES: the peers' file counts N to compile (default
+    // "1000 9090": 1,102 and 10,001 resources; add 45454 for ~50k).
+    let sizes: Vec<usize> = std::env::var("TROUPE_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000 9090".into())
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    // TROUPE_BENCH_ONCE=K: compile each size K times and stop, for
+    // instruction counts (`valgrind --tool=callgrind`), which show an
+    // algorithm's growth where timings on a shared machine cannot.
+    if let Ok(k) = std::env::var("TROUPE_BENCH_ONCE") {
+        let k: usize = k.parse().unwrap_or(1);
+        for n in sizes {
+            let w = from_generator(n).unwrap_or_else(|| synthetic(n));
+            let dir = tempfile::tempdir().unwrap();
+            write_tree(&w, dir.path());
+            let tree = ModuleTree::load(dir.path()).unwrap();
+            for _ in 0..k {
+                let c = tree
+                    .compile("bench1.example.com", &facts(), &CompileOptions::default())
+                    .unwrap();
+                println!("N={n}: {} resources", c.resources.len());
+            }
+        }
+        return;
+    }
+    let mut all = Vec::new();
+    for n in sizes {
+        if n == 1000 {
+            all.push(run("peers' workload N=1000", &w1, true));
+        } else {
+            let w = from_generator(n).unwrap_or_else(|| synthetic(n));
+            all.push(run(&format!("N={n}"), &w, false));
+        }
+    }
+    let Some(base) = all.first() else {
+        return;
+    };
+    // Linear means a flat cost per resource across sizes.
+    println!("== cost per resource by catalog size (thread CPU median; fastest wall)");
+    for f in &all {
+        let us = f.cpu_ms * 1000.0 / f.resources as f64;
+        let base_us = base.cpu_ms * 1000.0 / base.resources as f64;
+        println!(
+            "   {:>7} resources: {us:7.3} us CPU ({:.2}x the first size's), {:7.3} us wall",
+            f.resources,
+            us / base_us,
+            f.min_ms * 1000.0 / f.resources as f64
+        );
+    }
 }

@@ -47,18 +47,41 @@ fn empty_object() -> J {
 /// What the compiler knows of the fleet: nodes sorted by name, and a
 /// generation that changes whenever the content does (the master puts it
 /// in the cache key of the catalogs that used it).
+///
+/// Nodes are shared (`Arc`): a new snapshot that changes one node (the
+/// master's after each check-in whose facts changed) copies pointers, not
+/// every node's facts.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSnapshot {
     #[serde(default)]
     pub generation: u64,
-    pub nodes: Vec<FleetNode>,
+    #[serde(serialize_with = "ser_nodes", deserialize_with = "de_nodes")]
+    pub nodes: Vec<Arc<FleetNode>>,
+}
+
+fn ser_nodes<S: serde::Serializer>(
+    nodes: &[Arc<FleetNode>],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(nodes.iter().map(|n| &**n))
+}
+
+fn de_nodes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Arc<FleetNode>>, D::Error> {
+    let v: Vec<FleetNode> = serde::Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(Arc::new).collect())
 }
 
 impl FleetSnapshot {
-    /// A snapshot of `nodes` (sorted by name here; names must be valid
-    /// certnames and unique, facts JSON objects).
-    pub fn new(generation: u64, mut nodes: Vec<FleetNode>) -> Result<FleetSnapshot> {
+    /// A snapshot of `nodes` (`FleetNode`s or shared ones; sorted by name
+    /// here; names must be valid certnames and unique, facts JSON objects).
+    pub fn new<N: Into<Arc<FleetNode>>>(
+        generation: u64,
+        nodes: impl IntoIterator<Item = N>,
+    ) -> Result<FleetSnapshot> {
+        let mut nodes: Vec<Arc<FleetNode>> = nodes.into_iter().map(Into::into).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         for (i, n) in nodes.iter().enumerate() {
             if !crate::valid_certname(&n.name) {
