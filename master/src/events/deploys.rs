@@ -269,8 +269,18 @@ impl DeployStore {
                 out.push(log.summary());
             }
         }
+        out.sort_by(|a, b| newest_first((&a.started, &a.id), (&b.started, &b.id)));
         Ok(out)
     }
+}
+
+/// Release order, newest first, from `(started, id)` pairs. Ids carry the
+/// start to the second only: two releases started in the same second are
+/// ordered by their recorded start (ms); a start that does not read goes
+/// after those that do.
+pub fn newest_first(a: (&str, &str), b: (&str, &str)) -> std::cmp::Ordering {
+    let at = |s: &str| humantime::parse_rfc3339_weak(s).ok();
+    at(b.0).cmp(&at(a.0)).then_with(|| b.1.cmp(a.1))
 }
 
 /// The whole lines of a log; a torn last line (no newline, or not JSON)
@@ -337,6 +347,35 @@ mod tests {
             started: "2026-12-06T21:00:01.000Z".into(),
             duration_ms: 12,
         }
+    }
+
+    #[test]
+    fn releases_started_in_the_same_second_list_newest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = DeployStore::new(d.path().join(DEPLOYS_DIR));
+        let at = |ms: &str| DeployRecord::Started {
+            title: format!("release at {ms}"),
+            environment: None,
+            packages: vec![],
+            not_connected: vec![],
+            time: format!("2026-12-06T21:00:00.{ms}Z"),
+        };
+        // The later release drew the smaller random suffix.
+        s.append("20261206T210000Z-ffffff", 0, "bastion", &at("100"))
+            .unwrap();
+        s.append("20261206T210000Z-000000", 0, "bastion", &at("900"))
+            .unwrap();
+        s.append("20261206T205959Z-aaaaaa", 0, "bastion", &at("000"))
+            .unwrap();
+        let ids: Vec<String> = s.list().unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "20261206T210000Z-000000",
+                "20261206T210000Z-ffffff",
+                "20261206T205959Z-aaaaaa"
+            ]
+        );
     }
 
     #[test]

@@ -40,6 +40,16 @@ pub fn list(st: &MasterState, limit: usize) -> Result<Value, ApiError> {
             Err(e) => return Err(ApiError::internal(anyhow::anyhow!("{e}"))),
         }
     }
+    let key = |v: &Value| {
+        (
+            v["started"].as_str().unwrap_or("").to_owned(),
+            v["id"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    out.sort_by(|a, b| {
+        let (a, b) = (key(a), key(b));
+        crate::events::deploys::newest_first((&a.0, &a.1), (&b.0, &b.1))
+    });
     Ok(json!({"deploys": out}))
 }
 
