@@ -549,6 +549,10 @@ fn mail_body(ev: &Event) -> String {
             b.push_str(&format!("{k}: {v}\n"));
         }
     }
+    // The typed error code (ADR 0008), as webhooks and exec hooks get it.
+    if let Some(c) = ev.code {
+        b.push_str(&format!("code: {c}\n"));
+    }
     if ev.data.as_object().is_some_and(|o| !o.is_empty()) {
         b.push_str("data: ");
         b.push_str(&serde_json::to_string_pretty(&ev.data).unwrap_or_default());
@@ -608,5 +612,23 @@ impl Exec {
                 }
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_base::error_code::ErrorCode;
+
+    #[test]
+    fn a_mail_carries_the_events_typed_code() {
+        let mut ev =
+            Event::new(EventKind::CommandRefused, "web1: service.restart refused").node("web1");
+        ev.code = Some(ErrorCode::PermissionDenied);
+        let body = mail_body(&ev);
+        assert!(body.contains("\nnode: web1\n"), "{body}");
+        assert!(body.contains("\ncode: permission_denied\n"), "{body}");
+        ev.code = None;
+        assert!(!mail_body(&ev).contains("code:"));
     }
 }
