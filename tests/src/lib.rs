@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod mail;
 pub mod netns;
 pub mod nspawn;
 pub mod orch;

@@ -8,7 +8,7 @@
 //! one that finishes; each ends with a mail carrying the full log.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use troupe_tests::orch::{AgentSpec, Fleet};
@@ -88,79 +88,6 @@ fn receivers(rt: &tokio::runtime::Runtime) -> (String, String, Got) {
     })
 }
 
-/// Kills the SMTP server when the test ends, failed or not.
-struct Smtp(std::process::Child);
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// aiosmtpd on a free port with STARTTLS required and a CA-signed
-/// certificate for localhost, delivering into a maildir.
-fn smtp_server(dir: &Path) -> (std::process::Child, u16, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_p.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_p, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let maildir = dir.join("mail");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new("/usr/bin/python3")
-        .args(["-m", "aiosmtpd", "-n", "-l"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tlscert")
-        .arg(dir.join("cert.pem"))
-        .arg("--tlskey")
-        .arg(dir.join("key.pem"))
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
-        .arg(&maildir)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m aiosmtpd (apt-get install python3-aiosmtpd)");
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "aiosmtpd did not start (apt-get install python3-aiosmtpd)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port, maildir)
-}
-
-/// Every mail in the maildir, quoted-printable soft breaks undone.
-fn mails(maildir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(maildir.join("new"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .replace("=\r\n", "")
-                        .replace("=\n", "")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 fn wait(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ok() {
@@ -194,8 +121,7 @@ fn deploy_events_reach_the_bastions_own_sinks_and_a_dead_one_blocks_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (url, dead_url, got) = receivers(&rt);
     let dir = tempfile::tempdir().unwrap();
-    let (smtp, port, maildir) = smtp_server(dir.path());
-    let _smtp = Smtp(smtp);
+    let (_smtp, port, maildir) = troupe_tests::mail::smtp_server(dir.path());
     let hook_out = dir.path().join("hook.jsonl");
     let cfg = dir.path().join("bastion.toml");
     std::fs::write(
@@ -224,7 +150,7 @@ ca_file = "{ca}"
 kinds = ["deploy_finished", "deploy_aborted"]
 "#,
             out = hook_out.display(),
-            ca = dir.path().join("ca.pem").display(),
+            ca = dir.path().join("smtp-ca.pem").display(),
         ),
     )
     .unwrap();
@@ -366,8 +292,10 @@ kinds = ["deploy_finished", "deploy_aborted"]
     assert_eq!(hooked[4]["kind"], "deploy_aborted");
 
     // One mail per release end, each with the release's full log.
-    wait("two mails", 30, || mails(&maildir).len() == 2);
-    let all = mails(&maildir).join("\n----\n");
+    wait("two mails", 30, || {
+        troupe_tests::mail::mails(&maildir).len() == 2
+    });
+    let all = troupe_tests::mail::mails(&maildir).join("\n----\n");
     for needle in [
         "Subject: [troupe] release nginx 1.24 ABORTED".to_string(),
         "Subject: [troupe] release nginx 1.24 finished: complete".to_string(),

@@ -77,54 +77,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// aiosmtpd with STARTTLS required and a certificate for localhost signed
-/// by a CA of the test's own; messages land in DIR/mail/new.
-fn smtp(dir: &Path) -> (troupe_tests::Proc, u16) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_p.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_p, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    std::fs::write(dir.join("smtp-ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("smtp-cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("smtp-key.pem"), key.serialize_pem()).unwrap();
-    let port = free_port();
-    let child = Command::new("/usr/bin/python3")
-        .args(["-m", "aiosmtpd", "-n", "-l"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--tlscert")
-        .arg(dir.join("smtp-cert.pem"))
-        .arg("--tlskey")
-        .arg(dir.join("smtp-key.pem"))
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
-        .arg(dir.join("mail"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m aiosmtpd (apt-get install python3-aiosmtpd)");
-    let p = troupe_tests::Proc(child);
-    wait_until(
-        Duration::from_secs(20),
-        "aiosmtpd listening (python3-aiosmtpd)",
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    );
-    (p, port)
-}
-
-fn mails(dir: &Path) -> String {
-    let mut all = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir.join("mail/new")) {
-        for e in rd.flatten() {
-            all.push(std::fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
-    all.join("\n----\n").replace("=\r\n", "").replace("=\n", "")
-}
-
 fn script(path: &Path, body: &str) {
     std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -195,7 +147,7 @@ fn every_event_reaches_real_receivers_and_releases_are_logged_and_mailed() {
     let work = tempfile::tempdir().unwrap();
     let (url, got) = receiver();
     let dead_url = dead();
-    let (_smtp, smtp_port) = smtp(work.path());
+    let (_smtp, smtp_port, maildir) = troupe_tests::mail::smtp_server(work.path());
     let metrics_port = free_port();
     let tree = work.path().join("modules");
     troupe_tests::netns::write_tree(&tree, "hello", 1, 1);
@@ -605,10 +557,10 @@ kinds = ["deploy_finished", "deploy_aborted"]
 
     // Mail at the end of each release, with its full log, over STARTTLS.
     wait_until(Duration::from_secs(30), "two mails", || {
-        let all = mails(work.path());
+        let all = troupe_tests::mail::mails(&maildir).join("\n----\n");
         all.contains(&id1) && all.contains(&id2)
     });
-    let all = mails(work.path());
+    let all = troupe_tests::mail::mails(&maildir).join("\n----\n");
     assert!(all.contains("ABORTED"), "{all}");
     assert!(
         all.contains("web2 FAILED (nginx) at update nginx to 1.24.0-1"),
