@@ -374,7 +374,7 @@ impl CodeManager {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
 
@@ -405,7 +405,8 @@ mod tests {
         write_env(dir, "development", "dev v1");
     }
 
-    fn motd(m: &CodeManager, env: &str) -> String {
+    /// The motd body `env` compiles to (the test trees' one file).
+    pub(crate) fn motd(m: &CodeManager, env: &str) -> String {
         let t = m.current().unwrap();
         let opts = troupe_compiler::CompileOptions {
             environment: Some(env.into()),

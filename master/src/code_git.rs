@@ -1047,6 +1047,7 @@ impl CodeManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::code::tests::motd;
     use std::fs;
     use std::process::Command;
 
@@ -1134,19 +1135,6 @@ mod tests {
             hold.iter().map(|s| s.to_string()),
         )
         .unwrap()
-    }
-
-    fn motd(m: &CodeManager, env: &str) -> String {
-        let t = m.current().unwrap();
-        let opts = troupe_compiler::CompileOptions {
-            environment: Some(env.into()),
-            ..Default::default()
-        };
-        let cat = t
-            .compile("web1.example.com", &serde_json::json!({}), &opts)
-            .unwrap();
-        let body = cat.contents.values().next().unwrap().bytes().unwrap();
-        String::from_utf8(body).unwrap()
     }
 
     #[test]
