@@ -71,7 +71,7 @@ impl FleetData {
         let at = cur.nodes.binary_search_by(|n| n.name.as_str().cmp(node));
         if let Ok(i) = at {
             let n = &cur.nodes[i];
-            if n.role == role && n.environment == environment && n.facts == *facts {
+            if n.role == role && n.environment == environment && n.facts.eq_json(facts) {
                 return;
             }
         }
@@ -79,7 +79,7 @@ impl FleetData {
             name: node.to_owned(),
             role: role.to_owned(),
             environment: environment.to_owned(),
-            facts: facts.clone(),
+            facts: facts.into(),
         });
         // The nodes are shared: this copies one pointer per node.
         let mut nodes = cur.nodes.clone();
@@ -128,7 +128,7 @@ fn read_store(state: &MasterState) -> Result<Vec<FleetNode>, String> {
             name: n.name,
             role: n.role,
             environment: n.environment,
-            facts,
+            facts: facts.into(),
         });
     }
     Ok(out)
@@ -158,6 +158,21 @@ mod tests {
         assert_eq!(f.generation(), Some(2));
         f.observe("db2.example.com", "db", "production", &facts);
         assert_eq!(f.generation(), Some(2), "same content, same generation");
+        // The snapshot holds facts compact; a change deep inside is seen,
+        // and the new value is what the snapshot then holds.
+        let moved = serde_json::json!({"networking": {"ip": "10.0.0.3"}});
+        f.observe("db2.example.com", "db", "production", &moved);
+        assert_eq!(f.generation(), Some(3), "a nested fact changed");
+        let held = f.lock().snapshot.clone().unwrap().nodes[0].facts.to_json();
+        assert_eq!(held, moved);
+        f.observe("db2.example.com", "db", "production", &facts);
+        assert_eq!(f.generation(), Some(4));
+        f.lock().generation = 1;
+        f.lock().snapshot = Some(Arc::new(
+            FleetSnapshot::new(1, Vec::<FleetNode>::new()).unwrap(),
+        ));
+        f.observe("db2.example.com", "db", "production", &facts);
+        assert_eq!(f.generation(), Some(2));
         f.observe("db1.example.com", "db", "production", &facts);
         assert_eq!(f.generation(), Some(3));
         let names: Vec<String> = f

@@ -25,13 +25,14 @@ pub mod diff;
 pub mod env_diff;
 mod error;
 pub mod fleet;
+mod fleet_facts;
 pub mod secrets;
 mod syntax;
 mod tree;
 
 pub use compile::{Classification, CompileInfo, CompileOptions, valid_certname};
 pub use error::{Error, ErrorKind, Result, SourceFile, Span};
-pub use fleet::{FleetNode, FleetSnapshot};
+pub use fleet::{FactValue, FleetNode, FleetSnapshot};
 pub use secrets::SecretKeys;
 pub use tree::trailing_number;
 pub use tree::{EnvTree, Merge, ModuleTree, Site};

@@ -75,7 +75,7 @@ fn shipped_haproxy_backends_come_from_the_fleet() {
             name: "db2.example.com".into(),
             role: "db".into(),
             environment: "production".into(),
-            facts: serde_json::json!({}),
+            facts: serde_json::json!({}).into(),
         }],
     )
     .unwrap();
