@@ -378,7 +378,7 @@ struct Inst {
     id: ResourceId,
     kind: Kind,
     span: Span,
-    profile: String,
+    profile: Arc<str>,
     sensitive: bool,
     refs: [Vec<(String, Span)>; 4], // require, before, notify, subscribe
     tags: Vec<String>,
@@ -565,8 +565,10 @@ impl<'a> Compiler<'a> {
         }
         let own = instances::Scope::profile(&prof.tags, self.scope.depth);
         let outer = std::mem::replace(&mut self.scope, own);
+        // One copy of the name, shared by the profile's resources.
+        let name: Arc<str> = Arc::from(name);
         for decl in &prof.resources {
-            self.declare(name, decl, &ctx)?;
+            self.declare(&name, decl, &ctx)?;
         }
         self.scope = outer;
         Ok(())
@@ -649,7 +651,7 @@ impl<'a> Compiler<'a> {
         Ok(minijinja::context! { params => to_mj(&J::Object(params)), ..self.base.clone() })
     }
 
-    fn declare(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
+    fn declare(&mut self, profile: &Arc<str>, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
         match &decl.for_each {
             None => self.declare_one(profile, decl, ctx),
             Some(fe) => {
@@ -704,7 +706,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn declare_one(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
+    fn declare_one(&mut self, profile: &Arc<str>, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
         if let Some(w) = &decl.when {
             let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, &"when")?;
             if !v.is_true() {
@@ -786,7 +788,9 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let mut tags = vec![self.class.role.clone(), profile.to_owned()];
+        let mut tags = Vec::with_capacity(2 + self.scope.tags.len() + decl.tags.len());
+        tags.push(self.class.role.clone());
+        tags.push(profile.to_string());
         for t in &self.scope.tags {
             if !tags.contains(t) {
                 tags.push(t.clone());
@@ -813,7 +817,7 @@ impl<'a> Compiler<'a> {
             id,
             kind,
             span: decl.span.clone(),
-            profile: profile.to_owned(),
+            profile: profile.clone(),
             sensitive: decl.sensitive || self.scope.sensitive,
             refs,
             tags,
@@ -1188,7 +1192,7 @@ impl<'a> Compiler<'a> {
         let mut packages: HashMap<&str, Vec<usize>> = HashMap::new();
         for (j, inst) in self.insts.iter().enumerate() {
             if matches!(inst.kind, Kind::Package { .. }) {
-                packages.entry(inst.profile.as_str()).or_default().push(j);
+                packages.entry(&*inst.profile).or_default().push(j);
             }
         }
         for (i, inst) in self.insts.iter().enumerate() {
@@ -1232,7 +1236,7 @@ impl<'a> Compiler<'a> {
                 }
                 Kind::Service { name, .. } => {
                     add(id("package", name), deps);
-                    for &j in packages.get(inst.profile.as_str()).into_iter().flatten() {
+                    for &j in packages.get(&*inst.profile).into_iter().flatten() {
                         add(Some(j), deps);
                     }
                 }
