@@ -169,7 +169,7 @@ pub fn converge_tagged(
         };
         reports.push(rep);
         if ctx.staged.len() >= providers::MAX_BATCH_FILES {
-            for (j, msg) in ctx.commit() {
+            for (j, msg) in ctx.commit_batch() {
                 fail_late(&mut reports, &mut bad, &slot, j, msg);
             }
         }

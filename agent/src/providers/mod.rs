@@ -223,9 +223,11 @@ pub struct Ctx<'a> {
     pub managed: HashSet<PathBuf>,
     /// Files staged and not yet renamed into place.
     pub staged: Vec<Staged>,
-    /// Directories created since the last commit: nothing but this batch's
-    /// staged files can be in them (non-batchable resources such as execs
-    /// always run after a commit, which clears this).
+    /// Directories created since the last commit before a non-batchable
+    /// resource: nothing but this run's staged (or committed) files can be
+    /// in them (non-batchable resources such as execs always run after a
+    /// [`Ctx::commit`], which clears this; a full batch's
+    /// [`Ctx::commit_batch`] keeps it).
     pub fresh_dirs: HashSet<PathBuf>,
     /// A directory on each file system written to (for `syncfs`).
     sync_devs: HashMap<u64, PathBuf>,
@@ -458,9 +460,18 @@ impl<'a> Ctx<'a> {
     /// index, message). The renames are durable after the next commit or
     /// [`Ctx::finish`].
     pub fn commit(&mut self) -> Vec<(usize, String)> {
-        let mut failed = Vec::new();
         self.fresh_dirs.clear();
-        // What follows a commit (an exec, say) may change links.
+        self.commit_batch()
+    }
+
+    /// [`Ctx::commit`] when the batch is only full: what follows is more
+    /// files and directories, so the directories this run created still
+    /// hold nothing but its own files (no `lstat` of each new file's path
+    /// after the first batch).
+    pub fn commit_batch(&mut self) -> Vec<(usize, String)> {
+        let mut failed = Vec::new();
+        // What follows a commit (an exec, say) may change links, and a
+        // rename may have replaced one.
         self.paths_changed();
         if self.staged.is_empty() {
             // Nothing to order: what was written since the last sync is
