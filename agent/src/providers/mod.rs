@@ -385,7 +385,9 @@ impl<'a> Ctx<'a> {
 
     /// Remembers that the file system holding `dir` has unsynced writes.
     pub fn note_write(&mut self, dir: &Path) {
-        if self.last_noted.as_deref() == Some(dir) {
+        // A directory this run created is on its parent's file system,
+        // noted when it was created (`sync_devs` is kept to the run's end).
+        if self.last_noted.as_deref() == Some(dir) || self.fresh_dirs.contains(dir) {
             return;
         }
         self.last_noted = Some(dir.to_owned());
