@@ -99,7 +99,7 @@ pub struct Args {
     /// Restore every file this run changed when any resource fails.
     #[arg(long)]
     pub rollback_on_failure: bool,
-    /// Reports (and rollback journals) kept in the state database.
+    /// Reports (and rollback journals) kept in the state directory.
     #[arg(long, default_value_t = 100)]
     pub keep_reports: usize,
     /// Local package files (NAME_VERSION_ARCH.deb / NAME-VERSION.ARCH.rpm) to
