@@ -11,9 +11,9 @@
 //! `syncfs`, or the one [`Ctx::finish`] adds after the last batch, makes
 //! the renames durable), so every file is replaced atomically and durably
 //! without one fsync per file (measured: one `fdatasync` per file is ~8x
-//! slower here than a `syncfs` per batch, bench/README.md). A crash leaves either the old or the new file, never a
-//! partial one; left-over temp files (`.NAME.troupe-new`) are replaced or
-//! removed by the next run.
+//! slower here than a `syncfs` per batch, bench/README.md). A crash
+//! leaves either the old or the new file, never a partial one; left-over
+//! temp files (`.NAME.troupe-new`) are replaced or removed by the next run.
 
 pub mod account;
 pub mod cmd;
