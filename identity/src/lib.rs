@@ -492,21 +492,42 @@ impl Identity {
 
     /// The rustls config: trust only the pinned CA (with the CRL), present
     /// our certificate.
+    ///
+    /// Built once per process for the same certificate, key, CA and CRL
+    /// ([`shared_config`]) and cloned after: the clones share one TLS
+    /// session cache, and rustls resumes a session only with the very
+    /// certificate verifier and client certificate it was made with, so
+    /// the agent daemon's next run resumes the last run's session (no
+    /// certificate signatures to make or verify on either side) instead of
+    /// a full handshake; a new certificate or CRL starts afresh.
     pub fn client_config(&self) -> Result<ClientConfig> {
-        let crls = self
-            .crl_der
-            .iter()
-            .map(|c| CertificateRevocationListDer::from(c.clone()))
-            .collect();
-        troupe_pki::tls::client_config(
+        let mut h = sha2::Sha256::new();
+        let none = Vec::new();
+        for part in [
+            &self.cert_der,
+            self.key_der.secret_der(),
             &self.ca_der,
-            crls,
-            Some((
-                vec![CertificateDer::from(self.cert_der.clone())],
-                self.key_der.clone_key(),
-            )),
-        )
-        .context("building the TLS client configuration")
+            self.crl_der.as_ref().unwrap_or(&none),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        shared_config(h.finalize().into(), || {
+            let crls = self
+                .crl_der
+                .iter()
+                .map(|c| CertificateRevocationListDer::from(c.clone()))
+                .collect();
+            troupe_pki::tls::client_config(
+                &self.ca_der,
+                crls,
+                Some((
+                    vec![CertificateDer::from(self.cert_der.clone())],
+                    self.key_der.clone_key(),
+                )),
+            )
+            .context("building the TLS client configuration")
+        })
     }
 
     /// Refuses a certificate past its end: the master would close the
@@ -542,6 +563,41 @@ impl Identity {
 }
 
 use sha2::Digest as _;
+
+/// The client TLS config of one identity (the SHA-256 of its certificate,
+/// key, CA and CRL), built once per process and cloned for each connection:
+/// the clones share its session cache, verifier and certificate, which is
+/// what lets rustls resume a session.
+///
+/// Resuming skips the certificate checks of a full handshake on both
+/// sides, so a session is only ever offered with the very identity and
+/// trust it was made with: another certificate (a renewal) or another CRL
+/// gets a config of its own. The master, for its part, forgets every
+/// session when its CRL changes (a new ticket key with each TLS config)
+/// and checks the caller's certificate serial against the CA on every call.
+/// At most 16 identities are kept (a process has one or two); past that
+/// the cache starts over.
+fn shared_config(
+    key: [u8; 32],
+    build: impl FnOnce() -> Result<ClientConfig>,
+) -> Result<ClientConfig> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CONFIGS: OnceLock<Mutex<HashMap<[u8; 32], ClientConfig>>> = OnceLock::new();
+    let configs = CONFIGS.get_or_init(Default::default);
+    let lock = || configs.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = lock().get(&key) {
+        return Ok(c.clone());
+    }
+    let mut cfg = build()?;
+    // Tickets for up to 4 masters (rustls keeps up to 8 per server name).
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(32);
+    let mut g = lock();
+    if g.len() >= 16 && !g.contains_key(&key) {
+        g.clear();
+    }
+    Ok(g.entry(key).or_insert(cfg).clone())
+}
 
 /// Fetches the CA's CRL over `channel`, checks it is signed by `ca_der`
 /// and stores it as `crl.pem`.

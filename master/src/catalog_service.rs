@@ -131,7 +131,7 @@ impl CatalogService {
     async fn compile(
         &self,
         node: &str,
-        facts: &serde_json::Value,
+        (stable, facts_hash): (&serde_json::Value, [u8; 32]),
         environment: Option<String>,
         have_hash: &str,
     ) -> Result<(Arc<Compiled>, Option<Vec<u8>>), Status> {
@@ -143,17 +143,16 @@ impl CatalogService {
                 "this master serves no catalogs (started without --modules)",
             ));
         };
-        let tree = code.current().map_err(|e| {
+        let (tree, generation) = code.current_with_generation().map_err(|e| {
             error_code::with_code(
                 Status::unavailable(format!("no module tree is loaded: {e}")),
                 ErrorCode::Unavailable,
             )
         })?;
-        let (stable, facts_hash) = stable_facts(facts).map_err(Status::invalid_argument)?;
         let mut key = CacheKey {
             facts: facts_hash,
             environment: environment.clone().unwrap_or_default(),
-            generation: code.status().generation,
+            generation,
             fleet: None,
         };
         // A catalog that used fleet() is current only under the same fleet
@@ -180,6 +179,7 @@ impl CatalogService {
             fleet: None,
         };
         let node_owned = node.to_owned();
+        let stable = stable.clone();
         let started = Instant::now();
         let state = self.state.clone();
         let job = tokio::task::spawn_blocking(move || {
@@ -284,17 +284,20 @@ impl CatalogRpc for CatalogService {
             } else {
                 Some(body.environment)
             };
+            // Once per check-in: what the compiler sees, and its hash (the
+            // cache key).
+            let (stable, facts_hash) = stable_facts(&facts).map_err(Status::invalid_argument)?;
             let (compiled, json) = self
-                .compile(&peer.name, &facts, environment, &body.have_hash)
-                .await?;
-            if let Ok((stable, _)) = stable_facts(&facts) {
-                st.catalogs.fleet.observe(
+                .compile(
                     &peer.name,
-                    &compiled.role,
-                    &compiled.environment,
-                    &stable,
-                );
-            }
+                    (&stable, facts_hash),
+                    environment,
+                    &body.have_hash,
+                )
+                .await?;
+            st.catalogs
+                .fleet
+                .observe(&peer.name, &compiled.role, &compiled.environment, &stable);
             lock(&st.catalogs.checkins).insert(
                 peer.name.clone(),
                 Checkin {

@@ -192,6 +192,20 @@ impl CodeManager {
         }
     }
 
+    /// The live tree and its generation, read together (a check-in's cache
+    /// key must name the generation of the tree it compiles with), without
+    /// building the whole [`CodeStatus`].
+    pub fn current_with_generation(&self) -> Result<(Arc<ModuleTree>, u64), String> {
+        let g = self.read();
+        match &g.live {
+            Some(t) => Ok((t.clone(), g.generation)),
+            None => Err(g
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no module tree is loaded".into())),
+        }
+    }
+
     /// Loads the tree again if anything on disk changed.
     pub fn reload_if_changed(&self) -> Reload {
         if self.git.is_some() {

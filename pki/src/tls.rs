@@ -71,6 +71,15 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // TLS 1.3 session tickets, encrypted with a key that lives only in
+    // this config: a client coming back (the agent's next run) resumes
+    // with a fresh ECDHE instead of a full handshake, and the master keeps
+    // nothing per session. Resumption restores the client certificate the
+    // full handshake verified without checking it again, so a new CRL
+    // means a new config and so a new ticket key: no session made before a
+    // revocation resumes after it (callers also check the serial on every
+    // call). The ticket key rotates every 6 hours (sessions last 12 at most).
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(cfg)
 }
 

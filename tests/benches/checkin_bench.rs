@@ -31,6 +31,10 @@ use troupe_proto::v1::catalog_client::CatalogClient;
 use troupe_proto::v1::{CatalogRequest, SubmitCsrRequest};
 use troupe_tests::{Master, MasterOptions, make_csr};
 
+// Unchanged check-ins per second and the master's CPU per check-in
+// (issue 20 item 1b).
+mod checkin_rate;
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -572,4 +576,5 @@ fn main() {
             f.nodes, f.unchanged_per_s
         );
     }
+    checkin_rate::rate_phase(&rt, &m, master_proc(&m.data), &facts);
 }

@@ -114,3 +114,101 @@ async fn renew_without_client_certificate_is_unauthenticated() {
     assert!(s.message().contains("requires a client certificate"));
     tally::hostile("tls", "renewal without a client certificate", true);
 }
+
+/// One TLS handshake with `cfg`, then a read so the session tickets (sent
+/// after the handshake) are taken in: the kind of handshake, or why the
+/// master closed the connection.
+async fn tls_handshake(
+    addr: &troupe_identity::ServerAddr,
+    cfg: rustls::ClientConfig,
+) -> Result<rustls::HandshakeKind, String> {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(&addr.authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(addr.server_name.clone(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let kind = s.get_ref().1.handshake_kind();
+    // The master speaks first on a connection it accepted (HTTP/2 settings).
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => kind.ok_or_else(|| "no handshake kind".into()),
+        Ok(Ok(_)) => Err("closed by the master".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("nothing from the master in 5 s".into()),
+    }
+}
+
+/// An authenticated call: this master has no module tree, so a caller
+/// whose certificate passed gets FailedPrecondition, never Unauthenticated.
+async fn catalog_call(cfg: rustls::ClientConfig, url: &str) -> Result<tonic::Code, String> {
+    let ch = troupe_identity::connect_with(cfg, url)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let r = troupe_proto::v1::catalog_client::CatalogClient::new(ch)
+        .get_catalog(troupe_proto::v1::CatalogRequest {
+            facts_json: b"{}".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    Ok(match r {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_sessions_resume_across_runs_but_not_past_a_revocation() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    use troupe_identity::Identity;
+    troupe_pki::tls::install_crypto_provider();
+    let m = Master::start();
+    for host in ["web6", "web7"] {
+        let psk = m.psk(host);
+        m.bootstrap(host, Some(&psk)).assert_success();
+    }
+    let addr = troupe_identity::parse_server(&m.url).unwrap();
+    // Each run of the agent daemon loads its identity again: the second
+    // load's connection resumes the first's session.
+    let config = |host: &str| {
+        Identity::load(&m.agent_state(host))
+            .unwrap()
+            .client_config()
+            .unwrap()
+    };
+    assert_eq!(tls_handshake(&addr, config("web6")).await, Ok(Full));
+    assert_eq!(tls_handshake(&addr, config("web6")).await, Ok(Resumed));
+    // The resumed session is still web6's: its calls pass the identity
+    // check.
+    assert_eq!(
+        catalog_call(config("web6"), &m.url).await,
+        Ok(tonic::Code::FailedPrecondition)
+    );
+    // Another host's identity does not ride web6's sessions.
+    assert_eq!(tls_handshake(&addr, config("web7")).await, Ok(Full));
+    // After the revocation the session that was just resumable is not:
+    // a full handshake, refused on the CRL, and the call fails.
+    m.ca_ok(&["revoke", "web6"]);
+    let after = tls_handshake(&addr, config("web6")).await;
+    assert!(after.is_err(), "a revoked host's handshake gave {after:?}");
+    troupe_tests::wait_until(
+        std::time::Duration::from_secs(5),
+        "the handshake log",
+        || m.log().contains("Revoked"),
+    );
+    // (The master closes the connection after the client's half of the
+    // TLS 1.3 handshake: the call ends Cancelled/Unavailable, never past
+    // the identity check to FailedPrecondition.)
+    let call = catalog_call(config("web6"), &m.url).await;
+    assert!(
+        !matches!(call, Ok(tonic::Code::Ok | tonic::Code::FailedPrecondition)),
+        "a revoked host's call gave {call:?}"
+    );
+    tally::hostile("tls", "revoked certificate on a resumed TLS session", true);
+    // The new CRL made the master forget every session (a new ticket
+    // key): web7's next handshake is a full one, the one after resumes.
+    assert_eq!(tls_handshake(&addr, config("web7")).await, Ok(Full));
+    assert_eq!(tls_handshake(&addr, config("web7")).await, Ok(Resumed));
+}
