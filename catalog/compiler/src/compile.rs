@@ -15,6 +15,7 @@ use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use troupe_catalog::{
     Catalog, Ensure, Kind, Membership, PackageEnsure, Resource, ResourceId, ServiceState,
@@ -392,9 +393,10 @@ struct Compiler<'a> {
     data: Arc<DataView>,
     included: HashMap<String, (Option<J>, Span)>,
     insts: Vec<Inst>,
-    by_id: HashMap<ResourceId, usize>,
+    /// Id of each resource -> its index in `insts`.
+    by_id: PosIndex,
     /// Path of each file, directory and symlink -> its index in `insts`.
-    by_path: HashMap<String, usize>,
+    by_path: PosIndex,
     catalog: Catalog,
     /// File bodies by raw SHA-256, in first-use order; sorted into
     /// `catalog.contents` at the end (inserting into that map of hex
@@ -426,8 +428,8 @@ impl<'a> Compiler<'a> {
             data,
             included: HashMap::new(),
             insts: Vec::new(),
-            by_id: HashMap::new(),
-            by_path: HashMap::new(),
+            by_id: PosIndex::default(),
+            by_path: PosIndex::default(),
             catalog: Catalog::new(&class.certname, &class.environment, ""),
             contents: Contents::default(),
             scope: instances::Scope::default(),
@@ -558,8 +560,11 @@ impl<'a> Compiler<'a> {
         // growing these while declaring copies them and leaves freed blocks
         // glibc consolidates later.
         self.insts.reserve(prof.resources.len());
-        self.by_id.reserve(prof.resources.len());
-        self.by_path.reserve(prof.resources.len());
+        let insts = &self.insts;
+        self.by_id
+            .reserve(prof.resources.len(), |j| id_key(insts, j));
+        self.by_path
+            .reserve(prof.resources.len(), |j| path_key(insts, j));
         for inc in &prof.includes {
             self.include_decl(inc, &ctx)?;
         }
@@ -734,7 +739,7 @@ impl<'a> Compiler<'a> {
         }
         let kind = self.build_kind(decl, &title, &mut attrs, ctx)?;
         let id = kind.id();
-        if let Some(&prev) = self.by_id.get(&id) {
+        if let Some(prev) = self.by_id.get(&id.0, |j| id_key(&self.insts, j)) {
             return Err(Error::at(
                 ErrorKind::Duplicate,
                 &decl.span,
@@ -747,7 +752,7 @@ impl<'a> Compiler<'a> {
             ));
         }
         if let Some(path) = kind.fs_path()
-            && let Some(&prev) = self.by_path.get(path)
+            && let Some(prev) = self.by_path.get(path, |j| path_key(&self.insts, j))
         {
             return Err(Error::at(
                 ErrorKind::Duplicate,
@@ -809,10 +814,8 @@ impl<'a> Compiler<'a> {
         for (slot, inherited) in self.scope.refs.iter().enumerate() {
             refs[slot].extend(inherited.iter().cloned());
         }
-        self.by_id.insert(id.clone(), self.insts.len());
-        if let Some(path) = kind.fs_path() {
-            self.by_path.insert(path.to_owned(), self.insts.len());
-        }
+        let at = self.insts.len();
+        let fs = kind.fs_path().is_some();
         self.insts.push(Inst {
             id,
             kind,
@@ -823,6 +826,13 @@ impl<'a> Compiler<'a> {
             tags,
             noop: decl.noop || self.scope.noop,
         });
+        // Indexed by position: the tables hold no copy of the id or path.
+        let insts = &self.insts;
+        self.by_id.insert(&insts[at].id.0, at, |j| id_key(insts, j));
+        if fs {
+            self.by_path
+                .insert(path_key(insts, at), at, |j| path_key(insts, j));
+        }
         Ok(())
     }
 
@@ -1054,16 +1064,19 @@ impl<'a> Compiler<'a> {
             ));
         }
         let id = ResourceId::new(k, t);
-        self.by_id.get(&id).map(|&j| vec![j]).ok_or_else(|| {
-            Error::at(
-                ErrorKind::Reference,
-                span,
-                format!(
-                    "{} refers to {id}, which is not declared for this node",
-                    self.insts[from].id
-                ),
-            )
-        })
+        self.by_id
+            .get(&id.0, |j| id_key(&self.insts, j))
+            .map(|j| vec![j])
+            .ok_or_else(|| {
+                Error::at(
+                    ErrorKind::Reference,
+                    span,
+                    format!(
+                        "{} refers to {id}, which is not declared for this node",
+                        self.insts[from].id
+                    ),
+                )
+            })
     }
 
     fn finish(self, code_version: String) -> Result<Catalog> {
@@ -1188,7 +1201,10 @@ impl<'a> Compiler<'a> {
     /// service after the package of the same name and the packages of its
     /// profile.
     fn autorequire(&self, deps: &mut [BTreeSet<usize>]) {
-        let id = |k: &str, t: &str| self.by_id.get(&ResourceId::new(k, t)).copied();
+        let id = |k: &str, t: &str| {
+            self.by_id
+                .get(&ResourceId::new(k, t).0, |j| id_key(&self.insts, j))
+        };
         let mut packages: HashMap<&str, Vec<usize>> = HashMap::new();
         for (j, inst) in self.insts.iter().enumerate() {
             if matches!(inst.kind, Kind::Package { .. }) {
@@ -1252,7 +1268,7 @@ impl<'a> Compiler<'a> {
         let mut p = std::path::Path::new(path).parent();
         while let Some(dir) = p {
             let s = dir.to_str()?;
-            if let Some(&j) = self.by_path.get(s)
+            if let Some(j) = self.by_path.get(s, |j| path_key(&self.insts, j))
                 && matches!(self.insts[j].kind, Kind::Directory { .. })
             {
                 return Some(j);
@@ -1341,6 +1357,43 @@ impl<'a> Attrs<'a> {
     fn contains_key(&self, k: &str) -> bool {
         self.get(k).is_some()
     }
+}
+
+/// A map from a key every resource has (its id, its path) to its position
+/// in `Compiler::insts`, holding only positions: the key is read from the
+/// resource itself (`key_of`), so declaring a resource copies neither its
+/// id nor its path into a table. SipHash with a random key, as `HashMap`
+/// (titles can come from facts).
+#[derive(Default)]
+struct PosIndex {
+    state: std::hash::RandomState,
+    table: hashbrown::HashTable<usize>,
+}
+
+impl PosIndex {
+    fn get<'k>(&self, key: &str, key_of: impl Fn(usize) -> &'k str) -> Option<usize> {
+        let h = self.state.hash_one(key);
+        self.table.find(h, |&j| key_of(j) == key).copied()
+    }
+    /// Adds `at` (whose key is `key`, not yet in the index).
+    fn insert<'k>(&mut self, key: &str, at: usize, key_of: impl Fn(usize) -> &'k str) {
+        let h = self.state.hash_one(key);
+        let state = &self.state;
+        self.table
+            .insert_unique(h, at, |&j| state.hash_one(key_of(j)));
+    }
+    fn reserve<'k>(&mut self, n: usize, key_of: impl Fn(usize) -> &'k str) {
+        let state = &self.state;
+        self.table.reserve(n, |&j| state.hash_one(key_of(j)));
+    }
+}
+
+fn id_key(insts: &[Inst], j: usize) -> &str {
+    &insts[j].id.0
+}
+
+fn path_key(insts: &[Inst], j: usize) -> &str {
+    insts[j].kind.fs_path().unwrap_or_default()
 }
 
 /// A catalog's file bodies while it is compiled: each distinct body once,
