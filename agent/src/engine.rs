@@ -6,7 +6,9 @@
 //!   visited once, after all its notifiers, so it refreshes at most once.
 //! - File writes are staged and committed in batches before any resource
 //!   that is not a plain file/directory, every
-//!   [`MAX_BATCH_FILES`](providers::MAX_BATCH_FILES) files, and at the end.
+//!   [`MAX_BATCH_FILES`](providers::MAX_BATCH_FILES) files, and at the end
+//!   ([`Ctx::finish`]: one `syncfs` per batch before its renames, one after
+//!   the last).
 //! - With tags (`run --tags`), only resources carrying one of them are
 //!   converged and reported; as in Puppet, what they depend on is not
 //!   applied unless tagged too, and does not block them.
@@ -167,12 +169,12 @@ pub fn converge_tagged(
         };
         reports.push(rep);
         if ctx.staged.len() >= providers::MAX_BATCH_FILES {
-            for (j, msg) in ctx.commit() {
+            for (j, msg) in ctx.commit_batch() {
                 fail_late(&mut reports, &mut bad, &slot, j, msg);
             }
         }
     }
-    for (j, msg) in ctx.commit() {
+    for (j, msg) in ctx.finish() {
         fail_late(&mut reports, &mut bad, &slot, j, msg);
     }
     reports

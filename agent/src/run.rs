@@ -99,7 +99,7 @@ pub struct Args {
     /// Restore every file this run changed when any resource fails.
     #[arg(long)]
     pub rollback_on_failure: bool,
-    /// Reports (and rollback journals) kept in the state database.
+    /// Reports (and rollback journals) kept in the state directory.
     #[arg(long, default_value_t = 100)]
     pub keep_reports: usize,
     /// Local package files (NAME_VERSION_ARCH.deb / NAME-VERSION.ARCH.rpm) to
@@ -470,7 +470,7 @@ pub fn run_once(
     st.save_run(&report, &changes, queue, args.keep_reports)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "report stored");
     if let Some(sink) = sink {
-        deliver(&st, sink);
+        deliver(&st, sink, &report);
     }
     write_summary(&args.state, &report, &source.describe())?;
     print_report(&report, args.output);
@@ -479,14 +479,22 @@ pub fn run_once(
 }
 
 /// Sends queued reports, oldest first, stopping at the first failure.
-fn deliver(st: &State, sink: &mut dyn ReportSink) {
+/// `current` is this run's report, already in memory: it is not read back.
+fn deliver(st: &State, sink: &mut dyn ReportSink, current: &Report) {
     let Ok(ids) = st.unsent() else { return };
     for id in ids {
-        let Ok(Some(r)) = st.report(&id) else {
-            let _ = st.mark_sent(&id);
-            continue;
+        let stored;
+        let r = if id == current.run_id {
+            current
+        } else {
+            let Ok(Some(r)) = st.report(&id) else {
+                let _ = st.mark_sent(&id);
+                continue;
+            };
+            stored = r;
+            &stored
         };
-        match sink.send(&r) {
+        match sink.send(r) {
             Ok(()) => {
                 let _ = st.mark_sent(&id);
             }

@@ -1,14 +1,28 @@
 //! The agent's state directory (`--state DIR`):
 //!
 //! ```text
-//! DIR/agent.redb            the cached catalog's hash, reports, rollback journals (and how
-//!                           many refer to each bucket blob), unsent-report queue
+//! DIR/agent.redb            the cached catalog's hash, the stored runs (each run id names
+//!                           its report and rollback journal files), how many journals
+//!                           refer to each bucket blob, unsent-report queue
+//! DIR/runs/ID.NONCE.report.json   a run's report (JSON)
+//! DIR/runs/ID.NONCE.journal.json  its rollback journal (JSON; only when it changed files)
 //! DIR/catalog.json          the last good catalog (canonical JSON; written atomically)
 //! DIR/agent.lock            flock held during a run (released by the kernel on a crash)
 //! DIR/disabled              present = runs are disabled; JSON {reason, since}
 //! DIR/last_run_summary.json small summary of the last run, for monitoring
 //! DIR/bucket/ab/<sha256>    file bucket: old contents of changed files (rollback)
 //! ```
+//!
+//! Reports and journals are files, not database values: redb holds a value
+//! in one page rounded up to a power of two (a 1.5 MB report of 10,000
+//! resources took a 2 MB page, plus a copy of the leaf of the previous one),
+//! where a file is streamed through a 64 KB buffer. A run's files get new
+//! names (a random nonce) and are synced before the one database commit
+//! that names them, so the commit is the switch: a crash before it leaves
+//! the stored runs as they were (and unnamed files, swept), a crash after it
+//! leaves only the pruned runs' files behind (swept too). Values written by
+//! agents before `runs/` (the JSON itself, inline) are still read, and age
+//! out with retention.
 
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
@@ -32,6 +46,14 @@ const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("blob_refs");
 
 /// The cached catalog, in the state directory.
 pub const CATALOG_FILE: &str = "catalog.json";
+
+/// Reports and rollback journals, one file each, in the state directory.
+pub const RUNS_DIR: &str = "runs";
+
+/// redb's page cache for `agent.redb`: what it holds now (hashes, run ids
+/// and file names, blob counts) is small; redb's default (1 GiB) would
+/// keep every page a run read, e.g. the inline reports of older agents.
+const DB_CACHE_BYTES: usize = 4 << 20;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/troupe-agent";
@@ -87,7 +109,7 @@ impl State {
         create_private_dir(dir)?;
         let path = dir.join("agent.redb");
         let fresh = !path.exists();
-        let db = troupe_base::redb_file::create_db(&path)
+        let db = troupe_base::redb_file::create_db_with_cache(&path, DB_CACHE_BYTES)
             .map_err(db_err)
             .with_context(|| format!("cannot open {}", path.display()))?;
         if !fresh && Self::has_tables(&db) {
@@ -106,9 +128,10 @@ impl State {
             // A state directory from before BLOB_REFS (or one whose table
             // was lost): count the retained journals' blobs once.
             if refs.is_empty().map_err(db_err)? {
+                let runs = dir.join(RUNS_DIR);
                 for e in chg.iter().map_err(db_err)? {
                     let (_, v) = e.map_err(db_err)?;
-                    add_refs(&mut refs, blobs_of(v.value()).into_iter())?;
+                    add_refs(&mut refs, blobs_of(&runs, v.value()).into_iter())?;
                 }
             }
         }
@@ -208,9 +231,19 @@ impl State {
         Ok(())
     }
 
+    /// Where reports and journals are kept.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.dir.join(RUNS_DIR)
+    }
+
     /// Stores a report and its rollback journal; queues it for sending when
     /// `queue` is set; drops the oldest beyond `keep` (and bucket blobs no
     /// retained run refers to).
+    ///
+    /// The report and journal are streamed to new files in `runs/` and
+    /// synced, then one database transaction names them (replacing what
+    /// this run id named before) and prunes; the files nothing names any
+    /// more are removed after the commit.
     pub fn save_run(
         &self,
         report: &Report,
@@ -218,28 +251,84 @@ impl State {
         queue: bool,
         keep: usize,
     ) -> anyhow::Result<()> {
+        let id = report.run_id.as_str();
+        anyhow::ensure!(
+            is_run_id(id),
+            "run id {id:?} cannot name a file (letters, digits, '.', '_', '-')"
+        );
+        let runs = self.runs_dir();
+        create_private_dir(&runs)?;
+        let base = format!("{id}.{:016x}", fastrand::u64(..));
+        let report_file = format!("{base}{REPORT_SUFFIX}");
+        let journal_file = (!changes.is_empty()).then(|| format!("{base}{JOURNAL_SUFFIX}"));
+        let mut written: Vec<PathBuf> = Vec::new();
+        let res = (|| -> anyhow::Result<()> {
+            write_new_json(&runs, &report_file, report, &mut written)?;
+            if let Some(j) = &journal_file {
+                write_new_json(&runs, j, changes, &mut written)?;
+            }
+            File::open(&runs)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync {}", runs.display()))
+        })()
+        .and_then(|()| self.commit_run(report, changes, &report_file, &journal_file, queue, keep));
+        let orphans = match res {
+            Ok(o) => o,
+            Err(e) => {
+                for p in written {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        // After the commit: a crash before this point leaves the blobs (the
+        // post-crash sweep removes them), never a journal without its blob.
+        let bucket = self.bucket();
+        for sha in orphans {
+            if let Ok(p) = bucket.path(&sha) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        // The pruned (or replaced) runs' files, and any a killed run left.
+        self.sweep_runs()?;
+        Ok(())
+    }
+
+    /// The transaction of [`State::save_run`]: names the new files, prunes.
+    /// Returns the blobs no retained journal refers to any more.
+    fn commit_run(
+        &self,
+        report: &Report,
+        changes: &[FileChange],
+        report_file: &str,
+        journal_file: &Option<String>,
+        queue: bool,
+        keep: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let id = report.run_id.as_str();
+        let runs = self.runs_dir();
         let tx = self.db.begin_write().map_err(db_err)?;
-        // Blobs whose last retained journal was pruned here.
+        // Blobs whose last retained journal was pruned (or replaced) here.
         let mut orphans: Vec<String> = Vec::new();
         {
             let mut reports = tx.open_table(REPORTS).map_err(db_err)?;
             let mut chg = tx.open_table(CHANGES).map_err(db_err)?;
             let mut unsent = tx.open_table(UNSENT).map_err(db_err)?;
             let mut refs = tx.open_table(BLOB_REFS).map_err(db_err)?;
-            insert_json(&mut reports, report.run_id.as_str(), report)?;
-            if !changes.is_empty() {
+            reports.insert(id, report_file.as_bytes()).map_err(db_err)?;
+            if let Some(j) = journal_file {
                 let replaced = chg
-                    .remove(report.run_id.as_str())
+                    .remove(id)
                     .map_err(db_err)?
-                    .map(|v| blobs_of(v.value()));
+                    .map(|v| blobs_of(&runs, v.value()));
                 if let Some(old) = replaced {
                     orphans.extend(unref(&mut refs, old)?);
                 }
-                insert_json(&mut chg, report.run_id.as_str(), changes)?;
+                chg.insert(id, j.as_bytes()).map_err(db_err)?;
                 add_refs(&mut refs, blob_names(changes))?;
             }
             if queue {
-                unsent.insert(report.run_id.as_str(), ()).map_err(db_err)?;
+                unsent.insert(id, ()).map_err(db_err)?;
             }
             let keep = keep.max(1) as u64;
             while reports.len().map_err(db_err)? > keep {
@@ -251,7 +340,7 @@ impl State {
                 let pruned = chg
                     .remove(oldest.as_str())
                     .map_err(db_err)?
-                    .map(|v| blobs_of(v.value()));
+                    .map(|v| blobs_of(&runs, v.value()));
                 if let Some(blobs) = pruned {
                     orphans.extend(unref(&mut refs, blobs)?);
                 }
@@ -259,26 +348,90 @@ impl State {
             }
         }
         tx.commit().map_err(db_err)?;
-        // After the commit: a crash before this point leaves the blobs (the
-        // post-crash sweep removes them), never a journal without its blob.
-        let bucket = self.bucket();
-        for sha in orphans {
-            if let Ok(p) = bucket.path(&sha) {
-                let _ = std::fs::remove_file(p);
+        Ok(orphans)
+    }
+
+    /// Removes the files of `runs/` no stored run names: those of pruned or
+    /// replaced runs, and those a killed run wrote before its commit. Files
+    /// of other names are left alone. Returns how many were removed.
+    pub fn sweep_runs(&self) -> anyhow::Result<usize> {
+        let runs = self.runs_dir();
+        let rd = match std::fs::read_dir(&runs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", runs.display())),
+        };
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let reports = tx.open_table(REPORTS).map_err(db_err)?;
+        let chg = tx.open_table(CHANGES).map_err(db_err)?;
+        let mut removed = 0;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((id, table)) = run_file_id(name)
+                .map(|(id, is_report)| (id, if is_report { &reports } else { &chg }))
+            else {
+                continue;
+            };
+            let named = table
+                .get(id)
+                .map_err(db_err)?
+                .is_some_and(|v| v.value() == name.as_bytes());
+            if !named && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
             }
         }
-        Ok(())
+        Ok(removed)
+    }
+
+    /// The stored value of `run_id` in `table`, decoded: inline JSON (older
+    /// agents), or the file it names. A file pruned by a run that committed
+    /// after this read began is looked up again.
+    fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        run_id: &str,
+        what: &str,
+    ) -> anyhow::Result<Option<T>> {
+        for _ in 0..3 {
+            let name = {
+                let tx = self.db.begin_read().map_err(db_err)?;
+                let t = tx.open_table(table).map_err(db_err)?;
+                let Some(v) = t.get(run_id).map_err(db_err)? else {
+                    return Ok(None);
+                };
+                match stored(v.value()) {
+                    Stored::Inline(b) => {
+                        return serde_json::from_slice(b)
+                            .map(Some)
+                            .with_context(|| format!("stored {what} of run {run_id} is corrupt"));
+                    }
+                    Stored::File(Some(name)) => name.to_owned(),
+                    Stored::File(None) => anyhow::bail!(
+                        "stored {what} of run {run_id} names no valid file in {}",
+                        self.runs_dir().display()
+                    ),
+                }
+            };
+            let path = self.runs_dir().join(&name);
+            match File::open(&path) {
+                Ok(f) => {
+                    return serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, f))
+                        .map(Some)
+                        .with_context(|| format!("stored {what} {} is corrupt", path.display()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+        }
+        anyhow::bail!(
+            "the stored {what} of run {run_id} is missing from {}",
+            self.runs_dir().display()
+        )
     }
 
     pub fn report(&self, run_id: &str) -> anyhow::Result<Option<Report>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(REPORTS).map_err(db_err)?;
-        match t.get(run_id).map_err(db_err)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value()).context("stored report is corrupt")?,
-            )),
-            None => Ok(None),
-        }
+        self.load(REPORTS, run_id, "report")
     }
 
     /// Run ids of stored reports, oldest first.
@@ -295,18 +448,17 @@ impl State {
 
     /// The rollback journal of a run (`None`: unknown run).
     pub fn changes(&self, run_id: &str) -> anyhow::Result<Option<Vec<FileChange>>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let reports = tx.open_table(REPORTS).map_err(db_err)?;
-        if reports.get(run_id).map_err(db_err)?.is_none() {
-            return Ok(None);
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let reports = tx.open_table(REPORTS).map_err(db_err)?;
+            if reports.get(run_id).map_err(db_err)?.is_none() {
+                return Ok(None);
+            }
         }
-        let t = tx.open_table(CHANGES).map_err(db_err)?;
-        match t.get(run_id).map_err(db_err)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value()).context("stored rollback journal is corrupt")?,
-            )),
-            None => Ok(Some(Vec::new())),
-        }
+        Ok(Some(
+            self.load(CHANGES, run_id, "rollback journal")?
+                .unwrap_or_default(),
+        ))
     }
 
     /// Run ids of reports not yet delivered to the master, oldest first.
@@ -365,31 +517,74 @@ impl State {
     }
 }
 
-/// Stores `value` as JSON under `key`, encoded straight into the
-/// database's page (measured first): a big report is never also held as a
-/// separate buffer.
-fn insert_json<T: Serialize + ?Sized>(
-    table: &mut redb::Table<&'static str, &'static [u8]>,
-    key: &str,
-    value: &T,
-) -> anyhow::Result<()> {
-    struct Count(usize);
-    impl Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+const REPORT_SUFFIX: &str = ".report.json";
+const JOURNAL_SUFFIX: &str = ".journal.json";
+
+/// A run id that can start a file name (every id [`new_run_id`] makes).
+fn is_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `ID.NONCE.report.json` / `ID.NONCE.journal.json`: the run id, and
+/// whether it is a report (else a journal). `None` for other names.
+fn run_file_id(name: &str) -> Option<(&str, bool)> {
+    let (stem, is_report) = match name.strip_suffix(REPORT_SUFFIX) {
+        Some(s) => (s, true),
+        None => (name.strip_suffix(JOURNAL_SUFFIX)?, false),
+    };
+    let (id, nonce) = stem.rsplit_once('.')?;
+    (nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit()) && is_run_id(id))
+        .then_some((id, is_report))
+}
+
+/// Where a stored report or journal is.
+enum Stored<'a> {
+    /// The JSON itself (how agents before `runs/` stored it).
+    Inline(&'a [u8]),
+    /// The name of its file in `runs/` (`None`: not a valid one).
+    File(Option<&'a str>),
+}
+
+fn stored(v: &[u8]) -> Stored<'_> {
+    match v.first() {
+        // A report is a JSON object, a journal a JSON array; a file name
+        // starts with a run id.
+        Some(b'{' | b'[') => Stored::Inline(v),
+        _ => Stored::File(
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|n| run_file_id(n).is_some()),
+        ),
     }
-    let mut n = Count(0);
-    serde_json::to_writer(&mut n, value)?;
-    let mut slot = table.insert_reserve(key, n.0).map_err(db_err)?;
-    let mut buf: &mut [u8] = slot.as_mut();
-    serde_json::to_writer(&mut buf, value)?;
-    anyhow::ensure!(buf.is_empty(), "a value encoded to another length twice");
-    Ok(())
+}
+
+/// Streams `value` as JSON into the new file `dir/name` (0600) and syncs
+/// it; its path is pushed on `written` once it exists.
+fn write_new_json<T: Serialize + ?Sized>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+    written: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    written.push(path.clone());
+    let res = (|| -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+        serde_json::to_writer(&mut w, value)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_data()
+    })();
+    res.with_context(|| format!("cannot write {}", path.display()))
 }
 
 type RefTable<'t> = redb::Table<'t, &'static str, u64>;
@@ -440,10 +635,54 @@ fn blob_names(changes: &[FileChange]) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// The bucket blobs a stored rollback journal refers to.
-fn blobs_of(journal: &[u8]) -> Vec<String> {
-    let list: Vec<FileChange> = serde_json::from_slice(journal).unwrap_or_default();
-    blob_names(&list).collect()
+/// The bucket blobs a stored rollback journal refers to (its database
+/// value: inline JSON, or the name of its file in `runs`). Read as a
+/// stream keeping only the hashes; a journal that cannot be read names
+/// none (its blobs stay counted: kept, never lost).
+fn blobs_of(runs: &Path, stored_value: &[u8]) -> Vec<String> {
+    let blobs: Result<Blobs, _> = match stored(stored_value) {
+        Stored::Inline(b) => serde_json::from_slice(b).map_err(|_| ()),
+        Stored::File(Some(name)) => File::open(runs.join(name)).map_err(|_| ()).and_then(|f| {
+            serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, f)).map_err(|_| ())
+        }),
+        Stored::File(None) => Err(()),
+    };
+    blobs.map(|b| b.0).unwrap_or_default()
+}
+
+/// A journal's blob hashes, decoded without the rest of each change.
+struct Blobs(Vec<String>);
+
+impl<'de> Deserialize<'de> for Blobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Change {
+            before: BeforeHash,
+        }
+        #[derive(Deserialize)]
+        struct BeforeHash {
+            #[serde(default)]
+            sha256: Option<String>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a rollback journal (array of changes)")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<String>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(c) = seq.next_element::<Change>()? {
+                    out.extend(c.before.sha256);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V).map(Blobs)
+    }
 }
 
 impl Bucket {
@@ -781,6 +1020,192 @@ mod tests {
         st.save_run(&report("r4"), &[], false, 2).unwrap();
         assert!(!b.path(&a).unwrap().exists());
         assert!(!b.path(&c).unwrap().exists());
+    }
+
+    fn run_files(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d.join(RUNS_DIR))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn with_resource(id: &str) -> Report {
+        let mut r = report(id);
+        r.resources.push(troupe_catalog::report::ResourceReport {
+            id: troupe_catalog::ResourceId::new("file", "/etc/motd"),
+            status: troupe_catalog::report::Status::Changed,
+            events: vec!["content changed".into()],
+            diff: None,
+            refreshed: false,
+            duration_ms: 3,
+        });
+        r
+    }
+
+    #[test]
+    fn reports_and_journals_are_files_the_database_names() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        let a = st.bucket().put(b"old a").unwrap();
+        let r1 = with_resource("r1");
+        st.save_run(&r1, &[kept(&a)], true, 2).unwrap();
+        st.save_run(&report("r2"), &[], false, 2).unwrap();
+        let files = run_files(d.path());
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(
+            files
+                .iter()
+                .all(|f| f.starts_with("r1.") || f.starts_with("r2."))
+        );
+        assert_eq!(st.report("r1").unwrap(), Some(r1));
+        assert_eq!(st.changes("r1").unwrap(), Some(vec![kept(&a)]));
+        assert_eq!(st.changes("r2").unwrap(), Some(vec![]));
+        assert_eq!(st.report("r9").unwrap(), None);
+        assert_eq!(st.changes("r9").unwrap(), None);
+        assert_eq!(st.unsent().unwrap(), ["r1"]);
+        // Each file is what the database names, and private.
+        let tx = st.db.begin_read().unwrap();
+        let t = tx.open_table(REPORTS).unwrap();
+        let name = String::from_utf8(t.get("r1").unwrap().unwrap().value().to_vec()).unwrap();
+        drop((t, tx));
+        assert!(files.contains(&name), "{name} in {files:?}");
+        let meta = std::fs::metadata(d.path().join(RUNS_DIR).join(&name)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        // Pruning r1 removes its two files and its blob.
+        st.save_run(&report("r3"), &[], false, 2).unwrap();
+        assert_eq!(st.run_ids().unwrap(), ["r2", "r3"]);
+        let files = run_files(d.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(!files.iter().any(|f| f.starts_with("r1.")));
+        assert!(!st.bucket().path(&a).unwrap().exists());
+        assert!(st.unsent().unwrap().is_empty());
+        // A run id that cannot name a file is refused, and nothing is stored.
+        assert!(st.save_run(&report("../x"), &[], false, 2).is_err());
+        assert_eq!(st.run_ids().unwrap(), ["r2", "r3"]);
+        assert_eq!(run_files(d.path()).len(), 2);
+    }
+
+    #[test]
+    fn a_crash_on_either_side_of_the_commit_keeps_the_stored_runs_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        let a = st.bucket().put(b"old a").unwrap();
+        let r1 = with_resource("r1");
+        st.save_run(&r1, &[kept(&a)], false, 1).unwrap();
+        let before = run_files(d.path());
+        // Killed after writing r2's files, before the commit: r1 is still
+        // the stored run, whole, and r2's files are swept.
+        let runs = st.runs_dir();
+        let mut written = Vec::new();
+        let r2 = with_resource("r2");
+        write_new_json(&runs, "r2.00000000000000aa.report.json", &r2, &mut written).unwrap();
+        write_new_json(
+            &runs,
+            "r2.00000000000000aa.journal.json",
+            &[kept(&a)],
+            &mut written,
+        )
+        .unwrap();
+        // A half-written file (killed mid-write) is swept too.
+        std::fs::write(runs.join("r2.00000000000000bb.report.json"), "{\"run_id\":").unwrap();
+        // Files of other names are not the agent's to remove.
+        std::fs::write(runs.join("notes.txt"), "mine").unwrap();
+        drop(st);
+        let st = State::open(d.path()).unwrap();
+        assert_eq!(st.run_ids().unwrap(), ["r1"]);
+        assert_eq!(st.report("r1").unwrap(), Some(r1.clone()));
+        assert_eq!(st.changes("r1").unwrap(), Some(vec![kept(&a)]));
+        assert_eq!(st.report("r2").unwrap(), None);
+        assert_eq!(st.sweep_runs().unwrap(), 3);
+        let mut expect = before.clone();
+        expect.push("notes.txt".into());
+        expect.sort();
+        assert_eq!(run_files(d.path()), expect);
+        // Killed after the commit that pruned r1, before its files were
+        // removed: r2 is whole, r1 is gone, and its files are swept.
+        let (rf, jf) = (
+            "r2.00000000000000cc.report.json",
+            "r2.00000000000000cc.journal.json",
+        );
+        let mut written = Vec::new();
+        write_new_json(&runs, rf, &r2, &mut written).unwrap();
+        write_new_json(&runs, jf, &[kept(&a)], &mut written).unwrap();
+        let orphans = st
+            .commit_run(&r2, &[kept(&a)], rf, &Some(jf.into()), false, 1)
+            .unwrap();
+        assert!(orphans.is_empty(), "r2 still refers to the blob");
+        assert_eq!(st.run_ids().unwrap(), ["r2"]);
+        assert_eq!(st.report("r2").unwrap(), Some(r2));
+        assert_eq!(st.report("r1").unwrap(), None);
+        assert_eq!(st.sweep_runs().unwrap(), 2);
+        let mut expect = vec![rf.to_string(), jf.to_string(), "notes.txt".into()];
+        expect.sort();
+        assert_eq!(run_files(d.path()), expect);
+        assert!(st.bucket().path(&a).unwrap().exists());
+    }
+
+    #[test]
+    fn runs_stored_inline_by_an_older_agent_are_read_and_age_out() {
+        let d = tempfile::tempdir().unwrap();
+        let st = State::open(d.path()).unwrap();
+        let b = st.bucket();
+        let a = b.put(b"old a").unwrap();
+        let c = b.put(b"old c").unwrap();
+        let old = with_resource("20261101T000000.000000Z-00000001");
+        let journal = vec![kept(&a), kept(&c)];
+        // What the previous agent's save_run left: the JSON as the value.
+        {
+            let tx = st.db.begin_write().unwrap();
+            {
+                let mut r = tx.open_table(REPORTS).unwrap();
+                let mut j = tx.open_table(CHANGES).unwrap();
+                let mut refs = tx.open_table(BLOB_REFS).unwrap();
+                let id = old.run_id.as_str();
+                r.insert(id, serde_json::to_vec(&old).unwrap().as_slice())
+                    .unwrap();
+                j.insert(id, serde_json::to_vec(&journal).unwrap().as_slice())
+                    .unwrap();
+                add_refs(&mut refs, blob_names(&journal)).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        drop(st);
+        let st = State::open(d.path()).unwrap();
+        assert_eq!(st.report(&old.run_id).unwrap(), Some(old.clone()));
+        assert_eq!(st.changes(&old.run_id).unwrap(), Some(journal.clone()));
+        // A new run next to it: a file; the old one is read as before.
+        let new = with_resource("20261102T000000.000000Z-00000002");
+        st.save_run(&new, &[kept(&c)], false, 2).unwrap();
+        assert_eq!(
+            st.run_ids().unwrap(),
+            [old.run_id.clone(), new.run_id.clone()]
+        );
+        assert_eq!(st.report(&old.run_id).unwrap(), Some(old));
+        assert_eq!(st.changes(&new.run_id).unwrap(), Some(vec![kept(&c)]));
+        // Pruning the inline run frees the blob only it referred to.
+        st.save_run(&report("20261103T000000.000000Z-00000003"), &[], false, 2)
+            .unwrap();
+        assert!(!b.path(&a).unwrap().exists());
+        assert!(b.path(&c).unwrap().exists());
+        // A value naming no valid file is an error, never a path.
+        {
+            let tx = st.db.begin_write().unwrap();
+            tx.open_table(REPORTS)
+                .unwrap()
+                .insert("bad", b"../../etc/passwd".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let e = st.report("bad").unwrap_err().to_string();
+        assert!(e.contains("names no valid file"), "{e}");
     }
 
     #[test]

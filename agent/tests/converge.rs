@@ -833,3 +833,88 @@ fn a_relative_root_works_and_an_empty_root_says_what_to_create() {
         b"managed\n"
     );
 }
+
+/// A minimal POSIX ACL (`u::rwx g::--- o::---`) in the kernel's xattr form:
+/// version 2, then (tag, perm, id) entries.
+fn owner_only_acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(u32::MAX.to_le_bytes());
+    }
+    v
+}
+
+/// Files and directories are created with their final mode and no chmod
+/// only when nothing can change that mode: under a default ACL (which
+/// replaces the umask) and under a umask that masks bits of the mode, the
+/// mode is still exactly the catalog's, and a second run changes nothing.
+#[test]
+fn modes_are_exact_under_a_default_acl_and_a_strict_umask() {
+    let catalog = |c: &mut Catalog| {
+        let a = file(c, "/acl/a.conf", b"a\n", 0o644);
+        c.resources.push(a);
+        c.resources.push(dir("/acl/sub", 0o755));
+        let mut b = file(c, "/acl/sub/b.conf", b"b\n", 0o644);
+        b.requires.push(id("directory", "/acl/sub"));
+        c.resources.push(b);
+        let cf = file(c, "/acl/c.conf", b"c\n", 0o640);
+        c.resources.push(cf);
+    };
+    let check = |env: &Env| {
+        assert_eq!(mode_of(&env.p("/acl/a.conf")), 0o644);
+        assert_eq!(mode_of(&env.p("/acl/sub")), 0o755);
+        assert_eq!(mode_of(&env.p("/acl/sub/b.conf")), 0o644);
+        assert_eq!(mode_of(&env.p("/acl/c.conf")), 0o640);
+        assert_eq!(std::fs::read(env.p("/acl/sub/b.conf")).unwrap(), b"b\n");
+    };
+    // A default ACL on the parent: what open(2) would give is 0600.
+    let env = Env::new();
+    std::fs::create_dir(env.p("/acl")).unwrap();
+    rustix::fs::setxattr(
+        env.p("/acl"),
+        "system.posix_acl_default",
+        &owner_only_acl(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("this file system takes POSIX ACLs");
+    let probe = env.p("/acl/probe");
+    std::fs::File::create(&probe).unwrap();
+    assert_eq!(mode_of(&probe), 0o600, "the default ACL applies");
+    std::fs::remove_file(&probe).unwrap();
+    let mut c = new_catalog();
+    catalog(&mut c);
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{r:?}");
+    check(&env);
+    let (code, r, _) = env.run(&c, &[]);
+    assert_eq!(code, 0, "{r:?}");
+    assert!(all_unchanged(&r));
+    // umask 077: what open(2) and mkdir(2) would give is 0600 and 0700.
+    let env = Env::new();
+    std::fs::create_dir(env.p("/acl")).unwrap();
+    let cat = env.write_catalog(&c);
+    let run = || {
+        let agent = env.command(&[
+            "run",
+            "--once",
+            "--output",
+            "json",
+            "--catalog",
+            cat.to_str().unwrap(),
+        ]);
+        let mut argv = vec![agent.get_program().to_owned()];
+        argv.extend(agent.get_args().map(|a| a.to_owned()));
+        std::process::Command::new("sh")
+            .args(["-c", "umask 077; exec \"$0\" \"$@\""])
+            .args(argv)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    check(&env);
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

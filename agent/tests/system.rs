@@ -385,6 +385,98 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
     assert!(creating.is_empty(), "{creating:?}");
 }
 
+/// The same catalog over files that already hold other content: a run
+/// killed at any point (writing temp files, syncing, renaming, between
+/// batches) leaves every file either its old content or its whole new one,
+/// with its mode; the next run finishes the job.
+#[test]
+fn kill_9_mid_batch_leaves_each_file_old_or_whole_new() {
+    let env = Env::new();
+    let mut c = new_catalog();
+    c.resources.push(dir("/data", 0o755));
+    let mut expect = vec![];
+    for i in 0..400 {
+        let body = format!("file {i}\n").into_bytes();
+        let path = format!("/data/f{i:05}.txt");
+        let mut f = file(&mut c, &path, &body, 0o644);
+        f.requires.push(id("directory", "/data"));
+        c.resources.push(f);
+        expect.push((env.p(&path), body));
+        if i % 100 == 99 {
+            // A commit point, with a pause.
+            let marker = format!("/data/pause{i}");
+            let script = format!("sleep 0.05; : > \"{marker}\"");
+            let mut e = exec(&format!("pause{i}"), &["/bin/sh", "-c", &script]);
+            if let Kind::Exec { creates, .. } = &mut e.kind {
+                *creates = Some(marker);
+            }
+            c.resources.push(e);
+        }
+    }
+    let cat = env.write_catalog(&c);
+    let old = |i: usize| format!("old {i}\n").into_bytes();
+    std::fs::create_dir(env.p("/data")).unwrap();
+    for (i, (p, _)) in expect.iter().enumerate() {
+        std::fs::write(p, old(i)).unwrap();
+    }
+    let (mut killed_mid_run, mut mixed) = (0, 0);
+    let t = std::time::Instant::now();
+    // Later and later, until a kill lands after some renames (old and new
+    // files side by side): how late depends on the build and the load.
+    let mut delay_ms = 100u64;
+    while mixed == 0 && delay_ms < 20_000 {
+        delay_ms = delay_ms * 8 / 5;
+        let mut child = env
+            .command(&[
+                "run",
+                "--once",
+                "--output",
+                "quiet",
+                "--catalog",
+                cat.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        if child.wait().unwrap().code().is_none() {
+            killed_mid_run += 1;
+        }
+        let mut new = 0;
+        for (i, (p, body)) in expect.iter().enumerate() {
+            let b = std::fs::read(p).unwrap();
+            if &b == body {
+                new += 1;
+                assert_eq!(mode_of(p), 0o644, "{}", p.display());
+            } else {
+                assert_eq!(
+                    b,
+                    old(i),
+                    "neither old nor new: {} after kill at {delay_ms} ms",
+                    p.display()
+                );
+            }
+        }
+        eprintln!("kill at {delay_ms} ms: {new} of {} files new", expect.len());
+        if new > 0 && new < expect.len() {
+            mixed += 1;
+        }
+    }
+    assert!(killed_mid_run > 0, "no run was killed while running");
+    assert!(
+        mixed > 0,
+        "no kill landed between the first and the last rename"
+    );
+    eprintln!("kills took {:?}", t.elapsed());
+    let (code, r, _) = env.run(&c, &[]);
+    assert!(code == 2 || code == 0, "{code}");
+    assert!(r.resources.iter().all(|x| x.status != Status::Failed));
+    for (p, body) in &expect {
+        assert_eq!(&std::fs::read(p).unwrap(), body);
+    }
+    eprintln!("and the run after them {:?}", t.elapsed());
+}
+
 /// What a `kill -9` during redb's creation of `agent.redb` (the very first
 /// run) left before the fix: the grown file, the header without redb's
 /// magic number (written last), zeros after. Every later run refused it

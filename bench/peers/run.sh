@@ -5,6 +5,9 @@
 #
 #   bench/peers/run.sh                 install build gen troupe cfengine summary
 #   bench/peers/run.sh gen troupe      only some phases
+#   bench/peers/run.sh gen alternate   first runs only, troupe and cf-agent alternated run
+#                                      by run (first_alt.py: min/median/max, CPU, worst ratio);
+#                                      OLD_BIN=/path/to/troupe-agent adds it as a third tool
 #
 # Knobs (env): SIZES="100 1000" RUNS=10 BASE=/tmp/cmbench RES=$BASE/results-troupe
 #   PEERS=<dir of the shared harness>  (default: ../shared/bench/peers next to the repo)
@@ -136,6 +139,16 @@ json.dump({"format": 1, "node": "bench.example", "environment": "production",
            "code_version": "empty", "resources": [], "contents": {}}, open(sys.argv[1], "w"))
 PY
   bench floor-troupe sync "$BIN run --once --output quiet --catalog $BASE/empty-catalog.json --state $BASE/troupe-state-empty"
+}
+phase_alternate() { # first runs only, troupe and cf-agent alternated run by run (first_alt.py)
+  local n extra
+  for n in $SIZES; do
+    extra=()
+    [ -n "${OLD_BIN:-}" ] && extra=("troupe-old=$OLD_BIN run --once --output quiet --catalog $BASE/g$n/troupe/catalog.json --state $BASE/troupe-old-state$n")
+    BASE=$BASE FIRST_PREP=$FIRST_PREP python3 "$HERE/first_alt.py" "$n" "$RUNS" "$RES" \
+      "troupe=$(cmd_for troupe "$n")" "cfengine=$(cmd_for cfengine "$n")" "${extra[@]}" \
+      | tee "$RES/first-alt-$n.md" | tee -a "$RES/run.log"
+  done
 }
 phase_summary() {
   { echo "versions: $("$BIN" --version); $(cf-agent --version 2>/dev/null | head -1); $(hyperfine --version)"

@@ -268,7 +268,7 @@ fn write_crontab(
     let fname = p.file_name().context("crontab name")?;
     let tmp = dir.join(format!(".{}.troupe-new", fname.to_string_lossy()));
     let _ = std::fs::remove_file(&tmp);
-    super::file::write_temp(&tmp, bytes, uid, gid, 0o600)
+    super::file::write_temp(&tmp, bytes, uid, gid, 0o600, false)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let synced = std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())

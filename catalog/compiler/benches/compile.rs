@@ -185,12 +185,19 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
 }
 
-/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`):
-/// finer than [`cpu_seconds`] (USER_HZ ticks), and also immune to time
-/// spent waiting for a core.
+/// Nanoseconds this thread has run on a CPU (`CLOCK_THREAD_CPUTIME_ID`):
+/// immune to time spent waiting for a core on a loaded machine, and exact
+/// (`/proc/thread-self/schedstat`, used before, is only brought up to date
+/// at a scheduler tick: a 2 ms compile read as 0 or 4 ms).
 fn thread_cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that outlives the call;
+    // clock_gettime only writes it and has no other effect.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn facts() -> serde_json::Value {

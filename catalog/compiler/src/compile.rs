@@ -12,8 +12,9 @@ use crate::tree::{
 };
 use minijinja::Value;
 use serde_json::Value as J;
+use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use troupe_catalog::{
     Catalog, Ensure, Kind, Membership, PackageEnsure, Resource, ResourceId, ServiceState,
@@ -377,7 +378,7 @@ struct Inst {
     id: ResourceId,
     kind: Kind,
     span: Span,
-    profile: String,
+    profile: Arc<str>,
     sensitive: bool,
     refs: [Vec<(String, Span)>; 4], // require, before, notify, subscribe
     tags: Vec<String>,
@@ -395,6 +396,11 @@ struct Compiler<'a> {
     /// Path of each file, directory and symlink -> its index in `insts`.
     by_path: HashMap<String, usize>,
     catalog: Catalog,
+    /// File bodies by raw SHA-256, in first-use order; sorted into
+    /// `catalog.contents` at the end (inserting into that map of hex
+    /// strings as they come costs a walk of the tree per body, which
+    /// misses the CPU caches once a catalog is big).
+    contents: Contents,
     /// What the resources being declared inherit (profile tags; inside a
     /// defined type's instance, its tags, relationships and sensitivity).
     scope: instances::Scope,
@@ -423,6 +429,7 @@ impl<'a> Compiler<'a> {
             by_id: HashMap::new(),
             by_path: HashMap::new(),
             catalog: Catalog::new(&class.certname, &class.environment, ""),
+            contents: Contents::default(),
             scope: instances::Scope::default(),
             instances: HashMap::new(),
         })
@@ -547,14 +554,21 @@ impl<'a> Compiler<'a> {
             (params.as_ref().map(|(p, _)| p.clone()), span.clone()),
         );
         let ctx = self.profile_context(name, prof, params.map(|(p, _)| p), span)?;
+        // Room for the profile's resources (a for_each may add more):
+        // growing these while declaring copies them and leaves freed blocks
+        // glibc consolidates later.
         self.insts.reserve(prof.resources.len());
+        self.by_id.reserve(prof.resources.len());
+        self.by_path.reserve(prof.resources.len());
         for inc in &prof.includes {
             self.include_decl(inc, &ctx)?;
         }
         let own = instances::Scope::profile(&prof.tags, self.scope.depth);
         let outer = std::mem::replace(&mut self.scope, own);
+        // One copy of the name, shared by the profile's resources.
+        let name: Arc<str> = Arc::from(name);
         for decl in &prof.resources {
-            self.declare(name, decl, &ctx)?;
+            self.declare(&name, decl, &ctx)?;
         }
         self.scope = outer;
         Ok(())
@@ -637,7 +651,7 @@ impl<'a> Compiler<'a> {
         Ok(minijinja::context! { params => to_mj(&J::Object(params)), ..self.base.clone() })
     }
 
-    fn declare(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
+    fn declare(&mut self, profile: &Arc<str>, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
         match &decl.for_each {
             None => self.declare_one(profile, decl, ctx),
             Some(fe) => {
@@ -692,7 +706,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn declare_one(&mut self, profile: &str, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
+    fn declare_one(&mut self, profile: &Arc<str>, decl: &ResourceDecl, ctx: &Value) -> Result<()> {
         if let Some(w) = &decl.when {
             let v = self.eval_expr(w.as_str().unwrap_or(""), ctx, &w.span, &"when")?;
             if !v.is_true() {
@@ -774,7 +788,9 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let mut tags = vec![self.class.role.clone(), profile.to_owned()];
+        let mut tags = Vec::with_capacity(2 + self.scope.tags.len() + decl.tags.len());
+        tags.push(self.class.role.clone());
+        tags.push(profile.to_string());
         for t in &self.scope.tags {
             if !tags.contains(t) {
                 tags.push(t.clone());
@@ -801,7 +817,7 @@ impl<'a> Compiler<'a> {
             id,
             kind,
             span: decl.span.clone(),
-            profile: profile.to_owned(),
+            profile: profile.clone(),
             sensitive: decl.sensitive || self.scope.sensitive,
             refs,
             tags,
@@ -881,7 +897,7 @@ impl<'a> Compiler<'a> {
                     }
                     None
                 };
-                let content = content.map(|b| add_content_owned(&mut self.catalog, b));
+                let content = content.map(|b| self.contents.add(b));
                 Kind::File {
                     path,
                     ensure: g.ensure(a.get("ensure"), &["present", "absent", "file"])?,
@@ -1092,20 +1108,33 @@ impl<'a> Compiler<'a> {
             pos[i] = p;
         }
         let secrets = self.data.plaintexts();
-        // Ids by index, for edges.
-        let ids: Vec<ResourceId> = self.insts.iter().map(|i| i.id.clone()).collect();
         let mut insts: Vec<Option<Inst>> = self.insts.into_iter().map(Some).collect();
         let mut catalog = self.catalog;
         catalog.code_version = code_version;
+        catalog.contents = self.contents.into_map();
         catalog.resources.reserve(n);
+        // Notify targets come later in the order: their ids are filled in
+        // once every resource is placed (positions, by resource position).
+        let mut later: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut req: Vec<usize> = Vec::new();
         for &i in &order {
             let Some(inst) = insts[i].take() else {
                 continue;
             };
-            let mut req: Vec<usize> = deps[i].iter().copied().collect();
-            req.sort_by_key(|&j| pos[j]);
-            let mut nt: Vec<usize> = notify[i].iter().copied().collect();
-            nt.sort_by_key(|&j| pos[j]);
+            // What a resource requires is placed before it: its id is
+            // copied from the catalog being built (no table of every id).
+            req.clear();
+            req.extend(deps[i].iter().map(|&j| pos[j]));
+            req.sort_unstable();
+            let requires: Vec<ResourceId> = req
+                .iter()
+                .map(|&p| catalog.resources[p].id.clone())
+                .collect();
+            if !notify[i].is_empty() {
+                let mut nt: Vec<usize> = notify[i].iter().map(|&j| pos[j]).collect();
+                nt.sort_unstable();
+                later.push((catalog.resources.len(), nt));
+            }
             let mut sensitive = inst.sensitive;
             if !sensitive && !secrets.is_empty() {
                 let text = serde_json::to_string(&inst.kind).unwrap_or_default();
@@ -1127,13 +1156,20 @@ impl<'a> Compiler<'a> {
             catalog.resources.push(Resource {
                 id: inst.id,
                 kind: inst.kind,
-                requires: req.into_iter().map(|j| ids[j].clone()).collect(),
-                notify: nt.into_iter().map(|j| ids[j].clone()).collect(),
+                requires,
+                notify: Vec::new(),
                 sensitive,
                 source: Some(inst.span.location()),
                 tags: inst.tags,
                 noop: inst.noop,
             });
+        }
+        for (at, nt) in later {
+            let ids = nt
+                .iter()
+                .map(|&p| catalog.resources[p].id.clone())
+                .collect();
+            catalog.resources[at].notify = ids;
         }
         // The agent validates every catalog it receives; here it is a
         // self-check in debug builds (so in every test).
@@ -1156,7 +1192,7 @@ impl<'a> Compiler<'a> {
         let mut packages: HashMap<&str, Vec<usize>> = HashMap::new();
         for (j, inst) in self.insts.iter().enumerate() {
             if matches!(inst.kind, Kind::Package { .. }) {
-                packages.entry(inst.profile.as_str()).or_default().push(j);
+                packages.entry(&*inst.profile).or_default().push(j);
             }
         }
         for (i, inst) in self.insts.iter().enumerate() {
@@ -1200,7 +1236,7 @@ impl<'a> Compiler<'a> {
                 }
                 Kind::Service { name, .. } => {
                     add(id("package", name), deps);
-                    for &j in packages.get(inst.profile.as_str()).into_iter().flatten() {
+                    for &j in packages.get(&*inst.profile).into_iter().flatten() {
                         add(Some(j), deps);
                     }
                 }
@@ -1209,11 +1245,16 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// The nearest ancestor of `path` the catalog manages as a directory
+    /// (a path holds at most one file, directory or symlink, so the path
+    /// index finds it without building an id per level).
     fn parent_dir(&self, path: &str) -> Option<usize> {
         let mut p = std::path::Path::new(path).parent();
         while let Some(dir) = p {
             let s = dir.to_str()?;
-            if let Some(&j) = self.by_id.get(&ResourceId::new("directory", s)) {
+            if let Some(&j) = self.by_path.get(s)
+                && matches!(self.insts[j].kind, Kind::Directory { .. })
+            {
                 return Some(j);
             }
             p = dir.parent();
@@ -1302,17 +1343,52 @@ impl<'a> Attrs<'a> {
     }
 }
 
-/// Like [`Catalog::add_content`], without copying the body again.
-fn add_content_owned(cat: &mut Catalog, bytes: Vec<u8>) -> troupe_catalog::ContentRef {
-    let sha256 = troupe_catalog::sha256_hex(&bytes);
-    let size = bytes.len() as u64;
-    cat.contents
-        .entry(sha256.clone())
-        .or_insert_with(|| match String::from_utf8(bytes) {
-            Ok(s) => troupe_catalog::Blob::Utf8(s),
-            Err(e) => troupe_catalog::Blob::from_bytes(e.as_bytes()),
-        });
-    troupe_catalog::ContentRef { sha256, size }
+/// A catalog's file bodies while it is compiled: each distinct body once,
+/// keyed by its raw digest (32 bytes inline: no string to follow when
+/// looking one up).
+#[derive(Default)]
+struct Contents {
+    seen: HashSet<[u8; 32]>,
+    bodies: Vec<([u8; 32], troupe_catalog::Blob)>,
+}
+
+impl Contents {
+    /// Like [`Catalog::add_content`], without copying the body again.
+    fn add(&mut self, bytes: Vec<u8>) -> troupe_catalog::ContentRef {
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let size = bytes.len() as u64;
+        if self.seen.insert(digest) {
+            let blob = match String::from_utf8(bytes) {
+                Ok(s) => troupe_catalog::Blob::Utf8(s),
+                Err(e) => troupe_catalog::Blob::from_bytes(e.as_bytes()),
+            };
+            self.bodies.push((digest, blob));
+        }
+        troupe_catalog::ContentRef {
+            sha256: hex_digest(&digest),
+            size,
+        }
+    }
+
+    /// The catalog's content table: sorted by digest (the order of their
+    /// lowercase hex, the map's key), then built in one pass.
+    fn into_map(self) -> BTreeMap<String, troupe_catalog::Blob> {
+        let mut bodies = self.bodies;
+        drop(self.seen);
+        bodies.sort_unstable_by_key(|b| b.0);
+        bodies
+            .into_iter()
+            .map(|(d, b)| (hex_digest(&d), b))
+            .collect()
+    }
+}
+
+/// Lowercase hex of a SHA-256 digest, allocated once at its final size.
+fn hex_digest(d: &[u8; 32]) -> String {
+    let mut buf = [0u8; 64];
+    // 64 bytes is exactly what 32 bytes need: this cannot fail.
+    let _ = hex::encode_to_slice(d, &mut buf);
+    std::str::from_utf8(&buf).unwrap_or_default().to_owned()
 }
 
 /// `type[title]`, formatted only when an error needs it.

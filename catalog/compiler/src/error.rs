@@ -59,8 +59,12 @@ impl Span {
     }
     /// `path:line:col`.
     pub fn location(&self) -> String {
+        use std::fmt::Write as _;
         let (l, c) = self.file.line_col(self.start);
-        format!("{}:{l}:{c}", self.file.path)
+        // Sized once: one of these is kept per catalog resource.
+        let mut s = String::with_capacity(self.file.path.len() + 16);
+        let _ = write!(s, "{}:{l}:{c}", self.file.path);
+        s
     }
 }
 

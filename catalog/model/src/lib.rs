@@ -73,16 +73,14 @@ pub fn check_normal_path(path: &str) -> Result<(), String> {
     if path == "/" {
         return Ok(());
     }
-    let comps: Vec<&str> = path[1..].split('/').collect();
-    if comps.contains(&"..") {
+    // No list of components unless the path is refused (the compiler
+    // checks every path of a catalog).
+    let comps = || path[1..].split('/');
+    if comps().any(|c| c == "..") {
         return Err(format!("path {path:?} contains `..`"));
     }
-    if comps.iter().any(|c| c.is_empty() || *c == ".") {
-        let normal: Vec<&str> = comps
-            .iter()
-            .copied()
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect();
+    if comps().any(|c| c.is_empty() || c == ".") {
+        let normal: Vec<&str> = comps().filter(|c| !c.is_empty() && *c != ".").collect();
         return Err(format!(
             "path {path:?} is not normal (an empty, `.` or trailing component); write it as {:?}",
             format!("/{}", normal.join("/"))
@@ -99,7 +97,13 @@ pub struct ResourceId(pub String);
 
 impl ResourceId {
     pub fn new(kind: &str, title: &str) -> Self {
-        ResourceId(format!("{kind}[{title}]"))
+        // One allocation of the final size (`format!` grows its buffer).
+        let mut s = String::with_capacity(kind.len() + title.len() + 2);
+        s.push_str(kind);
+        s.push('[');
+        s.push_str(title);
+        s.push(']');
+        ResourceId(s)
     }
     /// The type part (`file` of `file[/etc/motd]`).
     pub fn kind(&self) -> &str {
@@ -279,7 +283,10 @@ impl Blob {
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    // Into a buffer, then one allocation (`hex::encode` collects chars).
+    let mut buf = [0u8; 64];
+    let _ = hex::encode_to_slice(Sha256::digest(bytes), &mut buf); // 64 = 2 x 32
+    std::str::from_utf8(&buf).unwrap_or_default().to_owned()
 }
 
 /// Resource types and their attributes. `None` means "not managed".

@@ -9,6 +9,7 @@ use super::{Compiler, J, to_mj};
 use crate::error::{Error, ErrorKind, Result, Span};
 use crate::tree::ResourceDecl;
 use minijinja::Value;
+use std::sync::Arc;
 use troupe_catalog::ResourceId;
 
 /// Instances may contain instances, at most this deep.
@@ -50,7 +51,7 @@ impl Compiler<'_> {
     /// is where it is declared (its attributes are evaluated there).
     pub(super) fn instantiate(
         &mut self,
-        profile: &str,
+        profile: &Arc<str>,
         decl: &ResourceDecl,
         tname: &str,
         title: String,
@@ -205,7 +206,7 @@ impl Compiler<'_> {
             Instance {
                 range: start..start,
                 span: decl.span.clone(),
-                profile: profile.to_owned(),
+                profile: profile.to_string(),
             },
         );
         let outer = std::mem::replace(&mut self.scope, scope);
