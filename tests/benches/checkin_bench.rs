@@ -519,10 +519,10 @@ fn main() {
 
     let nodes = env_num("TROUPE_BENCH_NODES", 10_000) as usize;
     let figures = (nodes > 0).then(|| fleet_phase(&rt, &m, &facts, nodes));
-    if nodes > 0 {
+    {
         // Catalogs that list other nodes (fleet()) changed while the fleet
-        // enrolled: the agents take their current one before the phases
-        // that expect "unchanged".
+        // (or, without it, the later agents) enrolled: the agents take
+        // their current one before the phases that expect "unchanged".
         rt.block_on(async {
             for a in agents.iter_mut() {
                 let r = a

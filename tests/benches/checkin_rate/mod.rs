@@ -98,7 +98,12 @@ async fn unchanged_checkin(
         })
         .await?
         .into_inner();
-    assert!(r.unchanged, "{}: expected \"unchanged\"", a.host);
+    if !r.unchanged {
+        return Err(tonic::Status::data_loss(format!(
+            "{}: not \"unchanged\"",
+            a.host
+        )));
+    }
     Ok(())
 }
 
@@ -254,28 +259,38 @@ pub fn rate_phase(
     // enrol): check in until "unchanged".
     let agents = {
         let mut agents = agents;
-        rt.block_on(async {
-            for a in agents.iter_mut() {
-                let mut c = CatalogClient::new(channel(&url, &a.tls).await)
-                    .max_decoding_message_size(troupe_catalog::MAX_CATALOG_BYTES);
-                for _ in 0..3 {
-                    let r = c
-                        .get_catalog(CatalogRequest {
-                            facts_json: a.facts_json.clone(),
-                            have_hash: a.have.clone(),
-                            environment: String::new(),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("{}: check-in: {e}\n{}", a.host, m.log()))
-                        .into_inner();
-                    a.have = r.catalog_hash;
-                    if r.unchanged {
-                        break;
+        // Passes until one is all "unchanged": a node's first check-in
+        // changes the fleet() catalogs of those before it.
+        for _ in 0..4 {
+            let changed = rt.block_on(async {
+                let mut changed = 0;
+                for a in agents.iter_mut() {
+                    let mut c = CatalogClient::new(channel(&url, &a.tls).await)
+                        .max_decoding_message_size(troupe_catalog::MAX_CATALOG_BYTES);
+                    for _ in 0..3 {
+                        let r = c
+                            .get_catalog(CatalogRequest {
+                                facts_json: a.facts_json.clone(),
+                                have_hash: a.have.clone(),
+                                environment: String::new(),
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap_or_else(|e| panic!("{}: check-in: {e}\n{}", a.host, m.log()))
+                            .into_inner();
+                        a.have = r.catalog_hash;
+                        if r.unchanged {
+                            break;
+                        }
+                        changed += 1;
                     }
                 }
+                changed
+            });
+            if changed == 0 {
+                break;
             }
-        });
+        }
         Arc::new(agents)
     };
     let resumed = rt.block_on(resumes(&url, &agents[0].tls));
