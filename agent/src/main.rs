@@ -108,6 +108,7 @@ Exit status (as puppet agent --detailed-exitcodes; with --once):
   64  malformed command line";
 
 fn main() -> ExitCode {
+    troupe_base::cli::exit_quietly_when_stdout_closes();
     troupe_pki::tls::install_crypto_provider();
     let parsed = Cli::command()
         .try_get_matches()

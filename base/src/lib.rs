@@ -13,7 +13,8 @@
 //!   leaves one that cannot be opened (temp name, sync, link into place);
 //! - [`reopen`]: the redb handle that reopens itself after a failed write
 //!   (a full disk);
-//! - [`cli`]: the one-line error format both binaries print;
+//! - [`cli`]: the one-line error format both binaries print, and their
+//!   quiet exit (141) when the reader of stdout has gone;
 //! - [`error_code`]: the typed error codes carried next to error messages
 //!   on the admin socket and gRPC, so programs branch on codes, never text;
 //! - [`facts`]: flattened facts and the `--where FACT=VALUE` matcher that

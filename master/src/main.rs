@@ -130,6 +130,7 @@ fn log_filter(arg: Option<String>) -> String {
 }
 
 fn main() -> ExitCode {
+    troupe_base::cli::exit_quietly_when_stdout_closes();
     troupe_pki::tls::install_crypto_provider();
     let parsed = Cli::command()
         .try_get_matches()

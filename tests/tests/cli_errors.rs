@@ -680,3 +680,63 @@ fn agent_bootstrap_mistakes_name_the_option() {
     assert!(!state.join("cert.pem").exists());
     tally::hostile("cli", "agent bootstrap mistakes", true);
 }
+
+/// `troupe … | head`: when the reader of stdout has gone, both binaries end
+/// quietly with 141 (what a shell shows for a tool killed by SIGPIPE), with
+/// no panic message and no backtrace hint on stderr; a command that writes
+/// through its own error path says the pipe broke in one line.
+#[test]
+fn a_closed_stdout_ends_quietly_not_in_a_panic() {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules");
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("ca")).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ca".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(data.path().join("ca/ca_crt.pem"), cert.pem()).unwrap();
+    let d = data.path().as_os_str();
+    let m = modules.as_os_str();
+    let cases: [(std::path::PathBuf, Vec<&std::ffi::OsStr>, i32); 3] = [
+        (agent_bin(), vec!["facts".as_ref()], 141),
+        (
+            troupe_bin(),
+            vec!["ca".as_ref(), "fingerprint".as_ref(), "--data".as_ref(), d],
+            141,
+        ),
+        (
+            troupe_bin(),
+            vec![
+                "catalog".as_ref(),
+                "check".as_ref(),
+                "--modules".as_ref(),
+                m,
+                "--data".as_ref(),
+                d,
+            ],
+            1,
+        ),
+    ];
+    for (bin, args, code) in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(&bin)
+            .args(&args)
+            .env("TROUPE_LOG", "warn")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{bin:?} {args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{bin:?} {args:?}: {stderr}"
+        );
+        if code == 1 {
+            assert!(stderr.contains("Broken pipe"), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+}
