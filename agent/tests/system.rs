@@ -294,20 +294,26 @@ fn users_and_groups_in_a_root_via_shadow_utils_prefix() {
     assert_eq!(code, 0, "{r:?}");
 }
 
-/// Large enough that a debug-build run takes a while.
-fn big_catalog(env: &Env) -> (troupe_catalog::Catalog, Vec<(std::path::PathBuf, Vec<u8>)>) {
+/// `files` files under /data, each `body_lines` lines, with a commit point
+/// (an exec that pauses) after every `pause_every` files, so kills land in
+/// every phase.
+fn paused_catalog(
+    env: &Env,
+    files: usize,
+    body_lines: usize,
+    pause_every: usize,
+) -> (troupe_catalog::Catalog, Vec<(std::path::PathBuf, Vec<u8>)>) {
     let mut c = new_catalog();
     c.resources.push(dir("/data", 0o755));
     let mut expect = vec![];
-    for i in 0..1000 {
-        let body: Vec<u8> = format!("file {i}\n").repeat(800).into_bytes();
+    for i in 0..files {
+        let body: Vec<u8> = format!("file {i}\n").repeat(body_lines).into_bytes();
         let path = format!("/data/f{i:05}.txt");
         let mut f = file(&mut c, &path, &body, 0o644);
         f.requires.push(id("directory", "/data"));
         c.resources.push(f);
         expect.push((env.p(&path), body));
-        if i % 200 == 199 {
-            // Commit points with a pause, so kills land in every phase.
+        if i % pause_every == pause_every - 1 {
             let marker = format!("/data/pause{i}");
             let script = format!("sleep 0.05; : > \"{marker}\"");
             let mut e = exec(&format!("pause{i}"), &["/bin/sh", "-c", &script]);
@@ -318,6 +324,11 @@ fn big_catalog(env: &Env) -> (troupe_catalog::Catalog, Vec<(std::path::PathBuf, 
         }
     }
     (c, expect)
+}
+
+/// Large enough that a debug-build run takes a while.
+fn big_catalog(env: &Env) -> (troupe_catalog::Catalog, Vec<(std::path::PathBuf, Vec<u8>)>) {
+    paused_catalog(env, 1000, 800, 200)
 }
 
 #[test]
@@ -392,27 +403,8 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
 #[test]
 fn kill_9_mid_batch_leaves_each_file_old_or_whole_new() {
     let env = Env::new();
-    let mut c = new_catalog();
-    c.resources.push(dir("/data", 0o755));
-    let mut expect = vec![];
-    for i in 0..400 {
-        let body = format!("file {i}\n").into_bytes();
-        let path = format!("/data/f{i:05}.txt");
-        let mut f = file(&mut c, &path, &body, 0o644);
-        f.requires.push(id("directory", "/data"));
-        c.resources.push(f);
-        expect.push((env.p(&path), body));
-        if i % 100 == 99 {
-            // A commit point, with a pause.
-            let marker = format!("/data/pause{i}");
-            let script = format!("sleep 0.05; : > \"{marker}\"");
-            let mut e = exec(&format!("pause{i}"), &["/bin/sh", "-c", &script]);
-            if let Kind::Exec { creates, .. } = &mut e.kind {
-                *creates = Some(marker);
-            }
-            c.resources.push(e);
-        }
-    }
+    // A commit point, with a pause, every 100 files.
+    let (c, expect) = paused_catalog(&env, 400, 1, 100);
     let cat = env.write_catalog(&c);
     let old = |i: usize| format!("old {i}\n").into_bytes();
     std::fs::create_dir(env.p("/data")).unwrap();
