@@ -403,3 +403,83 @@ impl Fleet {
         self.procs.clear();
     }
 }
+
+/// Writes an executable `/bin/sh` script at `path` running `body`.
+pub fn shell_script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// What a host's stand-in apt-get does (see [`stand_in_package_tools`]).
+pub enum AptGet {
+    /// Installs its last argument (`NAME=VERSION`).
+    Installs,
+    /// Fails as apt-get does when it cannot fetch (exit 100).
+    Fails,
+    /// Waits (at most 60 s) until this file exists, then installs.
+    WaitsFor(std::path::PathBuf),
+}
+
+/// Stand-in dpkg-query / apt-get / systemctl for one agent, in
+/// STATE/fake/: the "installed version" is kept in STATE/fake/version
+/// (1.22.1-9 at the start) and every call is logged to
+/// STATE/fake/calls.log. dpkg-query answers in the package provider's
+/// format (`-f '${db:Status-Abbrev}|${Version}\n'`); apt-get does what
+/// `apt` says; `systemctl show` reads a unit back as running (as the
+/// service provider does after a start). Returns the orchestration
+/// configuration that allows `actions` (a TOML list) to signer alice with
+/// those tools, for [`Fleet::start_with`].
+pub fn stand_in_package_tools(state: &std::path::Path, apt: AptGet, actions: &str) -> String {
+    let d = state.join("fake");
+    std::fs::create_dir_all(&d).unwrap();
+    let v = d.join("version");
+    let log = d.join("calls.log");
+    std::fs::write(&v, "1.22.1-9").unwrap();
+    shell_script(
+        &d.join("dpkg-query"),
+        &format!(
+            "echo \"dpkg-query $*\" >> {log}\nprintf 'ii |%s\\n' \"$(cat {v})\"",
+            log = log.display(),
+            v = v.display()
+        ),
+    );
+    let install = format!(
+        "for a; do last=$a; done\necho \"${{last#*=}}\" | tr -d '\\n' > {}",
+        v.display()
+    );
+    let apt = match apt {
+        AptGet::Installs => install,
+        AptGet::Fails => "echo 'E: Unable to fetch some archives' >&2\nexit 100".to_string(),
+        AptGet::WaitsFor(gate) => format!(
+            "n=0; while [ ! -e {g} ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n{install}",
+            g = gate.display()
+        ),
+    };
+    shell_script(
+        &d.join("apt-get"),
+        &format!("echo \"apt-get $*\" >> {}\n{apt}", log.display()),
+    );
+    shell_script(
+        &d.join("systemctl"),
+        &format!(
+            "echo \"systemctl $*\" >> {}\n[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'\nexit 0",
+            log.display()
+        ),
+    );
+    format!(
+        r#"
+[[rule]]
+name = "deploy"
+effect = "allow"
+signers = ["alice"]
+actions = {actions}
+
+[tools]
+dpkg_query = "{d}/dpkg-query"
+apt_get = "{d}/apt-get"
+systemctl = "{d}/systemctl"
+"#,
+        d = d.display()
+    )
+}

@@ -11,50 +11,19 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use troupe_tests::orch::{AgentSpec, Fleet};
+use troupe_tests::orch::{AgentSpec, AptGet, Fleet, stand_in_package_tools};
 
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Stand-in dpkg-query / apt-get / systemctl (web2's apt-get fails).
+/// Stand-in package tools: web2's apt-get fails.
 fn tools(spec: &AgentSpec, state: &Path) -> String {
-    let d = state.join("fake");
-    std::fs::create_dir_all(&d).unwrap();
-    let v = d.join("version");
-    std::fs::write(&v, "1.22.1-9").unwrap();
-    script(
-        &d.join("dpkg-query"),
-        &format!("printf 'ii |%s\\n' \"$(cat {})\"", v.display()),
-    );
     let apt = if spec.name == "web2" {
-        "echo 'E: Unable to fetch some archives' >&2\nexit 100".to_string()
+        AptGet::Fails
     } else {
-        format!(
-            "for a; do last=$a; done\necho \"${{last#*=}}\" | tr -d '\\n' > {}",
-            v.display()
-        )
+        AptGet::Installs
     };
-    script(&d.join("apt-get"), &apt);
-    script(
-        &d.join("systemctl"),
-        "[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'\nexit 0",
-    );
-    format!(
-        r#"
-[[rule]]
-name = "deploy"
-effect = "allow"
-signers = ["alice"]
-actions = ["package.*", "service.*", "lb.*", "health.*"]
-
-[tools]
-dpkg_query = "{d}/dpkg-query"
-apt_get = "{d}/apt-get"
-systemctl = "{d}/systemctl"
-"#,
-        d = d.display()
+    stand_in_package_tools(
+        state,
+        apt,
+        r#"["package.*", "service.*", "lb.*", "health.*"]"#,
     )
 }
 

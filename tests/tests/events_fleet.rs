@@ -12,12 +12,11 @@
 //! metrics.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use troupe_tests::orch::{AgentSpec, Fleet};
+use troupe_tests::orch::{AgentSpec, AptGet, Fleet, shell_script, stand_in_package_tools};
 use troupe_tests::{Master, MasterOptions, run, wait_until};
 
 type Got = Arc<Mutex<Vec<serde_json::Value>>>;
@@ -77,51 +76,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Stand-in package and service tools (as in orch_deploy.rs): web2's
-/// apt-get fails.
+/// Stand-in package and service tools: web2's apt-get fails.
 fn tools(spec: &AgentSpec, state: &Path) -> String {
-    let d = state.join("fake");
-    std::fs::create_dir_all(&d).unwrap();
-    let v = d.join("version");
-    std::fs::write(&v, "1.22.1-9").unwrap();
-    script(
-        &d.join("dpkg-query"),
-        &format!("printf 'ii |%s\\n' \"$(cat {})\"", v.display()),
-    );
     let apt = if spec.name == "web2" {
-        "echo 'E: Unable to fetch some archives' >&2\nexit 100".to_string()
+        AptGet::Fails
     } else {
-        format!(
-            "for a; do last=$a; done\necho \"${{last#*=}}\" | tr -d '\\n' > {}",
-            v.display()
-        )
+        AptGet::Installs
     };
-    script(&d.join("apt-get"), &apt);
-    // The agent reads a unit's state back after a start: running.
-    script(
-        &d.join("systemctl"),
-        "[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'\nexit 0",
-    );
-    format!(
-        r#"
-[[rule]]
-name = "deploy"
-effect = "allow"
-signers = ["alice"]
-actions = ["package.*", "service.*"]
-
-[tools]
-dpkg_query = "{d}/dpkg-query"
-apt_get = "{d}/apt-get"
-systemctl = "{d}/systemctl"
-"#,
-        d = d.display()
-    )
+    stand_in_package_tools(state, apt, r#"["package.*", "service.*"]"#)
 }
 
 fn kinds(got: &Got) -> Vec<String> {
@@ -176,7 +138,7 @@ fn every_event_reaches_real_receivers_and_releases_are_logged_and_mailed() {
     // line (from stdin), appended to a file.
     let hook_out = work.path().join("hook.out");
     let hook = conf_dir.join("hook");
-    script(
+    shell_script(
         &hook,
         &format!(
             "{{ printf '%s ' \"$TROUPE_EVENT_KIND\"; cat; }} >> {}",

@@ -8,73 +8,24 @@
 //! this machine is installed, restarted or reconfigured.
 
 use std::io::{BufRead, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use troupe_command::{ArgValue, TargetFilter};
-use troupe_tests::orch::{AgentSpec, Fleet};
+use troupe_tests::orch::{AgentSpec, AptGet, Fleet, stand_in_package_tools};
 use troupe_tests::tally;
 
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Fake dpkg-query / apt-get / systemctl for one agent, keeping the
-/// "installed version" in STATE/fake/version and a log of every call.
-/// dpkg-query answers in the package provider's format (`-f
-/// '${db:Status-Abbrev}|${Version}\n'`); apt-get installs its last
-/// argument (`NAME=VERSION`).
+/// Stand-in package tools (calls logged to STATE/fake/calls.log): web2
+/// of role web fails to fetch.
 fn tools(spec: &AgentSpec, state: &Path) -> String {
-    let d = state.join("fake");
-    std::fs::create_dir_all(&d).unwrap();
-    let v = d.join("version");
-    let log = d.join("calls.log");
-    std::fs::write(&v, "1.22.1-9").unwrap();
-    script(
-        &d.join("dpkg-query"),
-        &format!(
-            "echo \"dpkg-query $*\" >> {log}\nprintf 'ii |%s\\n' \"$(cat {v})\"",
-            log = log.display(),
-            v = v.display()
-        ),
-    );
     let apt = if spec.name == "web2" && spec.role.as_deref() == Some("web") {
-        format!(
-            "echo \"apt-get $*\" >> {}\necho 'E: Unable to fetch some archives' >&2\nexit 100",
-            log.display()
-        )
+        AptGet::Fails
     } else {
-        format!(
-            "echo \"apt-get $*\" >> {log}\nfor a; do last=$a; done\necho \"${{last#*=}}\" | tr -d '\\n' > {v}",
-            log = log.display(),
-            v = v.display()
-        )
+        AptGet::Installs
     };
-    script(&d.join("apt-get"), &apt);
-    // After a start, the agent reads the unit's state back (as the service
-    // provider does): this one is running.
-    script(
-        &d.join("systemctl"),
-        &format!(
-            "echo \"systemctl $*\" >> {}\n[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'\nexit 0",
-            log.display()
-        ),
-    );
-    format!(
-        r#"
-[[rule]]
-name = "deploy"
-effect = "allow"
-signers = ["alice"]
-actions = ["package.*", "service.*", "lb.*", "health.*"]
-
-[tools]
-dpkg_query = "{d}/dpkg-query"
-apt_get = "{d}/apt-get"
-systemctl = "{d}/systemctl"
-"#,
-        d = d.display()
+    stand_in_package_tools(
+        state,
+        apt,
+        r#"["package.*", "service.*", "lb.*", "health.*"]"#,
     )
 }
 

@@ -8,66 +8,29 @@
 //! release running, so the order is certain, not a race. Screenshots in
 //! `target/dashboard-screenshots/`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use troupe_tests::orch::{AgentSpec, Fleet};
+use troupe_tests::orch::{AgentSpec, AptGet, Fleet, stand_in_package_tools};
 use troupe_tests::web::Browser;
 use troupe_tests::{Master, MasterOptions, troupe_bin, wait_until};
-
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 /// The gate web2's apt-get waits for (at most 60 s).
 fn gate(state: &Path) -> PathBuf {
     state.parent().unwrap().join("web2-may-update")
 }
 
+/// Stand-in package tools: web2's apt-get waits for the gate file.
 fn tools(spec: &AgentSpec, state: &Path) -> String {
-    let d = state.join("fake");
-    std::fs::create_dir_all(&d).unwrap();
-    let v = d.join("version");
-    std::fs::write(&v, "1.22.1-9").unwrap();
-    script(
-        &d.join("dpkg-query"),
-        &format!("printf 'ii |%s\\n' \"$(cat {})\"", v.display()),
-    );
-    let wait = if spec.name == "web2" {
-        format!(
-            "n=0; while [ ! -e {g} ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n",
-            g = gate(state).display()
-        )
+    let apt = if spec.name == "web2" {
+        AptGet::WaitsFor(gate(state))
     } else {
-        String::new()
+        AptGet::Installs
     };
-    script(
-        &d.join("apt-get"),
-        &format!(
-            "{wait}for a; do last=$a; done\necho \"${{last#*=}}\" | tr -d '\\n' > {}",
-            v.display()
-        ),
-    );
-    script(
-        &d.join("systemctl"),
-        "[ \"$1\" = show ] && printf 'Type=notify\\nActiveState=active\\nSubState=running\\nResult=success\\n'\nexit 0",
-    );
-    format!(
-        r#"
-[[rule]]
-name = "deploy"
-effect = "allow"
-signers = ["alice"]
-actions = ["package.*", "service.*", "lb.*", "health.*"]
-
-[tools]
-dpkg_query = "{d}/dpkg-query"
-apt_get = "{d}/apt-get"
-systemctl = "{d}/systemctl"
-"#,
-        d = d.display()
+    stand_in_package_tools(
+        state,
+        apt,
+        r#"["package.*", "service.*", "lb.*", "health.*"]"#,
     )
 }
 
