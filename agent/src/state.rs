@@ -199,26 +199,16 @@ impl State {
             return Ok(());
         }
         let path = self.catalog_path();
-        let tmp = self.dir.join(format!(".{CATALOG_FILE}.troupe-new"));
-        let res = (|| -> std::io::Result<()> {
-            let _ = std::fs::remove_file(&tmp);
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
-            cat.write_canonical(&mut w)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("cannot write {}", path.display()));
-        }
+        troupe_base::fs::write_atomic_with(
+            &path,
+            troupe_base::fs::Atomic::durable(0o600).fixed_temp(),
+            |f| {
+                let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+                cat.write_canonical(&mut w)?;
+                w.flush()
+            },
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
         // A crash here leaves the new file with the old hash: a run told
         // "unchanged" for the old hash finds they differ and fetches again.
         let tx = self.db.begin_write().map_err(db_err)?;

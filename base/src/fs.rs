@@ -78,6 +78,17 @@ impl Atomic {
 
 /// Writes `data` to `path` atomically, as `how` says.
 pub fn write_atomic(path: &Path, data: &[u8], how: Atomic) -> io::Result<()> {
+    write_atomic_with(path, how, |f| f.write_all(data))
+}
+
+/// Like [`write_atomic`], with the content written by `fill` into the temp
+/// file (a value streamed out without building its bytes first); an error
+/// from `fill` leaves `path` as it was and no temp file.
+pub fn write_atomic_with(
+    path: &Path,
+    how: Atomic,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -117,7 +128,7 @@ pub fn write_atomic(path: &Path, data: &[u8], how: Atomic) -> io::Result<()> {
         if how.exact_mode {
             f.set_permissions(fs::Permissions::from_mode(how.mode))?;
         }
-        f.write_all(data)?;
+        fill(&mut f)?;
         if how.durable {
             f.sync_all()?;
         }
