@@ -34,7 +34,15 @@ if [ "$order" != none ]; then
     echo "build-agent.sh: the function layout needs LLD (rustc >= 1.90 on x86_64 Linux; here $host, 1.$minor): set TROUPE_AGENT_ORDER=none" >&2
     exit 1
   fi
-  args=(-- -C "link-arg=-Wl,--symbol-ordering-file=$order" -C link-arg=-Wl,--no-warn-symbol-ordering)
+  # cargo keys the build on these arguments, not on the file's content: name
+  # a copy by its hash, so a rewritten order file is linked again.
+  sum="$(sha256sum "$order" | cut -c1-16)"
+  copy="$target_dir/agent-order/$sum.txt"
+  if [ ! -f "$copy" ]; then
+    mkdir -p "$target_dir/agent-order"
+    cp "$order" "$copy.tmp" && mv "$copy.tmp" "$copy"
+  fi
+  args=(-- -C "link-arg=-Wl,--symbol-ordering-file=$copy" -C link-arg=-Wl,--no-warn-symbol-ordering)
 fi
 cargo rustc --profile agent -p troupe-agent --bin troupe-agent "${args[@]}" >&2
 
