@@ -68,8 +68,8 @@ pub struct LazyCatalog {
     /// Notify edges `(target, notifier)`, sorted.
     notified_by: Vec<(u32, u32)>,
     /// Content table: SHA-256 -> byte range of the body's canonical JSON in
-    /// the store, sorted.
-    contents: Vec<([u8; 32], u32, u32)>,
+    /// the store (and `true`: it hashes to its key), sorted.
+    contents: Vec<([u8; 32], u32, u32, bool)>,
     /// The content table's object (`{...}`) in the store, when it is the
     /// canonical one (keys sorted, none twice); otherwise written entry by
     /// entry.
@@ -87,11 +87,21 @@ enum Finding {
     Requires(ResourceId, ResourceId),
     /// Notifies something not listed before it: fine if listed after.
     Notify(u32, ResourceId, ResourceId),
-    /// Resource `i` refers to this body (checked once the table is read).
-    Content(u32, [u8; 32]),
-    /// The same, for a reference that is not a SHA-256 in hex.
-    ContentKey(u32, String),
     Definite(CatalogError),
+}
+
+/// The key of an id or a path in the maps of a validation: a 128-bit
+/// keyed hash (two SipHash keys, random per catalog) instead of a copy of
+/// the string. Two strings taken for one needs a 128-bit collision under
+/// keys nobody outside the process knows.
+#[derive(Default)]
+struct Keys(std::hash::RandomState, std::hash::RandomState);
+
+impl Keys {
+    fn of(&self, s: &str) -> (u64, u64) {
+        use std::hash::BuildHasher;
+        (self.0.hash_one(s), self.1.hash_one(s))
+    }
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -152,10 +162,19 @@ struct Parse {
     res_region: Option<(u32, u32)>,
     req_at: Vec<u32>,
     req: Vec<u32>,
-    pos: HashMap<ResourceId, u32>,
-    paths: HashMap<String, u32>,
+    keys: Keys,
+    /// Index of each resource by its id's key.
+    pos: HashMap<(u64, u64), u32>,
+    /// Index of each resource managing a path, by the path's key.
+    paths: HashMap<(u64, u64), u32>,
     first_error: Option<CatalogError>,
-    findings: Vec<Finding>,
+    /// Findings, with the index of the resource they are about.
+    findings: Vec<(u32, Finding)>,
+    /// Bodies the resources refer to (resource index, SHA-256), checked
+    /// once the content table is read; `bad_refs` for references that are
+    /// not a SHA-256 in hex.
+    refs: Vec<(u32, [u8; 32])>,
+    bad_refs: Vec<(u32, String)>,
     any_purge: bool,
     any_noop: bool,
     /// Content entries with a SHA-256 key: (key, value span, body matches).
@@ -181,10 +200,13 @@ impl Parse {
             res_region: None,
             req_at: Vec::new(),
             req: Vec::new(),
+            keys: Keys::default(),
             pos: HashMap::new(),
             paths: HashMap::new(),
             first_error: None,
             findings: Vec::new(),
+            refs: Vec::new(),
+            bad_refs: Vec::new(),
             any_purge: false,
             any_noop: false,
             entries: Vec::new(),
@@ -238,17 +260,19 @@ impl Parse {
             });
             return;
         }
-        if self.pos.contains_key(&r.id) {
+        let key = self.keys.of(&r.id.0);
+        if self.pos.contains_key(&key) {
             self.first_error = Some(CatalogError::Duplicate(r.id));
             return;
         }
-        self.pos.insert(r.id.clone(), i);
+        self.pos.insert(key, i);
         if let Some(path) = r.kind.fs_path() {
             if let Err(why) = check_normal_path(path) {
                 self.first_error = Some(CatalogError::Invalid { id: r.id, why });
                 return;
             }
-            if let Some(&first) = self.paths.get(path) {
+            let key = self.keys.of(path);
+            if let Some(&first) = self.paths.get(&key) {
                 // The first claimant's id is resolved at the end (from the
                 // store, once written out).
                 self.first_error = Some(CatalogError::SamePath {
@@ -258,49 +282,51 @@ impl Parse {
                 });
                 return;
             }
-            self.paths.insert(path.to_owned(), i);
+            self.paths.insert(key, i);
         }
         self.any_noop |= r.noop;
         self.any_purge |= matches!(r.kind, Kind::Directory { purge: true, .. });
         for dep in &r.requires {
-            match self.pos.get(dep) {
+            match self.pos.get(&self.keys.of(&dep.0)) {
                 Some(&j) if j < i => self.req.push(j),
                 _ => {
                     self.findings
-                        .push(Finding::Requires(r.id.clone(), dep.clone()));
+                        .push((i, Finding::Requires(r.id.clone(), dep.clone())));
                     return;
                 }
             }
         }
         for t in &r.notify {
-            if self.pos.contains_key(t) {
+            if self.pos.contains_key(&self.keys.of(&t.0)) {
                 // Listed before (or is itself): backwards.
-                self.findings.push(Finding::Definite(CatalogError::Order {
+                let e = CatalogError::Order {
                     from: t.clone(),
                     to: r.id.clone(),
-                }));
+                };
+                self.findings.push((i, Finding::Definite(e)));
                 return;
             }
             self.findings
-                .push(Finding::Notify(i, r.id.clone(), t.clone()));
+                .push((i, Finding::Notify(i, r.id.clone(), t.clone())));
         }
         if let Kind::File {
             content: Some(c), ..
         } = &r.kind
         {
-            self.findings.push(match hex32(&c.sha256) {
-                Some(h) => Finding::Content(i, h),
-                None => Finding::ContentKey(i, c.sha256.clone()),
-            });
+            match hex32(&c.sha256) {
+                Some(h) => self.refs.push((i, h)),
+                None => self.bad_refs.push((i, c.sha256.clone())),
+            }
             return;
         }
         if let Kind::Exec { command, .. } = &r.kind
             && command.is_empty()
         {
-            self.findings.push(Finding::Definite(CatalogError::Invalid {
+            let e = CatalogError::Invalid {
                 id: r.id,
                 why: "its command is empty".into(),
-            }));
+            };
+            self.findings.push((i, Finding::Definite(e)));
         }
     }
 }
@@ -627,28 +653,21 @@ impl LazyCatalog {
                 CatalogError::Store(format!("cannot write the catalog's copy: {}", e.error()))
             })?),
         };
-        let mut entries = std::mem::take(&mut p.entries);
-        // A key given twice: the last one counts (as in a map).
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut contents: Vec<([u8; 32], u32, u32)> = Vec::with_capacity(entries.len());
-        let mut bad_hash: Option<String> = None;
-        let mut last_ok = Vec::with_capacity(entries.len());
-        for (k, a, b, ok) in entries {
-            if contents.last().is_some_and(|l| l.0 == k) {
-                contents.pop();
-                last_ok.pop();
+        let mut contents = std::mem::take(&mut p.entries);
+        // A key given twice: the last one counts (as in a map); the store
+        // offset orders them as given.
+        contents.sort_unstable_by_key(|e| (e.0, e.1));
+        let mut kept = 0;
+        for k in 0..contents.len() {
+            if kept > 0 && contents[kept - 1].0 == contents[k].0 {
+                kept -= 1;
             }
-            contents.push((k, a, b));
-            last_ok.push(ok);
+            contents[kept] = contents[k];
+            kept += 1;
         }
-        for (c, ok) in contents.iter().zip(&last_ok) {
-            if !ok {
-                bad_hash = Some(hex::encode(c.0));
-                break;
-            }
-        }
-        drop(last_ok);
+        contents.truncate(kept);
         contents.shrink_to_fit();
+        let bad_hash = contents.iter().find(|c| !c.3).map(|c| hex::encode(c.0));
         p.bad_keys.sort();
         let hash_error = match (bad_hash, p.bad_keys.first()) {
             (Some(h), Some(k)) => Some(if *k < h { k.clone() } else { h }),
@@ -688,35 +707,46 @@ impl LazyCatalog {
             return Err(e);
         }
         drop(std::mem::take(&mut p.paths));
+        // The first resource referring to a body not in the table: its
+        // error comes after the findings of resources listed before it.
+        let missing = p
+            .refs
+            .iter()
+            .find(|(_, h)| cat.contents.binary_search_by(|e| e.0.cmp(h)).is_err())
+            .map(|&(i, h)| (i, hex::encode(h)));
+        let missing_key = p
+            .bad_refs
+            .iter()
+            .find(|(_, k)| p.bad_keys.binary_search(k).is_err())
+            .cloned();
+        let missing = match (missing, missing_key) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let missing_error =
+            |(i, hash): (u32, String)| CatalogError::MissingContent { id: id(i), hash };
         let mut notified_by = Vec::new();
-        for f in std::mem::take(&mut p.findings) {
+        for (at, f) in std::mem::take(&mut p.findings) {
+            if let Some(m) = missing.clone().filter(|m| m.0 < at) {
+                return Err(missing_error(m));
+            }
             match f {
                 Finding::Requires(from, to) => {
-                    return Err(if p.pos.contains_key(&to) {
+                    return Err(if p.pos.contains_key(&p.keys.of(&to.0)) {
                         CatalogError::Order { from, to }
                     } else {
                         CatalogError::Dangling { from, to }
                     });
                 }
-                Finding::Notify(i, from, to) => match p.pos.get(&to) {
+                Finding::Notify(i, from, to) => match p.pos.get(&p.keys.of(&to.0)) {
                     Some(&j) => notified_by.push((j, i)),
                     None => return Err(CatalogError::Dangling { from, to }),
                 },
-                Finding::Content(i, h) => {
-                    if cat.contents.binary_search_by(|e| e.0.cmp(&h)).is_err() {
-                        return Err(CatalogError::MissingContent {
-                            id: id(i),
-                            hash: hex::encode(h),
-                        });
-                    }
-                }
-                Finding::ContentKey(i, k) => {
-                    if p.bad_keys.binary_search(&k).is_err() {
-                        return Err(CatalogError::MissingContent { id: id(i), hash: k });
-                    }
-                }
                 Finding::Definite(e) => return Err(e),
             }
+        }
+        if let Some(m) = missing {
+            return Err(missing_error(m));
         }
         if let Some(k) = hash_error {
             return Err(CatalogError::ContentHash(k));
@@ -834,7 +864,7 @@ impl LazyCatalog {
     fn content_span(&self, sha256: &str) -> Option<(u32, u32)> {
         let k = hex32(sha256)?;
         let i = self.contents.binary_search_by(|e| e.0.cmp(&k)).ok()?;
-        let (_, a, b) = self.contents[i];
+        let (_, a, b, _) = self.contents[i];
         Some((a, b))
     }
 
@@ -873,7 +903,7 @@ impl LazyCatalog {
             Some(r) => self.copy(r, w)?,
             None => {
                 w.write_all(b"{")?;
-                for (k, (hk, a, b)) in self.contents.iter().enumerate() {
+                for (k, (hk, a, b, _)) in self.contents.iter().enumerate() {
                     if k > 0 {
                         w.write_all(b",")?;
                     }
