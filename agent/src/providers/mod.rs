@@ -561,7 +561,7 @@ impl<'a> Ctx<'a> {
         if !self.journal.first_time(path) {
             return Ok(()); // the first state of this run is what rollback restores
         }
-        let root = self.in_root().then(|| self.root.as_path());
+        let root = self.in_root().then_some(self.root.as_path());
         if absent == Some(true) {
             return self.journal.push(path, &Before::Absent, root);
         }
@@ -591,7 +591,7 @@ impl<'a> Ctx<'a> {
                 }
             }
         };
-        let root = self.in_root().then(|| self.root.as_path());
+        let root = self.in_root().then_some(self.root.as_path());
         self.journal.push(path, &before, root)
     }
 
