@@ -276,8 +276,10 @@ impl CatalogSource for MasterClient {
             }
             return Ok(Fetched::Unchanged);
         }
-        let cat = LazyCatalog::from_json(reply.catalog_json)
-            .context("the master sent an invalid catalog")?;
+        let cat =
+            LazyCatalog::from_slice(&reply.catalog_json, crate::state::spill(&self.state_dir))
+                .context("the master sent an invalid catalog")?;
+        drop(reply.catalog_json);
         if cat.hash() != reply.catalog_hash {
             anyhow::bail!("the catalog the master sent does not match its announced hash");
         }
