@@ -394,9 +394,12 @@ struct Compiler<'a> {
     /// Declared resources' spans, profiles and relationships, by index in
     /// `catalog.resources`.
     insts: Vec<Inst>,
-    /// Id of each resource -> its index in `catalog.resources`.
+    /// Id of each resource that has no path -> its index in
+    /// `catalog.resources`.
     by_id: PosIndex,
-    /// Path of each file, directory and symlink -> its index.
+    /// Path of each file, directory and symlink -> its index. (Their id is
+    /// `type[path]`: one index finds them by id or by path, so declaring
+    /// one inserts into one table.)
     by_path: PosIndex,
     /// The catalog being built: resources are written into it as they are
     /// declared (in declaration order) and only moved in `finish` when the
@@ -566,10 +569,15 @@ impl<'a> Compiler<'a> {
         self.insts.reserve(prof.resources.len());
         self.catalog.resources.reserve(prof.resources.len());
         self.contents.reserve(prof.resources.len());
+        let fs = prof
+            .resources
+            .iter()
+            .filter(|d| FS_TYPES.contains(&d.rtype))
+            .count();
         let res = &self.catalog.resources;
-        self.by_id.reserve(prof.resources.len(), |j| id_key(res, j));
-        self.by_path
-            .reserve(prof.resources.len(), |j| path_key(res, j));
+        self.by_id
+            .reserve(prof.resources.len() - fs, |j| id_key(res, j));
+        self.by_path.reserve(fs, |j| path_key(res, j));
         for inc in &prof.includes {
             self.include_decl(inc, &ctx)?;
         }
@@ -744,10 +752,7 @@ impl<'a> Compiler<'a> {
         }
         let kind = self.build_kind(decl, &title, &mut attrs, ctx)?;
         let id = kind.id();
-        if let Some(prev) = self
-            .by_id
-            .get(&id.0, |j| id_key(&self.catalog.resources, j))
-        {
+        if let Some(prev) = self.find(kind.type_name(), kind.title()) {
             return Err(Error::at(
                 ErrorKind::Duplicate,
                 &decl.span,
@@ -843,12 +848,28 @@ impl<'a> Compiler<'a> {
         });
         // Indexed by position: the tables hold no copy of the id or path.
         let res = &self.catalog.resources;
-        self.by_id.insert(&res[at].id.0, at, |j| id_key(res, j));
         if fs {
             self.by_path
                 .insert(path_key(res, at), at, |j| path_key(res, j));
+        } else {
+            self.by_id.insert(&res[at].id.0, at, |j| id_key(res, j));
         }
         Ok(())
+    }
+
+    /// The resource `kind[title]`, if it is declared.
+    fn find(&self, kind: &str, title: &str) -> Option<usize> {
+        let res = &self.catalog.resources;
+        if FS_TYPES.contains(&kind) {
+            // A path holds one file, directory or symlink: the one there
+            // is this resource if its type is this one.
+            self.by_path
+                .get(title, |j| path_key(res, j))
+                .filter(|&j| res[j].kind.type_name() == kind)
+        } else {
+            self.by_id
+                .get(&ResourceId::new(kind, title).0, |j| id_key(res, j))
+        }
     }
 
     fn build_kind(
@@ -1078,20 +1099,17 @@ impl<'a> Compiler<'a> {
                 format!("`{r}`: unknown resource type `{k}`"),
             ));
         }
-        let id = ResourceId::new(k, t);
-        self.by_id
-            .get(&id.0, |j| id_key(&self.catalog.resources, j))
-            .map(|j| vec![j])
-            .ok_or_else(|| {
-                Error::at(
-                    ErrorKind::Reference,
-                    span,
-                    format!(
-                        "{} refers to {id}, which is not declared for this node",
-                        self.catalog.resources[from].id
-                    ),
-                )
-            })
+        self.find(k, t).map(|j| vec![j]).ok_or_else(|| {
+            let id = ResourceId::new(k, t);
+            Error::at(
+                ErrorKind::Reference,
+                span,
+                format!(
+                    "{} refers to {id}, which is not declared for this node",
+                    self.catalog.resources[from].id
+                ),
+            )
+        })
     }
 
     fn finish(self, code_version: String) -> Result<Catalog> {
@@ -1216,7 +1234,7 @@ impl<'a> Compiler<'a> {
     fn autorequire(&self, explicit: &Rows) -> Rows {
         let res = &self.catalog.resources;
         let n = res.len();
-        let id = |k: &str, t: &str| self.by_id.get(&ResourceId::new(k, t).0, |j| id_key(res, j));
+        let id = |k: &str, t: &str| self.find(k, t);
         let mut packages: HashMap<&str, Vec<usize>> = HashMap::new();
         for (j, r) in res.iter().enumerate() {
             if matches!(r.kind, Kind::Package { .. }) {
@@ -1484,6 +1502,9 @@ impl PosIndex {
         self.table.reserve(n, |&j| state.hash_one(key_of(j)));
     }
 }
+
+/// The types whose title is a path (indexed in `Compiler::by_path`).
+const FS_TYPES: [&str; 3] = ["file", "directory", "symlink"];
 
 fn id_key(res: &[Resource], j: usize) -> &str {
     &res[j].id.0
