@@ -382,8 +382,11 @@ struct Inst {
     profile: Arc<str>,
     /// Require, before, notify, subscribe; `None` when all are empty (most
     /// resources: the list stays small and is read once in `finish`).
-    refs: Option<Box<[Vec<(String, Span)>; 4]>>,
+    refs: Option<Box<Refs>>,
 }
+
+/// A resource's references by kind: require, before, notify, subscribe.
+type Refs = [Vec<(String, Span)>; 4];
 
 struct Compiler<'a> {
     env: Arc<EnvTree>,
@@ -781,7 +784,7 @@ impl<'a> Compiler<'a> {
                 ),
             ));
         }
-        let mut refs: [Vec<(String, Span)>; 4] = Default::default();
+        let mut refs: Refs = Default::default();
         for (slot, list) in [&decl.require, &decl.before, &decl.notify, &decl.subscribe]
             .into_iter()
             .enumerate()
