@@ -197,19 +197,21 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let client = |url: &str| {
             crate::master_client::MasterClient::new(url, args.state.clone(), retry.clone())
         };
+        // The report sink shares each master's connection with the catalog
+        // source: one run is one connection to the master.
         let (mut source, mut sink): (Box<dyn CatalogSource>, Box<dyn ReportSink>) =
             if args.more_servers.is_empty() {
-                (
-                    Box::new(client(server)?.with_environment(args.environment.clone())),
-                    Box::new(client(server)?),
-                )
+                let source = client(server)?.with_environment(args.environment.clone());
+                let sink = source.sharing();
+                (Box::new(source), Box::new(sink))
             } else {
                 let all: Vec<&String> = std::iter::once(server).chain(&args.more_servers).collect();
                 let mut sources = Vec::new();
                 let mut sinks = Vec::new();
                 for url in all {
-                    sources.push(client(url)?.with_environment(args.environment.clone()));
-                    sinks.push(client(url)?);
+                    let source = client(url)?.with_environment(args.environment.clone());
+                    sinks.push(source.sharing());
+                    sources.push(source);
                 }
                 (
                     Box::new(crate::server_list::ServerList(sources)),
@@ -271,10 +273,12 @@ fn daemon(
         if args.splay > 0 && !(first && args.just_joined) {
             std::thread::sleep(Duration::from_secs(fastrand::u64(0..=args.splay)));
         }
-        source.before_run();
+        // The sink first: a master client's sink shares the source's
+        // connection, which the source's upkeep opens for the run.
         if let Some(s) = sink.as_mut() {
             s.new_run();
         }
+        source.before_run();
         let this_run = sink.as_mut().map(|s| &mut **s as &mut dyn ReportSink);
         match run_once(args, source, this_run) {
             Ok(r) => {

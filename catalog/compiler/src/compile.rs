@@ -43,6 +43,9 @@ pub struct CompileInfo {
     /// A template or condition called `fleet()`: the catalog depends on
     /// the fleet snapshot.
     pub used_fleet: bool,
+    /// The `fleet()` queries it made (each once): the catalog depends on
+    /// their answers only.
+    pub fleet_queries: Vec<crate::fleet::FleetQuery>,
 }
 
 /// What the site says about a node.
@@ -319,12 +322,12 @@ impl ModuleTree {
         let code_version = self
             .env_code_version(&class.environment)
             .unwrap_or_default();
-        let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = Arc::new(std::sync::Mutex::new(crate::fleet::FleetReads::default()));
         let fleet = Value::from_object(crate::fleet::FleetFn {
             snapshot: opts.fleet.clone(),
             environment: class.environment.clone(),
             zones: class.zones,
-            used: used.clone(),
+            reads: reads.clone(),
         });
         let compiler = Compiler::new(env.clone(), class, &facts, opts.secrets.clone(), fleet)?;
         let data = compiler.data.clone();
@@ -332,8 +335,10 @@ impl ModuleTree {
         let cat = compiler
             .run(code_version)
             .map_err(|e| e.scrub(&data.plaintexts()))?;
+        let reads = std::mem::take(&mut *reads.lock().unwrap_or_else(|p| p.into_inner()));
         let info = CompileInfo {
-            used_fleet: used.load(std::sync::atomic::Ordering::Relaxed),
+            used_fleet: reads.used,
+            fleet_queries: reads.queries,
         };
         Ok((cat, info))
     }
