@@ -120,7 +120,7 @@ pub struct Args {
     #[arg(long, default_value_t = crate::catalog_cache::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
     pub catalog_cache_bytes: u64,
     /// Memory the node store (DATA/nodes.redb: check-ins, facts, reports)
-    /// may use to cache its pages, in bytes (default 32 MiB). Pages past it
+    /// may use to cache its pages, in bytes (default 8 MiB). Pages past it
     /// are read again from the file (usually from the kernel's page cache);
     /// 0 caches none.
     #[arg(long, default_value_t = crate::store::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
