@@ -32,7 +32,7 @@ use troupe_tests::{Master, make_csr};
 
 /// CPU time (user + system, seconds) of the process whose /proc
 /// directory is `proc_dir`, threads that ended included.
-fn cpu_secs(proc_dir: &Path) -> f64 {
+pub(super) fn cpu_secs(proc_dir: &Path) -> f64 {
     let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces: count from its ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
