@@ -448,6 +448,7 @@ impl CatalogCache {
         key: &CacheKey,
         fleet_now: Option<u64>,
     ) -> Option<Arc<Compiled>> {
+        crate::heap::note_use();
         let mut g = lock(&self.inner);
         g.clock += 1;
         let now = g.clock;
@@ -477,6 +478,7 @@ impl CatalogCache {
         role: String,
         catalog: Catalog,
     ) -> Arc<Compiled> {
+        crate::heap::note_use();
         // BTreeMap: the bodies come sorted by hash. Bodies the table lacks
         // are prepared (deflated) outside the lock, so compiles on other
         // threads do not wait for that.
