@@ -357,9 +357,9 @@ impl CatalogSource for MasterClient {
             }
             return Ok(Fetched::Unchanged);
         }
-        let cat =
-            LazyCatalog::from_slice(&reply.catalog_json, crate::state::spill(&self.state_dir))
-                .context("the master sent an invalid catalog")?;
+        let spill = crate::state::spill(&self.conn.borrow().state_dir);
+        let cat = LazyCatalog::from_slice(&reply.catalog_json, spill)
+            .context("the master sent an invalid catalog")?;
         drop(reply.catalog_json);
         if cat.hash() != reply.catalog_hash {
             anyhow::bail!("the catalog the master sent does not match its announced hash");
