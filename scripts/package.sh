@@ -11,15 +11,16 @@
 # The packaging sources are in packaging/; dpkg-deb and rpmbuild do the
 # archive formats.
 #
-# Idempotent: running it again rebuilds the same packages; `cargo build
-# --release` is a no-op when the release build is up to date.
+# Idempotent: running it again rebuilds the same packages; the builds are
+# no-ops when up to date. troupe is the release build, troupe-agent the
+# `agent` build of scripts/build-agent.sh (target/agent/, docs/adr/0011).
 #   TROUPE_PACKAGE_BIN_DIR=DIR  take troupe and troupe-agent from DIR
 #                               instead of building (e.g. target/debug
 #                               for a quick test build; they are stripped)
 #   TROUPE_PACKAGE_OUT=DIR      write the packages there instead
 #   SOURCE_DATE_EPOCH           timestamps in the archives (default: the
 #                               last commit's time)
-# Needs: dpkg-deb, rpmbuild, strip, gzip, objdump.
+# Needs: dpkg-deb, rpmbuild, strip, gzip, objdump, nm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top="$(pwd)"
@@ -27,15 +28,23 @@ target_dir="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-
 out="$(mkdir -p "${TROUPE_PACKAGE_OUT:-$target_dir/packages}" && cd "${TROUPE_PACKAGE_OUT:-$target_dir/packages}" && pwd)"
 work="$out/work"
 
-for tool in dpkg-deb rpmbuild strip gzip objdump; do
+for tool in dpkg-deb rpmbuild strip gzip objdump nm; do
   command -v "$tool" >/dev/null || { echo "package.sh: $tool is missing (apt-get install dpkg-dev rpm binutils)" >&2; exit 1; }
 done
 
 bin_dir="${TROUPE_PACKAGE_BIN_DIR:-}"
 if [ -z "$bin_dir" ]; then
-  cargo build --release --bins -p troupe-master -p troupe-agent >&2
+  cargo build --release --bins -p troupe-master >&2
   bin_dir="$target_dir/release"
+  # The agent has its own build (profile `agent`, laid-out functions: ADR 0011).
+  agent_bin="$(./scripts/build-agent.sh)"
+else
+  agent_bin="$bin_dir/troupe-agent"
 fi
+# bin_path BIN: the binary to package.
+bin_path() {
+  if [ "$1" = troupe-agent ]; then echo "$agent_bin"; else echo "$bin_dir/$1"; fi
+}
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
 [ -n "$version" ] || { echo "package.sh: no version in Cargo.toml [workspace.package]" >&2; exit 1; }
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
@@ -61,13 +70,13 @@ stage() {
   install -d "$r/usr/bin" "$r$unitdir" "$r/etc/troupe" "$r/usr/share/man/man1" \
     "$r/usr/share/bash-completion/completions" "$r$zshdir" \
     "$r/usr/share/fish/vendor_completions.d"
-  install -m 0755 "$bin_dir/$bin" "$r/usr/bin/$bin"
+  install -m 0755 "$(bin_path "$bin")" "$r/usr/bin/$bin"
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$r/usr/bin/$bin"
   install -m 0644 "packaging/systemd/$unit" "$r$unitdir/$unit"
   install -m 0644 "packaging/etc/$conf" "$r/etc/troupe/$conf"
   local assets="$work/assets-$bin"
   if [ ! -d "$assets" ]; then
-    "$bin_dir/$bin" package-assets "$assets" >&2
+    "$(bin_path "$bin")" package-assets "$assets" >&2
   fi
   install -m 0644 "$assets/completions/$bin.bash" "$r/usr/share/bash-completion/completions/$bin"
   install -m 0644 "$assets/completions/_$bin" "$r$zshdir/_$bin"

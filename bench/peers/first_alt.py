@@ -7,7 +7,7 @@ tool once, in turn (the order rotates every round), each into an emptied tree, s
 see the same load: a bimodal tool shows up beside a steady one from the same minute.
 
 Per run: wall (perf_counter around fork/exec/wait), CPU (user+sys of the child, from
-wait4's rusage), peak RSS (ru_maxrss), the 1-minute load average just before, and the
+wait4's rusage), peak RSS (GNU time's %M), the 1-minute load average just before, and the
 tree is verified (content, modes, count: as run.sh's verify) after every run, and the
 file system's dirty + writeback data just before (what a syncfs may have to wait for).
 
@@ -65,12 +65,20 @@ def verify():
 
 
 def run_one(cmd):
+    # Peak RSS from GNU time (as run.sh), not wait4's ru_maxrss: the child forked here
+    # starts as a copy of this Python process and Linux keeps a process's largest RSS
+    # across exec, so ru_maxrss never went below Python's own (~15 MB; it hid every
+    # troupe figure under that). time's own child is forked from a small process.
+    rss_file = os.path.join(out, ".first-alt-rss")
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, shell=True, stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file, "sh", "-c", cmd],
+                         stdout=subprocess.DEVNULL)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, p.returncode
+    # "Command exited with non-zero status N" may come first; the figure is last (KB).
+    rss = int(open(rss_file).read().split()[-1]) / 1024.0
+    return wall, ru.ru_utime + ru.ru_stime, rss, p.returncode
 
 
 if prep == "trash" and not os.environ.get("NOWAIT"):

@@ -35,7 +35,8 @@ SIZES=${SIZES:-"100 1000"}
 FIRST_PREP=${FIRST_PREP:-trash}
 case $FIRST_PREP in trash|rm) ;; *) echo "FIRST_PREP must be trash or rm, not '$FIRST_PREP'" >&2; exit 64 ;; esac
 RUNS=${RUNS:-10}
-BIN=${BIN:-$REPO/target/release/troupe-agent}
+# The shipped build of the agent (scripts/build-agent.sh: profile `agent`, laid-out functions).
+BIN=${BIN:-${CARGO_TARGET_DIR:-$REPO/target}/agent/troupe-agent}
 export LC_ALL=C.UTF-8 PEERS
 mkdir -p "$RES"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$RES/run.log"; }
@@ -123,7 +124,7 @@ phase_install() {
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q cfengine3 hyperfine time python3
 }
-phase_build() { (cd "$REPO" && cargo build --release -p troupe-agent --bin troupe-agent); }
+phase_build() { "$REPO/scripts/build-agent.sh" >/dev/null; }
 phase_gen() {
   for n in $SIZES; do
     "$PEERS/gen_workload.sh" "$n" "$BASE/t$n" "$BASE/g$n"

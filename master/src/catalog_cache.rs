@@ -334,6 +334,7 @@ impl Compiled {
             + self.environment.len()
             + self.role.len()
             + self.bodies.len() * std::mem::size_of::<Arc<Body>>()
+            + key.fleet.as_ref().map_or(0, |d| d.heap_bytes())
     }
 }
 
@@ -344,8 +345,9 @@ pub(crate) struct CacheKey {
     pub(crate) facts: [u8; 32],
     pub(crate) environment: String,
     pub(crate) generation: u64,
-    /// The fleet snapshot's generation, for a catalog that used `fleet()`.
-    pub(crate) fleet: Option<u64>,
+    /// For a catalog that used `fleet()`: what it read, and the snapshot
+    /// generation it is known current under.
+    pub(crate) fleet: Option<crate::fleet_data::FleetDep>,
 }
 
 struct Entry {
@@ -441,25 +443,28 @@ impl CatalogCache {
 
     /// The cached catalog of `node` when it was compiled from `key`'s
     /// facts, environment and code (and, for a catalog that used
-    /// `fleet()`, under the fleet snapshot `fleet_now`).
+    /// `fleet()`, when `fleet_current` finds what it read unchanged: it
+    /// returns the fleet generation the entry is then current under).
     pub(crate) fn get(
         &self,
         node: &str,
         key: &CacheKey,
-        fleet_now: Option<u64>,
+        fleet_current: impl FnOnce(&crate::fleet_data::FleetDep) -> Option<u64>,
     ) -> Option<Arc<Compiled>> {
         crate::heap::note_use();
         let mut g = lock(&self.inner);
         g.clock += 1;
         let now = g.clock;
         let e = g.nodes.get_mut(node)?;
-        let k = &e.key;
+        let k = &mut e.key;
         if !(k.facts == key.facts
             && k.environment == key.environment
-            && k.generation == key.generation
-            && k.fleet.is_none_or(|g| Some(g) == fleet_now))
+            && k.generation == key.generation)
         {
             return None;
+        }
+        if let Some(dep) = &mut k.fleet {
+            dep.generation = fleet_current(dep)?;
         }
         e.used = now;
         Some(e.compiled.clone())
@@ -825,7 +830,7 @@ mod tests {
             put(&cache, &format!("n{i}"), &[&body]);
             // n0 is used on every round, so it is never the least recent.
             assert!(
-                cache.get("n0", &key(1), None).is_some(),
+                cache.get("n0", &key(1), |_| None).is_some(),
                 "n0 evicted at {i}"
             );
             let s = cache.stats();
@@ -854,8 +859,8 @@ mod tests {
         assert!(a.body(&troupe_catalog::sha256_hex(b"old a")).is_none());
         assert!(a.body(&troupe_catalog::sha256_hex(b"new a")).is_some());
         // A different key misses; the same key hits.
-        assert!(cache.get("a", &key(2), None).is_none());
-        assert_eq!(cache.get("a", &key(1), None).unwrap().hash, a.hash);
+        assert!(cache.get("a", &key(2), |_| None).is_none());
+        assert_eq!(cache.get("a", &key(1), |_| None).unwrap().hash, a.hash);
     }
 
     /// A load balancer's config: its own name on top, then `backends`.

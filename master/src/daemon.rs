@@ -521,7 +521,7 @@ async fn serve(args: Args) -> Result<()> {
         }
     });
 
-    let incoming = crate::tls::incoming(listener, tls);
+    let incoming = crate::tls::incoming(listener, tls, state.metrics.clone());
     util::write_atomic(
         &args.data.join("listen.addr"),
         format!("{addr}\n").as_bytes(),
