@@ -451,7 +451,6 @@ impl CatalogCache {
         key: &CacheKey,
         fleet_current: impl FnOnce(&crate::fleet_data::FleetDep) -> Option<u64>,
     ) -> Option<Arc<Compiled>> {
-        crate::heap::note_use();
         let mut g = lock(&self.inner);
         g.clock += 1;
         let now = g.clock;
@@ -483,7 +482,6 @@ impl CatalogCache {
         role: String,
         catalog: Catalog,
     ) -> Arc<Compiled> {
-        crate::heap::note_use();
         // BTreeMap: the bodies come sorted by hash. Bodies the table lacks
         // are prepared (deflated) outside the lock, so compiles on other
         // threads do not wait for that.

@@ -459,21 +459,16 @@ async fn serve(args: Args) -> Result<()> {
         args.events.scan_interval.0,
         args.events.cert_expiry_days,
     );
-    // Write check-ins in batches (one transaction a second); give freed
-    // heap pages back after compiles (crate::heap).
+    // Write check-ins in batches (one transaction a second).
     let flush_state = state.clone();
     let flush_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let releaser = Arc::new(std::sync::Mutex::new(crate::heap::Releaser::new()));
         loop {
             tick.tick().await;
             let st = flush_state.clone();
-            let releaser = releaser.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::catalog_service::flush_checkins(&st);
-                releaser.lock().unwrap_or_else(|p| p.into_inner()).tick();
-            })
-            .await;
+            let _ =
+                tokio::task::spawn_blocking(move || crate::catalog_service::flush_checkins(&st))
+                    .await;
         }
     });
     let metrics_task = match &args.metrics_listen {
