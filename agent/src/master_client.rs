@@ -9,7 +9,9 @@
 
 use crate::source::{CatalogSource, Fetched, ReportSink};
 use anyhow::{Context, Result};
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 use tonic::transport::Channel;
 use troupe_catalog::LazyCatalog;
@@ -52,15 +54,29 @@ impl Retry {
     }
 }
 
-/// A connection to the master, shared by the catalog source and the
-/// report sink of one run.
+/// A client of one master: the catalog source of a run and, through
+/// [`MasterClient::sharing`], its report sink.
+///
+/// One run is one connection (one TCP + TLS handshake for the master):
+/// the certificate upkeep before the run, the catalog, file bodies and the
+/// report all go over the same HTTP/2 connection, opened at the first call
+/// of the run. It is dropped between runs (a connection kept for the whole
+/// interval may be dead by the next one), after a renewal (the connection
+/// carries the old certificate's identity: a connection never changes
+/// identity) and when the refreshed CRL differs (the master's certificate
+/// was verified with the old one).
 pub struct MasterClient {
+    conn: Rc<RefCell<Conn>>,
+    environment: Option<String>,
+}
+
+/// What the handles of one master share.
+struct Conn {
     rt: tokio::runtime::Runtime,
     server: String,
     state_dir: PathBuf,
     channel: Option<Channel>,
     retry: Retry,
-    environment: Option<String>,
 }
 
 impl MasterClient {
@@ -70,13 +86,25 @@ impl MasterClient {
             .build()
             .context("starting the network runtime")?;
         Ok(MasterClient {
-            rt,
-            server: server.to_owned(),
-            state_dir,
-            channel: None,
-            retry,
+            conn: Rc::new(RefCell::new(Conn {
+                rt,
+                server: server.to_owned(),
+                state_dir,
+                channel: None,
+                retry,
+            })),
             environment: None,
         })
+    }
+
+    /// Another handle on the same master and connection (the report sink
+    /// of the runs whose catalogs this one fetches), asking for catalogs
+    /// in the classified environment.
+    pub fn sharing(&self) -> MasterClient {
+        MasterClient {
+            conn: self.conn.clone(),
+            environment: None,
+        }
     }
 
     /// Asks for catalogs compiled in `env` instead of the classified
@@ -86,23 +114,54 @@ impl MasterClient {
         self
     }
 
-    pub fn server(&self) -> &str {
-        &self.server
+    pub fn server(&self) -> String {
+        self.conn.borrow().server.clone()
     }
 
-    fn channel(&mut self) -> Result<Channel> {
-        if let Some(c) = &self.channel {
-            return Ok(c.clone());
-        }
-        let id = Identity::load(&self.state_dir).with_context(|| {
+    fn with_retry<T, F, Fut>(&mut self, what: &str, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.conn.borrow_mut().with_retry(what, call)
+    }
+
+    /// Drops the connection (the next call opens a new one).
+    fn disconnect(&mut self) {
+        self.conn.borrow_mut().channel = None;
+    }
+}
+
+impl Conn {
+    fn identity(&self) -> Result<Identity> {
+        Identity::load(&self.state_dir).with_context(|| {
             format!(
                 "no usable identity in {} (run `troupe-agent bootstrap` first)",
                 self.state_dir.display()
             )
-        })?;
+        })
+    }
+
+    /// The open channel, or a new one for `id` (loaded when not given).
+    fn channel_for(&mut self, id: Option<&Identity>) -> Result<Channel> {
+        if let Some(c) = &self.channel {
+            return Ok(c.clone());
+        }
+        let loaded;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                loaded = self.identity()?;
+                &loaded
+            }
+        };
         let ch = self.rt.block_on(id.connect(&self.server))?;
         self.channel = Some(ch.clone());
         Ok(ch)
+    }
+
+    fn channel(&mut self) -> Result<Channel> {
+        self.channel_for(None)
     }
 
     /// Runs `call` with retries. Errors the master answered with (refusals,
@@ -158,20 +217,41 @@ impl MasterClient {
     }
 
     /// Refreshes the CRL and renews the certificate when a third of its
-    /// life is left. Failures are logged, not fatal: the run goes on with
-    /// the current certificate (or falls back to the cache).
-    pub fn maintain_identity(&mut self) {
-        match self
-            .rt
-            .block_on(crate::renew::maintain(&self.state_dir, &self.server, false))
-        {
-            Ok(crate::renew::RenewOutcome::Renewed { serial, .. }) => {
-                tracing::info!(%serial, "certificate renewed");
-                self.channel = None;
+    /// life is left, on the run's connection (opened here). Failures are
+    /// logged, not fatal: the run goes on with the current certificate (or
+    /// falls back to the cache).
+    fn maintain_identity(&mut self) {
+        let r = self.identity().and_then(|id| {
+            let ch = self.channel_for(Some(&id))?;
+            self.rt
+                .block_on(crate::renew::maintain_over(&id, ch, false))
+        });
+        match r {
+            Ok((outcome, crl_changed)) => {
+                if let crate::renew::RenewOutcome::Renewed { serial, .. } = &outcome {
+                    tracing::info!(%serial, "certificate renewed");
+                }
+                // The connection carries the old certificate (revoked now)
+                // or was verified with the old CRL: the run's calls go on a
+                // new one.
+                if crl_changed || matches!(outcome, crate::renew::RenewOutcome::Renewed { .. }) {
+                    self.channel = None;
+                }
             }
-            Ok(crate::renew::RenewOutcome::NotDue { .. }) => {}
-            Err(e) => tracing::warn!("certificate maintenance failed: {e:#}"),
+            Err(e) => {
+                // Maybe a dead connection: the run's calls open their own.
+                self.channel = None;
+                tracing::warn!("certificate maintenance failed: {e:#}")
+            }
         }
+    }
+}
+
+impl MasterClient {
+    /// Refreshes the CRL and renews the certificate when due (see
+    /// [`Conn::maintain_identity`]).
+    pub fn maintain_identity(&mut self) {
+        self.conn.borrow_mut().maintain_identity();
     }
 
     /// Fetches a file body referenced by this node's current catalog.
@@ -208,7 +288,7 @@ fn is_transport(s: &tonic::Status) -> bool {
 
 impl CatalogSource for MasterClient {
     fn describe(&self) -> String {
-        format!("master:{}", self.server)
+        format!("master:{}", self.server())
     }
 
     fn checkin_disabled(&mut self, reason: &str, since: &str) {
@@ -218,7 +298,7 @@ impl CatalogSource for MasterClient {
         }))
         .unwrap_or_default();
         // One attempt: a disabled host's run is not worth waiting for.
-        let attempts = std::mem::replace(&mut self.retry.attempts, 1);
+        let attempts = std::mem::replace(&mut self.conn.borrow_mut().retry.attempts, 1);
         let r = self.with_retry("the disabled check-in", |ch| {
             let req = CatalogRequest {
                 facts_json: b"{}".to_vec(),
@@ -228,11 +308,11 @@ impl CatalogSource for MasterClient {
             };
             async move { CatalogClient::new(ch).get_catalog(req).await }
         });
-        self.retry.attempts = attempts;
+        self.conn.borrow_mut().retry.attempts = attempts;
         if let Err(e) = r {
             tracing::warn!(
                 "could not tell {} that runs are disabled: {e:#}",
-                self.server
+                self.server()
             );
         }
     }
@@ -240,8 +320,9 @@ impl CatalogSource for MasterClient {
     fn before_run(&mut self) {
         // A fresh connection per run: the daemon's runs are far apart, and a
         // connection kept from the last one may be dead (network cut, master
-        // gone) without anything having noticed.
-        self.channel = None;
+        // gone) without anything having noticed. The upkeep opens it; the
+        // run's catalog and report use it.
+        self.disconnect();
         self.maintain_identity();
     }
 
@@ -276,8 +357,10 @@ impl CatalogSource for MasterClient {
             }
             return Ok(Fetched::Unchanged);
         }
-        let cat = LazyCatalog::from_json(reply.catalog_json)
+        let spill = crate::state::spill(&self.conn.borrow().state_dir);
+        let cat = LazyCatalog::from_slice(&reply.catalog_json, spill)
             .context("the master sent an invalid catalog")?;
+        drop(reply.catalog_json);
         if cat.hash() != reply.catalog_hash {
             anyhow::bail!("the catalog the master sent does not match its announced hash");
         }
@@ -287,7 +370,7 @@ impl CatalogSource for MasterClient {
 
 impl ReportSink for MasterClient {
     fn describe(&self) -> String {
-        format!("master:{}", self.server)
+        format!("master:{}", self.server())
     }
 
     fn send(&mut self, report: &Report) -> Result<()> {
@@ -307,7 +390,7 @@ impl ReportSink for MasterClient {
     }
 
     fn new_run(&mut self) {
-        self.channel = None;
+        self.disconnect();
     }
 }
 

@@ -77,15 +77,36 @@ pub fn run(args: Args) -> Result<u8> {
 pub async fn maintain(state_dir: &Path, server: &str, force: bool) -> Result<RenewOutcome> {
     let id = Identity::load(state_dir)?;
     let channel = id.connect(server).await?;
-    identity::refresh_crl(channel.clone(), &id.ca_der, state_dir)
+    Ok(maintain_over(&id, channel, force).await?.0)
+}
+
+/// [`maintain`] over a channel the caller opened with `id` (the agent's
+/// run does its certificate upkeep, catalog and report on one
+/// connection). Also says whether the stored CRL changed: a connection
+/// opened before was verified with the old one.
+pub async fn maintain_over(
+    id: &Identity,
+    channel: tonic::transport::Channel,
+    force: bool,
+) -> Result<(RenewOutcome, bool)> {
+    let state_dir = &id.state_dir;
+    let pem = identity::fetch_crl(channel.clone(), &id.ca_der)
         .await
         .context("refreshing the CRL")?;
-    if !force && !id.renewal_due(util::now()) {
-        return Ok(RenewOutcome::NotDue {
-            not_after: id.not_after,
-        });
+    let path = state_dir.join(identity::CRL_FILE);
+    let crl_changed = std::fs::read(&path).ok().as_deref() != Some(pem.as_bytes());
+    if crl_changed {
+        util::write_atomic(&path, pem.as_bytes(), 0o644).context("storing the CRL")?;
     }
-    renew(&id, channel).await
+    if !force && !id.renewal_due(util::now()) {
+        return Ok((
+            RenewOutcome::NotDue {
+                not_after: id.not_after,
+            },
+            crl_changed,
+        ));
+    }
+    Ok((renew(id, channel).await?, crl_changed))
 }
 
 /// Renews `id`'s certificate over `channel` (authenticated by `id`).

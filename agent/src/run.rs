@@ -197,19 +197,21 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let client = |url: &str| {
             crate::master_client::MasterClient::new(url, args.state.clone(), retry.clone())
         };
+        // The report sink shares each master's connection with the catalog
+        // source: one run is one connection to the master.
         let (mut source, mut sink): (Box<dyn CatalogSource>, Box<dyn ReportSink>) =
             if args.more_servers.is_empty() {
-                (
-                    Box::new(client(server)?.with_environment(args.environment.clone())),
-                    Box::new(client(server)?),
-                )
+                let source = client(server)?.with_environment(args.environment.clone());
+                let sink = source.sharing();
+                (Box::new(source), Box::new(sink))
             } else {
                 let all: Vec<&String> = std::iter::once(server).chain(&args.more_servers).collect();
                 let mut sources = Vec::new();
                 let mut sinks = Vec::new();
                 for url in all {
-                    sources.push(client(url)?.with_environment(args.environment.clone()));
-                    sinks.push(client(url)?);
+                    let source = client(url)?.with_environment(args.environment.clone());
+                    sinks.push(source.sharing());
+                    sources.push(source);
                 }
                 (
                     Box::new(crate::server_list::ServerList(sources)),
@@ -242,7 +244,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return daemon(&args, source.as_mut(), Some(sink.as_mut()));
     }
     let mut source: Box<dyn CatalogSource> = match &args.catalog {
-        Some(p) => Box::new(FileSource(p.clone())),
+        Some(p) => Box::new(FileSource {
+            path: p.clone(),
+            state: args.state.clone(),
+        }),
         None => Box::new(NoSource),
     };
     if args.once {
@@ -268,10 +273,12 @@ fn daemon(
         if args.splay > 0 && !(first && args.just_joined) {
             std::thread::sleep(Duration::from_secs(fastrand::u64(0..=args.splay)));
         }
-        source.before_run();
+        // The sink first: a master client's sink shares the source's
+        // connection, which the source's upkeep opens for the run.
         if let Some(s) = sink.as_mut() {
             s.new_run();
         }
+        source.before_run();
         let this_run = sink.as_mut().map(|s| &mut **s as &mut dyn ReportSink);
         match run_once(args, source, this_run) {
             Ok(r) => {
@@ -298,14 +305,7 @@ fn obtain_catalog(
     facts: &serde_json::Value,
 ) -> anyhow::Result<(LazyCatalog, bool)> {
     let cached_hash = st.cached_hash()?;
-    let load_cached = || -> anyhow::Result<Option<LazyCatalog>> {
-        match st.cached_catalog()? {
-            Some(bytes) => Ok(Some(
-                LazyCatalog::from_json(bytes).context("the cached catalog is invalid")?,
-            )),
-            None => Ok(None),
-        }
-    };
+    let load_cached = || st.load_cached_catalog();
     match source.fetch(facts, cached_hash.as_deref()) {
         Ok(Fetched::Catalog(cat)) => {
             let cat = *cat;
@@ -418,6 +418,13 @@ pub fn run_once(
         (!args.noop).then_some(&bucket),
     );
     ctx.package_dir = args.package_dir.clone();
+    // The run's id names its files; its journal is streamed to one as it
+    // grows (a killed run's is never named, and swept by the next save).
+    let run_id = state::new_run_id();
+    let base = st.new_run_base(&run_id)?;
+    if !args.noop {
+        ctx.journal = providers::Journal::to_file(st.journal_path(&base))?;
+    }
     if !args.tags.is_empty()
         && !catalog
             .resources()
@@ -434,40 +441,55 @@ pub fn run_once(
     }
     let mut resources = engine::converge_tagged(&catalog, &mut ctx, &args.tags);
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "converged");
+    // The catalog and its bodies are not needed any more: free them before
+    // the report is stored.
+    let journal = std::mem::replace(&mut ctx.journal, providers::Journal::memory()).finish()?;
+    drop(ctx);
+    let (node, environment, code_version) = (
+        catalog.node.clone(),
+        catalog.environment.clone(),
+        catalog.code_version.clone(),
+    );
+    drop(catalog);
     let failed = resources
         .iter()
         .any(|r| matches!(r.status, Status::Failed | Status::Skipped));
-    if failed && args.rollback_on_failure && !args.noop && !ctx.changes.is_empty() {
-        let restored = rollback_changes(&ctx.changes, &bucket);
-        for r in resources.iter_mut().filter(|r| r.status == Status::Changed) {
-            r.events
-                .push("rolled back: this run failed, its file changes were undone".into());
-        }
-        for line in restored {
-            tracing::warn!("rollback: {line}");
+    if failed && args.rollback_on_failure && !args.noop {
+        let changes = match &journal {
+            providers::JournalDone::File(Some(name)) => st.journal_file_changes(name)?,
+            providers::JournalDone::File(None) => Vec::new(),
+            providers::JournalDone::Memory(c) => c.clone(),
+        };
+        if !changes.is_empty() {
+            let restored = rollback_changes(&changes, &bucket);
+            for r in resources.iter_mut().filter(|r| r.status == Status::Changed) {
+                r.events
+                    .push("rolled back: this run failed, its file changes were undone".into());
+            }
+            for line in restored {
+                tracing::warn!("rollback: {line}");
+            }
         }
     }
     let report = Report {
-        run_id: state::new_run_id(),
-        node: catalog.node.clone(),
+        run_id,
+        node,
         started,
         duration_ms: t0.elapsed().as_millis() as u64,
         noop: args.noop,
         catalog_hash,
-        environment: catalog.environment.clone(),
-        code_version: catalog.code_version.clone(),
+        environment,
+        code_version,
         from_cache,
         tags: args.tags.clone(),
         resources,
     };
-    // The catalog and its bodies are not needed any more: free them before
-    // the report is encoded and stored, so the two never peak together.
-    let mut changes = std::mem::take(&mut ctx.changes);
-    changes.shrink_to_fit();
-    drop(ctx);
-    drop(catalog);
     let queue = sink.is_some();
-    st.save_run(&report, &changes, queue, args.keep_reports)?;
+    let journal = match &journal {
+        providers::JournalDone::File(name) => state::Journal::File(name.as_deref()),
+        providers::JournalDone::Memory(c) => state::Journal::Changes(c),
+    };
+    st.store_run(&report, &base, journal, queue, args.keep_reports)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "report stored");
     if let Some(sink) = sink {
         deliver(&st, sink, &report);

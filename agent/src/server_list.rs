@@ -15,7 +15,7 @@ impl ServerList {
     fn names(&self) -> String {
         self.0
             .iter()
-            .map(|c| c.server().to_owned())
+            .map(|c| c.server())
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -41,22 +41,27 @@ pub trait CatalogSource {
     fn checkin_disabled(&mut self, _reason: &str, _since: &str) {}
 }
 
-/// A catalog JSON file as written by `Catalog::to_canonical_json`.
-pub struct FileSource(pub PathBuf);
+/// A catalog JSON file as written by `Catalog::to_canonical_json`, read as
+/// a stream into a spill file of the state directory `state`
+/// ([`crate::state::spill`]).
+pub struct FileSource {
+    pub path: PathBuf,
+    pub state: PathBuf,
+}
 
 impl CatalogSource for FileSource {
     fn describe(&self) -> String {
-        format!("file:{}", self.0.display())
+        format!("file:{}", self.path.display())
     }
     fn fetch(
         &mut self,
         _facts: &serde_json::Value,
         _cached: Option<&str>,
     ) -> anyhow::Result<Fetched> {
-        let bytes =
-            std::fs::read(&self.0).with_context(|| format!("cannot read {}", self.0.display()))?;
-        let cat = LazyCatalog::from_json(bytes)
-            .with_context(|| format!("catalog {} is invalid", self.0.display()))?;
+        let mut f = std::fs::File::open(&self.path)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        let cat = LazyCatalog::from_file(&mut f, crate::state::spill(&self.state))
+            .with_context(|| format!("catalog {} is invalid", self.path.display()))?;
         Ok(Fetched::Catalog(Box::new(cat)))
     }
 }

@@ -20,7 +20,11 @@
 //! names (a random nonce) and are synced before the one database commit
 //! that names them, so the commit is the switch: a crash before it leaves
 //! the stored runs as they were (and unnamed files, swept), a crash after it
-//! leaves only the pruned runs' files behind (swept too). Values written by
+//! leaves only the pruned runs' files behind (swept too). The journal is
+//! streamed to its file while the run converges (one change at a time,
+//! nothing held in memory); a run killed before its commit loses its own
+//! journal (never named, swept with the old contents it saved in the
+//! bucket), never another run's. Values written by
 //! agents before `runs/` (the JSON itself, inline) are still read, and age
 //! out with retention.
 
@@ -176,6 +180,7 @@ impl State {
 
     /// The cached catalog's bytes, if any: `catalog.json`, or where agents
     /// before it kept them (in the database).
+    #[cfg(test)]
     pub fn cached_catalog(&self) -> anyhow::Result<Option<Vec<u8>>> {
         let path = self.catalog_path();
         match std::fs::read(&path) {
@@ -186,6 +191,25 @@ impl State {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(CATALOG).map_err(db_err)?;
         Ok(t.get("last").map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The cached catalog, validated and kept in a [`spill`] file of the
+    /// state directory (read from `catalog.json` as a stream), if any.
+    pub fn load_cached_catalog(&self) -> anyhow::Result<Option<LazyCatalog>> {
+        let path = self.catalog_path();
+        let cat = match File::open(&path) {
+            Ok(mut f) => LazyCatalog::from_file(&mut f, spill(&self.dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tx = self.db.begin_read().map_err(db_err)?;
+                let t = tx.open_table(CATALOG).map_err(db_err)?;
+                let Some(v) = t.get("last").map_err(db_err)? else {
+                    return Ok(None);
+                };
+                LazyCatalog::from_slice(v.value(), spill(&self.dir))
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        cat.map(Some).context("the cached catalog is invalid")
     }
 
     /// Stores `cat` (its canonical JSON) as the last good catalog unless it
@@ -241,27 +265,85 @@ impl State {
         queue: bool,
         keep: usize,
     ) -> anyhow::Result<()> {
-        let id = report.run_id.as_str();
+        let base = self.new_run_base(&report.run_id)?;
+        self.store_run(report, &base, Journal::Changes(changes), queue, keep)
+    }
+
+    /// The start of the names of a run's files in `runs/` (`ID.NONCE`, a new
+    /// random nonce), the directory created; refuses a run id that cannot
+    /// name a file.
+    pub fn new_run_base(&self, id: &str) -> anyhow::Result<String> {
         anyhow::ensure!(
             is_run_id(id),
             "run id {id:?} cannot name a file (letters, digits, '.', '_', '-')"
         );
+        create_private_dir(&self.runs_dir())?;
+        Ok(format!("{id}.{:016x}", fastrand::u64(..)))
+    }
+
+    /// Where the rollback journal of the run whose files start with `base`
+    /// ([`State::new_run_base`]) is streamed during the run.
+    pub fn journal_path(&self, base: &str) -> PathBuf {
+        self.runs_dir().join(format!("{base}{JOURNAL_SUFFIX}"))
+    }
+
+    /// The changes in the journal file `runs/NAME` (streamed by this run).
+    pub fn journal_file_changes(&self, name: &str) -> anyhow::Result<Vec<FileChange>> {
+        let path = self.runs_dir().join(name);
+        let f = File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, f))
+            .with_context(|| format!("rollback journal {} is corrupt", path.display()))
+    }
+
+    /// [`State::save_run`] for a run whose files start with `base`, its
+    /// journal given in memory or already streamed (and synced) to its file.
+    pub fn store_run(
+        &self,
+        report: &Report,
+        base: &str,
+        journal: Journal,
+        queue: bool,
+        keep: usize,
+    ) -> anyhow::Result<()> {
         let runs = self.runs_dir();
-        create_private_dir(&runs)?;
-        let base = format!("{id}.{:016x}", fastrand::u64(..));
         let report_file = format!("{base}{REPORT_SUFFIX}");
-        let journal_file = (!changes.is_empty()).then(|| format!("{base}{JOURNAL_SUFFIX}"));
         let mut written: Vec<PathBuf> = Vec::new();
-        let res = (|| -> anyhow::Result<()> {
-            write_new_json(&runs, &report_file, report, &mut written)?;
-            if let Some(j) = &journal_file {
-                write_new_json(&runs, j, changes, &mut written)?;
+        let (journal_file, changes) = match journal {
+            Journal::Changes(c) => (
+                (!c.is_empty()).then(|| format!("{base}{JOURNAL_SUFFIX}")),
+                c,
+            ),
+            Journal::File(n) => {
+                if let Some(n) = n {
+                    written.push(runs.join(n));
+                }
+                (n.map(str::to_owned), &[][..])
             }
+        };
+        let res = (|| -> anyhow::Result<Vec<String>> {
+            let id = report.run_id.as_str();
+            anyhow::ensure!(
+                run_file_id(&report_file) == Some((id, true))
+                    && journal_file
+                        .as_deref()
+                        .is_none_or(|j| run_file_id(j) == Some((id, false))),
+                "the files of run {id:?} are misnamed ({base})"
+            );
+            write_new_json(&runs, &report_file, report, &mut written)?;
+            let blobs = match (&journal_file, changes.is_empty()) {
+                (Some(j), false) => {
+                    write_new_json(&runs, j, changes, &mut written)?;
+                    blob_names(changes).collect()
+                }
+                (Some(j), true) => read_blobs(&runs.join(j))?,
+                (None, _) => Vec::new(),
+            };
             File::open(&runs)
                 .and_then(|d| d.sync_all())
-                .with_context(|| format!("cannot sync {}", runs.display()))
+                .with_context(|| format!("cannot sync {}", runs.display()))?;
+            Ok(blobs)
         })()
-        .and_then(|()| self.commit_run(report, changes, &report_file, &journal_file, queue, keep));
+        .and_then(|blobs| self.commit_run(report, blobs, &report_file, &journal_file, queue, keep));
         let orphans = match res {
             Ok(o) => o,
             Err(e) => {
@@ -289,7 +371,7 @@ impl State {
     fn commit_run(
         &self,
         report: &Report,
-        changes: &[FileChange],
+        blobs: Vec<String>,
         report_file: &str,
         journal_file: &Option<String>,
         queue: bool,
@@ -315,7 +397,7 @@ impl State {
                     orphans.extend(unref(&mut refs, old)?);
                 }
                 chg.insert(id, j.as_bytes()).map_err(db_err)?;
-                add_refs(&mut refs, blob_names(changes))?;
+                add_refs(&mut refs, blobs.into_iter())?;
             }
             if queue {
                 unsent.insert(id, ()).map_err(db_err)?;
@@ -612,6 +694,23 @@ fn unref(refs: &mut RefTable, blobs: Vec<String>) -> anyhow::Result<Vec<String>>
     Ok(free)
 }
 
+/// A run's rollback journal, for [`State::store_run`].
+pub enum Journal<'a> {
+    /// In memory: written to its file when stored.
+    Changes(&'a [FileChange]),
+    /// Already streamed to `runs/NAME` and synced (`None`: no changes).
+    File(Option<&'a str>),
+}
+
+/// The bucket blobs the journal file `path` refers to; an error when it
+/// cannot be read (its blobs must be counted before it is named).
+fn read_blobs(path: &Path) -> anyhow::Result<Vec<String>> {
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let b: Blobs = serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, f))
+        .with_context(|| format!("rollback journal {} is corrupt", path.display()))?;
+    Ok(b.0)
+}
+
 /// Local content-addressed store of old file contents.
 pub struct Bucket {
     pub dir: PathBuf,
@@ -723,6 +822,27 @@ impl Bucket {
             p.display()
         );
         Ok(b)
+    }
+}
+
+/// Where a catalog read in this run keeps its canonical JSON: a new
+/// unnamed file (`O_TMPFILE`, 0600) in the state directory `dir`, so the
+/// catalog's bytes are the kernel's page cache rather than the agent's
+/// heap, nobody else can open it, and nothing is left behind when the run
+/// ends or is killed. Memory when no such file can be made there.
+pub fn spill(dir: &Path) -> troupe_catalog::Spill {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    match nix::fcntl::open(dir, flags, Mode::from_bits_truncate(0o600)) {
+        Ok(fd) => troupe_catalog::Spill::File(File::from(fd)),
+        Err(e) => {
+            tracing::debug!(
+                "no unnamed file in {} ({e}): the catalog is kept in memory",
+                dir.display()
+            );
+            troupe_catalog::Spill::Memory
+        }
     }
 }
 
@@ -1129,7 +1249,7 @@ mod tests {
         write_new_json(&runs, rf, &r2, &mut written).unwrap();
         write_new_json(&runs, jf, &[kept(&a)], &mut written).unwrap();
         let orphans = st
-            .commit_run(&r2, &[kept(&a)], rf, &Some(jf.into()), false, 1)
+            .commit_run(&r2, vec![a.clone()], rf, &Some(jf.into()), false, 1)
             .unwrap();
         assert!(orphans.is_empty(), "r2 still refers to the blob");
         assert_eq!(st.run_ids().unwrap(), ["r2"]);

@@ -396,6 +396,136 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
     assert!(creating.is_empty(), "{creating:?}");
 }
 
+/// A run's rollback journal is streamed to `runs/` while it converges. A
+/// run killed mid-way leaves a partial journal nothing names: what the kill
+/// loses is exactly that run's journal and the old contents it saved (the
+/// next run sweeps both, so the killed run's changes cannot be rolled
+/// back); the runs stored before it are whole and still roll back.
+#[test]
+fn kill_9_mid_run_loses_only_its_own_journal() {
+    let env = Env::new();
+    // A stored run that changed /keep.txt: its old content is in the bucket.
+    std::fs::write(env.p("/keep.txt"), "before\n").unwrap();
+    let mut c1 = new_catalog();
+    let f = file(&mut c1, "/keep.txt", b"after\n", 0o644);
+    c1.resources.push(f);
+    let (code, r1, _) = env.run(&c1, &[]);
+    assert_eq!(code, 2, "{r1:?}");
+    // Files with old content: each change saves a blob and a journal entry.
+    let (c, expect) = paused_catalog(&env, 2000, 1, 100);
+    std::fs::create_dir(env.p("/data")).unwrap();
+    let old = |i: usize| format!("old {i}\n").into_bytes();
+    for (i, (p, _)) in expect.iter().enumerate() {
+        std::fs::write(p, old(i)).unwrap();
+    }
+    let cat = env.write_catalog(&c);
+    let runs = env.state().join("runs");
+    let journals = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&runs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".journal.json"))
+            .collect()
+    };
+    let stored = journals();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let mut child = env
+        .command(&[
+            "run",
+            "--once",
+            "--output",
+            "quiet",
+            "--catalog",
+            cat.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    // Killed as soon as its journal has reached the disk.
+    let t = std::time::Instant::now();
+    let partial = loop {
+        let found = journals()
+            .into_iter()
+            .find(|p| !stored.contains(p) && std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended unkilled"
+        );
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "no journal streamed while converging"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let _ = child.kill(); // SIGKILL
+    assert!(child.wait().unwrap().code().is_none(), "not killed mid-run");
+    let text = std::fs::read(&partial).unwrap();
+    assert!(
+        text.starts_with(b"[{\"path\":"),
+        "{}",
+        String::from_utf8_lossy(&text[..40])
+    );
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&text).is_err(),
+        "a whole journal"
+    );
+    let changed: Vec<usize> = (0..expect.len())
+        .filter(|&i| std::fs::read(&expect[i].0).unwrap() == expect[i].1)
+        .collect();
+    assert!(!changed.is_empty(), "no file changed before the kill");
+    // The next run converges, sweeps the partial journal and the old
+    // contents only it referred to.
+    let (code, r3, _) = env.run(&c, &[]);
+    assert_eq!(code, 2, "{:?}", r3.counts());
+    assert!(!partial.exists(), "the killed run's journal is left");
+    let bucket = env.state().join("bucket");
+    for &i in &changed {
+        let sha = troupe_catalog::sha256_hex(&old(i));
+        assert!(
+            !bucket.join(&sha[..2]).join(&sha).exists(),
+            "blob of file {i} kept"
+        );
+    }
+    // The stored runs are the first and the last, whole.
+    let list = env.sub(&["rollback", "--list"]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let ids: Vec<&str> = list.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(ids, [r1.run_id.as_str(), r3.run_id.as_str()], "{list}");
+    assert!(
+        list.contains(&format!(
+            "{}\t{} file changes",
+            r3.run_id,
+            expect.len() - changed.len()
+        )),
+        "{list}"
+    );
+    // The run before the kill still rolls back; so does the one after.
+    let out = env.sub(&["rollback", &r3.run_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.sub(&["rollback", &r1.run_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(env.p("/keep.txt")).unwrap(), b"before\n");
+    for (i, (p, body)) in expect.iter().enumerate() {
+        let want = if changed.contains(&i) {
+            body.clone()
+        } else {
+            old(i)
+        };
+        assert_eq!(std::fs::read(p).unwrap(), want, "{}", p.display());
+    }
+}
+
 /// The same catalog over files that already hold other content: a run
 /// killed at any point (writing temp files, syncing, renaming, between
 /// batches) leaves every file either its old content or its whole new one,

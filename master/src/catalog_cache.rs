@@ -10,11 +10,17 @@
 //!   while the cache says "unchanged" gets a fresh compile;
 //! - file bodies are shared by SHA-256 across nodes: a thousand nodes with
 //!   the same `/etc/motd` hold one copy;
+//! - large bodies are split into chunks at content-defined line boundaries
+//!   and the chunks are shared by SHA-256 too: bodies that differ in a few
+//!   lines (a load balancer's config naming its own host above the same
+//!   2,500 backends, or listing one more backend than the last compile's)
+//!   hold their common lines once (see [`split_chunks`]);
 //! - the whole cache is bounded in bytes (`catalog_cache_bytes`, see
 //!   [`DEFAULT_CACHE_BYTES`]): past the bound the least recently used nodes
 //!   are evicted (their next check-in recompiles).
 
 use crate::store::Checkin;
+use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use troupe_catalog::{Blob, Catalog};
@@ -35,6 +41,150 @@ const DEFLATE_MIN: usize = 512;
 /// gains little past level 3, and a compile pays for it.
 const DEFLATE_LEVEL: u8 = 3;
 
+/// Bodies at least this long are split into shared chunks.
+const CHUNKED_MIN: usize = 4096;
+/// A chunk ends after a line whose hash has these bits clear (one line in
+/// 32 on average: ~2 KB chunks of configuration text)...
+const CHUNK_MASK: u64 = 31;
+/// ... once it holds at least this many bytes ...
+const CHUNK_MIN: usize = 512;
+/// ... and at the latest at this many (inside a line if need be).
+const CHUNK_MAX: usize = 16 * 1024;
+/// Bytes charged per shared chunk on top of its data.
+const CHUNK_OVERHEAD: usize = 96;
+
+/// Where `bytes` is cut into chunks: the end offset of each. Boundaries
+/// depend only on the lines before them (a line ends a chunk when its hash
+/// says so), so two bodies that differ in one line are cut alike before
+/// and after it and share every chunk but one. Bytes without newlines are
+/// cut every [`CHUNK_MAX`].
+pub(crate) fn split_chunks(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut start = 0usize;
+    // FNV-1a of the current line.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, &b) in bytes.iter().enumerate() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        let len = i + 1 - start;
+        if b == b'\n' {
+            if len >= CHUNK_MIN && (h >> 20) & CHUNK_MASK == 0 {
+                ends.push(i + 1);
+                start = i + 1;
+            }
+            h = 0xcbf2_9ce4_8422_2325;
+        } else if len >= CHUNK_MAX {
+            ends.push(i + 1);
+            start = i + 1;
+        }
+    }
+    if start < bytes.len() || ends.is_empty() {
+        ends.push(bytes.len());
+    }
+    ends
+}
+
+/// Bytes, kept deflated when that saves a quarter.
+enum Packed {
+    Raw(Box<[u8]>),
+    Deflated { deflated: Box<[u8]>, len: usize },
+}
+
+impl Packed {
+    fn new(bytes: &[u8]) -> Packed {
+        if bytes.len() >= DEFLATE_MIN {
+            let deflated = miniz_oxide::deflate::compress_to_vec(bytes, DEFLATE_LEVEL);
+            if deflated.len() <= bytes.len() - bytes.len() / 4 {
+                return Packed::Deflated {
+                    deflated: deflated.into_boxed_slice(),
+                    len: bytes.len(),
+                };
+            }
+        }
+        Packed::Raw(bytes.into())
+    }
+
+    fn held(&self) -> usize {
+        match self {
+            Packed::Raw(b) => b.len(),
+            Packed::Deflated { deflated, .. } => deflated.len(),
+        }
+    }
+
+    fn append_to(&self, out: &mut Vec<u8>) -> Option<()> {
+        match self {
+            Packed::Raw(b) => out.extend_from_slice(b),
+            Packed::Deflated { deflated, len } => {
+                let v = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, *len).ok()?;
+                if v.len() != *len {
+                    return None;
+                }
+                out.extend_from_slice(&v);
+            }
+        }
+        Some(())
+    }
+}
+
+/// A piece of one or more large bodies, held once (keyed by the SHA-256
+/// of its bytes).
+pub(crate) struct Chunk {
+    sha256: [u8; 32],
+    data: Packed,
+}
+
+/// Bytes charged for one shared chunk.
+fn chunk_bytes(c: &Chunk) -> usize {
+    c.data.held() + CHUNK_OVERHEAD
+}
+
+/// A large body cut into chunks (not yet sharing any), ready to be held.
+pub(crate) struct Pieces {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    hashes: Vec<[u8; 32]>,
+}
+
+impl Pieces {
+    fn new(bytes: Vec<u8>) -> Pieces {
+        let ends = split_chunks(&bytes);
+        let mut start = 0;
+        let hashes = ends
+            .iter()
+            .map(|&end| {
+                let h: [u8; 32] = sha2::Sha256::digest(&bytes[start..end]).into();
+                start = end;
+                h
+            })
+            .collect();
+        Pieces {
+            bytes,
+            ends,
+            hashes,
+        }
+    }
+
+    /// The chunks, taking those `known` has (by position) and packing the
+    /// others (deflating: call without the cache's lock).
+    fn chunks(&self, known: Vec<Option<Arc<Chunk>>>) -> Box<[Arc<Chunk>]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .zip(&self.hashes)
+            .zip(known)
+            .map(|((&end, h), k)| {
+                let piece = &self.bytes[start..end];
+                start = end;
+                k.unwrap_or_else(|| {
+                    Arc::new(Chunk {
+                        sha256: *h,
+                        data: Packed::new(piece),
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
 /// A file body, held once however many cached catalogs reference it.
 /// Bodies are cold: an agent fetches one only after a new catalog, and
 /// only when its own copy differs. So a large one is kept deflated
@@ -50,6 +200,11 @@ enum Stored {
     Plain(Blob),
     /// The bytes, deflated (raw DEFLATE), and their length.
     Deflated { deflated: Box<[u8]>, len: usize },
+    /// A large body: its chunks (shared with other bodies), in order.
+    Chunked {
+        chunks: Box<[Arc<Chunk>]>,
+        len: usize,
+    },
 }
 
 /// Bytes charged for one shared body: its data, its hash (twice: the
@@ -83,11 +238,21 @@ impl Body {
         }
     }
 
-    /// Bytes held for the body's data.
+    /// Bytes held for the body's data (for a chunked one, its references:
+    /// the chunks are charged once, in the shared chunk table).
     fn data_len(&self) -> usize {
         match &self.data {
             Stored::Plain(Blob::Utf8(s) | Blob::Base64(s)) => s.len(),
             Stored::Deflated { deflated, .. } => deflated.len(),
+            Stored::Chunked { chunks, .. } => chunks.len() * std::mem::size_of::<Arc<Chunk>>(),
+        }
+    }
+
+    /// The chunks of a chunked body (empty for any other).
+    fn chunks(&self) -> &[Arc<Chunk>] {
+        match &self.data {
+            Stored::Chunked { chunks, .. } => chunks,
+            _ => &[],
         }
     }
 
@@ -100,13 +265,35 @@ impl Body {
                     .ok()
                     .filter(|v| v.len() == *len)
             }
+            Stored::Chunked { chunks, len } => {
+                let mut out = Vec::with_capacity(*len);
+                for c in chunks.iter() {
+                    c.data.append_to(&mut out)?;
+                }
+                (out.len() == *len).then_some(out)
+            }
         }
+    }
+
+    /// Whether the body is held as shared chunks.
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.data, Stored::Chunked { .. })
     }
 
     /// Whether the body is held deflated.
     pub fn is_deflated(&self) -> bool {
         matches!(self.data, Stored::Deflated { .. })
     }
+}
+
+/// A body of a catalog being inserted, on its way into the cache.
+enum Prep {
+    /// The cache holds it already.
+    Held(Arc<Body>),
+    /// Packed (small bodies).
+    Ready(Body),
+    /// Cut into chunks, not packed yet.
+    Pieces(String, Pieces),
 }
 
 /// A compiled catalog as the cache keeps it.
@@ -147,6 +334,7 @@ impl Compiled {
             + self.environment.len()
             + self.role.len()
             + self.bodies.len() * std::mem::size_of::<Arc<Body>>()
+            + key.fleet.as_ref().map_or(0, |d| d.heap_bytes())
     }
 }
 
@@ -157,8 +345,9 @@ pub(crate) struct CacheKey {
     pub(crate) facts: [u8; 32],
     pub(crate) environment: String,
     pub(crate) generation: u64,
-    /// The fleet snapshot's generation, for a catalog that used `fleet()`.
-    pub(crate) fleet: Option<u64>,
+    /// For a catalog that used `fleet()`: what it read, and the snapshot
+    /// generation it is known current under.
+    pub(crate) fleet: Option<crate::fleet_data::FleetDep>,
 }
 
 struct Entry {
@@ -172,6 +361,8 @@ struct Entry {
 struct Inner {
     nodes: HashMap<String, Entry>,
     bodies: HashMap<String, Arc<Body>>,
+    /// The chunks of chunked bodies, each once.
+    chunks: HashMap<[u8; 32], Arc<Chunk>>,
     bytes: usize,
     limit: usize,
     clock: u64,
@@ -199,6 +390,8 @@ pub struct CacheStats {
     pub nodes: usize,
     /// Distinct bodies held (each once).
     pub bodies: usize,
+    /// Distinct chunks of chunked bodies held (each once).
+    pub chunks: usize,
     /// Bytes charged against the bound.
     pub bytes: usize,
     /// The bound.
@@ -212,6 +405,7 @@ impl CatalogCache {
             inner: Mutex::new(Inner {
                 nodes: HashMap::new(),
                 bodies: HashMap::new(),
+                chunks: HashMap::new(),
                 bytes: 0,
                 limit: usize::try_from(limit).unwrap_or(usize::MAX),
                 clock: 0,
@@ -241,6 +435,7 @@ impl CatalogCache {
         CacheStats {
             nodes: g.nodes.len(),
             bodies: g.bodies.len(),
+            chunks: g.chunks.len(),
             bytes: g.bytes,
             limit: g.limit,
         }
@@ -248,24 +443,28 @@ impl CatalogCache {
 
     /// The cached catalog of `node` when it was compiled from `key`'s
     /// facts, environment and code (and, for a catalog that used
-    /// `fleet()`, under the fleet snapshot `fleet_now`).
+    /// `fleet()`, when `fleet_current` finds what it read unchanged: it
+    /// returns the fleet generation the entry is then current under).
     pub(crate) fn get(
         &self,
         node: &str,
         key: &CacheKey,
-        fleet_now: Option<u64>,
+        fleet_current: impl FnOnce(&crate::fleet_data::FleetDep) -> Option<u64>,
     ) -> Option<Arc<Compiled>> {
+        crate::heap::note_use();
         let mut g = lock(&self.inner);
         g.clock += 1;
         let now = g.clock;
         let e = g.nodes.get_mut(node)?;
-        let k = &e.key;
+        let k = &mut e.key;
         if !(k.facts == key.facts
             && k.environment == key.environment
-            && k.generation == key.generation
-            && k.fleet.is_none_or(|g| Some(g) == fleet_now))
+            && k.generation == key.generation)
         {
             return None;
+        }
+        if let Some(dep) = &mut k.fleet {
+            dep.generation = fleet_current(dep)?;
         }
         e.used = now;
         Some(e.compiled.clone())
@@ -284,6 +483,7 @@ impl CatalogCache {
         role: String,
         catalog: Catalog,
     ) -> Arc<Compiled> {
+        crate::heap::note_use();
         // BTreeMap: the bodies come sorted by hash. Bodies the table lacks
         // are prepared (deflated) outside the lock, so compiles on other
         // threads do not wait for that.
@@ -295,11 +495,48 @@ impl CatalogCache {
                 .map(|h| g.bodies.get(h).cloned())
                 .collect()
         };
-        let prepared: Vec<Arc<Body>> = catalog
+        // Large bodies are cut into chunks; the chunks held already are
+        // looked up under one lock, the others packed outside it.
+        let preps: Vec<Prep> = catalog
             .contents
             .into_iter()
             .zip(known)
-            .map(|((sha256, blob), k)| k.unwrap_or_else(|| Arc::new(Body::new(sha256, blob))))
+            .map(|((sha256, blob), k)| match k {
+                Some(b) => Prep::Held(b),
+                None => match blob.bytes() {
+                    Some(bytes) if bytes.len() >= CHUNKED_MIN => {
+                        Prep::Pieces(sha256, Pieces::new(bytes))
+                    }
+                    _ => Prep::Ready(Body::new(sha256, blob)),
+                },
+            })
+            .collect();
+        let known_chunks: Vec<Vec<Option<Arc<Chunk>>>> = {
+            let g = lock(&self.inner);
+            preps
+                .iter()
+                .map(|p| match p {
+                    Prep::Pieces(_, pc) => {
+                        pc.hashes.iter().map(|h| g.chunks.get(h).cloned()).collect()
+                    }
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let prepared: Vec<Arc<Body>> = preps
+            .into_iter()
+            .zip(known_chunks)
+            .map(|(p, kc)| match p {
+                Prep::Held(b) => b,
+                Prep::Ready(b) => Arc::new(b),
+                Prep::Pieces(sha256, pc) => Arc::new(Body {
+                    sha256,
+                    data: Stored::Chunked {
+                        len: pc.bytes.len(),
+                        chunks: pc.chunks(kc),
+                    },
+                }),
+            })
             .collect();
         let mut g = lock(&self.inner);
         let inner = &mut *g;
@@ -309,12 +546,33 @@ impl CatalogCache {
         }
         let mut bodies: Vec<Arc<Body>> = Vec::with_capacity(prepared.len());
         let mut fresh: Vec<usize> = Vec::new();
+        let mut new_chunks: HashMap<[u8; 32], Arc<Chunk>> = HashMap::new();
         let mut new_bytes = 0usize;
-        for b in prepared {
+        for mut b in prepared {
             match inner.bodies.get(&b.sha256) {
                 // Held already (maybe added by another compile meanwhile).
                 Some(held) => bodies.push(held.clone()),
                 None => {
+                    // Chunks another compile added meanwhile: share those.
+                    if let Some(body) = Arc::get_mut(&mut b)
+                        && let Stored::Chunked { chunks, .. } = &mut body.data
+                    {
+                        for c in chunks.iter_mut() {
+                            if let Some(held) = inner.chunks.get(&c.sha256)
+                                && !Arc::ptr_eq(held, c)
+                            {
+                                *c = held.clone();
+                            }
+                        }
+                    }
+                    for c in b.chunks() {
+                        if !inner.chunks.contains_key(&c.sha256)
+                            && !new_chunks.contains_key(&c.sha256)
+                        {
+                            new_bytes += chunk_bytes(c);
+                            new_chunks.insert(c.sha256, c.clone());
+                        }
+                    }
                     new_bytes += body_bytes(&b);
                     fresh.push(bodies.len());
                     bodies.push(b);
@@ -345,6 +603,7 @@ impl CatalogCache {
             let b = &compiled.bodies[i];
             inner.bodies.insert(b.sha256.clone(), b.clone());
         }
+        inner.chunks.extend(new_chunks);
         inner.bytes += new_bytes;
         inner.clock += 1;
         let used = inner.clock;
@@ -381,8 +640,25 @@ impl Inner {
             && Arc::strong_count(b) == 1
         {
             let freed = body_bytes(b);
-            self.bodies.remove(sha256);
+            let gone = self.bodies.remove(sha256);
             self.bytes -= freed;
+            // Its chunks that no other body holds leave too.
+            if let Some(b) = gone {
+                let hashes: Vec<[u8; 32]> = b.chunks().iter().map(|c| c.sha256).collect();
+                drop(b);
+                for h in hashes {
+                    self.drop_chunk_if_unused(&h);
+                }
+            }
+        }
+    }
+
+    fn drop_chunk_if_unused(&mut self, sha256: &[u8; 32]) {
+        if let Some(c) = self.chunks.get(sha256)
+            && Arc::strong_count(c) == 1
+        {
+            self.bytes -= chunk_bytes(c);
+            self.chunks.remove(sha256);
         }
     }
 
@@ -399,6 +675,15 @@ impl Inner {
             .collect();
         for h in idle {
             self.drop_if_unused(&h);
+        }
+        let idle: Vec<[u8; 32]> = self
+            .chunks
+            .iter()
+            .filter(|(_, c)| Arc::strong_count(c) == 1)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in idle {
+            self.drop_chunk_if_unused(&h);
         }
         let target = self.limit - self.limit / 8;
         if self.bytes <= target {
@@ -476,18 +761,21 @@ mod tests {
             .map(|i| format!("    server web{i} web{i}.example.com:80 check\n"))
             .collect();
         let rnd = noise(1, 4096);
-        let c = put(&cache, "lb1", &[conf.as_bytes(), &rnd, b"short"]);
+        let medium = &conf.as_bytes()[..2048];
+        let c = put(&cache, "lb1", &[conf.as_bytes(), &rnd, b"short", medium]);
         let by = |b: &[u8]| {
             let h = troupe_catalog::sha256_hex(b);
             c.bodies.iter().find(|x| x.sha256 == h).unwrap().clone()
         };
-        assert!(by(conf.as_bytes()).is_deflated());
-        assert!(!by(&rnd).is_deflated(), "incompressible: kept as is");
+        assert!(by(conf.as_bytes()).is_chunked(), "large: chunked");
+        assert!(by(medium).is_deflated());
+        assert!(by(&rnd).is_chunked(), "large: chunked");
         assert!(!by(b"short").is_deflated());
-        for b in [conf.as_bytes(), &rnd[..], &b"short"[..]] {
+        assert!(!by(b"short").is_chunked());
+        for b in [conf.as_bytes(), &rnd[..], &b"short"[..], medium] {
             assert_eq!(c.body(&troupe_catalog::sha256_hex(b)).unwrap(), b);
         }
-        // Charged for what is held: the config's deflated size.
+        // Charged for what is held: the config's deflated chunks.
         let s = cache.stats();
         assert!(
             s.bytes < conf.len() / 3 + rnd.len() + 2048,
@@ -542,7 +830,7 @@ mod tests {
             put(&cache, &format!("n{i}"), &[&body]);
             // n0 is used on every round, so it is never the least recent.
             assert!(
-                cache.get("n0", &key(1), None).is_some(),
+                cache.get("n0", &key(1), |_| None).is_some(),
                 "n0 evicted at {i}"
             );
             let s = cache.stats();
@@ -571,8 +859,94 @@ mod tests {
         assert!(a.body(&troupe_catalog::sha256_hex(b"old a")).is_none());
         assert!(a.body(&troupe_catalog::sha256_hex(b"new a")).is_some());
         // A different key misses; the same key hits.
-        assert!(cache.get("a", &key(2), None).is_none());
-        assert_eq!(cache.get("a", &key(1), None).unwrap().hash, a.hash);
+        assert!(cache.get("a", &key(2), |_| None).is_none());
+        assert_eq!(cache.get("a", &key(1), |_| None).unwrap().hash, a.hash);
+    }
+
+    /// A load balancer's config: its own name on top, then `backends`.
+    fn lb_conf(host: &str, backends: impl Iterator<Item = usize>) -> String {
+        let mut s = format!("# This host is {host}\nglobal\n    maxconn 4096\n\nlisten web\n");
+        for i in backends {
+            s.push_str(&format!(
+                "    server web{i}.fleet.example.com web{i}.fleet.example.com:80 check\n"
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn chunk_boundaries_after_a_change_are_the_same() {
+        let a = lb_conf("lb1", 0..2000);
+        let b = lb_conf("lb222", (0..2000).filter(|i| *i != 1500));
+        let (ea, eb) = (split_chunks(a.as_bytes()), split_chunks(b.as_bytes()));
+        assert!(ea.len() > 20, "{} chunks", ea.len());
+        assert_eq!(*ea.last().unwrap(), a.len());
+        // The same chunk ends, counted from the end of each body, past
+        // the removed line.
+        let tail = |e: &[usize], len: usize| -> Vec<usize> {
+            e.iter().map(|x| len - x).filter(|x| *x < 20 * 70).collect()
+        };
+        assert_eq!(tail(&ea, a.len()), tail(&eb, b.len()));
+        // Not cut by position: no ends in common counted from the start
+        // after the first line (which differs in length).
+        assert!(ea.windows(2).all(|w| w[1] - w[0] <= CHUNK_MAX));
+        // Bytes without a newline are cut every CHUNK_MAX.
+        let flat = vec![b'x'; CHUNK_MAX * 2 + 5];
+        assert_eq!(
+            split_chunks(&flat),
+            vec![CHUNK_MAX, 2 * CHUNK_MAX, 2 * CHUNK_MAX + 5]
+        );
+        assert_eq!(split_chunks(b""), vec![0]);
+    }
+
+    #[test]
+    fn large_bodies_that_differ_in_a_few_lines_share_their_chunks() {
+        let cache = CatalogCache::new(DEFAULT_CACHE_BYTES);
+        // 400 load balancers, each naming itself above the same 2,000
+        // backends (~140 KB), the last 100 compiled before web1500 came.
+        let mut confs = Vec::new();
+        for n in 0..400 {
+            let conf = if n < 300 {
+                lb_conf(&format!("lb{n}"), 0..2000)
+            } else {
+                lb_conf(&format!("lb{n}"), (0..2000).filter(|i| *i != 1500))
+            };
+            put(&cache, &format!("lb{n}"), &[conf.as_bytes()]);
+            confs.push(conf);
+        }
+        let s = cache.stats();
+        assert_eq!(s.bodies, 400);
+        let one = confs[0].len();
+        assert!(one > 130_000, "{one}");
+        // Each distinct chunk once: far less than 400 deflated copies.
+        assert!(s.chunks < 3 * one / 2000 + 400 * 2, "{} chunks", s.chunks);
+        // A fifth of what 400 bodies deflated whole would take.
+        let whole = miniz_oxide::deflate::compress_to_vec(confs[0].as_bytes(), DEFLATE_LEVEL);
+        assert!(
+            s.bytes * 5 < 400 * whole.len(),
+            "{} bytes charged for 400 bodies of {one} ({} deflated)",
+            s.bytes,
+            whole.len()
+        );
+        // Each served whole, and only to its own node.
+        for n in [0usize, 299, 300, 399] {
+            let c = cache.served(&format!("lb{n}")).unwrap();
+            let h = troupe_catalog::sha256_hex(confs[n].as_bytes());
+            assert!(c.bodies[0].is_chunked());
+            assert_eq!(c.body(&h).unwrap(), confs[n].as_bytes());
+        }
+        // The same lines are the same chunk in memory, not a copy.
+        let (a, b) = (cache.served("lb0").unwrap(), cache.served("lb399").unwrap());
+        let (ca, cb) = (a.bodies[0].chunks(), b.bodies[0].chunks());
+        assert!(Arc::ptr_eq(ca.last().unwrap(), cb.last().unwrap()));
+        assert!(!Arc::ptr_eq(&ca[0], &cb[0]), "the first lines differ");
+        drop((a, b));
+        // Replaced by small catalogs: every chunk is freed.
+        for n in 0..400 {
+            put(&cache, &format!("lb{n}"), &[b"small"]);
+        }
+        let s = cache.stats();
+        assert_eq!((s.bodies, s.chunks), (1, 0));
     }
 
     #[test]

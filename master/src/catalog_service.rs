@@ -155,12 +155,13 @@ impl CatalogService {
             generation,
             fleet: None,
         };
-        // A catalog that used fleet() is current only under the same fleet
-        // snapshot; the others do not depend on it. The cache holds no
+        // A catalog that used fleet() is current while the answers of the
+        // queries it made are (crate::fleet_data); the others do not depend
+        // on the fleet data. The cache holds no
         // JSON: a hit serves only an agent that holds the catalog already;
         // any other gets it compiled again.
-        let fleet_now = st.catalogs.fleet.generation();
-        if let Some(c) = st.catalogs.get(node, &key, fleet_now)
+        let fleet = &st.catalogs.fleet;
+        if let Some(c) = st.catalogs.get(node, &key, |dep| fleet.current(dep))
             && c.hash == have_hash
         {
             st.metrics.catalog_cache_hits.inc();
@@ -189,7 +190,12 @@ impl CatalogService {
             let (cat, info) = tree.compile_with_info(&node_owned, &stable, &opts)?;
             let fleet = match (&snapshot, info.used_fleet) {
                 (_, false) => None,
-                (Ok(s), true) => Some(s.generation),
+                (Ok(s), true) => Some(
+                    state
+                        .catalogs
+                        .fleet
+                        .track(&info.fleet_queries, s.generation),
+                ),
                 (Err(e), true) => {
                     return Err(troupe_compiler::Error::new(
                         troupe_compiler::ErrorKind::Facts,

@@ -120,7 +120,7 @@ pub struct Args {
     #[arg(long, default_value_t = crate::catalog_cache::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
     pub catalog_cache_bytes: u64,
     /// Memory the node store (DATA/nodes.redb: check-ins, facts, reports)
-    /// may use to cache its pages, in bytes (default 32 MiB). Pages past it
+    /// may use to cache its pages, in bytes (default 8 MiB). Pages past it
     /// are read again from the file (usually from the kernel's page cache);
     /// 0 caches none.
     #[arg(long, default_value_t = crate::store::DEFAULT_CACHE_BYTES, value_name = "BYTES")]
@@ -459,16 +459,21 @@ async fn serve(args: Args) -> Result<()> {
         args.events.scan_interval.0,
         args.events.cert_expiry_days,
     );
-    // Write check-ins in batches (one transaction a second).
+    // Write check-ins in batches (one transaction a second); give freed
+    // heap pages back after compiles (crate::heap).
     let flush_state = state.clone();
     let flush_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let releaser = Arc::new(std::sync::Mutex::new(crate::heap::Releaser::new()));
         loop {
             tick.tick().await;
             let st = flush_state.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || crate::catalog_service::flush_checkins(&st))
-                    .await;
+            let releaser = releaser.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::catalog_service::flush_checkins(&st);
+                releaser.lock().unwrap_or_else(|p| p.into_inner()).tick();
+            })
+            .await;
         }
     });
     let metrics_task = match &args.metrics_listen {
@@ -516,7 +521,7 @@ async fn serve(args: Args) -> Result<()> {
         }
     });
 
-    let incoming = crate::tls::incoming(listener, tls);
+    let incoming = crate::tls::incoming(listener, tls, state.metrics.clone());
     util::write_atomic(
         &args.data.join("listen.addr"),
         format!("{addr}\n").as_bytes(),

@@ -24,6 +24,7 @@ pub mod env_diff;
 pub mod events;
 pub mod fleet_cli;
 pub mod fleet_data;
+pub mod heap;
 pub mod logging;
 pub mod metrics;
 pub mod orchestra;

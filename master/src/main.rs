@@ -154,6 +154,8 @@ fn main() -> ExitCode {
                     print!("{}", troupe_master::config::print(&file, args.json));
                     return Ok(0);
                 }
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                troupe_master::heap::install(release_free_heap);
                 troupe_master::daemon::run(args)
             })
         }
@@ -219,4 +221,17 @@ fn package_assets(out: &std::path::Path) -> anyhow::Result<u8> {
     }
     clap_mangen::generate_to(cmd, &man)?;
     Ok(0)
+}
+
+/// Gives the free pages of glibc's malloc arenas back to the kernel (the
+/// master runs it after bursts of compiles: `troupe_master::heap`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_heap() {
+    // SAFETY: malloc_trim takes an integer and no pointer, has no
+    // precondition, and glibc documents it MT-Safe (it locks each arena in
+    // turn). It only advises the kernel to drop pages that hold no live
+    // allocation (madvise MADV_DONTNEED); no allocation moves or changes.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

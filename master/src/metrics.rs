@@ -34,6 +34,13 @@ pub struct SinkLabels {
     pub outcome: String,
 }
 
+/// Labels of the TLS connection counter: how the handshake went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `full` (certificates verified) or `resumed` (a session ticket).
+    pub kind: String,
+}
+
 /// Labels of the failed-attempt counter: the sink's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkNameLabels {
@@ -67,6 +74,9 @@ pub struct Metrics {
     pub event_sink_events: Family<SinkLabels, Counter>,
     /// Failed delivery attempts per sink (retries included).
     pub event_sink_attempt_failures: Family<SinkNameLabels, Counter>,
+    /// TLS connections established on the gRPC port, by handshake kind
+    /// (each costs the master far more than a call on an open one).
+    pub tls_connections: Family<HandshakeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +105,7 @@ impl Metrics {
             events: Family::default(),
             event_sink_events: Family::default(),
             event_sink_attempt_failures: Family::default(),
+            tls_connections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,7 +160,20 @@ impl Metrics {
             "Failed event delivery attempts per sink, retries included",
             m.event_sink_attempt_failures.clone(),
         );
+        registry.register(
+            "tls_connections",
+            "TLS connections established on the gRPC port, by handshake kind (full, resumed)",
+            m.tls_connections.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one established TLS connection.
+    pub fn tls_connection(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_connections
+            .get_or_create(&HandshakeLabels { kind: kind.into() })
+            .inc();
     }
 
     /// Counts one emitted event.
@@ -241,6 +265,7 @@ mod tests {
         m.request("GetCatalog", "ok");
         m.request("GetCatalog", "permission_denied");
         m.csrs_pending.set(3);
+        m.tls_connection(true);
         let text = m.encode();
         for needle in [
             "troupe_catalog_compile_seconds_bucket",
@@ -250,6 +275,7 @@ mod tests {
             "troupe_csrs_pending 3",
             "troupe_nodes_stale 0",
             "troupe_connected_agents 0",
+            "troupe_tls_connections_total{kind=\"resumed\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

@@ -22,11 +22,13 @@ const FACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("facts");
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
 
 /// Default bound of the store's page cache (`node_store_cache_bytes`):
-/// 32 MiB. redb's own default (1 GiB) lets the master's memory grow with
-/// every node's facts and reports it ever read or wrote; the store's hot
-/// part (node records, recent facts) fits in this at 10,000 nodes, and a
-/// page not cached costs a read from the page cache of the kernel.
-pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+/// 8 MiB. redb's own default (1 GiB) lets the master's memory grow with
+/// every node's facts and reports it ever read or wrote, and every page a
+/// commit writes enters the cache: a bound of 32 MiB may hold 3.3 KB per
+/// node of the master's memory at 10,000 nodes. The branch pages and
+/// the recently written leaves stay cached; a leaf not cached costs a
+/// read from the kernel's page cache, once per node per check-in batch.
+pub const DEFAULT_CACHE_BYTES: u64 = 8 << 20;
 
 /// Reports kept per node unless configured otherwise.
 pub const DEFAULT_REPORTS_PER_NODE: usize = 50;

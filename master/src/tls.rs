@@ -89,6 +89,7 @@ impl ServerTls {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
@@ -132,6 +133,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current());
             let conn_tx = tx.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let timeout = slot.timeout;
@@ -139,6 +141,9 @@ pub fn incoming(
                 drop(slot);
                 match accepted {
                     Ok(Ok(stream)) => {
+                        let resumed = stream.get_ref().1.handshake_kind()
+                            == Some(rustls::HandshakeKind::Resumed);
+                        metrics.tls_connection(resumed);
                         let _ = conn_tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => tracing::info!(peer = %addr, "TLS handshake refused: {e}"),

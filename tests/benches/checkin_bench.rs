@@ -356,9 +356,12 @@ fn fleet_phase(
         t.elapsed().as_secs_f64(),
         nodes - changed
     );
+    let master = master_proc(&m.data);
+    let cpu0 = master.as_deref().map_or(0.0, checkin_rate::cpu_secs);
     let t = Instant::now();
     let third = fleet_pass(rt, m, &mut fleet, checkin_pass);
     let took = t.elapsed().as_secs_f64();
+    let cpu = master.as_deref().map_or(0.0, checkin_rate::cpu_secs) - cpu0;
     let not = third.iter().filter(|(u, _)| !u).count();
     assert_eq!(
         not,
@@ -370,11 +373,11 @@ fn fleet_phase(
     let unchanged_per_s = nodes as f64 / took;
     println!(
         "fleet: third check-in of each (all unchanged, each on a new TLS connection) in {took:.1} s \
-         = {unchanged_per_s:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+         = {unchanged_per_s:.0}/s, p50 {:.2} ms, p99 {:.2} ms; master CPU {:.0} us per check-in",
         pct(&mut lat, 0.5).as_secs_f64() * 1e3,
         pct(&mut lat, 0.99).as_secs_f64() * 1e3,
+        cpu / nodes as f64 * 1e6,
     );
-    drop(fleet);
     // One check-in flush (a second) so pending check-ins are in the store.
     std::thread::sleep(Duration::from_millis(1500));
     let after = master_rss_kib(&m.data).unwrap_or(0.0);
@@ -386,11 +389,50 @@ fn fleet_phase(
         before / 1024.0,
         after / 1024.0,
     );
+    fleet_unread_change(rt, m, fleet);
     FleetFigures {
         nodes,
         kib_per_node,
         unchanged_per_s,
     }
+}
+
+/// A fact no `fleet()` query reads changes on every db node; then every lb
+/// node (whose haproxy.cfg lists the web nodes: `fleet(role=web)`) checks
+/// in. Its catalog cannot have changed: prints the lb pass's time, the
+/// master's CPU for it (a recompile of an lb walks the whole fleet) and how
+/// many got a new catalog (must be 0).
+fn fleet_unread_change(rt: &tokio::runtime::Runtime, m: &Master, fleet: Vec<(String, FleetNode)>) {
+    let (mut dbs, rest): (Vec<_>, Vec<_>) =
+        fleet.into_iter().partition(|(h, _)| h.starts_with("db"));
+    let (mut lbs, _rest): (Vec<_>, Vec<_>) =
+        rest.into_iter().partition(|(h, _)| h.starts_with("lb"));
+    if dbs.is_empty() || lbs.is_empty() {
+        return;
+    }
+    for (_, n) in dbs.iter_mut() {
+        let mut f: serde_json::Value = serde_json::from_slice(&n.facts_json).unwrap();
+        f["external"] = serde_json::json!({"bench_rack": "r2"});
+        n.facts_json = serde_json::to_vec(&f).unwrap();
+    }
+    let t = Instant::now();
+    fleet_pass(rt, m, &mut dbs, checkin_pass);
+    let db_s = t.elapsed().as_secs_f64();
+    let proc_dir = master_proc(&m.data);
+    let cpu = || proc_dir.as_deref().map_or(0.0, checkin_rate::cpu_secs);
+    let (c0, t) = (cpu(), Instant::now());
+    let r = fleet_pass(rt, m, &mut lbs, checkin_pass);
+    let (lb_s, lb_cpu) = (t.elapsed().as_secs_f64(), cpu() - c0);
+    let new = r.iter().filter(|(u, _)| !u).count();
+    println!(
+        "fleet: {} db nodes changed a fact no fleet() query reads ({db_s:.1} s); then {} lb \
+         check-ins in {lb_s:.1} s, master CPU {lb_cpu:.2} s ({:.0} us each): {new} new catalogs \
+         (must be 0)",
+        dbs.len(),
+        lbs.len(),
+        lb_cpu / lbs.len() as f64 * 1e6,
+    );
+    assert_eq!(new, 0, "an lb catalog changed for a fact it does not read");
 }
 
 fn main() {

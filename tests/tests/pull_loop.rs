@@ -544,3 +544,65 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The master's count of TLS connections on its gRPC port (full and
+/// resumed handshakes), from its metrics listener on `port`.
+fn tls_connections(port: u16) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("troupe_tls_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One agent run is one TLS connection to the master: the CRL refresh
+/// before the run, the catalog and the report share it (each connection
+/// costs the master ~7x an unchanged check-in on an open one).
+#[test]
+fn one_agent_run_opens_one_connection_to_the_master() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tree = tempfile::tempdir().unwrap();
+    let modules = tree.path().join("modules");
+    write_tree(&modules, "Welcome");
+    let m = Master::start_with(MasterOptions {
+        modules: Some(modules),
+        extra_args: vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")],
+    });
+    let psk = m.psk("web1");
+    m.bootstrap("web1", Some(&psk)).assert_success();
+    let f = Fleet {
+        m,
+        modules: PathBuf::new(),
+        opts: MasterOptions::default(),
+        _tree: tree,
+    };
+    // A first run (a new catalog, its report) and a second ("unchanged").
+    for (run, code) in [(1, 2), (2, 0)] {
+        let before = tls_connections(port);
+        let (out, report) = f.converge("web1");
+        assert_eq!(out.code, Some(code), "run {run}: {}", out.stderr);
+        assert_eq!(report["from_cache"], false, "run {run}");
+        // The report is stored by the time the run ends.
+        let shown = f.troupe(&["report", "web1", "--json"]);
+        shown.assert_success();
+        assert!(
+            shown.stdout.contains(report["run_id"].as_str().unwrap()),
+            "run {run}: its report is on the master: {}",
+            shown.stdout
+        );
+        assert_eq!(
+            tls_connections(port) - before,
+            1,
+            "run {run} opened more than one connection; master log:\n{}",
+            f.m.log()
+        );
+    }
+}

@@ -202,6 +202,159 @@ where
     })
 }
 
+/// A run's rollback journal: in memory, or streamed as it grows to its file
+/// in the state directory (`runs/ID.NONCE.journal.json`, the JSON array
+/// [`crate::state::State::changes`] reads), so a run of 10,000 changed
+/// files holds none of them.
+pub struct Journal {
+    /// The file and its writer; `None`: kept in `mem`.
+    file: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    mem: Vec<FileChange>,
+    len: usize,
+    /// A 128-bit keyed hash of each path journaled (two SipHash keys): a
+    /// path is journaled once, its first state, without keeping the paths.
+    /// Two paths taken for one needs a 128-bit collision of random keys.
+    seen: HashSet<(u64, u64)>,
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    /// A write failed: the file may hold half an entry, so nothing more is
+    /// changed and the journal is not stored.
+    broken: bool,
+}
+
+/// A finished journal.
+pub enum JournalDone {
+    /// Streamed to `runs/NAME` and synced (`None`: nothing changed, no file).
+    File(Option<String>),
+    Memory(Vec<FileChange>),
+}
+
+impl Journal {
+    pub fn memory() -> Journal {
+        Journal {
+            file: None,
+            mem: Vec::new(),
+            len: 0,
+            seen: HashSet::new(),
+            keys: Default::default(),
+            broken: false,
+        }
+    }
+
+    /// A journal streamed to the new file `path` (0600).
+    pub fn to_file(path: PathBuf) -> anyhow::Result<Journal> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+        w.write_all(b"[")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Journal {
+            file: Some((path, w)),
+            ..Journal::memory()
+        })
+    }
+
+    /// How many objects it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True the first time `path` is asked about in this run.
+    fn first_time(&mut self, path: &Path) -> bool {
+        use std::hash::BuildHasher;
+        let h = (self.keys.0.hash_one(path), self.keys.1.hash_one(path));
+        self.seen.insert(h)
+    }
+
+    fn push(
+        &mut self,
+        path: &Path,
+        before: &crate::state::Before,
+        root: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        use std::io::Write;
+        match &mut self.file {
+            None => self.mem.push(FileChange {
+                path: path.to_owned(),
+                before: before.clone(),
+                root: root.map(Path::to_owned),
+            }),
+            Some((name, w)) => {
+                anyhow::ensure!(
+                    !self.broken,
+                    "the rollback journal {} could not be written: nothing more is changed",
+                    name.display()
+                );
+                anyhow::ensure!(
+                    path.to_str().is_some() && root.is_none_or(|r| r.to_str().is_some()),
+                    "{} is not UTF-8: a rollback journal cannot name it",
+                    path.display()
+                );
+                #[derive(serde::Serialize)]
+                struct Change<'a> {
+                    path: &'a Path,
+                    before: &'a crate::state::Before,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    root: Option<&'a Path>,
+                }
+                let res = (|| -> std::io::Result<()> {
+                    if self.len > 0 {
+                        w.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut *w, &Change { path, before, root })?;
+                    Ok(())
+                })();
+                // Nothing is changed that the journal could not note.
+                self.broken |= res.is_err();
+                res.with_context(|| {
+                    format!("cannot write the rollback journal {}", name.display())
+                })?;
+            }
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Ends the journal: the file is closed and synced (or removed when it
+    /// holds nothing).
+    pub fn finish(self) -> anyhow::Result<JournalDone> {
+        use std::io::Write;
+        let Some((path, mut w)) = self.file else {
+            return Ok(JournalDone::Memory(self.mem));
+        };
+        anyhow::ensure!(
+            !self.broken,
+            "the rollback journal {} could not be written",
+            path.display()
+        );
+        if self.len == 0 {
+            drop(w);
+            let _ = std::fs::remove_file(&path);
+            return Ok(JournalDone::File(None));
+        }
+        let res = (|| -> std::io::Result<()> {
+            w.write_all(b"]")?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_data()
+        })();
+        res.with_context(|| format!("cannot write the rollback journal {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("journal file name")?
+            .to_owned();
+        Ok(JournalDone::File(Some(name)))
+    }
+}
+
 /// Everything a provider needs during one run.
 pub struct Ctx<'a> {
     /// `/`, or the `--root` directory everything is converged into.
@@ -213,11 +366,7 @@ pub struct Ctx<'a> {
     /// Where old contents go before a change (None in noop).
     pub bucket: Option<&'a Bucket>,
     /// Rollback journal of this run.
-    pub changes: Vec<FileChange>,
-    /// Hashes of the paths journaled in this run (a hit is checked against
-    /// `changes`): a set of paths would hold every path twice.
-    journaled: HashSet<u64>,
-    path_hasher: std::hash::RandomState,
+    pub journal: Journal,
     last_noted: Option<PathBuf>,
     /// Host paths of every file/directory/symlink in the catalog (purge).
     pub managed: HashSet<PathBuf>,
@@ -272,9 +421,7 @@ impl<'a> Ctx<'a> {
             os_family: os_family.to_owned(),
             contents,
             bucket,
-            changes: Vec::new(),
-            journaled: HashSet::new(),
-            path_hasher: std::hash::RandomState::new(),
+            journal: Journal::memory(),
             last_noted: None,
             managed: HashSet::new(),
             staged: Vec::new(),
@@ -411,17 +558,12 @@ impl<'a> Ctx<'a> {
         if self.noop {
             return Ok(());
         }
-        let h = std::hash::BuildHasher::hash_one(&self.path_hasher, path);
-        if !self.journaled.insert(h) && self.changes.iter().any(|c| c.path == path) {
+        if !self.journal.first_time(path) {
             return Ok(()); // the first state of this run is what rollback restores
         }
+        let root = self.in_root().then_some(self.root.as_path());
         if absent == Some(true) {
-            self.changes.push(FileChange {
-                path: path.to_owned(),
-                before: Before::Absent,
-                root: self.in_root().then(|| self.root.clone()),
-            });
-            return Ok(());
+            return self.journal.push(path, &Before::Absent, root);
         }
         let before = match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Absent,
@@ -449,12 +591,8 @@ impl<'a> Ctx<'a> {
                 }
             }
         };
-        self.changes.push(FileChange {
-            path: path.to_owned(),
-            before,
-            root: self.in_root().then(|| self.root.clone()),
-        });
-        Ok(())
+        let root = self.in_root().then_some(self.root.as_path());
+        self.journal.push(path, &before, root)
     }
 
     /// Commits staged files: sync (their temp files and everything written

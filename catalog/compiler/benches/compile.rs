@@ -208,6 +208,60 @@ fn facts() -> serde_json::Value {
     })
 }
 
+/// Puppet's compile of the same workload, measured in the same run by
+/// `bench/peers/compile_peer.sh` (`TROUPE_BENCH_PEER` names its table).
+#[derive(Clone, Copy)]
+struct Peer {
+    /// File resources in Puppet's catalog (the workload's objects).
+    resources: usize,
+    /// The first compile, which parses site.pp, CPU seconds.
+    first_cpu_s: f64,
+    /// Median of the later compiles (parsed manifest reused), CPU seconds.
+    warm_cpu_s: f64,
+    warm_runs: usize,
+}
+
+impl Peer {
+    fn warm_us(&self) -> f64 {
+        self.warm_cpu_s * 1e6 / self.resources as f64
+    }
+    fn first_us(&self) -> f64 {
+        self.first_cpu_s * 1e6 / self.resources as f64
+    }
+}
+
+/// Reads compile_peer.sh's table: a header, then per size
+/// `n resources runs first_cpu_s warm_cpu_median_s warm_cpu_min_s warm_wall_median_s`.
+fn read_peer(path: &str) -> Result<Vec<(usize, Peer)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let bad = || {
+            format!(
+                "{path}:{}: expected 7 tab-separated numbers, found {line:?}",
+                i + 1
+            )
+        };
+        if f.len() != 7 {
+            return Err(bad());
+        }
+        let int = |k: usize| f[k].parse::<usize>().map_err(|_| bad());
+        let num = |k: usize| f[k].parse::<f64>().map_err(|_| bad());
+        let peer = Peer {
+            resources: int(1)?,
+            warm_runs: int(2)?,
+            first_cpu_s: num(3)?,
+            warm_cpu_s: num(4)?,
+        };
+        if peer.resources == 0 {
+            return Err(bad());
+        }
+        out.push((int(0)?, peer));
+    }
+    Ok(out)
+}
+
 /// What [`run`] measured for one workload.
 struct Figures {
     resources: usize,
@@ -215,9 +269,10 @@ struct Figures {
     cpu_ms: f64,
     /// Fastest compile (wall), ms.
     min_ms: f64,
+    peer: Option<Peer>,
 }
 
-fn run(label: &str, w: &Workload, compare: bool) -> Figures {
+fn run(label: &str, w: &Workload, compare: bool, peer: Option<Peer>) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_tree(w, dir.path());
     let t0 = Instant::now();
@@ -346,7 +401,15 @@ fn run(label: &str, w: &Workload, compare: bool) -> Figures {
     );
     println!("   compile+encode+hash:     {enc_ms:8.3} ms/catalog");
     println!("   catalogs per second:     {par:8} (2 threads, shared tree)");
-    if compare {
+    if let Some(p) = peer {
+        println!(
+            "   puppet 7 (same run):     {:8.3} us CPU per resource warm (median of {}), {:.3} us first compile with parse; Troupe {:.0}x faster warm",
+            p.warm_us(),
+            p.warm_runs,
+            p.first_us(),
+            p.warm_us() / (thread_cpu_ms * 1000.0 / resources as f64)
+        );
+    } else if compare {
         println!(
             "   vs puppet apply 290 ms:  {:8.0}x faster; vs puppetserver 610 ms: {:.0}x (same 1,102-resource catalog)",
             290.0 / mean_ms,
@@ -357,7 +420,19 @@ fn run(label: &str, w: &Workload, compare: bool) -> Figures {
         resources,
         cpu_ms: thread_cpu_ms,
         min_ms,
+        peer,
     }
+}
+
+/// One compile and the drop of its catalog, as a function of its own so
+/// `valgrind --tool=callgrind --toggle-collect='*compile_and_drop*'`
+/// counts exactly that (not the tree's load or the generator).
+#[inline(never)]
+fn compile_and_drop(tree: &ModuleTree, facts: &serde_json::Value) -> usize {
+    let c = tree
+        .compile("bench1.example.com", facts, &CompileOptions::default())
+        .unwrap();
+    c.resources.len()
 }
 
 fn main() {
@@ -393,22 +468,28 @@ fn main() {
             let dir = tempfile::tempdir().unwrap();
             write_tree(&w, dir.path());
             let tree = ModuleTree::load(dir.path()).unwrap();
+            let facts = facts();
             for _ in 0..k {
-                let c = tree
-                    .compile("bench1.example.com", &facts(), &CompileOptions::default())
-                    .unwrap();
-                println!("N={n}: {} resources", c.resources.len());
+                let r = compile_and_drop(&tree, &facts);
+                println!("N={n}: {r} resources");
             }
         }
         return;
     }
+    // TROUPE_BENCH_PEER: Puppet's compile of the same sizes, measured in
+    // the same run (bench/peers/compile_peer.sh writes it).
+    let peers = match std::env::var("TROUPE_BENCH_PEER") {
+        Ok(path) => read_peer(&path).unwrap_or_else(|e| panic!("TROUPE_BENCH_PEER: {e}")),
+        Err(_) => Vec::new(),
+    };
+    let peer_of = |n: usize| peers.iter().find(|(m, _)| *m == n).map(|(_, p)| *p);
     let mut all = Vec::new();
     for n in sizes {
         if n == 1000 {
-            all.push(run("peers' workload N=1000", &w1, true));
+            all.push(run("peers' workload N=1000", &w1, true, peer_of(n)));
         } else {
             let w = from_generator(n).unwrap_or_else(|| synthetic(n));
-            all.push(run(&format!("N={n}"), &w, false));
+            all.push(run(&format!("N={n}"), &w, false, peer_of(n)));
         }
     }
     let Some(base) = all.first() else {
@@ -419,11 +500,25 @@ fn main() {
     for f in &all {
         let us = f.cpu_ms * 1000.0 / f.resources as f64;
         let base_us = base.cpu_ms * 1000.0 / base.resources as f64;
-        println!(
+        print!(
             "   {:>7} resources: {us:7.3} us CPU ({:.2}x the first size's), {:7.3} us wall",
             f.resources,
             us / base_us,
             f.min_ms * 1000.0 / f.resources as f64
         );
+        match (f.peer, base.peer) {
+            (Some(p), Some(b)) => println!(
+                "; puppet {:.1} us CPU warm ({:.2}x), {:.1} us first",
+                p.warm_us(),
+                p.warm_us() / b.warm_us(),
+                p.first_us()
+            ),
+            (Some(p), None) => println!(
+                "; puppet {:.1} us CPU warm, {:.1} us first",
+                p.warm_us(),
+                p.first_us()
+            ),
+            _ => println!(),
+        }
     }
 }

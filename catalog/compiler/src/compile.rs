@@ -14,7 +14,7 @@ use minijinja::Value;
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use troupe_catalog::{
@@ -43,6 +43,9 @@ pub struct CompileInfo {
     /// A template or condition called `fleet()`: the catalog depends on
     /// the fleet snapshot.
     pub used_fleet: bool,
+    /// The `fleet()` queries it made (each once): the catalog depends on
+    /// their answers only.
+    pub fleet_queries: Vec<crate::fleet::FleetQuery>,
 }
 
 /// What the site says about a node.
@@ -319,12 +322,12 @@ impl ModuleTree {
         let code_version = self
             .env_code_version(&class.environment)
             .unwrap_or_default();
-        let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = Arc::new(std::sync::Mutex::new(crate::fleet::FleetReads::default()));
         let fleet = Value::from_object(crate::fleet::FleetFn {
             snapshot: opts.fleet.clone(),
             environment: class.environment.clone(),
             zones: class.zones,
-            used: used.clone(),
+            reads: reads.clone(),
         });
         let compiler = Compiler::new(env.clone(), class, &facts, opts.secrets.clone(), fleet)?;
         let data = compiler.data.clone();
@@ -332,8 +335,10 @@ impl ModuleTree {
         let cat = compiler
             .run(code_version)
             .map_err(|e| e.scrub(&data.plaintexts()))?;
+        let reads = std::mem::take(&mut *reads.lock().unwrap_or_else(|p| p.into_inner()));
         let info = CompileInfo {
-            used_fleet: used.load(std::sync::atomic::Ordering::Relaxed),
+            used_fleet: reads.used,
+            fleet_queries: reads.queries,
         };
         Ok((cat, info))
     }
@@ -375,16 +380,18 @@ fn base_context(
 
 mod instances;
 
+/// What the compiler keeps about a declared resource beside the resource
+/// itself (which goes straight into the catalog, at the same index).
 struct Inst {
-    id: ResourceId,
-    kind: Kind,
     span: Span,
     profile: Arc<str>,
-    sensitive: bool,
-    refs: [Vec<(String, Span)>; 4], // require, before, notify, subscribe
-    tags: Vec<String>,
-    noop: bool,
+    /// Require, before, notify, subscribe; `None` when all are empty (most
+    /// resources: the list stays small and is read once in `finish`).
+    refs: Option<Box<Refs>>,
 }
+
+/// A resource's references by kind: require, before, notify, subscribe.
+type Refs = [Vec<(String, Span)>; 4];
 
 struct Compiler<'a> {
     env: Arc<EnvTree>,
@@ -392,11 +399,19 @@ struct Compiler<'a> {
     base: Value,
     data: Arc<DataView>,
     included: HashMap<String, (Option<J>, Span)>,
+    /// Declared resources' spans, profiles and relationships, by index in
+    /// `catalog.resources`.
     insts: Vec<Inst>,
-    /// Id of each resource -> its index in `insts`.
+    /// Id of each resource that has no path -> its index in
+    /// `catalog.resources`.
     by_id: PosIndex,
-    /// Path of each file, directory and symlink -> its index in `insts`.
+    /// Path of each file, directory and symlink -> its index. (Their id is
+    /// `type[path]`: one index finds them by id or by path, so declaring
+    /// one inserts into one table.)
     by_path: PosIndex,
+    /// The catalog being built: resources are written into it as they are
+    /// declared (in declaration order) and only moved in `finish` when the
+    /// dependency order differs.
     catalog: Catalog,
     /// File bodies by raw SHA-256, in first-use order; sorted into
     /// `catalog.contents` at the end (inserting into that map of hex
@@ -560,11 +575,17 @@ impl<'a> Compiler<'a> {
         // growing these while declaring copies them and leaves freed blocks
         // glibc consolidates later.
         self.insts.reserve(prof.resources.len());
-        let insts = &self.insts;
+        self.catalog.resources.reserve(prof.resources.len());
+        self.contents.reserve(prof.resources.len());
+        let fs = prof
+            .resources
+            .iter()
+            .filter(|d| FS_TYPES.contains(&d.rtype))
+            .count();
+        let res = &self.catalog.resources;
         self.by_id
-            .reserve(prof.resources.len(), |j| id_key(insts, j));
-        self.by_path
-            .reserve(prof.resources.len(), |j| path_key(insts, j));
+            .reserve(prof.resources.len() - fs, |j| id_key(res, j));
+        self.by_path.reserve(fs, |j| path_key(res, j));
         for inc in &prof.includes {
             self.include_decl(inc, &ctx)?;
         }
@@ -739,7 +760,7 @@ impl<'a> Compiler<'a> {
         }
         let kind = self.build_kind(decl, &title, &mut attrs, ctx)?;
         let id = kind.id();
-        if let Some(prev) = self.by_id.get(&id.0, |j| id_key(&self.insts, j)) {
+        if let Some(prev) = self.find(kind.type_name(), kind.title()) {
             return Err(Error::at(
                 ErrorKind::Duplicate,
                 &decl.span,
@@ -752,21 +773,23 @@ impl<'a> Compiler<'a> {
             ));
         }
         if let Some(path) = kind.fs_path()
-            && let Some(prev) = self.by_path.get(path, |j| path_key(&self.insts, j))
+            && let Some(prev) = self
+                .by_path
+                .get(path, |j| path_key(&self.catalog.resources, j))
         {
             return Err(Error::at(
                 ErrorKind::Duplicate,
                 &decl.span,
                 format!(
                     "{id} manages the same path as {}: first at {} (profile `{}`), again at {} (profile `{profile}`); one path takes one file, directory or symlink",
-                    self.insts[prev].id,
+                    self.catalog.resources[prev].id,
                     self.insts[prev].span.location(),
                     self.insts[prev].profile,
                     decl.span.location()
                 ),
             ));
         }
-        let mut refs: [Vec<(String, Span)>; 4] = Default::default();
+        let mut refs: Refs = Default::default();
         for (slot, list) in [&decl.require, &decl.before, &decl.notify, &decl.subscribe]
             .into_iter()
             .enumerate()
@@ -814,26 +837,47 @@ impl<'a> Compiler<'a> {
         for (slot, inherited) in self.scope.refs.iter().enumerate() {
             refs[slot].extend(inherited.iter().cloned());
         }
-        let at = self.insts.len();
+        let at = self.catalog.resources.len();
         let fs = kind.fs_path().is_some();
         self.insts.push(Inst {
-            id,
-            kind,
             span: decl.span.clone(),
             profile: profile.clone(),
+            refs: (!refs.iter().all(Vec::is_empty)).then(|| Box::new(refs)),
+        });
+        self.catalog.resources.push(Resource {
+            id,
+            kind,
+            requires: Vec::new(),
+            notify: Vec::new(),
             sensitive: decl.sensitive || self.scope.sensitive,
-            refs,
+            source: None,
             tags,
             noop: decl.noop || self.scope.noop,
         });
         // Indexed by position: the tables hold no copy of the id or path.
-        let insts = &self.insts;
-        self.by_id.insert(&insts[at].id.0, at, |j| id_key(insts, j));
+        let res = &self.catalog.resources;
         if fs {
             self.by_path
-                .insert(path_key(insts, at), at, |j| path_key(insts, j));
+                .insert(path_key(res, at), at, |j| path_key(res, j));
+        } else {
+            self.by_id.insert(&res[at].id.0, at, |j| id_key(res, j));
         }
         Ok(())
+    }
+
+    /// The resource `kind[title]`, if it is declared.
+    fn find(&self, kind: &str, title: &str) -> Option<usize> {
+        let res = &self.catalog.resources;
+        if FS_TYPES.contains(&kind) {
+            // A path holds one file, directory or symlink: the one there
+            // is this resource if its type is this one.
+            self.by_path
+                .get(title, |j| path_key(res, j))
+                .filter(|&j| res[j].kind.type_name() == kind)
+        } else {
+            self.by_id
+                .get(&ResourceId::new(kind, title).0, |j| id_key(res, j))
+        }
     }
 
     fn build_kind(
@@ -1063,95 +1107,100 @@ impl<'a> Compiler<'a> {
                 format!("`{r}`: unknown resource type `{k}`"),
             ));
         }
-        let id = ResourceId::new(k, t);
-        self.by_id
-            .get(&id.0, |j| id_key(&self.insts, j))
-            .map(|j| vec![j])
-            .ok_or_else(|| {
-                Error::at(
-                    ErrorKind::Reference,
-                    span,
-                    format!(
-                        "{} refers to {id}, which is not declared for this node",
-                        self.insts[from].id
-                    ),
-                )
-            })
+        self.find(k, t).map(|j| vec![j]).ok_or_else(|| {
+            let id = ResourceId::new(k, t);
+            Error::at(
+                ErrorKind::Reference,
+                span,
+                format!(
+                    "{} refers to {id}, which is not declared for this node",
+                    self.catalog.resources[from].id
+                ),
+            )
+        })
     }
 
     fn finish(self, code_version: String) -> Result<Catalog> {
         let n = self.insts.len();
-        let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
-        let mut notify: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        // Edges as flat lists of (from, to) pairs, grouped into rows once:
+        // no set or list allocated per resource.
+        let mut required: Vec<(u32, u32)> = Vec::new(); // (i, j): i requires j
+        let mut notified: Vec<(u32, u32)> = Vec::new(); // (i, j): i notifies j
         for i in 0..n {
-            for (slot, list) in self.insts[i].refs.iter().enumerate() {
+            let Some(refs) = &self.insts[i].refs else {
+                continue;
+            };
+            for (slot, list) in refs.iter().enumerate() {
                 for (r, span) in list {
                     for j in self.resolve(r, span, i)? {
                         if j == i {
                             return Err(Error::at(
                                 ErrorKind::Cycle,
                                 span,
-                                format!("{} refers to itself", self.insts[i].id),
+                                format!("{} refers to itself", self.catalog.resources[i].id),
                             ));
                         }
+                        let (i, j) = (i as u32, j as u32);
                         match slot {
-                            0 => {
-                                deps[i].insert(j);
-                            }
-                            1 => {
-                                deps[j].insert(i);
-                            }
+                            0 => required.push((i, j)),
+                            1 => required.push((j, i)),
                             2 => {
-                                notify[i].insert(j);
-                                deps[j].insert(i);
+                                notified.push((i, j));
+                                required.push((j, i));
                             }
                             _ => {
-                                notify[j].insert(i);
-                                deps[i].insert(j);
+                                notified.push((j, i));
+                                required.push((i, j));
                             }
                         }
                     }
                 }
             }
         }
-        self.autorequire(&mut deps);
+        let explicit = Rows::from_pairs(n, required);
+        let notify = Rows::from_pairs(n, notified);
+        let deps = self.autorequire(&explicit);
         let order = self.toposort(&deps)?;
-        let mut pos = vec![0usize; n];
+        let mut pos = vec![0u32; n];
         for (p, &i) in order.iter().enumerate() {
-            pos[i] = p;
+            pos[i] = p as u32;
         }
         let secrets = self.data.plaintexts();
-        let mut insts: Vec<Option<Inst>> = self.insts.into_iter().map(Some).collect();
         let mut catalog = self.catalog;
         catalog.code_version = code_version;
         catalog.contents = self.contents.into_map();
-        catalog.resources.reserve(n);
-        // Notify targets come later in the order: their ids are filled in
-        // once every resource is placed (positions, by resource position).
-        let mut later: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut req: Vec<usize> = Vec::new();
-        for &i in &order {
-            let Some(inst) = insts[i].take() else {
-                continue;
-            };
-            // What a resource requires is placed before it: its id is
-            // copied from the catalog being built (no table of every id).
-            req.clear();
-            req.extend(deps[i].iter().map(|&j| pos[j]));
-            req.sort_unstable();
-            let requires: Vec<ResourceId> = req
-                .iter()
-                .map(|&p| catalog.resources[p].id.clone())
+        // Resources were written in declaration order; they move only if
+        // the dependency order is another one.
+        if order.iter().enumerate().any(|(p, &i)| p != i) {
+            let mut slots: Vec<Option<Resource>> = std::mem::take(&mut catalog.resources)
+                .into_iter()
+                .map(Some)
                 .collect();
-            if !notify[i].is_empty() {
-                let mut nt: Vec<usize> = notify[i].iter().map(|&j| pos[j]).collect();
-                nt.sort_unstable();
-                later.push((catalog.resources.len(), nt));
-            }
-            let mut sensitive = inst.sensitive;
+            catalog.resources = order.iter().filter_map(|&i| slots[i].take()).collect();
+        }
+        let mut ids: Vec<u32> = Vec::new();
+        for (p, &i) in order.iter().enumerate() {
+            // What a resource requires is placed before it and what it
+            // notifies after it: their ids are copied from the catalog.
+            ids.clear();
+            ids.extend(deps.row(i).iter().map(|&j| pos[j as usize]));
+            ids.sort_unstable();
+            let requires: Vec<ResourceId> = ids
+                .iter()
+                .map(|&q| catalog.resources[q as usize].id.clone())
+                .collect();
+            ids.clear();
+            ids.extend(notify.row(i).iter().map(|&j| pos[j as usize]));
+            ids.sort_unstable();
+            let notifies: Vec<ResourceId> = ids
+                .iter()
+                .map(|&q| catalog.resources[q as usize].id.clone())
+                .collect();
+            let mut sensitive = catalog.resources[p].sensitive;
             if !sensitive && !secrets.is_empty() {
-                let text = serde_json::to_string(&inst.kind).unwrap_or_default();
-                let body = match &inst.kind {
+                let r = &catalog.resources[p];
+                let text = serde_json::to_string(&r.kind).unwrap_or_default();
+                let body = match &r.kind {
                     Kind::File {
                         content: Some(c), ..
                     } => catalog
@@ -1166,23 +1215,11 @@ impl<'a> Compiler<'a> {
                         || body.as_deref().is_some_and(|b| b.contains(s.as_str()))
                 });
             }
-            catalog.resources.push(Resource {
-                id: inst.id,
-                kind: inst.kind,
-                requires,
-                notify: Vec::new(),
-                sensitive,
-                source: Some(inst.span.location()),
-                tags: inst.tags,
-                noop: inst.noop,
-            });
-        }
-        for (at, nt) in later {
-            let ids = nt
-                .iter()
-                .map(|&p| catalog.resources[p].id.clone())
-                .collect();
-            catalog.resources[at].notify = ids;
+            let r = &mut catalog.resources[p];
+            r.requires = requires;
+            r.notify = notifies;
+            r.sensitive = sensitive;
+            r.source = Some(self.insts[i].span.location());
         }
         // The agent validates every catalog it receives; here it is a
         // self-check in debug builds (so in every test).
@@ -1199,77 +1236,99 @@ impl<'a> Compiler<'a> {
     /// Automatic edges: a file after its parent directory and its owner and
     /// group; an exec or cron after its user; a user after its groups; a
     /// service after the package of the same name and the packages of its
-    /// profile.
-    fn autorequire(&self, deps: &mut [BTreeSet<usize>]) {
-        let id = |k: &str, t: &str| {
-            self.by_id
-                .get(&ResourceId::new(k, t).0, |j| id_key(&self.insts, j))
-        };
+    /// profile. Returns every resource's dependencies, `explicit` ones
+    /// included (an automatic edge is left out when the other resource
+    /// already depends on this one).
+    fn autorequire(&self, explicit: &Rows) -> Rows {
+        let res = &self.catalog.resources;
+        let n = res.len();
+        let id = |k: &str, t: &str| self.find(k, t);
         let mut packages: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (j, inst) in self.insts.iter().enumerate() {
-            if matches!(inst.kind, Kind::Package { .. }) {
-                packages.entry(&*inst.profile).or_default().push(j);
+        for (j, r) in res.iter().enumerate() {
+            if matches!(r.kind, Kind::Package { .. }) {
+                packages.entry(&*self.insts[j].profile).or_default().push(j);
             }
         }
-        for (i, inst) in self.insts.iter().enumerate() {
-            let add = |j: Option<usize>, deps: &mut [BTreeSet<usize>]| {
+        // Each resource's automatic edges, appended in resource order: the
+        // rows of the resources before `i` are complete when `i` is done.
+        let mut auto = Rows::with_capacity(n, n);
+        let mut deps = Rows::with_capacity(n, n + explicit.items.len());
+        let mut row: Vec<u32> = Vec::new();
+        for (i, r) in res.iter().enumerate() {
+            let me = i as u32;
+            // Does `j` already depend on `i` (explicitly, or automatically
+            // for a `j` done before)?
+            let add = |j: Option<usize>, auto: &mut Rows| {
                 if let Some(j) = j
                     && j != i
-                    && !deps[j].contains(&i)
+                    && explicit.row(j).binary_search(&me).is_err()
+                    && !(j < i && auto.row(j).contains(&me))
                 {
-                    deps[i].insert(j);
+                    auto.items.push(j as u32);
                 }
             };
-            match &inst.kind {
+            match &r.kind {
                 Kind::File {
                     path, owner, group, ..
                 }
                 | Kind::Directory {
                     path, owner, group, ..
                 } => {
-                    add(self.parent_dir(path), deps);
+                    add(self.parent_dir(path), &mut auto);
                     if let Some(o) = owner {
-                        add(id("user", o), deps);
+                        add(id("user", o), &mut auto);
                     }
                     if let Some(g) = group {
-                        add(id("group", g), deps);
+                        add(id("group", g), &mut auto);
                     }
                 }
-                Kind::Symlink { path, .. } => add(self.parent_dir(path), deps),
+                Kind::Symlink { path, .. } => add(self.parent_dir(path), &mut auto),
                 Kind::Exec { user, cwd, .. } => {
                     if let Some(u) = user {
-                        add(id("user", u), deps);
+                        add(id("user", u), &mut auto);
                     }
                     if let Some(c) = cwd {
-                        add(id("directory", c), deps);
+                        add(id("directory", c), &mut auto);
                     }
                 }
-                Kind::Cron { user, .. } => add(id("user", user), deps),
+                Kind::Cron { user, .. } => add(id("user", user), &mut auto),
                 Kind::User { group, groups, .. } => {
                     for g in group.iter().chain(groups) {
-                        add(id("group", g), deps);
+                        add(id("group", g), &mut auto);
                     }
                 }
                 Kind::Service { name, .. } => {
-                    add(id("package", name), deps);
-                    for &j in packages.get(&*inst.profile).into_iter().flatten() {
-                        add(Some(j), deps);
+                    add(id("package", name), &mut auto);
+                    for &j in packages.get(&*self.insts[i].profile).into_iter().flatten() {
+                        add(Some(j), &mut auto);
                     }
                 }
                 _ => {}
             }
+            auto.end_row();
+            // This resource's whole row: explicit and automatic, each once,
+            // ascending.
+            row.clear();
+            row.extend_from_slice(explicit.row(i));
+            row.extend_from_slice(auto.row(i));
+            row.sort_unstable();
+            row.dedup();
+            deps.items.extend_from_slice(&row);
+            deps.end_row();
         }
+        deps
     }
 
     /// The nearest ancestor of `path` the catalog manages as a directory
     /// (a path holds at most one file, directory or symlink, so the path
     /// index finds it without building an id per level).
     fn parent_dir(&self, path: &str) -> Option<usize> {
+        let res = &self.catalog.resources;
         let mut p = std::path::Path::new(path).parent();
         while let Some(dir) = p {
             let s = dir.to_str()?;
-            if let Some(j) = self.by_path.get(s, |j| path_key(&self.insts, j))
-                && matches!(self.insts[j].kind, Kind::Directory { .. })
+            if let Some(j) = self.by_path.get(s, |j| path_key(res, j))
+                && matches!(res[j].kind, Kind::Directory { .. })
             {
                 return Some(j);
             }
@@ -1279,22 +1338,34 @@ impl<'a> Compiler<'a> {
     }
 
     /// Kahn's algorithm; ties broken by declaration order.
-    fn toposort(&self, deps: &[BTreeSet<usize>]) -> Result<Vec<usize>> {
+    fn toposort(&self, deps: &Rows) -> Result<Vec<usize>> {
         let n = deps.len();
-        let mut indeg = vec![0usize; n];
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, d) in deps.iter().enumerate() {
-            indeg[i] = d.len();
-            for &j in d {
-                dependents[j].push(i);
+        let mut indeg: Vec<u32> = (0..n).map(|i| deps.row(i).len() as u32).collect();
+        // Who depends on each resource, as rows (counted, then filled in
+        // resource order, so each row is ascending).
+        let mut start = vec![0u32; n + 1];
+        for &j in &deps.items {
+            start[j as usize + 1] += 1;
+        }
+        for k in 0..n {
+            start[k + 1] += start[k];
+        }
+        let mut fill = start.clone();
+        let mut dependents = vec![0u32; deps.items.len()];
+        for i in 0..n {
+            for &j in deps.row(i) {
+                dependents[fill[j as usize] as usize] = i as u32;
+                fill[j as usize] += 1;
             }
         }
+        drop(fill);
         let mut ready: BinaryHeap<Reverse<usize>> =
             (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(Reverse(i)) = ready.pop() {
             order.push(i);
-            for &k in &dependents[i] {
+            for &k in &dependents[start[i] as usize..start[i + 1] as usize] {
+                let k = k as usize;
                 indeg[k] -= 1;
                 if indeg[k] == 0 {
                     ready.push(Reverse(k));
@@ -1308,26 +1379,32 @@ impl<'a> Compiler<'a> {
         let Some(start) = (0..n).find(|&i| indeg[i] > 0) else {
             return Ok(order);
         };
+        let res = &self.catalog.resources;
         let mut path = vec![start];
         let mut seen = HashMap::new();
         seen.insert(start, 0usize);
         let mut cur = start;
-        while let Some(&next) = deps[cur].iter().find(|&&j| indeg[j] > 0) {
+        while let Some(next) = deps
+            .row(cur)
+            .iter()
+            .map(|&j| j as usize)
+            .find(|&j| indeg[j] > 0)
+        {
             if let Some(&at) = seen.get(&next) {
                 let cycle: Vec<usize> = path[at..].to_vec();
                 let mut text = String::new();
                 for &c in &cycle {
                     text.push_str(&format!(
                         "  {} ({})\n  requires ",
-                        self.insts[c].id,
+                        res[c].id,
                         self.insts[c].span.location()
                     ));
                 }
-                text.push_str(&format!("{}", self.insts[cycle[0]].id));
+                text.push_str(&format!("{}", res[cycle[0]].id));
                 let chain: Vec<String> = cycle
                     .iter()
                     .chain(std::iter::once(&cycle[0]))
-                    .map(|&c| self.insts[c].id.to_string())
+                    .map(|&c| res[c].id.to_string())
                     .collect();
                 return Err(Error::at(
                     ErrorKind::Cycle,
@@ -1340,6 +1417,52 @@ impl<'a> Compiler<'a> {
             cur = next;
         }
         Err(Error::new(ErrorKind::Cycle, "dependency cycle"))
+    }
+}
+
+/// A list per resource (what it requires, what it notifies), all in one
+/// vector: row `i` is `items[start[i]..start[i + 1]]`.
+struct Rows {
+    start: Vec<u32>,
+    items: Vec<u32>,
+}
+
+impl Rows {
+    fn with_capacity(rows: usize, items: usize) -> Rows {
+        let mut start = Vec::with_capacity(rows + 1);
+        start.push(0);
+        Rows {
+            start,
+            items: Vec::with_capacity(items),
+        }
+    }
+    /// Closes the row being appended to `items`.
+    fn end_row(&mut self) {
+        self.start.push(self.items.len() as u32);
+    }
+    fn len(&self) -> usize {
+        self.start.len() - 1
+    }
+    /// Row `i`; empty for a row not closed yet.
+    fn row(&self, i: usize) -> &[u32] {
+        match (self.start.get(i), self.start.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.items[a as usize..b as usize],
+            _ => &[],
+        }
+    }
+    /// `n` rows from (row, item) pairs: each row ascending, each item once.
+    fn from_pairs(n: usize, mut pairs: Vec<(u32, u32)>) -> Rows {
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut rows = Rows::with_capacity(n, pairs.len());
+        let mut it = pairs.into_iter().peekable();
+        for i in 0..n as u32 {
+            while let Some((_, j)) = it.next_if(|&(r, _)| r == i) {
+                rows.items.push(j);
+            }
+            rows.end_row();
+        }
+        rows
     }
 }
 
@@ -1360,7 +1483,7 @@ impl<'a> Attrs<'a> {
 }
 
 /// A map from a key every resource has (its id, its path) to its position
-/// in `Compiler::insts`, holding only positions: the key is read from the
+/// in the catalog being built, holding only positions: the key is read from the
 /// resource itself (`key_of`), so declaring a resource copies neither its
 /// id nor its path into a table. SipHash with a random key, as `HashMap`
 /// (titles can come from facts).
@@ -1388,29 +1511,51 @@ impl PosIndex {
     }
 }
 
-fn id_key(insts: &[Inst], j: usize) -> &str {
-    &insts[j].id.0
+/// The types whose title is a path (indexed in `Compiler::by_path`).
+const FS_TYPES: [&str; 3] = ["file", "directory", "symlink"];
+
+fn id_key(res: &[Resource], j: usize) -> &str {
+    &res[j].id.0
 }
 
-fn path_key(insts: &[Inst], j: usize) -> &str {
-    insts[j].kind.fs_path().unwrap_or_default()
+fn path_key(res: &[Resource], j: usize) -> &str {
+    res[j].kind.fs_path().unwrap_or_default()
 }
 
 /// A catalog's file bodies while it is compiled: each distinct body once,
-/// keyed by its raw digest (32 bytes inline: no string to follow when
-/// looking one up).
+/// in first-use order, with its raw digest (32 bytes inline: no string to
+/// follow when looking one up); the index holds only positions (4 bytes
+/// a body, a table a few times smaller than one of digests).
 #[derive(Default)]
 struct Contents {
-    seen: HashSet<[u8; 32]>,
+    state: std::hash::RandomState,
+    index: hashbrown::HashTable<u32>,
     bodies: Vec<([u8; 32], troupe_catalog::Blob)>,
 }
 
 impl Contents {
+    /// Room for `n` more bodies.
+    fn reserve(&mut self, n: usize) {
+        let (state, bodies) = (&self.state, &self.bodies);
+        self.index
+            .reserve(n, |&k| state.hash_one(bodies[k as usize].0));
+        self.bodies.reserve(n);
+    }
+
     /// Like [`Catalog::add_content`], without copying the body again.
     fn add(&mut self, bytes: Vec<u8>) -> troupe_catalog::ContentRef {
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let size = bytes.len() as u64;
-        if self.seen.insert(digest) {
+        let h = self.state.hash_one(digest);
+        let (state, bodies) = (&self.state, &self.bodies);
+        if self
+            .index
+            .find(h, |&k| bodies[k as usize].0 == digest)
+            .is_none()
+        {
+            let at = bodies.len() as u32;
+            self.index
+                .insert_unique(h, at, |&k| state.hash_one(bodies[k as usize].0));
             let blob = match String::from_utf8(bytes) {
                 Ok(s) => troupe_catalog::Blob::Utf8(s),
                 Err(e) => troupe_catalog::Blob::from_bytes(e.as_bytes()),
@@ -1427,7 +1572,7 @@ impl Contents {
     /// lowercase hex, the map's key), then built in one pass.
     fn into_map(self) -> BTreeMap<String, troupe_catalog::Blob> {
         let mut bodies = self.bodies;
-        drop(self.seen);
+        drop(self.index);
         bodies.sort_unstable_by_key(|b| b.0);
         bodies
             .into_iter()

@@ -20,8 +20,7 @@ pub use crate::fleet_facts::FactValue;
 use minijinja::value::{Kwargs, Value, from_args};
 use serde_json::Value as J;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Most facts one `fleet()` query may name.
 pub const MAX_QUERY_FACTS: usize = 32;
@@ -152,6 +151,52 @@ fn invalid(msg: String) -> minijinja::Error {
     minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg)
 }
 
+/// One `fleet()` call as the compile made it, defaults filled in: what a
+/// catalog read of the fleet. Its answer depends only on the nodes it
+/// matches (environment, and role when given): their names, roles and the
+/// facts it names. The master keeps, per query, when its answer last
+/// changed, so a catalog is compiled again only when a fact it could have
+/// read changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FleetQuery {
+    pub role: Option<String>,
+    pub environment: String,
+    pub facts: Vec<String>,
+}
+
+impl FleetQuery {
+    /// Whether `n` is in the answer.
+    pub fn matches(&self, n: &FleetNode) -> bool {
+        n.environment == self.environment && self.role.as_ref().is_none_or(|r| *r == n.role)
+    }
+
+    /// Whether the answer differs between one node as it was (`old`;
+    /// `None`: not in the fleet) and as it is (`new`): it entered or left
+    /// the answer, or its role or a named fact changed while in it. (The
+    /// entry's name, number and zone come from the node's name, which is
+    /// the same for both.)
+    pub fn answer_differs(&self, old: Option<&FleetNode>, new: Option<&FleetNode>) -> bool {
+        fn view<'a>(
+            q: &FleetQuery,
+            n: Option<&'a FleetNode>,
+        ) -> Option<(&'a str, Vec<Option<&'a FactValue>>)> {
+            let n = n.filter(|n| q.matches(n))?;
+            let facts = q.facts.iter().map(|f| fact_at(&n.facts, f)).collect();
+            Some((n.role.as_str(), facts))
+        }
+        view(self, old) != view(self, new)
+    }
+}
+
+/// What the `fleet()` calls of one compile read.
+#[derive(Debug, Default)]
+pub(crate) struct FleetReads {
+    /// A call was made (even one refused for its arguments).
+    pub(crate) used: bool,
+    /// The queries made, each once.
+    pub(crate) queries: Vec<FleetQuery>,
+}
+
 /// The `fleet(role=none, environment=node.environment, facts=[])` function
 /// templates call.
 #[derive(Debug)]
@@ -160,8 +205,14 @@ pub(crate) struct FleetFn {
     /// The querying node's environment (the default) and zone count.
     pub(crate) environment: String,
     pub(crate) zones: u64,
-    /// Set by every call: the catalog depends on the fleet data.
-    pub(crate) used: Arc<AtomicBool>,
+    /// Filled by every call: the catalog depends on what it read.
+    pub(crate) reads: Arc<Mutex<FleetReads>>,
+}
+
+impl FleetFn {
+    fn reads(&self) -> std::sync::MutexGuard<'_, FleetReads> {
+        self.reads.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl minijinja::value::Object for FleetFn {
@@ -170,7 +221,7 @@ impl minijinja::value::Object for FleetFn {
         _state: &mut minijinja::State<'_, '_>,
         args: &[Value],
     ) -> std::result::Result<Value, minijinja::Error> {
-        self.used.store(true, Ordering::Relaxed);
+        self.reads().used = true;
         let (positional, kwargs): (Option<String>, Kwargs) = from_args(args)?;
         let role: Option<String> = match positional {
             Some(r) => Some(r),
@@ -196,11 +247,23 @@ impl minijinja::value::Object for FleetFn {
                 "fleet(): `{bad}` is not a fact path (dotted names such as `networking.ip`)"
             )));
         }
+        {
+            let query = FleetQuery {
+                role: role.clone(),
+                environment: environment.clone(),
+                facts: facts.clone(),
+            };
+            let mut reads = self.reads();
+            if !reads.queries.contains(&query) {
+                reads.queries.push(query);
+            }
+        }
         let Some(snap) = &self.snapshot else {
             return Ok(Value::from(Vec::<Value>::new()));
         };
         let mut out = Vec::new();
         for n in &snap.nodes {
+            // As FleetQuery::matches (which the master's invalidation uses).
             if n.environment != environment || role.as_ref().is_some_and(|r| *r != n.role) {
                 continue;
             }
@@ -265,6 +328,42 @@ mod tests {
         assert!(FleetSnapshot::new(1, bad).is_err());
         let bad = vec![node("db1", "db", "production", serde_json::json!([1]))];
         assert!(FleetSnapshot::new(1, bad).is_err());
+    }
+
+    #[test]
+    fn a_query_answer_differs_only_when_what_it_reads_changes() {
+        let q = FleetQuery {
+            role: Some("web".into()),
+            environment: "production".into(),
+            facts: vec!["networking.ip".into()],
+        };
+        let ip = |ip: &str, mem: u64| serde_json::json!({"networking": {"ip": ip}, "memory": {"total": mem}});
+        let web = node("web1.example.com", "web", "production", ip("10.0.0.1", 1));
+        // Another fact than the one named: same answer.
+        let more_mem = node("web1.example.com", "web", "production", ip("10.0.0.1", 2));
+        assert!(!q.answer_differs(Some(&web), Some(&more_mem)));
+        // The named fact: a new answer.
+        let moved = node("web1.example.com", "web", "production", ip("10.0.0.9", 1));
+        assert!(q.answer_differs(Some(&web), Some(&moved)));
+        // Entering or leaving the answer (new node, role or environment).
+        assert!(q.answer_differs(None, Some(&web)));
+        assert!(q.answer_differs(Some(&web), None));
+        let db = node("web1.example.com", "db", "production", ip("10.0.0.1", 1));
+        assert!(q.answer_differs(Some(&web), Some(&db)));
+        let dev = node("web1.example.com", "web", "development", ip("10.0.0.1", 1));
+        assert!(q.answer_differs(Some(&dev), Some(&web)));
+        // Nodes outside the answer, whatever they change.
+        let db2 = node("db2.example.com", "db", "production", ip("10.0.0.1", 1));
+        let db2b = node("db2.example.com", "db", "production", ip("10.0.0.7", 9));
+        assert!(!q.answer_differs(Some(&db2), Some(&db2b)));
+        assert!(!q.answer_differs(None, Some(&db2)));
+        // Without a role, a role change inside the environment is seen.
+        let any = FleetQuery {
+            role: None,
+            ..q.clone()
+        };
+        assert!(any.answer_differs(Some(&web), Some(&db)));
+        assert!(!any.answer_differs(Some(&web), Some(&more_mem)));
     }
 
     #[test]

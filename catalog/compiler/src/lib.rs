@@ -32,7 +32,7 @@ mod tree;
 
 pub use compile::{Classification, CompileInfo, CompileOptions, valid_certname};
 pub use error::{Error, ErrorKind, Result, SourceFile, Span};
-pub use fleet::{FactValue, FleetNode, FleetSnapshot};
+pub use fleet::{FactValue, FleetNode, FleetQuery, FleetSnapshot};
 pub use secrets::SecretKeys;
 pub use tree::trailing_number;
 pub use tree::{EnvTree, Merge, ModuleTree, Site};

@@ -151,6 +151,55 @@ fn unknown_reference_is_an_error() {
     assert_eq!(e.location().unwrap(), format!("{P}/profiles/r.toml:2:11"));
 }
 
+/// Files, directories and symlinks are found by path: a reference must
+/// still name the type that is at that path, and a second resource of
+/// another type at a path is refused as the same path.
+#[test]
+fn path_resources_are_found_by_type_and_path() {
+    let d = scratch_tree();
+    with_profile(
+        d.path(),
+        "r",
+        "[directory.\"/srv/app\"]\n\n[service.x]\nrequire = \"file[/srv/app]\"\n",
+    );
+    let e = compile_err(d.path());
+    assert_eq!(e.kind(), ErrorKind::Reference);
+    assert!(
+        e.to_string()
+            .contains("service[x] refers to file[/srv/app], which is not declared"),
+        "{e}"
+    );
+    // The right type at that path resolves, and the edge is kept.
+    with_profile(
+        d.path(),
+        "r",
+        "[directory.\"/srv/app\"]\n\n[service.x]\nrequire = \"directory[/srv/app]\"\n",
+    );
+    let tree = load(d.path()).unwrap();
+    let c = tree
+        .compile("mon2.example.com", &facts("debian12"), &opts())
+        .unwrap();
+    let x = c.resources.iter().find(|r| r.id.0 == "service[x]").unwrap();
+    assert!(
+        x.requires.iter().any(|r| r.0 == "directory[/srv/app]"),
+        "{:?}",
+        x.requires
+    );
+    // Another type at the same path is the same path, not a new id.
+    with_profile(
+        d.path(),
+        "r",
+        "[directory.\"/srv/app\"]\n\n[symlink.\"/srv/app\"]\ntarget = \"/tmp\"\n",
+    );
+    let e = compile_err(d.path());
+    assert_eq!(e.kind(), ErrorKind::Duplicate);
+    assert!(
+        e.to_string()
+            .contains("symlink[/srv/app] manages the same path as directory[/srv/app]"),
+        "{e}"
+    );
+}
+
 #[test]
 fn missing_template_at_load_and_at_compile() {
     let d = scratch_tree();

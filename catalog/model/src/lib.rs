@@ -16,7 +16,7 @@
 pub mod lazy;
 pub mod report;
 
-pub use lazy::LazyCatalog;
+pub use lazy::{LazyCatalog, Spill};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,6 +57,9 @@ pub enum CatalogError {
         second: ResourceId,
         path: String,
     },
+    /// The catalog could not be read, or its copy not kept (a full disk).
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Checks that `path` is a normal absolute path, the one spelling of it a
@@ -929,6 +932,82 @@ mod tests {
         c.add_content(&(0..=255u8).collect::<Vec<u8>>());
         push(&c);
         let text = String::from_utf8(sample().to_canonical_json()).unwrap();
+        // The same catalogs in orders and forms a streaming reader must
+        // take as the whole decode does: the content table first, its keys
+        // unsorted or given twice, the catalog as an array.
+        let mut three = sample();
+        three.add_content(b"zzz\n");
+        three.add_content(b"aaa\n");
+        let v = serde_json::to_value(&three).unwrap();
+        let obj = |k: &str| serde_json::to_string(&v[k]).unwrap();
+        let entries: Vec<String> = v["contents"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, b)| format!("{}:{b}", serde_json::to_string(k).unwrap()))
+            .collect();
+        let mut reversed = entries.clone();
+        reversed.reverse();
+        let (first_key, _) = entries[0].split_once(':').unwrap();
+        let head = format!(
+            "\"format\":1,\"node\":{},\"environment\":{},\"code_version\":{}",
+            obj("node"),
+            obj("environment"),
+            obj("code_version")
+        );
+        let reordered = [
+            format!(
+                "{{\"contents\":{},\"resources\":{},{head}}}",
+                obj("contents"),
+                obj("resources")
+            ),
+            format!(
+                "{{{head},\"resources\":{},\"contents\":{{{}}}}}",
+                obj("resources"),
+                reversed.join(",")
+            ),
+            format!(
+                "{{{head},\"resources\":{},\"contents\":{{{},{first_key}:{{\"encoding\":\"utf8\",\"data\":\"x\"}}}}}}",
+                obj("resources"),
+                entries.join(",")
+            ),
+            format!(
+                "{{{head},\"resources\":{},\"contents\":{{{first_key}:{{\"encoding\":\"utf8\",\"data\":\"x\"}},{}}}}}",
+                obj("resources"),
+                entries.join(",")
+            ),
+            format!(
+                "[1,{},{},{},{},{}]",
+                obj("node"),
+                obj("environment"),
+                obj("code_version"),
+                obj("resources"),
+                obj("contents")
+            ),
+            format!(
+                "[1,{},{},{},{}]",
+                obj("node"),
+                obj("environment"),
+                obj("code_version"),
+                obj("resources")
+            ),
+            format!("[1,{}]", obj("node")),
+            format!("{{\"resources\":[{{\"id\":1}}],{head}}}").replacen(
+                "\"format\":1",
+                "\"format\":2",
+                1,
+            ),
+            format!("{{\"resources\":[{{\"id\":1}}],{head}}}"),
+            format!("{{{head},\"node\":\"again\",\"resources\":[]}}"),
+            format!(
+                "{{{head},\"resources\":[],\"contents\":{{\"nothex\":{{\"encoding\":\"utf8\",\"data\":\"x\"}}}}}}"
+            ),
+            format!("{{{head},\"resources\":[]}} x"),
+            format!("{{{head}}}"),
+        ];
+        for r in reordered {
+            out.push(r.into_bytes());
+        }
         for evil in [
             text.replacen("\"format\":1", "\"format\":1,\"extra\":true", 1),
             text.replacen("\"type\":\"file\"", "\"type\":\"file\",\"setuid\":true", 1),
@@ -947,11 +1026,27 @@ mod tests {
         out
     }
 
+    /// The three ways to make a [`LazyCatalog`]: bytes kept in memory,
+    /// bytes spilled to a file, a file read as a stream into a file.
+    fn lazies(bytes: &[u8]) -> Vec<Result<LazyCatalog, CatalogError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("catalog.json");
+        std::fs::write(&src, bytes).unwrap();
+        let spill = || crate::Spill::File(tempfile::tempfile_in(dir.path()).unwrap());
+        vec![
+            LazyCatalog::from_json(bytes.to_vec()),
+            LazyCatalog::from_slice(bytes, spill()),
+            LazyCatalog::from_file(&mut std::fs::File::open(&src).unwrap(), spill()),
+        ]
+    }
+
     #[test]
     fn lazy_decode_accepts_and_refuses_as_the_whole_decode() {
-        for bytes in cases() {
+        for (bytes, lazy) in cases()
+            .into_iter()
+            .flat_map(|b| lazies(&b).into_iter().map(move |l| (b.clone(), l)))
+        {
             let whole = Catalog::from_json(&bytes);
-            let lazy = LazyCatalog::from_json(bytes.clone());
             let text = String::from_utf8_lossy(&bytes);
             match (&whole, &lazy) {
                 (Ok(c), Ok(l)) => {

@@ -16,23 +16,31 @@
 //!   allows it, else it is a full one;
 //! - `new conn, full`: the same with resumption off on the client, so every
 //!   check-in is a full mutual-TLS handshake (certificate verify and CRL
-//!   check both ways).
+//!   check both ways);
+//! - `run, 1 conn`: what one agent run asks of the master, on one new
+//!   (resumed) connection as the agent now does: the CRL, the catalog
+//!   ("unchanged") and the run's report;
+//! - `run, 3 conns`: the same three calls, each on a new (resumed)
+//!   connection, as the agent did before session 8 (certificate upkeep,
+//!   catalog source and report sink each opened their own). These two
+//!   print the master's CPU per run.
 //!
 //! Knobs: `TROUPE_BENCH_RATE_AGENTS` (200), `TROUPE_BENCH_RATE_SECS` (5),
-//! `TROUPE_BENCH_RATE_CONC` (32 check-ins in flight), `TROUPE_BENCH_RATE=0`
-//! skips the phase.
+//! `TROUPE_BENCH_RATE_CONC` (32 check-ins in flight),
+//! `TROUPE_BENCH_RATE_MODES` (all: `persistent,resumed,full,run1,run3`),
+//! `TROUPE_BENCH_RATE=0` skips the phase.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use troupe_proto::v1::catalog_client::CatalogClient;
-use troupe_proto::v1::{CatalogRequest, SubmitCsrRequest};
+use troupe_proto::v1::{CatalogRequest, ReportRequest, SubmitCsrRequest};
 use troupe_tests::{Master, make_csr};
 
 /// CPU time (user + system, seconds) of the process whose /proc
 /// directory is `proc_dir`, threads that ended included.
-fn cpu_secs(proc_dir: &Path) -> f64 {
+pub(super) fn cpu_secs(proc_dir: &Path) -> f64 {
     let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces: count from its ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -57,6 +65,8 @@ enum Mode {
     Persistent,
     Resumed,
     Full,
+    RunOne,
+    RunThree,
 }
 
 impl Mode {
@@ -65,8 +75,69 @@ impl Mode {
             Mode::Persistent => "persistent",
             Mode::Resumed => "new conn, resumed",
             Mode::Full => "new conn, full",
+            Mode::RunOne => "run, 1 conn",
+            Mode::RunThree => "run, 3 conns",
         }
     }
+
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Persistent => "persistent",
+            Mode::Resumed => "resumed",
+            Mode::Full => "full",
+            Mode::RunOne => "run1",
+            Mode::RunThree => "run3",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Mode::RunOne | Mode::RunThree => "run",
+            _ => "check-in",
+        }
+    }
+}
+
+/// One agent run's calls (CRL, catalog "unchanged", report) on `conns` new
+/// resumed connections (1: all on one; 3: one each).
+async fn agent_run(url: &str, a: &RateAgent, conns: usize) -> Result<(), tonic::Status> {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut chans = Vec::with_capacity(conns);
+    let connect = || async {
+        troupe_identity::connect_with((*a.tls).clone(), url)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))
+    };
+    chans.push(connect().await?);
+    troupe_proto::v1::ca_client::CaClient::new(chans[0].clone())
+        .get_crl(troupe_proto::v1::Empty {})
+        .await?;
+    if conns > 1 {
+        chans.push(connect().await?);
+    }
+    unchanged_checkin(&mut CatalogClient::new(chans[chans.len() - 1].clone()), a).await?;
+    if conns > 2 {
+        chans.push(connect().await?);
+    }
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    let report = serde_json::json!({
+        "run_id": format!("20261207T000000.000000Z-{n:08x}"),
+        "node": a.host,
+        "started": "2026-12-07T00:00:00Z",
+        "duration_ms": 1,
+        "noop": false,
+        "catalog_hash": a.have,
+        "environment": "production",
+        "code_version": "",
+        "from_cache": false,
+        "resources": [],
+    });
+    troupe_proto::v1::reports_client::ReportsClient::new(chans[chans.len() - 1].clone())
+        .submit_report(ReportRequest {
+            report_json: serde_json::to_vec(&report).unwrap(),
+        })
+        .await?;
+    Ok(())
 }
 
 struct RateAgent {
@@ -138,6 +209,8 @@ async fn run_mode(
                         let mut c = persistent[i].clone();
                         unchanged_checkin(&mut c, a).await
                     }
+                    Mode::RunOne => agent_run(&url, a, 1).await,
+                    Mode::RunThree => agent_run(&url, a, 3).await,
                     Mode::Resumed | Mode::Full => {
                         let cfg = if mode == Mode::Resumed {
                             &a.tls
@@ -304,7 +377,17 @@ pub fn rate_phase(
         }
     );
     let me = PathBuf::from("/proc/self");
-    for mode in [Mode::Persistent, Mode::Resumed, Mode::Full] {
+    let chosen = std::env::var("TROUPE_BENCH_RATE_MODES").unwrap_or_default();
+    for mode in [
+        Mode::Persistent,
+        Mode::Resumed,
+        Mode::Full,
+        Mode::RunOne,
+        Mode::RunThree,
+    ] {
+        if !chosen.is_empty() && !chosen.split(',').any(|k| k.trim() == mode.key()) {
+            continue;
+        }
         // Persistent: one channel per agent, opened before the clock starts.
         let persistent = Arc::new(if mode == Mode::Persistent {
             rt.block_on(async {
@@ -334,10 +417,11 @@ pub fn rate_phase(
         let server_us = per(s1 - s0);
         println!(
             "rate {:<18} {ok} unchanged in {wall:.1} s = {:.0}/s wall, errors {errors}; \
-             master CPU {server_us:.0} us per check-in (= {:.0}/s on 2 cores), \
+             master CPU {server_us:.0} us per {} (= {:.0}/s on 2 cores), \
              bench-side agents {:.0} us; load {load0} -> {}",
             mode.name(),
             ok as f64 / wall,
+            mode.unit(),
             if server_us > 0.0 {
                 2e6 / server_us
             } else {

@@ -249,7 +249,7 @@ impl Compiler<'_> {
                 span,
                 format!(
                     "{} refers to {id}, which is not declared for this node",
-                    self.insts[from].id
+                    self.catalog.resources[from].id
                 ),
             )),
         }
