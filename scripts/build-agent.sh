@@ -10,8 +10,9 @@
 # The order file holds mangled symbol names, so it goes stale when their
 # hashes change (a dependency or toolchain update; not an edit of a
 # function's body). The build says how many of its names the new binary
-# still has and fails below 80 %: then run scripts/agent-order.sh, which
-# rewrites it from callgrind traces of real runs, and commit the file.
+# still has and warns below 80 % (fails with TROUPE_AGENT_ORDER_STRICT=1):
+# then run scripts/agent-order.sh, which rewrites it from callgrind traces
+# of real runs, and commit the file.
 #   TROUPE_AGENT_ORDER=FILE   lay out by FILE instead (scripts/agent-order.sh)
 #   TROUPE_AGENT_ORDER=none   no layout (for the trace, or a linker other
 #                             than LLD)
@@ -53,7 +54,10 @@ if [ "$order" != none ]; then
   echo "build-agent.sh: $found of $wanted functions in $order are in the binary" >&2
   if [ $((found * 100)) -lt $((wanted * 80)) ]; then
     echo "build-agent.sh: the function layout is stale: run scripts/agent-order.sh and commit agent/link-order.txt" >&2
-    exit 1
+    # A stale layout costs resident memory, not correctness: packages and
+    # CI still build (the binary is the same code); a bench or a release
+    # check can insist with TROUPE_AGENT_ORDER_STRICT=1.
+    [ "${TROUPE_AGENT_ORDER_STRICT:-0}" = 1 ] && exit 1
   fi
 fi
 echo "$bin"
