@@ -56,7 +56,21 @@ pub fn csr(data: &[u8]) {
 /// An accepted catalog must re-encode canonically: decoding its canonical
 /// JSON gives the same catalog, the same bytes and the same hash.
 pub fn catalog(data: &[u8]) {
-    let Ok(cat) = troupe_catalog::Catalog::from_json(data) else {
+    // The agent decodes with the streaming `LazyCatalog` (issue 20): it must
+    // accept exactly what the whole-document decoder accepts, with the same
+    // hash.
+    let whole = troupe_catalog::Catalog::from_json(data);
+    let lazy = troupe_catalog::LazyCatalog::from_slice(data, troupe_catalog::Spill::Memory);
+    match (&whole, &lazy) {
+        (Ok(c), Ok(l)) => assert_eq!(l.hash(), c.hash(), "streaming decoder: another hash"),
+        (Err(_), Err(_)) => {}
+        (w, l) => panic!(
+            "decoders disagree: whole {:?}, streaming {:?}",
+            w.as_ref().err(),
+            l.as_ref().err()
+        ),
+    }
+    let Ok(cat) = whole else {
         return;
     };
     let canon = cat.to_canonical_json();
