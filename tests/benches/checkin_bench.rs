@@ -218,18 +218,17 @@ async fn fleet_enrol(
     Ok(node)
 }
 
+/// One node's check-in in a fleet pass: the node back, with what it measured.
+type NodeFuture<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(String, FleetNode, T), String>> + Send>,
+>;
+
 /// Runs `f` over every node, 16 at a time; returns the results in order.
 fn fleet_pass<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     m: &Master,
     nodes: &mut Vec<(String, FleetNode)>,
-    f: fn(
-        Arc<String>,
-        String,
-        FleetNode,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(String, FleetNode, T), String>> + Send>,
-    >,
+    f: fn(Arc<String>, String, FleetNode) -> NodeFuture<T>,
 ) -> Vec<T> {
     let url = Arc::new(m.url.clone());
     let todo: Vec<(String, FleetNode)> = std::mem::take(nodes);
@@ -266,12 +265,7 @@ fn checkin_pass(
     url: Arc<String>,
     host: String,
     mut node: FleetNode,
-) -> std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = Result<(String, FleetNode, (bool, Duration)), String>>
-            + Send,
-    >,
-> {
+) -> NodeFuture<(bool, Duration)> {
     Box::pin(async move {
         let r = fleet_checkin(&url, &mut node, &host).await?;
         Ok((host, node, r))

@@ -620,21 +620,20 @@ impl Catalog {
             if let Kind::File {
                 content: Some(c), ..
             } = &r.kind
+                && !self.contents.contains_key(&c.sha256)
             {
-                if !self.contents.contains_key(&c.sha256) {
-                    return Err(CatalogError::MissingContent {
-                        id: r.id.clone(),
-                        hash: c.sha256.clone(),
-                    });
-                }
+                return Err(CatalogError::MissingContent {
+                    id: r.id.clone(),
+                    hash: c.sha256.clone(),
+                });
             }
-            if let Kind::Exec { command, .. } = &r.kind {
-                if command.is_empty() {
-                    return Err(CatalogError::Invalid {
-                        id: r.id.clone(),
-                        why: "its command is empty".into(),
-                    });
-                }
+            if let Kind::Exec { command, .. } = &r.kind
+                && command.is_empty()
+            {
+                return Err(CatalogError::Invalid {
+                    id: r.id.clone(),
+                    why: "its command is empty".into(),
+                });
             }
         }
         for (hash, blob) in &self.contents {
