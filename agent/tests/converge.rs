@@ -484,17 +484,7 @@ fn disable_enable_and_lock() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("maintenance window"));
     assert!(env.sub(&["enable"]).status.success());
     // One run at a time.
-    let mut first = env
-        .command(&[
-            "run",
-            "--once",
-            "--output",
-            "quiet",
-            "--catalog",
-            cat.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
+    let mut first = env.spawn_quiet_run(&cat);
     std::thread::sleep(std::time::Duration::from_millis(700));
     let o = env.cmd(
         &["run", "--once"],

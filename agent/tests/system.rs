@@ -338,17 +338,7 @@ fn kill_9_mid_run_leaves_no_partial_file_and_next_run_converges() {
     let cat = env.write_catalog(&c);
     let mut killed_mid_run = 0;
     for delay_ms in [30u64, 80, 150, 250, 400] {
-        let mut child = env
-            .command(&[
-                "run",
-                "--once",
-                "--output",
-                "quiet",
-                "--catalog",
-                cat.to_str().unwrap(),
-            ])
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn_quiet_run(&cat);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let st = child.wait().unwrap();
@@ -430,17 +420,7 @@ fn kill_9_mid_run_loses_only_its_own_journal() {
     };
     let stored = journals();
     assert_eq!(stored.len(), 1, "{stored:?}");
-    let mut child = env
-        .command(&[
-            "run",
-            "--once",
-            "--output",
-            "quiet",
-            "--catalog",
-            cat.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_quiet_run(&cat);
     // Killed as soon as its journal has reached the disk.
     let t = std::time::Instant::now();
     let partial = loop {
@@ -548,17 +528,7 @@ fn kill_9_mid_batch_leaves_each_file_old_or_whole_new() {
     let mut delay_ms = 100u64;
     while mixed == 0 && delay_ms < 20_000 {
         delay_ms = delay_ms * 8 / 5;
-        let mut child = env
-            .command(&[
-                "run",
-                "--once",
-                "--output",
-                "quiet",
-                "--catalog",
-                cat.to_str().unwrap(),
-            ])
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn_quiet_run(&cat);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         if child.wait().unwrap().code().is_none() {

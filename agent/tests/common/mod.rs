@@ -125,6 +125,14 @@ impl Env {
             .args(["--facts-dir", "/nonexistent"]);
         c
     }
+    /// `troupe-agent run --once --output quiet --catalog CAT`, started and
+    /// not waited for (for runs a test pauses, kills or races).
+    pub fn spawn_quiet_run(&self, cat: &Path) -> std::process::Child {
+        let cat = cat.to_str().unwrap();
+        self.command(&["run", "--once", "--output", "quiet", "--catalog", cat])
+            .spawn()
+            .unwrap()
+    }
     /// Runs another subcommand (rollback, disable, enable) with --state.
     pub fn sub(&self, args: &[&str]) -> Output {
         Command::new(BIN)
