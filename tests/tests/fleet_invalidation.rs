@@ -68,12 +68,7 @@ fn write_tree(dir: &Path) {
 
 /// The master's count of catalog compiles, from its metrics listener.
 fn compiles(port: u16) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = troupe_tests::metrics_text(port);
     body.lines()
         .find_map(|l| l.strip_prefix("troupe_catalog_compile_seconds_count "))
         .and_then(|n| n.trim().parse().ok())

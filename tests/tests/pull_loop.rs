@@ -548,12 +548,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The master's count of TLS connections on its gRPC port (full and
 /// resumed handshakes), from its metrics listener on `port`.
 fn tls_connections(port: u16) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = troupe_tests::metrics_text(port);
     body.lines()
         .filter(|l| l.starts_with("troupe_tls_connections_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
