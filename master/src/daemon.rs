@@ -18,8 +18,6 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Server;
-use tonic::transport::server::Router;
 use troupe_pki::{Authority, CaPolicy, util};
 
 /// Options of `troupe master`. Every one also has a key in the
@@ -258,16 +256,16 @@ fn load_code(args: &Args, dir: &std::path::Path) -> Result<crate::code::CodeMana
     Ok(m)
 }
 
-/// Builds the gRPC router with every service of the master. Later services
-/// (catalog, reports, ...) are added here; each authenticated call takes
-/// its caller from [`crate::tls::peer_identity`].
-pub fn router(state: Arc<MasterState>) -> Router {
-    Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(crate::ca_service::server(state.clone()))
+/// The gRPC routes with every service of the master, served by
+/// [`crate::tls::serve`] (HTTP/2 settings there). Later services are added
+/// here; each authenticated call takes its caller from
+/// [`crate::tls::peer_identity`].
+pub fn routes(state: Arc<MasterState>) -> tonic::service::Routes {
+    tonic::service::Routes::new(crate::ca_service::server(state.clone()))
         .add_service(crate::catalog_service::catalog_server(state.clone()))
         .add_service(crate::catalog_service::reports_server(state.clone()))
         .add_service(crate::orchestra::server(state.clone()))
+        .prepare()
 }
 
 fn default_server_names(listen: &std::net::SocketAddr) -> Vec<String> {
@@ -516,7 +514,6 @@ async fn serve(args: Args) -> Result<()> {
         }
     });
 
-    let incoming = crate::tls::incoming(listener, tls, state.metrics.clone());
     util::write_atomic(
         &args.data.join("listen.addr"),
         format!("{addr}\n").as_bytes(),
@@ -551,16 +548,20 @@ async fn serve(args: Args) -> Result<()> {
         signalled.notify_waiters();
     });
     let server_stop = stopping.clone();
-    let serving = router(state.clone())
-        .serve_with_incoming_shutdown(incoming, async move { server_stop.notified().await });
+    let serving = crate::tls::serve(
+        listener,
+        tls,
+        state.metrics.clone(),
+        routes(state.clone()),
+        async move { server_stop.notified().await },
+    );
     let grace = args.shutdown_grace.into();
-    let result = tokio::select! {
-        r = serving => r,
+    tokio::select! {
+        () = serving => {}
         _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("requests still open after {grace:?}; closing them");
-            Ok(())
         }
-    };
+    }
     admin.abort();
     crl_task.abort();
     scan_task.abort();
@@ -582,7 +583,6 @@ async fn serve(args: Args) -> Result<()> {
     let _ = std::fs::remove_file(crate::admin::socket_path(&args.data));
     let _ = std::fs::remove_file(args.data.join("listen.addr"));
     let _ = std::fs::remove_file(args.data.join("web.addr"));
-    result.context("serving gRPC")?;
     Ok(())
 }
 
