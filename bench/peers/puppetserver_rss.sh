@@ -6,15 +6,17 @@
 # fleetN.puppet.example.com, each with its own facts: the facts checkin_bench's agents send,
 # hostname/fqdn/ip made distinct), each on a new TLS connection, as an agent run does
 # (GET /puppet/v3/node, POST /puppet/v3/catalog with the facts). The catalog is the shared
-# peers harness's N=100 workload (111 file/directory resources, one template) plus a file
-# whose content names the node, i.e. about the size of the catalogs Troupe's bench serves
-# (~100 resources) and distinct per node.
+# peers harness's N=100 workload (112 file/directory resources, one template) plus a file
+# whose content names the node (116 catalog resources with Puppet's stage and classes),
+# i.e. about the size of the catalogs Troupe's bench serves (~100 resources) and distinct
+# per node.
 #
 # Prints the java process's VmRSS idle (started, one catalog compiled: JRuby warm), after
 # WARM nodes and after WARM+K nodes, and one summary line for checkin_bench:
-#   puppetserver_rss heap=1g warm=200 k=2000 idle_kib=... warm_kib=... after_kib=... \
-#     slope_kib_per_node=... hwm_kib=...
-# slope = (after - warm) / K: what each further node adds once the server is warm.
+#   puppetserver_rss heap=-Xms1g,-Xmx1g warm=100 k=500 idle_kib=... warm_kib=... \
+#     after_kib=... slope_kib_per_node=... hwm_kib=... resources=116
+# slope = (after - warm) / K: what each further node added once the server was warm (with a
+# fixed heap mostly heap pages touched for the first time: bounded by the heap).
 #
 # Requests come from the server's own certificate, allowed in auth.conf to fetch any node's
 # node object and catalog (one certificate instead of K signed ones: signing and K agent
@@ -49,10 +51,13 @@ fi
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
-# The manifest: the peers harness's N=100 workload (its generator is vendored in
-# ../shared/bench/peers; a copy of its output shape is made here when it is absent).
+# The manifest: the shared peers harness's N=100 workload (../shared/bench/peers beside
+# the repository).
 GEN=${GEN:-$REPO/../shared/bench/peers/gen_workload.py}
-[ -f "$GEN" ] || GEN=/work/shared/bench/peers/gen_workload.py
+if [ ! -f "$GEN" ]; then
+  echo "puppetserver_rss unavailable: $GEN not found (set GEN=.../gen_workload.py)"
+  exit 0
+fi
 python3 "$GEN" 100 "$WORK/tree" "$WORK/g100" >/dev/null
 {
   cat "$WORK/g100/puppet/site.pp"

@@ -15,6 +15,10 @@
 //! node (VmRSS after minus before, connections closed). The throughput
 //! phases then run with all of them in the master's catalog cache. Goal:
 //! <= 16 KB per node at 10,000 nodes, unchanged >= 10,000/s on 2 cores.
+//! At the end the peer's memory is measured in the same run,
+//! `bench/peers/puppetserver_rss.sh` (puppetserver 7.9 on 127.0.0.1, as
+//! root; `TROUPE_BENCH_PUPPETSERVER=0` skips it, `=install` installs the
+//! Debian package), and both are printed side by side.
 //!
 //! Prints check-ins per second with unchanged catalogs (the agent holds the
 //! current one: the reply is "unchanged") and with a recompile on every
@@ -701,7 +705,8 @@ fn print_memory_comparison(f: &FleetFigures, peer: Option<&PeerRss>) {
                  (RSS after minus before; goal <= 16 KB), {total_kib:.1} KB whole RSS / {n}; \
                  puppetserver 7.9 ({heap}, {res}-resource catalogs, RSS {:.0} MB idle, {:.0} MB \
                  after {m} distinct nodes, {:+.2} KB per node over the last {k}) {p_total:.1} KB \
-                 whole RSS / {n}: troupe {:.3}x (whole RSS {:.3}x)",
+                 whole RSS / {n}: troupe's growth {:.3}x puppetserver's whole RSS per node, \
+                 whole RSS against whole RSS {:.3}x",
                 f.kib_per_node,
                 p.idle_kib / 1024.0,
                 p.after_kib / 1024.0,
