@@ -124,7 +124,8 @@ for _ in $(seq 1 600); do
 done
 [ "$(curl -sk --max-time 2 https://127.0.0.1:8140/status/v1/simple)" = running ] \
   || { echo "puppetserver_rss unavailable: not running after 600 s"; exit 0; }
-JPID=$(pgrep -u puppet -f puppetserver.jar | head -1)
+JPID=$(pgrep -u puppet -f puppetserver.jar | head -1 || true)
+[ -n "$JPID" ] || { echo "puppetserver_rss unavailable: no java process of user puppet found"; exit 0; }
 log "running after $(( $(date +%s) - t0 )) s, java pid $JPID"
 
 python3 - "$JPID" "$WARM" "$K" "$SSL" "$SERVER" "$REPO/catalog/compiler/tests/facts/debian12.json" "${HEAP_ARGS% }" <<'EOF'
