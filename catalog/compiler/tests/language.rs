@@ -203,5 +203,5 @@ fn includes_with_params_and_relationships() {
             ..
         }
     ));
-    assert_eq!(f.tags, vec!["r".to_owned(), "lib".to_owned()]);
+    assert_eq!(f.tags, ["r", "lib"]);
 }
