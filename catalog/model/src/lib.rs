@@ -894,6 +894,45 @@ mod tests {
     }
 
     #[test]
+    fn source_and_tags_encode_as_strings() {
+        let mut c = sample();
+        let name: std::sync::Arc<str> = "profiles/app.toml".into();
+        c.resources[0].source = Some(Source::at(name.clone(), 12, 3));
+        c.resources[1].source = Some(Source::at(name, 14, 1));
+        c.resources[0].tags = vec!["web".to_owned(), "app".to_owned()].into();
+        c.resources[1].tags = c.resources[0].tags.clone();
+        let text = String::from_utf8(c.to_canonical_json()).unwrap();
+        assert!(
+            text.contains("\"source\":\"profiles/app.toml:12:3\",\"tags\":[\"web\",\"app\"]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"source\":\"profiles/app.toml:14:1\""),
+            "{text}"
+        );
+        // Decoded, a source is the text it was sent as, equal to the one
+        // compiled; the catalog encodes to the same bytes.
+        let back = Catalog::from_json(text.as_bytes()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.to_canonical_json(), text.as_bytes());
+        assert_eq!(
+            back.resources[0].source.as_ref().unwrap().to_string(),
+            "profiles/app.toml:12:3"
+        );
+        assert_ne!(back.resources[0].source, back.resources[1].source);
+        assert_ne!(
+            Source::from("profiles/app.toml:12:4"),
+            Source::at("profiles/app.toml".into(), 12, 3)
+        );
+        // Empty tags and no source are left out, as before.
+        let plain = String::from_utf8(sample().to_canonical_json()).unwrap();
+        assert!(
+            !plain.contains("\"tags\"") && !plain.contains("\"source\""),
+            "{plain}"
+        );
+    }
+
+    #[test]
     fn resource_id_parts() {
         let id = ResourceId::new("file", "/etc/a[1]");
         assert_eq!(id.kind(), "file");
