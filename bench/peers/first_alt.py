@@ -16,9 +16,10 @@ BASE/trash, so no inode is freed while the scenario runs, after a 61 s wait at t
 NOWAIT=1 skips that wait. One untimed round first warms each tool up (state directory,
 page cache).
 
-Writes OUTDIR/first-alt-N.jsonl (a line per run) and prints a table: per tool min,
-median, max wall, median CPU, max RSS; and the worst ratio of each troupe tool to the
-cf-agent runs (its slowest over cf-agent's fastest) and its worst same-round ratio.
+Writes OUTDIR/first-alt-N-PREP.jsonl (a line per run; summarize.py tabulates them) and
+prints a table: per tool min, median, max wall and CPU, max RSS; and the ratio of each
+troupe tool to the cf-agent runs: median, worst (its slowest over cf-agent's fastest),
+worst same-round, and the same for CPU time (user+sys, the figure load does not move).
 """
 import json
 import os
@@ -35,7 +36,7 @@ prep = os.environ.get("FIRST_PREP", "trash")
 tree, gen = os.path.join(base, "t%d" % n), os.path.join(base, "g%d" % n)
 trash = os.path.join(base, "trash")
 os.makedirs(out, exist_ok=True)
-log = open(os.path.join(out, "first-alt-%d.jsonl" % n), "w")
+log = open(os.path.join(out, "first-alt-%d-%s.jsonl" % (n, prep)), "w")
 
 
 def empty_tree(k):
@@ -103,7 +104,7 @@ for r in range(runs):
         dirty = (int(mem["Dirty"].split()[0]) + int(mem["Writeback"].split()[0])) // 1024
         wall, cpu, rss, code = run_one(cmd)
         bad = verify()
-        row = {"round": r, "tool": name, "wall": wall, "cpu": cpu, "rss_mb": rss, "exit": code,
+        row = {"n": n, "prep": prep, "round": r, "tool": name, "wall": wall, "cpu": cpu, "rss_mb": rss, "exit": code,
                "load1": float(load), "dirty_mb": dirty, "verify": bad or "ok"}
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -120,26 +121,27 @@ print()
 print("N=%d, %d rounds, FIRST_PREP=%s, load average (1 min) %.1f-%.1f" % (
     n, runs, prep, min(x["load1"] for v in rows.values() for x in v),
     max(x["load1"] for v in rows.values() for x in v)))
-print("| tool | wall min | median | max | CPU s median (min-max) | peak RSS MB max |")
+print("| tool | wall min | median | max | CPU s min / median / max | peak RSS MB max |")
 print("|---|---|---|---|---|---|")
 for name, v in rows.items():
     w = [x["wall"] for x in v]
     c = [x["cpu"] for x in v]
-    print("| %s | %.3f | %.3f | %.3f | %.3f (%.3f-%.3f) | %.1f |" % (
-        name, min(w), statistics.median(w), max(w), statistics.median(c), min(c), max(c),
+    print("| %s | %.3f | %.3f | %.3f | %.3f / %.3f / %.3f | %.1f |" % (
+        name, min(w), statistics.median(w), max(w), min(c), statistics.median(c), max(c),
         max(x["rss_mb"] for x in v)))
 cf = rows.get("cfengine")
 if cf:
-    cmin = min(x["wall"] for x in cf)
-    cmed = statistics.median(x["wall"] for x in cf)
     print()
-    print("| tool | median ÷ cf median | worst (max ÷ cf min) | worst same round | CPU median ÷ cf |")
-    print("|---|---|---|---|---|")
-    ccpu = statistics.median(x["cpu"] for x in cf)
+    print("| tool (FIRST_PREP=%s) | wall: median ÷ cf median | worst (max ÷ cf min) | worst same round "
+          "| CPU: median ÷ cf median | worst (max ÷ cf min) |" % prep)
+    print("|---|---|---|---|---|---|")
     for name, v in rows.items():
         if name == "cfengine":
             continue
+        r = {}
+        for k in ("wall", "cpu"):
+            a, b = [x[k] for x in v], [x[k] for x in cf]
+            r[k] = (statistics.median(a) / statistics.median(b), max(a) / min(b))
         same = max(a["wall"] / b["wall"] for a, b in zip(v, cf))
-        print("| %s | %.3fx | %.3fx | %.3fx | %.3fx |" % (
-            name, statistics.median(x["wall"] for x in v) / cmed, max(x["wall"] for x in v) / cmin,
-            same, statistics.median(x["cpu"] for x in v) / ccpu))
+        print("| %s | %.3fx | %.3fx | %.3fx | %.3fx | %.3fx |" % (
+            name, r["wall"][0], r["wall"][1], same, r["cpu"][0], r["cpu"][1]))
