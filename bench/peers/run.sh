@@ -13,8 +13,9 @@
 #   PEERS=<dir of the shared harness>  (default: ../shared/bench/peers next to the repo)
 #   QUIET_PCT=10 QUIET_MAX=600 REDO_PCT=10 TRIES=3   (same contamination guard as the shared run.sh)
 #   FIRST_PREP=trash|rm   how 'first' empties the tree before each run (below; default trash)
-#   FIRST_PREP=both       alternate phase only: each size with trash, then with rm, e.g.
+#   FIRST_PREP=both       alternate phase only: each size with rm, then with trash, e.g.
 #     FIRST_PREP=both SIZES="1000 10000" RUNS=6 bench/peers/run.sh gen alternate summary
+#   RT_PRIO=N             alternate phase: tools run under `chrt -f N` (first_alt.py)
 #
 # FIRST_PREP: the shared run.sh prepares 'first' with `rm -rf DIR`. On this machine's ext4
 # (no journal) the kernel then avoids, for 60 s, every inode it just freed: each new inode
@@ -145,11 +146,11 @@ PY
   bench floor-troupe sync "$BIN run --once --output quiet --catalog $BASE/empty-catalog.json --state $BASE/troupe-state-empty"
 }
 # first runs only, troupe and cf-agent alternated run by run (first_alt.py), per size and
-# prep (FIRST_PREP=both: trash, then rm); min / median / max, worst-run ratios; the summary
+# prep (FIRST_PREP=both: rm, then trash); min / median / max, worst-run ratios; the summary
 # phase tabulates every first-alt-N-PREP.jsonl in $RES.
 phase_alternate() {
   local n prep preps extra
-  preps=$FIRST_PREP; [ "$preps" = both ] && preps="trash rm"
+  preps=$FIRST_PREP; [ "$preps" = both ] && preps="rm trash"
   for n in $SIZES; do
     for prep in $preps; do
       extra=()
