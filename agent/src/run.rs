@@ -430,7 +430,7 @@ pub fn run_once(
             .resources()
             .any(|r| engine::selected(&r, &args.tags))
     {
-        let mut known: Vec<String> = catalog.resources().flat_map(|r| r.tags).collect();
+        let mut known: Vec<String> = catalog.resources().flat_map(|r| r.tags.to_vec()).collect();
         known.sort_unstable();
         known.dedup();
         tracing::warn!(

@@ -1026,7 +1026,7 @@ mod tests {
             notify: vec![],
             sensitive: false,
             source: None,
-            tags: vec![],
+            tags: Default::default(),
             noop: false,
         });
         c

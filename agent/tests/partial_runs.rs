@@ -145,7 +145,7 @@ fn a_noop_resource_is_reported_as_would_change_and_left_alone() {
     let env = Env::new();
     let mut c = catalog();
     for r in &mut c.resources {
-        r.tags.clear();
+        r.tags = Default::default();
     }
     std::fs::create_dir_all(env.p("/etc")).unwrap();
     let (code, _, _) = env.run(&c, &[]);

@@ -12,13 +12,16 @@ tree is verified (content, modes, count: as run.sh's verify) after every run, an
 file system's dirty + writeback data just before (what a syncfs may have to wait for).
 
 Env: BASE (/tmp/cmbench), FIRST_PREP=trash|rm (as run.sh; trash: the tree is moved into
-BASE/trash, so no inode is freed while the scenario runs, after a 61 s wait at the start),
-NOWAIT=1 skips that wait. One untimed round first warms each tool up (state directory,
+BASE/trash, so no inode is freed while the scenario runs; rm: `rm -rf` as the shared
+harness), each after a 61 s wait at the start (NOWAIT=1 skips it). RT_PRIO=N runs every tool under `chrt -f N` (SCHED_FIFO, root
+only): on a shared machine other processes' builds then cannot preempt the measured runs, so
+wall time is close to a quiet machine's (kernel RT throttling still leaves them 5 %). One untimed round first warms each tool up (state directory,
 page cache).
 
-Writes OUTDIR/first-alt-N.jsonl (a line per run) and prints a table: per tool min,
-median, max wall, median CPU, max RSS; and the worst ratio of each troupe tool to the
-cf-agent runs (its slowest over cf-agent's fastest) and its worst same-round ratio.
+Writes OUTDIR/first-alt-N-PREP.jsonl (a line per run; summarize.py tabulates them) and
+prints a table: per tool min, median, max wall and CPU, max RSS; and the ratio of each
+troupe tool to the cf-agent runs: median, worst (its slowest over cf-agent's fastest),
+worst same-round, and the same for CPU time (user+sys, the figure load does not move).
 """
 import json
 import os
@@ -30,12 +33,14 @@ import time
 
 n, runs, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 tools = [a.split("=", 1) for a in sys.argv[4:]]
+if os.environ.get("RT_PRIO"):
+    tools = [[t, "chrt -f %d %s" % (int(os.environ["RT_PRIO"]), c)] for t, c in tools]
 base = os.environ.get("BASE", "/tmp/cmbench")
 prep = os.environ.get("FIRST_PREP", "trash")
 tree, gen = os.path.join(base, "t%d" % n), os.path.join(base, "g%d" % n)
 trash = os.path.join(base, "trash")
 os.makedirs(out, exist_ok=True)
-log = open(os.path.join(out, "first-alt-%d.jsonl" % n), "w")
+log = open(os.path.join(out, "first-alt-%d-%s.jsonl" % (n, prep)), "w")
 
 
 def empty_tree(k):
@@ -81,7 +86,10 @@ def run_one(cmd):
     return wall, ru.ru_utime + ru.ru_stime, rss, p.returncode
 
 
-if prep == "trash" and not os.environ.get("NOWAIT"):
+# Both preps start after 61 s without deletions of ours: with rm, the inodes the previous
+# set freed (a trash directory of 15,000 at 1,000 files) would otherwise tax every create
+# of the first minute (bench/README.md), and the figures would depend on what ran before.
+if not os.environ.get("NOWAIT"):
     print("waiting 61 s: ext4 avoids inodes freed in the last 60 s (bench/README.md)", flush=True)
     subprocess.run(["sync"])
     time.sleep(61)
@@ -103,7 +111,7 @@ for r in range(runs):
         dirty = (int(mem["Dirty"].split()[0]) + int(mem["Writeback"].split()[0])) // 1024
         wall, cpu, rss, code = run_one(cmd)
         bad = verify()
-        row = {"round": r, "tool": name, "wall": wall, "cpu": cpu, "rss_mb": rss, "exit": code,
+        row = {"n": n, "prep": prep, "rt": os.environ.get("RT_PRIO", ""), "round": r, "tool": name, "wall": wall, "cpu": cpu, "rss_mb": rss, "exit": code,
                "load1": float(load), "dirty_mb": dirty, "verify": bad or "ok"}
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -117,29 +125,30 @@ if prep == "trash":
     subprocess.run(["sync"])
 
 print()
-print("N=%d, %d rounds, FIRST_PREP=%s, load average (1 min) %.1f-%.1f" % (
-    n, runs, prep, min(x["load1"] for v in rows.values() for x in v),
+print("N=%d, %d rounds, FIRST_PREP=%s%s, load average (1 min) %.1f-%.1f" % (
+    n, runs, prep, ", RT_PRIO=" + os.environ["RT_PRIO"] if os.environ.get("RT_PRIO") else "", min(x["load1"] for v in rows.values() for x in v),
     max(x["load1"] for v in rows.values() for x in v)))
-print("| tool | wall min | median | max | CPU s median (min-max) | peak RSS MB max |")
+print("| tool | wall min | median | max | CPU s min / median / max | peak RSS MB max |")
 print("|---|---|---|---|---|---|")
 for name, v in rows.items():
     w = [x["wall"] for x in v]
     c = [x["cpu"] for x in v]
-    print("| %s | %.3f | %.3f | %.3f | %.3f (%.3f-%.3f) | %.1f |" % (
-        name, min(w), statistics.median(w), max(w), statistics.median(c), min(c), max(c),
+    print("| %s | %.3f | %.3f | %.3f | %.3f / %.3f / %.3f | %.1f |" % (
+        name, min(w), statistics.median(w), max(w), min(c), statistics.median(c), max(c),
         max(x["rss_mb"] for x in v)))
 cf = rows.get("cfengine")
 if cf:
-    cmin = min(x["wall"] for x in cf)
-    cmed = statistics.median(x["wall"] for x in cf)
     print()
-    print("| tool | median ÷ cf median | worst (max ÷ cf min) | worst same round | CPU median ÷ cf |")
-    print("|---|---|---|---|---|")
-    ccpu = statistics.median(x["cpu"] for x in cf)
+    print("| tool (FIRST_PREP=%s) | wall: median ÷ cf median | worst (max ÷ cf min) | worst same round "
+          "| CPU: median ÷ cf median | worst (max ÷ cf min) |" % prep)
+    print("|---|---|---|---|---|---|")
     for name, v in rows.items():
         if name == "cfengine":
             continue
+        r = {}
+        for k in ("wall", "cpu"):
+            a, b = [x[k] for x in v], [x[k] for x in cf]
+            r[k] = (statistics.median(a) / statistics.median(b), max(a) / min(b))
         same = max(a["wall"] / b["wall"] for a, b in zip(v, cf))
-        print("| %s | %.3fx | %.3fx | %.3fx | %.3fx |" % (
-            name, statistics.median(x["wall"] for x in v) / cmed, max(x["wall"] for x in v) / cmin,
-            same, statistics.median(x["cpu"] for x in v) / ccpu))
+        print("| %s | %.3fx | %.3fx | %.3fx | %.3fx | %.3fx |" % (
+            name, r["wall"][0], r["wall"][1], same, r["cpu"][0], r["cpu"][1]))

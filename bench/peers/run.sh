@@ -13,6 +13,9 @@
 #   PEERS=<dir of the shared harness>  (default: ../shared/bench/peers next to the repo)
 #   QUIET_PCT=10 QUIET_MAX=600 REDO_PCT=10 TRIES=3   (same contamination guard as the shared run.sh)
 #   FIRST_PREP=trash|rm   how 'first' empties the tree before each run (below; default trash)
+#   FIRST_PREP=both       alternate phase only: each size with rm, then with trash, e.g.
+#     FIRST_PREP=both SIZES="1000 10000" RUNS=6 bench/peers/run.sh gen alternate summary
+#   RT_PRIO=N             alternate phase: tools run under `chrt -f N` (first_alt.py)
 #
 # FIRST_PREP: the shared run.sh prepares 'first' with `rm -rf DIR`. On this machine's ext4
 # (no journal) the kernel then avoids, for 60 s, every inode it just freed: each new inode
@@ -33,7 +36,7 @@ BASE=${BASE:-/tmp/cmbench}
 RES=${RES:-$BASE/results-troupe}
 SIZES=${SIZES:-"100 1000"}
 FIRST_PREP=${FIRST_PREP:-trash}
-case $FIRST_PREP in trash|rm) ;; *) echo "FIRST_PREP must be trash or rm, not '$FIRST_PREP'" >&2; exit 64 ;; esac
+case $FIRST_PREP in trash|rm|both) ;; *) echo "FIRST_PREP must be trash, rm or both, not '$FIRST_PREP'" >&2; exit 64 ;; esac
 RUNS=${RUNS:-10}
 # The shipped build of the agent (scripts/build-agent.sh: profile `agent`, laid-out functions).
 BIN=${BIN:-${CARGO_TARGET_DIR:-$REPO/target}/agent/troupe-agent}
@@ -131,8 +134,9 @@ phase_gen() {
     python3 "$HERE/gen_troupe.py" "$n" "$BASE/t$n" "$BASE/g$n"
   done
 }
-phase_troupe()   { for n in $SIZES; do scenarios troupe "$n"; done; }
-phase_cfengine() { for n in $SIZES; do scenarios cfengine "$n"; done; }
+no_both() { [ "$FIRST_PREP" != both ] || { echo "FIRST_PREP=both is for the alternate phase only" >&2; exit 64; }; }
+phase_troupe()   { no_both; for n in $SIZES; do scenarios troupe "$n"; done; }
+phase_cfengine() { no_both; for n in $SIZES; do scenarios cfengine "$n"; done; }
 phase_floor() { # startup floor: an empty catalog
   python3 - "$BASE/empty-catalog.json" <<'PY'
 import json, sys
@@ -141,14 +145,20 @@ json.dump({"format": 1, "node": "bench.example", "environment": "production",
 PY
   bench floor-troupe sync "$BIN run --once --output quiet --catalog $BASE/empty-catalog.json --state $BASE/troupe-state-empty"
 }
-phase_alternate() { # first runs only, troupe and cf-agent alternated run by run (first_alt.py)
-  local n extra
+# first runs only, troupe and cf-agent alternated run by run (first_alt.py), per size and
+# prep (FIRST_PREP=both: rm, then trash); min / median / max, worst-run ratios; the summary
+# phase tabulates every first-alt-N-PREP.jsonl in $RES.
+phase_alternate() {
+  local n prep preps extra
+  preps=$FIRST_PREP; [ "$preps" = both ] && preps="rm trash"
   for n in $SIZES; do
-    extra=()
-    [ -n "${OLD_BIN:-}" ] && extra=("troupe-old=$OLD_BIN run --once --output quiet --catalog $BASE/g$n/troupe/catalog.json --state $BASE/troupe-old-state$n")
-    BASE=$BASE FIRST_PREP=$FIRST_PREP python3 "$HERE/first_alt.py" "$n" "$RUNS" "$RES" \
-      "troupe=$(cmd_for troupe "$n")" "cfengine=$(cmd_for cfengine "$n")" "${extra[@]}" \
-      | tee "$RES/first-alt-$n.md" | tee -a "$RES/run.log"
+    for prep in $preps; do
+      extra=()
+      [ -n "${OLD_BIN:-}" ] && extra=("troupe-old=$OLD_BIN run --once --output quiet --catalog $BASE/g$n/troupe/catalog.json --state $BASE/troupe-old-state$n")
+      BASE=$BASE FIRST_PREP=$prep python3 "$HERE/first_alt.py" "$n" "$RUNS" "$RES" \
+        "troupe=$(cmd_for troupe "$n")" "cfengine=$(cmd_for cfengine "$n")" "${extra[@]}" \
+        | tee "$RES/first-alt-$n-$prep.md" | tee -a "$RES/run.log"
+    done
   done
 }
 phase_summary() {

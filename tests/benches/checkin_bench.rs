@@ -15,6 +15,10 @@
 //! node (VmRSS after minus before, connections closed). The throughput
 //! phases then run with all of them in the master's catalog cache. Goal:
 //! <= 16 KB per node at 10,000 nodes, unchanged >= 10,000/s on 2 cores.
+//! At the end the peer's memory is measured in the same run,
+//! `bench/peers/puppetserver_rss.sh` (puppetserver 7.9 on 127.0.0.1, as
+//! root; `TROUPE_BENCH_PUPPETSERVER=0` skips it, `=install` installs the
+//! Debian package), and both are printed side by side.
 //!
 //! Prints check-ins per second with unchanged catalogs (the agent holds the
 //! current one: the reply is "unchanged") and with a recompile on every
@@ -276,6 +280,8 @@ fn checkin_pass(
 struct FleetFigures {
     nodes: usize,
     kib_per_node: f64,
+    /// The master's whole RSS after the fleet, KiB.
+    after_kib: f64,
     unchanged_per_s: f64,
 }
 
@@ -387,6 +393,7 @@ fn fleet_phase(
     FleetFigures {
         nodes,
         kib_per_node,
+        after_kib: after,
         unchanged_per_s,
     }
 }
@@ -591,21 +598,7 @@ fn main() {
         None => println!("master peak RSS: (not found)"),
     }
     println!("targets (2 cores): recompile >= 60/s (100,000 nodes / 30 min), unchanged >= 1,000/s");
-    if let Some(f) = figures {
-        // The peer: puppetserver 7.9 on this machine (../shared/bench/peers,
-        // `run.sh server`, 2026-11-22): 1,950 MB resident with the 2 GiB
-        // heap its packaging sets, whatever the node count (PuppetDB, which
-        // holds its per-node data, not counted).
-        let puppet_kib = 1950.0 * 1024.0 / f.nodes as f64;
-        println!(
-            "memory per node at {} nodes: troupe master {:.1} KB (goal <= 16 KB); \
-             puppetserver 7.9 {:.0} KB (1,950 MB RSS, 2 GiB heap, measured 2026-11-22 \
-             in ../shared/bench/peers, not in this run) = {:.3}x",
-            f.nodes,
-            f.kib_per_node,
-            puppet_kib,
-            f.kib_per_node / puppet_kib
-        );
+    if let Some(f) = &figures {
         println!(
             "unchanged check-ins with {} nodes cached: {:.0}/s each on a new TLS connection \
              (fleet pass), see `unchanged` above for persistent connections (goal >= 10,000/s)",
@@ -613,4 +606,134 @@ fn main() {
         );
     }
     checkin_rate::rate_phase(&rt, &m, master_proc(&m.data), &facts);
+    if let Some(f) = figures {
+        // The peer, measured now that the master is idle (one after the
+        // other: the two never share the cores).
+        let peer = puppetserver_rss(&repo);
+        print_memory_comparison(&f, peer.as_ref());
+    }
+}
+
+/// What `bench/peers/puppetserver_rss.sh` measured: puppetserver 7.9's
+/// resident memory idle, after `warm` nodes and after `warm + k` nodes.
+struct PeerRss {
+    heap: String,
+    warm: u64,
+    k: u64,
+    idle_kib: f64,
+    after_kib: f64,
+    slope_kib: f64,
+    resources: u64,
+}
+
+/// Parses the script's summary line (`puppetserver_rss key=value ...`).
+fn parse_peer_rss(line: &str) -> Option<PeerRss> {
+    let rest = line.strip_prefix("puppetserver_rss ")?;
+    let kv: std::collections::HashMap<&str, &str> = rest
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let num = |k: &str| kv.get(k)?.parse::<f64>().ok();
+    Some(PeerRss {
+        heap: kv.get("heap")?.to_string(),
+        warm: num("warm")? as u64,
+        k: num("k")? as u64,
+        idle_kib: num("idle_kib")?,
+        after_kib: num("after_kib")?,
+        slope_kib: num("slope_kib_per_node")?,
+        resources: num("resources")? as u64,
+    })
+}
+
+/// Runs `bench/peers/puppetserver_rss.sh` (puppetserver on 127.0.0.1, as
+/// root; `TROUPE_BENCH_PUPPETSERVER=0` skips it, `=install` lets it install
+/// the Debian package), echoing its output; `None` when it could not run.
+fn puppetserver_rss(repo: &std::path::Path) -> Option<PeerRss> {
+    let mode = std::env::var("TROUPE_BENCH_PUPPETSERVER").unwrap_or_default();
+    if mode == "0" {
+        println!("puppetserver: not measured (TROUPE_BENCH_PUPPETSERVER=0)");
+        return None;
+    }
+    let script = repo.join("bench/peers/puppetserver_rss.sh");
+    println!(
+        "puppetserver: measuring its memory in this run ({}; ~5-10 min)",
+        script.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("INSTALL", if mode == "install" { "1" } else { "0" })
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            println!("puppetserver: {} did not run: {e}", script.display());
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = None;
+    for line in text.lines() {
+        println!("{line}");
+        if let Some(p) = parse_peer_rss(line) {
+            found = Some(p);
+        }
+    }
+    if found.is_none() {
+        println!(
+            "puppetserver: not measured ({} exited {})",
+            script.display(),
+            out.status
+        );
+    }
+    found
+}
+
+/// The memory figure beside the peer's: from this run when the peer ran,
+/// else the 2026-11-22 figure, labelled so.
+fn print_memory_comparison(f: &FleetFigures, peer: Option<&PeerRss>) {
+    let total_kib = f.after_kib / f.nodes as f64;
+    match peer {
+        Some(p) => {
+            // puppetserver keeps no per-node data in memory (no PuppetDB:
+            // facts and catalogs go to its yaml cache on disk): its
+            // resident memory serving N nodes is its RSS, whatever N; the
+            // slope says how flat it is.
+            let p_total = p.after_kib / f.nodes as f64;
+            println!(
+                "memory per node at {n} nodes, same run: troupe master {:.1} KB per node \
+                 (RSS after minus before; goal <= 16 KB), {total_kib:.1} KB whole RSS / {n}; \
+                 puppetserver 7.9 ({heap}, {res}-resource catalogs, RSS {:.0} MB idle, {:.0} MB \
+                 after {m} distinct nodes, {:+.2} KB per node over the last {k}) {p_total:.1} KB \
+                 whole RSS / {n}: troupe's growth {:.3}x puppetserver's whole RSS per node, \
+                 whole RSS against whole RSS {:.3}x",
+                f.kib_per_node,
+                p.idle_kib / 1024.0,
+                p.after_kib / 1024.0,
+                p.slope_kib,
+                f.kib_per_node / p_total,
+                total_kib / p_total,
+                n = f.nodes,
+                heap = p.heap,
+                res = p.resources,
+                m = p.warm + p.k,
+                k = p.k,
+            );
+        }
+        None => {
+            // Not measured here: the 2026-11-22 run of ../shared/bench/peers
+            // (`run.sh server`, heap 2 GiB): 1,950 MB whatever the node count.
+            let puppet_kib = 1950.0 * 1024.0 / f.nodes as f64;
+            println!(
+                "memory per node at {} nodes: troupe master {:.1} KB (goal <= 16 KB), \
+                 {total_kib:.1} KB whole RSS / nodes; puppetserver 7.9 NOT MEASURED IN THIS RUN: \
+                 {:.0} KB from its 2026-11-22 run (1,950 MB RSS, 2 GiB heap, \
+                 ../shared/bench/peers) = {:.3}x",
+                f.nodes,
+                f.kib_per_node,
+                puppet_kib,
+                f.kib_per_node / puppet_kib
+            );
+        }
+    }
 }

@@ -31,7 +31,7 @@ fn res(kind: Kind) -> Resource {
         notify: vec![],
         sensitive: false,
         source: None,
-        tags: vec![],
+        tags: Default::default(),
         noop: false,
     }
 }

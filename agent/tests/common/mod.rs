@@ -151,7 +151,7 @@ pub fn res(kind: Kind) -> Resource {
         notify: vec![],
         sensitive: false,
         source: None,
-        tags: vec![],
+        tags: Default::default(),
         noop: false,
     }
 }

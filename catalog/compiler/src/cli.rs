@@ -35,7 +35,7 @@ mod tests {
             notify: vec![],
             sensitive: true,
             source: None,
-            tags: vec![],
+            tags: Default::default(),
             noop: false,
         });
         let mut env = BTreeMap::new();
@@ -60,7 +60,7 @@ mod tests {
             notify: vec![],
             sensitive: true,
             source: None,
-            tags: vec![],
+            tags: Default::default(),
             noop: false,
         });
         let shown = redact(&c).to_pretty_json();

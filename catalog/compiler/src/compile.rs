@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use troupe_catalog::{
-    Catalog, Ensure, Kind, Membership, PackageEnsure, Resource, ResourceId, ServiceState,
+    Catalog, Ensure, Kind, Membership, PackageEnsure, Resource, ResourceId, ServiceState, Tags,
 };
 
 /// How to compile: environment override, the node's trusted certificate
@@ -423,6 +423,8 @@ struct Compiler<'a> {
     scope: instances::Scope,
     /// Defined-type instances declared so far, by `type[title]`.
     instances: HashMap<ResourceId, instances::Instance>,
+    /// The tag list last made by [`Compiler::scope_tags`].
+    last_tags: Tags,
 }
 
 impl<'a> Compiler<'a> {
@@ -449,6 +451,7 @@ impl<'a> Compiler<'a> {
             contents: Contents::default(),
             scope: instances::Scope::default(),
             instances: HashMap::new(),
+            last_tags: Tags::default(),
         })
     }
 
@@ -816,24 +819,30 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let mut tags = Vec::with_capacity(2 + self.scope.tags.len() + decl.tags.len());
-        tags.push(self.class.role.clone());
-        tags.push(profile.to_string());
-        for t in &self.scope.tags {
-            if !tags.contains(t) {
-                tags.push(t.clone());
-            }
-        }
-        for t in &decl.tags {
-            if let J::String(s) = self.eval(t, ctx, &"tags")? {
-                crate::define::check_tag(&s)
-                    .map_err(|why| Error::at(ErrorKind::Schema, &t.span, format!("{id}: {why}")))?;
-                if !tags.contains(&s) {
-                    tags.push(s);
+        let tags = if decl.tags.is_empty() {
+            self.scope_tags(profile)
+        } else {
+            let mut tags = Vec::with_capacity(2 + self.scope.tags.len() + decl.tags.len());
+            tags.push(self.class.role.clone());
+            tags.push(profile.to_string());
+            for t in &self.scope.tags {
+                if !tags.contains(t) {
+                    tags.push(t.clone());
                 }
             }
-        }
-        tags.dedup();
+            for t in &decl.tags {
+                if let J::String(s) = self.eval(t, ctx, &"tags")? {
+                    crate::define::check_tag(&s).map_err(|why| {
+                        Error::at(ErrorKind::Schema, &t.span, format!("{id}: {why}"))
+                    })?;
+                    if !tags.contains(&s) {
+                        tags.push(s);
+                    }
+                }
+            }
+            tags.dedup();
+            Tags::from(tags)
+        };
         for (slot, inherited) in self.scope.refs.iter().enumerate() {
             refs[slot].extend(inherited.iter().cloned());
         }
@@ -850,7 +859,7 @@ impl<'a> Compiler<'a> {
             requires: Vec::new(),
             notify: Vec::new(),
             sensitive: decl.sensitive || self.scope.sensitive,
-            source: None,
+            source: Some(decl.source.clone()),
             tags,
             noop: decl.noop || self.scope.noop,
         });
@@ -863,6 +872,30 @@ impl<'a> Compiler<'a> {
             self.by_id.insert(&res[at].id.0, at, |j| id_key(res, j));
         }
         Ok(())
+    }
+
+    /// The tags of a resource declared here without tags of its own: the
+    /// role, `profile`, then the scope's tags, each once. Resources declared
+    /// in a row in one scope share one list (the last one made is kept and
+    /// handed out again while it is still the right one).
+    fn scope_tags(&mut self, profile: &str) -> Tags {
+        let mut want: Vec<&str> = Vec::with_capacity(2 + self.scope.tags.len());
+        want.push(&self.class.role);
+        want.push(profile);
+        for t in &self.scope.tags {
+            if !want.contains(&t.as_str()) {
+                want.push(t);
+            }
+        }
+        want.dedup();
+        if self.last_tags.len() == want.len()
+            && self.last_tags.iter().zip(&want).all(|(a, b)| a == b)
+        {
+            return self.last_tags.clone();
+        }
+        let tags: Tags = want.into_iter().map(str::to_owned).collect();
+        self.last_tags = tags.clone();
+        tags
     }
 
     /// The resource `kind[title]`, if it is declared.
@@ -1219,7 +1252,6 @@ impl<'a> Compiler<'a> {
             r.requires = requires;
             r.notify = notifies;
             r.sensitive = sensitive;
-            r.source = Some(self.insts[i].span.location());
         }
         // The agent validates every catalog it receives; here it is a
         // self-check in debug builds (so in every test).

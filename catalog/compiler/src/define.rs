@@ -119,6 +119,7 @@ pub(crate) fn parse_instances(
             sensitive: false,
             noop: false,
             span: title.span.clone(),
+            source: title.span.source(),
             define: Some(tname.to_owned()),
             splat: None,
         };

@@ -154,7 +154,7 @@ pub fn changes(old: &Catalog, new: &Catalog) -> Vec<Change> {
                 id: id.0.clone(),
                 action: Action::Removed,
                 sensitive: r.sensitive,
-                source: r.source.clone(),
+                source: r.source.as_ref().map(ToString::to_string),
                 attributes: vec![],
                 content_diff: None,
             });
@@ -176,7 +176,7 @@ pub fn changes(old: &Catalog, new: &Catalog) -> Vec<Change> {
                 id: id.0.clone(),
                 action: Action::Added,
                 sensitive: r.sensitive,
-                source: r.source.clone(),
+                source: r.source.as_ref().map(ToString::to_string),
                 attributes,
                 content_diff: None,
             });
@@ -215,7 +215,7 @@ pub fn changes(old: &Catalog, new: &Catalog) -> Vec<Change> {
             id: id.0.clone(),
             action: Action::Changed,
             sensitive,
-            source: r.source.clone(),
+            source: r.source.as_ref().map(ToString::to_string),
             attributes,
             content_diff,
         });

@@ -11,6 +11,9 @@ pub struct SourceFile {
     pub path: String,
     pub text: Arc<str>,
     line_starts: Vec<usize>,
+    /// `path` once more, shared by the `source` of every catalog resource
+    /// declared in this file.
+    name: Arc<str>,
 }
 
 impl SourceFile {
@@ -18,6 +21,7 @@ impl SourceFile {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         SourceFile {
+            name: Arc::from(path.as_str()),
             path,
             text,
             line_starts,
@@ -58,6 +62,20 @@ impl Span {
         }
     }
     /// `path:line:col`.
+    /// Where it starts, as a catalog resource's `source`: reads as
+    /// [`Span::location`], holds a pointer to the file's name and two
+    /// numbers.
+    pub fn source(&self) -> troupe_catalog::Source {
+        let (l, c) = self.file.line_col(self.start);
+        // A tree file is at most 16 MiB (`tree::MAX_FILE_BYTES`), so its
+        // line and column numbers fit 32 bits.
+        troupe_catalog::Source::at(
+            self.file.name.clone(),
+            u32::try_from(l).unwrap_or(u32::MAX),
+            u32::try_from(c).unwrap_or(u32::MAX),
+        )
+    }
+
     pub fn location(&self) -> String {
         use std::fmt::Write as _;
         let (l, c) = self.file.line_col(self.start);

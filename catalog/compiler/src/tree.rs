@@ -207,6 +207,9 @@ pub(crate) struct ResourceDecl {
     /// `noop = true`: the agent only reports what it would change.
     pub(crate) noop: bool,
     pub(crate) span: Span,
+    /// `span`'s start as a resource's `source` (computed once, when the
+    /// tree is loaded, not per compile).
+    pub(crate) source: troupe_catalog::Source,
     /// Set for an instance of a defined type (`["nginx::vhost"."www"]`):
     /// the type's name; `attrs` are then its parameters.
     pub(crate) define: Option<String>,
@@ -1268,6 +1271,7 @@ pub(crate) fn parse_profile(
                 sensitive: false,
                 noop: false,
                 span: title.span.clone(),
+                source: title.span.source(),
                 define: None,
                 splat: None,
             };

@@ -110,8 +110,9 @@ fn instances_with_titles_params_loops_and_tags() {
     assert_eq!(shop.tags, ["web", "www", "nginx::vhost", "vhost-shop"]);
     assert!(
         shop.source
-            .as_deref()
+            .as_ref()
             .unwrap()
+            .to_string()
             .starts_with("environments/production/types/nginx/vhost.toml:"),
         "{:?}",
         shop.source

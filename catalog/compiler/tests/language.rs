@@ -203,5 +203,56 @@ fn includes_with_params_and_relationships() {
             ..
         }
     ));
-    assert_eq!(f.tags, vec!["r".to_owned(), "lib".to_owned()]);
+    assert_eq!(f.tags, ["r", "lib"]);
+}
+
+/// Resources declared in a row in one profile without tags of their own
+/// share one tag list; their sources name the file once and read as
+/// `FILE:LINE:COLUMN`; the catalog decodes to itself.
+#[test]
+fn tag_lists_and_source_names_are_shared() {
+    let d = tree_with(
+        &[
+            (
+                "top",
+                "include = [\"lib\"]\n[package.a]\n[package.b]\n[package.c]\ntags = [\"own\"]\n",
+            ),
+            ("lib", "[package.d]\n[package.e]\n"),
+        ],
+        "",
+    );
+    let c = compile(&d, "h.example.com");
+    let r = |id: &str| {
+        c.resources
+            .iter()
+            .find(|r| r.id.0 == id)
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    let (a, b, own, d1, e) = (
+        r("package[a]"),
+        r("package[b]"),
+        r("package[c]"),
+        r("package[d]"),
+        r("package[e]"),
+    );
+    assert_eq!(a.tags, ["r", "top"]);
+    assert!(a.tags.ptr_eq(&b.tags), "{:?} {:?}", a.tags, b.tags);
+    assert_eq!(own.tags, ["r", "top", "own"]);
+    assert_eq!(d1.tags, ["r", "lib"]);
+    assert!(d1.tags.ptr_eq(&e.tags));
+    assert!(!d1.tags.ptr_eq(&a.tags));
+    let src = |x: &troupe_catalog::Resource| x.source.as_ref().unwrap().to_string();
+    assert_eq!(src(a), "environments/production/profiles/top.toml:2:10");
+    assert_eq!(src(b), "environments/production/profiles/top.toml:3:10");
+    assert_eq!(src(e), "environments/production/profiles/lib.toml:2:10");
+    let json = c.to_canonical_json();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(
+        text.contains("\"source\":\"environments/production/profiles/top.toml:2:10\""),
+        "{text}"
+    );
+    assert!(text.contains("\"tags\":[\"r\",\"top\",\"own\"]"), "{text}");
+    let back = Catalog::from_json(&json).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.to_canonical_json(), json);
 }

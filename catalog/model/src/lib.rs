@@ -173,10 +173,10 @@ pub struct Resource {
     pub sensitive: bool,
     /// Where it was declared (`profiles/base.toml:12:3`), for messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Source>,
     /// Tags (role, profile names) for filtering and reports.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
     /// Never change this resource: only report what would change (`noop =
     /// true` in the module), even in a normal run.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -185,6 +185,165 @@ pub struct Resource {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// Where a resource was declared, encoded as the string
+/// `FILE:LINE:COLUMN` (`profiles/base.toml:12:3`). The compiler makes it
+/// from the file's name, shared by every resource declared in that file,
+/// and two numbers, so a resource holds no string of its own; a decoded
+/// catalog holds the text as it was sent.
+#[derive(Clone)]
+pub struct Source(SourceRepr);
+
+#[derive(Clone)]
+enum SourceRepr {
+    At {
+        file: std::sync::Arc<str>,
+        line: u32,
+        column: u32,
+    },
+    Text(Box<str>),
+}
+
+impl Source {
+    /// `file:line:column`.
+    pub fn at(file: std::sync::Arc<str>, line: u32, column: u32) -> Source {
+        Source(SourceRepr::At { file, line, column })
+    }
+}
+
+impl From<String> for Source {
+    fn from(s: String) -> Source {
+        Source(SourceRepr::Text(s.into_boxed_str()))
+    }
+}
+
+impl From<&str> for Source {
+    fn from(s: &str) -> Source {
+        Source(SourceRepr::Text(s.into()))
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            SourceRepr::At { file, line, column } => write!(f, "{file}:{line}:{column}"),
+            SourceRepr::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+/// Equal when they read the same (a compiled source and its decoded text
+/// are equal).
+impl PartialEq for Source {
+    fn eq(&self, other: &Source) -> bool {
+        match (&self.0, &other.0) {
+            (SourceRepr::Text(a), SourceRepr::Text(b)) => a == b,
+            (
+                SourceRepr::At { file, line, column },
+                SourceRepr::At {
+                    file: f2,
+                    line: l2,
+                    column: c2,
+                },
+            ) => file == f2 && line == l2 && column == c2,
+            _ => self.to_string() == other.to_string(),
+        }
+    }
+}
+
+impl Eq for Source {}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            // Written straight into the output, no string made.
+            SourceRepr::At { .. } => s.collect_str(self),
+            SourceRepr::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+        String::deserialize(d).map(Source::from)
+    }
+}
+
+/// A resource's tags, encoded as a JSON list of strings. The list is
+/// shared: the compiler gives every resource declared with the same tags
+/// (a profile's own resources: role, profile) one copy, so a resource holds
+/// a pointer instead of a list and its strings (three allocations fewer per
+/// resource, which the allocator would otherwise walk when the catalog is
+/// freed). Reads as a slice of strings.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Tags(std::sync::Arc<[String]>);
+
+impl Serialize for Tags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tags, D::Error> {
+        Vec::<String>::deserialize(d).map(Tags::from)
+    }
+}
+
+impl Tags {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Whether `self` and `other` are the same shared list (not only equal).
+    pub fn ptr_eq(&self, other: &Tags) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Tags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+impl std::ops::Deref for Tags {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<Vec<String>> for Tags {
+    fn from(v: Vec<String>) -> Tags {
+        Tags(v.into())
+    }
+}
+
+impl FromIterator<String> for Tags {
+    fn from_iter<I: IntoIterator<Item = String>>(it: I) -> Tags {
+        Tags(it.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Tags {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for Tags {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.0.len() == N && self.0.iter().zip(other).all(|(a, b)| a == b)
+    }
 }
 
 /// Present or absent.
@@ -687,7 +846,7 @@ mod tests {
             notify: vec![],
             sensitive: false,
             source: None,
-            tags: vec![],
+            tags: Tags::default(),
             noop: false,
         }
     }
@@ -708,7 +867,7 @@ mod tests {
             notify: vec![],
             sensitive: false,
             source: None,
-            tags: vec![],
+            tags: Tags::default(),
             noop: false,
         }
     }
@@ -732,6 +891,45 @@ mod tests {
         assert_eq!(back.to_canonical_json(), bytes);
         assert_eq!(back.hash(), c.hash());
         assert!(c.hash().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn source_and_tags_encode_as_strings() {
+        let mut c = sample();
+        let name: std::sync::Arc<str> = "profiles/app.toml".into();
+        c.resources[0].source = Some(Source::at(name.clone(), 12, 3));
+        c.resources[1].source = Some(Source::at(name, 14, 1));
+        c.resources[0].tags = vec!["web".to_owned(), "app".to_owned()].into();
+        c.resources[1].tags = c.resources[0].tags.clone();
+        let text = String::from_utf8(c.to_canonical_json()).unwrap();
+        assert!(
+            text.contains("\"source\":\"profiles/app.toml:12:3\",\"tags\":[\"web\",\"app\"]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"source\":\"profiles/app.toml:14:1\""),
+            "{text}"
+        );
+        // Decoded, a source is the text it was sent as, equal to the one
+        // compiled; the catalog encodes to the same bytes.
+        let back = Catalog::from_json(text.as_bytes()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.to_canonical_json(), text.as_bytes());
+        assert_eq!(
+            back.resources[0].source.as_ref().unwrap().to_string(),
+            "profiles/app.toml:12:3"
+        );
+        assert_ne!(back.resources[0].source, back.resources[1].source);
+        assert_ne!(
+            Source::from("profiles/app.toml:12:4"),
+            Source::at("profiles/app.toml".into(), 12, 3)
+        );
+        // Empty tags and no source are left out, as before.
+        let plain = String::from_utf8(sample().to_canonical_json()).unwrap();
+        assert!(
+            !plain.contains("\"tags\"") && !plain.contains("\"source\""),
+            "{plain}"
+        );
     }
 
     #[test]
