@@ -113,10 +113,10 @@ pub fn fold(id: &str, entries: Vec<DeployEntry>) -> Option<DeployLog> {
                 log.failed_hosts = *failed_hosts;
                 log.ended = Some(time.clone());
             }
-            DeployRecord::HostDone { host, package, .. } if log.ended.is_none() => {
-                if done.insert((package.as_str(), host.as_str())) {
-                    log.completed += 1;
-                }
+            DeployRecord::HostDone { host, package, .. }
+                if log.ended.is_none() && done.insert((package.as_str(), host.as_str())) =>
+            {
+                log.completed += 1;
             }
             // Hosts a host_done did not count yet (logs of bastions that
             // send none).

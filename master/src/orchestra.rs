@@ -915,6 +915,19 @@ impl Orchestration for OrchestraService {
     }
 }
 
+/// Shortens `s` to at most `max` bytes without splitting a character
+/// (`String::truncate` panics inside one, and these strings come from the
+/// network).
+fn clip(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut i = max;
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        s.truncate(i);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,18 +1007,5 @@ mod tests {
         let mut t = "ok".to_string();
         clip(&mut t, 64);
         assert_eq!(t, "ok");
-    }
-}
-
-/// Shortens `s` to at most `max` bytes without splitting a character
-/// (`String::truncate` panics inside one, and these strings come from the
-/// network).
-fn clip(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut i = max;
-        while !s.is_char_boundary(i) {
-            i -= 1;
-        }
-        s.truncate(i);
     }
 }

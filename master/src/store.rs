@@ -493,7 +493,10 @@ mod tests {
             .unwrap();
         let f: FactFilter = "os.family=Debian".parse().unwrap();
         let names = |v: Vec<NodeRecord>| v.into_iter().map(|n| n.name).collect::<Vec<_>>();
-        assert_eq!(names(s.query(&[f.clone()], None).unwrap()), ["web1"]);
+        assert_eq!(
+            names(s.query(std::slice::from_ref(&f), None).unwrap()),
+            ["web1"]
+        );
         assert_eq!(names(s.query(&[], Some("web")).unwrap()), ["web1", "web2"]);
         let major: FactFilter = "os.release.major=12".parse().unwrap();
         assert_eq!(names(s.query(&[major], Some("web")).unwrap()), ["web1"]);

@@ -51,10 +51,9 @@ fn append(e: &Entry) {
         .create(true)
         .append(true)
         .open(file)
+        && let Ok(line) = serde_json::to_string(e)
     {
-        if let Ok(line) = serde_json::to_string(e) {
-            let _ = writeln!(f, "{line}");
-        }
+        let _ = writeln!(f, "{line}");
     }
 }
 

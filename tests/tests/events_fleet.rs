@@ -42,10 +42,11 @@ fn receiver() -> (String, Got) {
                 }
             }
             let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_ok() && first.starts_with("POST /hooks/t0k3n ") {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    g.lock().unwrap().push(v);
-                }
+            if r.read_exact(&mut body).is_ok()
+                && first.starts_with("POST /hooks/t0k3n ")
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                g.lock().unwrap().push(v);
             }
             let _ = r
                 .get_mut()
