@@ -61,7 +61,6 @@ impl Span {
             end: range.end.max(range.start),
         }
     }
-    /// `path:line:col`.
     /// Where it starts, as a catalog resource's `source`: reads as
     /// [`Span::location`], holds a pointer to the file's name and two
     /// numbers.
@@ -76,6 +75,7 @@ impl Span {
         )
     }
 
+    /// `path:line:col`.
     pub fn location(&self) -> String {
         use std::fmt::Write as _;
         let (l, c) = self.file.line_col(self.start);
