@@ -499,19 +499,18 @@ impl Drop for Master {
     }
 }
 
-/// Writes a fresh rcgen key and a CSR for `name` with an optional PSK.
 /// The text of the master's metrics listener on 127.0.0.1:`port` (one
 /// plain HTTP/1.1 GET of `/metrics`, headers included).
-pub fn metrics_text(port: u16) -> String {
+pub fn metrics_text(port: u16) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
+    s.read_to_string(&mut body)?;
+    Ok(body)
 }
 
+/// Writes a fresh rcgen key and a CSR for `name` with an optional PSK.
 pub fn make_csr(name: &str, psk: Option<&str>) -> (rcgen::KeyPair, Vec<u8>) {
     let key = rcgen::KeyPair::generate().expect("key");
     let der = troupe_pki::build_csr(name, &key, psk).expect("csr");

@@ -591,13 +591,9 @@ kinds = ["deploy_finished", "deploy_aborted"]
         Duration::from_secs(30),
         "dead webhook failures in the metrics",
         || {
-            let mut s = match std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
-                Ok(s) => s,
-                Err(_) => return false,
+            let Ok(body) = troupe_tests::metrics_text(metrics_port) else {
+                return false;
             };
-            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut body = String::new();
-            let _ = s.read_to_string(&mut body);
             body.lines().any(|l| {
                 l.starts_with("troupe_event_sink_attempt_failures_total{sink=\"dead\"}")
                     && l.rsplit(' ')

@@ -68,7 +68,7 @@ fn write_tree(dir: &Path) {
 
 /// The master's count of catalog compiles, from its metrics listener.
 fn compiles(port: u16) -> u64 {
-    let body = troupe_tests::metrics_text(port);
+    let body = troupe_tests::metrics_text(port).expect("metrics listener");
     body.lines()
         .find_map(|l| l.strip_prefix("troupe_catalog_compile_seconds_count "))
         .and_then(|n| n.trim().parse().ok())

@@ -548,7 +548,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The master's count of TLS connections on its gRPC port (full and
 /// resumed handshakes), from its metrics listener on `port`.
 fn tls_connections(port: u16) -> u64 {
-    let body = troupe_tests::metrics_text(port);
+    let body = troupe_tests::metrics_text(port).expect("metrics listener");
     body.lines()
         .filter(|l| l.starts_with("troupe_tls_connections_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
