@@ -822,14 +822,11 @@ impl<'a> Compiler<'a> {
         let tags = if decl.tags.is_empty() {
             self.scope_tags(profile)
         } else {
-            let mut tags = Vec::with_capacity(2 + self.scope.tags.len() + decl.tags.len());
-            tags.push(self.class.role.clone());
-            tags.push(profile.to_string());
-            for t in &self.scope.tags {
-                if !tags.contains(t) {
-                    tags.push(t.clone());
-                }
-            }
+            let mut tags: Vec<String> = self
+                .scope_tag_names(profile)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
             for t in &decl.tags {
                 if let J::String(s) = self.eval(t, ctx, &"tags")? {
                     crate::define::check_tag(&s).map_err(|why| {
@@ -840,7 +837,6 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
-            tags.dedup();
             Tags::from(tags)
         };
         for (slot, inherited) in self.scope.refs.iter().enumerate() {
@@ -874,20 +870,28 @@ impl<'a> Compiler<'a> {
         Ok(())
     }
 
-    /// The tags of a resource declared here without tags of its own: the
-    /// role, `profile`, then the scope's tags, each once. Resources declared
-    /// in a row in one scope share one list (the last one made is kept and
-    /// handed out again while it is still the right one).
-    fn scope_tags(&mut self, profile: &str) -> Tags {
+    /// The tags every resource declared here starts with: the role,
+    /// `profile`, then the scope's tags, each once.
+    fn scope_tag_names<'s>(&'s self, profile: &'s str) -> Vec<&'s str> {
         let mut want: Vec<&str> = Vec::with_capacity(2 + self.scope.tags.len());
         want.push(&self.class.role);
-        want.push(profile);
+        if profile != self.class.role {
+            want.push(profile);
+        }
         for t in &self.scope.tags {
             if !want.contains(&t.as_str()) {
                 want.push(t);
             }
         }
-        want.dedup();
+        want
+    }
+
+    /// The tags of a resource declared here without tags of its own
+    /// ([`Compiler::scope_tag_names`]). Resources declared in a row in one
+    /// scope share one list (the last one made is kept and handed out again
+    /// while it is still the right one).
+    fn scope_tags(&mut self, profile: &str) -> Tags {
+        let want = self.scope_tag_names(profile);
         if self.last_tags.len() == want.len()
             && self.last_tags.iter().zip(&want).all(|(a, b)| a == b)
         {

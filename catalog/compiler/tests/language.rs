@@ -206,6 +206,30 @@ fn includes_with_params_and_relationships() {
     assert_eq!(f.tags, ["r", "lib"]);
 }
 
+/// A profile named like its role gives its resources that tag once, with
+/// or without tags of their own.
+#[test]
+fn a_profile_named_like_its_role_is_one_tag() {
+    let d = tree_with(
+        &[
+            ("top", "include = [\"r\"]\n"),
+            ("r", "[package.x]\n[package.y]\ntags = [\"own\", \"r\"]\n"),
+        ],
+        "",
+    );
+    let c = compile(&d, "h.example.com");
+    let tags = |id: &str| {
+        c.resources
+            .iter()
+            .find(|r| r.id.0 == id)
+            .unwrap_or_else(|| panic!("{id}"))
+            .tags
+            .to_vec()
+    };
+    assert_eq!(tags("package[x]"), ["r"]);
+    assert_eq!(tags("package[y]"), ["r", "own"]);
+}
+
 /// Resources declared in a row in one profile without tags of their own
 /// share one tag list; their sources name the file once and read as
 /// `FILE:LINE:COLUMN`; the catalog decodes to itself.
