@@ -119,10 +119,13 @@ fn a_real_deploy_is_followed_live_on_the_dashboard() {
     let status = format!("document.querySelector('[data-deploy-status=\"{id}\"]').textContent");
     let rows = "document.querySelectorAll('#deploy-log tbody tr').length";
     let log_text = "document.getElementById('deploy-log').textContent";
+    // The log and the progress bar are updated by separate live events:
+    // wait for both to show web1 done (web2 cannot finish: its gate holds).
     b.wait_for(
         &format!(
             "{status} === 'running' && {log_text}.includes('web2') && \
-             {log_text}.includes('update nginx to 1.24.0-1')"
+             {log_text}.includes('update nginx to 1.24.0-1') && \
+             document.getElementById('deploy-progress').value >= 1"
         ),
         Duration::from_secs(60),
     );
