@@ -187,7 +187,7 @@ fn file(ctx: &Ctx, path: &str) -> anyhow::Result<Kind> {
             path: path.to_owned(),
             ensure: Ensure::Present,
             content: Some(ContentRef {
-                sha256: troupe_catalog::sha256_hex(&bytes),
+                sha256: troupe_catalog::Sha256Hex::of(&bytes),
                 size: bytes.len() as u64,
             }),
             mode,

@@ -485,18 +485,22 @@ impl CatalogCache {
         // BTreeMap: the bodies come sorted by hash. Bodies the table lacks
         // are prepared (deflated) outside the lock, so compiles on other
         // threads do not wait for that.
+        // The table is keyed by hex text (a catalog holds raw digests).
+        let contents: Vec<(String, Blob)> = catalog
+            .contents
+            .into_iter()
+            .map(|(h, b)| (h.to_string(), b))
+            .collect();
         let known: Vec<Option<Arc<Body>>> = {
             let g = lock(&self.inner);
-            catalog
-                .contents
-                .keys()
-                .map(|h| g.bodies.get(h).cloned())
+            contents
+                .iter()
+                .map(|(h, _)| g.bodies.get(h).cloned())
                 .collect()
         };
         // Large bodies are cut into chunks; the chunks held already are
         // looked up under one lock, the others packed outside it.
-        let preps: Vec<Prep> = catalog
-            .contents
+        let preps: Vec<Prep> = contents
             .into_iter()
             .zip(known)
             .map(|((sha256, blob), k)| match k {

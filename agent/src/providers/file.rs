@@ -265,7 +265,7 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
     let uid = ctx.uid(owner)?;
     let gid = ctx.gid(group)?;
     let want: Option<std::borrow::Cow<[u8]>> = match content {
-        Some(c) => Some(ctx.contents.get(&c.sha256)?),
+        Some(c) => Some(ctx.contents.get(&c.sha256.to_string())?),
         None => None,
     };
     let is_file = meta.as_ref().is_some_and(|m| m.is_file());

@@ -298,7 +298,7 @@ fn run(label: &str, w: &Workload, compare: bool, peer: Option<Peer>) -> Figures 
         })
         .unwrap();
     let conf_check = match &w.expected_conf_sha {
-        Some(s) if *s == conf => "bench.conf matches the peers' sha256",
+        Some(s) if conf == s.as_str() => "bench.conf matches the peers' sha256",
         Some(_) => panic!("bench.conf differs from the peers' rendering"),
         None => "synthetic workload (generator not found)",
     };

@@ -1599,30 +1599,22 @@ impl Contents {
             self.bodies.push((digest, blob));
         }
         troupe_catalog::ContentRef {
-            sha256: hex_digest(&digest),
+            sha256: troupe_catalog::Sha256Hex::from_bytes(digest),
             size,
         }
     }
 
     /// The catalog's content table: sorted by digest (the order of their
     /// lowercase hex, the map's key), then built in one pass.
-    fn into_map(self) -> BTreeMap<String, troupe_catalog::Blob> {
+    fn into_map(self) -> BTreeMap<troupe_catalog::Sha256Hex, troupe_catalog::Blob> {
         let mut bodies = self.bodies;
         drop(self.index);
         bodies.sort_unstable_by_key(|b| b.0);
         bodies
             .into_iter()
-            .map(|(d, b)| (hex_digest(&d), b))
+            .map(|(d, b)| (troupe_catalog::Sha256Hex::from_bytes(d), b))
             .collect()
     }
-}
-
-/// Lowercase hex of a SHA-256 digest, allocated once at its final size.
-fn hex_digest(d: &[u8; 32]) -> String {
-    let mut buf = [0u8; 64];
-    // 64 bytes is exactly what 32 bytes need: this cannot fail.
-    let _ = hex::encode_to_slice(d, &mut buf);
-    std::str::from_utf8(&buf).unwrap_or_default().to_owned()
 }
 
 /// `type[title]`, formatted only when an error needs it.

@@ -313,9 +313,9 @@ impl Parse {
             content: Some(c), ..
         } = &r.kind
         {
-            match hex32(&c.sha256) {
+            match c.sha256.bytes() {
                 Some(h) => self.refs.push((i, h)),
-                None => self.bad_refs.push((i, c.sha256.clone())),
+                None => self.bad_refs.push((i, c.sha256.to_string())),
             }
             return;
         }

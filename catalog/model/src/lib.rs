@@ -145,7 +145,7 @@ pub struct Catalog {
     pub resources: Vec<Resource>,
     /// File bodies by lowercase hex SHA-256 of their bytes.
     #[serde(default)]
-    pub contents: BTreeMap<String, Blob>,
+    pub contents: BTreeMap<Sha256Hex, Blob>,
 }
 
 /// One managed thing on the host. (Unknown fields are refused by [`Kind`],
@@ -393,12 +393,152 @@ pub enum ServiceState {
     Stopped,
 }
 
+/// A body's SHA-256, written as 64 lowercase hex digits (the key of
+/// [`Catalog::contents`] and [`ContentRef::sha256`]). Held as the 32 raw
+/// bytes, inline: a file resource and its content-table entry own no hex
+/// string (two heap blocks fewer per body, which the allocator would
+/// otherwise walk again when a big catalog is freed). Text that is not a
+/// lowercase hex SHA-256 (only in a decoded catalog, which
+/// [`Catalog::validate`] then refuses) is kept as sent, so the errors name
+/// it as it was written. Compares, orders and hashes as its text (the
+/// order of the bytes is the order of their lowercase hex).
+#[derive(Clone)]
+pub struct Sha256Hex(HexRepr);
+
+#[derive(Clone)]
+enum HexRepr {
+    Bytes([u8; 32]),
+    Text(Box<str>),
+}
+
+impl Sha256Hex {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Sha256Hex {
+        Sha256Hex(HexRepr::Bytes(Sha256::digest(bytes).into()))
+    }
+    /// From a raw digest.
+    pub fn from_bytes(digest: [u8; 32]) -> Sha256Hex {
+        Sha256Hex(HexRepr::Bytes(digest))
+    }
+    /// The raw digest; `None` for text that is not a lowercase hex SHA-256.
+    pub fn bytes(&self) -> Option<[u8; 32]> {
+        match &self.0 {
+            HexRepr::Bytes(b) => Some(*b),
+            HexRepr::Text(_) => None,
+        }
+    }
+    /// Writes the text into `buf`, returning it (no allocation).
+    fn text<'b>(&'b self, buf: &'b mut [u8; 64]) -> &'b str {
+        match &self.0 {
+            HexRepr::Bytes(b) => {
+                // 64 bytes is exactly what 32 bytes need: this cannot fail.
+                let _ = hex::encode_to_slice(b, buf);
+                std::str::from_utf8(buf).unwrap_or_default()
+            }
+            HexRepr::Text(t) => t,
+        }
+    }
+}
+
+impl From<&str> for Sha256Hex {
+    fn from(s: &str) -> Sha256Hex {
+        let lower_hex = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let mut out = [0u8; 32];
+        if lower_hex && hex::decode_to_slice(s, &mut out).is_ok() {
+            Sha256Hex(HexRepr::Bytes(out))
+        } else {
+            Sha256Hex(HexRepr::Text(s.into()))
+        }
+    }
+}
+
+impl From<String> for Sha256Hex {
+    fn from(s: String) -> Sha256Hex {
+        Sha256Hex::from(s.as_str())
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.text(&mut [0u8; 64]))
+    }
+}
+
+impl fmt::Debug for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.text(&mut [0u8; 64]), f)
+    }
+}
+
+impl Ord for Sha256Hex {
+    fn cmp(&self, other: &Sha256Hex) -> std::cmp::Ordering {
+        match (&self.0, &other.0) {
+            (HexRepr::Bytes(a), HexRepr::Bytes(b)) => a.cmp(b),
+            _ => self.text(&mut [0u8; 64]).cmp(other.text(&mut [0u8; 64])),
+        }
+    }
+}
+
+impl PartialOrd for Sha256Hex {
+    fn partial_cmp(&self, other: &Sha256Hex) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Sha256Hex {
+    fn eq(&self, other: &Sha256Hex) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Sha256Hex {}
+
+impl std::hash::Hash for Sha256Hex {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.text(&mut [0u8; 64]).hash(h)
+    }
+}
+
+impl PartialEq<str> for Sha256Hex {
+    fn eq(&self, other: &str) -> bool {
+        self.text(&mut [0u8; 64]) == other
+    }
+}
+
+impl PartialEq<&str> for Sha256Hex {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+impl Serialize for Sha256Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.text(&mut [0u8; 64]))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sha256Hex, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Sha256Hex;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Sha256Hex, E> {
+                Ok(Sha256Hex::from(s))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A reference to a body in [`Catalog::contents`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContentRef {
     /// Lowercase hex SHA-256 of the bytes.
-    pub sha256: String,
+    pub sha256: Sha256Hex,
     pub size: u64,
 }
 
@@ -656,7 +796,7 @@ impl Catalog {
     /// Adds `bytes` to the content table and returns the reference to put in
     /// a file resource.
     pub fn add_content(&mut self, bytes: &[u8]) -> ContentRef {
-        let sha256 = sha256_hex(bytes);
+        let sha256 = Sha256Hex::of(bytes);
         self.contents
             .entry(sha256.clone())
             .or_insert_with(|| Blob::from_bytes(bytes));
@@ -783,7 +923,7 @@ impl Catalog {
             {
                 return Err(CatalogError::MissingContent {
                     id: r.id.clone(),
-                    hash: c.sha256.clone(),
+                    hash: c.sha256.to_string(),
                 });
             }
             if let Kind::Exec { command, .. } = &r.kind
@@ -797,8 +937,8 @@ impl Catalog {
         }
         for (hash, blob) in &self.contents {
             match blob.bytes() {
-                Some(b) if &sha256_hex(&b) == hash => {}
-                _ => return Err(CatalogError::ContentHash(hash.clone())),
+                Some(b) if Sha256Hex::of(&b) == *hash => {}
+                _ => return Err(CatalogError::ContentHash(hash.to_string())),
             }
         }
         Ok(())
@@ -930,6 +1070,52 @@ mod tests {
             !plain.contains("\"tags\"") && !plain.contains("\"source\""),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn content_hashes_are_bytes_written_as_hex() {
+        let mut c = sample();
+        let r = c.add_content(b"a body\n");
+        let hex = sha256_hex(b"a body\n");
+        // Held as bytes, written as the same lowercase hex as before.
+        assert_eq!(r.sha256.bytes(), Some(Sha256::digest(b"a body\n").into()));
+        assert_eq!(r.sha256.to_string(), hex);
+        assert_eq!(r.sha256, hex.as_str());
+        let text = String::from_utf8(c.to_canonical_json()).unwrap();
+        assert!(
+            text.contains(&format!("\"{hex}\":{{\"encoding\"")),
+            "{text}"
+        );
+        let back = Catalog::from_json(text.as_bytes()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.to_canonical_json(), text.as_bytes());
+        assert!(back.contents.keys().all(|k| k.bytes().is_some()));
+        // The table is in the order of the hex text.
+        let keys: Vec<String> = back.contents.keys().map(|k| k.to_string()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert!(keys.len() > 1 && keys == sorted, "{keys:?}");
+        // Text that is no lowercase hex SHA-256 is kept as sent, orders as
+        // text and is refused by name.
+        for bad in ["ABC", &hex.to_uppercase(), &hex[..63]] {
+            let h = Sha256Hex::from(bad);
+            assert_eq!(h.bytes(), None);
+            assert_eq!(h.to_string(), bad);
+            assert_eq!(h.cmp(&Sha256Hex::from(hex.as_str())), bad.cmp(hex.as_str()));
+            let mut c2 = c.clone();
+            if let Kind::File {
+                content: Some(cr), ..
+            } = &mut c2.resources[1].kind
+            {
+                cr.sha256 = h;
+            }
+            let json = String::from_utf8(c2.to_canonical_json()).unwrap();
+            assert!(json.contains(&format!("\"sha256\":\"{bad}\"")), "{json}");
+            match Catalog::from_json(json.as_bytes()) {
+                Err(CatalogError::MissingContent { hash, .. }) => assert_eq!(hash, bad),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1251,7 +1437,7 @@ mod tests {
                     let rs: Vec<Resource> = l.resources().collect();
                     assert_eq!(rs, c.resources, "{text}");
                     for (k, v) in &c.contents {
-                        assert_eq!(l.content(k), v.bytes(), "{text}");
+                        assert_eq!(l.content(&k.to_string()), v.bytes(), "{text}");
                     }
                     assert_eq!(l.content(&"0".repeat(64)), None);
                     let mut canon = Vec::new();
