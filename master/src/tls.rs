@@ -6,7 +6,8 @@
 //! bootstrap works), handshakes done by `tokio_rustls`, and each resulting
 //! stream served as HTTP/2 by `hyper` with `tonic`'s routes on the task that
 //! did its handshake ([`serve`]). The config is swapped atomically when the
-//! CRL changes.
+//! CRL changes. Both layers write into a buffer that the connection's task
+//! sends each time its poll ends ([`Wire`]): one `write` per wake-up.
 
 use anyhow::{Context, Result};
 use hyper::body::Incoming;
