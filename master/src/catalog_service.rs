@@ -256,7 +256,7 @@ impl CatalogRpc for CatalogService {
                     peer.name.clone(),
                     Checkin {
                         node: peer.name.clone(),
-                        facts: serde_json::Value::Null,
+                        facts: Vec::new(),
                         environment: String::new(),
                         role: String::new(),
                         catalog_hash: String::new(),
@@ -293,6 +293,8 @@ impl CatalogRpc for CatalogService {
             // Once per check-in: what the compiler sees, and its hash (the
             // cache key).
             let (stable, facts_hash) = stable_facts(&facts).map_err(Status::invalid_argument)?;
+            // The store takes the bytes as sent: the parsed tree goes now.
+            drop(facts);
             let (compiled, json) = self
                 .compile(
                     &peer.name,
@@ -308,7 +310,7 @@ impl CatalogRpc for CatalogService {
                 peer.name.clone(),
                 Checkin {
                     node: peer.name.clone(),
-                    facts,
+                    facts: body.facts_json,
                     environment: compiled.environment.clone(),
                     role: compiled.role.clone(),
                     catalog_hash: compiled.hash.clone(),

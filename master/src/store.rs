@@ -151,7 +151,10 @@ pub use troupe_base::facts::FactMatch as FactFilter;
 /// A check-in waiting to be written.
 pub struct Checkin {
     pub node: String,
-    pub facts: serde_json::Value,
+    /// The facts, a JSON object as the agent sent it (stored as is: no
+    /// parsed copy lives until the batch is written, none is serialized
+    /// again).
+    pub facts: Vec<u8>,
     pub environment: String,
     pub role: String,
     pub catalog_hash: String,
@@ -244,7 +247,7 @@ impl NodeStore {
     ) -> Result<()> {
         self.record_checkins(&[Checkin {
             node: node.to_owned(),
-            facts: facts.clone(),
+            facts: serde_json::to_vec(facts)?,
             environment: environment.to_owned(),
             role: role.to_owned(),
             catalog_hash: catalog_hash.to_owned(),
@@ -281,7 +284,7 @@ impl NodeStore {
                 rec.role = c.role.clone();
                 rec.catalog_hash = c.catalog_hash.clone();
                 nodes.insert(c.node.as_str(), serde_json::to_vec(&rec)?.as_slice())?;
-                f.insert(c.node.as_str(), serde_json::to_vec(&c.facts)?.as_slice())?;
+                f.insert(c.node.as_str(), c.facts.as_slice())?;
             }
         }
         tx.commit()?;
