@@ -24,7 +24,7 @@ fn lstat(p: &Path) -> anyhow::Result<Option<Metadata>> {
     }
 }
 
-fn temp_path(dest: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn temp_path(dest: &Path) -> anyhow::Result<PathBuf> {
     let name = dest.file_name().context("path has no file name")?;
     Ok(dest.with_file_name(format!(".{}.troupe-new", name.to_string_lossy())))
 }
@@ -348,7 +348,14 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
             mode: final_mode,
             as_created,
         };
-        stage(ctx, tmp, p, Some(write));
+        // Created in the stage when the directory allows it (the inode
+        // then comes from the stage's block group, see [`super::stage`]).
+        let staged_tmp = match (&mut ctx.stage, p.parent()) {
+            (Some(st), Some(d)) => st.temp_for(d, g.is_some()),
+            _ => None,
+        };
+        let in_stage = staged_tmp.is_some();
+        stage(ctx, staged_tmp.unwrap_or(tmp), p, Some(write), in_stage);
         return Ok(out);
     }
     write_temp(&tmp, new, u, g, final_mode, as_created)
@@ -389,13 +396,13 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("cannot write {}", p.display())));
     }
-    stage(ctx, tmp, p, None);
+    stage(ctx, tmp, p, None, false);
     Ok(out)
 }
 
 /// Queues `tmp` (written now, or at commit when `write` is given) to be
 /// renamed onto `dest` at the batch's commit.
-fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>) {
+fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>, in_stage: bool) {
     if let Some(d) = dest.parent() {
         ctx.note_write(d);
     }
@@ -404,6 +411,7 @@ fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>
         dest,
         resource: ctx.current,
         write,
+        in_stage,
     });
 }
 

@@ -23,6 +23,7 @@ pub mod file;
 pub mod inroot;
 pub mod package;
 pub mod service;
+pub mod stage;
 mod systemd_state;
 
 use crate::source::ContentSource;
@@ -133,6 +134,9 @@ pub struct Staged {
     /// The temp file still to be written at commit (None: already written,
     /// e.g. because a validate command had to see it).
     pub write: Option<PendingWrite>,
+    /// `tmp` is in the run's stage directory ([`stage`]), not next to
+    /// `dest`: on any error there the file is written next to `dest`.
+    pub in_stage: bool,
 }
 
 /// A temp file's content and metadata, written at commit time.
@@ -153,13 +157,13 @@ pub struct PendingWrite {
 /// for each that failed.
 fn par_each<F>(staged: &[Staged], skip: &[bool], f: F) -> Vec<(usize, String)>
 where
-    F: Fn(&Staged) -> Option<String> + Sync,
+    F: Fn(usize, &Staged) -> Option<String> + Sync,
 {
     let one = |i: usize, s: &Staged| -> Option<(usize, String)> {
         if skip.get(i).copied().unwrap_or(false) {
             return None;
         }
-        f(s).map(|e| (i, e))
+        f(i, s).map(|e| (i, e))
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Threads only pay off beyond a few dozen files.
@@ -394,6 +398,9 @@ pub struct Ctx<'a> {
     /// Resolves paths inside `root` (None for `/`; the error when the root
     /// cannot be opened).
     resolver: Result<Option<inroot::RootResolver>, String>,
+    /// Where new files' temp files are created when their directory allows
+    /// it (None: next to their targets).
+    pub stage: Option<stage::Stage>,
 }
 
 impl<'a> Ctx<'a> {
@@ -433,6 +440,7 @@ impl<'a> Ctx<'a> {
             current: 0,
             package_dir: None,
             tools: Tools::default(),
+            stage: None,
         }
     }
 
@@ -621,30 +629,87 @@ impl<'a> Ctx<'a> {
         let t = std::time::Instant::now();
         let staged = std::mem::take(&mut self.staged);
         let mut unwritten = vec![false; staged.len()];
-        let writes = par_each(&staged, &unwritten, |s| {
+        // Staged files written next to their targets after all.
+        let mut home = vec![false; staged.len()];
+        let writes = par_each(&staged, &unwritten, |_, s| {
             let w = s.write.as_ref()?;
             file::write_temp(&s.tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created)
                 .err()
                 .map(|e| format!("cannot write {}: {e:#}", s.dest.display()))
         });
         for (i, msg) in writes {
-            if let Some(s) = staged.get(i) {
-                unwritten[i] = true;
-                let _ = std::fs::remove_file(&s.tmp);
-                failed.push((s.resource, msg));
+            let Some(s) = staged.get(i) else { continue };
+            let _ = std::fs::remove_file(&s.tmp);
+            if s.in_stage {
+                tracing::debug!("{msg} (in the stage; written in place instead)");
+                match write_home(s) {
+                    Ok(()) => {
+                        home[i] = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        unwritten[i] = true;
+                        failed.push((s.resource, e));
+                        continue;
+                    }
+                }
             }
+            unwritten[i] = true;
+            failed.push((s.resource, msg));
         }
         let t_written = t.elapsed();
         self.sync_all();
         let t_sync1 = t.elapsed();
-        let renames = par_each(&staged, &unwritten, |s| {
-            let e = std::fs::rename(&s.tmp, &s.dest).err()?;
-            let _ = std::fs::remove_file(&s.tmp);
+        let home = &home;
+        let renames = par_each(&staged, &unwritten, |i, s| {
+            let from = if home.get(i).copied().unwrap_or(false) {
+                match file::temp_path(&s.dest) {
+                    Ok(p) => p,
+                    Err(e) => return Some(format!("{e:#}")),
+                }
+            } else {
+                s.tmp.clone()
+            };
+            let e = std::fs::rename(&from, &s.dest).err()?;
+            let _ = std::fs::remove_file(&from);
             Some(format!("could not move the new content into place: {e}"))
         });
+        // A staged file whose rename failed (another file system under the
+        // target after all, a project quota, an encrypted directory...) is
+        // written next to its target, synced and renamed from there.
+        let mut retry = Vec::new();
         for (i, msg) in renames {
-            if let Some(s) = staged.get(i) {
-                failed.push((s.resource, msg));
+            let Some(s) = staged.get(i) else { continue };
+            if s.in_stage && !home.get(i).copied().unwrap_or(false) {
+                tracing::debug!(
+                    "{}: {msg} (from the stage; written in place instead)",
+                    s.dest.display()
+                );
+                match write_home(s) {
+                    Ok(()) => retry.push(s),
+                    Err(e) => failed.push((s.resource, e)),
+                }
+                continue;
+            }
+            failed.push((s.resource, msg));
+        }
+        if !retry.is_empty() {
+            self.sync_all();
+            for s in retry {
+                let from = match file::temp_path(&s.dest) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed.push((s.resource, format!("{e:#}")));
+                        continue;
+                    }
+                };
+                if let Err(e) = std::fs::rename(&from, &s.dest) {
+                    let _ = std::fs::remove_file(&from);
+                    failed.push((
+                        s.resource,
+                        format!("could not move the new content into place: {e}"),
+                    ));
+                }
             }
         }
         // The renames are made durable by the next commit's first sync
@@ -685,6 +750,18 @@ impl<'a> Ctx<'a> {
             }
         }
     }
+}
+
+/// Writes a staged file's temp file next to its target instead (after an
+/// error on the stage path).
+fn write_home(s: &Staged) -> Result<(), String> {
+    let w = s
+        .write
+        .as_ref()
+        .ok_or_else(|| format!("cannot write {}: no content", s.dest.display()))?;
+    file::temp_path(&s.dest)
+        .and_then(|tmp| file::write_temp(&tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created))
+        .map_err(|e| format!("cannot write {}: {e:#}", s.dest.display()))
 }
 
 /// Converges one resource. `refresh` is true when a resource that notifies
@@ -728,4 +805,98 @@ pub fn is_batchable(res: &Resource) -> bool {
 /// `0644`-style octal.
 pub fn octal(mode: u32) -> String {
     format!("{mode:04o}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    struct NoContents;
+    impl ContentSource for NoContents {
+        fn get(&self, _: &str) -> anyhow::Result<Cow<'_, [u8]>> {
+            anyhow::bail!("no contents")
+        }
+    }
+
+    fn staged(tmp: PathBuf, dest: PathBuf, body: &[u8], in_stage: bool) -> Staged {
+        Staged {
+            tmp,
+            dest,
+            resource: 0,
+            write: Some(PendingWrite {
+                bytes: body.to_vec(),
+                uid: None,
+                gid: None,
+                mode: 0o640,
+                as_created: false,
+            }),
+            in_stage,
+        }
+    }
+
+    /// A staged file whose temp file cannot be written in the stage, or
+    /// not renamed from it (here: a temp on another file system), is
+    /// written next to its target instead: the commit still succeeds, with
+    /// the content and mode asked for, and leaves no temp file anywhere.
+    #[test]
+    fn stage_errors_fall_back_to_the_temp_file_next_to_the_target() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let contents = NoContents;
+        let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
+        // The write fails: the stage directory does not exist.
+        let a = d.path().join("a.txt");
+        ctx.staged
+            .push(staged(d.path().join("gone/1"), a.clone(), b"a\n", true));
+        // The rename fails (EXDEV) when /dev/shm is another file system.
+        let shm = Path::new("/dev/shm");
+        let other_fs = std::fs::metadata(shm)
+            .is_ok_and(|m| m.dev() != std::fs::metadata(d.path()).unwrap().dev());
+        let shm_dir = other_fs.then(|| tempfile::tempdir_in(shm).unwrap());
+        let b = d.path().join("b.txt");
+        if let Some(sd) = &shm_dir {
+            ctx.staged
+                .push(staged(sd.path().join("2"), b.clone(), b"b\n", true));
+        }
+        ctx.note_write(d.path());
+        let failed = ctx.finish();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"a\n");
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        if let Some(sd) = &shm_dir {
+            assert_eq!(std::fs::read(&b).unwrap(), b"b\n");
+            assert_eq!(
+                std::fs::metadata(&b).unwrap().permissions().mode() & 0o7777,
+                0o640
+            );
+            assert_eq!(
+                std::fs::read_dir(sd.path()).unwrap().count(),
+                0,
+                "stage temp removed"
+            );
+        }
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("troupe-new")), "{names:?}");
+    }
+
+    /// Without the fallback, a file not staged fails as before.
+    #[test]
+    fn an_unstaged_write_error_fails_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let contents = NoContents;
+        let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
+        let a = d.path().join("a.txt");
+        ctx.staged
+            .push(staged(d.path().join("gone/1"), a.clone(), b"a\n", false));
+        let failed = ctx.finish();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(!a.exists());
+    }
 }
