@@ -827,6 +827,11 @@ fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
         std::fs::create_dir_all(env.p(&format!("/srv/{d}"))).unwrap();
         let f = file(&mut c, &format!("/srv/{d}/f.txt"), &body(d), 0o640);
         c.resources.push(f);
+        // A new directory in each, and a file in it.
+        c.resources.push(dir(&format!("/srv/{d}/sub"), 0o750));
+        let mut f = file(&mut c, &format!("/srv/{d}/sub/g.txt"), &body(d), 0o600);
+        f.requires.push(id("directory", &format!("/srv/{d}/sub")));
+        c.resources.push(f);
         std::fs::create_dir(env.p(&format!("/srv/{d}/.f.txt.troupe-new"))).unwrap();
     }
     let acl = set_default_acl(&env.p("/srv/acl"));
@@ -849,7 +854,13 @@ fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
     if acl {
         assert_eq!(status_of(&r, "file[/srv/acl/f.txt]").status, Status::Failed);
     }
+    // New directories: made in the stage under plain/; in place under
+    // sgid/ (so the kernel gives them the setgid bit and the group, as it
+    // always did) and under acl/ (the default ACL).
     for d in dirs {
+        let sub = env.p(&format!("/srv/{d}/sub"));
+        let want = if d == "sgid" { 0o2750 } else { 0o750 };
+        assert_eq!(mode_of(&sub), want, "{d}/sub keeps what its parent gives");
         let _ = std::fs::remove_dir(env.p(&format!("/srv/{d}/.f.txt.troupe-new")));
     }
     let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
@@ -860,14 +871,19 @@ fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
         assert_eq!(mode_of(&p), 0o640);
         assert_eq!(std::fs::metadata(&p).unwrap().uid(), 0);
     }
+    for d in dirs {
+        let g = env.p(&format!("/srv/{d}/sub/g.txt"));
+        assert_eq!(std::fs::read(&g).unwrap(), body(d));
+        assert_eq!(mode_of(&g), 0o600);
+    }
     assert_eq!(
         std::fs::metadata(env.p("/srv/plain/f.txt")).unwrap().gid(),
         0
     );
-    assert_eq!(
-        std::fs::metadata(env.p("/srv/sgid/f.txt")).unwrap().gid(),
-        4322
-    );
+    assert_eq!(std::fs::metadata(env.p("/srv/plain/sub")).unwrap().gid(), 0);
+    for p in ["/srv/sgid/f.txt", "/srv/sgid/sub", "/srv/sgid/sub/g.txt"] {
+        assert_eq!(std::fs::metadata(env.p(p)).unwrap().gid(), 4322, "{p}");
+    }
     if acl {
         let n = rustix::fs::getxattr(
             env.p("/srv/acl/f.txt"),
@@ -875,6 +891,12 @@ fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
             &mut [0u8; 0][..],
         );
         assert!(n.is_ok(), "the default ACL was inherited: {n:?}");
+        let n = rustix::fs::getxattr(
+            env.p("/srv/acl/sub"),
+            "system.posix_acl_default",
+            &mut [0u8; 0][..],
+        );
+        assert!(n.is_ok(), "the new directory has the default ACL: {n:?}");
     }
     let left: Vec<_> = std::fs::read_dir(env.state().join("stage"))
         .unwrap()

@@ -498,17 +498,47 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                     Some(d) => created_as_asked(ctx, d, uid, gid, m),
                     None => false,
                 };
-                fs::DirBuilder::new()
-                    .mode(if as_created { m } else { 0o700 })
-                    .create(&p)
-                    .with_context(|| format!("cannot create {}", p.display()))?;
-                if !as_created {
-                    if uid.is_some() || gid.is_some() {
-                        std::os::unix::fs::lchown(&p, uid, gid)
-                            .with_context(|| format!("cannot chown {}", p.display()))?;
+                let make = |at: &Path| -> anyhow::Result<()> {
+                    fs::DirBuilder::new()
+                        .mode(if as_created { m } else { 0o700 })
+                        .create(at)
+                        .with_context(|| format!("cannot create {}", at.display()))?;
+                    if !as_created {
+                        if uid.is_some() || gid.is_some() {
+                            std::os::unix::fs::lchown(at, uid, gid)
+                                .with_context(|| format!("cannot chown {}", at.display()))?;
+                        }
+                        fs::set_permissions(at, fs::Permissions::from_mode(m))
+                            .with_context(|| format!("cannot chmod {}", at.display()))?;
                     }
-                    fs::set_permissions(&p, fs::Permissions::from_mode(m))
-                        .with_context(|| format!("cannot chmod {}", p.display()))?;
+                    Ok(())
+                };
+                // A directory whose parent existed before this run is made
+                // in the stage and renamed into place, so its inode (and
+                // then its subdirectories' and files') comes from the
+                // stage's block group ([`super::stage`]); one inside a
+                // directory this run made is there already.
+                let parent_fresh = p.parent().is_some_and(|d| ctx.fresh_dirs.contains(d));
+                let staged_at = match (&mut ctx.stage, p.parent()) {
+                    (Some(st), Some(d)) if !parent_fresh => st.temp_for(d, gid.is_some()),
+                    _ => None,
+                };
+                let in_stage = staged_at.as_deref().is_some_and(|t| {
+                    // NOREPLACE: a directory that appeared meanwhile stays
+                    // (mkdir in place would fail on it too).
+                    let res = make(t).and_then(|()| {
+                        use rustix::fs::{CWD, RenameFlags, renameat_with};
+                        renameat_with(CWD, t, CWD, &p, RenameFlags::NOREPLACE)
+                            .with_context(|| format!("cannot move {}", t.display()))
+                    });
+                    if let Err(e) = &res {
+                        let _ = fs::remove_dir(t);
+                        tracing::debug!("{e:#} (made in place instead)");
+                    }
+                    res.is_ok()
+                });
+                if !in_stage {
+                    make(&p)?;
                 }
                 if let Some(d) = p.parent() {
                     ctx.note_write(d);

@@ -11,7 +11,10 @@
 //! created in a per-run directory under `STATE/stage` (flagged
 //! `FS_TOPDIR_FL`, so ext4's Orlov allocator spreads the per-run
 //! directories over the flex groups instead of keeping them by their
-//! parent) and renamed into place from there.
+//! parent) and renamed into place from there. A new directory whose parent
+//! existed before the run is made there too and renamed into place
+//! (`RENAME_NOREPLACE`): ext4 then places its subdirectories and files near
+//! it, away from the deleted tree's groups, with nothing more to stage.
 //!
 //! A file is staged only where that changes nothing about it: the target
 //! directory on the stage's device, with no default ACL, no setgid bit, no
@@ -183,8 +186,9 @@ impl Stage {
         Ok(Some((place, gid)))
     }
 
-    /// A temp path in the stage for a new file in `dir` (`gid_set`: its
-    /// group is set explicitly), or None to write it next to its target.
+    /// A temp path in the stage for a new file or directory in `dir`
+    /// (`gid_set`: its group is set explicitly), or None to make it next to
+    /// its target.
     pub fn temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
         if self.broken {
             return None;
