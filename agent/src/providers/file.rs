@@ -350,12 +350,12 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         };
         // Created in the stage when the directory allows it (the inode
         // then comes from the stage's block group, see [`super::stage`]).
-        let staged_tmp = match (&mut ctx.stage, p.parent()) {
-            (Some(st), Some(d)) => st.temp_for(d, g.is_some()),
-            _ => None,
+        let in_stage = match (&mut ctx.stage, p.parent()) {
+            (Some(st), Some(d)) => st.allows(d, g.is_some()),
+            _ => false,
         };
-        let in_stage = staged_tmp.is_some();
-        stage(ctx, staged_tmp.unwrap_or(tmp), p, Some(write), in_stage);
+        let tmp = if in_stage { PathBuf::new() } else { tmp };
+        stage(ctx, tmp, p, Some(write), in_stage);
         return Ok(out);
     }
     write_temp(&tmp, new, u, g, final_mode, as_created)

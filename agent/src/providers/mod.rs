@@ -134,8 +134,10 @@ pub struct Staged {
     /// The temp file still to be written at commit (None: already written,
     /// e.g. because a validate command had to see it).
     pub write: Option<PendingWrite>,
-    /// `tmp` is in the run's stage directory ([`stage`]), not next to
-    /// `dest`: on any error there the file is written next to `dest`.
+    /// The temp file goes in the run's stage directory ([`stage`]; `tmp`
+    /// is then empty: its path there is chosen at commit, by the writer
+    /// thread, [`stage::Stage::file_temp`]); on any error there the file is
+    /// written next to `dest` instead.
     pub in_stage: bool,
 }
 
@@ -165,17 +167,14 @@ where
         }
         f(i, s).map(|e| (i, e))
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Threads only pay off beyond a few dozen files.
-    let threads = cores.min(WRITE_THREADS).min(staged.len() / 32).max(1);
-    if threads == 1 {
+    let chunk = chunk_len(staged.len());
+    if chunk >= staged.len() {
         return staged
             .iter()
             .enumerate()
             .filter_map(|(i, s)| one(i, s))
             .collect();
     }
-    let chunk = staged.len().div_ceil(threads);
     let one = &one;
     std::thread::scope(|sc| {
         let handles: Vec<_> = staged
@@ -357,6 +356,39 @@ impl Journal {
             .to_owned();
         Ok(JournalDone::File(Some(name)))
     }
+}
+
+/// How many of a batch of `n` files each writer thread takes (contiguous
+/// runs: file `i` is written by thread `i / chunk_len(n)`).
+fn chunk_len(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Threads only pay off beyond a few dozen files.
+    let threads = cores.min(WRITE_THREADS).min(n / 32).max(1);
+    n.div_ceil(threads).max(1)
+}
+
+/// Where file `i` of a batch has its temp file: next to its target
+/// (`home`, or not staged), or in writer `i / chunk`'s directory of the
+/// stage.
+fn temp_of<'a>(
+    s: &'a Staged,
+    i: usize,
+    chunk: usize,
+    stage: Option<&stage::Stage>,
+    home: bool,
+) -> Result<std::borrow::Cow<'a, Path>, String> {
+    use std::borrow::Cow;
+    if home {
+        return file::temp_path(&s.dest)
+            .map(Cow::Owned)
+            .map_err(|e| format!("{e:#}"));
+    }
+    if !s.in_stage {
+        return Ok(Cow::Borrowed(&s.tmp));
+    }
+    stage
+        .map(|st| Cow::Owned(st.file_temp(i / chunk.max(1), i)))
+        .ok_or_else(|| "no stage directory".to_string())
 }
 
 /// Everything a provider needs during one run.
@@ -631,28 +663,33 @@ impl<'a> Ctx<'a> {
         let mut unwritten = vec![false; staged.len()];
         // Staged files written next to their targets after all.
         let mut home = vec![false; staged.len()];
-        let writes = par_each(&staged, &unwritten, |_, s| {
+        let chunk = chunk_len(staged.len());
+        let stage = self.stage.as_ref();
+        let writes = par_each(&staged, &unwritten, |i, s| {
             let w = s.write.as_ref()?;
-            file::write_temp(&s.tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created)
+            temp_of(s, i, chunk, stage, false)
+                .and_then(|tmp| {
+                    file::write_temp(&tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created)
+                        .map_err(|e| format!("{e:#}"))
+                })
                 .err()
-                .map(|e| format!("cannot write {}: {e:#}", s.dest.display()))
+                .map(|e| format!("cannot write {}: {e}", s.dest.display()))
         });
         for (i, msg) in writes {
             let Some(s) = staged.get(i) else { continue };
-            let _ = std::fs::remove_file(&s.tmp);
+            if let Ok(tmp) = temp_of(s, i, chunk, stage, false) {
+                let _ = std::fs::remove_file(&tmp);
+            }
             if s.in_stage {
                 tracing::debug!("{msg} (in the stage; written in place instead)");
                 match write_home(s) {
-                    Ok(()) => {
-                        home[i] = true;
-                        continue;
-                    }
+                    Ok(()) => home[i] = true,
                     Err(e) => {
                         unwritten[i] = true;
                         failed.push((s.resource, e));
-                        continue;
                     }
                 }
+                continue;
             }
             unwritten[i] = true;
             failed.push((s.resource, msg));
@@ -662,13 +699,10 @@ impl<'a> Ctx<'a> {
         let t_sync1 = t.elapsed();
         let home = &home;
         let renames = par_each(&staged, &unwritten, |i, s| {
-            let from = if home.get(i).copied().unwrap_or(false) {
-                match file::temp_path(&s.dest) {
-                    Ok(p) => p,
-                    Err(e) => return Some(format!("{e:#}")),
-                }
-            } else {
-                s.tmp.clone()
+            let at_home = home.get(i).copied().unwrap_or(false);
+            let from = match temp_of(s, i, chunk, stage, at_home) {
+                Ok(p) => p,
+                Err(e) => return Some(e),
             };
             let e = std::fs::rename(&from, &s.dest).err()?;
             let _ = std::fs::remove_file(&from);
@@ -686,7 +720,7 @@ impl<'a> Ctx<'a> {
                     s.dest.display()
                 );
                 match write_home(s) {
-                    Ok(()) => retry.push(s),
+                    Ok(()) => retry.push((i, s)),
                     Err(e) => failed.push((s.resource, e)),
                 }
                 continue;
@@ -695,11 +729,11 @@ impl<'a> Ctx<'a> {
         }
         if !retry.is_empty() {
             self.sync_all();
-            for s in retry {
-                let from = match file::temp_path(&s.dest) {
+            for (i, s) in retry {
+                let from = match temp_of(s, i, chunk, stage, true) {
                     Ok(p) => p,
                     Err(e) => {
-                        failed.push((s.resource, format!("{e:#}")));
+                        failed.push((s.resource, e));
                         continue;
                     }
                 };
@@ -835,49 +869,52 @@ mod tests {
         }
     }
 
-    /// A staged file whose temp file cannot be written in the stage, or
-    /// not renamed from it (here: a temp on another file system), is
-    /// written next to its target instead: the commit still succeeds, with
-    /// the content and mode asked for, and leaves no temp file anywhere.
+    /// A staged file whose temp file cannot be written in the stage (its
+    /// directories are gone), or not renamed from it (a stage on another
+    /// file system: EXDEV), is written next to its target instead: the
+    /// commit still succeeds, with the content and mode asked for, and
+    /// leaves no temp file anywhere.
     #[test]
     fn stage_errors_fall_back_to_the_temp_file_next_to_the_target() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
-        let contents = NoContents;
-        let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
-        // The write fails: the stage directory does not exist.
-        let a = d.path().join("a.txt");
-        ctx.staged
-            .push(staged(d.path().join("gone/1"), a.clone(), b"a\n", true));
-        // The rename fails (EXDEV) when /dev/shm is another file system.
+        let state = tempfile::tempdir().unwrap();
         let shm = Path::new("/dev/shm");
         let other_fs = std::fs::metadata(shm)
             .is_ok_and(|m| m.dev() != std::fs::metadata(d.path()).unwrap().dev());
-        let shm_dir = other_fs.then(|| tempfile::tempdir_in(shm).unwrap());
-        let b = d.path().join("b.txt");
-        if let Some(sd) = &shm_dir {
-            ctx.staged
-                .push(staged(sd.path().join("2"), b.clone(), b"b\n", true));
+        let shm_state = other_fs.then(|| tempfile::tempdir_in(shm).unwrap());
+        let mut cases = vec![("a.txt", state.path())];
+        if let Some(s) = &shm_state {
+            cases.push(("b.txt", s.path()));
         }
-        ctx.note_write(d.path());
-        let failed = ctx.finish();
-        assert!(failed.is_empty(), "{failed:?}");
-        assert_eq!(std::fs::read(&a).unwrap(), b"a\n");
-        assert_eq!(
-            std::fs::metadata(&a).unwrap().permissions().mode() & 0o7777,
-            0o640
-        );
-        if let Some(sd) = &shm_dir {
-            assert_eq!(std::fs::read(&b).unwrap(), b"b\n");
+        for (name, state) in cases {
+            let contents = NoContents;
+            let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
+            let mut st = stage::Stage::open(state, "t", stage::StageWrites::Always).unwrap();
+            assert!(st.allows(state, false), "makes the run's directories");
+            let run = st.run_dir().unwrap().to_owned();
+            if name == "a.txt" {
+                std::fs::remove_dir_all(&run).unwrap();
+            }
+            ctx.stage = Some(st);
+            let dest = d.path().join(name);
+            ctx.staged
+                .push(staged(PathBuf::new(), dest.clone(), b"new\n", true));
+            ctx.note_write(d.path());
+            let failed = ctx.finish();
+            assert!(failed.is_empty(), "{name}: {failed:?}");
+            assert_eq!(std::fs::read(&dest).unwrap(), b"new\n");
             assert_eq!(
-                std::fs::metadata(&b).unwrap().permissions().mode() & 0o7777,
+                std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777,
                 0o640
             );
-            assert_eq!(
-                std::fs::read_dir(sd.path()).unwrap().count(),
-                0,
-                "stage temp removed"
-            );
+            if run.exists() {
+                let left: Vec<_> = std::fs::read_dir(run.join("0"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                assert!(left.is_empty(), "{name}: stage temp removed: {left:?}");
+            }
         }
         let names: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()

@@ -186,12 +186,12 @@ impl Stage {
         Ok(Some((place, gid)))
     }
 
-    /// A temp path in the stage for a new file or directory in `dir`
-    /// (`gid_set`: its group is set explicitly), or None to make it next to
-    /// its target.
-    pub fn temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
+    /// Whether a new file in `dir` (`gid_set`: its group is set
+    /// explicitly) may have its temp file in the stage; makes the run's
+    /// directories at the first yes.
+    pub fn allows(&mut self, dir: &Path, gid_set: bool) -> bool {
         if self.broken {
-            return None;
+            return false;
         }
         let (ok, dir_gid) = match &self.checked {
             Some((d, ok, g)) if d == dir => (*ok, *g),
@@ -205,21 +205,49 @@ impl Stage {
         // the parent's under the `grpid` mount option: the same wherever
         // it is created only when both parents have the same group.
         if !ok || !(gid_set || dir_gid == self.gid) {
-            return None;
+            return false;
         }
         if !self.made {
-            if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&self.run) {
+            // The run's directory and one per writer thread (threads
+            // creating in one directory would wait on its lock).
+            let res = std::iter::once(self.run.clone())
+                .chain((0..super::WRITE_THREADS).map(|l| self.run.join(l.to_string())))
+                .try_for_each(|d| fs::DirBuilder::new().mode(0o700).create(d));
+            if let Err(e) = res {
                 tracing::warn!(
                     "cannot create {} (new files are written next to their targets): {e}",
                     self.run.display()
                 );
+                let _ = fs::remove_dir_all(&self.run);
                 self.broken = true;
-                return None;
+                return false;
             }
             self.made = true;
         }
+        true
+    }
+
+    /// A temp path in the stage for a new directory in `dir` (`gid_set`:
+    /// its group is set explicitly), or None to make it in place.
+    pub fn temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
+        if !self.allows(dir, gid_set) {
+            return None;
+        }
         self.next += 1;
-        Some(self.run.join(format!("{:x}", self.next)))
+        Some(self.run.join(format!("d{:x}", self.next)))
+    }
+
+    /// The temp path of file `i` of a batch, written by writer `lane`:
+    /// `RUN/LANE/I` (chosen at commit, so a batch holds no stage paths).
+    pub fn file_temp(&self, lane: usize, i: usize) -> PathBuf {
+        let lane = lane.min(super::WRITE_THREADS - 1);
+        let name = format!("{lane}/{i:x}");
+        let run = self.run.as_os_str();
+        let mut p = std::ffi::OsString::with_capacity(run.len() + 1 + name.len());
+        p.push(run);
+        p.push("/");
+        p.push(&name);
+        PathBuf::from(p)
     }
 
     /// Whether a file created in `dir` would come out the same as one
@@ -357,6 +385,8 @@ mod tests {
         let target = tempfile::tempdir_in(d.path()).unwrap();
         let t = s.temp_for(target.path(), false).expect("staged");
         assert!(t.starts_with(d.path().join("stage/run-new")));
+        assert_eq!(s.file_temp(1, 26), d.path().join("stage/run-new/1/1a"));
+        assert!(d.path().join("stage/run-new/3").is_dir());
         let m = fs::metadata(d.path().join("stage/run-new")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o700);
         let run = s.run_dir().unwrap().to_owned();
