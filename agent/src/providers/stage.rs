@@ -61,6 +61,14 @@ const NOT_INHERITED: u32 = 0x0008_0000 | 0x0000_1000 | 0x1000_0000 | 0x0004_0000
 /// Name prefix of the per-run directories.
 const RUN_PREFIX: &str = "run-";
 
+/// How long a run's (emptied) directory is kept: ext4 avoids inodes freed
+/// in the last 60 s, and a tree made from a run's directory is typically
+/// deleted soon after the run, if ever.
+const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Most run directories kept (the newest).
+const KEEP_RUNS: usize = 16;
+
 /// The stage of one run.
 #[derive(Debug)]
 pub struct Stage {
@@ -166,21 +174,38 @@ impl Stage {
             }
             Err(e) => tracing::debug!("no inode flags on {}: {e}", root.display()),
         }
+        // The last runs' directories stay a while, emptied: they keep
+        // their flex groups' directory counts up, so ext4 puts the next
+        // run's directory elsewhere than where those runs' trees were
+        // made (and may just have been deleted). Older ones go.
+        let mut runs = Vec::new();
         for e in fs::read_dir(root).context("cannot list it")? {
             let e = e.context("cannot list it")?;
-            let name = e.file_name();
-            if !name.to_string_lossy().starts_with(RUN_PREFIX) {
+            if !e.file_name().to_string_lossy().starts_with(RUN_PREFIX) {
                 continue;
             }
-            // A killed run's temp files (their targets were never renamed
-            // onto, or already were).
-            let p = e.path();
-            let res = match e.file_type() {
-                Ok(t) if t.is_dir() => fs::remove_dir_all(&p),
-                _ => fs::remove_file(&p),
+            let m = e.metadata().context("cannot stat an entry")?;
+            let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+            runs.push((age, m.is_dir(), e.path()));
+        }
+        runs.sort_by_key(|r| r.0);
+        for (k, (age, is_dir, p)) in runs.into_iter().enumerate() {
+            let keep = is_dir && k < KEEP_RUNS && age.is_some_and(|a| a < KEEP_FOR);
+            let res = if keep {
+                clear_run(&p).map(|n| {
+                    if n > 0 {
+                        tracing::info!(
+                            "removed {n} temp file(s) left in {} by a killed run",
+                            p.display()
+                        );
+                    }
+                })
+            } else if is_dir {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
             };
-            res.with_context(|| format!("cannot remove the left-over {}", p.display()))?;
-            tracing::info!("removed {}, left by a killed run", p.display());
+            res.with_context(|| format!("cannot remove the left-overs in {}", p.display()))?;
         }
         let (place, _, gid) = place_of(root).context("cannot stat it")?;
         Ok(Some((place, gid)))
@@ -286,14 +311,48 @@ impl Stage {
 
 impl Drop for Stage {
     fn drop(&mut self) {
-        // Empty unless a temp file could not be removed; the next run
-        // removes whatever is left.
+        // Empty unless a temp file could not be removed; the directories
+        // stay for the next runs (`KEEP_FOR`), which remove what is left.
         if self.made
-            && let Err(e) = fs::remove_dir_all(&self.run)
+            && let Err(e) = clear_run(&self.run)
         {
-            tracing::debug!("cannot remove {}: {e}", self.run.display());
+            tracing::debug!("cannot empty {}: {e}", self.run.display());
         }
     }
+}
+
+/// Removes everything in a run's directory but its writer directories,
+/// and everything in those; returns how many entries it removed.
+fn clear_run(run: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(run)? {
+        let e = e?;
+        let lane = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<usize>().ok())
+            .is_some_and(|l| l < super::WRITE_THREADS);
+        let is_dir = e.file_type()?.is_dir();
+        if lane && is_dir {
+            for f in fs::read_dir(e.path())? {
+                let f = f?;
+                if f.file_type()?.is_dir() {
+                    fs::remove_dir_all(f.path())?;
+                } else {
+                    fs::remove_file(f.path())?;
+                }
+                n += 1;
+            }
+        } else {
+            if is_dir {
+                fs::remove_dir_all(e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// A file system and the mount it is seen through.
@@ -381,7 +440,10 @@ mod tests {
         fs::create_dir_all(&left).unwrap();
         fs::write(left.join("1"), "x").unwrap();
         let mut s = Stage::open(d.path(), "new", StageWrites::Always).expect("stage");
-        assert!(!left.exists(), "a killed run's temp files are removed");
+        assert!(
+            !left.join("1").exists(),
+            "a killed run's temp files are removed"
+        );
         let target = tempfile::tempdir_in(d.path()).unwrap();
         let t = s.temp_for(target.path(), false).expect("staged");
         assert!(t.starts_with(d.path().join("stage/run-new")));
@@ -390,8 +452,33 @@ mod tests {
         let m = fs::metadata(d.path().join("stage/run-new")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o700);
         let run = s.run_dir().unwrap().to_owned();
+        fs::write(s.file_temp(2, 7), "x").unwrap();
+        fs::create_dir(run.join("d9")).unwrap();
         drop(s);
-        assert!(!run.exists(), "the run's directory goes with the run");
+        let left: Vec<_> = fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), crate::providers::WRITE_THREADS, "{left:?}");
+        assert!(fs::read_dir(run.join("2")).unwrap().next().is_none());
+        // The next run keeps it (young) and empties it; an old one goes.
+        fs::write(s_path(&run, "1/5"), "x").unwrap();
+        let old = d.path().join("stage/run-old2");
+        fs::create_dir(&old).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        fs::File::open(&old).unwrap().set_modified(t).unwrap();
+        let s2 = Stage::open(d.path(), "third", StageWrites::Always).expect("stage");
+        assert!(run.is_dir());
+        assert!(
+            !run.join("1/5").exists(),
+            "a killed run's temp file is removed"
+        );
+        assert!(!old.exists(), "an old run directory is removed");
+        drop(s2);
+    }
+
+    fn s_path(run: &Path, rel: &str) -> PathBuf {
+        run.join(rel)
     }
 
     #[test]
