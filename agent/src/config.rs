@@ -19,6 +19,7 @@
 //! | `orchestration` | `--no-listen` (inverted) | the signed-command listener on or off |
 //! | `orchestration_file` | `--orchestration` | the listener's trust and policy file |
 //! | `facts_dir`, `environment`, `rollback_on_failure`, `keep_reports`, `package_dir`, `root`, `output` | same names | as the flags |
+//! | `stage_writes` | `--stage-writes` | `auto` (default), `always` or `never`: new files' temp files created in `STATE/stage` (docs/adr/0014) |
 //!
 //! The first join needs no separate command: when the state directory
 //! holds no certificate and `ca_fingerprint` is set, `troupe-agent run`
@@ -55,6 +56,7 @@ pub const KEYS: &[&str] = &[
     "package_dir",
     "root",
     "output",
+    "stage_writes",
 ];
 
 /// `server`: one URL or a list.
@@ -223,6 +225,22 @@ pub fn resolve(
     args.output = <Output as clap::ValueEnum>::from_str(&output, true).map_err(|_| {
         anyhow!(
             "config file {}: key `output`: {output:?} is not one of changes, summary, json, quiet",
+            path.display()
+        )
+    })?;
+    let stage = f
+        .resolve(
+            "stage_writes",
+            given(m, "stage_writes", None),
+            args.stage_writes.name().to_owned(),
+        )
+        .map_err(e)?;
+    args.stage_writes = <crate::providers::stage::StageWrites as clap::ValueEnum>::from_str(
+        &stage, true,
+    )
+    .map_err(|_| {
+        anyhow!(
+            "config file {}: key `stage_writes`: {stage:?} is not one of auto, always, never",
             path.display()
         )
     })?;

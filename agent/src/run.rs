@@ -109,6 +109,14 @@ pub struct Args {
     /// What to print on stdout.
     #[arg(long, value_enum, default_value = "changes")]
     pub output: Output,
+    /// Where new files' temp files are created before their rename into
+    /// place: in STATE/stage (a directory the kernel may place in another
+    /// block group; `auto`: only on ext4 without a journal, where it
+    /// saves a scan of recently freed inodes per file) or next to the
+    /// target (`never`). A file keeps whatever its directory gives it
+    /// (ACL, label, setgid group, inode flags) either way.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub stage_writes: providers::stage::StageWrites,
     /// Converge only the resources carrying one of these tags (comma
     /// separated): a role, a profile, a defined type (`nginx::vhost`) or a
     /// tag the modules set. As in Puppet, what they depend on is not
@@ -424,6 +432,7 @@ pub fn run_once(
     let base = st.new_run_base(&run_id)?;
     if !args.noop {
         ctx.journal = providers::Journal::to_file(st.journal_path(&base))?;
+        ctx.stage = providers::stage::Stage::open(&args.state, &run_id, args.stage_writes);
     }
     if !args.tags.is_empty()
         && !catalog

@@ -8,6 +8,7 @@
 //! DIR/runs/ID.NONCE.journal.json  its rollback journal (JSON; only when it changed files)
 //! DIR/catalog.json          the last good catalog (canonical JSON; written atomically)
 //! DIR/agent.lock            flock held during a run (released by the kernel on a crash)
+//! DIR/stage/run-ID/        new files' temp files during a run (providers::stage; emptied after it, kept 180 s)
 //! DIR/disabled              present = runs are disabled; JSON {reason, since}
 //! DIR/last_run_summary.json small summary of the last run, for monitoring
 //! DIR/bucket/ab/<sha256>    file bucket: old contents of changed files (rollback)

@@ -728,7 +728,8 @@ fn big_batches_converge_and_a_failed_temp_write_fails_only_its_file() {
     // it is a directory that cannot be replaced.
     let blocker = env.p("/srv/d03/.f07.txt.troupe-new");
     std::fs::create_dir_all(&blocker).unwrap();
-    let (code, r, _) = env.run(&c, &[]);
+    // Temp files next to their targets (the staged ones are tested below).
+    let (code, r, _) = env.run(&c, &["--stage-writes", "never"]);
     assert_eq!(code, 6, "changes and a failure: {r:?}");
     let bad = status_of(&r, "file[/srv/d03/f07.txt]");
     assert_eq!(bad.status, Status::Failed);
@@ -762,7 +763,7 @@ fn big_batches_converge_and_a_failed_temp_write_fails_only_its_file() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir(&blocker).unwrap();
-    let (code, r2, _) = env.run(&c, &[]);
+    let (code, r2, _) = env.run(&c, &["--stage-writes", "never"]);
     assert_eq!(code, 2, "{r2:?}");
     let changed: Vec<_> = r2
         .resources
@@ -778,6 +779,135 @@ fn big_batches_converge_and_a_failed_temp_write_fails_only_its_file() {
     let (code, r3, _) = env.run(&c, &[]);
     assert_eq!(code, 0);
     assert!(all_unchanged(&r3));
+}
+
+/// A default ACL with a named user (so a file created under it gets an
+/// access ACL of its own): user::rwx user:4321:rw- group::r-x mask::rwx
+/// other::r-x.
+fn set_default_acl(dir: &std::path::Path) -> bool {
+    let mut v = vec![2u8, 0, 0, 0];
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, u32::MAX),
+        (0x02, 6, 4321),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ] {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    rustix::fs::setxattr(
+        dir,
+        "system.posix_acl_default",
+        &v,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_ok()
+}
+
+/// `--stage-writes always`: a new file in a plain directory has its temp
+/// file in STATE/stage (a directory blocking its in-place temp path does
+/// not stop it), while the files of a directory with a default ACL or the
+/// setgid bit keep their temp file next to the target (the same blocker
+/// fails them), so they get the ACL and the group the directory gives.
+/// Once unblocked every file converges with its content and mode, and the
+/// stage holds nothing after the run.
+#[test]
+fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (chown to another group)");
+        return;
+    }
+    let env = Env::new();
+    let mut c = new_catalog();
+    let body = |d: &str| format!("in {d}\n").into_bytes();
+    let dirs = ["plain", "acl", "sgid"];
+    for d in dirs {
+        std::fs::create_dir_all(env.p(&format!("/srv/{d}"))).unwrap();
+        let f = file(&mut c, &format!("/srv/{d}/f.txt"), &body(d), 0o640);
+        c.resources.push(f);
+        // A new directory in each, and a file in it.
+        c.resources.push(dir(&format!("/srv/{d}/sub"), 0o750));
+        let mut f = file(&mut c, &format!("/srv/{d}/sub/g.txt"), &body(d), 0o600);
+        f.requires.push(id("directory", &format!("/srv/{d}/sub")));
+        c.resources.push(f);
+        std::fs::create_dir(env.p(&format!("/srv/{d}/.f.txt.troupe-new"))).unwrap();
+    }
+    let acl = set_default_acl(&env.p("/srv/acl"));
+    std::os::unix::fs::chown(env.p("/srv/sgid"), None, Some(4322)).unwrap();
+    std::fs::set_permissions(
+        env.p("/srv/sgid"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o2775),
+    )
+    .unwrap();
+    let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
+    assert_eq!(code, 6, "{r:?}");
+    assert_eq!(
+        status_of(&r, "file[/srv/plain/f.txt]").status,
+        Status::Changed
+    );
+    assert_eq!(
+        status_of(&r, "file[/srv/sgid/f.txt]").status,
+        Status::Failed
+    );
+    if acl {
+        assert_eq!(status_of(&r, "file[/srv/acl/f.txt]").status, Status::Failed);
+    }
+    // New directories: made in the stage under plain/; in place under
+    // sgid/ (so the kernel gives them the setgid bit and the group, as it
+    // always did) and under acl/ (the default ACL).
+    for d in dirs {
+        let sub = env.p(&format!("/srv/{d}/sub"));
+        let want = if d == "sgid" { 0o2750 } else { 0o750 };
+        assert_eq!(mode_of(&sub), want, "{d}/sub keeps what its parent gives");
+        let _ = std::fs::remove_dir(env.p(&format!("/srv/{d}/.f.txt.troupe-new")));
+    }
+    let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
+    assert!(code == 2 || code == 0, "{r:?}");
+    for d in dirs {
+        let p = env.p(&format!("/srv/{d}/f.txt"));
+        assert_eq!(std::fs::read(&p).unwrap(), body(d));
+        assert_eq!(mode_of(&p), 0o640);
+        assert_eq!(std::fs::metadata(&p).unwrap().uid(), 0);
+    }
+    for d in dirs {
+        let g = env.p(&format!("/srv/{d}/sub/g.txt"));
+        assert_eq!(std::fs::read(&g).unwrap(), body(d));
+        assert_eq!(mode_of(&g), 0o600);
+    }
+    assert_eq!(
+        std::fs::metadata(env.p("/srv/plain/f.txt")).unwrap().gid(),
+        0
+    );
+    assert_eq!(std::fs::metadata(env.p("/srv/plain/sub")).unwrap().gid(), 0);
+    for p in ["/srv/sgid/f.txt", "/srv/sgid/sub", "/srv/sgid/sub/g.txt"] {
+        assert_eq!(std::fs::metadata(env.p(p)).unwrap().gid(), 4322, "{p}");
+    }
+    if acl {
+        let n = rustix::fs::getxattr(
+            env.p("/srv/acl/f.txt"),
+            "system.posix_acl_access",
+            &mut [0u8; 0][..],
+        );
+        assert!(n.is_ok(), "the default ACL was inherited: {n:?}");
+        let n = rustix::fs::getxattr(
+            env.p("/srv/acl/sub"),
+            "system.posix_acl_default",
+            &mut [0u8; 0][..],
+        );
+        assert!(n.is_ok(), "the new directory has the default ACL: {n:?}");
+    }
+    // The stage keeps the run's (emptied) directories a while, nothing in
+    // them.
+    let left: Vec<_> = walk(&env.state().join("stage"))
+        .into_iter()
+        .filter(|p| !p.is_dir())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
+    assert_eq!(code, 0);
+    assert!(all_unchanged(&r));
 }
 
 /// Issue 16: `--root` may be relative (like `--state`), and the first run

@@ -24,7 +24,7 @@ fn lstat(p: &Path) -> anyhow::Result<Option<Metadata>> {
     }
 }
 
-fn temp_path(dest: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn temp_path(dest: &Path) -> anyhow::Result<PathBuf> {
     let name = dest.file_name().context("path has no file name")?;
     Ok(dest.with_file_name(format!(".{}.troupe-new", name.to_string_lossy())))
 }
@@ -348,7 +348,14 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
             mode: final_mode,
             as_created,
         };
-        stage(ctx, tmp, p, Some(write));
+        // Created in the stage when the directory allows it (the inode
+        // then comes from the stage's block group, see [`super::stage`]).
+        let in_stage = match (&mut ctx.stage, p.parent()) {
+            (Some(st), Some(d)) => st.allows(d, g.is_some()),
+            _ => false,
+        };
+        let tmp = if in_stage { PathBuf::new() } else { tmp };
+        stage(ctx, tmp, p, Some(write), in_stage);
         return Ok(out);
     }
     write_temp(&tmp, new, u, g, final_mode, as_created)
@@ -389,13 +396,13 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("cannot write {}", p.display())));
     }
-    stage(ctx, tmp, p, None);
+    stage(ctx, tmp, p, None, false);
     Ok(out)
 }
 
 /// Queues `tmp` (written now, or at commit when `write` is given) to be
 /// renamed onto `dest` at the batch's commit.
-fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>) {
+fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>, in_stage: bool) {
     if let Some(d) = dest.parent() {
         ctx.note_write(d);
     }
@@ -404,6 +411,7 @@ fn stage(ctx: &mut Ctx, tmp: PathBuf, dest: PathBuf, write: Option<PendingWrite>
         dest,
         resource: ctx.current,
         write,
+        in_stage,
     });
 }
 
@@ -490,17 +498,47 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                     Some(d) => created_as_asked(ctx, d, uid, gid, m),
                     None => false,
                 };
-                fs::DirBuilder::new()
-                    .mode(if as_created { m } else { 0o700 })
-                    .create(&p)
-                    .with_context(|| format!("cannot create {}", p.display()))?;
-                if !as_created {
-                    if uid.is_some() || gid.is_some() {
-                        std::os::unix::fs::lchown(&p, uid, gid)
-                            .with_context(|| format!("cannot chown {}", p.display()))?;
+                let make = |at: &Path| -> anyhow::Result<()> {
+                    fs::DirBuilder::new()
+                        .mode(if as_created { m } else { 0o700 })
+                        .create(at)
+                        .with_context(|| format!("cannot create {}", at.display()))?;
+                    if !as_created {
+                        if uid.is_some() || gid.is_some() {
+                            std::os::unix::fs::lchown(at, uid, gid)
+                                .with_context(|| format!("cannot chown {}", at.display()))?;
+                        }
+                        fs::set_permissions(at, fs::Permissions::from_mode(m))
+                            .with_context(|| format!("cannot chmod {}", at.display()))?;
                     }
-                    fs::set_permissions(&p, fs::Permissions::from_mode(m))
-                        .with_context(|| format!("cannot chmod {}", p.display()))?;
+                    Ok(())
+                };
+                // A directory whose parent existed before this run is made
+                // in the stage and renamed into place, so its inode (and
+                // then its subdirectories' and files') comes from the
+                // stage's block group ([`super::stage`]); one inside a
+                // directory this run made is there already.
+                let parent_fresh = p.parent().is_some_and(|d| ctx.fresh_dirs.contains(d));
+                let staged_at = match (&mut ctx.stage, p.parent()) {
+                    (Some(st), Some(d)) if !parent_fresh => st.temp_for(d, gid.is_some()),
+                    _ => None,
+                };
+                let in_stage = staged_at.as_deref().is_some_and(|t| {
+                    // NOREPLACE: a directory that appeared meanwhile stays
+                    // (mkdir in place would fail on it too).
+                    let res = make(t).and_then(|()| {
+                        use rustix::fs::{CWD, RenameFlags, renameat_with};
+                        renameat_with(CWD, t, CWD, &p, RenameFlags::NOREPLACE)
+                            .with_context(|| format!("cannot move {}", t.display()))
+                    });
+                    if let Err(e) = &res {
+                        let _ = fs::remove_dir(t);
+                        tracing::debug!("{e:#} (made in place instead)");
+                    }
+                    res.is_ok()
+                });
+                if !in_stage {
+                    make(&p)?;
                 }
                 if let Some(d) = p.parent() {
                     ctx.note_write(d);

@@ -23,6 +23,7 @@ pub mod file;
 pub mod inroot;
 pub mod package;
 pub mod service;
+pub mod stage;
 mod systemd_state;
 
 use crate::source::ContentSource;
@@ -133,6 +134,11 @@ pub struct Staged {
     /// The temp file still to be written at commit (None: already written,
     /// e.g. because a validate command had to see it).
     pub write: Option<PendingWrite>,
+    /// The temp file goes in the run's stage directory ([`stage`]; `tmp`
+    /// is then empty: its path there is chosen at commit, by the writer
+    /// thread, [`stage::Stage::file_temp`]); on any error there the file is
+    /// written next to `dest` instead.
+    pub in_stage: bool,
 }
 
 /// A temp file's content and metadata, written at commit time.
@@ -153,25 +159,22 @@ pub struct PendingWrite {
 /// for each that failed.
 fn par_each<F>(staged: &[Staged], skip: &[bool], f: F) -> Vec<(usize, String)>
 where
-    F: Fn(&Staged) -> Option<String> + Sync,
+    F: Fn(usize, &Staged) -> Option<String> + Sync,
 {
     let one = |i: usize, s: &Staged| -> Option<(usize, String)> {
         if skip.get(i).copied().unwrap_or(false) {
             return None;
         }
-        f(s).map(|e| (i, e))
+        f(i, s).map(|e| (i, e))
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Threads only pay off beyond a few dozen files.
-    let threads = cores.min(WRITE_THREADS).min(staged.len() / 32).max(1);
-    if threads == 1 {
+    let chunk = chunk_len(staged.len());
+    if chunk >= staged.len() {
         return staged
             .iter()
             .enumerate()
             .filter_map(|(i, s)| one(i, s))
             .collect();
     }
-    let chunk = staged.len().div_ceil(threads);
     let one = &one;
     std::thread::scope(|sc| {
         let handles: Vec<_> = staged
@@ -355,6 +358,39 @@ impl Journal {
     }
 }
 
+/// How many of a batch of `n` files each writer thread takes (contiguous
+/// runs: file `i` is written by thread `i / chunk_len(n)`).
+fn chunk_len(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Threads only pay off beyond a few dozen files.
+    let threads = cores.min(WRITE_THREADS).min(n / 32).max(1);
+    n.div_ceil(threads).max(1)
+}
+
+/// Where file `i` of a batch has its temp file: next to its target
+/// (`home`, or not staged), or in writer `i / chunk`'s directory of the
+/// stage.
+fn temp_of<'a>(
+    s: &'a Staged,
+    i: usize,
+    chunk: usize,
+    stage: Option<&stage::Stage>,
+    home: bool,
+) -> Result<std::borrow::Cow<'a, Path>, String> {
+    use std::borrow::Cow;
+    if home {
+        return file::temp_path(&s.dest)
+            .map(Cow::Owned)
+            .map_err(|e| format!("{e:#}"));
+    }
+    if !s.in_stage {
+        return Ok(Cow::Borrowed(&s.tmp));
+    }
+    stage
+        .map(|st| Cow::Owned(st.file_temp(i / chunk.max(1), i)))
+        .ok_or_else(|| "no stage directory".to_string())
+}
+
 /// Everything a provider needs during one run.
 pub struct Ctx<'a> {
     /// `/`, or the `--root` directory everything is converged into.
@@ -394,6 +430,9 @@ pub struct Ctx<'a> {
     /// Resolves paths inside `root` (None for `/`; the error when the root
     /// cannot be opened).
     resolver: Result<Option<inroot::RootResolver>, String>,
+    /// Where new files' temp files are created when their directory allows
+    /// it (None: next to their targets).
+    pub stage: Option<stage::Stage>,
 }
 
 impl<'a> Ctx<'a> {
@@ -433,6 +472,7 @@ impl<'a> Ctx<'a> {
             current: 0,
             package_dir: None,
             tools: Tools::default(),
+            stage: None,
         }
     }
 
@@ -621,30 +661,89 @@ impl<'a> Ctx<'a> {
         let t = std::time::Instant::now();
         let staged = std::mem::take(&mut self.staged);
         let mut unwritten = vec![false; staged.len()];
-        let writes = par_each(&staged, &unwritten, |s| {
+        // Staged files written next to their targets after all.
+        let mut home = vec![false; staged.len()];
+        let chunk = chunk_len(staged.len());
+        let stage = self.stage.as_ref();
+        let writes = par_each(&staged, &unwritten, |i, s| {
             let w = s.write.as_ref()?;
-            file::write_temp(&s.tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created)
+            temp_of(s, i, chunk, stage, false)
+                .and_then(|tmp| {
+                    file::write_temp(&tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created)
+                        .map_err(|e| format!("{e:#}"))
+                })
                 .err()
-                .map(|e| format!("cannot write {}: {e:#}", s.dest.display()))
+                .map(|e| format!("cannot write {}: {e}", s.dest.display()))
         });
         for (i, msg) in writes {
-            if let Some(s) = staged.get(i) {
-                unwritten[i] = true;
-                let _ = std::fs::remove_file(&s.tmp);
-                failed.push((s.resource, msg));
+            let Some(s) = staged.get(i) else { continue };
+            if let Ok(tmp) = temp_of(s, i, chunk, stage, false) {
+                let _ = std::fs::remove_file(&tmp);
             }
+            if s.in_stage {
+                tracing::debug!("{msg} (in the stage; written in place instead)");
+                match write_home(s) {
+                    Ok(()) => home[i] = true,
+                    Err(e) => {
+                        unwritten[i] = true;
+                        failed.push((s.resource, e));
+                    }
+                }
+                continue;
+            }
+            unwritten[i] = true;
+            failed.push((s.resource, msg));
         }
         let t_written = t.elapsed();
         self.sync_all();
         let t_sync1 = t.elapsed();
-        let renames = par_each(&staged, &unwritten, |s| {
-            let e = std::fs::rename(&s.tmp, &s.dest).err()?;
-            let _ = std::fs::remove_file(&s.tmp);
+        let home = &home;
+        let renames = par_each(&staged, &unwritten, |i, s| {
+            let at_home = home.get(i).copied().unwrap_or(false);
+            let from = match temp_of(s, i, chunk, stage, at_home) {
+                Ok(p) => p,
+                Err(e) => return Some(e),
+            };
+            let e = std::fs::rename(&from, &s.dest).err()?;
+            let _ = std::fs::remove_file(&from);
             Some(format!("could not move the new content into place: {e}"))
         });
+        // A staged file whose rename failed (another file system under the
+        // target after all, a project quota, an encrypted directory...) is
+        // written next to its target, synced and renamed from there.
+        let mut retry = Vec::new();
         for (i, msg) in renames {
-            if let Some(s) = staged.get(i) {
-                failed.push((s.resource, msg));
+            let Some(s) = staged.get(i) else { continue };
+            if s.in_stage && !home.get(i).copied().unwrap_or(false) {
+                tracing::debug!(
+                    "{}: {msg} (from the stage; written in place instead)",
+                    s.dest.display()
+                );
+                match write_home(s) {
+                    Ok(()) => retry.push((i, s)),
+                    Err(e) => failed.push((s.resource, e)),
+                }
+                continue;
+            }
+            failed.push((s.resource, msg));
+        }
+        if !retry.is_empty() {
+            self.sync_all();
+            for (i, s) in retry {
+                let from = match temp_of(s, i, chunk, stage, true) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed.push((s.resource, e));
+                        continue;
+                    }
+                };
+                if let Err(e) = std::fs::rename(&from, &s.dest) {
+                    let _ = std::fs::remove_file(&from);
+                    failed.push((
+                        s.resource,
+                        format!("could not move the new content into place: {e}"),
+                    ));
+                }
             }
         }
         // The renames are made durable by the next commit's first sync
@@ -685,6 +784,18 @@ impl<'a> Ctx<'a> {
             }
         }
     }
+}
+
+/// Writes a staged file's temp file next to its target instead (after an
+/// error on the stage path).
+fn write_home(s: &Staged) -> Result<(), String> {
+    let w = s
+        .write
+        .as_ref()
+        .ok_or_else(|| format!("cannot write {}: no content", s.dest.display()))?;
+    file::temp_path(&s.dest)
+        .and_then(|tmp| file::write_temp(&tmp, &w.bytes, w.uid, w.gid, w.mode, w.as_created))
+        .map_err(|e| format!("cannot write {}: {e:#}", s.dest.display()))
 }
 
 /// Converges one resource. `refresh` is true when a resource that notifies
@@ -728,4 +839,101 @@ pub fn is_batchable(res: &Resource) -> bool {
 /// `0644`-style octal.
 pub fn octal(mode: u32) -> String {
     format!("{mode:04o}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    struct NoContents;
+    impl ContentSource for NoContents {
+        fn get(&self, _: &str) -> anyhow::Result<Cow<'_, [u8]>> {
+            anyhow::bail!("no contents")
+        }
+    }
+
+    fn staged(tmp: PathBuf, dest: PathBuf, body: &[u8], in_stage: bool) -> Staged {
+        Staged {
+            tmp,
+            dest,
+            resource: 0,
+            write: Some(PendingWrite {
+                bytes: body.to_vec(),
+                uid: None,
+                gid: None,
+                mode: 0o640,
+                as_created: false,
+            }),
+            in_stage,
+        }
+    }
+
+    /// A staged file whose temp file cannot be written in the stage (its
+    /// directories are gone), or not renamed from it (a stage on another
+    /// file system: EXDEV), is written next to its target instead: the
+    /// commit still succeeds, with the content and mode asked for, and
+    /// leaves no temp file anywhere.
+    #[test]
+    fn stage_errors_fall_back_to_the_temp_file_next_to_the_target() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let shm = Path::new("/dev/shm");
+        let other_fs = std::fs::metadata(shm)
+            .is_ok_and(|m| m.dev() != std::fs::metadata(d.path()).unwrap().dev());
+        let shm_state = other_fs.then(|| tempfile::tempdir_in(shm).unwrap());
+        let mut cases = vec![("a.txt", state.path())];
+        if let Some(s) = &shm_state {
+            cases.push(("b.txt", s.path()));
+        }
+        for (name, state) in cases {
+            let contents = NoContents;
+            let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
+            let mut st = stage::Stage::open(state, "t", stage::StageWrites::Always).unwrap();
+            assert!(st.allows(state, false), "makes the run's directories");
+            let run = st.run_dir().unwrap().to_owned();
+            if name == "a.txt" {
+                std::fs::remove_dir_all(&run).unwrap();
+            }
+            ctx.stage = Some(st);
+            let dest = d.path().join(name);
+            ctx.staged
+                .push(staged(PathBuf::new(), dest.clone(), b"new\n", true));
+            ctx.note_write(d.path());
+            let failed = ctx.finish();
+            assert!(failed.is_empty(), "{name}: {failed:?}");
+            assert_eq!(std::fs::read(&dest).unwrap(), b"new\n");
+            assert_eq!(
+                std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777,
+                0o640
+            );
+            if run.exists() {
+                let left: Vec<_> = std::fs::read_dir(run.join("0"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                assert!(left.is_empty(), "{name}: stage temp removed: {left:?}");
+            }
+        }
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("troupe-new")), "{names:?}");
+    }
+
+    /// Without the fallback, a file not staged fails as before.
+    #[test]
+    fn an_unstaged_write_error_fails_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let contents = NoContents;
+        let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
+        let a = d.path().join("a.txt");
+        ctx.staged
+            .push(staged(d.path().join("gone/1"), a.clone(), b"a\n", false));
+        let failed = ctx.finish();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(!a.exists());
+    }
 }

@@ -1,0 +1,560 @@
+//! The staging directory for new files' temp files (docs/adr/0014).
+//!
+//! On ext4 without a journal every inode allocation walks past the inodes
+//! freed in the last minute in its block group (`find_inode_bit` ->
+//! `recently_deleted`, restarting at the group's first inode each time),
+//! and a regular file's inode comes from its parent directory's flex
+//! group. Right after `rm -rf` of a tree, recreating its files in place
+//! pays that walk once per file: 2.1-2.6 s of kernel CPU at 10,000 files
+//! (bench/README.md). An inode comes from the group of the directory it is
+//! created in, and rename(2) does not move it: so a batch's temp files are
+//! created in a per-run directory under `STATE/stage` (flagged
+//! `FS_TOPDIR_FL`, so ext4's Orlov allocator spreads the per-run
+//! directories over the flex groups instead of keeping them by their
+//! parent) and renamed into place from there. A new directory whose parent
+//! existed before the run is made there too and renamed into place
+//! (`RENAME_NOREPLACE`): ext4 then places its subdirectories and files near
+//! it, away from the deleted tree's groups, with nothing more to stage.
+//!
+//! A file is staged only where that changes nothing about it: the target
+//! directory on the stage's device, with no default ACL, no setgid bit, no
+//! `security.*` attribute (an LSM label derived from the directory), no
+//! inode flag a new file would inherit, and its group the stage's unless
+//! the file's group is set. Every error on the stage path falls back to
+//! the temp file next to the target ([`super::Ctx::commit_batch`]).
+//! `STATE/stage` must belong to the agent's user and be writable by no one
+//! else; left-overs of a killed run are removed by the next one.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Where the temp files of new content are created (`stage_writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StageWrites {
+    /// In `STATE/stage` when its file system is ext4 without a journal
+    /// (the only one where it helps), else next to the target.
+    Auto,
+    /// In `STATE/stage` wherever the target allows it.
+    Always,
+    /// Always next to the target.
+    Never,
+}
+
+impl StageWrites {
+    pub fn name(self) -> &'static str {
+        match self {
+            StageWrites::Auto => "auto",
+            StageWrites::Always => "always",
+            StageWrites::Never => "never",
+        }
+    }
+}
+
+/// Inode flags a new file does not inherit from its directory (ext4's
+/// extents, hashed index, inline data, huge file, and `TOPDIR`, which only
+/// steers where subdirectories go). A directory with any other flag
+/// (`nodump`, `noatime`, `sync`, project inherit, encryption, casefold,
+/// nocow, ...) keeps its files in place, so they inherit what they would.
+const NOT_INHERITED: u32 = 0x0008_0000 | 0x0000_1000 | 0x1000_0000 | 0x0004_0000 | 0x0002_0000;
+
+/// Name prefix of the per-run directories.
+const RUN_PREFIX: &str = "run-";
+
+/// How long a run's (emptied) directory is kept: ext4 avoids inodes freed
+/// in the last 60 s, and a tree made from a run's directory is typically
+/// deleted soon after the run, if ever.
+const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Most run directories kept (the newest).
+const KEEP_RUNS: usize = 16;
+
+/// The stage of one run.
+#[derive(Debug)]
+pub struct Stage {
+    /// `STATE/stage/run-ID`, created at the first staged file.
+    run: PathBuf,
+    /// The stage's file system and mount.
+    place: Place,
+    gid: u32,
+    made: bool,
+    /// Creating `run` failed: nothing more is staged this run.
+    broken: bool,
+    next: u64,
+    /// The last directory asked about: (its path, usable, its group).
+    checked: Option<(PathBuf, bool, u32)>,
+}
+
+impl Stage {
+    /// Opens (creating) `STATE/stage` for the run `run_id` and removes the
+    /// left-overs of killed runs (the caller holds the run lock). None when
+    /// `mode` or the file system says not to stage, or the stage cannot be
+    /// used (logged).
+    pub fn open(state: &Path, run_id: &str, mode: StageWrites) -> Option<Stage> {
+        if mode == StageWrites::Never {
+            return None;
+        }
+        let root = state.join("stage");
+        match Self::open_root(&root, mode) {
+            Ok(Some((place, gid))) => Some(Stage {
+                run: root.join(format!("{RUN_PREFIX}{run_id}")),
+                place,
+                gid,
+                made: false,
+                broken: false,
+                next: 0,
+                checked: None,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "not staging new files in {} (they are written next to their targets): {e:#}",
+                    root.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn open_root(root: &Path, mode: StageWrites) -> anyhow::Result<Option<(Place, u32)>> {
+        use anyhow::Context;
+        if mode == StageWrites::Auto && !ext4_without_journal(root.parent().unwrap_or(root)) {
+            return Ok(None);
+        }
+        match fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).context("cannot create it"),
+        }
+        let m = fs::symlink_metadata(root).context("cannot stat it")?;
+        anyhow::ensure!(m.is_dir(), "it is not a directory");
+        let euid = nix::unistd::geteuid().as_raw();
+        anyhow::ensure!(
+            m.uid() == euid,
+            "it belongs to uid {}, not to the agent's {euid}",
+            m.uid()
+        );
+        anyhow::ensure!(
+            m.mode() & 0o022 == 0,
+            "others may write it (mode {:o}; chmod 700 it)",
+            m.mode() & 0o7777
+        );
+        anyhow::ensure!(
+            m.mode() & 0o2000 == 0,
+            "it has the setgid bit (chmod 700 it)"
+        );
+        anyhow::ensure!(
+            !labelled(root),
+            "it has a default ACL or a security label (its files would inherit them)"
+        );
+        let dir = rustix::fs::open(
+            root,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .context("cannot open it")?;
+        match rustix::fs::ioctl_getflags(&dir) {
+            Ok(f) => {
+                anyhow::ensure!(
+                    f.bits() & !NOT_INHERITED == 0,
+                    "it has inode flags {:#x} its files would inherit (chattr them off)",
+                    f.bits() & !NOT_INHERITED
+                );
+                // Spread the per-run directories over the flex groups. On a
+                // file system without the flag the stage still works, only
+                // without the spreading.
+                if !f.contains(rustix::fs::IFlags::TOPDIR)
+                    && let Err(e) = rustix::fs::ioctl_setflags(&dir, f | rustix::fs::IFlags::TOPDIR)
+                {
+                    tracing::debug!("cannot flag {} TOPDIR: {e}", root.display());
+                }
+            }
+            Err(e) => tracing::debug!("no inode flags on {}: {e}", root.display()),
+        }
+        // The last runs' directories stay a while, emptied: they keep
+        // their flex groups' directory counts up, so ext4 puts the next
+        // run's directory elsewhere than where those runs' trees were
+        // made (and may just have been deleted). Older ones go.
+        let mut runs = Vec::new();
+        for e in fs::read_dir(root).context("cannot list it")? {
+            let e = e.context("cannot list it")?;
+            if !e.file_name().to_string_lossy().starts_with(RUN_PREFIX) {
+                continue;
+            }
+            let m = e.metadata().context("cannot stat an entry")?;
+            let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+            runs.push((age, m.is_dir(), e.path()));
+        }
+        runs.sort_by_key(|r| r.0);
+        for (k, (age, is_dir, p)) in runs.into_iter().enumerate() {
+            let keep = is_dir && k < KEEP_RUNS && age.is_some_and(|a| a < KEEP_FOR);
+            let res = if keep {
+                clear_run(&p).map(|n| {
+                    if n > 0 {
+                        tracing::info!(
+                            "removed {n} temp file(s) left in {} by a killed run",
+                            p.display()
+                        );
+                    }
+                })
+            } else if is_dir {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            res.with_context(|| format!("cannot remove the left-overs in {}", p.display()))?;
+        }
+        let (place, _, gid) = place_of(root).context("cannot stat it")?;
+        Ok(Some((place, gid)))
+    }
+
+    /// Whether a new file in `dir` (`gid_set`: its group is set
+    /// explicitly) may have its temp file in the stage; makes the run's
+    /// directories at the first yes.
+    pub fn allows(&mut self, dir: &Path, gid_set: bool) -> bool {
+        if self.broken {
+            return false;
+        }
+        let (ok, dir_gid) = match &self.checked {
+            Some((d, ok, g)) if d == dir => (*ok, *g),
+            _ => {
+                let (ok, g) = self.dir_allows(dir);
+                self.checked = Some((dir.to_owned(), ok, g));
+                (ok, g)
+            }
+        };
+        // Without a setgid parent a new file's group is the creator's, or
+        // the parent's under the `grpid` mount option: the same wherever
+        // it is created only when both parents have the same group.
+        if !ok || !(gid_set || dir_gid == self.gid) {
+            return false;
+        }
+        if !self.made {
+            // The run's directory and one per writer thread (threads
+            // creating in one directory would wait on its lock).
+            let res = std::iter::once(self.run.clone())
+                .chain((0..super::WRITE_THREADS).map(|l| self.run.join(l.to_string())))
+                .try_for_each(|d| fs::DirBuilder::new().mode(0o700).create(d));
+            if let Err(e) = res {
+                tracing::warn!(
+                    "cannot create {} (new files are written next to their targets): {e}",
+                    self.run.display()
+                );
+                let _ = fs::remove_dir_all(&self.run);
+                self.broken = true;
+                return false;
+            }
+            self.made = true;
+        }
+        true
+    }
+
+    /// A temp path in the stage for a new directory in `dir` (`gid_set`:
+    /// its group is set explicitly), or None to make it in place.
+    pub fn temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
+        if !self.allows(dir, gid_set) {
+            return None;
+        }
+        self.next += 1;
+        Some(self.run.join(format!("d{:x}", self.next)))
+    }
+
+    /// The temp path of file `i` of a batch, written by writer `lane`:
+    /// `RUN/LANE/I` (chosen at commit, so a batch holds no stage paths).
+    pub fn file_temp(&self, lane: usize, i: usize) -> PathBuf {
+        let lane = lane.min(super::WRITE_THREADS - 1);
+        let name = format!("{lane}/{i:x}");
+        let run = self.run.as_os_str();
+        let mut p = std::ffi::OsString::with_capacity(run.len() + 1 + name.len());
+        p.push(run);
+        p.push("/");
+        p.push(&name);
+        PathBuf::from(p)
+    }
+
+    /// Whether a file created in `dir` would come out the same as one
+    /// created in the stage (group aside), and `dir`'s group.
+    fn dir_allows(&self, dir: &Path) -> (bool, u32) {
+        let Ok((place, mode, gid)) = place_of(dir) else {
+            return (false, 0);
+        };
+        // Another mount of the same file system (a bind mount) would fail
+        // the rename with EXDEV.
+        let ok = place == self.place && mode & 0o2000 == 0 && !labelled(dir) && {
+            match rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                Ok(fd) => match rustix::fs::ioctl_getflags(&fd) {
+                    Ok(f) => f.bits() & !NOT_INHERITED == 0,
+                    // No inode flags on this file system: none to inherit.
+                    Err(rustix::io::Errno::NOTTY | rustix::io::Errno::OPNOTSUPP) => true,
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            }
+        };
+        (ok, gid)
+    }
+
+    /// The per-run directory, once created.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.made.then_some(self.run.as_path())
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // Empty unless a temp file could not be removed; the directories
+        // stay for the next runs (`KEEP_FOR`), which remove what is left.
+        if self.made
+            && let Err(e) = clear_run(&self.run)
+        {
+            tracing::debug!("cannot empty {}: {e}", self.run.display());
+        }
+    }
+}
+
+/// Removes everything in a run's directory but its writer directories,
+/// and everything in those; returns how many entries it removed.
+fn clear_run(run: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(run)? {
+        let e = e?;
+        let lane = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<usize>().ok())
+            .is_some_and(|l| l < super::WRITE_THREADS);
+        let is_dir = e.file_type()?.is_dir();
+        if lane && is_dir {
+            for f in fs::read_dir(e.path())? {
+                let f = f?;
+                if f.file_type()?.is_dir() {
+                    fs::remove_dir_all(f.path())?;
+                } else {
+                    fs::remove_file(f.path())?;
+                }
+                n += 1;
+            }
+        } else {
+            if is_dir {
+                fs::remove_dir_all(e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A file system and the mount it is seen through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    dev: (u32, u32),
+    /// None where statx(2) does not tell (before Linux 5.8): then a bind
+    /// mount is found by the rename's EXDEV, and the file written in place.
+    mnt_id: Option<u64>,
+}
+
+/// `path`'s place, mode and group (following a last link, as creating a
+/// file in it would).
+fn place_of(path: &Path) -> std::io::Result<(Place, u32, u32)> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags};
+    let x = rustix::fs::statx(
+        CWD,
+        path,
+        AtFlags::empty(),
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?;
+    let mnt_id = (x.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(x.stx_mnt_id);
+    Ok((
+        Place {
+            dev: (x.stx_dev_major, x.stx_dev_minor),
+            mnt_id,
+        },
+        u32::from(x.stx_mode),
+        x.stx_gid,
+    ))
+}
+
+/// Whether `dir` has a default ACL or any `security.*` attribute (or its
+/// attributes cannot be listed): a file created in it may get an ACL or a
+/// label from it.
+fn labelled(dir: &Path) -> bool {
+    let mut buf = [0u8; 1024];
+    match rustix::fs::listxattr(dir, &mut buf[..]) {
+        Ok(n) => buf
+            .get(..n)
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .any(|name| name == b"system.posix_acl_default" || name.starts_with(b"security.")),
+        Err(rustix::io::Errno::OPNOTSUPP) => false,
+        Err(_) => true,
+    }
+}
+
+/// Whether `dir` is on an ext4 file system without a journal (where
+/// creating an inode walks past the ones freed in the last minute): the
+/// file system's `/sys/fs/ext4/DEV/journal_task` says `<none>`.
+fn ext4_without_journal(dir: &Path) -> bool {
+    let Ok(m) = fs::metadata(dir) else {
+        return false;
+    };
+    let (major, minor) = (rustix::fs::major(m.dev()), rustix::fs::minor(m.dev()));
+    let Ok(uevent) = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")) else {
+        return false;
+    };
+    let Some(name) = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) else {
+        return false;
+    };
+    if name.contains('/') || name.is_empty() {
+        return false;
+    }
+    fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task"))
+        .is_ok_and(|s| s.trim() == "<none>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_opens_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(Stage::open(d.path(), "x", StageWrites::Never).is_none());
+        assert!(!d.path().join("stage").exists());
+    }
+
+    #[test]
+    fn always_stages_in_a_private_run_dir_and_removes_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let left = d.path().join("stage/run-old");
+        fs::create_dir_all(&left).unwrap();
+        fs::write(left.join("1"), "x").unwrap();
+        let mut s = Stage::open(d.path(), "new", StageWrites::Always).expect("stage");
+        assert!(
+            !left.join("1").exists(),
+            "a killed run's temp files are removed"
+        );
+        let target = tempfile::tempdir_in(d.path()).unwrap();
+        let t = s.temp_for(target.path(), false).expect("staged");
+        assert!(t.starts_with(d.path().join("stage/run-new")));
+        assert_eq!(s.file_temp(1, 26), d.path().join("stage/run-new/1/1a"));
+        assert!(d.path().join("stage/run-new/3").is_dir());
+        let m = fs::metadata(d.path().join("stage/run-new")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700);
+        let run = s.run_dir().unwrap().to_owned();
+        fs::write(s.file_temp(2, 7), "x").unwrap();
+        fs::create_dir(run.join("d9")).unwrap();
+        drop(s);
+        let left: Vec<_> = fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), crate::providers::WRITE_THREADS, "{left:?}");
+        assert!(fs::read_dir(run.join("2")).unwrap().next().is_none());
+        // The next run keeps it (young) and empties it; an old one goes.
+        fs::write(s_path(&run, "1/5"), "x").unwrap();
+        let old = d.path().join("stage/run-old2");
+        fs::create_dir(&old).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        fs::File::open(&old).unwrap().set_modified(t).unwrap();
+        let s2 = Stage::open(d.path(), "third", StageWrites::Always).expect("stage");
+        assert!(run.is_dir());
+        assert!(
+            !run.join("1/5").exists(),
+            "a killed run's temp file is removed"
+        );
+        assert!(!old.exists(), "an old run directory is removed");
+        drop(s2);
+    }
+
+    fn s_path(run: &Path, rel: &str) -> PathBuf {
+        run.join(rel)
+    }
+
+    #[test]
+    fn a_stage_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("stage")).unwrap();
+        fs::set_permissions(d.path().join("stage"), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(Stage::open(d.path(), "x", StageWrites::Always).is_none());
+    }
+
+    #[test]
+    fn setgid_and_other_group_dirs_stay_in_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Stage::open(d.path(), "x", StageWrites::Always).expect("stage");
+        let sgid = d.path().join("sgid");
+        fs::create_dir(&sgid).unwrap();
+        fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2755)).unwrap();
+        assert!(s.temp_for(&sgid, true).is_none());
+        let other = d.path().join("other");
+        fs::create_dir(&other).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&other, None, Some(s.gid + 1)).unwrap();
+            assert!(s.temp_for(&other, false).is_none(), "group would differ");
+            assert!(
+                s.temp_for(&other, true).is_some(),
+                "the file's group is set"
+            );
+        }
+        let plain = d.path().join("plain");
+        fs::create_dir(&plain).unwrap();
+        assert!(s.temp_for(&plain, false).is_some());
+    }
+
+    /// A minimal default ACL (user::rwx group::r-x other::r-x).
+    pub(crate) fn set_default_acl(dir: &Path) -> bool {
+        let mut v = vec![2u8, 0, 0, 0];
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 5)] {
+            v.extend(tag.to_le_bytes());
+            v.extend(perm.to_le_bytes());
+            v.extend(u32::MAX.to_le_bytes());
+        }
+        rustix::fs::setxattr(
+            dir,
+            "system.posix_acl_default",
+            &v,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok()
+    }
+
+    #[test]
+    fn default_acl_and_other_file_system_dirs_stay_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Stage::open(d.path(), "x", StageWrites::Always).expect("stage");
+        let acl = d.path().join("acl");
+        fs::create_dir(&acl).unwrap();
+        if set_default_acl(&acl) {
+            assert!(labelled(&acl));
+            assert!(s.temp_for(&acl, true).is_none());
+        }
+        let shm = Path::new("/dev/shm");
+        if fs::metadata(shm).is_ok_and(|m| m.dev() != fs::metadata(d.path()).unwrap().dev()) {
+            let other = tempfile::tempdir_in(shm).unwrap();
+            assert!(s.temp_for(other.path(), true).is_none());
+        }
+        let nodump = d.path().join("nodump");
+        fs::create_dir(&nodump).unwrap();
+        if std::process::Command::new("chattr")
+            .arg("+d")
+            .arg(&nodump)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(s.temp_for(&nodump, true).is_none(), "nodump is inherited");
+        }
+    }
+}
