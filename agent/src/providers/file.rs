@@ -494,8 +494,13 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
             out.change(format!("created with mode {}", octal(m)));
             if !ctx.noop {
                 ctx.journal_known(&p, Some(true))?;
+                // Under a setgid parent mkdir adds the setgid bit (not in
+                // `m`): chmod to `m`, or the next run would report a change.
                 let as_created = match p.parent() {
-                    Some(d) => created_as_asked(ctx, d, uid, gid, m),
+                    Some(d) => {
+                        created_as_asked(ctx, d, uid, gid, m)
+                            && fs::metadata(d).is_ok_and(|pm| pm.mode() & 0o2000 == 0)
+                    }
                     None => false,
                 };
                 let make = |at: &Path| -> anyhow::Result<()> {
