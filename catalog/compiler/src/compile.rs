@@ -852,7 +852,7 @@ impl<'a> Compiler<'a> {
         self.catalog.resources.push(Resource {
             id,
             kind,
-            requires: Vec::new(),
+            requires: Default::default(),
             notify: Vec::new(),
             sensitive: decl.sensitive || self.scope.sensitive,
             source: Some(decl.source.clone()),
@@ -1222,7 +1222,7 @@ impl<'a> Compiler<'a> {
             ids.clear();
             ids.extend(deps.row(i).iter().map(|&j| pos[j as usize]));
             ids.sort_unstable();
-            let requires: Vec<ResourceId> = ids
+            let requires: troupe_catalog::Ids = ids
                 .iter()
                 .map(|&q| catalog.resources[q as usize].id.clone())
                 .collect();
