@@ -1023,7 +1023,7 @@ mod tests {
         c.resources.push(troupe_catalog::Resource {
             id: kind.id(),
             kind,
-            requires: vec![],
+            requires: Default::default(),
             notify: vec![],
             sensitive: false,
             source: None,

@@ -87,7 +87,7 @@ fn a_user_whose_same_named_group_already_exists_gets_that_group() {
         *groups = vec!["app".into()];
     }
     let mut u = res(k);
-    u.requires = vec![id("group", "app")];
+    u.requires = vec![id("group", "app")].into();
     c.resources.push(u);
     let (code, r, _) = env.run(&c, &[]);
     assert_eq!(code, 2, "{r:?}");

@@ -117,7 +117,7 @@ fn noop_of_a_fresh_catalog_does_not_fail_on_what_earlier_resources_would_create(
     if let Kind::Exec { cwd, .. } = &mut e.kind {
         *cwd = Some("/srv/app".into());
     }
-    e.requires = vec![id("directory", "/srv/app")];
+    e.requires = vec![id("directory", "/srv/app")].into();
     c.resources.push(e);
     c.resources.push(res(Kind::User {
         name: "app".into(),
@@ -144,7 +144,7 @@ fn noop_of_a_fresh_catalog_does_not_fail_on_what_earlier_resources_would_create(
         weekday: "*".into(),
         environment: Default::default(),
     });
-    cron.requires = vec![id("user", "app")];
+    cron.requires = vec![id("user", "app")].into();
     c.resources.push(cron);
     let (code, r, _) = env.run(&c, &["--noop"]);
     assert_eq!(code, 2, "{r:?}");

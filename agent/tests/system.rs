@@ -199,7 +199,7 @@ fn users_and_groups_in_a_root_via_shadow_utils_prefix() {
         system: false,
         manage_home: false,
     });
-    u.requires = vec![id("group", "web"), id("group", "deploy")];
+    u.requires = vec![id("group", "web"), id("group", "deploy")].into();
     c.resources.push(u);
     c.resources.push(dir("/srv", 0o755));
     let mut f = file(&mut c, "/srv/owned", b"mine\n", 0o600);
@@ -207,7 +207,7 @@ fn users_and_groups_in_a_root_via_shadow_utils_prefix() {
         *owner = Some("alice".into());
         *group = Some("web".into());
     }
-    f.requires = vec![id("user", "alice"), id("directory", "/srv")];
+    f.requires = vec![id("user", "alice"), id("directory", "/srv")].into();
     c.resources.push(f);
     let (code, r, _) = env.run(&c, &[]);
     assert_eq!(code, 2, "{r:?}");

@@ -16,7 +16,7 @@ fn res(kind: Kind) -> Resource {
     Resource {
         id: kind.id(),
         kind,
-        requires: vec![],
+        requires: Default::default(),
         notify: vec![],
         sensitive: false,
         source: None,

@@ -147,7 +147,7 @@ pub fn res(kind: Kind) -> Resource {
     Resource {
         id: kind.id(),
         kind,
-        requires: vec![],
+        requires: Default::default(),
         notify: vec![],
         sensitive: false,
         source: None,

@@ -31,7 +31,7 @@ mod tests {
         c.resources.push(troupe_catalog::Resource {
             id: kind.id(),
             kind,
-            requires: vec![],
+            requires: Default::default(),
             notify: vec![],
             sensitive: true,
             source: None,
@@ -56,7 +56,7 @@ mod tests {
         c.resources.push(troupe_catalog::Resource {
             id: kind.id(),
             kind,
-            requires: vec![],
+            requires: Default::default(),
             notify: vec![],
             sensitive: true,
             source: None,

@@ -385,9 +385,6 @@ mod instances;
 struct Inst {
     span: Span,
     profile: Arc<str>,
-    /// Require, before, notify, subscribe; `None` when all are empty (most
-    /// resources: the list stays small and is read once in `finish`).
-    refs: Option<Box<Refs>>,
 }
 
 /// A resource's references by kind: require, before, notify, subscribe.
@@ -402,6 +399,10 @@ struct Compiler<'a> {
     /// Declared resources' spans, profiles and relationships, by index in
     /// `catalog.resources`.
     insts: Vec<Inst>,
+    /// Require, before, notify, subscribe of the resources that have any
+    /// (few: most have none), by index, ascending. Kept apart from `insts`
+    /// so `finish` reads only these, not a record per resource.
+    refs: Vec<(u32, Box<Refs>)>,
     /// Id of each resource that has no path -> its index in
     /// `catalog.resources`.
     by_id: PosIndex,
@@ -445,6 +446,7 @@ impl<'a> Compiler<'a> {
             data,
             included: HashMap::new(),
             insts: Vec::new(),
+            refs: Vec::new(),
             by_id: PosIndex::default(),
             by_path: PosIndex::default(),
             catalog: Catalog::new(&class.certname, &class.environment, ""),
@@ -847,12 +849,14 @@ impl<'a> Compiler<'a> {
         self.insts.push(Inst {
             span: decl.span.clone(),
             profile: profile.clone(),
-            refs: (!refs.iter().all(Vec::is_empty)).then(|| Box::new(refs)),
         });
+        if !refs.iter().all(Vec::is_empty) {
+            self.refs.push((at as u32, Box::new(refs)));
+        }
         self.catalog.resources.push(Resource {
             id,
             kind,
-            requires: Vec::new(),
+            requires: Default::default(),
             notify: Vec::new(),
             sensitive: decl.sensitive || self.scope.sensitive,
             source: Some(decl.source.clone()),
@@ -1163,10 +1167,8 @@ impl<'a> Compiler<'a> {
         // no set or list allocated per resource.
         let mut required: Vec<(u32, u32)> = Vec::new(); // (i, j): i requires j
         let mut notified: Vec<(u32, u32)> = Vec::new(); // (i, j): i notifies j
-        for i in 0..n {
-            let Some(refs) = &self.insts[i].refs else {
-                continue;
-            };
+        for (i, refs) in &self.refs {
+            let i = *i as usize;
             for (slot, list) in refs.iter().enumerate() {
                 for (r, span) in list {
                     for j in self.resolve(r, span, i)? {
@@ -1222,7 +1224,7 @@ impl<'a> Compiler<'a> {
             ids.clear();
             ids.extend(deps.row(i).iter().map(|&j| pos[j as usize]));
             ids.sort_unstable();
-            let requires: Vec<ResourceId> = ids
+            let requires: troupe_catalog::Ids = ids
                 .iter()
                 .map(|&q| catalog.resources[q as usize].id.clone())
                 .collect();

@@ -159,9 +159,10 @@ pub struct Resource {
     pub kind: Kind,
     /// Resources that must be converged before this one (explicit
     /// require/before plus automatic edges). A failed requirement skips this
-    /// resource.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub requires: Vec<ResourceId>,
+    /// resource. Holds one id inline (most resources require only their
+    /// parent directory or their package): no list allocated for it.
+    #[serde(default, skip_serializing_if = "Ids::is_empty")]
+    pub requires: Ids,
     /// Resources to refresh (restart a service, run a refresh-only exec) when
     /// this one changes (notify, and subscribe seen from the other side).
     /// Each target also appears after this resource in the order.
@@ -182,6 +183,10 @@ pub struct Resource {
     #[serde(default, skip_serializing_if = "is_false")]
     pub noop: bool,
 }
+
+/// A list of resource ids that holds one inline (a `Vec` of them
+/// otherwise). Reads as a slice; encoded as a JSON list.
+pub type Ids = smallvec::SmallVec<[ResourceId; 1]>;
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -982,7 +987,7 @@ mod tests {
         Resource {
             id: kind.id(),
             kind,
-            requires: vec![],
+            requires: Default::default(),
             notify: vec![],
             sensitive: false,
             source: None,
@@ -1003,7 +1008,7 @@ mod tests {
         Resource {
             id: kind.id(),
             kind,
-            requires: vec![],
+            requires: Default::default(),
             notify: vec![],
             sensitive: false,
             source: None,
@@ -1070,6 +1075,51 @@ mod tests {
             !plain.contains("\"tags\"") && !plain.contains("\"source\""),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn one_requirement_is_held_inline_and_written_as_a_list() {
+        let c = sample();
+        let f = &c.resources[1];
+        // The file's one requirement (its directory) needs no list of its own.
+        assert_eq!(f.requires.len(), 1);
+        assert!(!f.requires.spilled());
+        let text = String::from_utf8(c.to_canonical_json()).unwrap();
+        assert!(
+            text.contains("\"requires\":[\"directory[/etc/app]\"]"),
+            "{text}"
+        );
+        // No requirement: no key at all, as before.
+        assert_eq!(text.matches("\"requires\"").count(), 1, "{text}");
+        let back = Catalog::from_json(text.as_bytes()).unwrap();
+        assert_eq!(back, c);
+        assert!(!back.resources[1].requires.spilled());
+        assert_eq!(back.to_canonical_json(), text.as_bytes());
+        // Two or more: a list on the heap, same encoding.
+        let mut c2 = c.clone();
+        c2.resources.insert(0, dir("/srv"));
+        c2.resources[2]
+            .requires
+            .push(ResourceId::new("directory", "/srv"));
+        assert!(c2.resources[2].requires.spilled());
+        c2.validate().unwrap();
+        let text2 = String::from_utf8(c2.to_canonical_json()).unwrap();
+        assert!(
+            text2.contains("\"requires\":[\"directory[/etc/app]\",\"directory[/srv]\"]"),
+            "{text2}"
+        );
+        let back2 = Catalog::from_json(text2.as_bytes()).unwrap();
+        assert_eq!(back2, c2);
+        assert_eq!(back2.to_canonical_json(), text2.as_bytes());
+        // A requirement that is not a list of strings is refused.
+        let bad = text.replace(
+            "\"requires\":[\"directory[/etc/app]\"]",
+            "\"requires\":\"directory[/etc/app]\"",
+        );
+        assert!(matches!(
+            Catalog::from_json(bad.as_bytes()),
+            Err(CatalogError::Decode(_))
+        ));
     }
 
     #[test]
