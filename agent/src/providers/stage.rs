@@ -81,8 +81,6 @@ pub struct Stage {
     /// Creating `run` failed: nothing more is staged this run.
     broken: bool,
     next: u64,
-    /// The last directory asked about: (its path, usable, its group).
-    checked: Option<(PathBuf, bool, u32)>,
 }
 
 impl Stage {
@@ -103,7 +101,6 @@ impl Stage {
                 made: false,
                 broken: false,
                 next: 0,
-                checked: None,
             }),
             Ok(None) => None,
             Err(e) => {
@@ -144,7 +141,7 @@ impl Stage {
             "it has the setgid bit (chmod 700 it)"
         );
         anyhow::ensure!(
-            !labelled(root),
+            !DirFacts::new(root).labelled(),
             "it has a default ACL or a security label (its files would inherit them)"
         );
         let dir = rustix::fs::open(
@@ -207,29 +204,29 @@ impl Stage {
             };
             res.with_context(|| format!("cannot remove the left-overs in {}", p.display()))?;
         }
-        let (place, _, gid) = place_of(root).context("cannot stat it")?;
-        Ok(Some((place, gid)))
+        let x = stat_of(root).context("cannot stat it")?;
+        Ok(Some((x.place, x.gid)))
     }
 
-    /// Whether a new file in `dir` (`gid_set`: its group is set
-    /// explicitly) may have its temp file in the stage; makes the run's
-    /// directories at the first yes.
-    pub fn allows(&mut self, dir: &Path, gid_set: bool) -> bool {
+    /// Whether a new file in the directory of `dir` (`gid_set`: its group
+    /// is set explicitly) may have its temp file in the stage; makes the
+    /// run's directories at the first yes.
+    pub fn allows(&mut self, dir: &mut DirFacts, gid_set: bool) -> bool {
         if self.broken {
             return false;
         }
-        let (ok, dir_gid) = match &self.checked {
-            Some((d, ok, g)) if d == dir => (*ok, *g),
-            _ => {
-                let (ok, g) = self.dir_allows(dir);
-                self.checked = Some((dir.to_owned(), ok, g));
-                (ok, g)
+        let ok = match dir.stage_ok {
+            Some(ok) => ok,
+            None => {
+                let ok = self.dir_allows(dir);
+                dir.stage_ok = Some(ok);
+                ok
             }
         };
         // Without a setgid parent a new file's group is the creator's, or
         // the parent's under the `grpid` mount option: the same wherever
         // it is created only when both parents have the same group.
-        if !ok || !(gid_set || dir_gid == self.gid) {
+        if !ok || !(gid_set || dir.stat().is_some_and(|x| x.gid == self.gid)) {
             return false;
         }
         if !self.made {
@@ -254,7 +251,7 @@ impl Stage {
 
     /// A temp path in the stage for a new directory in `dir` (`gid_set`:
     /// its group is set explicitly), or None to make it in place.
-    pub fn temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
+    pub fn temp_for(&mut self, dir: &mut DirFacts, gid_set: bool) -> Option<PathBuf> {
         if !self.allows(dir, gid_set) {
             return None;
         }
@@ -276,16 +273,16 @@ impl Stage {
     }
 
     /// Whether a file created in `dir` would come out the same as one
-    /// created in the stage (group aside), and `dir`'s group.
-    fn dir_allows(&self, dir: &Path) -> (bool, u32) {
-        let Ok((place, mode, gid)) = place_of(dir) else {
-            return (false, 0);
+    /// created in the stage (group aside).
+    fn dir_allows(&self, dir: &mut DirFacts) -> bool {
+        let Some(x) = dir.stat() else {
+            return false;
         };
         // Another mount of the same file system (a bind mount) would fail
         // the rename with EXDEV.
-        let ok = place == self.place && mode & 0o2000 == 0 && !labelled(dir) && {
+        x.place == self.place && x.mode & 0o2000 == 0 && !dir.labelled() && {
             match rustix::fs::open(
-                dir,
+                &dir.path,
                 rustix::fs::OFlags::RDONLY
                     | rustix::fs::OFlags::DIRECTORY
                     | rustix::fs::OFlags::CLOEXEC,
@@ -299,8 +296,7 @@ impl Stage {
                 },
                 Err(_) => false,
             }
-        };
-        (ok, gid)
+        }
     }
 
     /// The per-run directory, once created.
@@ -364,9 +360,17 @@ struct Place {
     mnt_id: Option<u64>,
 }
 
+/// A directory's place, mode and group.
+#[derive(Debug, Clone, Copy)]
+pub struct DirStat {
+    place: Place,
+    pub mode: u32,
+    pub gid: u32,
+}
+
 /// `path`'s place, mode and group (following a last link, as creating a
 /// file in it would).
-fn place_of(path: &Path) -> std::io::Result<(Place, u32, u32)> {
+fn stat_of(path: &Path) -> std::io::Result<DirStat> {
     use rustix::fs::{AtFlags, CWD, StatxFlags};
     let x = rustix::fs::statx(
         CWD,
@@ -375,30 +379,104 @@ fn place_of(path: &Path) -> std::io::Result<(Place, u32, u32)> {
         StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
     )?;
     let mnt_id = (x.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(x.stx_mnt_id);
-    Ok((
-        Place {
+    Ok(DirStat {
+        place: Place {
             dev: (x.stx_dev_major, x.stx_dev_minor),
             mnt_id,
         },
-        u32::from(x.stx_mode),
-        x.stx_gid,
-    ))
+        mode: u32::from(x.stx_mode),
+        gid: x.stx_gid,
+    })
 }
 
-/// Whether `dir` has a default ACL or any `security.*` attribute (or its
-/// attributes cannot be listed): a file created in it may get an ACL or a
-/// label from it.
-fn labelled(dir: &Path) -> bool {
-    let mut buf = [0u8; 1024];
-    match rustix::fs::listxattr(dir, &mut buf[..]) {
-        Ok(n) => buf
-            .get(..n)
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .any(|name| name == b"system.posix_acl_default" || name.starts_with(b"security.")),
-        Err(rustix::io::Errno::OPNOTSUPP) => false,
-        Err(_) => true,
+/// What a run knows of a directory it creates files or directories in,
+/// each part asked once (the run's files come directory by directory, so
+/// [`super::Ctx`] keeps the last directory's): whether a file created in
+/// it comes out as asked ([`super::file::created_as_asked`]: default ACL,
+/// setgid) and whether it may be staged ([`Stage::allows`]).
+#[derive(Debug)]
+pub struct DirFacts {
+    path: PathBuf,
+    /// (default ACL, default ACL or `security.*` attribute), each true
+    /// when it cannot be told.
+    xattrs: Option<(bool, bool)>,
+    /// None: not asked yet; Some(None): cannot be stat'ed.
+    stat: Option<Option<DirStat>>,
+    /// [`Stage::dir_allows`], once asked.
+    stage_ok: Option<bool>,
+}
+
+impl DirFacts {
+    pub fn new(dir: &Path) -> DirFacts {
+        DirFacts {
+            path: dir.to_owned(),
+            xattrs: None,
+            stat: None,
+            stage_ok: None,
+        }
     }
+
+    /// The facts of `dir` in `slot` (the last directory asked about),
+    /// replacing another directory's.
+    pub fn of<'a>(slot: &'a mut Option<DirFacts>, dir: &Path) -> &'a mut DirFacts {
+        if slot.as_ref().is_some_and(|f| f.path != dir) {
+            *slot = None;
+        }
+        slot.get_or_insert_with(|| DirFacts::new(dir))
+    }
+
+    /// Its place, mode and group (None when it cannot be stat'ed).
+    pub fn stat(&mut self) -> Option<DirStat> {
+        *self.stat.get_or_insert_with(|| stat_of(&self.path).ok())
+    }
+
+    /// Whether it has a default ACL (or it cannot be told): a file created
+    /// in it gets an ACL from it, and the umask is not applied.
+    pub fn default_acl(&mut self) -> bool {
+        self.xattrs().0
+    }
+
+    /// Whether it has a default ACL or any `security.*` attribute (or its
+    /// attributes cannot be listed): a file created in it may get an ACL
+    /// or a label from it.
+    pub fn labelled(&mut self) -> bool {
+        self.xattrs().1
+    }
+
+    fn xattrs(&mut self) -> (bool, bool) {
+        *self.xattrs.get_or_insert_with(|| xattrs_of(&self.path))
+    }
+}
+
+/// (default ACL, default ACL or `security.*` attribute) of `dir`, from one
+/// listxattr(2); (true, true) when its attributes cannot be listed.
+fn xattrs_of(dir: &Path) -> (bool, bool) {
+    use rustix::io::Errno;
+    let mut buf = [0u8; 1024];
+    let mut big = Vec::new();
+    let names = match rustix::fs::listxattr(dir, &mut buf[..]) {
+        Ok(n) => buf.get(..n).unwrap_or_default(),
+        // More names than fit: ask their size, then read them all.
+        Err(Errno::RANGE) => match rustix::fs::listxattr(dir, &mut [0u8; 0][..]) {
+            Ok(size) => {
+                big.resize(size, 0);
+                match rustix::fs::listxattr(dir, &mut big[..]) {
+                    Ok(n) => big.get(..n).unwrap_or_default(),
+                    Err(_) => return (true, true),
+                }
+            }
+            Err(_) => return (true, true),
+        },
+        Err(Errno::OPNOTSUPP) => return (false, false),
+        Err(_) => return (true, true),
+    };
+    let mut acl = false;
+    let mut label = false;
+    for name in names.split(|b| *b == 0) {
+        acl |= name == b"system.posix_acl_default";
+        label |= name.starts_with(b"security.");
+    }
+    (acl, acl || label)
 }
 
 /// Whether `dir` is on an ext4 file system without a journal (where
@@ -421,6 +499,11 @@ fn ext4_without_journal(dir: &Path) -> bool {
     fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task"))
         .is_ok_and(|s| s.trim() == "<none>")
 }
+
+/// Shared with the integration tests (`tests/common/acl.rs`).
+#[cfg(test)]
+#[path = "../../tests/common/acl.rs"]
+mod acl_test;
 
 #[cfg(test)]
 mod tests {
@@ -445,7 +528,9 @@ mod tests {
             "a killed run's temp files are removed"
         );
         let target = tempfile::tempdir_in(d.path()).unwrap();
-        let t = s.temp_for(target.path(), false).expect("staged");
+        let t = s
+            .temp_for(&mut DirFacts::new(target.path()), false)
+            .expect("staged");
         assert!(t.starts_with(d.path().join("stage/run-new")));
         assert_eq!(s.file_temp(1, 26), d.path().join("stage/run-new/1/1a"));
         assert!(d.path().join("stage/run-new/3").is_dir());
@@ -462,7 +547,7 @@ mod tests {
         assert_eq!(left.len(), crate::providers::WRITE_THREADS, "{left:?}");
         assert!(fs::read_dir(run.join("2")).unwrap().next().is_none());
         // The next run keeps it (young) and empties it; an old one goes.
-        fs::write(s_path(&run, "1/5"), "x").unwrap();
+        fs::write(run.join("1/5"), "x").unwrap();
         let old = d.path().join("stage/run-old2");
         fs::create_dir(&old).unwrap();
         let t = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
@@ -475,10 +560,6 @@ mod tests {
         );
         assert!(!old.exists(), "an old run directory is removed");
         drop(s2);
-    }
-
-    fn s_path(run: &Path, rel: &str) -> PathBuf {
-        run.join(rel)
     }
 
     #[test]
@@ -498,37 +579,23 @@ mod tests {
         let sgid = d.path().join("sgid");
         fs::create_dir(&sgid).unwrap();
         fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2755)).unwrap();
-        assert!(s.temp_for(&sgid, true).is_none());
+        assert!(s.temp_for(&mut DirFacts::new(&sgid), true).is_none());
         let other = d.path().join("other");
         fs::create_dir(&other).unwrap();
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(&other, None, Some(s.gid + 1)).unwrap();
-            assert!(s.temp_for(&other, false).is_none(), "group would differ");
             assert!(
-                s.temp_for(&other, true).is_some(),
+                s.temp_for(&mut DirFacts::new(&other), false).is_none(),
+                "group would differ"
+            );
+            assert!(
+                s.temp_for(&mut DirFacts::new(&other), true).is_some(),
                 "the file's group is set"
             );
         }
         let plain = d.path().join("plain");
         fs::create_dir(&plain).unwrap();
-        assert!(s.temp_for(&plain, false).is_some());
-    }
-
-    /// A minimal default ACL (user::rwx group::r-x other::r-x).
-    pub(crate) fn set_default_acl(dir: &Path) -> bool {
-        let mut v = vec![2u8, 0, 0, 0];
-        for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 5)] {
-            v.extend(tag.to_le_bytes());
-            v.extend(perm.to_le_bytes());
-            v.extend(u32::MAX.to_le_bytes());
-        }
-        rustix::fs::setxattr(
-            dir,
-            "system.posix_acl_default",
-            &v,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .is_ok()
+        assert!(s.temp_for(&mut DirFacts::new(&plain), false).is_some());
     }
 
     #[test]
@@ -537,14 +604,34 @@ mod tests {
         let mut s = Stage::open(d.path(), "x", StageWrites::Always).expect("stage");
         let acl = d.path().join("acl");
         fs::create_dir(&acl).unwrap();
-        if set_default_acl(&acl) {
-            assert!(labelled(&acl));
-            assert!(s.temp_for(&acl, true).is_none());
+        if acl_test::set_default_acl(&acl) {
+            assert!(DirFacts::new(&acl).labelled());
+            assert!(DirFacts::new(&acl).default_acl());
+            assert!(s.temp_for(&mut DirFacts::new(&acl), true).is_none());
+        }
+        let plain = d.path().join("plain");
+        fs::create_dir(&plain).unwrap();
+        let mut f = DirFacts::new(&plain);
+        assert!(!f.default_acl() && !f.labelled());
+        let label = d.path().join("label");
+        fs::create_dir(&label).unwrap();
+        if rustix::fs::setxattr(
+            &label,
+            "security.troupe_test",
+            b"x",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok()
+        {
+            let mut f = DirFacts::new(&label);
+            assert!(f.labelled());
+            assert!(!f.default_acl(), "a label is not a default ACL");
+            assert!(s.temp_for(&mut f, true).is_none());
         }
         let shm = Path::new("/dev/shm");
         if fs::metadata(shm).is_ok_and(|m| m.dev() != fs::metadata(d.path()).unwrap().dev()) {
             let other = tempfile::tempdir_in(shm).unwrap();
-            assert!(s.temp_for(other.path(), true).is_none());
+            assert!(s.temp_for(&mut DirFacts::new(other.path()), true).is_none());
         }
         let nodump = d.path().join("nodump");
         fs::create_dir(&nodump).unwrap();
@@ -554,7 +641,31 @@ mod tests {
             .status()
             .is_ok_and(|s| s.success())
         {
-            assert!(s.temp_for(&nodump, true).is_none(), "nodump is inherited");
+            assert!(
+                s.temp_for(&mut DirFacts::new(&nodump), true).is_none(),
+                "nodump is inherited"
+            );
         }
+    }
+
+    #[test]
+    fn dir_facts_are_kept_for_the_last_directory_only() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let mut slot = None;
+        DirFacts::of(&mut slot, &a).stage_ok = Some(true);
+        assert_eq!(DirFacts::of(&mut slot, &a).stage_ok, Some(true));
+        assert_eq!(DirFacts::of(&mut slot, &b).stage_ok, None);
+        assert!(
+            DirFacts::of(&mut slot, &b).stat().is_none(),
+            "b does not exist"
+        );
+        fs::create_dir(&b).unwrap();
+        assert!(
+            DirFacts::of(&mut slot, &b).stat().is_none(),
+            "kept until forgotten"
+        );
+        assert!(DirFacts::of(&mut slot, &a).stat().is_none());
+        assert!(DirFacts::of(&mut slot, &b).stat().is_some());
     }
 }
