@@ -69,6 +69,17 @@ const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(180);
 /// Most run directories kept (the newest).
 const KEEP_RUNS: usize = 16;
 
+/// Thread CPU time of a create above which a run directory's block group
+/// is taken for one where ext4 walks past recently freed inodes: an
+/// uncontended mkdir costs 7-20 us of CPU here; the walk adds ~35 ns per
+/// inode freed in the last minute (bench/README.md), so this lets through
+/// groups with at most ~800 of them (~30 us per create: ~35 ms over a
+/// 1,000-file tree) and catches the trees of thousands that cost seconds.
+const SLOW_CREATE: std::time::Duration = std::time::Duration::from_micros(40);
+
+/// Most run directories tried per run ([`Stage::make_run_dir`]).
+const TRIES: usize = 3;
+
 /// The stage of one run.
 #[derive(Debug)]
 pub struct Stage {
@@ -81,6 +92,9 @@ pub struct Stage {
     /// Creating `run` failed: nothing more is staged this run.
     broken: bool,
     next: u64,
+    /// A run directory whose creates cost more thread CPU than this is
+    /// given up for another ([`Stage::make_run_dir`]).
+    slow: std::time::Duration,
 }
 
 impl Stage {
@@ -101,6 +115,7 @@ impl Stage {
                 made: false,
                 broken: false,
                 next: 0,
+                slow: SLOW_CREATE,
             }),
             Ok(None) => None,
             Err(e) => {
@@ -230,12 +245,7 @@ impl Stage {
             return false;
         }
         if !self.made {
-            // The run's directory and one per writer thread (threads
-            // creating in one directory would wait on its lock).
-            let res = std::iter::once(self.run.clone())
-                .chain((0..super::WRITE_THREADS).map(|l| self.run.join(l.to_string())))
-                .try_for_each(|d| fs::DirBuilder::new().mode(0o700).create(d));
-            if let Err(e) = res {
+            if let Err(e) = self.make_run_dir() {
                 tracing::warn!(
                     "cannot create {} (new files are written next to their targets): {e}",
                     self.run.display()
@@ -247,6 +257,62 @@ impl Stage {
             self.made = true;
         }
         true
+    }
+
+    /// Makes the run's directory and one per writer thread (threads
+    /// creating in one directory would wait on its lock), and checks what
+    /// creating there costs: the writer directories' inodes come from the
+    /// block group every staged inode of the run will come from, and where
+    /// ext4 walks past recently freed inodes (the kernel chose a group a
+    /// tree was just deleted from) each create costs far more CPU. The
+    /// cheapest of the four creates is the probe (the first create in a
+    /// group not read for a while costs more, once); above `slow`, another
+    /// run directory is made (its name hashes elsewhere, and the slow one,
+    /// kept and empty, counts against its group), [`TRIES`] in all, and
+    /// the cheapest is used.
+    fn make_run_dir(&mut self) -> std::io::Result<()> {
+        let base = self.run.clone();
+        let mut best: Option<(std::time::Duration, PathBuf)> = None;
+        for t in 0..TRIES {
+            let run = if t == 0 {
+                base.clone()
+            } else {
+                let mut name = base.clone().into_os_string();
+                name.push(format!(".{t}"));
+                PathBuf::from(name)
+            };
+            let cost = match make_probed(&run) {
+                Ok(c) => c,
+                // A later try failing leaves the ones made so far.
+                Err(e) if best.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::debug!("cannot create {}: {e}", run.display());
+                    break;
+                }
+            };
+            tracing::debug!(
+                dir = %run.display(),
+                create_us = cost.as_secs_f64() * 1e6,
+                "stage directory probed"
+            );
+            let fast = cost <= self.slow;
+            if best.as_ref().is_none_or(|b| cost < b.0) {
+                best = Some((cost, run));
+            }
+            if fast {
+                break;
+            }
+        }
+        if let Some((cost, run)) = best {
+            if cost > self.slow {
+                tracing::debug!(
+                    create_us = cost.as_secs_f64() * 1e6,
+                    "every stage directory tried is slow to create in; using the cheapest"
+                );
+            }
+            self.run = run;
+        }
+        Ok(())
     }
 
     /// A temp path in the stage for a new directory in `dir` (`gid_set`:
@@ -315,6 +381,29 @@ impl Drop for Stage {
             tracing::debug!("cannot empty {}: {e}", self.run.display());
         }
     }
+}
+
+/// Makes `run` and its writer directories; returns the least thread CPU
+/// time one writer directory's mkdir took.
+fn make_probed(run: &Path) -> std::io::Result<std::time::Duration> {
+    let mkdir = |d: &Path| fs::DirBuilder::new().mode(0o700).create(d);
+    mkdir(run)?;
+    let mut least = std::time::Duration::MAX;
+    for l in 0..super::WRITE_THREADS {
+        let t = thread_cpu();
+        mkdir(&run.join(l.to_string()))?;
+        least = least.min(thread_cpu().saturating_sub(t));
+    }
+    Ok(least)
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Removes everything in a run's directory but its writer directories,
@@ -667,5 +756,48 @@ mod tests {
         );
         assert!(DirFacts::of(&mut slot, &a).stat().is_none());
         assert!(DirFacts::of(&mut slot, &b).stat().is_some());
+    }
+
+    /// The probe's decision (timing aside): a run directory slower than
+    /// the bound is given up for another, [`TRIES`] in all, the slow ones
+    /// kept (empty, with their writer directories) and the cheapest used;
+    /// a fast one is used at once.
+    #[test]
+    fn a_slow_run_directory_is_given_up_for_another() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("stage");
+        let runs = |prefix: &str| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = fs::read_dir(&stage)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+                .collect();
+            v.sort();
+            v
+        };
+        let target = tempfile::tempdir_in(d.path()).unwrap();
+        let mut s = Stage::open(d.path(), "slow", StageWrites::Always).expect("stage");
+        s.slow = std::time::Duration::ZERO;
+        assert!(s.allows(&mut DirFacts::new(target.path()), false));
+        let tried = runs("run-slow");
+        assert_eq!(tried.len(), TRIES, "{tried:?}");
+        for r in &tried {
+            for l in 0..crate::providers::WRITE_THREADS {
+                assert!(r.join(l.to_string()).is_dir());
+            }
+        }
+        let used = s.run_dir().unwrap().to_owned();
+        assert!(tried.contains(&used));
+        assert!(s.file_temp(1, 2).starts_with(&used));
+        let t = s
+            .temp_for(&mut DirFacts::new(target.path()), false)
+            .unwrap();
+        assert_eq!(t.parent(), Some(used.as_path()));
+        drop(s);
+        let mut s = Stage::open(d.path(), "fast", StageWrites::Always).expect("stage");
+        s.slow = std::time::Duration::MAX;
+        assert!(s.allows(&mut DirFacts::new(target.path()), false));
+        assert_eq!(runs("run-fast"), [stage.join("run-fast")]);
+        assert_eq!(runs("run-slow").len(), TRIES, "young ones are kept");
     }
 }
