@@ -397,13 +397,14 @@ fn make_probed(run: &Path) -> std::io::Result<std::time::Duration> {
     Ok(least)
 }
 
-/// This thread's CPU time.
+/// This thread's CPU time (zero if the clock cannot be read: every probe
+/// then passes). glibc's clock_gettime, not rustix's own vDSO lookup,
+/// which crashes under valgrind (scripts/agent-order.sh runs the agent
+/// under callgrind).
 fn thread_cpu() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    std::time::Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(std::time::Duration::from)
+        .unwrap_or_default()
 }
 
 /// Removes everything in a run's directory but its writer directories,
