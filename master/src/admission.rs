@@ -15,9 +15,9 @@
 //! Established connections are not counted: they are past this point.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Handshakes in progress from one source address.
 pub const MAX_PER_SOURCE: usize = 64;
@@ -112,6 +112,45 @@ impl Admission {
     /// Handshakes in progress.
     pub fn in_progress(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// Logs refused connections at most once every 10 s, with how many were
+/// refused since the last line (a flood must not flood the log too).
+pub struct RefusalLog {
+    /// Which listener (in the log line): "" for the gRPC one.
+    what: &'static str,
+    logged: Option<Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    pub fn new(what: &'static str) -> RefusalLog {
+        RefusalLog {
+            what,
+            logged: None,
+            since: 0,
+        }
+    }
+
+    /// Counts a connection from `peer` closed for `why`.
+    pub fn refused(&mut self, peer: SocketAddr, why: Refused, admission: &Admission) {
+        self.since += 1;
+        if self
+            .logged
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        tracing::warn!(
+            peer = %peer,
+            refused = self.since,
+            in_progress = admission.in_progress(),
+            "{}connections closed before their TLS handshake ({why:?}): too many in progress",
+            self.what
+        );
+        self.logged = Some(Instant::now());
+        self.since = 0;
     }
 }
 

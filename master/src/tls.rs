@@ -157,8 +157,7 @@ async fn accept_loop(
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     let admission = crate::admission::Admission::new(MAX_CONCURRENT_HANDSHAKES);
     let http2 = Arc::new(http2_builder());
-    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
-    let mut refused_since = 0u64;
+    let mut refusals = crate::admission::RefusalLog::new("");
     // A connection's local address is the listener's unless it listens on
     // a wildcard address (then it is not recorded: nothing reads it).
     let local = listener
@@ -184,17 +183,7 @@ async fn accept_loop(
             Ok(s) => s,
             Err(why) => {
                 drop(tcp);
-                refused_since += 1;
-                if refused_logged.elapsed() >= Duration::from_secs(10) {
-                    tracing::warn!(
-                        peer = %addr,
-                        refused = refused_since,
-                        in_progress = admission.in_progress(),
-                        "connections closed before their TLS handshake ({why:?}): too many in progress"
-                    );
-                    refused_logged = std::time::Instant::now();
-                    refused_since = 0;
-                }
+                refusals.refused(addr, why, &admission);
                 continue;
             }
         };

@@ -400,6 +400,44 @@ fn a_non_loopback_dashboard_needs_https_and_a_viewer_certificate() {
     let a = with_cert("alice").unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.json()["nodes"].is_array());
+    // One client holding many idle connections that never start TLS
+    // does not lock a viewer out: past its per-source bound they are
+    // closed at once (crate::admission), so the viewer's handshake is
+    // taken at once instead of waiting in the backlog behind the flood.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let held = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..600 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            match tokio::time::timeout(Duration::from_secs(2), s.connect(target)).await {
+                Ok(Ok(c)) => held.push(c),
+                _ => break,
+            }
+        }
+        held
+    });
+    assert!(held.len() >= 300, "only {} flood connections", held.len());
+    let during = curl(
+        &url,
+        &[
+            "--max-time",
+            "5",
+            "--cacert",
+            ca,
+            "--cert",
+            st("alice").join("cert.pem").to_str().unwrap(),
+            "--key",
+            st("alice").join("key.pem").to_str().unwrap(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("a viewer during a flood of {}: {e}", held.len()));
+    assert_eq!(during.status, 200, "{}", during.body);
+    rt.block_on(async { drop(held) });
     // Read-only over HTTPS too.
     let s = st("alice");
     let a = curl(

@@ -97,18 +97,55 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
     }
 }
 
+/// Handshakes in progress on the dashboard's listener at most (all sources).
+pub const DASHBOARD_HANDSHAKES: usize = 256;
+
 /// Accepts TCP connections and completes TLS handshakes off the accept
-/// loop (bounded in time and number), yielding established streams.
+/// loop, yielding established streams. Handshakes are bounded in time and
+/// number the way the gRPC listener bounds them ([`crate::admission`]: per
+/// source address, a reserve for new sources, shorter timeouts under
+/// pressure), so one client holding idle connections cannot lock viewers
+/// out.
 pub struct TlsListener {
     rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Peer)>,
     local: SocketAddr,
+}
+
+/// The master's TLS config (CA, CRL, its certificate) speaking HTTP/1.1
+/// instead of gRPC's h2, rebuilt only when the master's config changes
+/// (a CRL reload), not per connection.
+struct Http1Config {
+    from: Arc<rustls::ServerConfig>,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl Http1Config {
+    fn of(from: Arc<rustls::ServerConfig>) -> Http1Config {
+        let mut cfg = (*from).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Http1Config {
+            from,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+        }
+    }
+
+    fn acceptor(&mut self, tls: &crate::tls::ServerTls) -> tokio_rustls::TlsAcceptor {
+        let cur = tls.current();
+        if !Arc::ptr_eq(&cur, &self.from) {
+            *self = Http1Config::of(cur);
+        }
+        self.acceptor.clone()
+    }
 }
 
 impl TlsListener {
     fn new(listener: tokio::net::TcpListener, tls: Arc<crate::tls::ServerTls>) -> Result<Self> {
         let local = listener.local_addr()?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let slots = Arc::new(tokio::sync::Semaphore::new(256));
+        let slots = Arc::new(tokio::sync::Semaphore::new(DASHBOARD_HANDSHAKES));
+        let admission = crate::admission::Admission::new(DASHBOARD_HANDSHAKES);
+        let mut refusals = crate::admission::RefusalLog::new("dashboard: ");
+        let mut config = Http1Config::of(tls.current());
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -122,17 +159,21 @@ impl TlsListener {
                         continue;
                     }
                 };
-                // The master's config (CA, CRL, its certificate), speaking
-                // HTTP/1.1 instead of gRPC's h2.
-                let mut cfg = (*tls.current()).clone();
-                cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+                let slot = match admission.admit(addr.ip(), crate::tls::HANDSHAKE_TIMEOUT) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        drop(tcp);
+                        refusals.refused(addr, why, &admission);
+                        continue;
+                    }
+                };
+                let acceptor = config.acceptor(&tls);
                 let conn_tx = tx.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                        .await
-                    {
+                    let accepted = tokio::time::timeout(slot.timeout, acceptor.accept(tcp)).await;
+                    drop(slot);
+                    drop(permit);
+                    match accepted {
                         Ok(Ok(s)) => {
                             let cert = s
                                 .get_ref()
