@@ -781,31 +781,6 @@ fn big_batches_converge_and_a_failed_temp_write_fails_only_its_file() {
     assert!(all_unchanged(&r3));
 }
 
-/// A default ACL with a named user (so a file created under it gets an
-/// access ACL of its own): user::rwx user:4321:rw- group::r-x mask::rwx
-/// other::r-x.
-fn set_default_acl(dir: &std::path::Path) -> bool {
-    let mut v = vec![2u8, 0, 0, 0];
-    for (tag, perm, id) in [
-        (0x01u16, 7u16, u32::MAX),
-        (0x02, 6, 4321),
-        (0x04, 5, u32::MAX),
-        (0x10, 7, u32::MAX),
-        (0x20, 5, u32::MAX),
-    ] {
-        v.extend(tag.to_le_bytes());
-        v.extend(perm.to_le_bytes());
-        v.extend(id.to_le_bytes());
-    }
-    rustix::fs::setxattr(
-        dir,
-        "system.posix_acl_default",
-        &v,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .is_ok()
-}
-
 /// `--stage-writes always`: a new file in a plain directory has its temp
 /// file in STATE/stage (a directory blocking its in-place temp path does
 /// not stop it), while the files of a directory with a default ACL or the
@@ -834,7 +809,7 @@ fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
         c.resources.push(f);
         std::fs::create_dir(env.p(&format!("/srv/{d}/.f.txt.troupe-new"))).unwrap();
     }
-    let acl = set_default_acl(&env.p("/srv/acl"));
+    let acl = common::acl::set_default_acl(&env.p("/srv/acl"));
     std::os::unix::fs::chown(env.p("/srv/sgid"), None, Some(4322)).unwrap();
     std::fs::set_permissions(
         env.p("/srv/sgid"),
@@ -915,6 +890,38 @@ fn staged_writes_keep_what_the_directory_gives_and_fall_back_in_place() {
     assert!(left.is_empty(), "{left:?}");
     let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
     assert_eq!(code, 0);
+    assert!(all_unchanged(&r));
+}
+
+/// A directory made setgid in the middle of a run is asked again (what a
+/// run knows of a directory is forgotten when it changes one): the new
+/// directory made in it after the chmod has exactly its declared mode, not
+/// the setgid bit mkdir adds there, and its group.
+#[test]
+fn a_directory_changed_mid_run_is_asked_again() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (chown to another group)");
+        return;
+    }
+    let env = Env::new();
+    let x = env.p("/srv/x");
+    std::fs::create_dir_all(&x).unwrap();
+    std::os::unix::fs::chown(&x, None, Some(4322)).unwrap();
+    let mut c = new_catalog();
+    let a = file(&mut c, "/srv/x/a.txt", b"a\n", 0o644);
+    c.resources.push(a);
+    c.resources.push(dir("/srv/x", 0o2775));
+    c.resources.push(dir("/srv/x/sub", 0o750));
+    let b = file(&mut c, "/srv/x/b.txt", b"b\n", 0o644);
+    c.resources.push(b);
+    let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
+    assert_eq!(code, 2, "{r:?}");
+    assert_eq!(mode_of(&x), 0o2775);
+    assert_eq!(std::fs::metadata(x.join("b.txt")).unwrap().gid(), 4322);
+    assert_eq!(std::fs::metadata(x.join("sub")).unwrap().gid(), 4322);
+    assert_eq!(mode_of(&x.join("sub")), 0o750);
+    let (code, r, _) = env.run(&c, &["--stage-writes", "always"]);
+    assert_eq!(code, 0, "{r:?}");
     assert!(all_unchanged(&r));
 }
 

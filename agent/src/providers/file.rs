@@ -109,15 +109,6 @@ pub(crate) fn created_as_asked(
     !ctx.default_acl(dir)
 }
 
-/// Whether `dir` has a default ACL (or it cannot be told).
-pub(crate) fn has_default_acl(dir: &Path) -> bool {
-    use rustix::io::Errno;
-    match rustix::fs::getxattr(dir, "system.posix_acl_default", &mut [0u8; 0][..]) {
-        Err(Errno::NODATA) | Err(Errno::NOTSUP) => false,
-        Ok(_) | Err(_) => true,
-    }
-}
-
 /// Writes `bytes` to a fresh temp file with its final owner and mode (the
 /// mode after the owner: chown clears setuid bits). With `as_created`
 /// ([`created_as_asked`]) the file is created with `mode` and neither
@@ -225,10 +216,15 @@ fn converge_meta(
                 .with_context(|| format!("cannot chmod {}", p.display()))?;
         }
     }
-    if !ctx.noop
-        && let Some(d) = p.parent()
-    {
-        ctx.note_write(d);
+    if !ctx.noop {
+        if meta.is_dir() {
+            // Its setgid bit, group or mode may be what decides how files
+            // are made in it.
+            ctx.dirs_changed();
+        }
+        if let Some(d) = p.parent() {
+            ctx.note_write(d);
+        }
     }
     Ok(())
 }
@@ -350,9 +346,9 @@ pub fn file(ctx: &mut Ctx, kind: &Kind, sensitive: bool) -> anyhow::Result<Outco
         };
         // Created in the stage when the directory allows it (the inode
         // then comes from the stage's block group, see [`super::stage`]).
-        let in_stage = match (&mut ctx.stage, p.parent()) {
-            (Some(st), Some(d)) => st.allows(d, g.is_some()),
-            _ => false,
+        let in_stage = match p.parent() {
+            Some(d) => ctx.stage_allows(d, g.is_some()),
+            None => false,
         };
         let tmp = if in_stage { PathBuf::new() } else { tmp };
         stage(ctx, tmp, p, Some(write), in_stage);
@@ -498,8 +494,7 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                 // `m`): chmod to `m`, or the next run would report a change.
                 let as_created = match p.parent() {
                     Some(d) => {
-                        created_as_asked(ctx, d, uid, gid, m)
-                            && fs::metadata(d).is_ok_and(|pm| pm.mode() & 0o2000 == 0)
+                        created_as_asked(ctx, d, uid, gid, m) && ctx.dir_setgid(d) == Some(false)
                     }
                     None => false,
                 };
@@ -524,8 +519,8 @@ pub fn directory(ctx: &mut Ctx, kind: &Kind) -> anyhow::Result<Outcome> {
                 // stage's block group ([`super::stage`]); one inside a
                 // directory this run made is there already.
                 let parent_fresh = p.parent().is_some_and(|d| ctx.fresh_dirs.contains(d));
-                let staged_at = match (&mut ctx.stage, p.parent()) {
-                    (Some(st), Some(d)) if !parent_fresh => st.temp_for(d, gid.is_some()),
+                let staged_at = match p.parent() {
+                    Some(d) if !parent_fresh => ctx.stage_temp_for(d, gid.is_some()),
                     _ => None,
                 };
                 let in_stage = staged_at.as_deref().is_some_and(|t| {

@@ -416,8 +416,9 @@ pub struct Ctx<'a> {
     pub fresh_dirs: HashSet<PathBuf>,
     /// A directory on each file system written to (for `syncfs`).
     sync_devs: HashMap<u64, PathBuf>,
-    /// The last directory asked about a default ACL, and the answer.
-    acl_checked: Option<(PathBuf, bool)>,
+    /// What is known of the last directory new files or directories were
+    /// asked about (default ACL, setgid, whether it may be staged).
+    dir_facts: Option<stage::DirFacts>,
     /// This process's effective uid.
     pub euid: u32,
     accounts: Option<Accounts>,
@@ -466,7 +467,7 @@ impl<'a> Ctx<'a> {
             staged: Vec::new(),
             fresh_dirs: HashSet::new(),
             sync_devs: HashMap::new(),
-            acl_checked: None,
+            dir_facts: None,
             euid: nix::unistd::geteuid().as_raw(),
             accounts: None,
             current: 0,
@@ -498,9 +499,10 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Forgets resolved parents: call after changing a link or removing a
-    /// directory inside the root.
-    pub fn paths_changed(&self) {
+    /// Forgets resolved parents and what is known of directories: call
+    /// after changing a link or removing a directory inside the root.
+    pub fn paths_changed(&mut self) {
+        self.dir_facts = None;
         if let Ok(Some(r)) = &self.resolver {
             r.clear();
         }
@@ -560,14 +562,39 @@ impl<'a> Ctx<'a> {
     /// Whether `dir` has a default ACL (or it cannot be told), asked once
     /// for a run of files in the same directory.
     pub fn default_acl(&mut self, dir: &Path) -> bool {
-        if let Some((d, acl)) = &self.acl_checked
-            && d == dir
-        {
-            return *acl;
+        stage::DirFacts::of(&mut self.dir_facts, dir).default_acl()
+    }
+
+    /// Whether `dir` has the setgid bit (None: it cannot be stat'ed),
+    /// from the same statx(2) as the stage's checks.
+    pub fn dir_setgid(&mut self, dir: &Path) -> Option<bool> {
+        stage::DirFacts::of(&mut self.dir_facts, dir)
+            .stat()
+            .map(|x| x.mode & 0o2000 != 0)
+    }
+
+    /// Whether a new file in `dir` (`gid_set`: its group is set) has its
+    /// temp file in the stage ([`stage::Stage::allows`]).
+    pub fn stage_allows(&mut self, dir: &Path, gid_set: bool) -> bool {
+        match &mut self.stage {
+            Some(st) => st.allows(stage::DirFacts::of(&mut self.dir_facts, dir), gid_set),
+            None => false,
         }
-        let acl = file::has_default_acl(dir);
-        self.acl_checked = Some((dir.to_owned(), acl));
-        acl
+    }
+
+    /// A temp path in the stage for a new directory in `dir`, or None to
+    /// make it in place ([`stage::Stage::temp_for`]).
+    pub fn stage_temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
+        match &mut self.stage {
+            Some(st) => st.temp_for(stage::DirFacts::of(&mut self.dir_facts, dir), gid_set),
+            None => None,
+        }
+    }
+
+    /// Forgets what is known of directories: call after changing a
+    /// directory's owner or mode, a link or removing a directory.
+    pub fn dirs_changed(&mut self) {
+        self.dir_facts = None;
     }
 
     /// Remembers that the file system holding `dir` has unsynced writes.
@@ -891,7 +918,10 @@ mod tests {
             let contents = NoContents;
             let mut ctx = Ctx::new(d.path(), false, "", &contents, None);
             let mut st = stage::Stage::open(state, "t", stage::StageWrites::Always).unwrap();
-            assert!(st.allows(state, false), "makes the run's directories");
+            assert!(
+                st.allows(&mut stage::DirFacts::new(state), false),
+                "makes the run's directories"
+            );
             let run = st.run_dir().unwrap().to_owned();
             if name == "a.txt" {
                 std::fs::remove_dir_all(&run).unwrap();

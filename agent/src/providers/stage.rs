@@ -69,6 +69,17 @@ const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(180);
 /// Most run directories kept (the newest).
 const KEEP_RUNS: usize = 16;
 
+/// Thread CPU time of a create above which a run directory's block group
+/// is taken for one where ext4 walks past recently freed inodes: an
+/// uncontended mkdir costs 7-20 us of CPU here; the walk adds ~35 ns per
+/// inode freed in the last minute (bench/README.md), so this lets through
+/// groups with at most ~800 of them (~30 us per create: ~35 ms over a
+/// 1,000-file tree) and catches the trees of thousands that cost seconds.
+const SLOW_CREATE: std::time::Duration = std::time::Duration::from_micros(40);
+
+/// Most run directories tried per run ([`Stage::make_run_dir`]).
+const TRIES: usize = 3;
+
 /// The stage of one run.
 #[derive(Debug)]
 pub struct Stage {
@@ -81,8 +92,9 @@ pub struct Stage {
     /// Creating `run` failed: nothing more is staged this run.
     broken: bool,
     next: u64,
-    /// The last directory asked about: (its path, usable, its group).
-    checked: Option<(PathBuf, bool, u32)>,
+    /// A run directory whose creates cost more thread CPU than this is
+    /// given up for another ([`Stage::make_run_dir`]).
+    slow: std::time::Duration,
 }
 
 impl Stage {
@@ -103,7 +115,7 @@ impl Stage {
                 made: false,
                 broken: false,
                 next: 0,
-                checked: None,
+                slow: SLOW_CREATE,
             }),
             Ok(None) => None,
             Err(e) => {
@@ -144,7 +156,7 @@ impl Stage {
             "it has the setgid bit (chmod 700 it)"
         );
         anyhow::ensure!(
-            !labelled(root),
+            !DirFacts::new(root).labelled(),
             "it has a default ACL or a security label (its files would inherit them)"
         );
         let dir = rustix::fs::open(
@@ -207,38 +219,33 @@ impl Stage {
             };
             res.with_context(|| format!("cannot remove the left-overs in {}", p.display()))?;
         }
-        let (place, _, gid) = place_of(root).context("cannot stat it")?;
-        Ok(Some((place, gid)))
+        let x = stat_of(root).context("cannot stat it")?;
+        Ok(Some((x.place, x.gid)))
     }
 
-    /// Whether a new file in `dir` (`gid_set`: its group is set
-    /// explicitly) may have its temp file in the stage; makes the run's
-    /// directories at the first yes.
-    pub fn allows(&mut self, dir: &Path, gid_set: bool) -> bool {
+    /// Whether a new file in the directory of `dir` (`gid_set`: its group
+    /// is set explicitly) may have its temp file in the stage; makes the
+    /// run's directories at the first yes.
+    pub fn allows(&mut self, dir: &mut DirFacts, gid_set: bool) -> bool {
         if self.broken {
             return false;
         }
-        let (ok, dir_gid) = match &self.checked {
-            Some((d, ok, g)) if d == dir => (*ok, *g),
-            _ => {
-                let (ok, g) = self.dir_allows(dir);
-                self.checked = Some((dir.to_owned(), ok, g));
-                (ok, g)
+        let ok = match dir.stage_ok {
+            Some(ok) => ok,
+            None => {
+                let ok = self.dir_allows(dir);
+                dir.stage_ok = Some(ok);
+                ok
             }
         };
         // Without a setgid parent a new file's group is the creator's, or
         // the parent's under the `grpid` mount option: the same wherever
         // it is created only when both parents have the same group.
-        if !ok || !(gid_set || dir_gid == self.gid) {
+        if !ok || !(gid_set || dir.stat().is_some_and(|x| x.gid == self.gid)) {
             return false;
         }
         if !self.made {
-            // The run's directory and one per writer thread (threads
-            // creating in one directory would wait on its lock).
-            let res = std::iter::once(self.run.clone())
-                .chain((0..super::WRITE_THREADS).map(|l| self.run.join(l.to_string())))
-                .try_for_each(|d| fs::DirBuilder::new().mode(0o700).create(d));
-            if let Err(e) = res {
+            if let Err(e) = self.make_run_dir() {
                 tracing::warn!(
                     "cannot create {} (new files are written next to their targets): {e}",
                     self.run.display()
@@ -252,9 +259,65 @@ impl Stage {
         true
     }
 
+    /// Makes the run's directory and one per writer thread (threads
+    /// creating in one directory would wait on its lock), and checks what
+    /// creating there costs: the writer directories' inodes come from the
+    /// block group every staged inode of the run will come from, and where
+    /// ext4 walks past recently freed inodes (the kernel chose a group a
+    /// tree was just deleted from) each create costs far more CPU. The
+    /// cheapest of the four creates is the probe (the first create in a
+    /// group not read for a while costs more, once); above `slow`, another
+    /// run directory is made (its name hashes elsewhere, and the slow one,
+    /// kept and empty, counts against its group), [`TRIES`] in all, and
+    /// the cheapest is used.
+    fn make_run_dir(&mut self) -> std::io::Result<()> {
+        let base = self.run.clone();
+        let mut best: Option<(std::time::Duration, PathBuf)> = None;
+        for t in 0..TRIES {
+            let run = if t == 0 {
+                base.clone()
+            } else {
+                let mut name = base.clone().into_os_string();
+                name.push(format!(".{t}"));
+                PathBuf::from(name)
+            };
+            let cost = match make_probed(&run) {
+                Ok(c) => c,
+                // A later try failing leaves the ones made so far.
+                Err(e) if best.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::debug!("cannot create {}: {e}", run.display());
+                    break;
+                }
+            };
+            tracing::debug!(
+                dir = %run.display(),
+                create_us = cost.as_secs_f64() * 1e6,
+                "stage directory probed"
+            );
+            let fast = cost <= self.slow;
+            if best.as_ref().is_none_or(|b| cost < b.0) {
+                best = Some((cost, run));
+            }
+            if fast {
+                break;
+            }
+        }
+        if let Some((cost, run)) = best {
+            if cost > self.slow {
+                tracing::debug!(
+                    create_us = cost.as_secs_f64() * 1e6,
+                    "every stage directory tried is slow to create in; using the cheapest"
+                );
+            }
+            self.run = run;
+        }
+        Ok(())
+    }
+
     /// A temp path in the stage for a new directory in `dir` (`gid_set`:
     /// its group is set explicitly), or None to make it in place.
-    pub fn temp_for(&mut self, dir: &Path, gid_set: bool) -> Option<PathBuf> {
+    pub fn temp_for(&mut self, dir: &mut DirFacts, gid_set: bool) -> Option<PathBuf> {
         if !self.allows(dir, gid_set) {
             return None;
         }
@@ -276,16 +339,16 @@ impl Stage {
     }
 
     /// Whether a file created in `dir` would come out the same as one
-    /// created in the stage (group aside), and `dir`'s group.
-    fn dir_allows(&self, dir: &Path) -> (bool, u32) {
-        let Ok((place, mode, gid)) = place_of(dir) else {
-            return (false, 0);
+    /// created in the stage (group aside).
+    fn dir_allows(&self, dir: &mut DirFacts) -> bool {
+        let Some(x) = dir.stat() else {
+            return false;
         };
         // Another mount of the same file system (a bind mount) would fail
         // the rename with EXDEV.
-        let ok = place == self.place && mode & 0o2000 == 0 && !labelled(dir) && {
+        x.place == self.place && x.mode & 0o2000 == 0 && !dir.labelled() && {
             match rustix::fs::open(
-                dir,
+                &dir.path,
                 rustix::fs::OFlags::RDONLY
                     | rustix::fs::OFlags::DIRECTORY
                     | rustix::fs::OFlags::CLOEXEC,
@@ -299,8 +362,7 @@ impl Stage {
                 },
                 Err(_) => false,
             }
-        };
-        (ok, gid)
+        }
     }
 
     /// The per-run directory, once created.
@@ -319,6 +381,30 @@ impl Drop for Stage {
             tracing::debug!("cannot empty {}: {e}", self.run.display());
         }
     }
+}
+
+/// Makes `run` and its writer directories; returns the least thread CPU
+/// time one writer directory's mkdir took.
+fn make_probed(run: &Path) -> std::io::Result<std::time::Duration> {
+    let mkdir = |d: &Path| fs::DirBuilder::new().mode(0o700).create(d);
+    mkdir(run)?;
+    let mut least = std::time::Duration::MAX;
+    for l in 0..super::WRITE_THREADS {
+        let t = thread_cpu();
+        mkdir(&run.join(l.to_string()))?;
+        least = least.min(thread_cpu().saturating_sub(t));
+    }
+    Ok(least)
+}
+
+/// This thread's CPU time (zero if the clock cannot be read: every probe
+/// then passes). glibc's clock_gettime, not rustix's own vDSO lookup,
+/// which crashes under valgrind (scripts/agent-order.sh runs the agent
+/// under callgrind).
+fn thread_cpu() -> std::time::Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(std::time::Duration::from)
+        .unwrap_or_default()
 }
 
 /// Removes everything in a run's directory but its writer directories,
@@ -364,9 +450,17 @@ struct Place {
     mnt_id: Option<u64>,
 }
 
+/// A directory's place, mode and group.
+#[derive(Debug, Clone, Copy)]
+pub struct DirStat {
+    place: Place,
+    pub mode: u32,
+    pub gid: u32,
+}
+
 /// `path`'s place, mode and group (following a last link, as creating a
 /// file in it would).
-fn place_of(path: &Path) -> std::io::Result<(Place, u32, u32)> {
+fn stat_of(path: &Path) -> std::io::Result<DirStat> {
     use rustix::fs::{AtFlags, CWD, StatxFlags};
     let x = rustix::fs::statx(
         CWD,
@@ -375,30 +469,104 @@ fn place_of(path: &Path) -> std::io::Result<(Place, u32, u32)> {
         StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
     )?;
     let mnt_id = (x.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(x.stx_mnt_id);
-    Ok((
-        Place {
+    Ok(DirStat {
+        place: Place {
             dev: (x.stx_dev_major, x.stx_dev_minor),
             mnt_id,
         },
-        u32::from(x.stx_mode),
-        x.stx_gid,
-    ))
+        mode: u32::from(x.stx_mode),
+        gid: x.stx_gid,
+    })
 }
 
-/// Whether `dir` has a default ACL or any `security.*` attribute (or its
-/// attributes cannot be listed): a file created in it may get an ACL or a
-/// label from it.
-fn labelled(dir: &Path) -> bool {
-    let mut buf = [0u8; 1024];
-    match rustix::fs::listxattr(dir, &mut buf[..]) {
-        Ok(n) => buf
-            .get(..n)
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .any(|name| name == b"system.posix_acl_default" || name.starts_with(b"security.")),
-        Err(rustix::io::Errno::OPNOTSUPP) => false,
-        Err(_) => true,
+/// What a run knows of a directory it creates files or directories in,
+/// each part asked once (the run's files come directory by directory, so
+/// [`super::Ctx`] keeps the last directory's): whether a file created in
+/// it comes out as asked ([`super::file::created_as_asked`]: default ACL,
+/// setgid) and whether it may be staged ([`Stage::allows`]).
+#[derive(Debug)]
+pub struct DirFacts {
+    path: PathBuf,
+    /// (default ACL, default ACL or `security.*` attribute), each true
+    /// when it cannot be told.
+    xattrs: Option<(bool, bool)>,
+    /// None: not asked yet; Some(None): cannot be stat'ed.
+    stat: Option<Option<DirStat>>,
+    /// [`Stage::dir_allows`], once asked.
+    stage_ok: Option<bool>,
+}
+
+impl DirFacts {
+    pub fn new(dir: &Path) -> DirFacts {
+        DirFacts {
+            path: dir.to_owned(),
+            xattrs: None,
+            stat: None,
+            stage_ok: None,
+        }
     }
+
+    /// The facts of `dir` in `slot` (the last directory asked about),
+    /// replacing another directory's.
+    pub fn of<'a>(slot: &'a mut Option<DirFacts>, dir: &Path) -> &'a mut DirFacts {
+        if slot.as_ref().is_some_and(|f| f.path != dir) {
+            *slot = None;
+        }
+        slot.get_or_insert_with(|| DirFacts::new(dir))
+    }
+
+    /// Its place, mode and group (None when it cannot be stat'ed).
+    pub fn stat(&mut self) -> Option<DirStat> {
+        *self.stat.get_or_insert_with(|| stat_of(&self.path).ok())
+    }
+
+    /// Whether it has a default ACL (or it cannot be told): a file created
+    /// in it gets an ACL from it, and the umask is not applied.
+    pub fn default_acl(&mut self) -> bool {
+        self.xattrs().0
+    }
+
+    /// Whether it has a default ACL or any `security.*` attribute (or its
+    /// attributes cannot be listed): a file created in it may get an ACL
+    /// or a label from it.
+    pub fn labelled(&mut self) -> bool {
+        self.xattrs().1
+    }
+
+    fn xattrs(&mut self) -> (bool, bool) {
+        *self.xattrs.get_or_insert_with(|| xattrs_of(&self.path))
+    }
+}
+
+/// (default ACL, default ACL or `security.*` attribute) of `dir`, from one
+/// listxattr(2); (true, true) when its attributes cannot be listed.
+fn xattrs_of(dir: &Path) -> (bool, bool) {
+    use rustix::io::Errno;
+    let mut buf = [0u8; 1024];
+    let mut big = Vec::new();
+    let names = match rustix::fs::listxattr(dir, &mut buf[..]) {
+        Ok(n) => buf.get(..n).unwrap_or_default(),
+        // More names than fit: ask their size, then read them all.
+        Err(Errno::RANGE) => match rustix::fs::listxattr(dir, &mut [0u8; 0][..]) {
+            Ok(size) => {
+                big.resize(size, 0);
+                match rustix::fs::listxattr(dir, &mut big[..]) {
+                    Ok(n) => big.get(..n).unwrap_or_default(),
+                    Err(_) => return (true, true),
+                }
+            }
+            Err(_) => return (true, true),
+        },
+        Err(Errno::OPNOTSUPP) => return (false, false),
+        Err(_) => return (true, true),
+    };
+    let mut acl = false;
+    let mut label = false;
+    for name in names.split(|b| *b == 0) {
+        acl |= name == b"system.posix_acl_default";
+        label |= name.starts_with(b"security.");
+    }
+    (acl, acl || label)
 }
 
 /// Whether `dir` is on an ext4 file system without a journal (where
@@ -421,6 +589,11 @@ fn ext4_without_journal(dir: &Path) -> bool {
     fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task"))
         .is_ok_and(|s| s.trim() == "<none>")
 }
+
+/// Shared with the integration tests (`tests/common/acl.rs`).
+#[cfg(test)]
+#[path = "../../tests/common/acl.rs"]
+mod acl_test;
 
 #[cfg(test)]
 mod tests {
@@ -445,7 +618,9 @@ mod tests {
             "a killed run's temp files are removed"
         );
         let target = tempfile::tempdir_in(d.path()).unwrap();
-        let t = s.temp_for(target.path(), false).expect("staged");
+        let t = s
+            .temp_for(&mut DirFacts::new(target.path()), false)
+            .expect("staged");
         assert!(t.starts_with(d.path().join("stage/run-new")));
         assert_eq!(s.file_temp(1, 26), d.path().join("stage/run-new/1/1a"));
         assert!(d.path().join("stage/run-new/3").is_dir());
@@ -462,7 +637,7 @@ mod tests {
         assert_eq!(left.len(), crate::providers::WRITE_THREADS, "{left:?}");
         assert!(fs::read_dir(run.join("2")).unwrap().next().is_none());
         // The next run keeps it (young) and empties it; an old one goes.
-        fs::write(s_path(&run, "1/5"), "x").unwrap();
+        fs::write(run.join("1/5"), "x").unwrap();
         let old = d.path().join("stage/run-old2");
         fs::create_dir(&old).unwrap();
         let t = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
@@ -475,10 +650,6 @@ mod tests {
         );
         assert!(!old.exists(), "an old run directory is removed");
         drop(s2);
-    }
-
-    fn s_path(run: &Path, rel: &str) -> PathBuf {
-        run.join(rel)
     }
 
     #[test]
@@ -498,37 +669,23 @@ mod tests {
         let sgid = d.path().join("sgid");
         fs::create_dir(&sgid).unwrap();
         fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2755)).unwrap();
-        assert!(s.temp_for(&sgid, true).is_none());
+        assert!(s.temp_for(&mut DirFacts::new(&sgid), true).is_none());
         let other = d.path().join("other");
         fs::create_dir(&other).unwrap();
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(&other, None, Some(s.gid + 1)).unwrap();
-            assert!(s.temp_for(&other, false).is_none(), "group would differ");
             assert!(
-                s.temp_for(&other, true).is_some(),
+                s.temp_for(&mut DirFacts::new(&other), false).is_none(),
+                "group would differ"
+            );
+            assert!(
+                s.temp_for(&mut DirFacts::new(&other), true).is_some(),
                 "the file's group is set"
             );
         }
         let plain = d.path().join("plain");
         fs::create_dir(&plain).unwrap();
-        assert!(s.temp_for(&plain, false).is_some());
-    }
-
-    /// A minimal default ACL (user::rwx group::r-x other::r-x).
-    pub(crate) fn set_default_acl(dir: &Path) -> bool {
-        let mut v = vec![2u8, 0, 0, 0];
-        for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 5)] {
-            v.extend(tag.to_le_bytes());
-            v.extend(perm.to_le_bytes());
-            v.extend(u32::MAX.to_le_bytes());
-        }
-        rustix::fs::setxattr(
-            dir,
-            "system.posix_acl_default",
-            &v,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .is_ok()
+        assert!(s.temp_for(&mut DirFacts::new(&plain), false).is_some());
     }
 
     #[test]
@@ -537,14 +694,34 @@ mod tests {
         let mut s = Stage::open(d.path(), "x", StageWrites::Always).expect("stage");
         let acl = d.path().join("acl");
         fs::create_dir(&acl).unwrap();
-        if set_default_acl(&acl) {
-            assert!(labelled(&acl));
-            assert!(s.temp_for(&acl, true).is_none());
+        if acl_test::set_default_acl(&acl) {
+            assert!(DirFacts::new(&acl).labelled());
+            assert!(DirFacts::new(&acl).default_acl());
+            assert!(s.temp_for(&mut DirFacts::new(&acl), true).is_none());
+        }
+        let plain = d.path().join("plain");
+        fs::create_dir(&plain).unwrap();
+        let mut f = DirFacts::new(&plain);
+        assert!(!f.default_acl() && !f.labelled());
+        let label = d.path().join("label");
+        fs::create_dir(&label).unwrap();
+        if rustix::fs::setxattr(
+            &label,
+            "security.troupe_test",
+            b"x",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok()
+        {
+            let mut f = DirFacts::new(&label);
+            assert!(f.labelled());
+            assert!(!f.default_acl(), "a label is not a default ACL");
+            assert!(s.temp_for(&mut f, true).is_none());
         }
         let shm = Path::new("/dev/shm");
         if fs::metadata(shm).is_ok_and(|m| m.dev() != fs::metadata(d.path()).unwrap().dev()) {
             let other = tempfile::tempdir_in(shm).unwrap();
-            assert!(s.temp_for(other.path(), true).is_none());
+            assert!(s.temp_for(&mut DirFacts::new(other.path()), true).is_none());
         }
         let nodump = d.path().join("nodump");
         fs::create_dir(&nodump).unwrap();
@@ -554,7 +731,74 @@ mod tests {
             .status()
             .is_ok_and(|s| s.success())
         {
-            assert!(s.temp_for(&nodump, true).is_none(), "nodump is inherited");
+            assert!(
+                s.temp_for(&mut DirFacts::new(&nodump), true).is_none(),
+                "nodump is inherited"
+            );
         }
+    }
+
+    #[test]
+    fn dir_facts_are_kept_for_the_last_directory_only() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let mut slot = None;
+        DirFacts::of(&mut slot, &a).stage_ok = Some(true);
+        assert_eq!(DirFacts::of(&mut slot, &a).stage_ok, Some(true));
+        assert_eq!(DirFacts::of(&mut slot, &b).stage_ok, None);
+        assert!(
+            DirFacts::of(&mut slot, &b).stat().is_none(),
+            "b does not exist"
+        );
+        fs::create_dir(&b).unwrap();
+        assert!(
+            DirFacts::of(&mut slot, &b).stat().is_none(),
+            "kept until forgotten"
+        );
+        assert!(DirFacts::of(&mut slot, &a).stat().is_none());
+        assert!(DirFacts::of(&mut slot, &b).stat().is_some());
+    }
+
+    /// The probe's decision (timing aside): a run directory slower than
+    /// the bound is given up for another, [`TRIES`] in all, the slow ones
+    /// kept (empty, with their writer directories) and the cheapest used;
+    /// a fast one is used at once.
+    #[test]
+    fn a_slow_run_directory_is_given_up_for_another() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("stage");
+        let runs = |prefix: &str| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = fs::read_dir(&stage)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+                .collect();
+            v.sort();
+            v
+        };
+        let target = tempfile::tempdir_in(d.path()).unwrap();
+        let mut s = Stage::open(d.path(), "slow", StageWrites::Always).expect("stage");
+        s.slow = std::time::Duration::ZERO;
+        assert!(s.allows(&mut DirFacts::new(target.path()), false));
+        let tried = runs("run-slow");
+        assert_eq!(tried.len(), TRIES, "{tried:?}");
+        for r in &tried {
+            for l in 0..crate::providers::WRITE_THREADS {
+                assert!(r.join(l.to_string()).is_dir());
+            }
+        }
+        let used = s.run_dir().unwrap().to_owned();
+        assert!(tried.contains(&used));
+        assert!(s.file_temp(1, 2).starts_with(&used));
+        let t = s
+            .temp_for(&mut DirFacts::new(target.path()), false)
+            .unwrap();
+        assert_eq!(t.parent(), Some(used.as_path()));
+        drop(s);
+        let mut s = Stage::open(d.path(), "fast", StageWrites::Always).expect("stage");
+        s.slow = std::time::Duration::MAX;
+        assert!(s.allows(&mut DirFacts::new(target.path()), false));
+        assert_eq!(runs("run-fast"), [stage.join("run-fast")]);
+        assert_eq!(runs("run-slow").len(), TRIES, "young ones are kept");
     }
 }

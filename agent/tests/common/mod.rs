@@ -2,6 +2,8 @@
 //! run the real `troupe-agent` binary against a temp root and state dir.
 #![allow(dead_code)]
 
+pub mod acl;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use troupe_catalog::report::{Report, Status};
