@@ -12,6 +12,12 @@
 # shipped site.toml classifies into the sandbox-safe `demo` environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for tool in cc make; do
+  command -v "$tool" >/dev/null || {
+    echo "demo.sh: $tool is missing: the build needs a C compiler and make (the master links jemalloc); apt-get install build-essential" >&2
+    exit 1
+  }
+done
 cargo build --workspace --bins --quiet
 BIN="$PWD/target/debug"
 export TROUPE_LOG=${TROUPE_LOG:-warn}
